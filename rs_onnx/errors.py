@@ -1,0 +1,21 @@
+"""Errors raised on bad input. Each message says what was received and what was expected."""
+
+
+class RsOnnxError(Exception):
+    """Base class: the CLI prints ``str(err)`` on one line and exits with code 1."""
+
+
+class ModelError(RsOnnxError):
+    """The ONNX model is missing, corrupt, or not shaped like a classifier."""
+
+
+class DataError(RsOnnxError):
+    """The data file does not match the model or holds invalid values."""
+
+
+class ConfigError(RsOnnxError):
+    """A flag or YAML key is missing, unknown, or out of range."""
+
+
+class DeviceError(RsOnnxError):
+    """The requested execution provider does not really work on this machine."""
