@@ -1,0 +1,158 @@
+"""One schema for CLI flags and YAML files: the run configuration.
+
+Every key of the YAML file is a field of ``RunConfig`` (flags use dashes, YAML keys underscores);
+unknown keys are rejected with a suggestion. Flags given on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .preprocess import LAYOUTS, PreprocessSpec
+
+# Normalisation presets: mean/std per channel, in [0,1] pixel units.
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {"mean": [0.0], "std": [1.0], "scale": 1.0},
+    "mnist": {"mean": [0.0], "std": [1.0], "scale": 1.0},
+    "cifar10": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2471, 0.2435, 0.2616], "scale": 1.0},
+    "cifar10-cohen": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010], "scale": 1.0},
+    "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 1.0},
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything a certify/predict run depends on. sigma is in [0,1] pixel units."""
+
+    model: str | None = None
+    data: str | None = None
+    sigma: float | None = None
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    batch_size: int = 1000
+    seed: int | None = None
+    device: str = "auto"
+    input_name: str | None = None
+    output_name: str | None = None
+    preset: str | None = None
+    layout: str = "auto"
+    scale: float = 1.0
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    dtype: str | None = None
+    start: int = 0
+    end: int | None = None
+    skip: int = 1
+    label: int | None = None
+    noise_threads: int | None = None
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec(self.layout, float(self.scale), tuple(map(float, self.mean)),
+                              tuple(map(float, self.std)), self.dtype)
+
+    def validate(self) -> "RunConfig":
+        """Range checks shared by flags and YAML; raises ConfigError naming the key."""
+        checks = [
+            (self.sigma is None or self.sigma > 0, "sigma", self.sigma, "a positive noise level in [0,1] pixel units"),
+            (self.n0 >= 1, "n0", self.n0, "at least 1"),
+            (self.n >= 1, "n", self.n, "at least 1"),
+            (0 < self.alpha < 1, "alpha", self.alpha, "0 < alpha < 1"),
+            (1 <= self.batch_size <= 10_000_000, "batch_size", self.batch_size, "1 to 10,000,000"),
+            (self.seed is None or self.seed >= 0, "seed", self.seed, "a non-negative integer"),
+            (self.start >= 0, "start", self.start, "a non-negative index"),
+            (self.end is None or self.end >= self.start, "end", self.end, f"an index >= start ({self.start})"),
+            (self.skip >= 1, "skip", self.skip, "at least 1"),
+            (self.layout in LAYOUTS, "layout", self.layout, "one of " + ", ".join(LAYOUTS)),
+            (self.preset is None or self.preset in PRESETS, "preset", self.preset, "one of " + ", ".join(PRESETS)),
+            (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
+        ]
+        for ok, key, value, expected in checks:
+            if not ok:
+                raise ConfigError(f"{key}={value}: expected {expected}")
+        self.preprocess_spec()  # checks scale, mean and std
+        return self
+
+    def apply_preset(self, explicit: set[str]) -> None:
+        """Fill mean/std/scale from the preset unless given explicitly."""
+        if self.preset:
+            if self.preset not in PRESETS:
+                raise ConfigError(f"preset={self.preset}: expected one of {', '.join(PRESETS)}")
+            for key, value in PRESETS[self.preset].items():
+                if key not in explicit:
+                    setattr(self, key, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check a YAML value's type against the field's annotation."""
+    kind = str(_FIELDS[key].type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"config key {key!r} is empty; expected a value ({kind})")
+    if kind.startswith("list"):
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"config key {key!r} = {value!r}; expected a number or a list of numbers")
+        return [float(v) for v in values]
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r} = {value!r}; expected an integer")
+        return value
+    if kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r} = {value!r}; expected a number")
+        return float(value)
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"config key {key!r} = {value!r}; expected a string")
+    return str(value)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config (safe_load): a mapping of RunConfig keys; unknown keys are rejected."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: holds a {type(raw).__name__}; expected a mapping of keys to values")
+    out = {}
+    for key, value in raw.items():
+        key = str(key).replace("-", "_")
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(_FIELDS)}"
+            raise ConfigError(f"config file {path}: unknown key {key!r}{hint}")
+        out[key] = _coerce(key, value)
+    return out
+
+
+def build_config(yaml_values: dict[str, Any], flags: dict[str, Any]) -> tuple[RunConfig, set[str]]:
+    """RunConfig from YAML values overridden by explicitly given flags; returns it and the explicit keys."""
+    values = {**yaml_values, **{k: v for k, v in flags.items() if k in _FIELDS}}
+    cfg = RunConfig(**values)
+    explicit = set(values)
+    cfg.apply_preset(explicit)
+    return cfg.validate(), explicit
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

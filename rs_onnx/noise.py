@@ -1,0 +1,57 @@
+"""Gaussian noise in reproducible blocks.
+
+The noise for sample j of (example, phase) is row ``j % block_size`` of block ``j // block_size``,
+drawn from its own stream ``SeedSequence(entropy, spawn_key=(example, phase, block))``. Results
+therefore do not depend on the batch size, the number of noise threads, the order in which blocks
+are drawn, or how a data set is split between runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Phases: independent noise for Cohen's selection (n0), estimation (n) and PREDICT samples.
+SELECT, ESTIMATE, PREDICT = 0, 1, 2
+
+# A block holds about this many float32 values (4 MiB), capped at MAX_BLOCK samples.
+BLOCK_VALUES = 1 << 20
+MAX_BLOCK = 1000
+
+
+def block_size_for(dim: int) -> int:
+    """Samples per noise block for inputs of ``dim`` values: depends on the data only, never on the batch."""
+    return int(max(1, min(MAX_BLOCK, BLOCK_VALUES // max(1, dim))))
+
+
+def new_entropy() -> int:
+    """Fresh OS entropy (a 128-bit int) for a run without --seed; record it to repeat the run."""
+    return int(np.random.SeedSequence().entropy)
+
+
+@dataclass(frozen=True)
+class Block:
+    """``size`` noise rows of block ``block`` of (example, phase); ``slot`` says whose counts they feed."""
+
+    slot: int
+    example: int
+    phase: int
+    block: int
+    size: int
+
+
+def draw(entropy: int, block: Block, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal noise, float32 shaped [block.size, *shape], from the block's own stream."""
+    seq = np.random.SeedSequence(entropy, spawn_key=(block.example, block.phase, block.block))
+    rng = np.random.Generator(np.random.SFC64(seq))
+    return rng.standard_normal((block.size, *shape), dtype=np.float32)
+
+
+def split(slot: int, example: int, phase: int, n: int, block_size: int) -> list[Block]:
+    """The blocks that make up n samples of (example, phase)."""
+    full, rest = divmod(n, block_size)
+    blocks = [Block(slot, example, phase, b, block_size) for b in range(full)]
+    if rest:
+        blocks.append(Block(slot, example, phase, full, rest))
+    return blocks
