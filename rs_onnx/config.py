@@ -53,6 +53,7 @@ class RunConfig:
     skip: int = 1
     label: int | None = None
     noise_threads: int | None = None
+    bound: str = "cohen"
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(self.layout, float(self.scale), tuple(map(float, self.mean)),
@@ -72,6 +73,7 @@ class RunConfig:
             (self.skip >= 1, "skip", self.skip, "at least 1"),
             (self.layout in LAYOUTS, "layout", self.layout, "one of " + ", ".join(LAYOUTS)),
             (self.preset is None or self.preset in PRESETS, "preset", self.preset, "one of " + ", ".join(PRESETS)),
+            (self.bound in ("cohen", "best"), "bound", self.bound, "cohen or best"),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
         ]
         for ok, key, value, expected in checks:

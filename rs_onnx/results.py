@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-CERTIFY_COLUMNS = COHEN_COLUMNS + ("pA_lower", "nA", "n", "n0", "nonfinite")
+CERTIFY_COLUMNS = COHEN_COLUMNS + ("pA_lower", "nA", "n", "n0", "nonfinite", "pB_upper", "radius_2class", "radius_tv")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "pvalue", "count_a", "count_b", "n", "nonfinite")
 
 

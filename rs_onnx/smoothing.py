@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import noise, stats
+from . import bounds, noise, stats
 from .errors import ConfigError
 from .preprocess import Preprocessor, PreprocessSpec
 from .sampling import Sampler, Task, default_noise_threads
@@ -20,7 +20,13 @@ ABSTAIN = stats.ABSTAIN
 
 @dataclass(frozen=True)
 class Certificate:
-    """CERTIFY's answer for one example. ``radius`` is an l2 radius in [0,1] pixel units (0 on abstain)."""
+    """CERTIFY's answer for one example; radii are l2, in [0,1] pixel units, 0 on abstain.
+
+    ``radius`` is Cohen's sigma Phi^-1(pA_lower) at level alpha (or, with ``bound="best"``, the larger of
+    Cohen's and the two-class radius, both at the split level). ``radius_2class`` (Cohen et al.'s
+    Theorem 1 with pB_upper bounding every other class) and ``radius_tv`` (total variation) each hold
+    at level alpha on their own, with alpha split between pA_lower and pB_upper.
+    """
 
     predict: int
     radius: float
@@ -30,6 +36,9 @@ class Certificate:
     n0: int
     guess: int
     nonfinite: int
+    p_b_upper: float
+    radius_2class: float
+    radius_tv: float
     counts: np.ndarray = field(repr=False, compare=False)
 
 
@@ -102,13 +111,15 @@ class SmoothedClassifier:
 
     def certify_many(self, xs: Sequence[np.ndarray], n0: int, n: int, alpha: float,
                      examples: Sequence[int] | None = None,
-                     progress: Callable[[int], None] | None = None) -> list[Certificate]:
+                     progress: Callable[[int], None] | None = None, bound: str = "cohen") -> list[Certificate]:
         """CERTIFY for several images at once, packed into shared batches.
 
         xs : images of one shape (e.g. [C,H,W]) in [0,1]. examples : their indices in the data set, which
         select their noise streams (default 0, 1, ...). Returns one Certificate per image.
         """
         _check_args(n0, n, alpha)
+        if bound not in ("cohen", "best"):
+            raise ConfigError(f"bound={bound!r}: expected 'cohen' or 'best'")
         examples = list(range(len(xs))) if examples is None else list(examples)
         if len(xs) == 0:
             return []
@@ -119,12 +130,19 @@ class SmoothedClassifier:
             guess = int(np.argmax(c0[:-1])) if c0[:-1].sum() > 0 else ABSTAIN
             n_a = int(c1[guess]) if guess != ABSTAIN else 0
             p_lower = stats.clopper_pearson_lower(n_a, n, alpha)
-            if p_lower < 0.5:
+            p_b, r_two, r_tv = 1.0, 0.0, 0.0
+            if guess != ABSTAIN:  # non-finite outputs count as one more rival outcome
+                p_a_split, p_b, r_two = map(float, bounds.two_class_certificate(c1, guess, alpha, self.sigma))
+                r_tv = float(bounds.tv_radius(p_a_split, p_b, self.sigma))
+            if bound == "best":
+                radius = float(bounds.best_radius(c1, guess, alpha, self.sigma)) if guess != ABSTAIN else 0.0
+                pred = guess if radius > 0 else ABSTAIN
+            elif p_lower < 0.5:
                 pred, radius = ABSTAIN, 0.0
             else:
                 pred, radius = guess, stats.cohen_radius(p_lower, self.sigma)
             nonfinite = int(c0[-1] + c1[-1])
-            out.append(Certificate(pred, radius, p_lower, n_a, n, n0, guess, nonfinite, c1))
+            out.append(Certificate(pred, radius, p_lower, n_a, n, n0, guess, nonfinite, p_b, r_two, r_tv, c1))
         return out
 
     def certify(self, x: np.ndarray, n0: int, n: int, alpha: float, example: int = 0) -> Certificate:

@@ -55,37 +55,6 @@ def test_nonfinite_outputs_never_count_for_a_class():
     assert cert.predict == ABSTAIN and cert.radius == 0.0
 
 
-def test_linear_classifier_radius_is_sound_and_tight():
-    d, sigma = 20, 0.25
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=d)
-    w /= np.linalg.norm(w)
-    distance = 0.3
-    x = w * distance  # w.x + b = distance with b = 0, so the exact radius is 0.3
-    clf = LinearTwoClass(w, 0.0)
-    sc = SmoothedClassifier(clf, sigma=sigma, seed=0, batch_size=10_000)
-    cert = sc.certify(x.astype(np.float32), n0=100, n=200_000, alpha=0.001)
-    assert cert.predict == 1
-    assert cert.radius <= distance
-    assert cert.radius > 0.97 * distance  # pA = Phi(1.2) = 0.885 is estimated to ~0.003 at n = 2e5
-    assert cert.n_a / cert.n == pytest.approx(norm.cdf(distance / sigma), abs=0.003)
-
-
-def test_linear_classifier_false_certification_rate_is_below_alpha():
-    """Many independent examples at the same distance: radius > true distance happens at most alpha of the time."""
-    d, sigma, alpha, distance, trials = 8, 0.5, 0.05, 0.2, 600
-    w = np.zeros(d)
-    w[0] = 1.0
-    x = np.zeros(d, np.float32)
-    x[0] = distance
-    sc = SmoothedClassifier(LinearTwoClass(w, 0.0), sigma=sigma, seed=7, batch_size=20_000, noise_threads=0)
-    certs = sc.certify_many([x] * trials, n0=50, n=500, alpha=alpha)
-    wrong = np.mean([c.radius > distance for c in certs])
-    # Binomial(600, 0.05) exceeds 0.05 + 3 sd = 0.077 with probability < 0.2%.
-    assert wrong <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
-    assert np.mean([c.predict == 1 for c in certs]) > 0.5  # and it is not vacuous
-
-
 def _counts(batch_size, threads):
     rng = np.random.default_rng(3)
     w = rng.normal(size=16)

@@ -1,0 +1,409 @@
+"""Reading certification results and presenting certified accuracy (tables and plots).
+
+A results file is a tab-separated table with a header line whose columns include Cohen et al.'s
+``idx label predict radius correct time`` (the files written by locuslab/smoothing's ``certify.py``
+load as they are); extra columns (``pA_lower``, ``nA``, ``n``, ``radius_tv``, ...) are kept.
+Radii are in the units of the noise scale: [0,1]-pixel units, l2, for Gaussian smoothing.
+
+Conventions follow Cohen et al.'s ``analyze.py``: the certified accuracy at radius r is the fraction of
+ALL examples with ``correct & (radius >= r)``, so at r = 0 it is the smoothed classifier's accuracy and
+abstentions (``predict == -1``, ``correct == 0``) count as wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, DataError, RsOnnxError
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "DEFAULT_RADII",
+    "Results",
+    "read_results",
+    "certified_accuracy",
+    "average_certified_radius",
+    "summary",
+    "TableRow",
+    "table_rows",
+    "to_markdown",
+    "to_csv",
+    "to_latex",
+    "plot_certified_accuracy",
+]
+
+REQUIRED_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+_INT_COLUMNS = ("idx", "label", "predict", "correct")
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+ABSTAIN = -1
+
+# str(datetime.timedelta), as Cohen's certify.py writes it: "0:00:15.412345", "1 day, 2:03:04".
+_TIMEDELTA = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
+
+
+@dataclass(frozen=True)
+class Results:
+    """The columns of a results file as numpy arrays, one entry per example.
+
+    ``idx``, ``label``, ``predict``, ``correct`` are int64, ``radius`` and ``time`` (seconds) float64;
+    extra columns are float64 when every value is numeric, str otherwise. ``results["name"]`` gives any
+    column; ``len(results)`` is the number of examples.
+    """
+
+    columns: dict[str, np.ndarray]
+    path: str | None = field(default=None, compare=False)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise DataError(f"column {name!r}: not in results (has {', '.join(self.columns)})") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+    def __len__(self) -> int:
+        return len(self.columns["idx"]) if "idx" in self.columns else len(next(iter(self.columns.values())))
+
+    idx = property(lambda self: self["idx"], doc="example index in the dataset (int64)")
+    label = property(lambda self: self["label"], doc="true class (int64)")
+    predict = property(lambda self: self["predict"], doc="smoothed prediction, -1 = abstain (int64)")
+    radius = property(lambda self: self["radius"], doc="certified radius, units of the noise scale (float64)")
+    correct = property(lambda self: self["correct"], doc="1 when predict == label (int64)")
+    time = property(lambda self: self["time"], doc="seconds spent on the example (float64)")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.columns)
+
+
+def _parse_time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = _TIMEDELTA.match(text)
+    if m is None:
+        raise ValueError(text)
+    days, h, mnt, s = m.groups()
+    return int(days or 0) * 86400.0 + int(h) * 3600.0 + int(mnt) * 60.0 + float(s)
+
+
+def _parse_int(text: str) -> int:
+    if text in ("True", "False"):  # a boolean `correct` column written by pandas
+        return int(text == "True")
+    value = float(text)
+    if not np.isfinite(value) or value != int(value):
+        raise ValueError(text)
+    return int(value)
+
+
+def read_results(path) -> Results:
+    """Read a results TSV (Cohen et al.'s columns ``idx label predict radius correct time`` plus extras).
+
+    ``time`` may be seconds (``15.4``) or ``h:mm:ss[.ffffff]`` as ``str(datetime.timedelta)`` writes it;
+    it is returned in seconds. Raises :class:`DataError` for a missing or empty file, a missing column,
+    a ragged row or a non-numeric value in a required column.
+    """
+    p = Path(path)
+    expected = "a tab-separated file with header " + " ".join(REQUIRED_COLUMNS)
+    if not p.is_file():
+        raise DataError(f"results file {p}: {'is a directory' if p.is_dir() else 'not found'}; expected {expected}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"results file {p}: unreadable ({type(err).__name__}); expected {expected}") from None
+    lines = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    if not lines:
+        raise DataError(f"results file {p}: empty; expected {expected}")
+    header = [h.strip() for h in lines[0][1].split("\t")]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        hint = " (it does not look tab-separated)" if len(header) == 1 else ""
+        raise DataError(f"results file {p}: header {' '.join(header)!r} lacks {', '.join(missing)}{hint}; "
+                        f"expected {expected}")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise DataError(f"results file {p}: duplicate columns {', '.join(dupes)}; expected unique column names")
+    rows = lines[1:]
+    if not rows:
+        raise DataError(f"results file {p}: header only, no rows; expected one row per certified example")
+
+    cells: list[list[str]] = []
+    for lineno, line in rows:
+        row = [c.strip() for c in line.split("\t")]
+        if len(row) != len(header):
+            raise DataError(f"results file {p}, line {lineno}: {len(row)} fields; "
+                            f"expected {len(header)} as in the header")
+        cells.append(row)
+
+    columns: dict[str, np.ndarray] = {}
+    for j, name in enumerate(header):
+        raw = [row[j] for row in cells]
+        if name in REQUIRED_COLUMNS:
+            parse, kind, dtype = {
+                "radius": (float, "a number", np.float64),
+                "time": (_parse_time, "seconds or h:mm:ss", np.float64),
+            }.get(name, (_parse_int, "an integer", np.int64))
+            values = []
+            for (lineno, _), value in zip(rows, raw):
+                try:
+                    values.append(parse(value))
+                except ValueError:
+                    raise DataError(f"results file {p}, line {lineno}, column {name}: {value!r}; "
+                                    f"expected {kind}") from None
+            columns[name] = np.asarray(values, dtype=dtype)
+        else:
+            try:
+                columns[name] = np.asarray([float(v) for v in raw], dtype=np.float64)
+            except ValueError:
+                columns[name] = np.asarray(raw, dtype=str)
+
+    bad = ~np.isin(columns["correct"], (0, 1))
+    if bad.any():
+        lineno = rows[int(np.argmax(bad))][0]
+        raise DataError(f"results file {p}, line {lineno}, column correct: {columns['correct'][bad][0]}; "
+                        "expected 0 or 1")
+    bad = np.isnan(columns["radius"])
+    if bad.any():
+        raise DataError(f"results file {p}, line {rows[int(np.argmax(bad))][0]}, column radius: nan; expected a number")
+    return Results(columns, str(p))
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def _column(results, name: str) -> np.ndarray:
+    try:
+        return np.asarray(results[name])
+    except (KeyError, DataError):
+        have = ", ".join(map(str, _names(results)))
+        raise DataError(f"column {name!r}: not in results; expected one of {have}") from None
+
+
+def _names(results) -> list:
+    return list(results.columns) if isinstance(results, Results) else list(results)
+
+
+def certified_accuracy(results, radii, radius_column: str = "radius") -> np.ndarray:
+    """Fraction of all examples with ``correct == 1`` and ``radius >= r``, for each r in ``radii``.
+
+    Exactly Cohen et al.'s ``(df["correct"] & (df["radius"] >= r)).mean()``. Returns an array shaped like
+    ``radii``. ``results`` is a :class:`Results` or any mapping of column name to array.
+    """
+    correct = _column(results, "correct") == 1
+    rad = _column(results, radius_column).astype(np.float64)
+    if correct.size == 0:
+        raise DataError("results with 0 examples: expected at least one to compute certified accuracy")
+    r = np.asarray(radii, dtype=np.float64)
+    acc = (correct[None, :] & (rad[None, :] >= r.reshape(-1, 1))).mean(axis=1)
+    return acc.reshape(r.shape)
+
+
+def average_certified_radius(results, radius_column: str = "radius") -> float:
+    """ACR: mean over ALL examples of radius * correct (abstentions and errors contribute 0)."""
+    correct = _column(results, "correct") == 1
+    rad = _column(results, radius_column).astype(np.float64)
+    if correct.size == 0:
+        raise DataError("results with 0 examples: expected at least one to compute the ACR")
+    return float(np.mean(np.where(correct, rad, 0.0)))
+
+
+def summary(results, radius_column: str = "radius") -> dict:
+    """n examples, smoothed accuracy, abstention rate (predict == -1), mean time per image (s), ACR."""
+    predict = _column(results, "predict")
+    return {
+        "n": int(predict.size),
+        "accuracy": float(certified_accuracy(results, 0.0, radius_column)),
+        "abstention_rate": float(np.mean(predict == ABSTAIN)),
+        "time_per_image": float(np.mean(_column(results, "time"))),
+        "acr": average_certified_radius(results, radius_column),
+    }
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One run of a table: certified accuracy (fractions) at ``radii`` plus summary columns."""
+
+    label: str
+    n: int
+    radii: tuple[float, ...]
+    certified: tuple[float, ...]
+    acr: float
+    abstention_rate: float
+    time_per_image: float
+
+
+def table_rows(runs: Mapping, radii: Sequence[float] = DEFAULT_RADII, radius_column: str = "radius") -> list[TableRow]:
+    """One :class:`TableRow` per run, from a mapping of label to results."""
+    radii = tuple(float(r) for r in radii)
+    rows = []
+    for label, res in runs.items():
+        s = summary(res, radius_column)
+        acc = certified_accuracy(res, radii, radius_column)
+        rows.append(TableRow(str(label), s["n"], radii, tuple(float(a) for a in acc), s["acr"],
+                             s["abstention_rate"], s["time_per_image"]))
+    return rows
+
+
+def _as_rows(rows) -> list[TableRow]:
+    if isinstance(rows, Mapping):
+        rows = table_rows(rows)
+    rows = list(rows)
+    if not rows:
+        raise ConfigError("table of 0 runs: expected at least one run")
+    if any(not isinstance(r, TableRow) for r in rows):
+        raise ConfigError("table rows: expected TableRow objects (see table_rows) or a mapping of label to results")
+    if len({r.radii for r in rows}) != 1:
+        raise ConfigError("table rows with different radii: expected the same radii in every row")
+    return rows
+
+
+def _fmt_radius(r: float) -> str:
+    return f"{r:.2f}" if round(r, 2) == r else f"{r:g}"
+
+
+def _fmt_time(t: float) -> str:
+    return f"{t:.0f}" if t >= 100 else f"{t:.3g}"
+
+
+def _fmt_fraction(x: float) -> str:
+    return format(x, ".12g")  # 12 significant digits: exact for counts/n, without float noise like ...0002
+
+
+def _headers(radii) -> list[str]:
+    return ["run", "n", *(f"r={_fmt_radius(r)}" for r in radii), "ACR", "abstain", "s/img"]
+
+
+def to_markdown(rows) -> str:
+    """A Markdown table: certified accuracy (%) at each radius, ACR, abstention (%), seconds per image."""
+    rows = _as_rows(rows)
+    head = _headers(rows[0].radii)
+    head[2:-3] = [h + " (%)" for h in head[2:-3]]
+    head[-2] += " (%)"
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["--:"] * (len(head) - 1)) + "|"]
+    for r in rows:
+        cells = [r.label.replace("|", "\\|"), str(r.n), *(f"{100 * a:.1f}" for a in r.certified),
+                 f"{r.acr:.3f}", f"{100 * r.abstention_rate:.1f}", _fmt_time(r.time_per_image)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows) -> str:
+    """CSV with fractions (not percentages) to 12 significant digits, seconds per image, one line per run."""
+    rows = _as_rows(rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    radii = [f"r={_fmt_radius(r)}" for r in rows[0].radii]
+    w.writerow(["run", "n", *radii, "acr", "abstention_rate", "time_per_image"])
+    for r in rows:
+        w.writerow([r.label, r.n, *(_fmt_fraction(a) for a in r.certified), _fmt_fraction(r.acr),
+                    _fmt_fraction(r.abstention_rate), _fmt_fraction(r.time_per_image)])
+    return buf.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(s: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in s)
+
+
+def to_latex(rows) -> str:
+    """A booktabs ``tabular``: certified accuracy (%) at each radius, ACR, abstention (%), s/image."""
+    rows = _as_rows(rows)
+    radii = rows[0].radii
+    k = len(radii)
+    out = [
+        r"\begin{tabular}{l" + "r" * (k + 4) + "}",
+        r"\toprule",
+        r" & & \multicolumn{" + str(k) + r"}{c}{certified accuracy (\%) at $\ell_2$ radius} & & & \\",
+        r"\cmidrule(lr){3-" + str(k + 2) + "}",
+        "run & $n$ & " + " & ".join(f"${_fmt_radius(r)}$" for r in radii) + r" & ACR & abstain (\%) & s/img \\",
+        r"\midrule",
+    ]
+    for r in rows:
+        cells = [_latex_escape(r.label), str(r.n), *(f"{100 * a:.1f}" for a in r.certified), f"{r.acr:.3f}",
+                 f"{100 * r.abstention_rate:.1f}", _fmt_time(r.time_per_image)]
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- plot
+
+
+def _curve(results, radius_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Step curve of certified accuracy: (x, y) to draw with ``where="post"``."""
+    correct = _column(results, "correct") == 1
+    rad = np.sort(_column(results, radius_column).astype(np.float64)[correct])
+    n = correct.size
+    m = rad.size
+    x = np.concatenate([[0.0], rad])
+    y = np.concatenate([[m], m - np.arange(1, m + 1)]) / n
+    return x, y
+
+
+def plot_certified_accuracy(runs: Mapping, path, radius_max: float | None = None, *,
+                            radius_column: str = "radius", title: str | None = None,
+                            xlabel: str = "radius (l2, [0,1] pixel units)") -> Path:
+    """Plot certified accuracy against radius for several runs, saved as PNG, PDF or SVG by extension.
+
+    Each curve is the exact step function r -> fraction of examples with correct and radius >= r (drawn
+    with ``where="post"``, so the drop at a radius shows just after it). The legend gives each run's ACR.
+    matplotlib is imported here, never at import time; the figure is drawn on an Agg canvas without
+    pyplot, so no global backend is changed (in a notebook too).
+    """
+    p = Path(path)
+    fmt = p.suffix.lower().lstrip(".")
+    if fmt not in ("png", "pdf", "svg"):
+        raise ConfigError(f"plot path {p}: extension {p.suffix!r}; expected .png, .pdf or .svg")
+    if not runs:
+        raise ConfigError("plot of 0 runs: expected a mapping of label to results")
+    try:
+        import matplotlib  # noqa: F401  (imported first so a missing package is caught here)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import PercentFormatter
+    except ImportError:
+        raise RsOnnxError("plotting needs matplotlib, which is not installed: expected it; "
+                          "install rs-onnx[plots]") from None
+
+    curves = {str(label): (_curve(res, radius_column), average_certified_radius(res, radius_column))
+              for label, res in runs.items()}
+    if radius_max is None:
+        top = max((float(x[-1]) for (x, _), _ in curves.values()), default=0.0)
+        radius_max = 1.05 * top if top > 0 else 1.0
+    elif not float(radius_max) > 0:
+        raise ConfigError(f"radius_max={radius_max}: expected a positive number")
+
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, ((x, y), acr) in curves.items():
+        x = np.append(x, max(radius_max, float(x[-1])))
+        y = np.append(y, y[-1])
+        ax.step(x, y, where="post", linewidth=1.8, label=f"{label} (ACR {acr:.3f})")
+    ax.set_xlim(0.0, radius_max)
+    ax.set_ylim(0.0, 1.0)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("certified accuracy")
+    ax.grid(True, alpha=0.35)
+    ax.legend(loc="upper right", frameon=True)
+    if title:
+        ax.set_title(title)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, format=fmt, dpi=150)
+    return p

@@ -1,0 +1,260 @@
+"""The ``rs-onnx`` command line: parse, call the API, render. Logs and progress go to stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import __version__
+from .config import build_config, load_yaml
+from .errors import RsOnnxError
+
+log = logging.getLogger("rs_onnx")
+
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+# The embedded default: the bundled digits model on every 10th bundled digit, about a minute on 2 CPU cores.
+DEFAULT_RUN = {"n0": 100, "n": 10_000, "alpha": 0.001, "skip": 10, "seed": 0}
+
+
+def _setup_logging(quiet: bool, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rs-onnx: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _version_text() -> str:
+    import numpy
+    import onnxruntime
+
+    from .classifier import working_providers
+
+    return (f"rs-onnx {__version__}\nonnxruntime {onnxruntime.__version__}\nnumpy {numpy.__version__}\n"
+            f"providers that work here: {', '.join(working_providers())}")
+
+
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(_version_text())
+        ctx.exit()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Versions of rs-onnx, onnxruntime, numpy, and the execution providers that really work.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or info logs.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
+    """Certify the l2 robustness of any ONNX classifier by randomized smoothing (Cohen et al. 2019)."""
+    ctx.obj = {"quiet": quiet, "debug": debug}
+    _setup_logging(quiet, debug)
+
+
+def _run_options(f):
+    """Options shared by certify and predict; each is also a YAML key (dashes become underscores)."""
+    options = [
+        click.argument("model", required=False),
+        click.argument("data", required=False),
+        click.option("--config", "config_path", type=click.Path(), help="YAML file with any of these options."),
+        click.option("--sigma", type=float, help="Noise std in [0,1] pixel units (default: the model's rs_onnx.sigma)."),
+        click.option("--n", "n", type=int, help="Samples for the estimate (default 100000)."),
+        click.option("--alpha", type=float, help="Failure probability of each answer (default 0.001)."),
+        click.option("--batch-size", type=int, help="Noisy samples per model call (default 1000)."),
+        click.option("--seed", type=int, help="Seed of all noise; without it fresh entropy is drawn and recorded."),
+        click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
+        click.option("--input-name", help="Model input to feed (needed when there are several)."),
+        click.option("--output-name", help="Model output holding the class scores (needed when ambiguous)."),
+        click.option("--preset", help="Normalisation preset: none, mnist, cifar10, cifar10-cohen, imagenet."),
+        click.option("--layout", help="Model input layout: auto, nchw, nhwc, flat."),
+        click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
+        click.option("--mean", type=float, multiple=True, help="Per-channel mean (repeat per channel), scaled units."),
+        click.option("--std", type=float, multiple=True, help="Per-channel std (repeat per channel), scaled units."),
+        click.option("--dtype", help="Model input dtype (default: the model's; integers are rounded and clipped)."),
+        click.option("--start", type=int, help="First example index."),
+        click.option("--end", type=int, help="Stop before this example index."),
+        click.option("--skip", type=int, help="Take every skip-th example."),
+        click.option("--label", type=int, help="Label of a single image file given as DATA."),
+        click.option("--noise-threads", type=int, help="Threads drawing noise (default: half the cores)."),
+        click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
+        click.option("--dump-config", is_flag=True, help="Print the resolved configuration as YAML and exit."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _config(ctx: click.Context, mode: str, kwargs: dict):
+    from .run import bundled
+
+    yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}
+    flags = {}
+    for key, value in kwargs.items():
+        if key in ("config_path", "out", "resume", "dump_config"):
+            continue
+        source = ctx.get_parameter_source(key)
+        if value not in (None, ()) and source is not click.core.ParameterSource.DEFAULT:
+            flags[key] = list(value) if isinstance(value, tuple) else value
+    default_run = not flags.get("model") and not yaml_values.get("model")
+    if default_run:
+        if flags.get("data") or yaml_values.get("data"):
+            raise click.UsageError("DATA given without MODEL; expected both, or neither for the bundled default")
+        yaml_values = {**DEFAULT_RUN, **yaml_values, "model": bundled("digits_cnn.onnx"),
+                       "data": bundled("digits_eval.npz")}
+        log.info("no model given: certifying the bundled digits model on every 10th bundled digit (n=%d)",
+                 yaml_values["n"])
+    elif not (flags.get("data") or yaml_values.get("data")):
+        raise click.UsageError("MODEL given without DATA; expected an .npz or image file after the model")
+    cfg, _ = build_config(yaml_values, flags)
+    return cfg, default_run
+
+
+def _progress_bar(ctx: click.Context, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
+                disable=ctx.obj["quiet"], smoothing=0.05)
+
+
+def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
+    from . import run as runmod
+    from .config import dump_yaml
+
+    cfg, default_run = _config(ctx, mode, kwargs)
+    if kwargs["dump_config"]:
+        click.echo(dump_yaml(cfg), nl=False)
+        return
+    p = runmod.prepare(cfg)
+    out = Path(kwargs["out"]) if kwargs.get("out") else None
+    if kwargs["resume"] and out is None:
+        raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
+    per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n
+    rows: list[dict] = []
+    bar = _progress_bar(ctx, per_example * len(p.indices), mode)
+    try:
+        meta = runmod.execute(p, mode, out, resume=kwargs["resume"], on_rows=rows.extend, progress=bar.update,
+                              stream=None if out else sys.stdout)
+    except KeyboardInterrupt:
+        bar.close()
+        hint = f"; resume with the same command and --resume" if out and cfg.seed is not None else ""
+        click.echo(f"rs-onnx: interrupted after {len(rows)} examples; finished rows are in "
+                   f"{out or 'stdout'}{hint}", err=True)
+        ctx.exit(130)
+    bar.close()
+    if mode == "certify" and rows:
+        table = _accuracy_table(rows, DEFAULT_RADII, meta["timings"]["seconds"])
+        click.echo(table, err=out is None)
+
+
+def _accuracy_table(rows: list[dict], radii, seconds: float) -> str:
+    from .analysis import REQUIRED_COLUMNS, Results, table_rows, to_markdown
+
+    results = Results({c: np.asarray([r[c] for r in rows]) for c in REQUIRED_COLUMNS})
+    table = to_markdown(table_rows({"certified accuracy": results}, radii))
+    return f"{table}\n{len(rows)} examples, {seconds:.1f} s in all"
+
+
+@cli.command()
+@_run_options
+@click.option("--n0", type=int, help="Selection samples that pick the class to certify (default 100).")
+@click.option("--bound", type=click.Choice(["cohen", "best"]),
+              help="radius column: cohen (Cohen et al.'s, default) or best (max of Cohen's and the two-class bound, "
+                   "alpha split between them).")
+@click.pass_context
+def certify(ctx: click.Context, **kwargs) -> None:
+    """CERTIFY each example of DATA with the ONNX model MODEL.
+
+    Without MODEL and DATA, certifies the bundled digits model on the bundled digits.
+    Writes Cohen et al.'s TSV columns (idx label predict radius correct time) and more.
+    """
+    _execute(ctx, "certify", kwargs)
+
+
+@cli.command()
+@_run_options
+@click.pass_context
+def predict(ctx: click.Context, **kwargs) -> None:
+    """PREDICT each example of DATA: the smoothed class, or -1 (abstain) when unsure at level alpha."""
+    _execute(ctx, "predict", kwargs)
+
+
+def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list[str], list[float]]:
+    """``--radii 0 0.25 0.5``: click takes the first number; the rest arrive as positional arguments."""
+    files, extra = [], []
+    for p in paths:
+        if radii and not Path(p).exists():
+            try:
+                extra.append(float(p))
+                continue
+            except ValueError:
+                pass
+        files.append(p)
+    return files, [*radii, *extra]
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True)
+@click.option("--radii", type=float, multiple=True, help="Radii for the table (default 0 0.25 0.5 0.75 1).")
+@click.option("--label", "labels", multiple=True, help="Label per results file (default: file name).")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown",
+              show_default=True, help="Table format on stdout.")
+@click.option("--plot", type=click.Path(), help="Write a certified-accuracy step plot (.png or .pdf).")
+@click.option("--radius-column", default="radius", show_default=True,
+              help="Radius column to use (e.g. radius_tv, radius_2class).")
+def analyze(results, radii, labels, fmt, plot, radius_column) -> None:
+    """Certified accuracy at given radii, average certified radius, abstention rate and time per image.
+
+    Reads rs-onnx TSVs and Cohen et al.'s own files; several files make several rows (and curves).
+    """
+    from . import analysis
+
+    files, radii = _split_radii(results, radii)
+    if labels and len(labels) != len(files):
+        raise click.UsageError(f"{len(labels)} --label values for {len(files)} results files; expected one per file")
+    names = list(labels) if labels else [Path(f).stem for f in files]
+    if len(set(names)) != len(names):
+        names = [str(f) for f in files]
+    runs = {name: analysis.read_results(f) for name, f in zip(names, files)}
+    rows = analysis.table_rows(runs, radii or DEFAULT_RADII, radius_column)
+    render = {"markdown": analysis.to_markdown, "csv": analysis.to_csv, "latex": analysis.to_latex}[fmt]
+    text = render(rows)
+    click.echo(text, nl=not text.endswith("\n"))
+    if plot:
+        analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column)
+        log.info("wrote %s", plot)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one line and exit code 1 on bad input (traceback with --debug)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = cli.main(args=args, prog_name="rs-onnx", standalone_mode=False)
+    except click.Abort:
+        click.echo("rs-onnx: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"rs-onnx: error: {e.format_message()}", err=True)
+        sys.exit(1)
+    except RsOnnxError as e:
+        if debug:
+            raise
+        click.echo(f"rs-onnx: error: {e}", err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, no traceback unless --debug
+        if debug:
+            raise
+        click.echo(f"rs-onnx: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""A certification or prediction run over a data set: model + data + config -> TSV rows + meta.json.
+
+Rows are appended and flushed as examples finish; the meta file says whether the run is
+``running``, ``complete``, ``interrupted`` or ``failed``, so partial output is never passed off as
+complete. ``resume=True`` continues an interrupted run after checking that nothing that decides the
+results has changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import RunConfig
+from .data import Dataset, load_data
+from .errors import ConfigError, DataError
+from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, TsvWriter, command_line, meta_path, sha256_file, versions,
+                      write_json_atomic)
+from .smoothing import SmoothedClassifier
+
+log = logging.getLogger(__name__)
+
+# Keys that must match for --resume to continue a run.
+RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
+               "dtype", "label", "bound")
+
+
+def bundled(name: str) -> str:
+    """Path of a file shipped in rs_onnx/data (the embedded default model and digits)."""
+    return str(resources.files("rs_onnx") / "data" / name)
+
+
+def open_classifier(cfg: RunConfig):
+    from .classifier import OnnxClassifier
+
+    return OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device)
+
+
+def resolve_sigma(cfg: RunConfig, clf) -> float:
+    """--sigma, else the model's ``rs_onnx.sigma`` metadata (and say so), else a clear error."""
+    if cfg.sigma is not None:
+        return float(cfg.sigma)
+    meta = getattr(clf, "metadata", {}) or {}
+    if "rs_onnx.sigma" in meta:
+        sigma = float(meta["rs_onnx.sigma"])
+        log.info("no --sigma given: using sigma=%g from the model's metadata (rs_onnx.sigma)", sigma)
+        cfg.sigma = sigma
+        return sigma
+    raise ConfigError("no --sigma given and the model has no rs_onnx.sigma metadata; expected --sigma "
+                      "(noise level in [0,1] pixel units)")
+
+
+def image_size(clf, layout: str) -> tuple[int, int] | None:
+    """(height, width) of the model's image input, to resize single images; None for flat inputs."""
+    shape = tuple(clf.input_shape)
+    if len(shape) != 3:
+        return None
+    return shape[:2] if layout == "nhwc" or (layout == "auto" and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)) \
+        else shape[1:]
+
+
+@dataclass
+class Prepared:
+    """Everything checked before the first sample is drawn."""
+
+    cfg: RunConfig
+    classifier: object
+    smoothed: SmoothedClassifier
+    data: Dataset
+    indices: list[int]
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Load and check model, sigma, data, labels and preprocessing; raises RsOnnxError on bad input."""
+    clf = open_classifier(cfg)
+    sigma = resolve_sigma(cfg, clf)
+    data = load_data(cfg.data, cfg.label, image_size(clf, cfg.layout))
+    data.check_labels(clf.num_classes)
+    smoothed = SmoothedClassifier(clf, sigma, cfg.preprocess_spec(), cfg.seed, cfg.batch_size, cfg.noise_threads)
+    smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
+    end = len(data) if cfg.end is None else min(cfg.end, len(data))
+    indices = list(range(cfg.start, end, cfg.skip))
+    if not indices:
+        raise DataError(f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
+                        f"among {len(data)}; expected at least one")
+    return Prepared(cfg, clf, smoothed, data, indices)
+
+
+def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict) -> dict:
+    clf = p.classifier
+    return {
+        "status": status,
+        "mode": mode,
+        "config": p.cfg.to_dict(),
+        "seed": p.cfg.seed,
+        "entropy": str(p.smoothed.entropy),
+        "preprocess": p.smoothed.preprocessor(p.data.image_shape).describe(),
+        "batch_size": p.smoothed.batch_size,
+        "noise_threads": p.smoothed.noise_threads,
+        "model": {"path": str(p.cfg.model), "sha256": clf.sha256, "signature": clf.signature()},
+        "providers": list(clf.providers),
+        "device": getattr(clf, "device", None),
+        "device_name": getattr(clf, "device_name", None),
+        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices)},
+        "versions": versions(),
+        "command": command_line(),
+        "timings": timings,
+        "out": str(out) if out else None,
+        **extra,
+    }
+
+
+def _done_indices(out: Path, meta: dict, p: Prepared, mode: str) -> set[int]:
+    """Indices already in ``out`` from an earlier run with the same model and configuration."""
+    old = meta.get("config", {})
+    changed = [k for k in RESUME_KEYS if old.get(k) != p.cfg.to_dict().get(k)]
+    if meta.get("mode") != mode:
+        changed.append("mode")
+    if meta.get("model", {}).get("sha256") != p.classifier.sha256:
+        changed.append("model (sha256)")
+    if p.cfg.seed is None:
+        changed.append("seed (the earlier run had none; resuming needs --seed)")
+    if changed:
+        raise ConfigError(f"--resume: {out} was made with a different {', '.join(changed)}; expected the same "
+                          "model and configuration (or start a new --out)")
+    done = set()
+    with open(out, encoding="utf-8", newline="") as f:
+        lines = f.read().split("\n")
+    # A last line without its newline was cut by a crash: drop it (it is recomputed).
+    complete = lines[:-1]
+    for row in csv.DictReader(complete, delimiter="\t"):
+        done.add(int(row["idx"]))
+    with open(out, "w", encoding="utf-8", newline="\n") as f:
+        f.write("".join(line + "\n" for line in complete))
+    return done
+
+
+def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
+            on_rows: Callable[[list[dict]], None] | None = None,
+            progress: Callable[[int], None] | None = None, stream=None) -> dict:
+    """Run CERTIFY (mode "certify") or PREDICT ("predict") over the selected examples.
+
+    Rows go to ``out`` (and its meta.json) or, without ``out``, to the text stream ``stream``.
+    Returns the final meta dict; re-raises KeyboardInterrupt after recording the interruption.
+    """
+    cfg = p.cfg
+    columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
+    todo = list(p.indices)
+    if resume:
+        if out is None or not out.exists() or not meta_path(out).exists():
+            raise ConfigError(f"--resume: no earlier run at {out} (expected {out} and {meta_path(out)})")
+        import json
+
+        done = _done_indices(out, json.loads(meta_path(out).read_text()), p, mode)
+        todo = [i for i in todo if i not in done]
+        log.info("resuming %s: %d examples done, %d to go", out, len(p.indices) - len(todo), len(todo))
+    writer = TsvWriter(out, columns, append=resume) if out else None
+    t0 = time.time()
+    timings = {"started": t0, "seconds": 0.0}
+    extra = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0}
+    if out:
+        write_json_atomic(meta_path(out), _meta(p, mode, out, "running", timings, extra))
+    if stream is not None and writer is None:
+        stream.write("\t".join(columns) + "\n")
+    per_group = max(1, min(64, math.ceil(cfg.batch_size / cfg.n)))
+    status = "failed"
+    try:
+        for g in range(0, len(todo), per_group):
+            group = todo[g:g + per_group]
+            xs = [p.data.image(i) for i in group]
+            t = time.time()
+            if mode == "certify":
+                answers = p.smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, progress, cfg.bound)
+            else:
+                answers = p.smoothed.predict_many(xs, cfg.n, cfg.alpha, group, progress)
+            seconds = (time.time() - t) / len(group)
+            rows = [_row(mode, i, int(p.data.labels[i]), a, seconds) for i, a in zip(group, answers)]
+            for row in rows:
+                extra["nonfinite_outputs"] += row["nonfinite"]
+                if writer:
+                    writer.write(row)
+                elif stream is not None:
+                    stream.write("\t".join(str(row[c]) for c in columns) + "\n")
+                    stream.flush()
+            extra["examples_done"] += len(rows)
+            if on_rows:
+                on_rows(rows)
+        status = "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if writer:
+            writer.close()
+        timings["seconds"] = time.time() - t0
+        meta = _meta(p, mode, out, status, timings, extra)
+        if out:
+            write_json_atomic(meta_path(out), meta)
+    if extra["nonfinite_outputs"]:
+        log.warning("%d noisy samples gave NaN/Inf model outputs; they were counted as their own outcome, never "
+                    "for a class (column 'nonfinite')", extra["nonfinite_outputs"])
+    return meta
+
+
+def _row(mode: str, idx: int, label: int, a, seconds: float) -> dict:
+    common = {"idx": idx, "label": label, "predict": a.predict, "correct": int(a.predict == label and label >= 0),
+              "time": round(seconds, 4), "n": a.n, "nonfinite": a.nonfinite}
+    if mode == "certify":
+        return {**common, "radius": float(a.radius), "pA_lower": float(a.p_a_lower), "nA": a.n_a, "n0": a.n0,
+                "pB_upper": float(a.p_b_upper), "radius_2class": float(a.radius_2class), "radius_tv": float(a.radius_tv)}
+    return {**common, "pvalue": float(a.p_value), "count_a": a.count_a, "count_b": a.count_b}
