@@ -1,0 +1,456 @@
+"""Pure ONNX graph surgery and facts: loading, batch rewrites, an appended ArgMax, a description.
+
+Nothing here creates an onnxruntime session; :mod:`rs_onnx.classifier` does.
+Shapes are lists of dims: an ``int`` for a fixed dim, a ``str`` for a symbolic one
+(``""`` when the dim is unnamed and unknown).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+
+from rs_onnx.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+BATCH_DIM = "batch"
+"""Symbolic name given to the leading dim by :func:`make_batch_dynamic`."""
+CLASS_OUTPUT = "rs_onnx_class"
+"""Name of the int64 [N] output added by :func:`append_argmax`."""
+FINITE_OUTPUT = "rs_onnx_finite"
+"""Name of the float [N] output added by :func:`append_argmax`: 0 when a row is finite, else NaN."""
+
+_NORM_OPS = ("Sub", "Div", "Mul", "Add")
+_PASS_OPS = ("Cast", "Identity", "Transpose")
+
+
+# --------------------------------------------------------------------------- loading
+def load_model(path, *, load_external_data: bool = False) -> onnx.ModelProto:
+    """Load and check an ONNX model, turning every failure into a one-line :class:`ModelError`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.onnx`` file.
+    load_external_data : bool
+        Read tensors stored in external files into memory. By default they keep their references
+        (graph surgery does not need weights; sessions resolve them from the model's folder).
+
+    Notes
+    -----
+    The checker runs on the file path, so models over 2 GB work. Custom-op libraries are never loaded.
+    """
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "no such file"
+        raise ModelError(f"model {path}: {what}; expected an .onnx file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"model {name}: the file is empty; expected a serialized ONNX ModelProto")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as err:
+        raise ModelError(
+            f"model {name}: cannot parse the file as ONNX ({one_line(err)}); "
+            "expected a complete serialized ModelProto (truncated download?)"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - any parser failure is a bad model file
+        raise ModelError(f"model {name}: cannot read it as ONNX ({one_line(err)}); expected an .onnx file") from err
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise ModelError(f"model {name}: the file holds no graph; expected a serialized ONNX ModelProto")
+    missing = _missing_external_files(model, path.parent)
+    if missing:
+        raise ModelError(
+            f"model {name}: external data file {missing[0]!r} is missing; expected it next to the model in {path.parent}"
+        )
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as err:  # ValidationError, or a C++ error for odd files
+        raise ModelError(f"model {name}: onnx.checker rejects it: {one_line(err)}; expected a valid ONNX model") from err
+    if load_external_data and has_external_data(model):
+        onnx.load_external_data_for_model(model, str(path.parent))
+    return model
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """True when some initializer keeps its data in an external file."""
+    return any(_is_external(t) for t in _all_tensors(model))
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _all_tensors(model):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def _missing_external_files(model, base: Path) -> list[str]:
+    missing = []
+    for tensor in _all_tensors(model):
+        if _is_external(tensor):
+            loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if loc and not (base / loc).is_file() and loc not in missing:
+                missing.append(loc)
+    return missing
+
+
+def one_line(err) -> str:
+    """An error's text on one line, at most 300 characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# --------------------------------------------------------------------------- facts
+def dims(value_info: onnx.ValueInfoProto) -> list[int | str] | None:
+    """Declared dims of a tensor value: int (fixed), str (symbolic, "" if unnamed); None if no shape."""
+    ttype = value_info.type.tensor_type
+    if not value_info.type.HasField("tensor_type") or not ttype.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in ttype.shape.dim]
+
+
+def format_dims(shape) -> str:
+    """``[N, 10, 3]`` for messages; unnamed dims print as ``?``, no shape as ``unknown``."""
+    if shape is None:
+        return "unknown"
+    return "[" + ", ".join(str(d) if d != "" else "?" for d in shape) + "]"
+
+
+def np_dtype(value_info: onnx.ValueInfoProto) -> np.dtype | None:
+    """numpy dtype of a tensor value, None for non-tensors (sequences, maps) or unknown types."""
+    if not value_info.type.HasField("tensor_type"):
+        return None
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs to feed: those that are not initializers (IR < 4 lists initializers as inputs)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in inits]
+
+
+def strip_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``model`` whose graph inputs exclude initializers; ir_version raised to >= 4 if needed."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name for t in out.graph.initializer}
+    if any(v.name in inits for v in out.graph.input):
+        keep = [v for v in out.graph.input if v.name not in inits]
+        del out.graph.input[:]
+        out.graph.input.extend(keep)
+    if out.ir_version < 4:
+        out.ir_version = 4
+    return out
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int | None:
+    """Imported opset version of ``domain`` ("" or "ai.onnx" is the default domain)."""
+    for op in model.opset_import:
+        if op.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return op.version
+    return None
+
+
+# --------------------------------------------------------------------------- batch rewrite
+def make_batch_dynamic(model: onnx.ModelProto, input_name: str, *, other_inputs=()) -> tuple[onnx.ModelProto, bool]:
+    """Turn a batch dim fixed at 1 into the symbolic dim ``"batch"``.
+
+    Parameters
+    ----------
+    model : ModelProto
+        Left untouched; a rewritten copy is returned.
+    input_name : str
+        The input whose leading dim is the batch.
+    other_inputs : iterable of str
+        Further inputs (fed alongside, broadcast over the batch) whose leading dim 1 is rewritten too.
+
+    Returns
+    -------
+    (ModelProto, bool)
+        The model (a copy with initializers stripped from the inputs when changed) and whether it changed.
+        Nothing changes unless ``input_name``'s leading dim is the fixed value 1.
+
+    Notes
+    -----
+    Also sets the outputs' leading dim 1 to ``"batch"``, clears intermediate value_info shapes, and
+    rewrites constant Reshape shapes downstream of the input whose first entry is 1: to -1 when the
+    shape has no other -1, else to 0 (copy input dim 0; allowzero set to 0). Shared constants are
+    copied, not modified. Ops that bake batch 1 elsewhere (Expand, Tile, Concat with a constant...)
+    are not rewritten: callers must verify the result.
+    """
+    value = next((v for v in real_inputs(model) if v.name == input_name), None)
+    if value is None:
+        raise ModelError(f"model: no input named {input_name!r}; expected one of {[v.name for v in real_inputs(model)]}")
+    shape = dims(value)
+    if not shape or shape[0] != 1:
+        return model, False
+    out = strip_initializer_inputs(model)
+    graph = out.graph
+    names = {input_name, *other_inputs}
+    for v in graph.input:
+        if v.name in names and (d := dims(v)) and d[0] == 1:
+            v.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    for v in graph.output:
+        if (d := dims(v)) and d[0] == 1:
+            v.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    for v in graph.value_info:
+        if v.type.HasField("tensor_type"):
+            v.type.tensor_type.ClearField("shape")
+    n = _rewrite_reshapes(out, _downstream(graph, names))
+    logger.debug("make_batch_dynamic(%s): %d Reshape shape constant(s) rewritten", input_name, n)
+    return out, True
+
+
+def _downstream(graph: onnx.GraphProto, sources) -> set[str]:
+    """Names of all values computed from ``sources`` (subgraph captures counted conservatively)."""
+    reached = set(sources)
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.node:
+            used = set(node.input) | _subgraph_names(node)
+            if used & reached and not set(node.output) <= reached:
+                reached.update(o for o in node.output if o)
+                changed = True
+    return reached
+
+
+def _subgraph_names(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            for sub in g.node:
+                names.update(sub.input)
+                names |= _subgraph_names(sub)
+    return names
+
+
+def _consumer_counts(graph: onnx.GraphProto) -> Counter:
+    counts: Counter = Counter()
+    for node in graph.node:
+        counts.update(i for i in node.input if i)
+        counts.update(_subgraph_names(node))
+    counts.update(o.name for o in graph.output)
+    return counts
+
+
+def _all_names(graph: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in graph.initializer} | {v.name for v in graph.input} | {v.name for v in graph.output}
+    names |= {v.name for v in graph.value_info}
+    for node in graph.node:
+        names.update(node.output)
+        names.update(node.input)
+    return names
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _constant_source(graph, name):
+    """(kind, holder, array) for a constant tensor ``name``: an initializer or a Constant node; else None."""
+    for t in graph.initializer:
+        if t.name == name:
+            return ("init", t, None if _is_external(t) else numpy_helper.to_array(t))
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return ("const", attr, numpy_helper.to_array(attr.t))
+                if attr.name == "value_ints":
+                    return ("const", attr, np.array(attr.ints, dtype=np.int64))
+    return None
+
+
+def _rewrite_reshapes(model: onnx.ModelProto, downstream: set[str]) -> int:
+    graph = model.graph
+    counts = _consumer_counts(graph)
+    taken = _all_names(graph)
+    rewritten = 0
+    for node in list(graph.node):
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in downstream:
+            continue
+        src = _constant_source(graph, node.input[1])
+        if src is None or src[2] is None:
+            continue
+        kind, holder, arr = src
+        if arr.ndim != 1 or arr.size == 0 or arr[0] != 1:
+            continue
+        allowzero = next((a for a in node.attribute if a.name == "allowzero"), None)
+        new = arr.astype(np.int64).copy()
+        if (arr[1:] == -1).any():
+            if allowzero is not None and allowzero.i == 1:
+                if (arr == 0).any():
+                    logger.debug("Reshape %s: allowzero=1 with zeros in %s; left as is", node.name, arr)
+                    continue
+                allowzero.i = 0
+            new[0] = 0
+        else:
+            new[0] = -1
+        name = node.input[1]
+        if counts[name] > 1:  # shared: give this Reshape its own copy
+            counts[name] -= 1
+            copy_name = _unique(f"{name}_rs_onnx_batch", taken)
+            graph.initializer.append(numpy_helper.from_array(new, copy_name))
+            node.input[1] = copy_name
+        elif kind == "init":
+            holder.CopyFrom(numpy_helper.from_array(new, name))
+        elif holder.name == "value":
+            holder.t.CopyFrom(numpy_helper.from_array(new))
+        else:
+            del holder.ints[:]
+            holder.ints.extend(int(v) for v in new)
+        rewritten += 1
+    return rewritten
+
+
+# --------------------------------------------------------------------------- appended ArgMax
+def append_argmax(model: onnx.ModelProto, output_name: str, *, num_classes: int | None = None) -> onnx.ModelProto:
+    """Copy of ``model`` with an ArgMax over the class scores ``output_name``.
+
+    Adds the int64 [N] output :data:`CLASS_OUTPUT` (ArgMax axis 1, first index on ties) and the
+    float [N] output :data:`FINITE_OUTPUT` (row sum of ``s - s``: 0 when every score is finite, NaN
+    otherwise), so that only 2 numbers per example leave the device. The scores are first reshaped to
+    [N, K] when ``num_classes`` is given (handles [K] and [N, K, 1, 1]), else flattened from axis 1.
+    The original output stays.
+    """
+    out = strip_initializer_inputs(model)
+    graph = out.graph
+    scores = next((o for o in graph.output if o.name == output_name), None)
+    if scores is None:
+        raise ModelError(f"model: no output named {output_name!r}; expected one of {[o.name for o in graph.output]}")
+    taken = _all_names(graph)
+    for fixed in (CLASS_OUTPUT, FINITE_OUTPUT):
+        if fixed in taken:
+            raise ModelError(f"model: already has a value named {fixed!r}; expected the name to be free for rs-onnx")
+    opset = opset_version(out) or 1
+    flat, diff = _unique("rs_onnx_scores_2d", taken), _unique("rs_onnx_zero_if_finite", taken)
+    if num_classes is not None and opset >= 5:
+        shape_name = _unique("rs_onnx_scores_2d_shape", taken)
+        graph.initializer.append(numpy_helper.from_array(np.array([-1, num_classes], np.int64), shape_name))
+        graph.node.append(helper.make_node("Reshape", [output_name, shape_name], [flat], name=flat))
+    else:
+        graph.node.append(helper.make_node("Flatten", [output_name], [flat], name=flat, axis=1))
+    graph.node.append(helper.make_node("ArgMax", [flat], [CLASS_OUTPUT], name=CLASS_OUTPUT, axis=1, keepdims=0))
+    graph.node.append(helper.make_node("Sub", [flat, flat], [diff], name=diff))
+    if opset >= 13:
+        axes = _unique("rs_onnx_axes", taken)
+        graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+        reduce = helper.make_node("ReduceSum", [diff, axes], [FINITE_OUTPUT], name=FINITE_OUTPUT, keepdims=0)
+    else:
+        reduce = helper.make_node("ReduceSum", [diff], [FINITE_OUTPUT], name=FINITE_OUTPUT, axes=[1], keepdims=0)
+    graph.node.append(reduce)
+    score_dims = dims(scores)
+    batch = [score_dims[0]] if score_dims and len(score_dims) >= 2 else [""]
+    elem = scores.type.tensor_type.elem_type
+    graph.output.append(helper.make_tensor_value_info(CLASS_OUTPUT, onnx.TensorProto.INT64, batch))
+    graph.output.append(helper.make_tensor_value_info(FINITE_OUTPUT, elem, batch))
+    return out
+
+
+# --------------------------------------------------------------------------- description
+def describe(model: onnx.ModelProto) -> dict:
+    """Facts about a model for ``rs-onnx inspect`` (plain JSON-able dict).
+
+    Keys: ``ir_version``, ``opsets`` {domain: version}, ``producer`` {name, version}, ``inputs`` and
+    ``outputs`` (lists of {name, shape, dtype}), ``initializers_listed_as_inputs`` (int),
+    ``integer_input`` (bool, first input), ``normalization`` (list of {op, constant} steps right
+    after the first input, [] if none), ``ends_with`` ("Softmax", "LogSoftmax" or None),
+    ``custom_ops`` {domain: [op types]} for non-default domains, ``node_count``, ``metadata``.
+    """
+    graph = model.graph
+    inputs = real_inputs(model)
+    first_dtype = np_dtype(inputs[0]) if inputs else None
+    custom: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            ops = custom.setdefault(node.domain, [])
+            if node.op_type not in ops:
+                ops.append(node.op_type)
+    return {
+        "ir_version": int(model.ir_version),
+        "opsets": {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
+        "producer": {"name": model.producer_name, "version": model.producer_version},
+        "inputs": [_value_facts(v) for v in inputs],
+        "outputs": [_value_facts(v) for v in graph.output],
+        "initializers_listed_as_inputs": len(graph.input) - len(inputs),
+        "integer_input": bool(first_dtype is not None and first_dtype.kind in "iub"),
+        "normalization": _normalization(graph, inputs[0].name) if inputs else [],
+        "ends_with": _final_activation(graph),
+        "custom_ops": custom,
+        "node_count": len(graph.node),
+        "metadata": {p.key: p.value for p in model.metadata_props},
+    }
+
+
+def _value_facts(v: onnx.ValueInfoProto) -> dict:
+    dt = np_dtype(v)
+    kind = (v.type.WhichOneof("value") or "unknown").replace("_type", "")
+    return {"name": v.name, "shape": dims(v), "dtype": str(dt) if dt is not None else kind}
+
+
+def _normalization(graph, input_name: str) -> list[dict]:
+    """Chain of Sub/Div/Mul/Add by constants (through Cast/Identity/Transpose) after the input."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    steps: list[dict] = []
+    current = input_name
+    for _ in range(16):
+        nodes = consumers.get(current, [])
+        if len(nodes) != 1 or len(nodes[0].output) != 1:
+            break
+        node = nodes[0]
+        if node.op_type in _PASS_OPS:
+            step = {"op": node.op_type}
+            for attr in node.attribute:
+                step[attr.name] = helper.get_attribute_value(attr)
+            if node.op_type == "Cast" and "to" in step:
+                step["to"] = str(helper.tensor_dtype_to_np_dtype(step["to"]))
+            steps.append(step)
+        elif node.op_type in _NORM_OPS and len(node.input) == 2:
+            other = node.input[1] if node.input[0] == current else node.input[0]
+            src = _constant_source(graph, other)
+            if src is None:
+                break
+            arr = src[2]
+            const = None if arr is None else (arr.ravel().round(6).tolist() if arr.size <= 16 else f"{arr.size} values")
+            steps.append({"op": node.op_type, "constant": const, "input_first": node.input[0] == current})
+        else:
+            break
+        current = node.output[0]
+    while steps and steps[-1]["op"] not in _NORM_OPS:  # trailing Cast/Transpose are not normalisation
+        steps.pop()
+    return steps
+
+
+def _final_activation(graph) -> str | None:
+    producers = {o: n for n in graph.node for o in n.output}
+    for out in graph.output:
+        node = producers.get(out.name)
+        while node is not None and node.op_type in ("Identity", "Reshape", "Flatten", "Squeeze"):
+            node = producers.get(node.input[0])
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+            return node.op_type
+    return None
