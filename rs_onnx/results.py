@@ -25,28 +25,35 @@ def format_value(v) -> str:
 
 
 class TsvWriter:
-    """Appends rows to a TSV, flushing and fsyncing each row so that a crash loses nothing finished."""
+    """Appends rows to a TSV file (flushed and fsynced row by row, so a crash loses nothing finished)
+    or to an open text stream such as stdout."""
 
-    def __init__(self, path: str | Path, columns: tuple[str, ...], append: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(self, target, columns: tuple[str, ...], append: bool = False) -> None:
         self.columns = columns
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a" if append else "w", encoding="utf-8", newline="\n")
-        if not append or self.path.stat().st_size == 0:
+        self._owned = isinstance(target, (str, Path))
+        if self._owned:
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(path, "a" if append else "w", encoding="utf-8", newline="\n")
+            fresh = not append or path.stat().st_size == 0
+        else:
+            self._f, fresh = target, True
+        if fresh:
             self._write("\t".join(columns))
 
     def _write(self, line: str) -> None:
         self._f.write(line + "\n")
         self._f.flush()
-        os.fsync(self._f.fileno())
+        if self._owned:
+            os.fsync(self._f.fileno())
 
     def write(self, row: dict) -> None:
         """One example's row; ``row`` must hold every column."""
         self._write("\t".join(format_value(row[c]) for c in self.columns))
 
     def close(self) -> None:
-        self._f.close()
+        if self._owned:
+            self._f.close()
 
     def __enter__(self) -> "TsvWriter":
         return self

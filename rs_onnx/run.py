@@ -143,13 +143,34 @@ def _done_indices(out: Path, meta: dict, p: Prepared, mode: str) -> set[int]:
     return done
 
 
+def group_size(cfg: RunConfig) -> int:
+    """Examples sampled together: several when n is small next to the batch, so that batches stay full."""
+    return max(1, min(64, math.ceil(cfg.batch_size / cfg.n)))
+
+
+def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
+    """Yields (example indices, answers, seconds per example), group by group, computed in this process."""
+    cfg = p.cfg
+    size = group_size(cfg)
+    for g in range(0, len(todo), size):
+        group = todo[g:g + size]
+        xs = [p.data.image(i) for i in group]
+        t = time.time()
+        if mode == "certify":
+            answers = p.smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, progress, cfg.bound)
+        else:
+            answers = p.smoothed.predict_many(xs, cfg.n, cfg.alpha, group, progress)
+        yield group, answers, (time.time() - t) / len(group)
+
+
 def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
             on_rows: Callable[[list[dict]], None] | None = None,
-            progress: Callable[[int], None] | None = None, stream=None) -> dict:
+            progress: Callable[[int], None] | None = None, stream=None, backend=None) -> dict:
     """Run CERTIFY (mode "certify") or PREDICT ("predict") over the selected examples.
 
     Rows go to ``out`` (and its meta.json) or, without ``out``, to the text stream ``stream``.
-    Returns the final meta dict; re-raises KeyboardInterrupt after recording the interruption.
+    ``backend(p, mode, todo, progress)`` computes the answers (default :func:`local_answers`); it must
+    yield groups in the order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after recording the interruption.
     """
     cfg = p.cfg
     columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
@@ -162,34 +183,20 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
         done = _done_indices(out, json.loads(meta_path(out).read_text()), p, mode)
         todo = [i for i in todo if i not in done]
         log.info("resuming %s: %d examples done, %d to go", out, len(p.indices) - len(todo), len(todo))
-    writer = TsvWriter(out, columns, append=resume) if out else None
+    writer = TsvWriter(out if out else stream, columns, append=resume) if (out or stream) else None
     t0 = time.time()
     timings = {"started": t0, "seconds": 0.0}
     extra = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0}
     if out:
         write_json_atomic(meta_path(out), _meta(p, mode, out, "running", timings, extra))
-    if stream is not None and writer is None:
-        stream.write("\t".join(columns) + "\n")
-    per_group = max(1, min(64, math.ceil(cfg.batch_size / cfg.n)))
     status = "failed"
     try:
-        for g in range(0, len(todo), per_group):
-            group = todo[g:g + per_group]
-            xs = [p.data.image(i) for i in group]
-            t = time.time()
-            if mode == "certify":
-                answers = p.smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, progress, cfg.bound)
-            else:
-                answers = p.smoothed.predict_many(xs, cfg.n, cfg.alpha, group, progress)
-            seconds = (time.time() - t) / len(group)
+        for group, answers, seconds in (backend or local_answers)(p, mode, todo, progress):
             rows = [_row(mode, i, int(p.data.labels[i]), a, seconds) for i, a in zip(group, answers)]
             for row in rows:
                 extra["nonfinite_outputs"] += row["nonfinite"]
                 if writer:
                     writer.write(row)
-                elif stream is not None:
-                    stream.write("\t".join(str(row[c]) for c in columns) + "\n")
-                    stream.flush()
             extra["examples_done"] += len(rows)
             if on_rows:
                 on_rows(rows)
