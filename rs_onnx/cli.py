@@ -185,6 +185,20 @@ def predict(ctx: click.Context, **kwargs) -> None:
     _execute(ctx, "predict", kwargs)
 
 
+@cli.command()
+@click.argument("model")
+@click.option("--input-name", help="Model input to read (needed when there are several).")
+@click.option("--output-name", help="Model output to read (needed when ambiguous).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+def inspect(model, input_name, output_name, device, as_json) -> None:
+    """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from."""
+    from .inspection import inspect_model, render
+
+    report = inspect_model(model, input_name=input_name, output_name=output_name, device=device)
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
+
+
 def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list[str], list[float]]:
     """``--radii 0 0.25 0.5``: click takes the first number; the rest arrive as positional arguments."""
     files, extra = [], []
