@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -131,26 +133,54 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     if kwargs["dump_config"]:
         click.echo(dump_yaml(cfg), nl=False)
         return
-    p = runmod.prepare(cfg)
     out = Path(kwargs["out"]) if kwargs.get("out") else None
     if kwargs["resume"] and out is None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
+    p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n
     rows: list[dict] = []
     bar = _progress_bar(ctx, per_example * len(p.indices), mode)
+    resume_hint = f"; finished rows are in {out}: run the same command with --resume to continue" if out else ""
     try:
-        meta = runmod.execute(p, mode, out, resume=kwargs["resume"], on_rows=rows.extend, progress=bar.update,
-                              stream=None if out else sys.stdout)
-    except KeyboardInterrupt:
+        with _sigterm_as_interrupt():
+            meta = runmod.execute(p, mode, out, resume=kwargs["resume"], on_rows=rows.extend, progress=bar.update,
+                                  stream=None if out else sys.stdout)
+    except KeyboardInterrupt as e:
         bar.close()
-        hint = f"; resume with the same command and --resume" if out and cfg.seed is not None else ""
-        click.echo(f"rs-onnx: interrupted after {len(rows)} examples; finished rows are in "
-                   f"{out or 'stdout'}{hint}", err=True)
-        ctx.exit(130)
+        click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'} after "
+                   f"{len(rows)} examples this run{resume_hint}", err=True)
+        ctx.exit(143 if isinstance(e, Terminated) else 130)
+    except RsOnnxError:
+        bar.close()
+        raise
+    except Exception as e:  # e.g. the execution provider failing mid-run
+        bar.close()
+        raise RsOnnxError(f"the run stopped after {len(rows)} examples: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint}") from e
     bar.close()
     if mode == "certify" and rows:
         table = _accuracy_table(rows, DEFAULT_RADII, meta["timings"]["seconds"])
         click.echo(table, err=out is None)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: finished rows stay, the meta file says 'interrupted'."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. embedded): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _accuracy_table(rows: list[dict], radii, seconds: float) -> str:

@@ -77,6 +77,8 @@ def load_npz(path: str | Path) -> Dataset:
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e}); expected an .npz with 'images' and 'labels'") from e
     source = str(path)
+    if images.ndim < 2:
+        raise DataError(f"{source}: 'images' has shape {list(images.shape)}; expected [N, ...] with one image per row")
     if images.dtype != np.uint8 and images.dtype.kind != "f":
         raise DataError(f"{source}: 'images' has dtype {images.dtype}; expected uint8 (0..255) or float ([0,1])")
     if labels.dtype.kind not in "iu":

@@ -8,7 +8,7 @@ results has changed.
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
 import math
 import time
@@ -118,26 +118,41 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
     }
 
 
-def _done_indices(out: Path, meta: dict, p: Prepared, mode: str) -> set[int]:
-    """Indices already in ``out`` from an earlier run with the same model and configuration."""
+def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[int]:
+    """Indices already in ``out`` from an earlier run of the same model and configuration.
+
+    Checks the meta file, adopts the earlier run's noise entropy when no seed was given, and drops a
+    last row cut short by a crash (it is recomputed).
+    """
+    mp = meta_path(out)
+    if not mp.exists():
+        if out.exists():
+            raise ConfigError(f"--resume: {out} exists but {mp} does not; expected both from an earlier rs-onnx run")
+        log.info("--resume: no earlier run at %s; starting one", out)
+        return set()
+    try:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+        entropy = int(meta["entropy"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume: {mp} is not a readable rs-onnx meta file ({e})") from e
     old = meta.get("config", {})
     changed = [k for k in RESUME_KEYS if old.get(k) != p.cfg.to_dict().get(k)]
     if meta.get("mode") != mode:
         changed.append("mode")
     if meta.get("model", {}).get("sha256") != p.classifier.sha256:
         changed.append("model (sha256)")
-    if p.cfg.seed is None:
-        changed.append("seed (the earlier run had none; resuming needs --seed)")
     if changed:
         raise ConfigError(f"--resume: {out} was made with a different {', '.join(changed)}; expected the same "
                           "model and configuration (or start a new --out)")
-    done = set()
+    if p.cfg.seed is None:
+        p.smoothed.entropy = entropy
+    if not out.exists():
+        return set()
     with open(out, encoding="utf-8", newline="") as f:
-        lines = f.read().split("\n")
-    # A last line without its newline was cut by a crash: drop it (it is recomputed).
-    complete = lines[:-1]
-    for row in csv.DictReader(complete, delimiter="\t"):
-        done.add(int(row["idx"]))
+        complete = f.read().split("\n")[:-1]  # a last line without its newline was cut by a crash
+    if complete and complete[0] != "\t".join(columns):
+        raise ConfigError(f"--resume: {out} starts with {complete[0][:60]!r}; expected the header of a {mode} TSV")
+    done = {int(line.split("\t", 1)[0]) for line in complete[1:]}
     with open(out, "w", encoding="utf-8", newline="\n") as f:
         f.write("".join(line + "\n" for line in complete))
     return done
@@ -176,19 +191,17 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
     columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
     todo = list(p.indices)
     if resume:
-        if out is None or not out.exists() or not meta_path(out).exists():
-            raise ConfigError(f"--resume: no earlier run at {out} (expected {out} and {meta_path(out)})")
-        import json
-
-        done = _done_indices(out, json.loads(meta_path(out).read_text()), p, mode)
+        if out is None:
+            raise ConfigError("--resume needs --out (the TSV of the run to continue)")
+        done = _resume(out, p, mode, columns)
         todo = [i for i in todo if i not in done]
         log.info("resuming %s: %d examples done, %d to go", out, len(p.indices) - len(todo), len(todo))
-    writer = TsvWriter(out if out else stream, columns, append=resume) if (out or stream) else None
     t0 = time.time()
     timings = {"started": t0, "seconds": 0.0}
     extra = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0}
-    if out:
+    if out:  # the meta file first: a TSV never exists without one
         write_json_atomic(meta_path(out), _meta(p, mode, out, "running", timings, extra))
+    writer = TsvWriter(out if out else stream, columns, append=resume) if (out or stream) else None
     status = "failed"
     try:
         for group, answers, seconds in (backend or local_answers)(p, mode, todo, progress):
