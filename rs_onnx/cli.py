@@ -134,6 +134,9 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         click.echo(dump_yaml(cfg), nl=False)
         return
     out = Path(kwargs["out"]) if kwargs.get("out") else None
+    if default_run and out is None:
+        out = Path(f"rs-onnx-default-{mode}.tsv")
+        log.info("writing %s (and its .meta.json); `rs-onnx analyze %s` reads it", out, out)
     if kwargs["resume"] and out is None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
     p = runmod.prepare(cfg)

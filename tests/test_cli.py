@@ -164,3 +164,15 @@ def test_dump_config_prints_resolved_yaml(linear, tmp_path):
     cfg.write_text("sigma: 0.5\npreset: cifar10\n")
     res = run(["certify", model, data, "--config", str(cfg), "--n", "77", "--dump-config"])
     assert "n: 77" in res.output and "sigma: 0.5" in res.output and "0.4914" in res.output
+
+
+def test_default_run_certifies_the_bundled_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["-q", "certify", "--n", "300", "--skip", "100"])
+    assert res.exit_code == 0, res.output
+    rows = read_tsv(tmp_path / "rs-onnx-default-certify.tsv")
+    assert [int(r["idx"]) for r in rows] == list(range(0, 1000, 100))
+    assert sum(r["correct"] == "1" for r in rows) >= 8  # the bundled model is accurate under noise
+    assert "r=0.50" in res.stdout
+    meta = json.loads((tmp_path / "rs-onnx-default-certify.tsv.meta.json").read_text())
+    assert meta["config"]["sigma"] == 0.25  # taken from the model's metadata
