@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,17 @@ import yaml
 from .errors import ConfigError
 from .preprocess import LAYOUTS, PreprocessSpec
 
-# Normalisation presets: mean/std per channel, in [0,1] pixel units.
-PRESETS: dict[str, dict[str, Any]] = {
-    "none": {"mean": [0.0], "std": [1.0], "scale": 1.0},
-    "mnist": {"mean": [0.0], "std": [1.0], "scale": 1.0},
-    "cifar10": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2471, 0.2435, 0.2616], "scale": 1.0},
-    "cifar10-cohen": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010], "scale": 1.0},
-    "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 1.0},
-}
+def _load_presets() -> dict[str, dict[str, Any]]:
+    """Normalisation presets (scale, mean, std) from the commented example configs in rs_onnx/presets/."""
+    presets = {}
+    for f in sorted(resources.files("rs_onnx").joinpath("presets").iterdir()):
+        if f.name.endswith(".yaml"):
+            values = yaml.safe_load(f.read_text(encoding="utf-8"))
+            presets[f.name[:-5]] = {k: values[k] for k in ("scale", "mean", "std")}
+    return presets
+
+
+PRESETS: dict[str, dict[str, Any]] = _load_presets()
 
 
 @dataclass

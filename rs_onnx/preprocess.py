@@ -41,12 +41,21 @@ class PreprocessSpec:
 
 
 def _resolve_layout(layout: str, image_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str:
+    """The layout to use; "auto" decides only when there is one sensible reading, else asks the user."""
     if layout != "auto":
         return layout
-    if len(image_shape) == 3 and len(model_shape) == 3 and image_shape[0] in (1, 3, 4):
-        c = image_shape[0]
-        if model_shape == (image_shape[1], image_shape[2], c) and model_shape != image_shape:
+    channels = image_shape[0] if len(image_shape) == 3 else 1
+    if len(image_shape) == 3 and len(model_shape) == 3:
+        nhwc = (image_shape[1], image_shape[2], channels)
+        if model_shape == nhwc and model_shape != image_shape:
             return "nhwc"
+        if model_shape == image_shape:
+            return "nchw"
+    if channels > 1:
+        raise ConfigError(
+            f"cannot tell how images shaped {list(image_shape)} map onto the model input {list(model_shape)}; "
+            "expected --layout flat (channels first, C,H,W order) or --layout nhwc (H,W,C order)"
+        )
     return "nchw" if len(model_shape) == 3 else "flat"
 
 
@@ -77,7 +86,7 @@ class Preprocessor:
         self._gain, self._offset = self._affine()
 
     def _channel_axis(self) -> int | None:
-        if self.layout == "nhwc":
+        if self.layout == "nhwc" and len(self.model_shape) == 3:
             return len(self.model_shape) - 1
         if self.layout == "nchw":
             return 0
@@ -104,7 +113,7 @@ class Preprocessor:
     def to_model_layout(self, x: np.ndarray) -> np.ndarray:
         """One image in data layout -> the same values in the model's layout (float32, no scaling)."""
         x = np.asarray(x, dtype=np.float32).reshape(self.image_shape)
-        if self.layout == "nhwc":
+        if self.layout == "nhwc" and x.ndim == 3:
             x = np.moveaxis(x, 0, -1)
         return np.ascontiguousarray(x.reshape(self.model_shape))
 

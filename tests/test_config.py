@@ -50,3 +50,14 @@ def test_preset_fills_mean_std_unless_given():
     assert cfg.mean == [0.4914, 0.4822, 0.4465]
     cfg, _ = build_config({}, {"preset": "cifar10", "mean": [0.5]})
     assert cfg.mean == [0.5] and cfg.std == [0.2471, 0.2435, 0.2616]
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar10-cohen", "imagenet", "none"])
+def test_every_example_config_is_valid_and_commented(name):
+    from importlib import resources
+
+    f = resources.files("rs_onnx") / "presets" / f"{name}.yaml"
+    cfg, _ = build_config(load_yaml(f), {})
+    assert cfg.preset == name
+    lines = [line for line in f.read_text().splitlines() if line and not line.startswith("#")]
+    assert sum("#" in line for line in lines) >= 3  # keys are explained

@@ -51,3 +51,13 @@ def test_channel_count_mismatch_is_a_config_error():
         Preprocessor(PreprocessSpec(mean=(0.1, 0.2, 0.3), std=(1.0,)), (1, 28, 28), (1, 28, 28), np.float32)
     with pytest.raises(ConfigError, match="layout"):
         PreprocessSpec(layout="chw")
+
+
+def test_flat_colour_models_need_a_declared_order():
+    with pytest.raises(ConfigError, match="--layout flat"):
+        Preprocessor(PreprocessSpec(), (3, 4, 4), (48,), np.float32)
+    x = np.random.default_rng(1).random((3, 4, 4), dtype=np.float32)
+    chw = Preprocessor(PreprocessSpec(layout="flat"), (3, 4, 4), (48,), np.float32)
+    hwc = Preprocessor(PreprocessSpec(layout="nhwc"), (3, 4, 4), (48,), np.float32)
+    np.testing.assert_array_equal(chw.clean(x), x.reshape(48))
+    np.testing.assert_array_equal(hwc.clean(x), x.transpose(1, 2, 0).reshape(48))
