@@ -7,6 +7,7 @@ uint8 images are divided by 255; float images are taken as they are.
 from __future__ import annotations
 
 import logging
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,29 +99,64 @@ def load_npz(path: str | Path) -> Dataset:
     return Dataset(_channels_first(images, source), labels.astype(np.int64), source)
 
 
-def load_image(path: str | Path, label: int | None, size: tuple[int, int] | None = None) -> Dataset:
-    """One PNG/JPEG image (grey or RGB), optionally resized to ``size`` = (height, width) with bilinear resampling."""
+def _read_image(path: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as uint8 [C,H,W]: grey when ``channels`` is 1 (or the file is grey), else RGB."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image {path}: not found")
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if im.mode in ("L", "1", "I;16", "I") else "RGB")
+            grey = channels == 1 or (channels is None and im.mode in ("L", "1", "I;16", "I"))
+            im = im.convert("L" if grey else "RGB")
             if size and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: not a readable image ({e}); expected PNG or JPEG") from e
-    arr = arr[None] if arr.ndim == 2 else arr
-    images = _channels_first(arr[None], str(path)) if arr.ndim == 3 and arr.shape[-1] in (3, 4) else arr[None]
+    return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_image(path: str | Path, label: int | None, size: tuple[int, int] | None = None,
+               channels: int | None = None) -> Dataset:
+    """One PNG/JPEG image, resized to ``size`` = (height, width) with bilinear resampling when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path}: not found")
     labels = np.array([-1 if label is None else int(label)], dtype=np.int64)
-    return Dataset(images, labels, str(path))
+    return Dataset(_read_image(path, channels, size)[None], labels, str(path))
 
 
-def load_data(path: str | Path, label: int | None = None, size: tuple[int, int] | None = None) -> Dataset:
-    """Dispatch on the suffix: images for PNG/JPEG (``label`` given by the user), else .npz."""
-    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-        return load_image(path, label, size)
-    return load_npz(path)
+_TRAILING_LABEL = re.compile(r"_(\d+)$")
+
+
+def load_folder(path: str | Path, size: tuple[int, int] | None = None, channels: int | None = None) -> Dataset:
+    """A folder of images: labels from class subfolders named 0, 1, ... or from a trailing ``_<label>`` in
+    each file name (``cifar10_03_0.png`` has label 0); files without either get label -1 (no label)."""
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise DataError(f"folder {path}: holds no images; expected PNG or JPEG files ({', '.join(IMAGE_SUFFIXES)})")
+    labels = []
+    for f in files:
+        parent = f.parent.name if f.parent != path else ""
+        m = _TRAILING_LABEL.search(f.stem)
+        labels.append(int(parent) if parent.isdigit() else int(m.group(1)) if m else -1)
+    images = [_read_image(f, channels, size) for f in files]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"folder {path}: images of different shapes {sorted(shapes)[:3]}; expected one shape "
+                        "(they are resized only when the model's input size is known)")
+    if -1 in labels:
+        log.warning("%s: %d of %d images have no label (no class folder or _<label> suffix); they count as wrong",
+                    path, labels.count(-1), len(labels))
+    return Dataset(np.stack(images), np.array(labels, dtype=np.int64), str(path))
+
+
+def load_data(path: str | Path, label: int | None = None, size: tuple[int, int] | None = None,
+              channels: int | None = None) -> Dataset:
+    """Dispatch: a folder of images, one image (``label`` given by the user), or an .npz file."""
+    p = Path(path)
+    if p.is_dir():
+        return load_folder(p, size, channels)
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        return load_image(p, label, size, channels)
+    return load_npz(p)

@@ -58,13 +58,14 @@ def resolve_sigma(cfg: RunConfig, clf) -> float:
                       "(noise level in [0,1] pixel units)")
 
 
-def image_size(clf, layout: str) -> tuple[int, int] | None:
-    """(height, width) of the model's image input, to resize single images; None for flat inputs."""
+def image_geometry(clf, layout: str) -> tuple[int | None, tuple[int, int] | None]:
+    """(channels, (height, width)) of the model's image input, to read image files; (None, None) if flat."""
     shape = tuple(clf.input_shape)
     if len(shape) != 3:
-        return None
-    return shape[:2] if layout == "nhwc" or (layout == "auto" and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)) \
-        else shape[1:]
+        return None, None
+    if layout == "nhwc" or (layout == "auto" and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)):
+        return shape[-1], shape[:2]
+    return shape[0], shape[1:]
 
 
 @dataclass
@@ -82,7 +83,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     """Load and check model, sigma, data, labels and preprocessing; raises RsOnnxError on bad input."""
     clf = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
-    data = load_data(cfg.data, cfg.label, image_size(clf, cfg.layout))
+    channels, size = image_geometry(clf, cfg.layout)
+    data = load_data(cfg.data, cfg.label, size, channels)
     data.check_labels(clf.num_classes)
     smoothed = SmoothedClassifier(clf, sigma, cfg.preprocess_spec(), cfg.seed, cfg.batch_size, cfg.noise_threads)
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
