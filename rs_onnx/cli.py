@@ -23,12 +23,19 @@ DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_RUN = {"n0": 100, "n": 10_000, "alpha": 0.001, "skip": 10, "seed": 0}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging(quiet: bool, debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("rs-onnx: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
 
 
 def _version_text() -> str:
