@@ -91,6 +91,12 @@ def _run_options(f):
         click.option("--skip", type=int, help="Take every skip-th example."),
         click.option("--label", type=int, help="Label of a single image file given as DATA."),
         click.option("--noise-threads", type=int, help="Threads drawing noise (default: half the cores)."),
+        click.option("--backend", type=click.Choice(["local", "ray"]), help="Where to sample: this process "
+                     "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
+        click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),
+        click.option("--workers", type=int, help="Ray workers (default: one per GPU, else one per CPU)."),
+        click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (fractions share a GPU)."),
+        click.option("--cpus-per-worker", type=float, help="CPUs per Ray worker."),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
         click.option("--dump-config", is_flag=True, help="Print the resolved configuration as YAML and exit."),
@@ -135,6 +141,7 @@ def _progress_bar(ctx: click.Context, total: int, desc: str):
 def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     from . import run as runmod
     from .config import dump_yaml
+    from .distributed import backend_from_config
 
     cfg, default_run = _config(ctx, mode, kwargs)
     if kwargs["dump_config"]:
@@ -154,7 +161,7 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     try:
         with _sigterm_as_interrupt():
             meta = runmod.execute(p, mode, out, resume=kwargs["resume"], on_rows=rows.extend, progress=bar.update,
-                                  stream=None if out else sys.stdout)
+                                  stream=None if out else sys.stdout, backend=backend_from_config(cfg))
     except KeyboardInterrupt as e:
         bar.close()
         click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'} after "

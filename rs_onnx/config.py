@@ -58,6 +58,11 @@ class RunConfig:
     label: int | None = None
     noise_threads: int | None = None
     bound: str = "cohen"
+    backend: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float | None = None
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(self.layout, float(self.scale), tuple(map(float, self.mean)),
@@ -78,6 +83,12 @@ class RunConfig:
             (self.layout in LAYOUTS, "layout", self.layout, "one of " + ", ".join(LAYOUTS)),
             (self.preset is None or self.preset in PRESETS, "preset", self.preset, "one of " + ", ".join(PRESETS)),
             (self.bound in ("cohen", "best"), "bound", self.bound, "cohen or best"),
+            (self.backend in ("local", "ray"), "backend", self.backend, "local or ray"),
+            (self.workers is None or self.workers >= 1, "workers", self.workers, "at least 1"),
+            (self.gpus_per_worker is None or self.gpus_per_worker >= 0, "gpus_per_worker", self.gpus_per_worker,
+             "0 or more (fractions share a GPU)"),
+            (self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker,
+             "a positive number"),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
         ]
         for ok, key, value, expected in checks:

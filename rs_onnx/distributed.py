@@ -1,0 +1,399 @@
+"""A Ray backend for :func:`rs_onnx.run.execute`: examples spread over workers on many GPUs and machines.
+
+Each worker (a Ray actor) holds its own onnxruntime session, built from the run's configuration and
+the model's bytes (shipped through the object store, so workers need no shared file system). Groups
+of examples go to whichever worker is free; answers come back in any order and are yielded in the
+order of ``todo``. Because the noise of example i depends only on (seed, i, phase, block), the TSV
+is identical (apart from the time column) to a single-process run with the same seed.
+
+A worker that dies is restarted by Ray and its groups retried; a worker that cannot be restarted
+has its groups resubmitted to the others. Answers are keyed by group, so none is lost or duplicated.
+Ray is imported only when a backend is built: ``import rs_onnx`` never needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import ConfigError, RsOnnxError
+
+log = logging.getLogger(__name__)
+
+VERSION_KEYS = ("rs_onnx", "onnxruntime", "numpy")
+"""Versions that must agree between the driver and every worker for identical results."""
+
+
+class WorkerError(RsOnnxError):
+    """Distributed workers could not start or kept dying."""
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ConfigError("backend 'ray' needs Ray; expected it installed: pip install 'rs-onnx[distributed]'") from e
+    return ray
+
+
+# ---------------------------------------------------------------------------------------------- model shipping
+def _external_files(model_path: Path) -> list[str]:
+    """Relative paths of the external-data files an ONNX model refers to (empty for most models)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    names: set[str] = set()
+
+    def walk(graph):
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                tensors += [attr.t] if attr.HasField("t") else []
+                tensors += list(attr.tensors)
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    walk(sub)
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                names.update(e.value for e in t.external_data if e.key == "location")
+
+    walk(model.graph)
+    return sorted(names)
+
+
+def model_bundle(model_path) -> dict[str, bytes]:
+    """The model file and its external-data files as {relative name: bytes}, to ship to workers."""
+    path = Path(model_path)
+    bundle = {path.name: path.read_bytes()}
+    for name in _external_files(path):
+        bundle[name] = (path.parent / name).read_bytes()
+    return bundle
+
+
+def unpack_bundle(bundle: dict[str, bytes], sha256: str, root: str | None = None) -> Path:
+    """Write a bundle once per node under ``<tmp>/rs-onnx-models/<sha256>/`` (atomically); returns the model path.
+
+    The first key is the model file. Workers on one node share the copy; it is kept for later runs.
+    """
+    folder = Path(root or tempfile.gettempdir()) / "rs-onnx-models" / sha256
+    for name, data in bundle.items():
+        target = (folder / name).resolve()
+        if folder.resolve() not in target.parents:
+            raise ConfigError(f"model file {name!r}: outside the model's folder; expected a relative path")
+        if target.exists() and target.stat().st_size == len(data):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return folder / next(iter(bundle))
+
+
+# ---------------------------------------------------------------------------------------------- the worker
+class Worker:
+    """One worker's onnxruntime session and smoothed classifier (wrapped into a Ray actor by the backend).
+
+    The session is built on the first call (``ready`` or ``answers``), from the ``model`` passed with
+    every call: a restarted actor rebuilds it, and Ray keeps no by-reference constructor arguments.
+
+    Parameters
+    ----------
+    cfg : RunConfig as a dict (``model`` is replaced by the shipped copy).
+    sha256 : the driver's model hash; the worker's copy must match.
+    sigma, entropy : the driver's resolved noise level and seed (identical noise everywhere).
+    device : onnxruntime device for this worker ("cuda" on a Ray GPU: Ray sets CUDA_VISIBLE_DEVICES).
+    threads : CPU threads of this worker (onnxruntime intra-op and noise threads, unless configured).
+    fault_dir : testing only: a file ``crash-<idx>`` there makes the worker given example idx exit, once.
+    """
+
+    def __init__(self, cfg: dict, sha256: str, sigma: float, entropy: int, device: str, threads: int,
+                 fault_dir: str | None = None) -> None:
+        self._args = (cfg, sha256, sigma, entropy, device, threads)
+        self._fault_dir = fault_dir
+        self.smoothed = None
+
+    def _setup(self, model) -> None:
+        """Build the session once. ``model``: {name: bytes}, [ObjectRef to that], or None (open cfg's path)."""
+        if self.smoothed is not None:
+            return
+        import onnxruntime as ort
+
+        from .classifier import OnnxClassifier
+        from .config import RunConfig
+        from .smoothing import SmoothedClassifier
+
+        cfg, sha256, sigma, entropy, device, threads = self._args
+        self.cfg = RunConfig(**cfg)
+        if isinstance(model, list):
+            import ray
+
+            model = ray.get(model[0])
+        if model is not None:
+            self.cfg.model = str(unpack_bundle(model, sha256))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = max(1, int(threads))
+        self.classifier = OnnxClassifier(self.cfg.model, input_name=self.cfg.input_name,
+                                         output_name=self.cfg.output_name, device=device, sess_options=opts)
+        if self.classifier.sha256 != sha256:
+            raise WorkerError(f"model {self.cfg.model}: sha256 {self.classifier.sha256[:12]} on this worker; "
+                              f"expected the driver's {sha256[:12]} (a different file under the same path?)")
+        noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
+        self.smoothed = SmoothedClassifier(self.classifier, sigma, self.cfg.preprocess_spec(), entropy,
+                                           self.cfg.batch_size, noise_threads)
+
+    def ready(self, model) -> dict:
+        """Build the session; returns where this worker runs and with which versions."""
+        import platform
+
+        from .results import versions
+
+        self._setup(model)
+        c = self.classifier
+        return {"host": platform.node(), "pid": os.getpid(), "device": c.device, "providers": list(c.providers),
+                "versions": versions()}
+
+    def answers(self, model, mode: str, group: list[int], images: np.ndarray) -> tuple[list, float]:
+        """Answers for the examples ``group`` (rows ``images`` of the data set), and seconds per example."""
+        from .data import Dataset
+
+        self._setup(model)
+        self._maybe_crash(group)
+        data = Dataset(images, np.zeros(len(images), np.int64), "shipped rows")
+        xs = [data.image(j) for j in range(len(group))]
+        cfg, t = self.cfg, time.time()
+        if mode == "certify":
+            out = self.smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, None, cfg.bound)
+        else:
+            out = self.smoothed.predict_many(xs, cfg.n, cfg.alpha, group, None)
+        return out, (time.time() - t) / len(group)
+
+    def _maybe_crash(self, group: list[int]) -> None:
+        if not self._fault_dir:
+            return
+        for i in group:
+            try:
+                os.remove(os.path.join(self._fault_dir, f"crash-{i}"))
+            except FileNotFoundError:
+                continue
+            log.warning("fault injection: worker %d exits on example %d", os.getpid(), i)
+            os._exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- the backend
+def _worker_device(device: str, gpus: float) -> str:
+    """The device inside a worker: its own GPU (Ray numbers them from 0) when it has one, else the CPU
+    under "auto" (a worker without a GPU reservation must not crowd a GPU it happens to see)."""
+    if gpus > 0 and device != "cpu":
+        return "cuda"
+    return "cpu" if device == "auto" else device
+
+
+def _plan(ray, workers, gpus_per_worker, cpus_per_worker, device: str, groups: int) -> tuple[int, float, float]:
+    """(workers, GPUs each, CPUs each), defaults filled from the cluster's resources."""
+    res = ray.cluster_resources()
+    gpus = float(res.get("GPU", 0)) if gpus_per_worker is None else float(gpus_per_worker)
+    if gpus_per_worker is None:
+        gpus = 1.0 if gpus >= 1 and device != "cpu" else 0.0
+    cpus = 1.0 if cpus_per_worker is None else float(cpus_per_worker)
+    if workers is None:
+        workers = int(res.get("GPU", 0) // gpus) if gpus > 0 else int(res.get("CPU", 1) // max(cpus, 1e-9))
+    workers = max(1, min(int(workers), groups))
+    need = {"GPU": workers * gpus, "CPU": workers * cpus}
+    short = [f"{need[k]:g} {k}s" for k in need if need[k] > float(res.get(k, 0)) + 1e-9]
+    if short:
+        log.warning("%d workers need %s; the cluster has %s now: some start only when resources appear",
+                    workers, " and ".join(short), {k: res.get(k, 0) for k in need})
+    return workers, gpus, cpus
+
+
+def ray_backend(address: str | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
+                cpus_per_worker: float | None = None, *, tasks_per_worker: int = 2, max_restarts: int = 3,
+                max_attempts: int = 4, ship_model: bool = True, init_kwargs: dict | None = None,
+                _fault_dir: str | None = None) -> Callable:
+    """A backend for :func:`rs_onnx.run.execute` that runs on a Ray cluster.
+
+    Parameters
+    ----------
+    address : None (start a local Ray instance), "auto" (the cluster this node belongs to) or "ray://host:10001".
+        Ignored when Ray is already initialised in this process.
+    workers : number of actors (default: one per GPU when GPUs are used, else one per CPU).
+    gpus_per_worker : GPUs per actor, fractions allowed (default: 1 when the cluster has GPUs and the
+        device is not "cpu", else 0).
+    cpus_per_worker : CPUs per actor (default 1); also its onnxruntime and noise threads.
+    tasks_per_worker : groups queued on each actor, so it never waits for the next one.
+    max_restarts : Ray restarts of a dead actor; its in-flight groups are retried on the new process.
+    max_attempts : times a group may be lost with its actor before the run fails.
+    ship_model : send the model's bytes through the object store (False: workers open the same path).
+    init_kwargs : more arguments for ``ray.init`` (e.g. ``runtime_env``, ``num_cpus``).
+
+    Returns
+    -------
+    ``backend(p, mode, todo, progress)``: yields (example indices, answers, seconds per example) in the
+    order of ``todo``; calls ``progress(samples)`` as each group finishes.
+    """
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers={workers}: expected at least 1")
+    if gpus_per_worker is not None and gpus_per_worker < 0:
+        raise ConfigError(f"gpus_per_worker={gpus_per_worker}: expected 0 or more (fractions allowed)")
+    if cpus_per_worker is not None and cpus_per_worker <= 0:
+        raise ConfigError(f"cpus_per_worker={cpus_per_worker}: expected more than 0")
+    if address is not None and not (address == "auto" or ":" in address):
+        raise ConfigError(f"address={address!r}: expected 'auto', 'host:port' or 'ray://host:port'")
+
+    def backend(p, mode: str, todo: list[int], progress=None) -> Iterator[tuple[list[int], list, float]]:
+        if not todo:
+            return
+        ray = _import_ray()
+        own = not ray.is_initialized()
+        if own:
+            kwargs = {"address": address, "logging_level": logging.WARNING, **(init_kwargs or {})}
+            if address is None:
+                kwargs.setdefault("include_dashboard", False)
+            ray.init(**kwargs)
+        try:
+            yield from _run(ray, p, mode, todo, progress, workers, gpus_per_worker, cpus_per_worker,
+                            tasks_per_worker, max_restarts, max_attempts, ship_model, _fault_dir)
+        finally:
+            if own:
+                ray.shutdown()
+
+    return backend
+
+
+def backend_from_config(cfg) -> Callable | None:
+    """The backend a RunConfig asks for: None (local) or :func:`ray_backend` from its ``backend``,
+    ``address``, ``workers``, ``gpus_per_worker`` and ``cpus_per_worker`` keys (absent keys: defaults)."""
+    name = getattr(cfg, "backend", "local") or "local"
+    if name == "local":
+        return None
+    if name != "ray":
+        raise ConfigError(f"backend={name!r}: expected 'local' or 'ray'")
+    return ray_backend(getattr(cfg, "address", None), getattr(cfg, "workers", None),
+                       getattr(cfg, "gpus_per_worker", None), getattr(cfg, "cpus_per_worker", None))
+
+
+def _raise_task_error(e) -> None:
+    """Re-raise a worker's own error (e.g. a DeviceError) as itself, so the CLI prints one line."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, RsOnnxError):
+        raise cause from None
+    raise e
+
+
+def _run(ray, p, mode, todo, progress, workers, gpus_per_worker, cpus_per_worker, tasks_per_worker,
+         max_restarts, max_attempts, ship_model, fault_dir):
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from .results import versions
+    from .run import group_size
+
+    cfg = p.cfg
+    size = group_size(cfg)
+    groups = [todo[g:g + size] for g in range(0, len(todo), size)]
+    per_example = cfg.n0 + cfg.n if mode == "certify" else cfg.n
+    n_workers, gpus, cpus = _plan(ray, workers, gpus_per_worker, cpus_per_worker, cfg.device, len(groups))
+    sha = p.classifier.sha256
+    model = [ray.put(model_bundle(cfg.model))] if ship_model else None  # held until the end, for restarts
+    remote = ray.remote(Worker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts,
+                                        max_task_retries=max_restarts, scheduling_strategy="SPREAD")
+    args = (cfg.to_dict(), sha, p.smoothed.sigma, p.smoothed.entropy, _worker_device(cfg.device, gpus),
+            max(1, math.floor(cpus)), fault_dir)
+    actors = [remote.remote(*args) for _ in range(n_workers)]
+    log.info("ray: %d groups of up to %d examples on %d workers (%g GPU, %g CPU each)", len(groups), size,
+             n_workers, gpus, cpus)
+    starting = {a.ready.remote(model): a for a in actors}
+    live: dict = {}  # actor -> groups in flight on it
+    in_flight: dict = {}  # ref -> (actor, group number)
+    pending = deque(range(len(groups)))
+    attempts = [0] * len(groups)
+    done: dict = {}
+    next_out, window = 0, max(64, 8 * n_workers * tasks_per_worker)
+    mine = versions()
+    last = time.time()
+    try:
+        while next_out < len(groups):
+            for actor in sorted(live, key=lambda a: len(live[a])):
+                while len(live[actor]) < tasks_per_worker and pending and pending[0] < next_out + window:
+                    g = pending.popleft()
+                    ref = actor.answers.remote(model, mode, groups[g], p.data.images[groups[g]])
+                    in_flight[ref] = (actor, g)
+                    live[actor].add(g)
+            refs = list(in_flight) + list(starting)
+            if not refs:
+                raise WorkerError(f"all {n_workers} Ray workers died with {len(groups) - next_out} groups of "
+                                  "examples left; expected at least one live worker (see the Ray logs)")
+            finished, _ = ray.wait(refs, num_returns=1, timeout=30.0)
+            if not finished and time.time() - last > 60:
+                last = time.time()
+                log.warning("ray: %d of %d workers started, %d groups in flight; waiting (cluster resources %s)",
+                            len(live), n_workers, len(in_flight), ray.available_resources())
+            for ref in finished:
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        info = ray.get(ref)
+                    except RayTaskError as e:
+                        _raise_task_error(e)
+                    except RayActorError as e:
+                        log.warning("ray: a worker died while starting (%s)", type(e).__name__)
+                        continue
+                    _check_versions(mine, info)
+                    log.info("ray: worker %s:%d ready on %s", info["host"], info["pid"], info["device"])
+                    live[actor] = set()
+                    continue
+                actor, g = in_flight.pop(ref)
+                if actor in live:
+                    live[actor].discard(g)
+                try:
+                    answers, seconds = ray.get(ref)
+                except RayTaskError as e:
+                    _raise_task_error(e)
+                except RayActorError as e:
+                    attempts[g] += 1
+                    if attempts[g] >= max_attempts:
+                        raise WorkerError(f"examples {groups[g][0]}..{groups[g][-1]}: lost with {attempts[g]} "
+                                          "workers; expected them to finish (do they crash the worker?)") from e
+                    dead = not isinstance(e, getattr(ray.exceptions, "ActorUnavailableError", ()))
+                    if dead and actor in live:
+                        log.warning("ray: a worker died (%s); its groups go to the others", type(e).__name__)
+                        for other in [r for r, (a, _) in in_flight.items() if a is actor]:
+                            pending.appendleft(in_flight.pop(other)[1])
+                        del live[actor]
+                    pending.appendleft(g)
+                    pending = deque(sorted(set(pending)))
+                    continue
+                if len(answers) != len(groups[g]):
+                    raise WorkerError(f"a worker gave {len(answers)} answers for {len(groups[g])} examples")
+                if g >= next_out and g not in done:
+                    done[g] = (answers, seconds)
+                    if progress:
+                        progress(len(groups[g]) * per_example)
+            while next_out in done:
+                answers, seconds = done.pop(next_out)
+                yield groups[next_out], answers, seconds
+                next_out += 1
+    finally:
+        for ref in [*in_flight, *starting]:
+            try:
+                ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - best effort; killing the actors drops the rest
+                pass
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _check_versions(mine: dict, info: dict) -> None:
+    """Warn when a worker's rs-onnx, onnxruntime or numpy differs from the driver's (results could differ)."""
+    theirs = info.get("versions", {})
+    diff = [f"{k} {theirs.get(k)} (driver {mine.get(k)})" for k in VERSION_KEYS if theirs.get(k) != mine.get(k)]
+    if diff:
+        log.warning("ray: worker %s has %s; expected the same versions on every node for identical results",
+                    info.get("host"), ", ".join(diff))

@@ -1,0 +1,175 @@
+"""The Ray backend: same TSV as a single process, resume, and workers that die mid-run.
+
+The Ray tests share one local Ray instance (2 CPUs, no dashboard) started once for the module; they
+are skipped when Ray is not installed (``pip install 'rs-onnx[distributed]'``).
+"""
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from rs_onnx import run
+from rs_onnx.config import RunConfig
+from rs_onnx.distributed import Worker, backend_from_config, model_bundle, ray_backend, unpack_bundle
+from rs_onnx.errors import ConfigError
+from tests.onnx_models import linear_model, save
+
+N_EXAMPLES = 30
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory):
+    """A 3-class linear model on 1x4x4 images and 30 uint8 images with labels."""
+    tmp = tmp_path_factory.mktemp("dist")
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 16)).astype(np.float32)
+    model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4), batch=1), tmp / "lin.onnx")
+    images = rng.integers(0, 256, size=(N_EXAMPLES, 4, 4), dtype=np.uint8)
+    labels = (images.reshape(N_EXAMPLES, -1).astype(np.float32) / 255 @ w.T).argmax(1).astype(np.uint8)
+    np.savez(tmp / "d.npz", images=images, labels=labels)
+    return str(model), str(tmp / "d.npz")
+
+
+def prepared(linear, **kw):
+    model, data = linear
+    values = {"model": model, "data": data, "sigma": 0.5, "n0": 20, "n": 200, "seed": 3, "batch_size": 800, **kw}
+    return run.prepare(RunConfig(**values).validate())
+
+
+def strip_time(path):
+    """TSV lines without the time column."""
+    lines = [line.split("\t") for line in Path(path).read_text().splitlines()]
+    t = lines[0].index("time")
+    return [line[:t] + line[t + 1:] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def local_tsvs(linear, tmp_path_factory):
+    """Single-process reference TSVs for certify and predict."""
+    tmp = tmp_path_factory.mktemp("local")
+    out = {}
+    for mode in ("certify", "predict"):
+        out[mode] = tmp / f"{mode}.tsv"
+        run.execute(prepared(linear), mode, out[mode])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- without Ray
+def test_worker_in_process_matches_local(linear):
+    p = prepared(linear, end=8)
+    w = Worker(p.cfg.to_dict(), p.classifier.sha256, p.smoothed.sigma, p.smoothed.entropy, "cpu", 1)
+    model = model_bundle(p.cfg.model)
+    group = [2, 5, 7]
+    got, _ = w.answers(model, "certify", group, p.data.images[group])
+    want = p.smoothed.certify_many([p.data.image(i) for i in group], 20, 200, 0.001, group)
+    assert [(a.predict, a.radius, a.n_a) for a in got] == [(a.predict, a.radius, a.n_a) for a in want]
+
+
+def test_bundle_ships_external_data(tmp_path):
+    w = np.arange(3 * 400, dtype=np.float32).reshape(3, 400) / 1000
+    m = linear_model(w, input_shape=(400,), batch="N")
+    (tmp_path / "src").mkdir()
+    onnx.save_model(m, tmp_path / "src" / "big.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="big.bin", size_threshold=0)
+    bundle = model_bundle(tmp_path / "src" / "big.onnx")
+    assert list(bundle) == ["big.onnx", "big.bin"]
+    path = unpack_bundle(bundle, "abc", root=str(tmp_path / "cache"))
+    assert path == tmp_path / "cache" / "rs-onnx-models" / "abc" / "big.onnx"
+    assert (path.parent / "big.bin").read_bytes() == bundle["big.bin"]
+    assert unpack_bundle(bundle, "abc", root=str(tmp_path / "cache")) == path  # second time: reused
+    with pytest.raises(ConfigError, match="outside"):
+        unpack_bundle({"m.onnx": b"", "../evil": b""}, "abc", root=str(tmp_path / "cache"))
+
+
+def test_options_are_checked():
+    assert backend_from_config(RunConfig()) is None
+    with pytest.raises(ConfigError, match="workers=0"):
+        ray_backend(workers=0)
+    with pytest.raises(ConfigError, match="gpus_per_worker"):
+        ray_backend(gpus_per_worker=-1)
+    with pytest.raises(ConfigError, match="address"):
+        ray_backend(address="headnode")
+    cfg = RunConfig()
+    cfg.backend = "dask"
+    with pytest.raises(ConfigError, match="'local' or 'ray'"):
+        backend_from_config(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- on Ray
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("mode,workers", [("certify", 2), ("predict", 1)])
+def test_same_tsv_as_one_process(ray_cluster, linear, local_tsvs, tmp_path, mode, workers):
+    out = tmp_path / "ray.tsv"
+    seen = []
+    meta = run.execute(prepared(linear), mode, out, backend=ray_backend(workers=workers), progress=seen.append)
+    assert meta["status"] == "complete" and meta["examples_done"] == N_EXAMPLES
+    assert strip_time(out) == strip_time(local_tsvs[mode])
+    assert sum(seen) == N_EXAMPLES * (220 if mode == "certify" else 200)
+
+
+def test_resume_on_ray(ray_cluster, linear, local_tsvs, tmp_path):
+    out = tmp_path / "r.tsv"
+    run.execute(prepared(linear, end=7), "certify", out)
+    out.write_text(out.read_text() + "7\t1\t")  # a row cut by a crash: dropped and recomputed
+    meta = run.execute(prepared(linear), "certify", out, resume=True, backend=ray_backend(workers=2))
+    assert meta["status"] == "complete"
+    assert strip_time(out) == strip_time(local_tsvs["certify"])
+
+
+@pytest.mark.parametrize("restarts,crashes", [(3, (5, 21)), (0, (5,))], ids=["actor-restarted", "groups-moved"])
+def test_dead_worker_loses_and_duplicates_nothing(ray_cluster, linear, local_tsvs, tmp_path, restarts, crashes):
+    """Workers exit on the first group holding a crash example: Ray restarts them and retries the
+    group, or (no restarts allowed) the dead worker's groups go to the other worker."""
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    for i in crashes:
+        (faults / f"crash-{i}").touch()
+    out = tmp_path / "ray.tsv"
+    backend = ray_backend(workers=2, max_restarts=restarts, _fault_dir=str(faults))
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("rs_onnx.distributed")
+    logger.addHandler(handler)
+    try:
+        meta = run.execute(prepared(linear), "certify", out, backend=backend)
+    finally:
+        logger.removeHandler(handler)
+    assert not list(faults.iterdir()), "the injected faults did not fire"
+    moved = [m for m in messages if "a worker died" in m]
+    assert len(moved) == (0 if restarts else 1), messages
+    assert meta["status"] == "complete"
+    assert strip_time(out) == strip_time(local_tsvs["certify"])
+
+
+def test_same_tsv_for_a_cnn_with_other_thread_counts(ray_cluster, tmp_path):
+    """The bundled digits CNN: workers run onnxruntime on 1 thread, the local run on its default."""
+    cfg = RunConfig(model=run.bundled("digits_cnn.onnx"), data=run.bundled("digits_eval.npz"), n0=50, n=400,
+                    seed=1, end=12, batch_size=500).validate()
+    local, ray_out = tmp_path / "local.tsv", tmp_path / "ray.tsv"
+    run.execute(run.prepare(cfg), "certify", local)
+    run.execute(run.prepare(cfg), "certify", ray_out, backend=ray_backend(workers=2))
+    assert strip_time(ray_out) == strip_time(local)
+
+
+def test_worker_errors_reach_the_driver_as_themselves(ray_cluster, linear, tmp_path):
+    from rs_onnx.distributed import WorkerError
+
+    p = prepared(linear, end=4)
+    p.classifier.__dict__["sha256"] = "0" * 64  # the workers' copy no longer matches
+    with pytest.raises(WorkerError, match="expected the driver's 000000000000"):
+        run.execute(p, "certify", tmp_path / "r.tsv", backend=ray_backend(workers=1))
+    assert '"status": "failed"' in (tmp_path / "r.tsv.meta.json").read_text()
+    shutil.rmtree(Path(tempfile.gettempdir()) / "rs-onnx-models" / ("0" * 64), ignore_errors=True)
