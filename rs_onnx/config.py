@@ -63,6 +63,7 @@ class RunConfig:
     workers: int | None = None
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
+    extra_inputs: dict[str, Any] | None = None  # YAML only: fixed values of the model's other inputs
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(self.layout, float(self.scale), tuple(map(float, self.mean)),
@@ -120,6 +121,10 @@ def _coerce(key: str, value: Any) -> Any:
         if "None" in kind:
             return None
         raise ConfigError(f"config key {key!r} is empty; expected a value ({kind})")
+    if kind.startswith("dict"):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"config key {key!r} = {value!r}; expected a mapping of input names to values")
+        return value
     if kind.startswith("list"):
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
-               "dtype", "label", "bound")
+               "dtype", "label", "bound", "extra_inputs")
 
 
 def bundled(name: str) -> str:
@@ -41,7 +41,14 @@ def bundled(name: str) -> str:
 def open_classifier(cfg: RunConfig):
     from .classifier import OnnxClassifier
 
-    return OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device)
+    extra = None
+    if cfg.extra_inputs:
+        try:
+            extra = {name: np.asarray(value) for name, value in cfg.extra_inputs.items()}
+        except ValueError as e:
+            raise ConfigError(f"extra_inputs: {e}; expected a number or a nested list per input") from e
+    return OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device,
+                          extra_inputs=extra)
 
 
 def resolve_sigma(cfg: RunConfig, clf) -> float:

@@ -176,3 +176,20 @@ def test_default_run_certifies_the_bundled_model(tmp_path, monkeypatch):
     assert "r=0.50" in res.stdout
     meta = json.loads((tmp_path / "rs-onnx-default-certify.tsv.meta.json").read_text())
     assert meta["config"]["sigma"] == 0.25  # taken from the model's metadata
+
+
+def test_several_inputs_need_fixed_values_from_the_config(tmp_path):
+    from tests.onnx_models import two_input_model
+
+    w = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
+    model = save(two_input_model(w), tmp_path / "two.onnx")
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.array([2, 2], np.uint8))
+    args = ["-q", "certify", str(model), str(tmp_path / "d.npz"), "--input-name", "x", "--sigma", "0.25",
+            "--n0", "10", "--n", "100", "--seed", "0"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and "offset" in str(res.exception)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("extra_inputs:\n  offset: [0.0, 0.0, 100.0]\n")
+    res = CliRunner().invoke(cli, args + ["--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert [line.split("\t")[2] for line in res.stdout.splitlines()[1:3]] == ["2", "2"]
