@@ -111,8 +111,16 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
 
     yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}
     flags = {}
+    if kwargs.get("radii_text"):
+        try:
+            kwargs["radii"] = [float(r) for r in kwargs["radii_text"].replace(" ", ",").split(",") if r]
+        except ValueError:
+            raise click.UsageError(f"--radii {kwargs['radii_text']!r}: expected numbers separated by commas") from None
     for key, value in kwargs.items():
-        if key in ("config_path", "out", "resume", "dump_config"):
+        if key in ("config_path", "out", "resume", "dump_config", "radii_text"):
+            continue
+        if key == "radii":
+            flags[key] = value
             continue
         source = ctx.get_parameter_source(key)
         if value not in (None, ()) and source is not click.core.ParameterSource.DEFAULT:
@@ -154,7 +162,7 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     if kwargs["resume"] and out is None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
     p = runmod.prepare(cfg)
-    per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n
+    per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
     rows: list[dict] = []
     bar = _progress_bar(ctx, per_example * len(p.indices), mode)
     resume_hint = f"; finished rows are in {out}: run the same command with --resume to continue" if out else ""
@@ -211,6 +219,11 @@ def _accuracy_table(rows: list[dict], radii, seconds: float) -> str:
 @cli.command()
 @_run_options
 @click.option("--n0", type=int, help="Selection samples that pick the class to certify (default 100).")
+@click.option("--sequential", is_flag=True, default=None,
+              help="Stop sampling each example as soon as --radii are decided (n becomes the budget).")
+@click.option("--radii", "radii_text", help="Sequential: radii to decide, comma-separated (default 0.25,0.5,0.75,1).")
+@click.option("--precision", type=float, help="Sequential: find the radius to within this instead of deciding radii.")
+@click.option("--looks", type=int, help="Sequential: planned looks at the counts (default 8).")
 @click.option("--bound", type=click.Choice(["cohen", "best"]),
               help="radius column: cohen (Cohen et al.'s, default) or best (max of Cohen's and the two-class bound, "
                    "alpha split between them).")

@@ -64,6 +64,13 @@ class RunConfig:
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
     extra_inputs: dict[str, Any] | None = None  # YAML only: fixed values of the model's other inputs
+    sequential: bool = False  # stop sampling as soon as the radii are decided (n is then the budget)
+    radii: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    precision: float | None = None  # sequential: find the radius to within this, instead of deciding radii
+    looks: int = 8
+    n_first: int | None = None
+    final_share: float = 0.5
+    futility_beta: float = 0.01
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(self.layout, float(self.scale), tuple(map(float, self.mean)),
@@ -85,6 +92,13 @@ class RunConfig:
             (self.preset is None or self.preset in PRESETS, "preset", self.preset, "one of " + ", ".join(PRESETS)),
             (self.bound in ("cohen", "best"), "bound", self.bound, "cohen or best"),
             (self.backend in ("local", "ray"), "backend", self.backend, "local or ray"),
+            (not (self.sequential and self.bound != "cohen"), "bound", self.bound, "cohen with --sequential"),
+            (self.precision is None or self.precision > 0, "precision", self.precision, "a positive radius step"),
+            (self.looks >= 1, "looks", self.looks, "at least 1"),
+            (0 < self.final_share < 1, "final_share", self.final_share, "0 < final_share < 1"),
+            (0 < self.futility_beta < 1, "futility_beta", self.futility_beta, "0 < futility_beta < 1"),
+            (all(r >= 0 for r in self.radii) and len(self.radii) > 0, "radii", self.radii,
+             "non-negative radii in [0,1] pixel units"),
             (self.workers is None or self.workers >= 1, "workers", self.workers, "at least 1"),
             (self.gpus_per_worker is None or self.gpus_per_worker >= 0, "gpus_per_worker", self.gpus_per_worker,
              "0 or more (fractions share a GPU)"),
@@ -130,6 +144,10 @@ def _coerce(key: str, value: Any) -> Any:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise ConfigError(f"config key {key!r} = {value!r}; expected a number or a list of numbers")
         return [float(v) for v in values]
+    if kind.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} = {value!r}; expected true or false")
+        return value
     if kind.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {key!r} = {value!r}; expected an integer")

@@ -168,11 +168,10 @@ class Worker:
         self._maybe_crash(group)
         data = Dataset(images, np.zeros(len(images), np.int64), "shipped rows")
         xs = [data.image(j) for j in range(len(group))]
-        cfg, t = self.cfg, time.time()
-        if mode == "certify":
-            out = self.smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, None, cfg.bound)
-        else:
-            out = self.smoothed.predict_many(xs, cfg.n, cfg.alpha, group, None)
+        from .run import answer_group
+
+        t = time.time()
+        out = answer_group(self.smoothed, self.cfg, mode, xs, group)
         return out, (time.time() - t) / len(group)
 
     def _maybe_crash(self, group: list[int]) -> None:

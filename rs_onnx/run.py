@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
-               "dtype", "label", "bound", "extra_inputs")
+               "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
+               "final_share", "futility_beta")
 
 
 def bundled(name: str) -> str:
@@ -168,22 +169,35 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[
 
 
 def group_size(cfg: RunConfig) -> int:
-    """Examples sampled together: several when n is small next to the batch, so that batches stay full."""
+    """Examples sampled together: several when n is small next to the batch, so that batches stay full
+    (and 32 in sequential mode, where examples drop out between looks)."""
+    if cfg.sequential:
+        return 32
     return max(1, min(64, math.ceil(cfg.batch_size / cfg.n)))
+
+
+def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, group: list[int], progress=None):
+    """CERTIFY (fixed n or sequential) or PREDICT for the images ``xs`` of examples ``group``."""
+    if mode == "predict":
+        return smoothed.predict_many(xs, cfg.n, cfg.alpha, group, progress)
+    if cfg.sequential:
+        from .sequential import sequential_certify_many
+
+        return sequential_certify_many(smoothed, xs, group, cfg.n0, cfg.n, cfg.alpha,
+                                       None if cfg.precision else cfg.radii, eps=cfg.precision, looks=cfg.looks,
+                                       n_first=cfg.n_first, final_share=cfg.final_share,
+                                       futility_beta=cfg.futility_beta, progress=progress)
+    return smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, progress, cfg.bound)
 
 
 def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
     """Yields (example indices, answers, seconds per example), group by group, computed in this process."""
-    cfg = p.cfg
-    size = group_size(cfg)
+    size = group_size(p.cfg)
     for g in range(0, len(todo), size):
         group = todo[g:g + size]
         xs = [p.data.image(i) for i in group]
         t = time.time()
-        if mode == "certify":
-            answers = p.smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, progress, cfg.bound)
-        else:
-            answers = p.smoothed.predict_many(xs, cfg.n, cfg.alpha, group, progress)
+        answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress)
         yield group, answers, (time.time() - t) / len(group)
 
 

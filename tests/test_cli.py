@@ -193,3 +193,18 @@ def test_several_inputs_need_fixed_values_from_the_config(tmp_path):
     res = CliRunner().invoke(cli, args + ["--config", str(cfg)])
     assert res.exit_code == 0, res.output
     assert [line.split("\t")[2] for line in res.stdout.splitlines()[1:3]] == ["2", "2"]
+
+
+def test_sequential_certify_uses_fewer_samples_and_stays_below_the_budget(linear):
+    model, data, tmp = linear
+    out = tmp / "seq.tsv"
+    res = run(["-q", "certify", model, data, "--sigma", "0.5", "--n0", "50", "--n", "20000", "--seed", "0",
+               "--sequential", "--radii", "0.1,0.2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = read_tsv(out)
+    used = [int(r["n"]) for r in rows]
+    assert all(u <= 20000 for u in used) and sum(used) < 0.5 * 20000 * len(used)
+    meta = json.loads((tmp / "seq.tsv.meta.json").read_text())
+    assert meta["config"]["sequential"] is True and meta["config"]["radii"] == [0.1, 0.2]
+    res = CliRunner().invoke(cli, ["certify", model, data, "--sigma", "0.5", "--sequential", "--bound", "best"])
+    assert res.exit_code == 1 and "bound" in str(res.exception)

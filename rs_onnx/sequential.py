@@ -1,0 +1,371 @@
+"""Sequential CERTIFY: estimation samples drawn in planned stages, stopping once the answer is settled.
+
+Selection is Cohen et al.'s (n0 samples under ``noise.SELECT`` pick the guess A). Estimation then runs
+in L stages with cumulative sizes N_1 < ... < N_L = n_max fixed in advance; stage j draws N_j - N_{j-1}
+fresh samples under its own noise phase, so the union of stages is one i.i.d. sample of the guess's
+indicator. After stage j the look's Clopper-Pearson lower bound at level alpha_j (sum alpha_j <= alpha)
+is computed; the reported ``p_a_lower`` is the largest bound over the looks made. It is valid at level
+alpha whatever the stopping rule (a union bound over the L planned looks, see benchmarks/SEQUENTIAL.md).
+
+Stopping only decides which looks are made, so it cannot make the answer unsound. An example stops
+when every requested radius (l2, [0,1] pixel units) is decided: certified, or out of reach even if
+every remaining sample were A (the safe futility rule: the answer is then exactly the full run's), or
+(fail-fast, level ``futility_beta``) when a (1 - beta_j) upper bound on pA lies below Phi(r / sigma):
+this loses a radius that pA actually supports with probability at most beta, and never adds one.
+Precision mode (``eps``) stops instead once the radius cannot grow by more than eps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import norm
+
+from . import bounds, noise, stats
+from .errors import ConfigError
+from .sampling import Task
+
+ABSTAIN = stats.ABSTAIN
+
+# Stage j >= 1 draws its noise under phase STAGE_PHASE + j (stage 0 under noise.ESTIMATE, so that a
+# one-stage schedule is exactly Cohen's CERTIFY). Distinct phases give independent noise streams.
+STAGE_PHASE = 16
+
+
+def stage_phase(j: int) -> int:
+    """The noise phase of estimation stage j (0-based)."""
+    return noise.ESTIMATE if j == 0 else STAGE_PHASE + j
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The planned looks: cumulative estimation sample counts ``sizes`` and the level ``alphas`` spent at each."""
+
+    sizes: tuple[int, ...]
+    alphas: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        s, a = self.sizes, self.alphas
+        if not s or len(s) != len(a):
+            raise ConfigError(f"schedule: {len(s)} sizes and {len(a)} levels; expected the same positive count")
+        if s[0] < 1 or any(y <= x for x, y in zip(s, s[1:])):
+            raise ConfigError(f"schedule sizes {list(s)}: expected strictly increasing counts >= 1")
+        if any(not 0.0 < x < 1.0 for x in a):
+            raise ConfigError(f"schedule levels {list(a)}: expected each in (0, 1)")
+
+    @property
+    def n_max(self) -> int:
+        return self.sizes[-1]
+
+    @property
+    def alpha(self) -> float:
+        """The overall level spent: the sum of the looks' levels."""
+        return float(sum(self.alphas))
+
+
+def geometric_schedule(n_max: int, alpha: float, looks: int = 8, n_first: int | None = None,
+                       final_share: float | None = 0.5) -> Schedule:
+    """L = ``looks`` looks at sizes geometric from ``n_first`` (default n_max / 100, at least 100) to n_max.
+
+    ``final_share`` = s spends s alpha at the last look and (1 - s) alpha / (L - 1) at each earlier one
+    (None: alpha / L each); levels are rounded down, so they sum to at most alpha.
+    """
+    if n_max < 1:
+        raise ConfigError(f"n_max={n_max}: expected at least 1 sample")
+    if looks < 1:
+        raise ConfigError(f"looks={looks}: expected at least 1")
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha={alpha}: expected 0 < alpha < 1")
+    if final_share is not None and not 0.0 < final_share < 1.0:
+        raise ConfigError(f"final_share={final_share}: expected 0 < share < 1")
+    first = min(n_max, max(100, n_max // 100)) if n_first is None else int(n_first)
+    if not 1 <= first <= n_max:
+        raise ConfigError(f"n_first={first}: expected 1 <= n_first <= n_max={n_max}")
+    sizes = sorted({int(round(v)) for v in np.geomspace(first, n_max, looks)} | {int(n_max)})
+    count = len(sizes)
+    if final_share is None or count == 1:
+        shares = [1.0 / count] * count
+    else:
+        shares = [(1.0 - final_share) / (count - 1)] * (count - 1) + [final_share]
+    return Schedule(tuple(sizes), tuple(float(np.nextafter(alpha * s, 0.0)) for s in shares))
+
+
+def _radius(p: np.ndarray, sigma: float) -> np.ndarray:
+    """Vectorised stats.cohen_radius (same formula and rounding)."""
+    r = sigma * norm.ppf(np.clip(p, 0.5, 1.0))
+    return np.where(p <= 0.5, 0.0, np.maximum(0.0, r * (1.0 - stats._SAFETY)))
+
+
+def _first_true(pred: Callable[[np.ndarray], np.ndarray], n: np.ndarray) -> np.ndarray:
+    """Elementwise smallest k in [0, n] with pred(k) true for a predicate monotone in k; n + 1 when none."""
+    lo, hi = np.full(n.shape, -1, np.int64), n.astype(np.int64) + 1  # pred(lo) false, pred(hi) "true"
+    while np.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        ok = np.where(hi - lo > 1, pred(np.maximum(mid, 0)), False)
+        hi, lo = np.where(ok, mid, hi), np.where(ok | (hi - lo <= 1), lo, mid)
+    return hi
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Decision tables of a schedule for the thresholds 0 (predict) < r_1 < ... (l2, [0,1] pixel units).
+
+    ``k_cert[j, i]``: smallest count of A among N_j that certifies radius i at look j (N_j + 1: none).
+    ``slack[j, i]``: largest number of non-A samples at look j with which some later look could still
+    certify radius i (-1: none could). ``k_fail[j, i]``: largest count of A whose (1 - beta / L) upper bound
+    on pA lies below Phi(r_i / sigma) (-1: fail-fast off). ``eps``: precision mode's radius step, or None.
+    """
+
+    schedule: Schedule
+    sigma: float
+    radii: tuple[float, ...]
+    futility_beta: float
+    k_cert: np.ndarray = field(repr=False)
+    slack: np.ndarray = field(repr=False)
+    k_fail: np.ndarray = field(repr=False)
+    eps: float | None = None
+
+    def reachable(self) -> tuple[float, ...]:
+        """Radii that some look can certify (when every sample is A)."""
+        n = np.asarray(self.schedule.sizes)[:, None]
+        return tuple(r for r, ok in zip(self.radii, (self.k_cert <= n).any(axis=0)) if ok)
+
+    def max_radius(self) -> float:
+        """The largest radius any look can certify (when every sample is A)."""
+        n = np.asarray(self.schedule.sizes)
+        return float(np.max(_radius(bounds._cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma)))
+
+
+def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), futility_beta: float = 0.01,
+              eps: float | None = None) -> Plan:
+    """Decision tables for ``radii`` (sorted; 0 added: the predict-or-abstain decision).
+
+    A radius r > 0 is certified at look j iff cohen_radius(CP_lower(n_A, N_j, alpha_j)) >= r, and r = 0
+    iff CP_lower >= 1/2, exactly as the reported bound is turned into a radius. With ``eps`` (precision
+    mode) an example that predicts stops once its radius cannot grow by more than eps (see run_looks).
+    """
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise ConfigError(f"sigma={sigma}: expected a positive noise level")
+    if not 0.0 <= futility_beta < 1.0:
+        raise ConfigError(f"futility_beta={futility_beta}: expected 0 <= beta < 1 (0: safe futility only)")
+    if eps is not None and not (np.isfinite(eps) and eps > 0):
+        raise ConfigError(f"eps={eps}: expected a positive radius precision")
+    if any(not np.isfinite(r) or r < 0 for r in radii):
+        raise ConfigError(f"radii {list(radii)}: expected finite radii >= 0")
+    rs = sorted({0.0} | {float(r) for r in radii})
+    t = np.array(rs)[None, :]
+    n = np.asarray(schedule.sizes, np.int64)[:, None] + np.zeros_like(t, np.int64)
+    a = np.asarray(schedule.alphas)[:, None]
+
+    def certifies(k):
+        p = bounds._cp_lower(k, n, a)
+        return np.where(t == 0.0, p >= 0.5, _radius(p, sigma) >= t)
+
+    k_cert = _first_true(certifies, n)
+    later = np.concatenate([n - k_cert, np.full((1, len(rs)), -1, np.int64)])
+    slack = np.maximum.accumulate(later[::-1], axis=0)[::-1][1:]  # max over the looks after j
+    if futility_beta > 0:
+        b = futility_beta / len(schedule.sizes)
+        target = norm.cdf(t / sigma)
+        k_fail = _first_true(lambda k: bounds._cp_upper(k, n, b) >= target, n) - 1
+    else:
+        k_fail = np.full(n.shape, -1, np.int64)
+    return Plan(schedule, float(sigma), tuple(rs), float(futility_beta), k_cert, slack, k_fail,
+                None if eps is None else float(eps))
+
+
+@dataclass
+class Outcome:
+    """Per-example state of the looks: counts, thresholds certified, best look and why sampling stopped."""
+
+    n_a: np.ndarray
+    n: np.ndarray
+    certified: np.ndarray  # number of plan thresholds certified (0: not even radius 0)
+    best_look: np.ndarray  # look with the largest lower bound (-1: none made)
+    best_n_a: np.ndarray  # count of A at that look
+    looks: np.ndarray
+    stopped: list[str]
+
+
+def _settled(plan: Plan, j: int, k: np.ndarray, best: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision mode: (safe, fail-fast) masks of examples whose radius cannot grow by more than eps.
+
+    Safe: even with every remaining sample A no later look reaches radius(best) + eps. Fail-fast: the
+    (1 - beta / L) upper confidence bound on the radius, sigma Phi^-1(CP_upper), is within eps of it.
+    """
+    sizes, alphas = np.asarray(plan.schedule.sizes[j + 1:]), np.asarray(plan.schedule.alphas[j + 1:])
+    goal = _radius(best, plan.sigma) + plan.eps
+    n_j = plan.schedule.sizes[j]
+    if sizes.size:
+        kk = k[:, None] + sizes[None, :] - n_j
+        reach = _radius(bounds._cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma).max(axis=1)
+    else:
+        reach = np.zeros(len(k))
+    safe = reach <= goal
+    fail = np.zeros(len(k), bool)
+    if plan.futility_beta > 0:
+        upper = bounds._cp_upper(k, np.full_like(k, n_j), plan.futility_beta / len(plan.schedule.sizes))
+        fail = ~safe & (_radius(upper, plan.sigma) <= goal)
+    return safe, fail
+
+
+def run_looks(plan: Plan, sample: Callable[[int, np.ndarray], np.ndarray], active: np.ndarray, size: int) -> Outcome:
+    """Make the planned looks for the examples ``active`` (indices < size), stopping each when settled.
+
+    ``sample(j, idx)`` returns the count of A among stage j's N_j - N_{j-1} new samples of examples idx.
+    An example stops at the last look, or when the next radius to certify is out of reach (safe: even
+    if every remaining sample were A; fail-fast: its upper bound on pA is below Phi(r / sigma)), or when
+    every radius is certified; in precision mode, once it predicts, when its radius is settled to eps.
+    """
+    sizes, alphas = plan.schedule.sizes, plan.schedule.alphas
+    m, last = len(plan.radii), len(sizes) - 1
+    out = Outcome(np.zeros(size, np.int64), np.zeros(size, np.int64), np.zeros(size, np.int64),
+                  np.full(size, -1, np.int64), np.zeros(size, np.int64), np.zeros(size, np.int64), ["none"] * size)
+    best = np.full(size, -1.0)
+    active = np.asarray(active, np.int64)
+    if not (plan.k_cert[:, 0] <= np.asarray(sizes)).any():  # even radius 0 is out of reach: sample nothing
+        for i in active:
+            out.stopped[i] = "futile"
+        return out
+    for j, n_j in enumerate(sizes):
+        if not active.size:
+            break
+        out.n_a[active] += np.asarray(sample(j, active), np.int64)
+        out.n[active], out.looks[active] = n_j, j + 1
+        k = out.n_a[active]
+        lower = bounds._cp_lower(k, np.full_like(k, n_j), alphas[j])
+        up = lower > best[active]
+        best[active[up]], out.best_look[active[up]], out.best_n_a[active[up]] = lower[up], j, k[up]
+        c = np.maximum(out.certified[active], (k[:, None] >= plan.k_cert[j][None, :]).sum(axis=1))
+        out.certified[active] = c
+        nxt = np.minimum(c, m - 1)
+        done = c == m
+        futile = ~done & (n_j - k > plan.slack[j, nxt])
+        fail = ~done & ~futile & (k <= plan.k_fail[j, nxt])
+        if plan.eps is not None:  # every threshold (radius 0) certified: stop once the radius is settled
+            safe, precise = _settled(plan, j, k, best[active])
+            futile, fail, done = futile | (done & safe), fail | (done & precise), np.zeros_like(done)
+        stop = done | futile | fail | (j == last)
+        for i, d, f in zip(active[stop], done[stop], futile[stop]):
+            out.stopped[i] = ("certified" if d else "n_max" if j == last else "futile" if f
+                              else "precision" if plan.eps is not None and out.certified[i] else "fail-fast")
+        active = active[~stop]
+    return out
+
+
+@dataclass(frozen=True)
+class SequentialCertificate:
+    """Sequential CERTIFY's answer for one example; radii l2, in [0,1] pixel units, 0 on abstain.
+
+    ``radius`` is sigma Phi^-1(p_a_lower) from the best look's bound (sound at level alpha); it is at least
+    ``decided_radius``, the largest requested radius certified (``decided_radii``: all of them). ``n`` is
+    the number of estimation samples used (plus ``n0`` for selection); ``looks`` the looks made;
+    ``stopped`` why sampling stopped: certified, futile, fail-fast, precision, n_max or no-class (the
+    selection saw no class). ``p_b_upper`` is 1 - p_a_lower (rounded up), so ``radius_2class`` is Cohen's
+    radius up to rounding and ``radius_tv`` follows from the same event; both hold at level alpha.
+    """
+
+    predict: int
+    radius: float
+    p_a_lower: float
+    n_a: int
+    n: int
+    n0: int
+    guess: int
+    nonfinite: int
+    p_b_upper: float
+    radius_2class: float
+    radius_tv: float
+    decided_radius: float
+    decided_radii: tuple[float, ...]
+    looks: int
+    stopped: str
+    n_max: int
+    counts: np.ndarray = field(repr=False, compare=False)
+
+
+def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequence[int] | None, n0: int,
+                            n_max: int, alpha: float, radii: Sequence[float] | None = None, *,
+                            eps: float | None = None, looks: int = 8, n_first: int | None = None,
+                            final_share: float | None = 0.5, schedule: Schedule | None = None,
+                            futility_beta: float = 0.01,
+                            progress: Callable[[int], None] | None = None) -> list[SequentialCertificate]:
+    """Sequential CERTIFY of several images (same shape, in [0,1]) packed into shared batches.
+
+    Parameters
+    ----------
+    smoothed : SmoothedClassifier (its sigma, seed and batches are used).
+    xs, examples : images and their data-set indices (noise streams; default 0, 1, ...).
+    n0, n_max, alpha : selection samples, most estimation samples, overall level.
+    radii : the radii to decide (l2, [0,1] pixel units); or ``eps`` (precision mode): stop once the radius
+        cannot grow by more than eps (same units).
+    looks, n_first, final_share : the geometric schedule (see geometric_schedule); or ``schedule``, whose
+        levels must sum to at most alpha.
+    futility_beta : fail-fast level (0: stop early only when the answer cannot change).
+    """
+    if n0 < 1:
+        raise ConfigError(f"n0={n0}: expected at least 1 selection sample")
+    if (radii is None) == (eps is None):
+        raise ConfigError("expected exactly one of radii (decide these radii) or eps (radius to precision eps)")
+    schedule = schedule or geometric_schedule(n_max, alpha, looks, n_first, final_share)
+    if schedule.n_max != n_max or schedule.alpha > alpha:
+        raise ConfigError(f"schedule ends at {schedule.n_max} and spends {schedule.alpha:.6g}; expected n_max={n_max} "
+                          f"and at most alpha={alpha}")
+    plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps)
+    examples = list(range(len(xs))) if examples is None else [int(e) for e in examples]
+    if len(xs) == 0:
+        return []
+    sampler = smoothed._sampler(np.shape(xs[0]))
+    clean = [sampler.pre.clean(x) for x in xs]
+    sel = sampler.count([Task(c, e, noise.SELECT, n0) for c, e in zip(clean, examples)], progress)
+    guess = np.array([int(np.argmax(c[:-1])) if c[:-1].sum() > 0 else ABSTAIN for c in sel])
+    totals = _Growable(np.zeros_like(sel))
+
+    def sample(j, idx):
+        new = schedule.sizes[j] - (schedule.sizes[j - 1] if j else 0)
+        counts = sampler.count([Task(clean[i], examples[i], stage_phase(j), new) for i in idx], progress)
+        totals.add(idx, counts)
+        classes = counts[:, :-1]  # a guess beyond the classes seen here (under-announced model) counts 0
+        g = guess[idx]
+        return np.where(g < classes.shape[1], classes[np.arange(len(idx)), np.minimum(g, classes.shape[1] - 1)], 0)
+
+    out = run_looks(plan, sample, np.flatnonzero(guess != ABSTAIN), len(xs))
+    return [_certificate(plan, out, i, int(guess[i]), n0, sel[i], totals.array[i]) for i in range(len(xs))]
+
+
+class _Growable:
+    """Per-example class counts [E, K + 1] that widen when the model reveals more classes."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def add(self, idx: np.ndarray, counts: np.ndarray) -> None:
+        k = max(self.array.shape[1], counts.shape[1]) - 1
+        if self.array.shape[1] - 1 < k:
+            grown = np.zeros((len(self.array), k + 1), np.int64)
+            grown[:, :self.array.shape[1] - 1] = self.array[:, :-1]
+            grown[:, -1] = self.array[:, -1]
+            self.array = grown
+        self.array[idx, :counts.shape[1] - 1] += counts[:, :-1]
+        self.array[idx, -1] += counts[:, -1]
+
+
+def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.ndarray,
+                 counts: np.ndarray) -> SequentialCertificate:
+    sigma, sched = plan.sigma, plan.schedule
+    n, n_a, look = int(out.n[i]), int(out.n_a[i]), int(out.best_look[i])
+    stopped = out.stopped[i] if guess != ABSTAIN else "no-class"
+    p_lower = 0.0  # the best look's bound, recomputed in scalar float64 from the counts at that look
+    if look >= 0:
+        p_lower = stats.clopper_pearson_lower(int(out.best_n_a[i]), sched.sizes[look], sched.alphas[look])
+    predict = guess if guess != ABSTAIN and p_lower >= 0.5 else ABSTAIN
+    radius = stats.cohen_radius(p_lower, sigma) if predict != ABSTAIN else 0.0
+    decided = tuple(r for r in plan.radii if r > 0 and radius >= r) if predict != ABSTAIN else ()
+    p_b = float(min(1.0, np.nextafter(1.0 - p_lower, 2.0)))
+    r_two = float(bounds.two_class_radius(p_lower, p_b, sigma)) if predict != ABSTAIN else 0.0
+    r_tv = float(bounds.tv_radius(p_lower, p_b, sigma)) if predict != ABSTAIN else 0.0
+    return SequentialCertificate(predict, radius, p_lower, n_a, n, n0, guess, int(sel[-1] + counts[-1]), p_b,
+                                 r_two, r_tv, decided[-1] if decided else 0.0, decided, int(out.looks[i]),
+                                 stopped, sched.n_max, counts.copy())

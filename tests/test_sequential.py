@@ -1,0 +1,228 @@
+"""Sequential CERTIFY: soundness on classifiers whose smoothed probability is known exactly, early stopping,
+fresh noise per stage, and agreement with Cohen's CERTIFY for a one-look schedule."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from rs_onnx import bounds, stats
+from rs_onnx.errors import ConfigError
+from rs_onnx.sequential import (ABSTAIN, Schedule, SequentialCertificate, geometric_schedule, make_plan, run_looks,
+                                sequential_certify_many)
+from rs_onnx.smoothing import Certificate, SmoothedClassifier
+
+
+class Threshold:
+    """Class 1 iff the first input value exceeds -d: at x = 0 the smoothed class-1 probability is exactly
+    Phi(d / sigma), so g's exact robust l2 radius there is d (the distance to the boundary)."""
+
+    def __init__(self, d, dim=4):
+        self.d, self.input_shape, self.input_dtype, self.num_classes = d, (dim,), np.dtype(np.float32), 2
+        self.rows = []
+
+    def predict(self, x):
+        return (x[:, 0] > -self.d).astype(np.int64)
+
+
+class Recording(Threshold):
+    def predict(self, x):
+        self.rows.append(np.array(x))
+        return super().predict(x)
+
+
+class ThreeWay:
+    """Classes 0, 1, 2 with probabilities 0.4, 0.3, 0.3 at x = 0 (bins of the first value): g must abstain."""
+
+    def __init__(self, sigma):
+        self.cuts = sigma * norm.ppf([0.4, 0.7])
+        self.num_classes, self.input_shape, self.input_dtype = 3, (4,), np.dtype(np.float32)
+
+    def predict(self, x):
+        return np.searchsorted(self.cuts, x[:, 0]).astype(np.int64)
+
+
+class Constant:
+    def __init__(self, c, k=10):
+        self.c, self.num_classes, self.input_shape, self.input_dtype = c, k, (4,), np.dtype(np.float32)
+
+    def predict(self, x):
+        return np.full(len(x), self.c, dtype=np.int64)
+
+
+def _smoothed(clf, sigma, seed=0):
+    return SmoothedClassifier(clf, sigma=sigma, seed=seed, batch_size=100_000, noise_threads=0)
+
+
+def _false_rate(certs, d):
+    """Certificates claiming more than the truth: class 0 certified at all, or class 1 beyond radius d."""
+    return np.mean([(c.predict == 0) or (c.predict == 1 and c.radius > d) for c in certs])
+
+
+# ------------------------------------------------------------------------------------------ soundness
+
+
+@pytest.mark.parametrize("d,kwargs", [
+    (0.49, dict(radii=(0.25, 0.5))),            # just below a requested radius: certifying 0.5 is false
+    (0.51, dict(radii=(0.25, 0.5, 0.75))),      # just above: a continuous radius beyond 0.51 is false
+    (0.30, dict(eps=0.02, futility_beta=0.0)),  # precision mode, safe futility only: every look is made
+])
+def test_false_certification_rate_stays_below_alpha(d, kwargs):
+    """2,000 independent sequential certificates of a point whose true radius is d."""
+    sigma, alpha, trials = 0.5, 0.1, 2000
+    sc = _smoothed(Threshold(d), sigma, seed=7)
+    certs = sequential_certify_many(sc, [np.zeros(4, np.float32)] * trials, None, n0=10, n_max=2000, alpha=alpha,
+                                    looks=6, n_first=60, **kwargs)
+    rate = _false_rate(certs, d)
+    assert rate <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials), rate
+    assert np.mean([c.predict == 1 and c.radius > 0.5 * d for c in certs]) > 0.5  # not vacuous
+    if kwargs.get("futility_beta") != 0.0:
+        assert np.mean([c.n for c in certs]) < 2000
+
+
+def test_spending_alpha_at_every_look_would_be_caught():
+    """The same test has teeth: alpha at each of 6 looks (6 alpha in all) exceeds alpha clearly."""
+    sigma, alpha, trials, d = 0.5, 0.1, 2000, 0.3
+    sched = geometric_schedule(2000, alpha, looks=6, n_first=60)
+    naive = Schedule(sched.sizes, (alpha,) * len(sched.sizes))
+    sc = _smoothed(Threshold(d), sigma, seed=8)
+    certs = sequential_certify_many(sc, [np.zeros(4, np.float32)] * trials, None, 10, 2000, naive.alpha, eps=0.02,
+                                    schedule=naive, futility_beta=0.0)
+    assert _false_rate(certs, d) > alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
+
+
+def _binomial_run(plan, p, trials, seed):
+    """run_looks on counts of A drawn per (trial, stage) up front, so that stopping never shifts the draws."""
+    sizes = np.asarray(plan.schedule.sizes)
+    draws = np.random.default_rng(seed).binomial(np.diff(sizes, prepend=0), p, (trials, len(sizes)))
+    return run_looks(plan, lambda j, idx: draws[idx, j], np.arange(trials), trials)
+
+
+@pytest.mark.parametrize("r_true", [0.24, 0.49, 0.74])
+def test_many_binomial_trials_at_the_threshold(r_true):
+    """100,000 trials of the looks alone (pA = Phi(r_true / sigma) just below a requested radius)."""
+    sigma, alpha, trials = 0.25, 0.05, 100_000
+    plan = make_plan(geometric_schedule(20_000, alpha, looks=8), sigma, (0.25, 0.5, 0.75, 1.0))
+    out = _binomial_run(plan, norm.cdf(r_true / sigma), trials, seed=int(r_true * 100))
+    decided = np.array(plan.radii)[np.maximum(out.certified - 1, 0)] * (out.certified > 0)
+    assert np.mean(decided > r_true) <= alpha + 3 * np.sqrt(alpha / trials)
+    sched = plan.schedule
+    lower = bounds._cp_lower(out.best_n_a, np.take(sched.sizes, out.best_look), np.take(sched.alphas, out.best_look))
+    assert np.mean(lower > norm.cdf(r_true / sigma)) <= alpha + 3 * np.sqrt(alpha / trials)
+
+
+def test_safe_futility_never_changes_the_answer():
+    """With fail-fast off, stopping only when no later look could certify gives the full run's decisions."""
+    sigma = 0.25
+    plan = make_plan(geometric_schedule(20_000, 0.01, looks=6), sigma, (0.25, 0.5, 0.75), futility_beta=0.0)
+    full = dataclasses.replace(plan, slack=np.full_like(plan.slack, 10**9))  # never stop before n_max
+    full = dataclasses.replace(full, slack=np.where(np.arange(6)[:, None] == 5, -1, full.slack))
+    for p in (0.8, 0.85, 0.97, 0.978, 0.9985, 0.99875):
+        early, late = _binomial_run(plan, p, 3000, 1), _binomial_run(full, p, 3000, 1)
+        assert np.array_equal(early.certified, late.certified)
+        assert np.all(early.n <= late.n)
+
+
+# ------------------------------------------------------------------------------------------ behaviour
+
+
+def test_one_look_is_exactly_cohens_certify():
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=4).astype(np.float32) * 0.3 for _ in range(5)]
+    sc = _smoothed(Threshold(0.1), 0.3, seed=11)
+    cohen = sc.certify_many(xs, 50, 3000, 0.01, examples=[4, 5, 6, 7, 8])
+    seq = sequential_certify_many(sc, xs, [4, 5, 6, 7, 8], 50, 3000, 0.01, (0.1,),
+                                  schedule=Schedule((3000,), (0.01,)))
+    for c, s in zip(cohen, seq):
+        assert (c.predict, c.n_a, c.n, c.p_a_lower, c.radius) == (s.predict, s.n_a, s.n, s.p_a_lower, s.radius)
+
+
+def test_each_stage_draws_fresh_noise():
+    clf = Recording(0.2)
+    sequential_certify_many(_smoothed(clf, 0.5), [np.zeros(4, np.float32)], None, 20, 4000, 0.01, (2.0,),
+                            looks=4, n_first=200, futility_beta=0.0)
+    rows = np.concatenate(clf.rows)
+    assert len(rows) == 20 + 4000 and len(np.unique(rows, axis=0)) == len(rows)
+
+
+def test_a_clear_example_stops_once_every_reachable_radius_is_certified():
+    sc = _smoothed(Constant(3), 0.25)
+    sched = geometric_schedule(100_000, 0.001)
+    plan = make_plan(sched, 0.25, (0.25, 0.5, 0.75, 1.0))
+    assert plan.reachable() == (0.0, 0.25, 0.5, 0.75)  # 1.0 needs more than 1e5 samples at alpha / 8
+    (c,) = sequential_certify_many(sc, [np.zeros(4, np.float32)], None, 100, 100_000, 0.001, (0.25, 0.5, 0.75, 1.0))
+    assert c.predict == 3 and c.stopped == "futile" and c.decided_radii == (0.25, 0.5, 0.75)  # 1.0 out of reach
+    assert c.n == 7197 and c.n_a == c.n and c.decided_radius == 0.75 and 0.75 <= c.radius < 1.0
+    assert c.p_a_lower == stats.clopper_pearson_lower(7197, 7197, sched.alphas[3])
+
+
+def test_an_unclear_example_abstains_after_the_first_look():
+    sc = _smoothed(ThreeWay(0.5), 0.5)
+    (c,) = sequential_certify_many(sc, [np.zeros(4, np.float32)], None, 100, 100_000, 0.001, (0.25,))
+    assert c.predict == ABSTAIN and c.radius == 0.0 and c.stopped == "fail-fast" and c.n == 1000
+
+
+@pytest.mark.parametrize("d", [0.1, 0.4, 1.0])
+def test_precision_mode_stops_when_the_radius_cannot_grow_by_eps(d):
+    sigma, eps, beta, alpha = 0.5, 0.1, 0.01, 0.001
+    sched = geometric_schedule(50_000, alpha)
+    certs = sequential_certify_many(_smoothed(Threshold(d), sigma), [np.zeros(4, np.float32)] * 20, None, 100,
+                                    50_000, alpha, eps=eps, futility_beta=beta)
+    for c in certs:
+        if c.guess == 0:  # the selection picked the minority class: g abstains
+            assert c.predict == ABSTAIN and c.stopped == "fail-fast"
+            continue
+        assert c.predict == 1 and c.radius <= d and c.decided_radii == ()
+        look = sched.sizes.index(c.n)
+        if c.stopped == "futile":  # even if every remaining sample were A, no later look gains eps
+            best = max(stats.clopper_pearson_lower(c.n_a + m - c.n, m, a)
+                       for m, a in zip(sched.sizes[look + 1:], sched.alphas[look + 1:]))
+            assert stats.cohen_radius(best, sigma) <= c.radius + eps + 1e-9
+        elif c.stopped == "precision":  # the (1 - beta / L) upper bound on the radius is within eps
+            upper = stats.clopper_pearson_upper(c.n_a, c.n, beta / len(sched.sizes))
+            assert sigma * norm.ppf(upper) <= c.radius + eps + 1e-9
+        else:
+            assert c.stopped == "n_max"
+        assert c.radius >= d - 0.2  # not vacuous
+    assert np.mean([c.n for c in certs]) < 25_000
+
+
+def test_certificate_has_the_certify_columns():
+    names = {f.name for f in dataclasses.fields(Certificate)}
+    assert names <= {f.name for f in dataclasses.fields(SequentialCertificate)}
+    (c,) = sequential_certify_many(_smoothed(Threshold(0.3), 0.25), [np.zeros(4, np.float32)], [9], 50, 10_000, 0.01,
+                                   (0.25,))
+    assert c.predict == 1 and c.p_b_upper >= 1 - c.p_a_lower and c.radius_tv <= c.radius_2class <= c.radius
+    assert c.counts.sum() == c.n and c.n_max == 10_000
+
+
+@pytest.mark.parametrize("kwargs", [dict(radii=(0.25,), eps=0.1), dict(), dict(radii=(-1.0,)),
+                                    dict(radii=(0.25,), schedule=Schedule((10, 100), (0.01, 0.01))),
+                                    dict(eps=0.0), dict(radii=(0.25,), futility_beta=1.0), dict(radii=(0.25,), n0=0)])
+def test_argument_checks(kwargs):
+    args = dict(n0=10, n_max=100, alpha=0.01) | kwargs
+    with pytest.raises(ConfigError):
+        sequential_certify_many(_smoothed(Constant(0), 0.25), [np.zeros(4, np.float32)], None, **args)
+
+
+@pytest.mark.parametrize("sizes,alphas", [((), ()), ((10, 10), (0.1, 0.1)), ((0, 10), (0.1, 0.1)), ((10,), (0.0,))])
+def test_schedule_checks(sizes, alphas):
+    with pytest.raises(ConfigError):
+        Schedule(sizes, alphas)
+
+
+def test_onnx_linear_oracle(tmp_path):
+    """End to end on a linear two-class ONNX model (tests/onnx_models.py): radius never beyond the boundary."""
+    from rs_onnx.classifier import OnnxClassifier
+    from tests.onnx_models import linear_model, save
+
+    w = np.random.default_rng(0).normal(size=20).astype(np.float32)
+    w /= np.linalg.norm(w)
+    clf = OnnxClassifier(save(linear_model(w, 0.0, input_shape=(1, 4, 5)), tmp_path / "lin.onnx"), device="cpu")
+    sigma, alpha, distance, trials = 0.5, 0.05, 0.2, 400
+    x = (w * distance).reshape(1, 4, 5).astype(np.float32)
+    sc = SmoothedClassifier(clf, sigma=sigma, seed=5, batch_size=50_000, noise_threads=0)
+    certs = sequential_certify_many(sc, [x] * trials, None, 20, 4000, alpha, (0.1, 0.2, 0.3), looks=5, n_first=250)
+    assert _false_rate(certs, distance) <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
+    assert np.mean([c.decided_radius == 0.1 for c in certs]) > 0.5 and np.mean([c.n for c in certs]) < 4000
