@@ -146,7 +146,8 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--resume: {mp} is not a readable rs-onnx meta file ({e})") from e
     old = meta.get("config", {})
-    changed = [k for k in RESUME_KEYS if old.get(k) != p.cfg.to_dict().get(k)]
+    defaults = RunConfig().to_dict()  # keys an older meta file lacks had their default value
+    changed = [k for k in RESUME_KEYS if old.get(k, defaults[k]) != p.cfg.to_dict()[k]]
     if meta.get("mode") != mode:
         changed.append("mode")
     if meta.get("model", {}).get("sha256") != p.classifier.sha256:
