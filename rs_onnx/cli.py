@@ -183,9 +183,8 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         raise RsOnnxError(f"the run stopped after {len(rows)} examples: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint}") from e
     bar.close()
-    if mode == "certify" and rows:
-        table = _accuracy_table(rows, DEFAULT_RADII, meta["timings"]["seconds"])
-        click.echo(table, err=out is None)
+    if mode == "certify" and (rows or out):
+        click.echo(_accuracy_table(rows, out, meta["timings"]["seconds"]), err=out is None)
 
 
 class Terminated(KeyboardInterrupt):
@@ -208,12 +207,13 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _accuracy_table(rows: list[dict], radii, seconds: float) -> str:
-    from .analysis import REQUIRED_COLUMNS, Results, table_rows, to_markdown
+def _accuracy_table(rows: list[dict], out: Path | None, seconds: float) -> str:
+    """Certified accuracy of the whole run: the file when there is one (a resumed run included)."""
+    from .analysis import REQUIRED_COLUMNS, Results, read_results, table_rows, to_markdown
 
-    results = Results({c: np.asarray([r[c] for r in rows]) for c in REQUIRED_COLUMNS})
-    table = to_markdown(table_rows({"certified accuracy": results}, radii))
-    return f"{table}\n{len(rows)} examples, {seconds:.1f} s in all"
+    results = read_results(out) if out else Results({c: np.asarray([r[c] for r in rows]) for c in REQUIRED_COLUMNS})
+    table = to_markdown(table_rows({"certified accuracy": results}, DEFAULT_RADII))
+    return f"{table}\n{len(results)} examples, {len(rows)} computed in this run in {seconds:.1f} s"
 
 
 @cli.command()
