@@ -97,6 +97,8 @@ def _run_options(f):
         click.option("--workers", type=int, help="Ray workers (default: one per GPU, else one per CPU)."),
         click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (fractions share a GPU)."),
         click.option("--cpus-per-worker", type=float, help="CPUs per Ray worker."),
+        click.option("--denoiser", help="An ONNX denoiser to compose in front of MODEL (denoised smoothing); "
+                     "the preprocessing flags then describe MODEL's input."),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
         click.option("--dump-config", is_flag=True, help="Print the resolved configuration as YAML and exit."),
@@ -257,6 +259,33 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
 
     report = inspect_model(model, input_name=input_name, output_name=output_name, device=device)
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
+
+
+@cli.command()
+@click.argument("classifier")
+@click.option("--denoiser", required=True, help="ONNX denoiser: [N,C,H,W] images in [0,1] -> same shape.")
+@click.option("-o", "--out", required=True, type=click.Path(), help="The composed .onnx to write.")
+@click.option("--input-name", help="Classifier input to feed (needed when it has several).")
+@click.option("--preset", help="Normalisation preset of the classifier: none, mnist, cifar10, cifar10-cohen, imagenet.")
+@click.option("--layout", help="Classifier input layout: auto, nchw, nhwc, flat.")
+@click.option("--scale", type=float, help="Multiply by this first (255 for classifiers taking 0..255).")
+@click.option("--mean", type=float, multiple=True, help="Per-channel mean of the classifier (repeat per channel).")
+@click.option("--std", type=float, multiple=True, help="Per-channel std of the classifier (repeat per channel).")
+@click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
+@click.pass_context
+def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
+    """Compose DENOISER in front of CLASSIFIER into one ONNX model (Salman et al.'s denoised smoothing).
+
+    The classifier's preprocessing is inserted between them as ONNX nodes, so the composed model takes
+    [0,1] images and sigma keeps its pixel units; certify it with no preprocessing flags.
+    """
+    from .compose import compose_files
+
+    flags = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
+             if v not in (None, ()) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    cfg, _ = build_config({}, flags)
+    compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)
+    click.echo(f"wrote {out}", err=True)
 
 
 def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list[str], list[float]]:

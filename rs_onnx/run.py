@@ -8,9 +8,12 @@ results has changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -22,6 +25,7 @@ import numpy as np
 from .config import RunConfig
 from .data import Dataset, load_data
 from .errors import ConfigError, DataError
+from .preprocess import PreprocessSpec
 from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, TsvWriter, command_line, meta_path, sha256_file, versions,
                       write_json_atomic)
 from .smoothing import SmoothedClassifier
@@ -31,7 +35,7 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta")
+               "final_share", "futility_beta", "denoiser")
 
 
 def bundled(name: str) -> str:
@@ -40,16 +44,37 @@ def bundled(name: str) -> str:
 
 
 def open_classifier(cfg: RunConfig):
+    """The base classifier and the preprocessing still to apply in NumPy (none when a denoiser is
+    composed in front: the classifier's preprocessing then sits inside the composed graph)."""
     from .classifier import OnnxClassifier
 
+    if cfg.denoiser:
+        return OnnxClassifier(composed_model(cfg), output_name=cfg.output_name, device=cfg.device), PreprocessSpec()
     extra = None
     if cfg.extra_inputs:
         try:
             extra = {name: np.asarray(value) for name, value in cfg.extra_inputs.items()}
         except ValueError as e:
             raise ConfigError(f"extra_inputs: {e}; expected a number or a nested list per input") from e
-    return OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device,
-                          extra_inputs=extra)
+    clf = OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device,
+                         extra_inputs=extra)
+    return clf, cfg.preprocess_spec()
+
+
+def composed_model(cfg: RunConfig) -> Path:
+    """``cfg.denoiser`` composed with ``cfg.model`` and its preprocessing (rs_onnx.compose), cached by content."""
+    from .compose import compose_files
+
+    spec = cfg.preprocess_spec()
+    key = hashlib.sha256("|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec),
+                                   str(cfg.input_name)]).encode()).hexdigest()[:20]
+    path = Path(tempfile.gettempdir()) / "rs-onnx-composed" / f"{key}.onnx"
+    if not path.exists():
+        tmp = path.with_name(f"{key}.{os.getpid()}.tmp.onnx")
+        compose_files(cfg.denoiser, cfg.model, tmp, spec, classifier_input_name=cfg.input_name)
+        os.replace(tmp, path)
+    log.info("certifying denoiser %s + classifier %s, composed into %s", cfg.denoiser, cfg.model, path)
+    return path
 
 
 def resolve_sigma(cfg: RunConfig, clf) -> float:
@@ -89,12 +114,15 @@ class Prepared:
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Load and check model, sigma, data, labels and preprocessing; raises RsOnnxError on bad input."""
-    clf = open_classifier(cfg)
+    if cfg.denoiser and cfg.backend != "local":
+        raise ConfigError("--denoiser with --backend ray: expected a composed model (rs-onnx compose --denoiser "
+                          "D.onnx -o DC.onnx C.onnx) to certify on the workers")
+    clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     channels, size = image_geometry(clf, cfg.layout)
     data = load_data(cfg.data, cfg.label, size, channels)
     data.check_labels(clf.num_classes)
-    smoothed = SmoothedClassifier(clf, sigma, cfg.preprocess_spec(), cfg.seed, cfg.batch_size, cfg.noise_threads)
+    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads)
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))

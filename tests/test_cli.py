@@ -208,3 +208,23 @@ def test_sequential_certify_uses_fewer_samples_and_stays_below_the_budget(linear
     assert meta["config"]["sequential"] is True and meta["config"]["radii"] == [0.1, 0.2]
     res = CliRunner().invoke(cli, ["certify", model, data, "--sigma", "0.5", "--sequential", "--bound", "best"])
     assert res.exit_code == 1 and "bound" in str(res.exception)
+
+
+def test_compose_and_certify_with_a_denoiser(tmp_path):
+    """An identity denoiser in front of a classifier with mean/std: same certificates as the classifier alone."""
+    from tests.test_compose import denoiser
+
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(3, 16)).astype(np.float32)
+    clf = save(linear_model(w, input_shape=(1, 4, 4), batch=1), tmp_path / "c.onnx")
+    den = save(denoiser((1, 4, 4), sigma=0.25), tmp_path / "d.onnx")
+    np.savez(tmp_path / "x.npz", images=rng.integers(0, 256, (4, 4, 4), dtype=np.uint8), labels=np.zeros(4, np.uint8))
+    norm = ["--mean", "0.5", "--std", "0.2"]
+    res = CliRunner().invoke(cli, ["compose", str(clf), "--denoiser", str(den), "-o", str(tmp_path / "dc.onnx"), *norm])
+    assert res.exit_code == 0, res.output
+    base = ["-q", "certify", "--sigma", "0.25", "--n0", "20", "--n", "300", "--seed", "0"]
+    alone = CliRunner().invoke(cli, base + [str(clf), str(tmp_path / "x.npz"), *norm])
+    composed = CliRunner().invoke(cli, base + [str(tmp_path / "dc.onnx"), str(tmp_path / "x.npz")])
+    on_the_fly = CliRunner().invoke(cli, base + [str(clf), str(tmp_path / "x.npz"), *norm, "--denoiser", str(den)])
+    cut = [[line.split("\t")[:5] for line in r.stdout.splitlines()] for r in (alone, composed, on_the_fly)]
+    assert cut[0] == cut[1] == cut[2] and len(cut[0]) == 5
