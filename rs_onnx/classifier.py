@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rs_onnx import graph
+from rs_onnx import cuda, graph
 from rs_onnx.errors import ConfigError, DataError, DeviceError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 VERIFY_EXAMPLES = 8
 """Random examples run as one batch and one by one when a model is loaded."""
 BATCH_MODES = ("dynamic", "rewritten", "per-sample", "fixed")
+PRECISIONS = ("fp32", "fp16")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
@@ -148,6 +149,23 @@ def _parse_device(device: str) -> tuple[str, int]:
     return "cuda", int(m.group(1) or 0)
 
 
+def default_session_options(device: str = "cpu", threads: int | None = None) -> ort.SessionOptions:
+    """The session options OnnxClassifier uses when given none (benchmarks reuse them for the bare loop).
+
+    Warnings off. On CPU, ``session.intra_op.allow_spinning`` is 0: idle model threads sleep instead of
+    spinning, so the noise threads get the cores between kernels. Measured on 2 shared cores, interleaved:
+    bare throughput +17% (digits CNN) and +27% (ResNet-20), and the whole engine on the digits CNN at
+    0.91 of the spinning bare loop instead of 0.66. ``threads`` sets ``intra_op_num_threads``.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    if not str(device).startswith("cuda"):
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -188,18 +206,39 @@ class OnnxClassifier:
         Check at load that a batch of random inputs gives the same answers as one-by-one runs, and
         fall back to per-sample runs if not.
     sess_options : onnxruntime.SessionOptions, optional
+        Default: log warnings off; on CPU, ``session.intra_op.allow_spinning`` 0 (idle model threads
+        sleep, leaving the cores to the noise threads).
     max_batch : int, optional
         Largest batch given to one session run (None: the whole ``x``).
     input_shape : tuple of int, optional
         Per-example shape, needed only when the model's non-batch dims are symbolic.
     argmax_in_graph : bool, optional
         Append an ArgMax to the graph so only class indices leave the device (default: on CUDA).
+    io_binding : bool, optional
+        Run through an :class:`onnxruntime.IOBinding` whose buffers are reused while the batch size stays
+        (default: on CUDA). On CUDA the batch goes to one device buffer and only the outputs come back.
+    precision : {"fp32", "fp16"}
+        "fp16" runs an fp16 conversion of the model (float32 inputs and outputs kept; see
+        :func:`rs_onnx.graph.to_float16`). The certificate then covers the fp16 model, and
+        ``signature()`` says so.
+    cuda_graph : bool
+        CUDA only: replay the model as a captured CUDA graph (onnxruntime's ``enable_cuda_graph``). Needs
+        ``max_batch``: every run is padded to that fixed size and goes through IO binding.
+    device_noise : bool
+        CUDA only, not with ``cuda_graph``: :meth:`predict_noisy` draws the Gaussian noise on the device
+        (a RandomNormalLike prefix, Philox). That noise is not reproducible from the seed the way host
+        noise is (see :func:`rs_onnx.graph.prepend_noise`). Refused on CPU, where onnxruntime's
+        RandomNormal is a minstd LCG with period 2^31.
 
     Attributes
     ----------
     input_shape, input_dtype, input_name, output_name, output_kind ("scores" | "indices"),
     num_classes, batch_mode ("dynamic" | "rewritten" | "per-sample" | "fixed"), providers, device,
-    device_name, metadata, sha256, load_timings (ms per example, measured at load; may be empty).
+    device_name, metadata, sha256, load_timings (ms per example, measured at load; may be empty),
+    precision, io_binding, cuda_graph, device_noise, prefers_fixed_batch (True on CUDA: the sampler
+    pads the last batch so that every run has one shape), batch_probe (set by
+    :func:`rs_onnx.sampling.auto_batch_size`), fp16_agreement (share of random inputs whose fp16 class
+    equals the fp32 one, measured at load).
 
     Notes
     -----
@@ -211,13 +250,25 @@ class OnnxClassifier:
     """
 
     def __init__(self, path, *, input_name=None, output_name=None, device="auto", extra_inputs=None,
-                 verify_batch=True, sess_options=None, max_batch=None, input_shape=None, argmax_in_graph=None):
+                 verify_batch=True, sess_options=None, max_batch=None, input_shape=None, argmax_in_graph=None,
+                 io_binding=None, precision="fp32", cuda_graph=False, device_noise=False):
         self.path = Path(path)
         self._name = self.path.name
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if device_noise and cuda_graph:
+            raise ConfigError("device_noise with cuda_graph: a captured CUDA graph would replay the same noise on "
+                              "every batch; expected one of the two (host noise works with CUDA graphs)")
+        if cuda_graph and (max_batch is None or int(max_batch) < 1):
+            raise ConfigError("cuda_graph needs a fixed batch size; expected max_batch (the batch size) to be given")
         self._model = graph.strip_initializer_inputs(graph.load_model(self.path))
         self.metadata = {p.key: p.value for p in self._model.metadata_props}
         self.max_batch = max_batch
+        self.precision, self.cuda_graph, self.device_noise = precision, bool(cuda_graph), bool(device_noise)
         self.load_timings: dict[str, float] = {}
+        self.batch_probe: dict | None = None
+        self.fp16_agreement: float | None = None
+        self._converted_sha256: str | None = None
         self._choose_input(input_name, extra_inputs or {})
         self._setup_device(device, sess_options)
         declared = graph.dims(self._input_vi)
@@ -228,32 +279,101 @@ class OnnxClassifier:
                              "expected a declared shape [N, ...] (or pass input_shape)")
         lead = declared[0]
         original = self._new_session(str(self.path))
+        self._check_device_options()
         self._unbatched, self._fixed_n = False, None
         if isinstance(lead, int) and lead > 1:
             self._load_fixed(original, declared, input_shape, output_name)
         else:
             self.input_shape = self._resolve_shape(declared[1:], input_shape)
             self._load_batched(original, lead == 1, output_name, verify_batch)
+        if self.device_noise and self.batch_mode not in ("dynamic", "rewritten"):
+            raise ConfigError(f"device_noise with batch mode {self.batch_mode}; expected a model with a batch dim "
+                              "that accepts any batch size")
         self._in_graph = bool(argmax_in_graph if argmax_in_graph is not None else self.device != "cpu")
         self._in_graph = self._in_graph and self.output_kind == "scores" and self._output_dtype.kind == "f"
         self._fetch = [self.output_name]
-        if self._in_graph:
-            self._append_argmax()
-        self._rewritten = self._model = None  # free the protos; sessions hold what they need
-        logger.info("model %s: batch mode %s, output '%s' (%s), providers %s", self._name, self.batch_mode,
-                    self.output_name, self.output_kind, self.providers)
-
-    def _append_argmax(self) -> None:
-        """Swap in a session whose graph ends in ArgMax; keep numpy's argmax if that fails."""
+        self._specs = [cuda.OutputSpec(self.output_name, self._output_dtype, self._output_tail)]
         base = self._rewritten if self.batch_mode == "rewritten" else self._model
+        if precision == "fp16":
+            base = self._convert_fp16(base)
+        if self._in_graph:
+            base = self._append_argmax(base)
+        if self.cuda_graph:
+            self._session = self._new_session(base, cuda_graph=True)
+        self._noise_base = base if self.device_noise else None
+        self._noise_session, self._noise_seed = None, None
+        self.io_binding = bool(self.device != "cpu" if io_binding is None else io_binding) or self.cuda_graph
+        if self.io_binding and self._unbatched:
+            logger.info("model %s: input without a batch dim; IO binding off", self._name)
+            self.io_binding = False
+        self._runner = None
+        if self.io_binding:
+            kind = "cuda" if self.device.startswith("cuda") else "cpu"
+            self._runner = cuda.BoundRunner(self._session, self.input_name, self._specs, self._extra, kind,
+                                            self._index, fixed_shape=self.cuda_graph)
+        self._rewritten = self._model = None  # free the protos; sessions hold what they need
+        logger.info("model %s: batch mode %s, output '%s' (%s), providers %s, precision %s", self._name,
+                    self.batch_mode, self.output_name, self.output_kind, self.providers, self.precision)
+
+    @property
+    def prefers_fixed_batch(self) -> bool:
+        """True when every run should have one shape (CUDA: cuDNN plans, CUDA graphs): pad the last batch."""
+        return self.device.startswith("cuda")
+
+    def _check_device_options(self) -> None:
+        """CUDA-only options against the device the model really runs on."""
+        on_cuda = self.device.startswith("cuda")
+        if self.cuda_graph and not on_cuda:
+            raise ConfigError(f"cuda_graph on device '{self.device}' (requested '{self._device_request}'); "
+                              "expected a CUDA device")
+        if self.device_noise and not on_cuda:
+            raise ConfigError(f"device_noise on device '{self.device}' (requested '{self._device_request}'): "
+                              "onnxruntime's CPU RandomNormal is a minstd LCG with period 2^31, too short for "
+                              "millions of samples; expected a CUDA device, or host noise (the default)")
+
+    def _convert_fp16(self, base: onnx.ModelProto) -> onnx.ModelProto:
+        """The fp16 model (float32 I/O), its session in place, and its agreement with fp32 on random inputs."""
+        if graph.has_external_data(base):
+            onnx.load_external_data_for_model(base, str(self.path.resolve().parent))
+        converted = graph.to_float16(base)
+        data = converted.SerializeToString()
+        self._converted_sha256 = hashlib.sha256(data).hexdigest()
+        fp32, self._session = self._session, self._new_session(converted)
+        if not self._unbatched:
+            x = _random_inputs((VERIFY_EXAMPLES * 4, *self.input_shape), self.input_dtype, np.random.default_rng(1))
+            try:
+                a = self._classes_of(fp32, x)
+                b = self._classes_of(self._session, x)
+                self.fp16_agreement = float((a == b).mean())
+            except Exception as err:  # noqa: BLE001 - an fp16 model that fails is reported at predict time
+                logger.warning("model %s: the fp16 model fails on random inputs (%s)", self._name, _ort_reason(err))
+        logger.info("model %s: fp16 conversion; same class as fp32 on %s of random inputs", self._name,
+                    "?" if self.fp16_agreement is None else f"{self.fp16_agreement:.0%}")
+        return converted
+
+    def _classes_of(self, session, x) -> np.ndarray:
+        rows = []
+        size = 1 if self.batch_mode == "per-sample" else (self._fixed_n or len(x))
+        for start in range(0, len(x) - size + 1, size):
+            out = session.run([self.output_name], self._feed(x[start:start + size]))[0]
+            r = _rows(out, size, self.output_kind)
+            rows.append(r.argmax(1) if self.output_kind == "scores" else r)
+        return np.concatenate(rows)
+
+    def _append_argmax(self, base: onnx.ModelProto) -> onnx.ModelProto:
+        """``base`` with an ArgMax appended and its session in place; ``base`` itself if that fails."""
         try:
             appended = graph.append_argmax(base, self.output_name, num_classes=self.num_classes)
-            self._session = self._new_session(appended)
+            if not self.cuda_graph:
+                self._session = self._new_session(appended)
         except ModelError as err:
             logger.debug("model %s: no in-graph ArgMax (%s); argmax runs in numpy", self._name, err)
             self._in_graph = False
-            return
+            return base
         self._fetch = [graph.CLASS_OUTPUT, graph.FINITE_OUTPUT]
+        self._specs = [cuda.OutputSpec(graph.CLASS_OUTPUT, np.dtype(np.int64), ()),
+                       cuda.OutputSpec(graph.FINITE_OUTPUT, self._output_dtype, ())]
+        return appended
 
     # ------------------------------------------------------------------ inputs and outputs
     def _choose_input(self, input_name, extra_inputs) -> None:
@@ -343,19 +463,14 @@ class OnnxClassifier:
                              f"{'; '.join(describe(n) for n in found)}; expected one: pass output_name")
         (name, (kind, k)), = found.items()
         self._output_dtype = outs[name].dtype
+        shape = outs[name].shape
+        self._output_tail = tuple(shape[1:]) if len(shape) >= 1 and shape[0] == b else None
         return name, kind, k
 
     # ------------------------------------------------------------------ devices and sessions
     def _setup_device(self, device, sess_options) -> None:
         kind, index = _parse_device(device)
         self._device_request = str(device)
-        self._sess_options = sess_options
-        if sess_options is None:
-            self._sess_options = ort.SessionOptions()
-            self._sess_options.log_severity_level = 3
-        if graph.has_external_data(self._model):
-            self._sess_options.add_session_config_entry(
-                "session.model_external_initializers_file_folder_path", str(self.path.resolve().parent))
         if kind == "cuda" and _CUDA not in ort.get_available_providers():
             raise DeviceError(f"device '{device}' requested, but this onnxruntime {ort.__version__} has providers "
                               f"{ort.get_available_providers()}; expected CUDAExecutionProvider (install onnxruntime-gpu)")
@@ -364,14 +479,24 @@ class OnnxClassifier:
         self._providers_req = [(_CUDA, {"device_id": str(index)}), _CPU] if self._want_cuda else [_CPU]
         self.device = f"cuda:{index}" if self._want_cuda else "cpu"
         self._checked = not self._want_cuda
+        self._sess_options = sess_options or default_session_options(self.device)
+        if graph.has_external_data(self._model):
+            self._sess_options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(self.path.resolve().parent))
 
-    def _new_session(self, source) -> ort.InferenceSession:
+    def _new_session(self, source, cuda_graph: bool = False) -> ort.InferenceSession:
         """Session for a path (str) or a ModelProto; the first one settles the device."""
         data = source if isinstance(source, str) else source.SerializeToString()
+        providers = self._providers_req
+        if cuda_graph:
+            providers = [(_CUDA, {"device_id": str(self._index), "enable_cuda_graph": "1"}), _CPU]
         try:
-            session = ort.InferenceSession(data, self._sess_options, providers=self._providers_req)
+            session = ort.InferenceSession(data, self._sess_options, providers=providers)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
             msg = _ort_reason(err)
+            if cuda_graph:
+                raise ConfigError(f"model {self._name}: onnxruntime cannot capture it as a CUDA graph ({msg}); "
+                                  "expected every node on the CUDA provider, or run without cuda_graph") from err
             if self._want_cuda and "cuda" in msg.lower():
                 raise DeviceError(f"device '{self._device_request}': onnxruntime failed to start CUDA ({msg}); "
                                   "expected a working CUDA GPU, or pass device 'cpu'") from err
@@ -511,12 +636,22 @@ class OnnxClassifier:
             size = 1
         else:
             size = self._fixed_n or self.max_batch or max(n, 1)
+        pad_to = self._fixed_n or (size if self.cuda_graph else None)
         for start in range(0, n, size):
             xb = x[start:start + size]
             b = len(xb)
-            if self._fixed_n and b < self._fixed_n:
-                xb = np.concatenate([xb, np.repeat(xb[-1:], self._fixed_n - b, axis=0)])
-            yield start, b, self._session.run(fetch, self._feed(xb)), len(xb)
+            if pad_to and b < pad_to:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], pad_to - b, axis=0)])
+            yield start, b, self._run(fetch, xb), len(xb)
+
+    def _run(self, fetch, xb: np.ndarray):
+        """One session run on a chunk: through the IO binding for the classes, else a plain run."""
+        if self._runner is not None and fetch == self._fetch:
+            return self._runner.run(xb)
+        if self.cuda_graph:
+            raise ConfigError(f"model {self._name}: only classes come out of a CUDA-graph session; expected "
+                              "cuda_graph off for scores()")
+        return self._session.run(fetch, self._feed(xb))
 
     def _decode(self, outs, b: int):
         try:
@@ -560,6 +695,40 @@ class OnnxClassifier:
         classes[~finite] = -1
         return classes
 
+    def _build_noise_session(self, seed: int) -> None:
+        """The session whose graph draws its own noise (see :func:`rs_onnx.graph.prepend_noise`), for ``seed``."""
+        if self._noise_base is None:
+            raise ConfigError(f"model {self._name}: predict_noisy needs device_noise=True")
+        shape = (1, *self.input_shape)
+        noisy = graph.prepend_noise(self._noise_base, self.input_name, gain_shape=shape[1:], seed=seed)
+        self._noise_session, self._noise_seed = self._new_session(noisy), int(seed)
+
+    def predict_noisy(self, clean: np.ndarray, index: np.ndarray, gain: np.ndarray, seed: int) -> np.ndarray:
+        """Classes (-1 where not finite) of ``clean[index] + N(0, 1) * gain``, the noise drawn on the device.
+
+        clean : float32 [E, *input_shape], examples laid out and normalised. index : int64 [B] rows of
+        ``clean``. gain : float32 broadcastable to one example (sigma * scale / std). seed : seeds the
+        device generator once per session (the stream then runs on across calls).
+        """
+        if self._noise_session is None or self._noise_seed != int(seed):
+            self._build_noise_session(seed)
+        clean = np.ascontiguousarray(clean, dtype=np.float32)
+        index = np.ascontiguousarray(index, dtype=np.int64)
+        gain = np.ascontiguousarray(np.broadcast_to(np.asarray(gain, np.float32), self.input_shape))
+        n = len(index)
+        size = self.max_batch or max(n, 1)
+        classes, finite = np.empty(n, np.int64), np.ones(n, bool)
+        for start in range(0, n, size):
+            idx = index[start:start + size]
+            b = len(idx)
+            feed = {graph.CLEAN_INPUT: clean, graph.INDEX_INPUT: idx, graph.GAIN_INPUT: gain}
+            for name, (value, batched) in self._extra.items():
+                feed[name] = np.ascontiguousarray(np.broadcast_to(value, (b, *value.shape))) if batched else value
+            c, f = self._decode(self._noise_session.run(self._fetch, feed), b)
+            classes[start:start + b], finite[start:start + b] = c, f
+        classes[~finite] = -1
+        return classes
+
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Raw class scores [B, K] (logits or probabilities, as the model gives them)."""
         if self.output_kind != "scores":
@@ -587,6 +756,15 @@ class OnnxClassifier:
             "providers": list(self.providers),
             "device": self.device,
             "device_name": self.device_name,
+            "precision": self.precision,
+            "certified_model": (f"fp16 conversion of {self._name} (onnxruntime.transformers.float16, keep_io_types): "
+                                "the certificate covers the fp16 model" if self.precision == "fp16" else self._name),
+            **({"fp16_sha256": self._converted_sha256, "fp16_agreement_random_inputs": self.fp16_agreement}
+               if self.precision == "fp16" else {}),
+            "io_binding": self.io_binding,
+            "cuda_graph": self.cuda_graph,
+            "noise": ("device: onnxruntime RandomNormalLike (Philox on CUDA), seeded per session; not reproducible "
+                      "per (seed, example, phase, block)" if self.device_noise else "host"),
         }
 
     def __repr__(self) -> str:

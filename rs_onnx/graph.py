@@ -26,6 +26,12 @@ CLASS_OUTPUT = "rs_onnx_class"
 """Name of the int64 [N] output added by :func:`append_argmax`."""
 FINITE_OUTPUT = "rs_onnx_finite"
 """Name of the float [N] output added by :func:`append_argmax`: 0 when a row is finite, else NaN."""
+CLEAN_INPUT = "rs_onnx_clean"
+"""Input added by :func:`prepend_noise`: float32 [E, *shape], the clean examples (laid out, normalised)."""
+INDEX_INPUT = "rs_onnx_index"
+"""Input added by :func:`prepend_noise`: int64 [N], which clean example each row of the batch perturbs."""
+GAIN_INPUT = "rs_onnx_gain"
+"""Input added by :func:`prepend_noise`: float32, broadcastable to one example: sigma * scale / std."""
 
 _NORM_OPS = ("Sub", "Div", "Mul", "Add")
 _PASS_OPS = ("Cast", "Identity", "Transpose")
@@ -365,6 +371,99 @@ def append_argmax(model: onnx.ModelProto, output_name: str, *, num_classes: int 
     elem = scores.type.tensor_type.elem_type
     graph.output.append(helper.make_tensor_value_info(CLASS_OUTPUT, onnx.TensorProto.INT64, batch))
     graph.output.append(helper.make_tensor_value_info(FINITE_OUTPUT, elem, batch))
+    return out
+
+
+# --------------------------------------------------------------------------- fp16
+def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An fp16 copy of ``model`` whose inputs and outputs stay float32.
+
+    Uses ``onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)`` (ops it
+    knows to be unsafe in fp16 stay float32). The result is a different base classifier: a certificate
+    computed with it covers the fp16 model, not the original. External data must be loaded first.
+    """
+    import warnings
+
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("onnxruntime.transformers.float16").setLevel(logging.ERROR)
+            return convert_float_to_float16(copy, keep_io_types=True)
+    except Exception as err:  # noqa: BLE001 - the converter raises assorted types
+        raise ModelError(f"model: the fp16 conversion failed ({one_line(err)}); expected a float32 model "
+                         "that onnxruntime.transformers.float16 can convert (or use precision fp32)") from err
+
+
+# --------------------------------------------------------------------------- on-device noise
+def prepend_noise(model: onnx.ModelProto, input_name: str, *, gain_shape, seed: int) -> onnx.ModelProto:
+    """Copy of ``model`` that draws its own Gaussian noise: input = cast(clean[index] + N(0,1) * gain).
+
+    The input ``input_name`` [N, *shape] is replaced by :data:`CLEAN_INPUT` float32 [E, *shape] (the clean
+    examples, laid out and normalised), :data:`INDEX_INPUT` int64 [N] (the example of each row) and
+    :data:`GAIN_INPUT` float32 ``gain_shape`` (sigma * scale / std, broadcastable to one example). The
+    prefix is Gather -> RandomNormalLike (``seed`` attribute) -> Mul -> Add -> cast to the input's dtype
+    (integer inputs: Round half to even, Clip to the type's range, Cast: what the host path does).
+
+    The noise comes from onnxruntime's RandomNormalLike kernel (Philox on CUDA; on CPU a minstd LCG
+    of period 2^31, unfit for millions of samples). Its stream is seeded once per session and runs on
+    from call to call, so results depend on the seed, the batch sizes and the order of the calls, the
+    onnxruntime version and the device, not on (seed, example, phase, block) as host noise does.
+    """
+    out = strip_initializer_inputs(model)
+    graph = out.graph
+    value = next((v for v in graph.input if v.name == input_name), None)
+    if value is None:
+        raise ModelError(f"model: no input named {input_name!r}; expected one of {[v.name for v in graph.input]}")
+    shape = dims(value)
+    dtype = np_dtype(value)
+    if not shape or dtype is None or dtype.kind not in "fiu":
+        raise ModelError(f"model: input {input_name!r} {format_dims(shape)} ({dtype}); expected a numeric "
+                         "tensor [N, ...] for on-device noise")
+    taken = _all_names(graph)
+    for fixed in (CLEAN_INPUT, INDEX_INPUT, GAIN_INPUT):
+        if fixed in taken:
+            raise ModelError(f"model: already has a value named {fixed!r}; expected the name to be free for rs-onnx")
+    opset = opset_version(out) or 1
+    if dtype.kind in "iu" and opset < 11:
+        raise ModelError(f"model: integer input {input_name!r} with opset {opset}; on-device noise needs opset >= 11 "
+                         "(Round, Clip) for integer inputs")
+    rows, z, delta = (_unique(f"rs_onnx_{n}", taken) for n in ("rows", "z", "delta"))
+    noisy = input_name if dtype == np.float32 else _unique("rs_onnx_noisy", taken)
+    nodes = [
+        helper.make_node("Gather", [CLEAN_INPUT, INDEX_INPUT], [rows], name=rows, axis=0),
+        helper.make_node("RandomNormalLike", [rows], [z], name=z, dtype=onnx.TensorProto.FLOAT, mean=0.0, scale=1.0,
+                         seed=float(int(seed) % (1 << 24))),
+        helper.make_node("Mul", [z, GAIN_INPUT], [delta], name=delta),
+        helper.make_node("Add", [rows, delta], [noisy], name=_unique("rs_onnx_add", taken)),
+    ]
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        rounded, clipped = _unique("rs_onnx_rounded", taken), _unique("rs_onnx_clipped", taken)
+        lo, hi = _unique("rs_onnx_min", taken), _unique("rs_onnx_max", taken)
+        graph.initializer.extend([numpy_helper.from_array(np.array(info.min, np.float32), lo),
+                                  numpy_helper.from_array(np.array(info.max, np.float32), hi)])
+        nodes += [helper.make_node("Round", [noisy], [rounded], name=rounded),
+                  helper.make_node("Clip", [rounded, lo, hi], [clipped], name=clipped),
+                  helper.make_node("Cast", [clipped], [input_name], name=_unique("rs_onnx_cast", taken), to=elem)]
+    elif dtype != np.float32:
+        nodes.append(helper.make_node("Cast", [noisy], [input_name], name=_unique("rs_onnx_cast", taken), to=elem))
+    old = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + old)
+    keep = [v for v in graph.input if v.name != input_name]
+    del graph.input[:]
+    batch = shape[0] if isinstance(shape[0], str) and shape[0] else BATCH_DIM
+    graph.input.extend([
+        helper.make_tensor_value_info(CLEAN_INPUT, onnx.TensorProto.FLOAT, ["rs_onnx_examples", *shape[1:]]),
+        helper.make_tensor_value_info(INDEX_INPUT, onnx.TensorProto.INT64, [batch]),
+        helper.make_tensor_value_info(GAIN_INPUT, onnx.TensorProto.FLOAT, [int(d) for d in gain_shape]),
+        *keep,
+    ])
     return out
 
 
