@@ -26,6 +26,7 @@ from scipy.stats import norm
 from . import bounds, noise, stats
 from .errors import ConfigError
 from .sampling import Task
+from .smoothing import Certificate
 
 ABSTAIN = stats.ABSTAIN
 
@@ -255,9 +256,9 @@ def run_looks(plan: Plan, sample: Callable[[int, np.ndarray], np.ndarray], activ
     return out
 
 
-@dataclass(frozen=True)
-class SequentialCertificate:
-    """Sequential CERTIFY's answer for one example; radii l2, in [0,1] pixel units, 0 on abstain.
+@dataclass(frozen=True, kw_only=True)
+class SequentialCertificate(Certificate):
+    """Sequential CERTIFY's answer for one example: a :class:`Certificate` plus how sampling went.
 
     ``radius`` is sigma Phi^-1(p_a_lower) from the best look's bound (sound at level alpha); it is at least
     ``decided_radius``, the largest requested radius certified (``decided_radii``: all of them). ``n`` is
@@ -267,23 +268,11 @@ class SequentialCertificate:
     radius up to rounding and ``radius_tv`` follows from the same event; both hold at level alpha.
     """
 
-    predict: int
-    radius: float
-    p_a_lower: float
-    n_a: int
-    n: int
-    n0: int
-    guess: int
-    nonfinite: int
-    p_b_upper: float
-    radius_2class: float
-    radius_tv: float
     decided_radius: float
     decided_radii: tuple[float, ...]
     looks: int
     stopped: str
     n_max: int
-    counts: np.ndarray = field(repr=False, compare=False)
 
 
 def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequence[int] | None, n0: int,
@@ -366,6 +355,8 @@ def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.
     p_b = float(min(1.0, np.nextafter(1.0 - p_lower, 2.0)))
     r_two = float(bounds.two_class_radius(p_lower, p_b, sigma)) if predict != ABSTAIN else 0.0
     r_tv = float(bounds.tv_radius(p_lower, p_b, sigma)) if predict != ABSTAIN else 0.0
-    return SequentialCertificate(predict, radius, p_lower, n_a, n, n0, guess, int(sel[-1] + counts[-1]), p_b,
-                                 r_two, r_tv, decided[-1] if decided else 0.0, decided, int(out.looks[i]),
-                                 stopped, sched.n_max, counts.copy())
+    return SequentialCertificate(predict=predict, radius=radius, p_a_lower=p_lower, n_a=n_a, n=n, n0=n0, guess=guess,
+                                 nonfinite=int(sel[-1] + counts[-1]), p_b_upper=p_b, radius_2class=r_two,
+                                 radius_tv=r_tv, counts=counts.copy(),
+                                 decided_radius=decided[-1] if decided else 0.0, decided_radii=decided,
+                                 looks=int(out.looks[i]), stopped=stopped, n_max=sched.n_max)
