@@ -596,6 +596,11 @@ METHOD_NOTES = [
     "in a rotating order. A ratio above 1 against the ceiling is such noise (the load changed between two "
     "runs of the round), not rs-onnx beating the model. Under load, PyTorch's OpenMP threads suffer more "
     "than onnxruntime's non-spinning ones, which widens its min-max range.",
+    "- Host noise shares the CPU with the model: NumPy's float32 normals cost ~7 ns a value on the 2-core "
+    "AMD EPYC this file was first made on (5 us per 28x28 digit, 21 us per CIFAR image), against ~12 us of "
+    "CPU per image for the digits CNN, ~400 us for ResNet-20 and ~2.2 ms for ResNet-110. That bounds "
+    "rs / ceiling near 0.7 for the digits CNN and leaves the ResNets close to 1. rs-onnx cannot beat the "
+    "bare model: where the ceiling itself is under 2x PyTorch, so is rs-onnx.",
     "- Big models use a smaller n (see the n column) to keep the whole run short; throughput does not depend "
     "on n beyond the first batch (see the scaling section).",
 ]

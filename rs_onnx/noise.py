@@ -5,10 +5,12 @@ drawn from its own stream ``SeedSequence(entropy, spawn_key=(example, phase, blo
 therefore do not depend on the batch size, the number of noise threads, the order in which blocks
 are drawn, or how a data set is split between runs.
 
-The bit generator is SFC64: on this project's 2-core AMD EPYC test machine it draws float32 standard
-normals for a CIFAR image (3072 values) in 21.0 us against 23.2 us for PCG64, 23.9 us for PCG64DXSM
-and 27.0 us for Philox (CPU time, median of 20 blocks of 341 images). Changing it would change every
-result for a given seed, so it is part of the reproducibility contract.
+The bit generator is SFC64. Float32 standard normals for one CIFAR image (3072 values), CPU time per
+image, median of 20 blocks of 341 images, on the project's 2-core AMD EPYC: SFC64 21.0 us, PCG64 23.2,
+PCG64DXSM 23.9, Philox 27.0 with the machine loaded; SFC64 21.7, PCG64 21.7, PCG64DXSM 22.7, Philox
+25.8 idle. PCG64 is never faster, and changing the generator would change every result for a given
+seed, so SFC64 stays (it is part of the reproducibility contract). The normal transform (NumPy's
+ziggurat, ~7 ns a value there) dominates, not the bit generator.
 
 A block may be drawn in pieces (``generator`` then ``fill`` into consecutive slices): NumPy's
 ``standard_normal`` consumes the stream element by element, so the pieces are bit-identical to one

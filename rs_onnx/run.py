@@ -237,9 +237,9 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
 
     Rows go to ``out`` (and its meta.json) or, without ``out``, to the text stream ``stream``.
     ``backend(p, mode, todo, progress)`` computes the answers (default :func:`local_answers`); it must
-    yield groups in the order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after recording the interruption.
+    yield groups in the order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after
+    recording the interruption.
     """
-    cfg = p.cfg
     columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
     todo = list(p.indices)
     if resume:

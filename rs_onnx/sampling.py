@@ -67,8 +67,9 @@ def default_noise_threads(device: str | None = "cpu") -> int:
     CPU: one per 4 cores, at least 2, at most 8. Noise costs about 5% of a CIFAR ResNet-20's compute
     (21 us of 3072 normals against ~430 us of model per image on one core), so one thread keeps up; but
     threads only run while there is noise to draw (nothing spins), and a second one helps cheap models
-    and busy machines: on 2 shared cores, the digits CNN (noise ~40% of its compute) certified 1.36x
-    faster with 2 noise threads than with 1 or 0, while ResNet-20 was the same with 0, 1 or 2.
+    and busy machines: on 2 shared cores the digits CNN (noise ~40% of its compute) certified 1.22x
+    (idle machine) to 1.45x (loaded) faster with 2 noise threads than with 0, and 1.13-1.17x with 1;
+    ResNet-20 was the same with 0, 1, 2 or 3 within the noise of the measurement.
     CUDA: with host noise the noise is the bottleneck, so all cores but the one feeding the GPU, at most 16.
     """
     cores = os.cpu_count() or 2

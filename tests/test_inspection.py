@@ -5,7 +5,7 @@ import json
 import numpy as np
 import yaml
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from rs_onnx.cli import cli
 from rs_onnx.inspection import inspect_model, render

@@ -1,7 +1,6 @@
 """Long runs survive SIGKILL and SIGTERM with nothing lost, duplicated or truncated."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
