@@ -59,8 +59,8 @@ class Setting:
 
 # (n, rounds) per model: chosen so that a full CPU run stays under ~15 minutes on 2 cores.
 SETTINGS = {
-    ("cpu", False): {"digits_cnn": Setting(30_000, 3), "resnet20": Setting(3_000, 3),
-                     "resnet110": Setting(600, 3), "resnet50": Setting(64, 2)},
+    ("cpu", False): {"digits_cnn": Setting(20_000, 3), "resnet20": Setting(2_000, 3),
+                     "resnet110": Setting(400, 3), "resnet50": Setting(64, 2)},
     ("cpu", True): {"digits_cnn": Setting(5_000, 2), "resnet20": Setting(600, 2),
                     "resnet110": Setting(150, 2), "resnet50": Setting(32, 1)},
     ("cuda", False): {"digits_cnn": Setting(1_000_000, 3), "resnet20": Setting(100_000, 3),
@@ -377,33 +377,24 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
             _certify(warmups[name], image, warm, batch, noise_threads)
         else:
             methods[name]()
-    # Ceilings and rs-onnx run back to back (``--pairs`` times a round, alternating the order): their ratios
-    # come from neighbouring runs. PyTorch, much slower, runs once a round.
+    # Every method runs back to back with the others (``--pairs`` times a round, the order alternating),
+    # so each ratio compares neighbouring runs: on a shared machine the load drifts between rounds.
     results = {name: [] for name in methods}
-    paired = [m for m in methods if m != "pytorch"]
-    by_round = []
+    names = list(methods)
     for r in range(rounds):
-        this = {name: [] for name in methods}
         for k in range(args.pairs):
-            for name in (paired if (r * args.pairs + k) % 2 == 0 else paired[::-1]):
-                this[name].append(methods[name]())
-                log.info("%s round %d.%d %s: %.0f samples/s", arch, r + 1, k + 1, name, this[name][-1])
-        if "pytorch" in methods:
-            this["pytorch"].append(methods["pytorch"]())
-            log.info("%s round %d pytorch: %.0f samples/s", arch, r + 1, this["pytorch"][-1])
-        for name, v in this.items():
-            results[name] += v
-        by_round.append(this)
+            for name in (names if (r * args.pairs + k) % 2 == 0 else names[::-1]):
+                results[name].append(methods[name]())
+                log.info("%s round %d.%d %s: %.0f samples/s", arch, r + 1, k + 1, name, results[name][-1])
     out["samples_per_second"] = {name: _summary(v) for name, v in results.items()}
     ratios = {}
     for name in methods:
-        if not name.startswith("rs"):
-            continue
-        for ref in ("ceiling", "ceiling_ort_defaults"):
-            if ref in results:  # neighbouring runs
-                ratios[f"{name}/{ref}"] = _summary(np.asarray(results[name]) / np.asarray(results[ref]))
-        if "pytorch" in results:  # per round: median of the round's rs runs over its PyTorch run
-            ratios[f"{name}/pytorch"] = _summary([np.median(t[name]) / t["pytorch"][0] for t in by_round])
+        if name.startswith("rs"):
+            for ref in ("ceiling", "ceiling_ort_defaults", "pytorch"):
+                if ref in results:
+                    ratios[f"{name}/{ref}"] = _summary(np.asarray(results[name]) / np.asarray(results[ref]))
+    if "pytorch" in results:
+        ratios["ceiling/pytorch"] = _summary(np.asarray(results["ceiling"]) / np.asarray(results["pytorch"]))
     out["ratios"] = ratios
     out["pairs"] = args.pairs
     out["seconds_per_image"] = {name: (N0 + n) / s["median"] for name, s in out["samples_per_second"].items()
@@ -503,9 +494,8 @@ def markdown(res: dict) -> str:
         lines += [res["shared_note"], ""]
     lines += ["## Throughput of one CERTIFY", "",
               f"One image, n0 = {N0}, alpha = {ALPHA}, sigma = {SIGMA}; samples/s = (n0 + n) / seconds, medians. "
-              f"Each round runs the ceilings and rs-onnx back to back {res.get('pairs', 2)} times (`--pairs`, order alternating) and "
-              "PyTorch once; ratios to the ceilings are medians over those neighbouring pairs, ratios to "
-              "PyTorch medians over rounds (min-max in brackets).", "",
+              f"Each round runs every method back to back {res.get('pairs', 2)} times (`--pairs`), the order "
+              "alternating; ratios are medians of the ratios of neighbouring runs (min-max in brackets).", "",
               "| model | params | batch | n | rounds | ceiling img/s | rs-onnx samples/s | rs / ceiling | "
               "ORT-defaults img/s | rs / ORT defaults | PyTorch samples/s | rs / PyTorch | s per image (rs, PyTorch) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -535,8 +525,7 @@ def markdown(res: dict) -> str:
             cs = [m["ratios"][k]["median"] for k in ("rs/ceiling", "rs/ceiling_ort_defaults") if k in m["ratios"]]
             c = min(cs) if cs else None
             p = m["ratios"].get("rs/pytorch", {}).get("median")
-            sps = m["samples_per_second"]
-            bare = (sps["ceiling"]["median"] / sps["pytorch"]["median"]) if "pytorch" in sps else None
+            bare = m["ratios"].get("ceiling/pytorch", {}).get("median")
             ok_c, ok_p = c is not None and c >= 0.85, p is None or p >= 2
             lines.append(f"- {m['model']}: rs / ceiling {_fmt(c)} ({'met' if ok_c else 'NOT met'}), rs / PyTorch "
                          f"{_fmt(p)} ({'met' if ok_p else 'NOT met'}); the bare ceiling itself is {_fmt(bare)}x PyTorch")
@@ -592,8 +581,8 @@ METHOD_NOTES = [
     "(the reference uses `torch.no_grad()`), `np.bincount` instead of the reference's Python counting loop "
     "(which favours the baseline), same n0, n and batch size.",
     "- The machine may be shared with other processes: absolute numbers move from run to run (the load "
-    "average above says how busy it was), ratios much less, since each round runs every method back to back "
-    "in a rotating order. A ratio above 1 against the ceiling is such noise (the load changed between two "
+    "average above says how busy it was), ratios much less, since every method runs back to back with the "
+    "others, in alternating order. A ratio above 1 against the ceiling is such noise (the load changed between two "
     "runs of the round), not rs-onnx beating the model. Under load, PyTorch's OpenMP threads suffer more "
     "than onnxruntime's non-spinning ones, which widens its min-max range.",
     "- Host noise shares the CPU with the model: NumPy's float32 normals cost ~7 ns a value on the 2-core "
@@ -633,7 +622,7 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "out"), help="exported models (git-ignored)")
     p.add_argument("--n", type=int, default=None, help="n for every model (default: per model, see SETTINGS)")
     p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--pairs", type=int, default=2, help="back-to-back ceiling/rs-onnx runs per round")
+    p.add_argument("--pairs", type=int, default=2, help="back-to-back runs of every method per round")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the automatic probe)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op and torch threads (default: cores)")
     p.add_argument("--noise-threads", type=int, default=None, help="default: rs_onnx's default for the device")

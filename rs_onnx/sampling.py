@@ -12,6 +12,10 @@ rows), not by n.
 
 Results are identical whatever the batch size, the number of threads, padding or splitting, because
 every sample's noise depends only on (seed, example, phase, block, row) and the counts are sums.
+
+With a classifier that draws its own noise (``device_noise``, CUDA only) only the clean examples and the
+example index of each row leave the host; that noise is reproducible only for the same seed, batch size,
+order of calls, onnxruntime version and GPU (see :func:`rs_onnx.graph.prepend_noise`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def test_benchmark_command_writes_json_and_markdown(tmp_path):
     assert m["model"] == "digits_cnn" and m["batch"] == 64 and m["n"] == 300 and m["n0"] == 100
     for name in ("ceiling", "ceiling_ort_defaults", "rs", "pytorch"):
         s = m["samples_per_second"][name]
-        assert len(s["all"]) == (2 if name == "pytorch" else 4) and s["median"] > 0
+        assert len(s["all"]) == 4 and s["median"] > 0
     for key in ("rs/ceiling", "rs/pytorch", "rs/ceiling_ort_defaults"):
         assert m["ratios"][key]["median"] > 0
     sc = res["scaling"]
