@@ -97,6 +97,11 @@ def _run_options(f):
         click.option("--workers", type=int, help="Ray workers (default: one per GPU, else one per CPU)."),
         click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (fractions share a GPU)."),
         click.option("--cpus-per-worker", type=float, help="CPUs per Ray worker."),
+        click.option("--fp16", is_flag=True, default=None,
+                     help="Run a float16 conversion of the model (float32 I/O); the certificate covers that model."),
+        click.option("--cuda-graph", is_flag=True, default=None, help="CUDA: replay the model as a CUDA graph."),
+        click.option("--device-noise", is_flag=True, default=None,
+                     help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU."),
         click.option("--denoiser", help="An ONNX denoiser to compose in front of MODEL (denoised smoothing); "
                      "the preprocessing flags then describe MODEL's input."),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),

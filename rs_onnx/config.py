@@ -63,6 +63,9 @@ class RunConfig:
     workers: int | None = None
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
+    fp16: bool = False  # run a float16 conversion of the model (the certificate then covers that model)
+    cuda_graph: bool = False  # CUDA: replay the model as a captured CUDA graph
+    device_noise: bool = False  # CUDA: draw the noise on the GPU (Philox) instead of NumPy
     denoiser: str | None = None  # an ONNX denoiser composed in front of the model (denoised smoothing)
     extra_inputs: dict[str, Any] | None = None  # YAML only: fixed values of the model's other inputs
     sequential: bool = False  # stop sampling as soon as the radii are decided (n is then the budget)

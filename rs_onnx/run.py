@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser")
+               "final_share", "futility_beta", "denoiser", "fp16", "device_noise")
 
 
 def bundled(name: str) -> str:
@@ -57,7 +57,8 @@ def open_classifier(cfg: RunConfig):
         except ValueError as e:
             raise ConfigError(f"extra_inputs: {e}; expected a number or a nested list per input") from e
     clf = OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device,
-                         extra_inputs=extra)
+                         extra_inputs=extra, precision="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
+                         device_noise=cfg.device_noise, max_batch=cfg.batch_size if cfg.cuda_graph else None)
     return clf, cfg.preprocess_spec()
 
 

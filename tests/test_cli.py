@@ -228,3 +228,14 @@ def test_compose_and_certify_with_a_denoiser(tmp_path):
     on_the_fly = CliRunner().invoke(cli, base + [str(clf), str(tmp_path / "x.npz"), *norm, "--denoiser", str(den)])
     cut = [[line.split("\t")[:5] for line in r.stdout.splitlines()] for r in (alone, composed, on_the_fly)]
     assert cut[0] == cut[1] == cut[2] and len(cut[0]) == 5
+
+
+def test_fp16_is_recorded_and_device_noise_refused_on_cpu(linear):
+    model, data, tmp = linear
+    out = tmp / "h.tsv"
+    res = run(["-q", "certify", model, data, "--sigma", "0.25", "--n0", "10", "--n", "100", "--seed", "0", "--fp16",
+               "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp / "h.tsv.meta.json").read_text())["model"]["signature"]["precision"] == "fp16"
+    res = CliRunner().invoke(cli, ["certify", model, data, "--sigma", "0.25", "--device", "cpu", "--device-noise"])
+    assert res.exit_code == 1 and "minstd" in str(res.exception)
