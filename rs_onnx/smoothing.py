@@ -73,7 +73,7 @@ class SmoothedClassifier:
     preprocess : how x + delta becomes the model input; default: no scaling, the model's layout.
     seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
     batch_size : noisy samples per model call.
-    noise_threads : threads drawing noise (default: half the cores).
+    noise_threads : threads drawing noise (default: by the classifier's device, see default_noise_threads).
     """
 
     def __init__(self, classifier, sigma: float, preprocess: PreprocessSpec | None = None, seed: int | None = None,
@@ -89,7 +89,8 @@ class SmoothedClassifier:
         self.spec = preprocess or PreprocessSpec()
         self.entropy = noise.new_entropy() if seed is None else int(seed)
         self.batch_size = int(batch_size)
-        self.noise_threads = default_noise_threads() if noise_threads is None else int(noise_threads)
+        device = getattr(classifier, "device", "cpu")
+        self.noise_threads = default_noise_threads(device) if noise_threads is None else int(noise_threads)
         self._pre: Preprocessor | None = None
 
     def preprocessor(self, image_shape) -> Preprocessor:
