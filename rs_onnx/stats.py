@@ -31,8 +31,18 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     _check(k, n, alpha)
     if k == 0:
         return 0.0
-    p = float(beta.ppf(alpha, k, n - k + 1))
-    return max(0.0, p * (1.0 - _SAFETY) - _SAFETY)
+    with np.errstate(all="ignore"):
+        p = float(beta.ppf(alpha, k, n - k + 1))
+    p = max(0.0, p * (1.0 - _SAFETY) - _SAFETY)
+    # scipy's quantile can fail to converge for extreme alpha: keep only a bound that provably holds,
+    # P(Beta(k, n-k+1) <= p) <= alpha, shrinking it by bisection otherwise.
+    if not np.isfinite(p) or beta.cdf(p, k, n - k + 1) > alpha:
+        lo, hi = 0.0, p if np.isfinite(p) else 1.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if beta.cdf(mid, k, n - k + 1) <= alpha else (lo, mid)
+        p = lo
+    return p
 
 
 def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
@@ -40,8 +50,16 @@ def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
     _check(k, n, alpha)
     if k == n:
         return 1.0
-    p = float(beta.ppf(1.0 - alpha, k + 1, n - k))
-    return min(1.0, p * (1.0 + _SAFETY) + _SAFETY)
+    with np.errstate(all="ignore"):
+        p = float(beta.ppf(1.0 - alpha, k + 1, n - k))
+    p = min(1.0, p * (1.0 + _SAFETY) + _SAFETY)
+    if not np.isfinite(p) or beta.sf(p, k + 1, n - k) > alpha:  # same safeguard as the lower bound
+        lo, hi = (p if np.isfinite(p) else 0.0), 1.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if beta.sf(mid, k + 1, n - k) <= alpha else (mid, hi)
+        p = hi
+    return p
 
 
 def clopper_pearson_interval(k: int, n: int, alpha: float) -> tuple[float, float]:

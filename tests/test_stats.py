@@ -55,3 +55,14 @@ def test_argument_checks():
 
 def test_top_two_ties_go_to_lower_index():
     assert stats.top_two(np.array([3, 5, 5, 1])) == (1, 5, 2, 5)
+
+
+@pytest.mark.parametrize("alpha", [1e-300, 1e-50, 1e-12])
+def test_bounds_hold_even_for_extreme_alpha(alpha):
+    from scipy.stats import beta
+
+    for k, n in [(99_000, 100_000), (5, 10), (100_000, 100_000 + 1)]:
+        lo = stats.clopper_pearson_lower(k, n, alpha)
+        assert 0.0 <= lo <= k / n and beta.cdf(lo, k, n - k + 1) <= alpha * (1 + 1e-9)
+        up = stats.clopper_pearson_upper(k, n, alpha)
+        assert k / n <= up <= 1.0
