@@ -75,7 +75,8 @@ def _run_options(f):
         click.option("--sigma", type=float, help="Noise std in [0,1] pixel units (default: the model's rs_onnx.sigma)."),
         click.option("--n", "n", type=int, help="Samples for the estimate (default 100000)."),
         click.option("--alpha", type=float, help="Failure probability of each answer (default 0.001)."),
-        click.option("--batch-size", type=int, help="Noisy samples per model call (default 1000)."),
+        click.option("--batch-size", help="Noisy samples per model call, or auto (default: the fastest size from "
+                     "a short probe, on runs of 200,000 samples or more; else 1000)."),
         click.option("--seed", type=int, help="Seed of all noise; without it fresh entropy is drawn and recorded."),
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),
@@ -123,6 +124,11 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
             kwargs["radii"] = [float(r) for r in kwargs["radii_text"].replace(" ", ",").split(",") if r]
         except ValueError:
             raise click.UsageError(f"--radii {kwargs['radii_text']!r}: expected numbers separated by commas") from None
+    if kwargs.get("batch_size") is not None:
+        text = kwargs["batch_size"].strip().lower()
+        if text != "auto" and not text.lstrip("-").isdigit():
+            raise click.UsageError(f"--batch-size {kwargs['batch_size']!r}: expected a positive integer or auto")
+        kwargs["batch_size"] = None if text == "auto" else int(text)
     for key, value in kwargs.items():
         if key in ("config_path", "out", "resume", "dump_config", "radii_text"):
             continue

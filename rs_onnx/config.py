@@ -41,7 +41,7 @@ class RunConfig:
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
-    batch_size: int = 1000
+    batch_size: int | None = None  # None (or "auto"): probe for the fastest size on long runs
     seed: int | None = None
     device: str = "auto"
     input_name: str | None = None
@@ -87,7 +87,8 @@ class RunConfig:
             (self.n0 >= 1, "n0", self.n0, "at least 1"),
             (self.n >= 1, "n", self.n, "at least 1"),
             (0 < self.alpha < 1, "alpha", self.alpha, "0 < alpha < 1"),
-            (1 <= self.batch_size <= 10_000_000, "batch_size", self.batch_size, "1 to 10,000,000"),
+            (self.batch_size is None or 1 <= self.batch_size <= 10_000_000, "batch_size", self.batch_size,
+             "auto or 1 to 10,000,000"),
             (self.seed is None or self.seed >= 0, "seed", self.seed, "a non-negative integer"),
             (self.start >= 0, "start", self.start, "a non-negative index"),
             (self.end is None or self.end >= self.start, "end", self.end, f"an index >= start ({self.start})"),
@@ -135,6 +136,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 def _coerce(key: str, value: Any) -> Any:
     """Check a YAML value's type against the field's annotation."""
     kind = str(_FIELDS[key].type)
+    if key == "batch_size" and value == "auto":
+        return None
     if value is None:
         if "None" in kind:
             return None

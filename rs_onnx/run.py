@@ -102,6 +102,17 @@ def image_geometry(clf, layout: str) -> tuple[int | None, tuple[int, int] | None
     return shape[0], shape[1:]
 
 
+def resolve_batch_size(clf, total_samples: int) -> int:
+    """The fastest batch size from a short probe (a second or two) when the run is long enough to repay it."""
+    from .sampling import auto_batch_size
+
+    if total_samples < 200_000:
+        return int(min(1000, max(1, total_samples)))
+    size = auto_batch_size(clf)
+    log.info("automatic batch size: %d (fastest per sample in a short probe; --batch-size N to choose)", size)
+    return size
+
+
 @dataclass
 class Prepared:
     """Everything checked before the first sample is drawn."""
@@ -123,13 +134,15 @@ def prepare(cfg: RunConfig) -> Prepared:
     channels, size = image_geometry(clf, cfg.layout)
     data = load_data(cfg.data, cfg.label, size, channels)
     data.check_labels(clf.num_classes)
-    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads)
-    smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))
     if not indices:
         raise DataError(f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
                         f"among {len(data)}; expected at least one")
+    if cfg.batch_size is None:
+        cfg.batch_size = resolve_batch_size(clf, len(indices) * (cfg.n0 + cfg.n))
+    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads)
+    smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     return Prepared(cfg, clf, smoothed, data, indices)
 
 

@@ -239,3 +239,13 @@ def test_fp16_is_recorded_and_device_noise_refused_on_cpu(linear):
     assert json.loads((tmp / "h.tsv.meta.json").read_text())["model"]["signature"]["precision"] == "fp16"
     res = CliRunner().invoke(cli, ["certify", model, data, "--sigma", "0.25", "--device", "cpu", "--device-noise"])
     assert res.exit_code == 1 and "minstd" in str(res.exception)
+
+
+def test_batch_size_auto_and_bad_values(linear):
+    model, data, tmp = linear
+    base = ["-q", "certify", model, data, "--sigma", "0.25", "--n0", "10", "--n", "20000", "--seed", "0"]
+    res = run(base + ["--batch-size", "auto", "--out", str(tmp / "a.tsv")])  # 12 x 20,010 samples: probed
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp / "a.tsv.meta.json").read_text())["batch_size"] >= 1
+    res = CliRunner().invoke(cli, base + ["--batch-size", "many"])
+    assert res.exit_code != 0 and "expected a positive integer or auto" in res.output
