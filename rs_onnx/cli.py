@@ -42,7 +42,7 @@ def _version_text() -> str:
     import numpy
     import onnxruntime
 
-    from .classifier import working_providers
+    from .devices import working_providers
 
     return (f"rs-onnx {__version__}\nonnxruntime {onnxruntime.__version__}\nnumpy {numpy.__version__}\n"
             f"providers that work here: {', '.join(working_providers())}")
