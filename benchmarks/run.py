@@ -73,13 +73,9 @@ SCALING_NS = {False: (1_000, 10_000, 100_000, 1_000_000), True: (1_000, 10_000, 
 
 # --------------------------------------------------------------------------- machine facts
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from rs_onnx.devices import cpu_name
+
+    return cpu_name()
 
 
 def _gpu_names() -> list[str]:

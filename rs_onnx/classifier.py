@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from rs_onnx import cuda, graph
-from rs_onnx.devices import (_CPU, _CUDA, _cpu_name, _cuda_works, _gpu_name, _parse_device,
+from rs_onnx.devices import (_CPU, _CUDA, cpu_name, _cuda_works, _gpu_name, _parse_device,
                              default_session_options, working_providers)  # noqa: F401 (re-exported)
 from rs_onnx.errors import ConfigError, DataError, DeviceError, ModelError
 
@@ -427,7 +427,7 @@ class OnnxClassifier:
     @functools.cached_property
     def device_name(self) -> str:
         """CPU model name, or the GPU's name from nvidia-smi (best effort)."""
-        return _gpu_name(self._index) if self.device.startswith("cuda") else _cpu_name()
+        return _gpu_name(self._index) if self.device.startswith("cuda") else cpu_name()
 
     @functools.cached_property
     def sha256(self) -> str:

@@ -86,7 +86,8 @@ def default_session_options(device: str = "cpu", threads: int | None = None) -> 
     return options
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
