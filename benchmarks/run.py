@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DIGITS = ROOT / "rs_onnx" / "data" / "digits_cnn.onnx"
 SIGMA, ALPHA, N0 = 0.25, 0.001, 100
 CUDA_VARIANTS = ("host", "cuda-graph", "fp16", "device-noise")
+TORCH_BATCH_CANDIDATES = (8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,14 @@ class Setting:
     rounds: int
 
 
-# (n, rounds) per model: chosen so that a full CPU run stays under ~15 minutes on 2 cores.
+# (n, rounds) per model: chosen so that a full CPU run stays under ~15 minutes on 2 cores. n is large
+# against the batch for the CIFAR ResNets: the n0 batch and the last partial batch run at other sizes, and
+# PyTorch is faster per sample at small sizes (see the best-batch baseline), so a short n favours it.
 SETTINGS = {
-    ("cpu", False): {"digits_cnn": Setting(20_000, 3), "resnet20": Setting(2_000, 3),
-                     "resnet110": Setting(400, 3), "resnet50": Setting(64, 2)},
-    ("cpu", True): {"digits_cnn": Setting(5_000, 2), "resnet20": Setting(600, 2),
-                    "resnet110": Setting(150, 2), "resnet50": Setting(32, 1)},
+    ("cpu", False): {"digits_cnn": Setting(20_000, 3), "resnet20": Setting(5_000, 3),
+                     "resnet110": Setting(2_000, 3), "resnet50": Setting(64, 2)},
+    ("cpu", True): {"digits_cnn": Setting(5_000, 2), "resnet20": Setting(1_000, 2),
+                    "resnet110": Setting(400, 2), "resnet50": Setting(32, 1)},
     ("cuda", False): {"digits_cnn": Setting(1_000_000, 3), "resnet20": Setting(100_000, 3),
                       "resnet110": Setting(100_000, 2), "resnet50": Setting(100_000, 2)},
     ("cuda", True): {"digits_cnn": Setting(100_000, 2), "resnet20": Setting(20_000, 2),
@@ -121,6 +124,53 @@ def machine() -> dict:
     except ImportError:
         pass
     return facts
+
+
+def fma_peak_gflops(threads: int, work_dir: Path) -> float | None:
+    """The CPU's float32 FMA peak in GFLOP/s on ``threads`` threads (benchmarks/fma_peak.c), or None
+    when no C compiler with OpenMP is there or the program fails."""
+    exe = work_dir / "fma_peak"
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run([os.environ.get("CC", "cc"), "-O3", "-march=native", "-fopenmp",
+                        str(ROOT / "benchmarks" / "fma_peak.c"), "-o", str(exe)], check=True, capture_output=True,
+                       timeout=120)
+        out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}).stdout
+        return float(out.split("GFLOPS")[1].split()[0])
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError) as err:
+        log.info("no FMA peak measured (%s)", err)
+        return None
+
+
+def macs_per_sample(path: Path) -> int:
+    """Multiply-accumulates of one sample through the Conv, Gemm and MatMul nodes of an ONNX file
+    (shapes from ONNX shape inference at batch 1; nodes of unknown shape count 0)."""
+    import onnx
+    from onnx import shape_inference
+
+    from rs_onnx import graph
+    model = graph.strip_initializer_inputs(onnx.load(str(path)))
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    model = shape_inference.infer_shapes(model)
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    dims.update({t.name: list(t.dims) for t in model.graph.initializer})
+    macs = 0
+    for node in model.graph.node:
+        out, w = dims.get(node.output[0]), dims.get(node.input[1]) if len(node.input) > 1 else None
+        if not out or not w or 0 in out or 0 in w:
+            continue
+        if node.op_type == "Conv":  # every output value: Cin/group x kernel MACs
+            macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            macs += int(np.prod(out[1:])) * (w[-1] if node.op_type == "Gemm" and any(
+                a.name == "transB" and a.i for a in node.attribute) else w[0])
+    return macs
 
 
 # --------------------------------------------------------------------------- memory
@@ -270,6 +320,34 @@ class CohenTorch:
         self.sample(n)
         return (n0 + n) / (time.perf_counter() - t)
 
+    def best_batch(self, sizes=TORCH_BATCH_CANDIDATES, max_run_seconds: float = 2.0) -> dict:
+        """PyTorch's own fastest batch size: the same probe rule as rs-onnx's automatic batch size.
+
+        Each size: one warm-up batch, then the fastest of two; stops at two sizes in a row more than 5%
+        slower per sample than the best, or at a batch that takes over ``max_run_seconds``.
+        """
+        start, per_sample, best, worse, saved = time.perf_counter(), {}, None, 0, self.batch
+        try:
+            for b in sizes:
+                self.batch = b
+                self.sample(b)
+                runs = []
+                for _ in range(2):
+                    t = time.perf_counter()
+                    self.sample(b)
+                    runs.append(time.perf_counter() - t)
+                per_sample[b] = min(runs) / b
+                if best is None or per_sample[b] < per_sample[best]:
+                    best, worse = b, 0
+                elif per_sample[b] > 1.05 * per_sample[best]:
+                    worse += 1
+                if worse >= 2 or min(runs) > max_run_seconds:
+                    break
+        finally:
+            self.batch = saved
+        return {"batch_size": best, "seconds_per_sample": {str(k): v for k, v in per_sample.items()},
+                "probe_seconds": time.perf_counter() - start}
+
 
 def _classifier(path: Path, device: str, threads: int, variant: str, batch: int | None):
     from rs_onnx.classifier import OnnxClassifier, default_session_options
@@ -329,6 +407,7 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
     out = {
         "model": arch, "source": source, "onnx": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
         "input_shape": list(shape), "params": int(sum(p.numel() for p in module.parameters())),
+        "macs_per_sample": macs_per_sample(path),
         "device": clf.device, "providers": clf.providers, "batch": batch, "batch_probe": probe,
         "n0": N0, "n": n, "rounds": rounds, "threads": threads, "noise_threads": noise_threads,
         "prepare_seconds": time.perf_counter() - t_prep,
@@ -364,11 +443,18 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
         torch.set_num_threads(threads)
         cohen = CohenTorch(module, image, batch, clf.device, _num_classes(arch))
         methods["pytorch"] = lambda: cohen(N0, n)
+        if not args.no_torch_probe:
+            out["pytorch_batch_probe"] = probe_t = cohen.best_batch()
+            if probe_t["batch_size"] != batch:
+                tuned = CohenTorch(module, image, probe_t["batch_size"], clf.device, _num_classes(arch))
+                methods["pytorch_best"] = lambda: tuned(N0, n)
     # warm-up: shapes, allocations, kernel choices (timings discarded)
     warm = min(n, 2 * batch)
     for name in methods:
         if name == "pytorch":
             cohen(min(N0, batch), warm)
+        elif name == "pytorch_best":
+            tuned(min(N0, tuned.batch), min(n, 2 * tuned.batch))
         elif name.startswith("rs"):
             _certify(warmups[name], image, warm, batch, noise_threads)
         else:
@@ -386,7 +472,7 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
     ratios = {}
     for name in methods:
         if name.startswith("rs"):
-            for ref in ("ceiling", "ceiling_ort_defaults", "pytorch"):
+            for ref in ("ceiling", "ceiling_ort_defaults", "pytorch", "pytorch_best"):
                 if ref in results:
                     ratios[f"{name}/{ref}"] = _summary(np.asarray(results[name]) / np.asarray(results[ref]))
     if "pytorch" in results:
@@ -394,7 +480,7 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
     out["ratios"] = ratios
     out["pairs"] = args.pairs
     out["seconds_per_image"] = {name: (N0 + n) / s["median"] for name, s in out["samples_per_second"].items()
-                                if name.startswith("rs") or name == "pytorch"}
+                                if name.startswith(("rs", "pytorch"))}
     out["variant_errors"] = errors
     return out
 
@@ -504,6 +590,35 @@ def markdown(res: dict) -> str:
             f"{_fmt(get('rs'))} | {_ratio(m, 'rs/ceiling')} | {_fmt(get('ceiling_ort_defaults'))} | "
             f"{_ratio(m, 'rs/ceiling_ort_defaults')} | {_fmt(get('pytorch'))} | {_ratio(m, 'rs/pytorch')} | "
             f"{_fmt(spi.get('rs'))}, {_fmt(spi.get('pytorch'))} |")
+    tuned = [m for m in res["models"] if m.get("pytorch_batch_probe")]
+    if tuned:
+        lines += ["", "PyTorch at its own fastest batch size (probed with the rule of rs-onnx's automatic batch size; "
+                  "the table above gives PyTorch rs-onnx's batch):", "",
+                  "| model | rs-onnx batch | PyTorch batch | PyTorch samples/s | rs / PyTorch | PyTorch probe, us per sample |",
+                  "|---|---|---|---|---|---|"]
+        for m in tuned:
+            probe = m["pytorch_batch_probe"]
+            key = "pytorch_best" if "pytorch_best" in m["samples_per_second"] else "pytorch"
+            sizes = ", ".join(f"{k}: {1e6 * v:.3g}" for k, v in probe["seconds_per_sample"].items())
+            lines.append(f"| {m['model']} | {m['batch']} | {probe['batch_size']} | "
+                         f"{_fmt(m['samples_per_second'][key]['median'])} | {_ratio(m, 'rs/' + key)} | {sizes} |")
+    peak = mach.get("fma_peak_gflops")
+    lines += ["", "Arithmetic rate: GFLOP/s = 2 x multiply-accumulates per sample (Conv, Gemm, MatMul nodes) x samples/s"
+              + (f"; in brackets, the share of this CPU's float32 FMA peak on {res['threads']} threads, "
+                 f"{peak:.0f} GFLOP/s (`benchmarks/fma_peak.c`)" if peak else "") + ":", "",
+              "| model | MMAC per sample | ceiling | rs-onnx | PyTorch, rs-onnx's batch | PyTorch, its fastest batch |",
+              "|---|---|---|---|---|---|"]
+    for m in res["models"]:
+        sps = m["samples_per_second"]
+
+        def rate(key, m=m, sps=sps):
+            if key not in sps:
+                return "-"
+            g = 2 * m["macs_per_sample"] * sps[key]["median"] / 1e9
+            return f"{g:.0f}" + (f" ({g / peak:.0%})" if peak else "")
+        best = "pytorch_best" if "pytorch_best" in sps else "pytorch"
+        lines.append(f"| {m['model']} | {m['macs_per_sample'] / 1e6:.4g} | {rate('ceiling')} | {rate('rs')} | "
+                     f"{rate('pytorch')} | {rate(best)} |")
     extra = [(m, k) for m in res["models"] for k in m["samples_per_second"] if k.startswith("rs_")]
     if extra or any(m["variant_errors"] for m in res["models"]):
         lines += ["", "Variants:", "", "| model | variant | samples/s | / ceiling | / PyTorch | s per image |",
@@ -523,8 +638,11 @@ def markdown(res: dict) -> str:
             p = m["ratios"].get("rs/pytorch", {}).get("median")
             bare = m["ratios"].get("ceiling/pytorch", {}).get("median")
             ok_c, ok_p = c is not None and c >= 0.85, p is None or p >= 2
+            best = m["ratios"].get("rs/pytorch_best", m["ratios"].get("rs/pytorch", {})).get("median")
             lines.append(f"- {m['model']}: rs / ceiling {_fmt(c)} ({'met' if ok_c else 'NOT met'}), rs / PyTorch "
-                         f"{_fmt(p)} ({'met' if ok_p else 'NOT met'}); the bare ceiling itself is {_fmt(bare)}x PyTorch")
+                         f"{_fmt(p)} ({'met' if ok_p else 'NOT met'}); the bare ceiling itself is {_fmt(bare)}x PyTorch; "
+                         f"against PyTorch at its own fastest batch size, rs / PyTorch is {_fmt(best)}"
+                         + _needed_rate(m, mach.get("fma_peak_gflops")))
     lines += ["", "Automatic batch size (probe on random inputs: fastest run per size, seconds per sample):", ""]
     for m in res["models"]:
         p = m.get("batch_probe")
@@ -560,6 +678,16 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _needed_rate(m: dict, peak: float | None) -> str:
+    """What 2x PyTorch at its fastest batch size would take, against the CPU's FMA peak."""
+    sps = m["samples_per_second"]
+    key = "pytorch_best" if "pytorch_best" in sps else "pytorch"
+    if not peak or key not in sps:
+        return ""
+    need = 4 * m["macs_per_sample"] * sps[key]["median"] / 1e9
+    return f" (2x that needs {need:.0f} GFLOP/s, {need / peak:.0%} of the FMA peak)"
+
+
 def _loads(v) -> str:
     return ", ".join(f"{x:.2f}" for x in v) if v else "?"
 
@@ -575,7 +703,9 @@ METHOD_NOTES = [
     "- PyTorch: the same torch module (the ONNX file is exported from it, or its weights are loaded from the "
     "bundled file and checked against it), Cohen et al.'s `_sample_noise` loop under `torch.inference_mode()` "
     "(the reference uses `torch.no_grad()`), `np.bincount` instead of the reference's Python counting loop "
-    "(which favours the baseline), same n0, n and batch size.",
+    "(which favours the baseline), same n0, n and batch size; \"PyTorch at its own fastest batch size\" is "
+    "the same loop at the batch size that a probe finds fastest for PyTorch (eager PyTorch is often faster "
+    "per sample at small batches on CPU, where activations stay in cache, while onnxruntime is flat).",
     "- The machine may be shared with other processes: absolute numbers move from run to run (the load "
     "average above says how busy it was), ratios much less, since every method runs back to back with the "
     "others, in alternating order. A ratio above 1 against the ceiling is such noise (the load changed between two "
@@ -626,6 +756,8 @@ def parse_args(argv=None):
                    help="rs-onnx variants (default: all on cuda, host on cpu)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--no-ort-defaults", action="store_true", help="skip the ORT-defaults ceiling")
+    p.add_argument("--no-torch-probe", action="store_true",
+                   help="skip the PyTorch baseline at its own best batch size")
     p.add_argument("--scaling-model", default="digits_cnn", choices=(*ARCHS, "none"))
     p.add_argument("--scaling-ns", type=int, nargs="+", default=None)
     p.add_argument("--threads-n", type=int, default=None, help="n of the noise-thread runs")
@@ -649,6 +781,8 @@ def main(argv=None) -> int:
     if args.device == "cpu" and (os.cpu_count() or 1) <= 4:
         res["shared_note"] = (f"Caveat: {os.cpu_count()} cores, possibly shared with other busy processes; "
                               "compare ratios, not absolute numbers.")
+    if args.device == "cpu":
+        res["machine"]["fma_peak_gflops"] = fma_peak_gflops(threads, Path(args.work_dir))
     if args.scaling_model != "none":  # first, so that peak RSS is not that of bigger models loaded earlier
         res["scaling"] = bench_scaling(args.scaling_model, args, threads)
     for arch in args.models:

@@ -30,6 +30,10 @@ def test_benchmark_command_writes_json_and_markdown(tmp_path):
         assert len(s["all"]) == 4 and s["median"] > 0
     for key in ("rs/ceiling", "rs/pytorch", "rs/ceiling_ort_defaults"):
         assert m["ratios"][key]["median"] > 0
+    probe = m["pytorch_batch_probe"]  # PyTorch at its own fastest batch: timed too when it differs from 64
+    assert str(probe["batch_size"]) in probe["seconds_per_sample"]
+    assert (probe["batch_size"] == 64) != ("pytorch_best" in m["samples_per_second"])
+    assert m["macs_per_sample"] == 1_116_416  # the bundled digits CNN: counted from its Conv and Gemm nodes
     sc = res["scaling"]
     assert [r["n"] for r in sc["rows"]] == [200, 600] and sc["rows"][0]["peak_rss_mib"] > 0
     assert {"seconds_per_sample", "r2", "log_log_slope"} <= set(sc["fit"])
@@ -37,6 +41,7 @@ def test_benchmark_command_writes_json_and_markdown(tmp_path):
     md = (out / "RESULTS.md").read_text()
     assert md.startswith("# rs-onnx benchmarks")
     assert "| model | params | batch | n |" in md and "| digits_cnn |" in md
+    assert "PyTorch at its own fastest batch size" in md and "| MMAC per sample |" in md
     assert "## Scaling with n" in md and "## Machine" in md and "python -m benchmarks.run" in md
     assert ("## GPU: not measured" in md) and "python -m benchmarks.run --device cuda" in md
     assert not (ROOT / "benchmarks" / "RESULTS.md").exists() or (ROOT / "benchmarks" / "RESULTS.md").read_text() != md
