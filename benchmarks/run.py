@@ -49,7 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DIGITS = ROOT / "rs_onnx" / "data" / "digits_cnn.onnx"
 SIGMA, ALPHA, N0 = 0.25, 0.001, 100
 CUDA_VARIANTS = ("host", "cuda-graph", "fp16", "device-noise")
-TORCH_BATCH_CANDIDATES = (8, 16, 32, 64, 128, 256, 512, 1024)
+# PyTorch's batch sizes to probe: smaller than rs-onnx's on CPU, where eager PyTorch is fastest at 16-128.
+TORCH_BATCH_CANDIDATES = {"cpu": (8, 16, 32, 64, 128, 256, 512, 1024),
+                          "cuda": (64, 128, 256, 512, 1024, 2048, 4096, 8192)}
 
 
 @dataclass(frozen=True)
@@ -320,22 +322,28 @@ class CohenTorch:
         self.sample(n)
         return (n0 + n) / (time.perf_counter() - t)
 
-    def best_batch(self, sizes=TORCH_BATCH_CANDIDATES, max_run_seconds: float = 2.0) -> dict:
+    def best_batch(self, max_run_seconds: float = 2.0) -> dict:
         """PyTorch's own fastest batch size: the same probe rule as rs-onnx's automatic batch size.
 
         Each size: one warm-up batch, then the fastest of two; stops at two sizes in a row more than 5%
-        slower per sample than the best, or at a batch that takes over ``max_run_seconds``.
+        slower per sample than the best, a batch that takes over ``max_run_seconds``, or out of memory.
         """
         start, per_sample, best, worse, saved = time.perf_counter(), {}, None, 0, self.batch
         try:
-            for b in sizes:
+            for b in TORCH_BATCH_CANDIDATES[self.device]:
                 self.batch = b
-                self.sample(b)
-                runs = []
-                for _ in range(2):
-                    t = time.perf_counter()
+                try:
                     self.sample(b)
-                    runs.append(time.perf_counter() - t)
+                    runs = []
+                    for _ in range(2):
+                        t = time.perf_counter()
+                        self.sample(b)
+                        runs.append(time.perf_counter() - t)
+                except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
+                    if "out of memory" not in str(err) or not per_sample:
+                        raise
+                    self.torch.cuda.empty_cache()
+                    break
                 per_sample[b] = min(runs) / b
                 if best is None or per_sample[b] < per_sample[best]:
                     best, worse = b, 0
