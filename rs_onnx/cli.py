@@ -76,7 +76,7 @@ def _run_options(f):
         click.option("--n", "n", type=int, help="Samples for the estimate (default 100000)."),
         click.option("--alpha", type=float, help="Failure probability of each answer (default 0.001)."),
         click.option("--batch-size", help="Noisy samples per model call, or auto (default: the fastest size from "
-                     "a short probe, on runs of 200,000 samples or more; else 1000)."),
+                     "a short probe, on runs of 200,000 samples or more; else 1000, fewer for inputs over 64 KiB)."),
         click.option("--seed", type=int, help="Seed of all noise; without it fresh entropy is drawn and recorded."),
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),

@@ -102,12 +102,21 @@ def image_geometry(clf, layout: str) -> tuple[int | None, tuple[int, int] | None
     return shape[0], shape[1:]
 
 
+PROBE_MIN_SAMPLES = 200_000
+"""Runs of at least this many noisy samples probe for the fastest batch size; shorter runs use the default."""
+DEFAULT_BATCH = 1000
+DEFAULT_BATCH_BYTES = 64 << 20
+"""The default batch holds at most this many input bytes (ImageNet-size inputs: ~110 images, not 1000)."""
+
+
 def resolve_batch_size(clf, total_samples: int) -> int:
-    """The fastest batch size from a short probe (a second or two) when the run is long enough to repay it."""
+    """The fastest batch size from a short probe (a second or two) when the run is long enough to repay it;
+    else :data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run itself."""
     from .sampling import auto_batch_size
 
-    if total_samples < 200_000:
-        return int(min(1000, max(1, total_samples)))
+    if total_samples < PROBE_MIN_SAMPLES:
+        row_bytes = int(np.prod(clf.input_shape)) * np.dtype(clf.input_dtype).itemsize
+        return int(max(1, min(DEFAULT_BATCH, total_samples, DEFAULT_BATCH_BYTES // max(1, row_bytes))))
     size = auto_batch_size(clf)
     log.info("automatic batch size: %d (fastest per sample in a short probe; --batch-size N to choose)", size)
     return size
