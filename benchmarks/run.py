@@ -327,6 +327,7 @@ class CohenTorch:
 
         Each size: one warm-up batch, then the fastest of two; stops at two sizes in a row more than 5%
         slower per sample than the best, a batch that takes over ``max_run_seconds``, or out of memory.
+        Picks the smallest size within 3% of the fastest, as rs-onnx's probe does.
         """
         start, per_sample, best, worse, saved = time.perf_counter(), {}, None, 0, self.batch
         try:
@@ -353,6 +354,8 @@ class CohenTorch:
                     break
         finally:
             self.batch = saved
+        from rs_onnx.sampling import BATCH_TIE
+        best = min(b for b, t in per_sample.items() if t <= (1 + BATCH_TIE) * per_sample[best])
         return {"batch_size": best, "seconds_per_sample": {str(k): v for k, v in per_sample.items()},
                 "probe_seconds": time.perf_counter() - start}
 

@@ -47,6 +47,8 @@ CPU_BATCH_CANDIDATES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 """Batch sizes the automatic probe tries when the model runs on the CPU."""
 CUDA_BATCH_CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 """Batch sizes the automatic probe tries on CUDA (capped by memory)."""
+BATCH_TIE = 0.03
+"""The automatic probe takes the smallest batch size at most this much slower per sample than the fastest."""
 HOST_BATCH_BYTES = 1 << 30
 """Largest host batch buffer (bytes) the automatic probe considers (the ring holds about three)."""
 
@@ -101,7 +103,8 @@ def auto_batch_size(classifier: "Classifier", candidates: Sequence[int] | None =
     ``min_seconds`` have passed (at least two), keeping the fastest run (robust to other processes on a
     shared machine). Stops at a batch over ``max_bytes`` of input, an out-of-memory error, a run longer
     than ``max_run_seconds`` (2 s on CPU, 1 s on CUDA), two sizes in a row more than 5% slower per
-    sample than the best, or ``budget_seconds`` of probing. Returns the fastest size; the probe
+    sample than the best, or ``budget_seconds`` of probing. Returns the smallest size within
+    :data:`BATCH_TIE` (3%) of the fastest per sample; the probe
     (seconds per sample by size) is stored in ``classifier.batch_probe`` when it can be set.
     """
     gpu = _on_cuda(getattr(classifier, "device", "cpu"))
@@ -150,6 +153,9 @@ def auto_batch_size(classifier: "Classifier", candidates: Sequence[int] | None =
         if time.perf_counter() - start > budget_seconds:
             stop = f"probe budget of {budget_seconds:.0f} s spent"
             break
+    # The smallest size within BATCH_TIE of the fastest: the sizes near the top are alike within the noise
+    # of a short probe, and a smaller batch needs less memory and picks the same size from run to run.
+    best = min(b for b, t in per_sample.items() if t <= (1 + BATCH_TIE) * per_sample[best])
     probe = {"batch_size": best, "seconds_per_sample": {str(k): v for k, v in per_sample.items()},
              "stopped": stop or "all candidates tried", "probe_seconds": time.perf_counter() - start}
     try:

@@ -286,6 +286,34 @@ def test_auto_batch_size_picks_a_probed_candidate(conv_path):
     np.testing.assert_array_equal(sampler.count(tasks), reference_counts(clf, pre, tasks))
 
 
+class Timed:
+    """A stand-in classifier whose runs take ``us[b]`` microseconds per sample on a fake clock."""
+
+    device, prefers_fixed_batch = "cpu", False
+    input_dtype, num_classes, input_shape = np.dtype(np.float32), 2, (3,)
+
+    def __init__(self, us):
+        self.us, self.now = us, 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def predict(self, x):
+        self.now += self.us[len(x)] * 1e-6 * len(x)
+        return np.zeros(len(x), np.int64)
+
+
+def test_auto_batch_size_takes_the_smallest_size_within_3_percent_of_the_fastest(monkeypatch):
+    import rs_onnx.sampling as sampling
+    clf = Timed({16: 1.02, 32: 1.05, 64: 1.00, 128: 1.01, 256: 1.2, 512: 1.3, 1024: 0.5})
+    monkeypatch.setattr(sampling, "time", clf)
+    assert auto_batch_size(clf, candidates=(16, 32, 64, 128, 256, 512, 1024), min_seconds=0) == 16
+    assert clf.batch_probe["stopped"] == "past the fastest size" and "1024" not in clf.batch_probe["seconds_per_sample"]
+    clf = Timed({16: 1.5, 32: 1.04, 64: 1.00, 128: 1.01})
+    monkeypatch.setattr(sampling, "time", clf)
+    assert auto_batch_size(clf, candidates=(16, 32, 64, 128), min_seconds=0) == 64
+
+
 class Budgeted:
     """A stand-in classifier that runs out of memory above ``limit`` rows (CUDA's message)."""
 
