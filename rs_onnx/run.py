@@ -110,15 +110,15 @@ DEFAULT_BATCH_BYTES = 64 << 20
 
 
 def resolve_batch_size(clf, total_samples: int) -> int:
-    """The fastest batch size from a short probe (a second or two) when the run is long enough to repay it;
-    else :data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run itself."""
+    """The batch size from a short probe (:func:`~rs_onnx.sampling.auto_batch_size`, a few seconds) when the
+    run is long enough to repay it; else :data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run itself."""
     from .sampling import auto_batch_size
 
     if total_samples < PROBE_MIN_SAMPLES:
         row_bytes = int(np.prod(clf.input_shape)) * np.dtype(clf.input_dtype).itemsize
         return int(max(1, min(DEFAULT_BATCH, total_samples, DEFAULT_BATCH_BYTES // max(1, row_bytes))))
     size = auto_batch_size(clf)
-    log.info("automatic batch size: %d (fastest per sample in a short probe; --batch-size N to choose)", size)
+    log.info("automatic batch size: %d (from a short probe; --batch-size N to choose)", size)
     return size
 
 
