@@ -640,8 +640,9 @@ def markdown(res: dict) -> str:
         for m in res["models"]:
             for k, err in m["variant_errors"].items():
                 lines.append(f"| {m['model']} | {k} | not run: {err[:160]} | | | |")
-    lines += ["", "Targets (CPU): CERTIFY >= 0.85 of the ceiling and >= 2x the PyTorch baseline for the CIFAR "
-              "ResNets (the stricter of the two ceilings counts):", ""]
+    lines += _gpu_targets(res) if res["device"] == "cuda" else [
+        "", "Targets (CPU): CERTIFY >= 0.85 of the ceiling and >= 2x the PyTorch baseline for the CIFAR "
+        "ResNets (the stricter of the two ceilings counts):", ""]
     for m in res["models"]:
         if m["model"] in ("resnet20", "resnet110") and res["device"] == "cpu":
             cs = [m["ratios"][k]["median"] for k in ("rs/ceiling", "rs/ceiling_ort_defaults") if k in m["ratios"]]
@@ -687,6 +688,33 @@ def markdown(res: dict) -> str:
     if res["device"] != "cuda":
         lines += ["", "## GPU: not measured", "", *GPU_NOTES]
     return "\n".join(lines) + "\n"
+
+
+COHEN_SECONDS = {"resnet110": 15.0, "resnet50": 150.0}
+"""Cohen et al. (2019): seconds per image of CERTIFY at n = 100,000 on their GPU (CIFAR-10, ImageNet)."""
+
+
+def _gpu_targets(res: dict) -> list[str]:
+    """The GPU targets: host noise >= 0.9 of the ceiling, seconds per image at n = 100,000 and the fastest mode."""
+    lines = ["", "Targets (GPU): CERTIFY with host noise >= 0.9 of the ceiling; seconds per image at n = 100,000 "
+             "(n0 + n samples at the measured median rate) against Cohen et al.'s ~15 s (ResNet-110) and "
+             "~150 s (ResNet-50) on their own, older GPU, and the fastest mode:", ""]
+    for m in res["models"]:
+        sps = m["samples_per_second"]
+        c = m["ratios"].get("rs/ceiling", {}).get("median")
+        per_image = {("host" if k == "rs" else k[3:]): (N0 + 100_000) / v["median"]
+                     for k, v in sps.items() if k.startswith("rs")}
+        if not per_image:
+            continue
+        fastest = min(per_image, key=per_image.get)
+        line = (f"- {m['model']}: rs / ceiling {_fmt(c)} ({'met' if c is not None and c >= 0.9 else 'NOT met'}); "
+                "seconds per image at n = 100,000: " + ", ".join(f"{k} {v:.3g}" for k, v in per_image.items())
+                + f"; fastest: {fastest}")
+        if m["model"] in COHEN_SECONDS:
+            ref = COHEN_SECONDS[m["model"]]
+            line += f", {ref / per_image[fastest]:.3g}x faster than Cohen et al.'s ~{ref:.0f} s"
+        lines.append(line)
+    return lines
 
 
 def _needed_rate(m: dict, peak: float | None) -> str:

@@ -9,10 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("torch")
-
 
 def test_benchmark_command_writes_json_and_markdown(tmp_path):
+    pytest.importorskip("torch")
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--models", "digits_cnn", "--n", "300",
            "--rounds", "2", "--batch", "64", "--scaling-ns", "200", "600", "--threads-n", "300",
@@ -45,3 +44,32 @@ def test_benchmark_command_writes_json_and_markdown(tmp_path):
     assert "## Scaling with n" in md and "## Machine" in md and "python -m benchmarks.run" in md
     assert ("## GPU: not measured" in md) and "python -m benchmarks.run --device cuda" in md
     assert not (ROOT / "benchmarks" / "RESULTS.md").exists() or (ROOT / "benchmarks" / "RESULTS.md").read_text() != md
+
+
+def _model(name, n, rates, ceiling):
+    """A results.json model entry as a GPU run writes it (samples/s medians by method)."""
+    sps = {k: {"median": v, "min": v, "max": v, "all": [v]} for k, v in rates.items()}
+    ratios = {f"{k}/ceiling": {"median": v / ceiling, "min": v / ceiling, "max": v / ceiling}
+              for k, v in rates.items() if k.startswith("rs")}
+    sps["ceiling"] = {"median": ceiling, "min": ceiling, "max": ceiling, "all": [ceiling]}
+    return {"model": name, "params": 1, "batch": 1024, "n": n, "rounds": 1, "macs_per_sample": 10 ** 6,
+            "samples_per_second": sps, "ratios": ratios, "variant_errors": {"cuda-graph": "refused"},
+            "seconds_per_image": {k: (100 + n) / v for k, v in rates.items()}}
+
+
+def test_gpu_report_names_the_fastest_mode_and_compares_with_cohen():
+    from benchmarks.run import markdown
+    res = {"command": "python -m benchmarks.run --device cuda", "date": "today", "seconds": 1.0, "device": "cuda",
+           "threads": 16, "pairs": 2, "models": [
+               _model("resnet110", 100_000, {"rs": 20_000.0, "rs_fp16": 50_000.0}, 21_000.0),
+               _model("resnet50", 10_000, {"rs": 2_000.0, "rs_device-noise": 2_100.0}, 2_500.0)],
+           "machine": {"cpu": "x", "cores": 16, "cores_usable": 16, "gpus": ["NVIDIA H100"], "versions": {},
+                       "providers": ["CUDAExecutionProvider"], "git": None}}
+    md = markdown(res)
+    assert "## GPU: not measured" not in md and "Targets (CPU)" not in md
+    line110 = next(x for x in md.splitlines() if x.startswith("- resnet110: rs / ceiling"))
+    assert "0.952 (met)" in line110 and "host 5, fp16 2" in line110 and "fastest: fp16" in line110
+    assert "7.49x faster than Cohen et al.'s ~15 s" in line110  # (100 + 100,000) / 50,000 = 2.002 s
+    line50 = next(x for x in md.splitlines() if x.startswith("- resnet50: rs / ceiling"))
+    assert "0.8 (NOT met)" in line50 and "fastest: device-noise" in line50 and "~150 s" in line50
+    assert "| resnet50 | cuda-graph | not run: refused |" in md
