@@ -839,4 +839,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rs_onnx.errors import RsOnnxError
+    try:
+        sys.exit(main())
+    except RsOnnxError as err:  # bad input or no working device: one line, no traceback
+        print(f"python -m benchmarks.run: error: {err}", file=sys.stderr)
+        sys.exit(1)
