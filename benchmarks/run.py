@@ -17,7 +17,11 @@ For each model, one CERTIFY of one image (n0 = 100, n, alpha = 0.001, sigma = 0.
 - PyTorch baseline: the torch module in eager mode sampled the way Cohen et al.'s reference code does
   (``core.py`` ``_sample_noise``: repeat the image into a batch, add ``torch.randn_like * sigma``, argmax,
   count), under ``torch.inference_mode()`` (the reference uses ``no_grad``), counting with
-  ``np.bincount`` (the reference loops in Python), with ``torch.set_num_threads`` = onnxruntime's threads.
+  ``np.bincount`` (the reference loops in Python), with ``torch.set_num_threads`` = onnxruntime's threads;
+  at rs-onnx's batch size and again at PyTorch's own fastest batch size (probed first).
+
+Each rate is also given in GFLOP/s (multiply-accumulates counted from the ONNX graph) and, on CPU, as a
+share of the float32 FMA peak that ``benchmarks/fma_peak.c`` measures (when a C compiler is there).
 
 The methods run in rounds, in a rotating order, and ratios are medians of per-round ratios: on a shared
 machine the other processes slow all methods of a round alike.
