@@ -326,42 +326,33 @@ class CohenTorch:
         self.sample(n)
         return (n0 + n) / (time.perf_counter() - t)
 
-    def best_batch(self, max_run_seconds: float = 2.0) -> dict:
-        """PyTorch's own fastest batch size: the same probe rule as rs-onnx's automatic batch size.
-
-        Each size: one warm-up batch, then the fastest of two; stops at two sizes in a row more than 5%
-        slower per sample than the best, a batch that takes over ``max_run_seconds``, or out of memory.
-        Picks the smallest size within 3% of the fastest, as rs-onnx's probe does.
-        """
-        start, per_sample, best, worse, saved = time.perf_counter(), {}, None, 0, self.batch
+    def best_batch(self) -> dict:
+        """PyTorch's own fastest batch size, found by rs-onnx's own batch probe
+        (:func:`rs_onnx.sampling.auto_batch_size`) over :data:`TORCH_BATCH_CANDIDATES`."""
+        from rs_onnx.sampling import auto_batch_size
+        saved, probe = self.batch, _TorchAsClassifier(self)
         try:
-            for b in TORCH_BATCH_CANDIDATES[self.device]:
-                self.batch = b
-                try:
-                    self.sample(b)
-                    runs = []
-                    for _ in range(2):
-                        t = time.perf_counter()
-                        self.sample(b)
-                        runs.append(time.perf_counter() - t)
-                except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
-                    if "out of memory" not in str(err) or not per_sample:
-                        raise
-                    self.torch.cuda.empty_cache()
-                    break
-                per_sample[b] = min(runs) / b
-                if best is None or per_sample[b] < per_sample[best]:
-                    best, worse = b, 0
-                elif per_sample[b] > 1.05 * per_sample[best]:
-                    worse += 1
-                if worse >= 2 or min(runs) > max_run_seconds:
-                    break
+            auto_batch_size(probe, TORCH_BATCH_CANDIDATES[self.device])
         finally:
             self.batch = saved
-        from rs_onnx.sampling import BATCH_TIE
-        best = min(b for b, t in per_sample.items() if t <= (1 + BATCH_TIE) * per_sample[best])
-        return {"batch_size": best, "seconds_per_sample": {str(k): v for k, v in per_sample.items()},
-                "probe_seconds": time.perf_counter() - start}
+            if self.device == "cuda":
+                self.torch.cuda.empty_cache()
+        return probe.batch_probe
+
+
+class _TorchAsClassifier:
+    """A :class:`CohenTorch` seen by the batch probe: ``predict(x)`` samples one batch of ``len(x)`` noisy
+    copies of its image (the values of ``x`` are not used)."""
+
+    input_dtype, num_classes = np.dtype(np.float32), None
+
+    def __init__(self, cohen: CohenTorch):
+        self.cohen, self.device, self.input_shape = cohen, cohen.device, tuple(cohen.x.shape)
+        self.batch_probe: dict | None = None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.cohen.batch = len(x)
+        return self.cohen.sample(len(x))
 
 
 def _classifier(path: Path, device: str, threads: int, variant: str, batch: int | None):
