@@ -604,7 +604,7 @@ def markdown(res: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for m in tuned:
             probe = m["pytorch_batch_probe"]
-            key = "pytorch_best" if "pytorch_best" in m["samples_per_second"] else "pytorch"
+            key = _pytorch_best(m)
             sizes = ", ".join(f"{k}: {1e6 * v:.3g}" for k, v in probe["seconds_per_sample"].items())
             lines.append(f"| {m['model']} | {m['batch']} | {probe['batch_size']} | "
                          f"{_fmt(m['samples_per_second'][key]['median'])} | {_ratio(m, 'rs/' + key)} | {sizes} |")
@@ -622,7 +622,7 @@ def markdown(res: dict) -> str:
                 return "-"
             g = 2 * m["macs_per_sample"] * sps[key]["median"] / 1e9
             return f"{g:.0f}" + (f" ({g / peak:.0%})" if peak else "")
-        best = "pytorch_best" if "pytorch_best" in sps else "pytorch"
+        best = _pytorch_best(m)
         lines.append(f"| {m['model']} | {m['macs_per_sample'] / 1e6:.4g} | {rate('ceiling')} | {rate('rs')} | "
                      f"{rate('pytorch')} | {rate(best)} |")
     extra = [(m, k) for m in res["models"] for k in m["samples_per_second"] if k.startswith("rs_")]
@@ -645,7 +645,7 @@ def markdown(res: dict) -> str:
             p = m["ratios"].get("rs/pytorch", {}).get("median")
             bare = m["ratios"].get("ceiling/pytorch", {}).get("median")
             ok_c, ok_p = c is not None and c >= 0.85, p is None or p >= 2
-            best = m["ratios"].get("rs/pytorch_best", m["ratios"].get("rs/pytorch", {})).get("median")
+            best = m["ratios"].get("rs/" + _pytorch_best(m), {}).get("median")
             lines.append(f"- {m['model']}: rs / ceiling {_fmt(c)} ({'met' if ok_c else 'NOT met'}), rs / PyTorch "
                          f"{_fmt(p)} ({'met' if ok_p else 'NOT met'}); the bare ceiling itself is {_fmt(bare)}x PyTorch; "
                          f"against PyTorch at its own fastest batch size, rs / PyTorch is {_fmt(best)}"
@@ -685,6 +685,11 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pytorch_best(m: dict) -> str:
+    """The method key of PyTorch at its fastest batch size ("pytorch" when that is rs-onnx's batch)."""
+    return "pytorch_best" if "pytorch_best" in m["samples_per_second"] else "pytorch"
+
+
 COHEN_SECONDS = {"resnet110": 15.0, "resnet50": 150.0}
 """Cohen et al. (2019): seconds per image of CERTIFY at n = 100,000 on their GPU (CIFAR-10, ImageNet)."""
 
@@ -715,7 +720,7 @@ def _gpu_targets(res: dict) -> list[str]:
 def _needed_rate(m: dict, peak: float | None) -> str:
     """What 2x PyTorch at its fastest batch size would take, against the CPU's FMA peak."""
     sps = m["samples_per_second"]
-    key = "pytorch_best" if "pytorch_best" in sps else "pytorch"
+    key = _pytorch_best(m)
     if not peak or key not in sps:
         return ""
     need = 4 * m["macs_per_sample"] * sps[key]["median"] / 1e9
