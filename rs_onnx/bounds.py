@@ -29,6 +29,8 @@ __all__ = [
     "two_class_certificate",
     "best_radius",
     "radius",
+    "uniform_linf_radius",
+    "norm_radii",
     "NOISES",
     "NORMS",
 ]
@@ -315,6 +317,8 @@ def radius(p_a_lower, noise: str, scale: float, norm: str = "l2", dim: int | Non
         raise ConfigError(f"norm={norm!r}: expected one of {', '.join(NORMS)}")
     scale = _positive(scale, "scale")
     p = _probability(p_a_lower, "p_a_lower")
+    if (noise, norm) == ("uniform", "linf"):
+        return uniform_linf_radius(p, scale, _dim(dim, noise, norm))
     above = p > 0.5
     q = np.where(above, p, 0.75)  # placeholder inside the valid domain; masked below
     if noise == "gaussian":
@@ -328,12 +332,62 @@ def radius(p_a_lower, noise: str, scale: float, norm: str = "l2", dim: int | Non
 
     divisor = 1.0
     if norm != native and not (native == "l2" and norm == "l1"):
-        if dim is None:
-            raise ConfigError(f"{noise} noise with norm={norm}: expected dim (the input dimension) to convert "
-                              f"its {native} radius")
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ConfigError(f"dim={dim!r}: expected a positive integer")
-        d = float(dim)
+        d = float(_dim(dim, noise, norm))
         divisor = d if (native, norm) == ("l1", "linf") else np.sqrt(d)
     return _out(_round_down(r / divisor))
+
+
+def _dim(dim, noise: str, norm: str) -> int:
+    if dim is None:
+        raise ConfigError(f"{noise} noise with norm={norm}: expected dim (the input dimension) to convert its radius")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ConfigError(f"dim={dim!r}: expected a positive integer")
+    return int(dim)
+
+
+def uniform_linf_radius(p_a_lower, lam: float, dim: int):
+    """Direct l-infinity radius for uniform noise U[-lam, lam]^dim (Yang et al. 2020): 2 lam (1 - (3/2 - p)^(1/dim)).
+
+    Proof (total variation). Shifting the cube by v moves at most TV = 1 - prod_i (1 - |v_i| / (2 lam))
+    of probability, and ||v||_inf <= eps gives TV <= 1 - (1 - eps / (2 lam))^dim. The top class keeps
+    probability >= p - TV > 1/2 while (1 - eps / (2 lam))^dim > 3/2 - p, i.e. for eps below the formula.
+    It is never smaller than the l1 conversion 2 lam (p - 1/2) / dim (concavity of t^(1/dim)), and
+    equals it for dim = 1; the larger of the two is returned. ``lam`` and the radius in [0,1]-pixel
+    units; 0 when p <= 1/2.
+    """
+    lam = _positive(lam, "lambda")
+    d = float(_dim(dim, "uniform", "linf"))
+    p = _probability(p_a_lower, "p_a_lower")
+    above = p > 0.5
+    q = np.where(above, p, 0.75)
+    direct = -2.0 * lam * np.expm1(np.log1p(-(q - 0.5)) / d)
+    convert = 2.0 * lam * (q - 0.5) / d
+    return _out(np.where(above, _round_down(np.maximum(direct, convert)), 0.0))
+
+
+def norm_radii(p_a_lower: float, native_radius: float, noise: str, scale: float, dim: int) -> dict[str, float]:
+    """Certified radii in l1, l2 and linf of one certificate, all from the same event (no extra alpha).
+
+    ``native_radius`` is the certificate's radius in its noise's native norm (l2 for gaussian, possibly a
+    two-class or best radius; l1 for uniform and laplace), valid whenever p_a_lower is; the other norms
+    follow by norm conversion (see :func:`radius`), and uniform's linf also by
+    :func:`uniform_linf_radius` from ``p_a_lower``, whichever is larger. 0 everywhere when abstaining.
+    """
+    if noise not in NOISES:
+        raise ConfigError(f"noise={noise!r}: expected one of {', '.join(NOISES)}")
+    d = float(_dim(dim, noise, "linf"))
+    r = float(native_radius)
+    if not r > 0.0:
+        return {"l1": 0.0, "l2": 0.0, "linf": 0.0}
+    if noise == "gaussian":
+        out = {"l1": r, "l2": r, "linf": r / np.sqrt(d)}
+    else:
+        out = {"l1": r, "l2": r / np.sqrt(d), "linf": r / d}
+        if noise == "uniform":
+            out["linf"] = max(out["linf"], float(uniform_linf_radius(p_a_lower, scale, int(d))))
+    return {k: float(_round_down(np.float64(v))) if k != NATIVE_NORM[noise] else float(v) for k, v in out.items()}
+
+
+NATIVE_NORM = {"gaussian": "l2", "uniform": "l1", "laplace": "l1"}
+"""The norm in which each noise's certificate is computed (the ``radius`` column's norm)."""
 

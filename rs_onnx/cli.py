@@ -72,7 +72,11 @@ def _run_options(f):
         click.argument("model", required=False),
         click.argument("data", required=False),
         click.option("--config", "config_path", type=click.Path(), help="YAML file with any of these options."),
-        click.option("--sigma", type=float, help="Noise std in [0,1] pixel units (default: the model's rs_onnx.sigma)."),
+        click.option("--sigma", type=float, help="Noise scale in [0,1] pixel units: the std (gaussian), the half-width "
+                     "lambda (uniform), the scale lambda (laplace) (default: the model's rs_onnx.sigma)."),
+        click.option("--noise", type=click.Choice(["gaussian", "uniform", "laplace"]),
+                     help="Smoothing noise (default: the model's rs_onnx.noise, else gaussian); gaussian certifies l2, "
+                     "uniform and laplace l1 (column radius; radius_l1/_l2/_linf in every norm)."),
         click.option("--n", "n", type=int, help="Samples for the estimate (default 100000)."),
         click.option("--alpha", type=float, help="Failure probability of each answer (default 0.001)."),
         click.option("--batch-size", help="Noisy samples per model call, or auto (default: the fastest size from "

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .noise import KINDS as NOISE_KINDS
 from .preprocess import LAYOUTS, PreprocessSpec
 
 def _load_presets() -> dict[str, dict[str, Any]]:
@@ -75,6 +76,7 @@ class RunConfig:
     n_first: int | None = None
     final_share: float = 0.5
     futility_beta: float = 0.01
+    noise: str | None = None  # gaussian, uniform or laplace (None: the model's rs_onnx.noise, else gaussian)
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(self.layout, float(self.scale), tuple(map(float, self.mean)),
@@ -110,6 +112,7 @@ class RunConfig:
             (self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker,
              "a positive number"),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
+            (self.noise is None or self.noise in NOISE_KINDS, "noise", self.noise, "one of " + ", ".join(NOISE_KINDS)),
         ]
         for ok, key, value, expected in checks:
             if not ok:

@@ -1,4 +1,4 @@
-"""Gaussian noise in reproducible blocks.
+"""Smoothing noise (Gaussian, uniform, Laplace) in reproducible blocks.
 
 The noise for sample j of (example, phase) is row ``j % block_size`` of block ``j // block_size``,
 drawn from its own stream ``SeedSequence(entropy, spawn_key=(example, phase, block))``. Results
@@ -15,10 +15,20 @@ ziggurat, ~7 ns a value there) dominates, not the bit generator.
 A block may be drawn in pieces (``generator`` then ``fill`` into consecutive slices): NumPy's
 ``standard_normal`` consumes the stream element by element, so the pieces are bit-identical to one
 :func:`draw` of the whole block. The sampler uses this to draw straight into its batch buffers.
+
+Noise kinds. :data:`KINDS` maps a name to a :class:`NoiseKind` whose ``fill(rng, out)`` writes the next
+rows of the block's stream, at unit scale, into ``out``; the sampler adds ``sigma * out`` to the clean
+input. Unit scale means: ``gaussian`` standard normal (sigma is the standard deviation), ``uniform``
+U(-1, 1) (sigma is the half-width lambda), ``laplace`` density exp(-|z|) / 2 (sigma is the scale
+lambda), the conventions of ``export/objectives.py`` and :func:`rs_onnx.bounds.radius`. Every kind uses
+the same per-block streams (same seeding contract), and each ``fill`` consumes its stream value by
+value, so a block drawn in pieces equals the block drawn at once. Another kind plugs in with
+:func:`register`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,9 +76,86 @@ def fill(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
     return rng.standard_normal(dtype=np.float32, out=out)
 
 
-def draw(entropy: int, block: Block, shape: tuple[int, ...]) -> np.ndarray:
-    """Standard normal noise, float32 shaped [block.size, *shape], from the block's own stream."""
-    return generator(entropy, block).standard_normal((block.size, *shape), dtype=np.float32)
+def draw(entropy: int, block: Block, shape: tuple[int, ...], kind: str = "gaussian") -> np.ndarray:
+    """Unit-scale noise of ``kind`` (default standard normal), float32 [block.size, *shape], from the block's stream."""
+    if kind == "gaussian":
+        return generator(entropy, block).standard_normal((block.size, *shape), dtype=np.float32)
+    out = np.empty((block.size, *shape), dtype=np.float32)
+    return get_kind(kind).fill(generator(entropy, block), out)
+
+
+# ------------------------------------------------------------------------------------------ noise kinds
+
+_HALF_ULP = np.float32(2.0 ** -24)
+
+
+def fill_uniform(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """U(-1, 1) in place, float32: u = k 2^-24 (k uniform in 0..2^24-1) becomes 2u - 1 + 2^-24.
+
+    The 2^24 values are the odd multiples of 2^-24 in (-1, 1), exactly symmetric about 0 (all
+    operations are exact in float32), so the smoothed classifier's noise is symmetric as the uniform
+    certificates assume.
+    """
+    rng.random(dtype=np.float32, out=out)
+    out *= np.float32(2.0)
+    out -= np.float32(1.0)
+    out += _HALF_ULP
+    return out
+
+
+def fill_laplace(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """Laplace(0, 1) in place, float32, by inversion: z = sign(u) (-log(1 - |u|)), u from :func:`fill_uniform`.
+
+    P(|z| > t) = P(1 - |u| < e^-t) = e^-t, and z is symmetric because u is. The largest |z| is
+    24 log 2 = 16.6 (probability 6e-8 of reaching it). The log is NumPy's float32 log1p (its last bit
+    may differ between CPUs with different SIMD paths).
+    """
+    fill_uniform(rng, out)
+    negative = np.signbit(out)
+    np.abs(out, out=out)
+    np.negative(out, out=out)
+    np.log1p(out, out=out)
+    np.negative(out, out=out, where=~negative)
+    return out
+
+
+@dataclass(frozen=True)
+class NoiseKind:
+    """A smoothing noise: ``fill(rng, out)`` writes unit-scale float32 noise into ``out`` and returns it.
+
+    ``scale`` says what sigma means for this kind; ``norm`` is the norm of its native certificate.
+    """
+
+    name: str
+    fill: Callable[[np.random.Generator, np.ndarray], np.ndarray]
+    scale: str
+    norm: str
+
+
+KINDS: dict[str, NoiseKind] = {}
+
+
+def register(kind: NoiseKind) -> NoiseKind:
+    """Add a noise kind to :data:`KINDS` (names are unique)."""
+    if kind.name in KINDS:
+        raise ValueError(f"noise kind {kind.name!r} is already registered")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> NoiseKind:
+    """The registered noise kind ``name``; ConfigError naming the choices otherwise."""
+    try:
+        return KINDS[name]
+    except (KeyError, TypeError):
+        from .errors import ConfigError
+
+        raise ConfigError(f"noise={name!r}: expected one of {', '.join(KINDS)}") from None
+
+
+register(NoiseKind("gaussian", fill, "standard deviation", "l2"))
+register(NoiseKind("uniform", fill_uniform, "half-width lambda of U[-lambda, lambda] per value", "l1"))
+register(NoiseKind("laplace", fill_laplace, "scale lambda (density exp(-|z|/lambda) / (2 lambda))", "l1"))
 
 
 def split(slot: int, example: int, phase: int, n: int, block_size: int) -> list[Block]:

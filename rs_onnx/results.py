@@ -15,7 +15,16 @@ import sys
 from pathlib import Path
 
 COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-CERTIFY_COLUMNS = COHEN_COLUMNS + ("pA_lower", "nA", "n", "n0", "nonfinite", "pB_upper", "radius_2class", "radius_tv")
+CERTIFY_COLUMNS = COHEN_COLUMNS + ("pA_lower", "nA", "n", "n0", "nonfinite", "pB_upper", "radius_2class", "radius_tv",
+                                   "radius_l1", "radius_l2", "radius_linf")
+
+
+def radius_norms(noise: str) -> dict[str, str]:
+    """The norm of each radius column of a certify TSV made with ``noise`` (recorded in meta.json)."""
+    from .bounds import NATIVE_NORM
+
+    return {"radius": NATIVE_NORM[noise], "radius_2class": "l2", "radius_tv": "l2", "radius_l1": "l1",
+            "radius_l2": "l2", "radius_linf": "linf"}
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "pvalue", "count_a", "count_b", "n", "nonfinite")
 
 

@@ -26,8 +26,8 @@ from .config import RunConfig
 from .data import Dataset, load_data
 from .errors import ConfigError, DataError
 from .preprocess import PreprocessSpec
-from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, TsvWriter, command_line, meta_path, sha256_file, versions,
-                      write_json_atomic)
+from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, TsvWriter, command_line, meta_path, radius_norms, sha256_file,
+                      versions, write_json_atomic)
 from .smoothing import SmoothedClassifier
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser", "fp16", "device_noise")
+               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "noise")
 
 
 def bundled(name: str) -> str:
@@ -92,6 +92,28 @@ def resolve_sigma(cfg: RunConfig, clf) -> float:
                       "(noise level in [0,1] pixel units)")
 
 
+def resolve_noise(cfg: RunConfig, clf) -> str:
+    """--noise, else the model's ``rs_onnx.noise`` metadata (export/train.py writes it; say so), else gaussian.
+
+    A --noise that differs from the model's metadata is allowed (the certificate covers the noise used)
+    but logged as a warning: the model was trained for another noise.
+    """
+    from .noise import get_kind
+
+    meta = getattr(clf, "metadata", {}) or {}
+    trained = meta.get("rs_onnx.noise")
+    if cfg.noise is None:
+        if trained is not None:
+            cfg.noise = get_kind(str(trained)).name
+            log.info("no --noise given: using noise=%s from the model's metadata (rs_onnx.noise)", cfg.noise)
+        else:
+            cfg.noise = "gaussian"
+    elif trained is not None and str(trained) != cfg.noise:
+        log.warning("--noise %s, but the model's metadata says it was trained with %s noise (rs_onnx.noise)",
+                    cfg.noise, str(trained)[:40])
+    return get_kind(cfg.noise).name
+
+
 def image_geometry(clf, layout: str) -> tuple[int | None, tuple[int, int] | None]:
     """(channels, (height, width)) of the model's image input, to read image files; (None, None) if flat."""
     shape = tuple(clf.input_shape)
@@ -140,6 +162,13 @@ def prepare(cfg: RunConfig) -> Prepared:
                           "D.onnx -o DC.onnx C.onnx) to certify on the workers")
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
+    noise_kind = resolve_noise(cfg, clf)
+    if cfg.bound != "cohen" and noise_kind != "gaussian":
+        raise ConfigError(f"bound={cfg.bound} with noise={noise_kind}: the two-class bound is Gaussian only; "
+                          "expected bound=cohen")
+    if cfg.device_noise and noise_kind != "gaussian":
+        raise ConfigError(f"device_noise with noise={noise_kind}: the GPU draws Gaussian noise only; expected "
+                          "noise=gaussian or no device_noise")
     channels, size = image_geometry(clf, cfg.layout)
     data = load_data(cfg.data, cfg.label, size, channels)
     data.check_labels(clf.num_classes)
@@ -150,7 +179,7 @@ def prepare(cfg: RunConfig) -> Prepared:
                         f"among {len(data)}; expected at least one")
     if cfg.batch_size is None:
         cfg.batch_size = resolve_batch_size(clf, len(indices) * (cfg.n0 + cfg.n))
-    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads)
+    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads, noise=noise_kind)
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     return Prepared(cfg, clf, smoothed, data, indices)
 
@@ -163,6 +192,9 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "config": p.cfg.to_dict(),
         "seed": p.cfg.seed,
         "entropy": str(p.smoothed.entropy),
+        "noise": {"kind": p.smoothed.noise, "sigma": p.smoothed.sigma, "sigma_means": _sigma_means(p.smoothed.noise),
+                  "dim": p.smoothed.dim(p.data.image_shape)},
+        **({"radius_norms": radius_norms(p.smoothed.noise)} if mode == "certify" else {}),
         "preprocess": p.smoothed.preprocessor(p.data.image_shape).describe(),
         "batch_size": p.smoothed.batch_size,
         "noise_threads": p.smoothed.noise_threads,
@@ -177,6 +209,12 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "out": str(out) if out else None,
         **extra,
     }
+
+
+def _sigma_means(kind: str) -> str:
+    from .noise import get_kind
+
+    return get_kind(kind).scale
 
 
 def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[int]:
@@ -197,7 +235,7 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--resume: {mp} is not a readable rs-onnx meta file ({e})") from e
     old = meta.get("config", {})
-    defaults = RunConfig().to_dict()  # keys an older meta file lacks had their default value
+    defaults = {**RunConfig().to_dict(), "noise": "gaussian"}  # keys an older meta file lacks had their default
     changed = [k for k in RESUME_KEYS if old.get(k, defaults[k]) != p.cfg.to_dict()[k]]
     if meta.get("mode") != mode:
         changed.append("mode")
@@ -310,5 +348,6 @@ def _row(mode: str, idx: int, label: int, a, seconds: float) -> dict:
               "time": round(seconds, 4), "n": a.n, "nonfinite": a.nonfinite}
     if mode == "certify":
         return {**common, "radius": float(a.radius), "pA_lower": float(a.p_a_lower), "nA": a.n_a, "n0": a.n0,
-                "pB_upper": float(a.p_b_upper), "radius_2class": float(a.radius_2class), "radius_tv": float(a.radius_tv)}
+                "pB_upper": float(a.p_b_upper), "radius_2class": float(a.radius_2class), "radius_tv": float(a.radius_tv),
+                "radius_l1": float(a.radius_l1), "radius_l2": float(a.radius_l2), "radius_linf": float(a.radius_linf)}
     return {**common, "pvalue": float(a.p_value), "count_a": a.count_a, "count_b": a.count_b}

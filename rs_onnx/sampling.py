@@ -179,23 +179,27 @@ class _Planned:
 
 
 class Sampler:
-    """Counts the base classifier's answers on Gaussian perturbations.
+    """Counts the base classifier's answers on noisy perturbations (Gaussian, uniform or Laplace).
 
     Parameters
     ----------
     classifier : maps model inputs [B, *model_shape] to int64 classes [B] (-1 for non-finite outputs).
     preprocessor : builds model inputs from clean + sigma * noise.
-    sigma : noise standard deviation, in [0,1] pixel units.
+    sigma : noise scale in [0,1] pixel units: the standard deviation (gaussian) or lambda (uniform
+        half-width, Laplace scale); see :mod:`rs_onnx.noise`.
     entropy : seed of every noise stream.
     batch_size : samples per model call; None: :func:`auto_batch_size` (probed once per classifier).
     noise_threads : threads drawing noise; 0 draws in the calling thread; None: :func:`default_noise_threads`
         for the classifier's device.
     pad : give the classifier full batches only (the last one padded with stale rows, not counted);
         None: ``classifier.prefers_fixed_batch`` (True on CUDA).
+    noise_kind : a name in :data:`rs_onnx.noise.KINDS` (default gaussian).
     """
 
     def __init__(self, classifier: "Classifier", preprocessor: Preprocessor, sigma: float, entropy: int,
-                 batch_size: int | None = None, noise_threads: int | None = None, *, pad: bool | None = None) -> None:
+                 batch_size: int | None = None, noise_threads: int | None = None, *, pad: bool | None = None,
+                 noise_kind: str = "gaussian") -> None:
+        self.kind = noise.get_kind(noise_kind)
         self.classifier = classifier
         self.pre = preprocessor
         self.sigma = float(sigma)
@@ -210,6 +214,9 @@ class Sampler:
         self.noise_threads = default_noise_threads(device) if noise_threads is None else int(noise_threads)
         self.pad = bool(getattr(classifier, "prefers_fixed_batch", False) if pad is None else pad)
         self.device_noise = bool(getattr(classifier, "device_noise", False))
+        if self.device_noise and self.kind.name != "gaussian":
+            raise ConfigError(f"device noise with noise={self.kind.name}: the GPU draws Gaussian noise only; expected "
+                              "--noise gaussian or host noise (no --device-noise)")
         self.block_size = noise.block_size_for(int(np.prod(preprocessor.model_shape)))
         self.num_classes = int(classifier.num_classes or 0)
         self._chunk: int | None = None  # set when an out-of-memory error halved the model batch
@@ -250,10 +257,10 @@ class Sampler:
             take = min(end, (j + 1) * batch) - g
             lo = (j % slots) * batch + (g - j * batch)
             if direct:
-                view = noise.fill(rng, ring[lo:lo + take])
+                view = self.kind.fill(rng, ring[lo:lo + take])
                 self.pre.noisy(clean, view, self.sigma)  # in place for float32
             else:
-                eps = noise.fill(rng, self._scratch(take))
+                eps = self.kind.fill(rng, self._scratch(take))
                 ring[lo:lo + take] = self.pre.noisy(clean, eps, self.sigma)
             g += take
 

@@ -93,10 +93,21 @@ def geometric_schedule(n_max: int, alpha: float, looks: int = 8, n_first: int | 
     return Schedule(tuple(sizes), tuple(float(np.nextafter(alpha * s, 0.0)) for s in shares))
 
 
-def _radius(p: np.ndarray, sigma: float) -> np.ndarray:
-    """Vectorised stats.cohen_radius (same formula and rounding)."""
+def _radius(p: np.ndarray, sigma: float, noise_kind: str = "gaussian") -> np.ndarray:
+    """Vectorised native radius: stats.cohen_radius for gaussian (same formula and rounding), else bounds.radius."""
+    if noise_kind != "gaussian":
+        return np.asarray(bounds.radius(np.asarray(p, np.float64), noise_kind, sigma, bounds.NATIVE_NORM[noise_kind]))
     r = sigma * norm.ppf(np.clip(p, 0.5, 1.0))
     return np.where(p <= 0.5, 0.0, np.maximum(0.0, r * (1.0 - stats._SAFETY)))
+
+
+def _threshold(r: np.ndarray, sigma: float, noise_kind: str = "gaussian") -> np.ndarray:
+    """The probability of A at which the native radius equals r (the inverse of :func:`_radius`)."""
+    if noise_kind == "uniform":
+        return np.minimum(1.0, 0.5 + r / (2.0 * sigma))
+    if noise_kind == "laplace":
+        return 1.0 - 0.5 * np.exp(-r / sigma)
+    return norm.cdf(r / sigma)
 
 
 def _first_true(pred: Callable[[np.ndarray], np.ndarray], n: np.ndarray) -> np.ndarray:
@@ -127,6 +138,7 @@ class Plan:
     slack: np.ndarray = field(repr=False)
     k_fail: np.ndarray = field(repr=False)
     eps: float | None = None
+    noise: str = "gaussian"
 
     def reachable(self) -> tuple[float, ...]:
         """Radii that some look can certify (when every sample is A)."""
@@ -136,11 +148,12 @@ class Plan:
     def max_radius(self) -> float:
         """The largest radius any look can certify (when every sample is A)."""
         n = np.asarray(self.schedule.sizes)
-        return float(np.max(_radius(bounds._cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma)))
+        return float(np.max(_radius(bounds._cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma,
+                                    self.noise)))
 
 
 def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), futility_beta: float = 0.01,
-              eps: float | None = None) -> Plan:
+              eps: float | None = None, noise_kind: str = "gaussian") -> Plan:
     """Decision tables for ``radii`` (sorted; 0 added: the predict-or-abstain decision).
 
     A radius r > 0 is certified at look j iff cohen_radius(CP_lower(n_A, N_j, alpha_j)) >= r, and r = 0
@@ -162,19 +175,19 @@ def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), fut
 
     def certifies(k):
         p = bounds._cp_lower(k, n, a)
-        return np.where(t == 0.0, p >= 0.5, _radius(p, sigma) >= t)
+        return np.where(t == 0.0, p >= 0.5, _radius(p, sigma, noise_kind) >= t)
 
     k_cert = _first_true(certifies, n)
     later = np.concatenate([n - k_cert, np.full((1, len(rs)), -1, np.int64)])
     slack = np.maximum.accumulate(later[::-1], axis=0)[::-1][1:]  # max over the looks after j
     if futility_beta > 0:
         b = futility_beta / len(schedule.sizes)
-        target = norm.cdf(t / sigma)
+        target = _threshold(t, sigma, noise_kind)
         k_fail = _first_true(lambda k: bounds._cp_upper(k, n, b) >= target, n) - 1
     else:
         k_fail = np.full(n.shape, -1, np.int64)
     return Plan(schedule, float(sigma), tuple(rs), float(futility_beta), k_cert, slack, k_fail,
-                None if eps is None else float(eps))
+                None if eps is None else float(eps), noise_kind)
 
 
 @dataclass
@@ -197,18 +210,19 @@ def _settled(plan: Plan, j: int, k: np.ndarray, best: np.ndarray) -> tuple[np.nd
     (1 - beta / L) upper confidence bound on the radius, sigma Phi^-1(CP_upper), is within eps of it.
     """
     sizes, alphas = np.asarray(plan.schedule.sizes[j + 1:]), np.asarray(plan.schedule.alphas[j + 1:])
-    goal = _radius(best, plan.sigma) + plan.eps
+    goal = _radius(best, plan.sigma, plan.noise) + plan.eps
     n_j = plan.schedule.sizes[j]
     if sizes.size:
         kk = k[:, None] + sizes[None, :] - n_j
-        reach = _radius(bounds._cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma).max(axis=1)
+        reach = _radius(bounds._cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma,
+                        plan.noise).max(axis=1)
     else:
         reach = np.zeros(len(k))
     safe = reach <= goal
     fail = np.zeros(len(k), bool)
     if plan.futility_beta > 0:
         upper = bounds._cp_upper(k, np.full_like(k, n_j), plan.futility_beta / len(plan.schedule.sizes))
-        fail = ~safe & (_radius(upper, plan.sigma) <= goal)
+        fail = ~safe & (_radius(upper, plan.sigma, plan.noise) <= goal)
     return safe, fail
 
 
@@ -302,7 +316,8 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
     if schedule.n_max != n_max or schedule.alpha > alpha:
         raise ConfigError(f"schedule ends at {schedule.n_max} and spends {schedule.alpha:.6g}; expected n_max={n_max} "
                           f"and at most alpha={alpha}")
-    plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps)
+    noise_kind = getattr(smoothed, "noise", "gaussian")
+    plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps, noise_kind)
     examples = list(range(len(xs))) if examples is None else [int(e) for e in examples]
     if len(xs) == 0:
         return []
@@ -321,7 +336,8 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
         return np.where(g < classes.shape[1], classes[np.arange(len(idx)), np.minimum(g, classes.shape[1] - 1)], 0)
 
     out = run_looks(plan, sample, np.flatnonzero(guess != ABSTAIN), len(xs))
-    return [_certificate(plan, out, i, int(guess[i]), n0, sel[i], totals.array[i]) for i in range(len(xs))]
+    dim = int(np.prod(sampler.pre.model_shape))
+    return [_certificate(plan, out, i, int(guess[i]), n0, sel[i], totals.array[i], dim) for i in range(len(xs))]
 
 
 class _Growable:
@@ -342,7 +358,7 @@ class _Growable:
 
 
 def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.ndarray,
-                 counts: np.ndarray) -> SequentialCertificate:
+                 counts: np.ndarray, dim: int = 1) -> SequentialCertificate:
     sigma, sched = plan.sigma, plan.schedule
     n, n_a, look = int(out.n[i]), int(out.n_a[i]), int(out.best_look[i])
     stopped = out.stopped[i] if guess != ABSTAIN else "no-class"
@@ -350,13 +366,21 @@ def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.
     if look >= 0:
         p_lower = stats.clopper_pearson_lower(int(out.best_n_a[i]), sched.sizes[look], sched.alphas[look])
     predict = guess if guess != ABSTAIN and p_lower >= 0.5 else ABSTAIN
-    radius = stats.cohen_radius(p_lower, sigma) if predict != ABSTAIN else 0.0
+    gaussian = plan.noise == "gaussian"
+    if predict == ABSTAIN:
+        radius = 0.0
+    elif gaussian:
+        radius = stats.cohen_radius(p_lower, sigma)
+    else:
+        radius = float(bounds.radius(p_lower, plan.noise, sigma, bounds.NATIVE_NORM[plan.noise]))
     decided = tuple(r for r in plan.radii if r > 0 and radius >= r) if predict != ABSTAIN else ()
     p_b = float(min(1.0, np.nextafter(1.0 - p_lower, 2.0)))
-    r_two = float(bounds.two_class_radius(p_lower, p_b, sigma)) if predict != ABSTAIN else 0.0
-    r_tv = float(bounds.tv_radius(p_lower, p_b, sigma)) if predict != ABSTAIN else 0.0
+    r_two = float(bounds.two_class_radius(p_lower, p_b, sigma)) if predict != ABSTAIN and gaussian else 0.0
+    r_tv = float(bounds.tv_radius(p_lower, p_b, sigma)) if predict != ABSTAIN and gaussian else 0.0
+    lp = bounds.norm_radii(p_lower, radius, plan.noise, sigma, dim)
     return SequentialCertificate(predict=predict, radius=radius, p_a_lower=p_lower, n_a=n_a, n=n, n0=n0, guess=guess,
                                  nonfinite=int(sel[-1] + counts[-1]), p_b_upper=p_b, radius_2class=r_two,
-                                 radius_tv=r_tv, counts=counts.copy(),
+                                 radius_tv=r_tv, counts=counts.copy(), noise=plan.noise, radius_l1=lp["l1"],
+                                 radius_l2=lp["l2"], radius_linf=lp["linf"],
                                  decided_radius=decided[-1] if decided else 0.0, decided_radii=decided,
                                  looks=int(out.looks[i]), stopped=stopped, n_max=sched.n_max)

@@ -1,6 +1,8 @@
 """SmoothedClassifier: Cohen et al. 2019's PREDICT and CERTIFY over any base classifier.
 
-g(x) = argmax_c P(f(x + delta) = c), delta ~ N(0, sigma^2 I), sigma in [0,1] pixel units.
+g(x) = argmax_c P(f(x + delta) = c), delta ~ N(0, sigma^2 I), sigma in [0,1] pixel units; or delta uniform
+on [-sigma, sigma]^d, or Laplace of scale sigma per value (``noise="uniform"`` / ``"laplace"``, sigma then
+being lambda, as in ``export/train.py``), certified in l1 (Yang et al. 2020; Teng et al. 2020).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import numpy as np
 
 from . import bounds, noise, stats
 from .errors import ConfigError
+from .noise import get_kind as _get_kind
+from .noise import new_entropy as _new_entropy
 from .preprocess import Preprocessor, PreprocessSpec
 from .sampling import Sampler, Task, default_noise_threads
 
@@ -20,7 +24,12 @@ ABSTAIN = stats.ABSTAIN
 
 @dataclass(frozen=True)
 class Certificate:
-    """CERTIFY's answer for one example; radii are l2, in [0,1] pixel units, 0 on abstain.
+    """CERTIFY's answer for one example; radii in [0,1] pixel units, 0 on abstain.
+
+    ``radius`` is in the noise's native norm (``bounds.NATIVE_NORM``: l2 for gaussian, l1 for uniform and
+    laplace); ``radius_l1``, ``radius_l2``, ``radius_linf`` restate it in each norm (same event, see
+    :func:`rs_onnx.bounds.norm_radii`). ``radius_2class`` and ``radius_tv`` are l2 and Gaussian only (0
+    for other noises).
 
     ``radius`` is Cohen's sigma Phi^-1(pA_lower) at level alpha (or, with ``bound="best"``, the larger of
     Cohen's and the two-class radius, both at the split level). ``radius_2class`` (Cohen et al.'s
@@ -40,6 +49,10 @@ class Certificate:
     radius_2class: float
     radius_tv: float
     counts: np.ndarray = field(repr=False, compare=False)
+    noise: str = "gaussian"
+    radius_l1: float = 0.0
+    radius_l2: float = 0.0
+    radius_linf: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,15 +82,19 @@ class SmoothedClassifier:
     Parameters
     ----------
     classifier : the base classifier (e.g. ``OnnxClassifier``): model inputs [B, ...] -> classes [B].
-    sigma : standard deviation of the Gaussian noise, in [0,1] pixel units (before normalisation).
+    sigma : noise scale in [0,1] pixel units (before normalisation): the standard deviation for
+        ``noise="gaussian"``, the half-width lambda of U[-lambda, lambda] per value for ``"uniform"``, the
+        scale lambda (density exp(-|z|/lambda) / (2 lambda)) for ``"laplace"``.
     preprocess : how x + delta becomes the model input; default: no scaling, the model's layout.
     seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
     batch_size : noisy samples per model call.
     noise_threads : threads drawing noise (default: by the classifier's device, see default_noise_threads).
+    noise : gaussian (default), uniform or laplace (any name in ``rs_onnx.noise.KINDS``).
     """
 
     def __init__(self, classifier, sigma: float, preprocess: PreprocessSpec | None = None, seed: int | None = None,
-                 batch_size: int = 1000, noise_threads: int | None = None) -> None:
+                 batch_size: int = 1000, noise_threads: int | None = None, noise: str = "gaussian") -> None:
+        self.noise = _get_kind(noise).name
         if not (np.isfinite(sigma) and sigma > 0):
             raise ConfigError(f"sigma={sigma}: expected a positive noise level in [0,1] pixel units")
         if batch_size < 1:
@@ -87,7 +104,7 @@ class SmoothedClassifier:
         self.classifier = classifier
         self.sigma = float(sigma)
         self.spec = preprocess or PreprocessSpec()
-        self.entropy = noise.new_entropy() if seed is None else int(seed)
+        self.entropy = _new_entropy() if seed is None else int(seed)
         self.batch_size = int(batch_size)
         device = getattr(classifier, "device", "cpu")
         self.noise_threads = default_noise_threads(device) if noise_threads is None else int(noise_threads)
@@ -103,7 +120,17 @@ class SmoothedClassifier:
 
     def _sampler(self, image_shape) -> Sampler:
         return Sampler(self.classifier, self.preprocessor(image_shape), self.sigma, self.entropy,
-                       self.batch_size, self.noise_threads)
+                       self.batch_size, self.noise_threads, noise_kind=self.noise)
+
+    def dim(self, image_shape) -> int:
+        """Number of noisy values per input (the d of the l1/linf conversions)."""
+        return int(np.prod(self.preprocessor(image_shape).model_shape))
+
+    def native_radius(self, p_a_lower: float) -> float:
+        """The certified radius from p_a_lower in the noise's native norm (l2 gaussian, l1 otherwise); 0 if <= 1/2."""
+        if self.noise == "gaussian":
+            return stats.cohen_radius(p_a_lower, self.sigma)
+        return float(bounds.radius(p_a_lower, self.noise, self.sigma, bounds.NATIVE_NORM[self.noise]))
 
     def _count(self, xs, examples, phase, n, progress) -> np.ndarray:
         sampler = self._sampler(np.shape(xs[0]))
@@ -121,9 +148,14 @@ class SmoothedClassifier:
         _check_args(n0, n, alpha)
         if bound not in ("cohen", "best"):
             raise ConfigError(f"bound={bound!r}: expected 'cohen' or 'best'")
+        if bound == "best" and self.noise != "gaussian":
+            raise ConfigError(f"bound='best' with noise={self.noise}: the two-class bound is Gaussian only; expected "
+                              "bound='cohen'")
         examples = list(range(len(xs))) if examples is None else list(examples)
         if len(xs) == 0:
             return []
+        dim = self.dim(np.shape(xs[0]))
+        gaussian = self.noise == "gaussian"
         counts0 = self._count(xs, examples, noise.SELECT, n0, progress)
         counts1 = self._count(xs, examples, noise.ESTIMATE, n, progress)
         out = []
@@ -132,7 +164,7 @@ class SmoothedClassifier:
             n_a = int(c1[guess]) if guess != ABSTAIN else 0
             p_lower = stats.clopper_pearson_lower(n_a, n, alpha)
             p_b, r_two, r_tv = 1.0, 0.0, 0.0
-            if guess != ABSTAIN:  # non-finite outputs count as one more rival outcome
+            if guess != ABSTAIN and gaussian:  # non-finite outputs count as one more rival outcome
                 p_a_split, p_b, r_two = map(float, bounds.two_class_certificate(c1, guess, alpha, self.sigma))
                 r_tv = float(bounds.tv_radius(p_a_split, p_b, self.sigma))
             if bound == "best":
@@ -141,9 +173,13 @@ class SmoothedClassifier:
             elif p_lower < 0.5:
                 pred, radius = ABSTAIN, 0.0
             else:
-                pred, radius = guess, stats.cohen_radius(p_lower, self.sigma)
+                pred, radius = guess, self.native_radius(p_lower)
+            if not gaussian and guess != ABSTAIN:  # a valid bound on every other class, same event
+                p_b = float(min(1.0, np.nextafter(1.0 - p_lower, 2.0)))
             nonfinite = int(c0[-1] + c1[-1])
-            out.append(Certificate(pred, radius, p_lower, n_a, n, n0, guess, nonfinite, p_b, r_two, r_tv, c1))
+            lp = bounds.norm_radii(p_lower, radius, self.noise, self.sigma, dim)
+            out.append(Certificate(pred, radius, p_lower, n_a, n, n0, guess, nonfinite, p_b, r_two, r_tv, c1,
+                                   self.noise, lp["l1"], lp["l2"], lp["linf"]))
         return out
 
     def certify(self, x: np.ndarray, n0: int, n: int, alpha: float, example: int = 0) -> Certificate:

@@ -276,7 +276,12 @@ def test_l1_noise_conversions_are_sound_in_high_dimension(noise):
     pa = exact_pa_1d(noise, c, scale)
     assert np.allclose(radius(pa, noise, scale, "l1", d), c, rtol=1e-9)
     assert np.allclose(radius(pa, noise, scale, "l2", d), c / np.sqrt(d), rtol=1e-9)
-    assert np.allclose(radius(pa, noise, scale, "linf", d), c / d, rtol=1e-9)
+    linf = radius(pa, noise, scale, "linf", d)
+    if noise == "laplace":
+        assert np.allclose(linf, c / d, rtol=1e-9)
+    else:  # Yang et al.'s direct bound: 2 lam (1 - (3/2 - pA)^(1/d)), above the conversion, below the distance
+        assert np.allclose(linf, 2 * scale * (1 - (1.5 - pa) ** (1 / d)), rtol=1e-9)
+        assert np.all(linf > c / d) and np.all(linf <= c)
 
 
 @pytest.mark.parametrize("noise", bounds.NOISES)
