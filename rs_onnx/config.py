@@ -74,7 +74,7 @@ class RunConfig:
     precision: float | None = None  # sequential: find the radius to within this, instead of deciding radii
     looks: int = 8
     n_first: int | None = None
-    final_share: float = 0.5
+    final_share: float = 0.9
     futility_beta: float = 0.01
     noise: str | None = None  # gaussian, uniform or laplace (None: the model's rs_onnx.noise, else gaussian)
 

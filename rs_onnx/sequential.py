@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import binom, norm
 
 from . import bounds, noise, stats
 from .errors import ConfigError
@@ -139,6 +140,7 @@ class Plan:
     k_fail: np.ndarray = field(repr=False)
     eps: float | None = None
     noise: str = "gaussian"
+    calibrated: bool = False
 
     def reachable(self) -> tuple[float, ...]:
         """Radii that some look can certify (when every sample is A)."""
@@ -152,8 +154,77 @@ class Plan:
                                     self.noise)))
 
 
+# Binomial increments are truncated where the pmf is below this (each tail); the mass dropped is counted as
+# an error (crossing), so truncation can only make a calibrated cutoff more conservative.
+_TAIL = 1e-22
+# A calibrated last look must keep the exact error at or below alpha * (1 - _MARGIN): far above the float64
+# error of the sums (~1e-13 relative), far below anything that changes a cutoff by more than one count.
+_MARGIN = 1e-9
+
+
+def _increment(m: int, t: float) -> tuple[np.ndarray, int, float]:
+    """pmf of Binomial(m, t) on [lo, hi] (tails below _TAIL dropped): (pmf, lo, dropped mass)."""
+    lo = int(max(0, binom.ppf(_TAIL, m, t) - 1))
+    hi = int(min(m, binom.isf(_TAIL, m, t) + 1))
+    pmf = binom.pmf(np.arange(lo, hi + 1), m, t)
+    return pmf, lo, float(binom.cdf(lo - 1, m, t) + binom.sf(hi, m, t)) if lo > 0 or hi < m else 0.0
+
+
+@lru_cache(maxsize=256)
+def calibrated_cutoff(sizes: tuple[int, ...], early: tuple[int, ...], t: float, alpha: float) -> int:
+    """Smallest count c of A at the last look such that, at pA = t, P(S_j >= early[j] for some earlier look j,
+    or S_L >= c) <= alpha; ``sizes[-1] + 1`` when none is (exact, by dynamic programming over the looks).
+
+    S_j ~ Binomial(sizes[j], t) are the cumulative counts of one i.i.d. sequence. The event is increasing
+    in every sample, so its probability is increasing in pA: for every pA <= t it is at most alpha too.
+    The dynamic programme carries the distribution of S_j over the paths that have not crossed yet;
+    truncated tails are counted as crossed (conservative).
+    """
+    n_last = sizes[-1]
+    if not 0.0 < t < 1.0:
+        return n_last + 1
+    dist, lo, crossed, prev = np.ones(1), 0, 0.0, 0
+    for n_j, c_j in zip(sizes[:-1], early):
+        inc, ilo, dropped = _increment(n_j - prev, t)
+        dist, lo, crossed, prev = np.convolve(dist, inc), lo + ilo, crossed + dropped, n_j
+        cut = max(0, c_j - lo)
+        crossed += float(dist[cut:].sum())
+        dist = dist[:cut]
+        keep = np.flatnonzero(dist > 1e-300)
+        if keep.size == 0:
+            dist = np.zeros(1)
+            continue
+        crossed += float(dist[:keep[0]].sum())  # (denormal dust) counted as crossed
+        dist, lo = dist[keep[0]:keep[-1] + 1], lo + int(keep[0])
+    m = n_last - prev
+    s = lo + np.arange(len(dist))
+    goal = alpha * (1.0 - _MARGIN)
+
+    def error(c: int) -> float:
+        return crossed + float(np.dot(dist, binom.sf(c - s - 1, m, t)))
+
+    if crossed > goal:
+        return n_last + 1
+    a, b = 0, n_last + 1  # error(b) = crossed <= goal; find the smallest c with error(c) <= goal
+    if error(a) <= goal:
+        return a
+    while b - a > 1:
+        mid = (a + b) // 2
+        a, b = (a, mid) if error(mid) <= goal else (mid, b)
+    return b
+
+
+def calibration_threshold(r: float, sigma: float, noise_kind: str = "gaussian") -> float:
+    """The pA a calibrated plan tests for radius r: 1/2 for r = 0, else the exact threshold nudged up by a
+    relative 1e-12 (the float error of Phi is far smaller), so that pA >= it certifies at least r."""
+    if r == 0.0:
+        return 0.5
+    t = float(_threshold(np.float64(r), sigma, noise_kind))
+    return min(1.0, t * (1.0 + stats._SAFETY) + stats._SAFETY)
+
+
 def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), futility_beta: float = 0.01,
-              eps: float | None = None, noise_kind: str = "gaussian") -> Plan:
+              eps: float | None = None, noise_kind: str = "gaussian", calibrate: bool = False) -> Plan:
     """Decision tables for ``radii`` (sorted; 0 added: the predict-or-abstain decision).
 
     A radius r > 0 is certified at look j iff cohen_radius(CP_lower(n_A, N_j, alpha_j)) >= r, and r = 0
@@ -178,6 +249,15 @@ def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), fut
         return np.where(t == 0.0, p >= 0.5, _radius(p, sigma, noise_kind) >= t)
 
     k_cert = _first_true(certifies, n)
+    if calibrate:  # the last look's cutoffs, calibrated exactly at each threshold (see calibrated_cutoff)
+        if eps is not None:
+            raise ConfigError("calibrate with eps (precision mode): expected one or the other")
+        sizes = tuple(int(v) for v in schedule.sizes)
+        for i, r in enumerate(rs):
+            p_r = calibration_threshold(r, sigma, noise_kind)
+            early = tuple(int(v) for v in k_cert[:-1, i])
+            k_cert[-1, i] = min(k_cert[-1, i], calibrated_cutoff(sizes, early, p_r, schedule.alpha))
+        k_cert[-1] = np.maximum.accumulate(k_cert[-1])  # nested: certifying r certifies every smaller radius
     later = np.concatenate([n - k_cert, np.full((1, len(rs)), -1, np.int64)])
     slack = np.maximum.accumulate(later[::-1], axis=0)[::-1][1:]  # max over the looks after j
     if futility_beta > 0:
@@ -187,7 +267,7 @@ def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), fut
     else:
         k_fail = np.full(n.shape, -1, np.int64)
     return Plan(schedule, float(sigma), tuple(rs), float(futility_beta), k_cert, slack, k_fail,
-                None if eps is None else float(eps), noise_kind)
+                None if eps is None else float(eps), noise_kind, bool(calibrate))
 
 
 @dataclass
@@ -292,8 +372,8 @@ class SequentialCertificate(Certificate):
 def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequence[int] | None, n0: int,
                             n_max: int, alpha: float, radii: Sequence[float] | None = None, *,
                             eps: float | None = None, looks: int = 8, n_first: int | None = None,
-                            final_share: float | None = 0.5, schedule: Schedule | None = None,
-                            futility_beta: float = 0.01,
+                            final_share: float | None = 0.9, schedule: Schedule | None = None,
+                            futility_beta: float = 0.01, calibrate: bool | None = None,
                             progress: Callable[[int], None] | None = None) -> list[SequentialCertificate]:
     """Sequential CERTIFY of several images (same shape, in [0,1]) packed into shared batches.
 
@@ -307,6 +387,9 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
     looks, n_first, final_share : the geometric schedule (see geometric_schedule); or ``schedule``, whose
         levels must sum to at most alpha.
     futility_beta : fail-fast level (0: stop early only when the answer cannot change).
+    calibrate : radii mode only (default there): the last look's cutoff for each radius is calibrated exactly
+        (:func:`calibrated_cutoff`) and ``radius`` is the largest requested radius certified; False: union
+        bound over the looks and the continuous radius of the best look (always so in precision mode).
     """
     if n0 < 1:
         raise ConfigError(f"n0={n0}: expected at least 1 selection sample")
@@ -317,7 +400,8 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
         raise ConfigError(f"schedule ends at {schedule.n_max} and spends {schedule.alpha:.6g}; expected n_max={n_max} "
                           f"and at most alpha={alpha}")
     noise_kind = getattr(smoothed, "noise", "gaussian")
-    plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps, noise_kind)
+    calibrate = eps is None if calibrate is None else bool(calibrate)
+    plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps, noise_kind, calibrate)
     examples = list(range(len(xs))) if examples is None else [int(e) for e in examples]
     if len(xs) == 0:
         return []
@@ -363,12 +447,17 @@ def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.
     n, n_a, look = int(out.n[i]), int(out.n_a[i]), int(out.best_look[i])
     stopped = out.stopped[i] if guess != ABSTAIN else "no-class"
     p_lower = 0.0  # the best look's bound, recomputed in scalar float64 from the counts at that look
-    if look >= 0:
+    certified = int(out.certified[i]) if guess != ABSTAIN else 0
+    if plan.calibrated:  # the largest threshold certified: pA >= it holds with probability >= 1 - alpha
+        p_lower = calibration_threshold(plan.radii[certified - 1], sigma, plan.noise) if certified else 0.0
+    elif look >= 0:
         p_lower = stats.clopper_pearson_lower(int(out.best_n_a[i]), sched.sizes[look], sched.alphas[look])
     predict = guess if guess != ABSTAIN and p_lower >= 0.5 else ABSTAIN
     gaussian = plan.noise == "gaussian"
     if predict == ABSTAIN:
         radius = 0.0
+    elif plan.calibrated:
+        radius = plan.radii[certified - 1]
     elif gaussian:
         radius = stats.cohen_radius(p_lower, sigma)
     else:
@@ -377,6 +466,8 @@ def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.
     p_b = float(min(1.0, np.nextafter(1.0 - p_lower, 2.0)))
     r_two = float(bounds.two_class_radius(p_lower, p_b, sigma)) if predict != ABSTAIN and gaussian else 0.0
     r_tv = float(bounds.tv_radius(p_lower, p_b, sigma)) if predict != ABSTAIN and gaussian else 0.0
+    if plan.calibrated:  # p_lower is the threshold nudged up: its radii equal `radius` up to rounding
+        r_two, r_tv = min(r_two, radius), min(r_tv, radius)
     lp = bounds.norm_radii(p_lower, radius, plan.noise, sigma, dim)
     return SequentialCertificate(predict=predict, radius=radius, p_a_lower=p_lower, n_a=n_a, n=n, n0=n0, guess=guess,
                                  nonfinite=int(sel[-1] + counts[-1]), p_b_upper=p_b, radius_2class=r_two,
