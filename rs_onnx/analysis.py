@@ -407,3 +407,61 @@ def plot_certified_accuracy(runs: Mapping, path, radius_max: float | None = None
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, format=fmt, dpi=150)
     return p
+
+
+# ------------------------------------------------------------------------------------------------ norms
+
+NORMS = ("l1", "l2", "linf")
+
+
+def radius_norm(path, column: str = "radius") -> str:
+    """The norm of ``column`` in the results file ``path``: from its ``.meta.json`` (``radius_norms``), else by
+    name (``radius_l1`` is l1, ...), else l2 (Cohen et al.'s files and rs-onnx files before other noises)."""
+    import json
+
+    meta = Path(str(path) + ".meta.json")
+    if meta.is_file():
+        try:
+            norms = json.loads(meta.read_text(encoding="utf-8")).get("radius_norms") or {}
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            norms = {}
+        if isinstance(norms, dict) and norms.get(column) in NORMS:
+            return str(norms[column])
+    for norm in NORMS:
+        if column == f"radius_{norm}":
+            return norm
+    return "l2"
+
+
+def select_norm(runs: Mapping, paths: Mapping, norm: str | None = None,
+                radius_column: str = "radius") -> tuple[dict, str]:
+    """Runs whose ``radius`` column holds radii in one norm, and that norm.
+
+    With ``norm``: each run's radii in that norm (its ``radius`` column when that is in ``norm``, else its
+    ``radius_<norm>`` column; DataError when it has neither). Without: ``radius_column`` of every run, which
+    must be in the same norm in all of them (ConfigError otherwise: one table or plot never mixes norms).
+    ``paths`` maps each run's label to its file (for the meta.json).
+    """
+    if norm is not None and norm not in NORMS:
+        raise ConfigError(f"norm={norm!r}: expected one of {', '.join(NORMS)}")
+    out, norms = {}, {}
+    for label, res in runs.items():
+        path = paths[label]
+        if norm is None:
+            column = radius_column
+        elif radius_column != "radius" and radius_norm(path, radius_column) == norm:
+            column = radius_column
+        elif radius_norm(path, "radius") == norm:
+            column = "radius"
+        elif f"radius_{norm}" in res:
+            column = f"radius_{norm}"
+        else:
+            raise DataError(f"{path}: no {norm} radius (its radius column is {radius_norm(path, 'radius')} and it "
+                            f"has no radius_{norm} column); expected a file certified in {norm} or by rs-onnx")
+        norms[label] = radius_norm(path, column)
+        out[label] = Results({**res.columns, "radius": res[column]}, res.path)
+    if len(set(norms.values())) > 1:
+        listing = ", ".join(f"{k}: {v}" for k, v in norms.items())
+        raise ConfigError(f"results in different norms ({listing}); expected one norm per table and plot "
+                          "(choose one with --norm l1|l2|linf)")
+    return out, next(iter(norms.values()), norm or "l2")

@@ -326,7 +326,10 @@ def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list
 @click.option("--plot", type=click.Path(), help="Write a certified-accuracy step plot (.png or .pdf).")
 @click.option("--radius-column", default="radius", show_default=True,
               help="Radius column to use (e.g. radius_tv, radius_2class).")
-def analyze(results, radii, labels, fmt, plot, radius_column) -> None:
+@click.option("--norm", type=click.Choice(["l1", "l2", "linf"]),
+              help="Radii in this norm (each file's radius or radius_<norm> column); without it every file's radius "
+                   "column must be in the same norm (meta.json says which).")
+def analyze(results, radii, labels, fmt, plot, radius_column, norm) -> None:
     """Certified accuracy at given radii, average certified radius, abstention rate and time per image.
 
     Reads rs-onnx TSVs and Cohen et al.'s own files; several files make several rows (and curves).
@@ -340,12 +343,18 @@ def analyze(results, radii, labels, fmt, plot, radius_column) -> None:
     if len(set(names)) != len(names):
         names = [str(f) for f in files]
     runs = {name: analysis.read_results(f) for name, f in zip(names, files)}
+    runs, unit = analysis.select_norm(runs, dict(zip(names, files)), norm, radius_column)
+    radius_column = "radius"
+    if norm or unit != "l2":
+        runs = {f"{name} ({unit})": res for name, res in runs.items()}
+    log.info("radii in %s, [0,1] pixel units", unit)
     rows = analysis.table_rows(runs, radii or DEFAULT_RADII, radius_column)
     render = {"markdown": analysis.to_markdown, "csv": analysis.to_csv, "latex": analysis.to_latex}[fmt]
     text = render(rows)
     click.echo(text, nl=not text.endswith("\n"))
     if plot:
-        analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column)
+        analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column,
+                                         xlabel=f"radius ({unit}, [0,1] pixel units)")
         log.info("wrote %s", plot)
 
 

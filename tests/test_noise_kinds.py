@@ -286,3 +286,33 @@ def test_ray_rows_equal_local_rows_for_uniform(files, tmp_path):
     strip = [[{k: v for k, v in r.items() if k != "time"} for r in _rows(tmp_path / f)] for f in ("local.tsv",
                                                                                                "ray.tsv")]
     assert strip[0] == strip[1] and any(float(r["radius"]) > 0 for r in strip[0])
+
+
+def test_analyze_tabulates_by_norm_and_never_mixes_norms(files, capsys):
+    model, data, tmp = files
+    for kind in ("gaussian", "uniform"):
+        res = CliRunner().invoke(cli, ["-q", "certify", model, data, "--sigma", "0.5", "--seed", "1", "--noise", kind,
+                                       "--n0", "20", "--n", "1000", "--batch-size", "500", "--out", str(tmp / f"{kind}.tsv")])
+        assert res.exit_code == 0, res.output
+    g, u = str(tmp / "gaussian.tsv"), str(tmp / "uniform.tsv")
+    with pytest.raises(SystemExit) as e:
+        main(["analyze", g, u])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "different norms" in err and "gaussian: l2" in err and "uniform: l1" in err
+    res = CliRunner().invoke(cli, ["analyze", g, u, "--norm", "l1", "--plot", str(tmp / "l1.png")])
+    assert res.exit_code == 0, res.output
+    assert "gaussian (l1)" in res.output and "uniform (l1)" in res.output and (tmp / "l1.png").is_file()
+    res = CliRunner().invoke(cli, ["analyze", u])  # one file: its own norm, said in the label
+    assert res.exit_code == 0 and "uniform (l1)" in res.output
+    from rs_onnx import analysis
+    rows = {name: analysis.read_results(p) for name, p in (("g", g), ("u", u))}
+    picked, unit = analysis.select_norm(rows, {"g": g, "u": u}, "linf")
+    assert unit == "linf" and np.array_equal(picked["u"].radius, rows["u"]["radius_linf"])
+    assert np.array_equal(picked["g"].radius, rows["g"]["radius_linf"])
+    cohen = tmp / "cohen.tsv"  # Cohen et al.'s own format: l2 radii only
+    cohen.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.3\t1\t0:00:01.5\n")
+    with pytest.raises(SystemExit):
+        main(["analyze", str(cohen), "--norm", "l1"])
+    assert "no l1 radius" in capsys.readouterr().err
+    res = CliRunner().invoke(cli, ["analyze", str(cohen), g])
+    assert res.exit_code == 0, res.output
