@@ -72,7 +72,7 @@ class RunConfig:
     sequential: bool = False  # stop sampling as soon as the radii are decided (n is then the budget)
     radii: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     precision: float | None = None  # sequential: find the radius to within this, instead of deciding radii
-    looks: int = 8
+    looks: int = 16
     n_first: int | None = None
     final_share: float = 0.9
     futility_beta: float = 0.01

@@ -13,6 +13,14 @@ every remaining sample were A (the safe futility rule: the answer is then exactl
 (fail-fast, level ``futility_beta``) when a (1 - beta_j) upper bound on pA lies below Phi(r / sigma):
 this loses a radius that pA actually supports with probability at most beta, and never adds one.
 Precision mode (``eps``) stops instead once the radius cannot grow by more than eps.
+
+Radii mode calibrates the last look exactly (``calibrate``, its default): for each requested radius r the
+last look's cutoff is the smallest count c with P(some earlier look certifies r, or S_L >= c) <= alpha at
+pA = Phi(r / sigma) (:func:`calibrated_cutoff`, dynamic programming over the looks). That event grows
+with pA, so r is certified wrongly with probability <= alpha; the thresholds are nested, so the largest
+certified radius (reported as ``radius``, its threshold as ``p_a_lower``) holds at level alpha. The
+early looks keep their Clopper-Pearson levels. Other noises use their own radius function in place of
+sigma Phi^-1 (uniform and Laplace: l1).
 """
 
 from __future__ import annotations
@@ -371,7 +379,7 @@ class SequentialCertificate(Certificate):
 
 def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequence[int] | None, n0: int,
                             n_max: int, alpha: float, radii: Sequence[float] | None = None, *,
-                            eps: float | None = None, looks: int = 8, n_first: int | None = None,
+                            eps: float | None = None, looks: int = 16, n_first: int | None = None,
                             final_share: float | None = 0.9, schedule: Schedule | None = None,
                             futility_beta: float = 0.01, calibrate: bool | None = None,
                             progress: Callable[[int], None] | None = None) -> list[SequentialCertificate]:

@@ -154,16 +154,16 @@ def test_each_stage_draws_fresh_noise():
 
 def test_a_clear_example_stops_once_every_reachable_radius_is_certified():
     sc = _smoothed(Constant(3), 0.25)
-    sched = geometric_schedule(100_000, 0.001, final_share=0.9)
+    sched = geometric_schedule(100_000, 0.001, looks=16, final_share=0.9)
     plan = make_plan(sched, 0.25, (0.25, 0.5, 0.75, 1.0))
     assert plan.reachable() == (0.0, 0.25, 0.5, 0.75)  # 1.0 needs more than 1e5 samples at alpha / 8
     (c,) = sequential_certify_many(sc, [np.zeros(4, np.float32)], None, 100, 100_000, 0.001, (0.25, 0.5, 0.75, 1.0))
     assert c.predict == 3 and c.stopped == "futile" and c.decided_radii == (0.25, 0.5, 0.75)  # 1.0 out of reach
-    # share 0.9 of alpha at the last look: the early looks (alpha / 70 each) certify 0.75 at 13,895 samples
-    assert c.n == 13895 and c.n_a == c.n and c.decided_radius == 0.75 == c.radius
-    assert stats.clopper_pearson_lower(13895, 13895, sched.alphas[4]) >= c.p_a_lower >= norm.cdf(0.75 / 0.25)
+    # 16 looks, 0.9 of alpha at the last: the early looks (alpha / 150 each) certify 0.75 at 11,659 samples
+    assert c.n == 11659 and c.n_a == c.n and c.decided_radius == 0.75 == c.radius
+    assert stats.clopper_pearson_lower(11659, 11659, sched.alphas[8]) >= c.p_a_lower >= norm.cdf(0.75 / 0.25)
     (u,) = sequential_certify_many(sc, [np.zeros(4, np.float32)], None, 100, 100_000, 0.001, (0.25, 0.5, 0.75, 1.0),
-                                   calibrate=False, final_share=0.5)
+                                   calibrate=False, final_share=0.5, looks=8)
     assert u.n == 7197 and 0.75 <= u.radius < 1.0
     assert u.p_a_lower == stats.clopper_pearson_lower(7197, 7197, geometric_schedule(100_000, 0.001).alphas[3])
 
@@ -177,7 +177,7 @@ def test_an_unclear_example_abstains_after_the_first_look():
 @pytest.mark.parametrize("d", [0.1, 0.4, 1.0])
 def test_precision_mode_stops_when_the_radius_cannot_grow_by_eps(d):
     sigma, eps, beta, alpha = 0.5, 0.1, 0.01, 0.001
-    sched = geometric_schedule(50_000, alpha)
+    sched = geometric_schedule(50_000, alpha, looks=16, final_share=0.9)
     certs = sequential_certify_many(_smoothed(Threshold(d), sigma), [np.zeros(4, np.float32)] * 20, None, 100,
                                     50_000, alpha, eps=eps, futility_beta=beta)
     for c in certs:
