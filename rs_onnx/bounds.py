@@ -385,7 +385,8 @@ def norm_radii(p_a_lower: float, native_radius: float, noise: str, scale: float,
         out = {"l1": r, "l2": r / np.sqrt(d), "linf": r / d}
         if noise == "uniform":
             out["linf"] = max(out["linf"], float(uniform_linf_radius(p_a_lower, scale, int(d))))
-    return {k: float(_round_down(np.float64(v))) if k != NATIVE_NORM[noise] else float(v) for k, v in out.items()}
+    native = NATIVE_NORM[noise]
+    return {k: float(v) if k == native else float(_round_down(np.asarray(v, np.float64))) for k, v in out.items()}
 
 
 NATIVE_NORM = {"gaussian": "l2", "uniform": "l1", "laplace": "l1"}
