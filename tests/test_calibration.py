@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom, norm
 
-from rs_onnx import sequential as sq
 from benchmarks.bench_sequential import fixed_power, sequential_power
+from rs_onnx import sequential as sq
 
 
 def _error(sizes, cutoffs, p):
@@ -46,6 +46,7 @@ def test_nothing_left_to_spend_gives_no_cutoff():
     assert sq.calibrated_cutoff((10, 20), (5,), 1.0, 0.05) == 21
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("r", [0.25, 0.5])
 def test_simulated_false_certification_at_the_threshold(r):
     """60,000 runs of the looks with pA exactly at Phi(r / sigma): r is certified at most alpha of the time."""

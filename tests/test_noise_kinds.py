@@ -147,6 +147,7 @@ def oracle_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("norm_", sorted(DUAL))
 def test_linear_oracle_every_noise_and_norm(oracle_runs, kind, norm_):
@@ -265,6 +266,7 @@ def test_cli_noise_errors(files, capsys, extra, expected):
     assert not (tmp / "o.tsv").exists()
 
 
+@pytest.mark.slow
 def test_ray_rows_equal_local_rows_for_uniform(files, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed")
     import logging
