@@ -12,16 +12,18 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from rs_onnx import cuda, graph
-from rs_onnx.devices import (_CPU, _CUDA, cpu_name, _cuda_works, _gpu_name, _parse_device,
-                             default_session_options, working_providers)  # noqa: F401 (re-exported)
+from rs_onnx.devices import CPU_PROVIDER as _CPU
+from rs_onnx.devices import CUDA_PROVIDER as _CUDA
+from rs_onnx.devices import cpu_name, cuda_works, gpu_name, parse_device
+from rs_onnx.devices import default_session_options, working_providers  # noqa: F401 - re-exported
 from rs_onnx.errors import ConfigError, DataError, DeviceError, ModelError
+from rs_onnx.sampling import Classifier  # noqa: F401 - the protocol OnnxClassifier implements, re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +33,7 @@ BATCH_MODES = ("dynamic", "rewritten", "per-sample", "fixed")
 PRECISIONS = ("fp32", "fp16")
 
 
-@runtime_checkable
-class Classifier(Protocol):
-    """A base classifier f: x [B, *input_shape] (``input_dtype``) -> int64 class indices [B]."""
-
-    input_shape: tuple[int, ...]
-    input_dtype: np.dtype
-    num_classes: int | None
-
-    def predict(self, x: np.ndarray) -> np.ndarray: ...
-
-
-class _NotClasses(Exception):
+class _NotClasses(Exception):  # noqa: N818 - control flow inside this module, never raised to users
     """An output array cannot be read as scores [B, K] or indices [B]."""
 
 
@@ -145,9 +136,8 @@ class OnnxClassifier:
     num_classes, batch_mode ("dynamic" | "rewritten" | "per-sample" | "fixed"), providers, device,
     device_name, metadata, sha256, load_timings (ms per example, measured at load; may be empty),
     precision, io_binding, cuda_graph, device_noise, prefers_fixed_batch (True on CUDA: the sampler
-    pads the last batch so that every run has one shape), batch_probe (set by
-    :func:`rs_onnx.sampling.auto_batch_size`), fp16_agreement (share of random inputs whose fp16 class
-    equals the fp32 one, measured at load).
+    pads the last batch so that every run has one shape), fp16_agreement (share of random inputs whose
+    fp16 class equals the fp32 one, measured at load). It implements :class:`rs_onnx.sampling.Classifier`.
 
     Notes
     -----
@@ -175,7 +165,6 @@ class OnnxClassifier:
         self.max_batch = max_batch
         self.precision, self.cuda_graph, self.device_noise = precision, bool(cuda_graph), bool(device_noise)
         self.load_timings: dict[str, float] = {}
-        self.batch_probe: dict | None = None
         self.fp16_agreement: float | None = None
         self._converted_sha256: str | None = None
         self._choose_input(input_name, extra_inputs or {})
@@ -302,10 +291,11 @@ class OnnxClassifier:
             raise ModelError(f"model {self._name}: inputs {missing} have no value; expected fixed values for "
                              f"every input but '{input_name}' in extra_inputs (inputs: {listing})")
         self.input_name, self._input_vi = input_name, inputs[input_name]
-        self.input_dtype = graph.np_dtype(self._input_vi)
-        if self.input_dtype is None or self.input_dtype.kind not in "fiub":
+        dtype = graph.np_dtype(self._input_vi)
+        if dtype is None or dtype.kind not in "fiub":
             raise ModelError(f"model {self._name}: input '{input_name}' has type "
                              f"{self._input_vi.type.WhichOneof('value')}; expected a numeric tensor")
+        self.input_dtype: np.dtype = dtype
         self._extra = {}
         for name, value in extra_inputs.items():
             if name == input_name:
@@ -378,12 +368,12 @@ class OnnxClassifier:
 
     # ------------------------------------------------------------------ devices and sessions
     def _setup_device(self, device, sess_options) -> None:
-        kind, index = _parse_device(device)
+        kind, index = parse_device(device)
         self._device_request = str(device)
         if kind == "cuda" and _CUDA not in ort.get_available_providers():
             raise DeviceError(f"device '{device}' requested, but this onnxruntime {ort.__version__} has providers "
                               f"{ort.get_available_providers()}; expected CUDAExecutionProvider (install onnxruntime-gpu)")
-        self._want_cuda = kind == "cuda" or (kind == "auto" and _cuda_works(index))
+        self._want_cuda = kind == "cuda" or (kind == "auto" and cuda_works(index))
         self._explicit, self._index = kind == "cuda", index
         self._providers_req = [(_CUDA, {"device_id": str(index)}), _CPU] if self._want_cuda else [_CPU]
         self.device = f"cuda:{index}" if self._want_cuda else "cpu"
@@ -401,7 +391,7 @@ class OnnxClassifier:
             providers = [(_CUDA, {"device_id": str(self._index), "enable_cuda_graph": "1"}), _CPU]
         try:
             session = ort.InferenceSession(data, self._sess_options, providers=providers)
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as err:  # onnxruntime raises its own exception types
             msg = _ort_reason(err)
             if cuda_graph:
                 raise ConfigError(f"model {self._name}: onnxruntime cannot capture it as a CUDA graph ({msg}); "
@@ -427,7 +417,7 @@ class OnnxClassifier:
     @functools.cached_property
     def device_name(self) -> str:
         """CPU model name, or the GPU's name from nvidia-smi (best effort)."""
-        return _gpu_name(self._index) if self.device.startswith("cuda") else cpu_name()
+        return gpu_name(self._index) if self.device.startswith("cuda") else cpu_name()
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -449,7 +439,7 @@ class OnnxClassifier:
             t0 = time.perf_counter()
             try:
                 outs = original.run(None, self._feed(x[i:i + 1]))
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 raise ModelError(f"model {self._name}: onnxruntime fails on a random example shaped "
                                  f"{[1, *self.input_shape]} ({_ort_reason(err)}); expected it to run on inputs "
                                  "of its declared shape") from err
@@ -508,7 +498,7 @@ class OnnxClassifier:
         x = _random_inputs(full, self.input_dtype, np.random.default_rng(0))
         try:
             outs = dict(zip([o.name for o in original.get_outputs()], original.run(None, self._feed(x[None]))))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise ModelError(f"model {self._name}: onnxruntime fails on a random input shaped {list(full)} "
                              f"({_ort_reason(err)}); expected it to run on inputs of its declared shape") from err
         try:
