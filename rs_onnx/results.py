@@ -28,7 +28,6 @@ CERTIFY_COLUMNS = COHEN_COLUMNS + ("pA_lower", "nA", "n", "n0", "nonfinite", "pB
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "pvalue", "count_a", "count_b", "n", "nonfinite")
 REQUIRED_COLUMNS = COHEN_COLUMNS
 """The columns every results file read by :func:`read_results` must have."""
-_INT_COLUMNS = ("idx", "label", "predict", "correct")
 
 # str(datetime.timedelta), as Cohen's certify.py writes it: "0:00:15.412345", "1 day, 2:03:04".
 _TIMEDELTA = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")

@@ -93,6 +93,19 @@ class HostClassifier:
         raise NotImplementedError(f"{type(self).__name__} takes host noise (device_noise is False)")
 
 
+def check_classifier(classifier) -> None:
+    """Raise ConfigError naming the :class:`Classifier` members that ``classifier`` lacks."""
+    members = ["input_shape", "input_dtype", "num_classes", "device", "prefers_fixed_batch", "device_noise",
+               "cuda_graph", "predict"]
+    missing = [m for m in members if not hasattr(classifier, m)]
+    if not missing and classifier.device_noise and not hasattr(classifier, "predict_noisy"):
+        missing = ["predict_noisy"]
+    if missing:
+        raise ConfigError(f"base classifier {type(classifier).__name__} lacks {', '.join(missing)}; expected every "
+                          "member of rs_onnx.sampling.Classifier (subclass rs_onnx.sampling.HostClassifier for the "
+                          "defaults of a host-side model)")
+
+
 @dataclass(frozen=True)
 class Task:
     """n noisy samples of one clean example (model layout, normalised), counted under ``phase``."""
@@ -252,6 +265,7 @@ class Sampler:
 
     def __init__(self, classifier: Classifier, preprocessor: Preprocessor, sigma: float, entropy: int,
                  batch_size: int | None = None, noise_threads: int | None = None, *, pad: bool | None = None) -> None:
+        check_classifier(classifier)
         self.classifier = classifier
         self.pre = preprocessor
         self.sigma = float(sigma)

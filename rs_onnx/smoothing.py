@@ -13,7 +13,7 @@ import numpy as np
 from . import bounds, noise, stats
 from .errors import ConfigError
 from .preprocess import Preprocessor, PreprocessSpec
-from .sampling import Sampler, Task, default_noise_threads
+from .sampling import Sampler, Task, check_classifier, default_noise_threads
 
 ABSTAIN = stats.ABSTAIN
 
@@ -68,7 +68,8 @@ class SmoothedClassifier:
 
     Parameters
     ----------
-    classifier : the base classifier (e.g. ``OnnxClassifier``): model inputs [B, ...] -> classes [B].
+    classifier : the base classifier (e.g. ``OnnxClassifier``): model inputs [B, ...] -> classes [B]; it must have
+        every member of :class:`rs_onnx.sampling.Classifier` (subclass ``HostClassifier`` for the host defaults).
     sigma : standard deviation of the Gaussian noise, in [0,1] pixel units (before normalisation).
     preprocess : how x + delta becomes the model input; default: no scaling, the model's layout.
     seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
@@ -84,6 +85,7 @@ class SmoothedClassifier:
             raise ConfigError(f"batch size {batch_size}: expected at least 1")
         if seed is not None and seed < 0:
             raise ConfigError(f"seed {seed}: expected a non-negative integer")
+        check_classifier(classifier)
         self.classifier = classifier
         self.sigma = float(sigma)
         self.spec = preprocess or PreprocessSpec()

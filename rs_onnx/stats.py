@@ -115,11 +115,6 @@ def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
     return float(cp_upper(k, n, alpha))
 
 
-def clopper_pearson_interval(k: int, n: int, alpha: float) -> tuple[float, float]:
-    """Two-sided (1 - alpha) Clopper-Pearson interval: alpha/2 on each side."""
-    return clopper_pearson_lower(k, n, alpha / 2), clopper_pearson_upper(k, n, alpha / 2)
-
-
 def binomial_pvalue(k: int, n: int) -> float:
     """Two-sided exact binomial test p-value of k successes in n trials against p = 1/2."""
     _check(k, n)

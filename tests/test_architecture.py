@@ -331,3 +331,24 @@ def test_architecture_note_lists_every_module_and_nothing_imports_upwards():
     upward = [f"{m} (layer {layers[m]}) imports {d} (layer {layers[d]})"
               for m in modules for d in _imports(PACKAGE / f"{m}.py") if d in layers and layers[d] > layers[m]]
     assert upward == []
+
+
+def test_a_classifier_missing_protocol_members_is_refused_with_their_names():
+    from rs_onnx.errors import ConfigError
+    from rs_onnx.sampling import HostClassifier
+    from rs_onnx.smoothing import SmoothedClassifier
+
+    class Bare:
+        input_shape, input_dtype, num_classes = (3,), np.dtype(np.float32), 2
+
+        def predict(self, x):
+            return np.zeros(len(x), np.int64)
+
+    with pytest.raises(ConfigError, match="lacks device, prefers_fixed_batch, device_noise, cuda_graph"):
+        SmoothedClassifier(Bare(), sigma=0.5)
+
+    class Host(HostClassifier, Bare):
+        pass
+
+    cert = SmoothedClassifier(Host(), sigma=0.5, seed=0, batch_size=64).certify(np.zeros(3, np.float32), 10, 100, 0.01)
+    assert cert.predict == 0 and cert.n_a == 100
