@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 VERIFY_EXAMPLES = 8
 """Random examples run as one batch and one by one when a model is loaded."""
 BATCH_MODES = ("dynamic", "rewritten", "per-sample", "fixed")
-PRECISIONS = ("fp32", "fp16")
+FLOAT_TYPES = ("fp32", "fp16")
+"""What ``float_type`` can be: the model as it is, or its fp16 conversion."""
 
 
 class _NotClasses(Exception):  # noqa: N818 - control flow inside this module, never raised to users
@@ -117,10 +118,11 @@ class OnnxClassifier:
     io_binding : bool, optional
         Run through an :class:`onnxruntime.IOBinding` whose buffers are reused while the batch size stays
         (default: on CUDA). On CUDA the batch goes to one device buffer and only the outputs come back.
-    precision : {"fp32", "fp16"}
+    float_type : {"fp32", "fp16"}
         "fp16" runs an fp16 conversion of the model (float32 inputs and outputs kept; see
         :func:`rs_onnx.graph.to_float16`). The certificate then covers the fp16 model, and
-        ``signature()`` says so.
+        ``signature()`` says so (under its key "precision", kept for meta.json). ``precision`` is this
+        argument's earlier name, still accepted (the word now means only the sequential radius step).
     cuda_graph : bool
         CUDA only: replay the model as a captured CUDA graph (onnxruntime's ``enable_cuda_graph``). Needs
         ``max_batch``: every run is padded to that fixed size and goes through IO binding.
@@ -135,7 +137,7 @@ class OnnxClassifier:
     input_shape, input_dtype, input_name, output_name, output_kind ("scores" | "indices"),
     num_classes, batch_mode ("dynamic" | "rewritten" | "per-sample" | "fixed"), providers, device,
     device_name, metadata, sha256, load_timings (ms per example, measured at load; may be empty),
-    precision, io_binding, cuda_graph, device_noise, prefers_fixed_batch (True on CUDA: the sampler
+    float_type, io_binding, cuda_graph, device_noise, prefers_fixed_batch (True on CUDA: the sampler
     pads the last batch so that every run has one shape), fp16_agreement (share of random inputs whose
     fp16 class equals the fp32 one, measured at load). It implements :class:`rs_onnx.sampling.Classifier`.
 
@@ -150,11 +152,13 @@ class OnnxClassifier:
 
     def __init__(self, path, *, input_name=None, output_name=None, device="auto", extra_inputs=None,
                  verify_batch=True, sess_options=None, max_batch=None, input_shape=None, argmax_in_graph=None,
-                 io_binding=None, precision="fp32", cuda_graph=False, device_noise=False):
+                 io_binding=None, float_type="fp32", cuda_graph=False, device_noise=False, precision=None):
         self.path = Path(path)
         self._name = self.path.name
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if precision is not None:  # float_type's earlier name
+            float_type = precision
+        if float_type not in FLOAT_TYPES:
+            raise ConfigError(f"float type {float_type!r}; expected one of {', '.join(FLOAT_TYPES)}")
         if device_noise and cuda_graph:
             raise ConfigError("device_noise with cuda_graph: a captured CUDA graph would replay the same noise on "
                               "every batch; expected one of the two (host noise works with CUDA graphs)")
@@ -163,7 +167,7 @@ class OnnxClassifier:
         self._model = graph.strip_initializer_inputs(graph.load_model(self.path))
         self.metadata = {p.key: p.value for p in self._model.metadata_props}
         self.max_batch = max_batch
-        self.precision, self.cuda_graph, self.device_noise = precision, bool(cuda_graph), bool(device_noise)
+        self.float_type, self.cuda_graph, self.device_noise = float_type, bool(cuda_graph), bool(device_noise)
         self.load_timings: dict[str, float] = {}
         self.fp16_agreement: float | None = None
         self._converted_sha256: str | None = None
@@ -192,7 +196,7 @@ class OnnxClassifier:
         self._fetch = [self.output_name]
         self._specs = [cuda.OutputSpec(self.output_name, self._output_dtype, self._output_tail)]
         base = self._rewritten if self.batch_mode == "rewritten" else self._model
-        if precision == "fp16":
+        if float_type == "fp16":
             base = self._convert_fp16(base)
         if self._in_graph:
             base = self._append_argmax(base)
@@ -210,8 +214,8 @@ class OnnxClassifier:
             self._runner = cuda.BoundRunner(self._session, self.input_name, self._specs, self._extra, kind,
                                             self._index, fixed_shape=self.cuda_graph)
         self._rewritten = self._model = None  # free the protos; sessions hold what they need
-        logger.info("model %s: batch mode %s, output '%s' (%s), providers %s, precision %s", self._name,
-                    self.batch_mode, self.output_name, self.output_kind, self.providers, self.precision)
+        logger.info("model %s: batch mode %s, output '%s' (%s), providers %s, float type %s", self._name,
+                    self.batch_mode, self.output_name, self.output_kind, self.providers, self.float_type)
 
     @property
     def prefers_fixed_batch(self) -> bool:
@@ -655,11 +659,11 @@ class OnnxClassifier:
             "providers": list(self.providers),
             "device": self.device,
             "device_name": self.device_name,
-            "precision": self.precision,
+            "precision": self.float_type,  # meta.json's key since 0.1.0
             "certified_model": (f"fp16 conversion of {self._name} (onnxruntime.transformers.float16, keep_io_types): "
-                                "the certificate covers the fp16 model" if self.precision == "fp16" else self._name),
+                                "the certificate covers the fp16 model" if self.float_type == "fp16" else self._name),
             **({"fp16_sha256": self._converted_sha256, "fp16_agreement_random_inputs": self.fp16_agreement}
-               if self.precision == "fp16" else {}),
+               if self.float_type == "fp16" else {}),
             "io_binding": self.io_binding,
             "cuda_graph": self.cuda_graph,
             "noise": ("device: onnxruntime RandomNormalLike (Philox on CUDA), seeded per session; not reproducible "

@@ -395,7 +395,7 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
             return convert_float_to_float16(copy, keep_io_types=True)
     except Exception as err:  # the converter raises assorted types
         raise ModelError(f"model: the fp16 conversion failed ({one_line(err)}); expected a float32 model "
-                         "that onnxruntime.transformers.float16 can convert (or use precision fp32)") from err
+                         "that onnxruntime.transformers.float16 can convert (or run the fp32 model: no --fp16)") from err
 
 
 # --------------------------------------------------------------------------- on-device noise

@@ -61,7 +61,7 @@ def open_classifier(cfg: RunConfig):
         except ValueError as e:
             raise ConfigError(f"extra_inputs: {e}; expected a number or a nested list per input") from e
     clf = OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device,
-                         extra_inputs=extra, precision="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
+                         extra_inputs=extra, float_type="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
                          device_noise=cfg.device_noise, max_batch=cfg.batch_size if cfg.cuda_graph else None)
     return clf, cfg.preprocess_spec()
 

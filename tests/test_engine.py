@@ -173,7 +173,7 @@ def test_io_binding_classifier_with_extra_inputs(tmp_path):
 # ------------------------------------------------------------------ fp16
 def test_fp16_model_loads_agrees_with_fp32_and_says_so(conv_path):
     fp32 = OnnxClassifier(conv_path, device="cpu")
-    fp16 = OnnxClassifier(conv_path, device="cpu", precision="fp16", io_binding=True)
+    fp16 = OnnxClassifier(conv_path, device="cpu", float_type="fp16", io_binding=True)
     x = np.random.default_rng(5).random((300, 1, 6, 6), dtype=np.float32)
     assert (fp16.predict(x) == fp32.predict(x)).mean() >= 0.9
     assert fp16.input_dtype == np.float32  # float32 I/O kept
@@ -188,9 +188,12 @@ def test_fp16_model_loads_agrees_with_fp32_and_says_so(conv_path):
                                   reference_counts(fp16, pre, tasks))
 
 
-def test_precision_is_checked(conv_path):
-    with pytest.raises(ConfigError, match="precision"):
+def test_float_type_is_checked_and_its_earlier_name_still_works(conv_path):
+    with pytest.raises(ConfigError, match="float type 'bf16'"):
+        OnnxClassifier(conv_path, device="cpu", float_type="bf16")
+    with pytest.raises(ConfigError, match="float type 'bf16'"):
         OnnxClassifier(conv_path, device="cpu", precision="bf16")
+    assert OnnxClassifier(conv_path, device="cpu", precision="fp16").float_type == "fp16"
 
 
 # ------------------------------------------------------------------ CUDA-only options, refused here
