@@ -20,7 +20,7 @@ import onnxruntime as ort
 from rs_onnx import cuda, graph
 from rs_onnx.devices import CPU_PROVIDER as _CPU
 from rs_onnx.devices import CUDA_PROVIDER as _CUDA
-from rs_onnx.devices import cpu_name, cuda_works, gpu_name, parse_device
+from rs_onnx.devices import cpu_name, cuda_works, gpu_name, parse_device, preload_cuda_libraries
 from rs_onnx.devices import default_session_options, working_providers  # noqa: F401 - re-exported
 from rs_onnx.errors import ConfigError, DataError, DeviceError, ModelError
 from rs_onnx.sampling import Classifier  # noqa: F401 - the protocol OnnxClassifier implements, re-exported
@@ -378,6 +378,8 @@ class OnnxClassifier:
             raise DeviceError(f"device '{device}' requested, but this onnxruntime {ort.__version__} has providers "
                               f"{ort.get_available_providers()}; expected CUDAExecutionProvider (install onnxruntime-gpu)")
         self._want_cuda = kind == "cuda" or (kind == "auto" and cuda_works(index))
+        if self._want_cuda:
+            preload_cuda_libraries()
         self._explicit, self._index = kind == "cuda", index
         self._providers_req = [(_CUDA, {"device_id": str(index)}), _CPU] if self._want_cuda else [_CPU]
         self.device = f"cuda:{index}" if self._want_cuda else "cpu"
