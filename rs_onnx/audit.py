@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import decimal
 import functools
+import itertools
 import logging
 import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -144,7 +145,7 @@ class GridNoise:
     def probabilities(self) -> np.ndarray:
         """P(i = j) for j = -M .. M of the 64-bit sampler, float64 [2M + 1] (exactly (T_j - T_{j-1}) / 2^64)."""
         t = [0] + [int(v) + 1 for v in self.tm1] + [1 << 64]
-        return np.array([(b - a) / 2.0 ** 64 for a, b in zip(t[:-1], t[1:])])
+        return np.array([(b - a) / 2.0 ** 64 for a, b in itertools.pairwise(t)])
 
     def counts_of(self, u: np.ndarray) -> np.ndarray:
         """#{j : T_j - 1 < u} per word (int32, same shape as u), by a 2^16-bucket table then binary search."""
@@ -228,6 +229,7 @@ class AuditPreprocessor(Preprocessor):
         chan = np.zeros(self.model_shape, np.int32)
         if channels > 1:
             axis = self._channel_axis()
+            assert axis is not None  # Preprocessor checked the per-channel values against the layout
             shape = [1] * len(self.model_shape)
             shape[axis] = channels
             chan = chan + (np.arange(channels, dtype=np.int32) * width).reshape(shape)
@@ -245,6 +247,13 @@ class AuditPreprocessor(Preprocessor):
         """Model inputs for grid points s (int32 [m, *model_shape], already clipped; overwritten)."""
         s += self.index_offset
         return np.take(self.table, s, out=out)
+
+    def from_grid(self, clean: np.ndarray, i: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Model inputs for s = clip(clean + i, 255 - M, M): clean int32 [*model_shape] (x_u8), grid noise
+        i int32 [m, *model_shape] (overwritten). Integers only until the table lookup."""
+        i += clean
+        np.clip(i, self.s_min, self.s_max, out=i)
+        return self.model_input(i, out)
 
     def noisy(self, clean, noise, sigma):  # pragma: no cover - the float path must never run in audit mode
         raise AuditError("audit mode: float noise reached the preprocessor; expected grid noise only")
@@ -289,10 +298,7 @@ class AuditSampler(Sampler):
             take = min(end, (j + 1) * batch) - g
             lo = (j % slots) * batch + (g - j * batch)
             u = bits.random_raw(take * dim).reshape(take, *shape)
-            s = self.grid.sample(u, extra_bits)
-            s += clean
-            np.clip(s, pre.s_min, pre.s_max, out=s)
-            pre.model_input(s, out=ring[lo:lo + take])
+            pre.from_grid(clean, self.grid.sample(u, extra_bits), out=ring[lo:lo + take])
             g += take
 
 
@@ -370,6 +376,7 @@ def scan_batch_independence(model) -> tuple[bool, str]:
     def norm(axis, r):
         return axis + r if axis < 0 else axis
 
+    axes: list[int] | None
     for node in gr.node:
         ins = [i for i in node.input if i]
         carried = [i for i in ins if i in batch]
@@ -425,8 +432,8 @@ def scan_batch_independence(model) -> tuple[bool, str]:
         elif op == "Reshape":
             target = const_value(node.input[1])
             src = shape.get(node.input[0])
-            if target is not None and src is not None and target.size >= 1 and not _attr(node, "allowzero", 0):
-                t = [int(v) for v in target.reshape(-1)]
+            t = [] if target is None else [int(v) for v in np.asarray(target).reshape(-1)]
+            if src is not None and t and not (_attr(node, "allowzero", 0) and 0 in t):
                 if t[0] == 0:
                     ok = True
                 elif t[0] == -1 and -1 not in t[1:] and all(isinstance(d, int) for d in src[1:]):

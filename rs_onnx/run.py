@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser", "fp16", "device_noise")
+               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "audit")
 
 
 def bundled(name: str) -> str:
@@ -150,7 +150,18 @@ def prepare(cfg: RunConfig) -> Prepared:
                         f"among {len(data)}; expected at least one")
     if cfg.batch_size is None:
         cfg.batch_size = resolve_batch_size(clf, len(indices) * (cfg.n0 + cfg.n))
-    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads)
+    # In audit mode the entropy is drawn here, after the model (and its sha256) is fixed.
+    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads, audit=cfg.audit,
+                                  audit_seed_override=cfg.audit_seed_override)
+    if smoothed.audit_info is not None:
+        from .audit import to_grid
+
+        for i in indices:  # refuse off-grid images before any file is written
+            to_grid(data.images[i] if data.images.dtype == np.uint8 else data.image(i))
+        smoothed.audit_info["entropy"] = ("given with --audit-seed-override" if cfg.seed is not None else
+                                          f"fresh, drawn after loading the model with sha256 {clf.sha256}")
+        smoothed.audit_info["model_batch"] = cfg.batch_size if smoothed.audit_info["batched"] else 1
+        log.info("audit mode: %s", smoothed.audit_info["how"])
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     return Prepared(cfg, clf, smoothed, data, indices)
 
@@ -175,6 +186,7 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "command": command_line(),
         "timings": timings,
         "out": str(out) if out else None,
+        **({"audit": p.smoothed.audit_info} if p.smoothed.audit_info is not None else {}),
         **extra,
     }
 
