@@ -17,7 +17,8 @@ Audit mode closes that and two other channels a model supplier controls:
   rounded to the grid: no tau is subtracted from pA_lower.
 * **Added in integers.** s = clip(x_u8 + i, 255 - M, M) (int32), which equals
   clip(round(255 (x + delta)), 255 - M, M): a function of the real point x + delta alone. Only then is
-  s turned into the model input, by a table lookup per (channel, s): scale, mean/std, layout and dtype
+  s turned into the model input, by a table lookup per (channel, x_u8 + i) whose entries depend on
+  s only: scale, mean/std, layout and dtype
   are a deterministic function of s. x and the noise never meet in floating point, so Cohen et al.'s
   radius sigma Phi^-1(pA_lower) holds for every 8-bit image within that l2 distance.
 * **Rows cannot see each other.** :func:`scan_batch_independence` proves from the graph that every
@@ -49,7 +50,6 @@ GRID_TOLERANCE = 1e-4
 """A float pixel x is on the grid when |255 x - round(255 x)| <= this (float32 k/255 is within 2e-5)."""
 EXTRA_KEY = 1 << 30
 """Fifth spawn-key entry of the stream that supplies the extra 64 bits of boundary cells."""
-_BUCKET_SHIFT = 48
 
 
 class AuditError(RsOnnxError):
@@ -133,13 +133,13 @@ class GridNoise:
         self.k, self.M = grid_extent(self.sigma)
         t64 = thresholds(self.sigma, DIGITS, 64)
         self.t128 = thresholds(self.sigma, DIGITS, 128)
-        # T_j - 1 fits uint64 (1 <= T_j <= 2^64); i = -M + #{j : T_j - 1 < u}; a sentinel 0 ends the table.
+        # T_j - 1 fits uint64 (1 <= T_j <= 2^64); i = -M + #{j : T_j - 1 < u}.
         self.tm1 = np.array([t - 1 for t in t64], dtype=np.uint64)
-        self._tm1_ext = np.append(self.tm1, np.uint64(0))
-        edges = np.arange(1 << (64 - _BUCKET_SHIFT), dtype=np.uint64) << np.uint64(_BUCKET_SHIFT)
-        self._lo = np.searchsorted(self.tm1, edges, side="left").astype(np.int32)
-        top = edges | np.uint64((1 << _BUCKET_SHIFT) - 1)
-        self._hi = np.searchsorted(self.tm1, top, side="left").astype(np.int32)
+        # Buckets of the top 16 bits: the count where no T_j - 1 lies in the bucket (closed), else -1.
+        edges = np.arange(1 << 16, dtype=np.uint64) << np.uint64(48)
+        lo = np.searchsorted(self.tm1, edges, side="left")
+        hi = np.searchsorted(self.tm1, edges | np.uint64((1 << 48) - 1), side="right")
+        self._bucket = np.where(lo == hi, lo, -1).astype(np.int32)
         self.boundary_draws = 0
 
     def probabilities(self) -> np.ndarray:
@@ -147,14 +147,26 @@ class GridNoise:
         t = [0] + [int(v) + 1 for v in self.tm1] + [1 << 64]
         return np.array([(b - a) / 2.0 ** 64 for a, b in itertools.pairwise(t)])
 
-    def counts_of(self, u: np.ndarray) -> np.ndarray:
-        """#{j : T_j - 1 < u} per word (int32, same shape as u), by a 2^16-bucket table then binary search."""
-        b = (u >> np.uint64(_BUCKET_SHIFT)).astype(np.intp)
-        c = self._lo[b]
-        amb = np.flatnonzero(c != self._hi[b])
+    def shifted(self, u: np.ndarray, extra_bits) -> np.ndarray:
+        """i + M = #{j : T_j - 1 < u} (int32, shape of u) for raw words u (uint64, C-contiguous), exact.
+
+        One lookup of the word's top 16 bits; words in the ~1% of buckets that hold a threshold take a
+        binary search, and those on a threshold's own cell (u = T_j - 1) 64 more bits from ``extra_bits(m)``.
+        """
+        u = np.ascontiguousarray(u, dtype=np.uint64)
+        top = u.view(np.uint16)[..., 3::4] if np.little_endian else (u >> np.uint64(48)).astype(np.intp)
+        c = np.take(self._bucket, top)
+        flat_c = c.reshape(-1)
+        amb = np.flatnonzero(flat_c < 0)
         if amb.size:
-            flat_u, flat_c = u.reshape(-1), c.reshape(-1)
-            flat_c[amb] = np.searchsorted(self.tm1, flat_u[amb], side="left")
+            flat_u = u.reshape(-1)
+            words = flat_u[amb]
+            counts = np.searchsorted(self.tm1, words, side="left")
+            flat_c[amb] = counts
+            on = np.flatnonzero(words == self.tm1[np.minimum(counts, self.tm1.size - 1)])
+            on = on[counts[on] < self.tm1.size]
+            if on.size:
+                self._resolve(flat_u, flat_c, amb[on], extra_bits)
         return c
 
     def sample(self, u: np.ndarray, extra_bits) -> np.ndarray:
@@ -162,11 +174,7 @@ class GridNoise:
 
         extra_bits(m) returns m more uint64 words, used only for words in a boundary cell (u = T_j - 1).
         """
-        u = np.ascontiguousarray(u, dtype=np.uint64)
-        c = self.counts_of(u)
-        hit = np.flatnonzero(u.reshape(-1) == self._tm1_ext[c.reshape(-1)])
-        if hit.size:
-            self._resolve(u.reshape(-1), c.reshape(-1), hit, extra_bits)
+        c = self.shifted(u, extra_bits)
         c -= self.M
         return c
 
@@ -217,8 +225,8 @@ class AuditPreprocessor(Preprocessor):
         self.grid = grid
         lo, hi = 255 - grid.M, grid.M
         self.s_min, self.s_max = lo, hi
-        width = hi - lo + 1
-        s = np.arange(lo, hi + 1, dtype=np.float64)
+        self.width = width = 2 * grid.M + 256  # t = x_u8 + i in [-M, 255 + M]; the table clips t to [lo, hi]
+        s = np.clip(np.arange(-grid.M, 256 + grid.M, dtype=np.float64), lo, hi)
         mean = np.asarray(self.spec.mean, np.float64)
         std = np.asarray(self.spec.std, np.float64)
         channels = max(mean.size, std.size)
@@ -233,7 +241,7 @@ class AuditPreprocessor(Preprocessor):
             shape = [1] * len(self.model_shape)
             shape[axis] = channels
             chan = chan + (np.arange(channels, dtype=np.int32) * width).reshape(shape)
-        self.index_offset = np.ascontiguousarray(chan - lo, dtype=np.int32)  # s + offset -> table index
+        self.channel_base = np.ascontiguousarray(chan, dtype=np.int32)  # + x_u8 + (i + M) -> table index
 
     def clean(self, x: np.ndarray) -> np.ndarray:
         """x_u8 laid out as the model input: int32 [*model_shape] (raises DataError off the grid)."""
@@ -243,24 +251,28 @@ class AuditPreprocessor(Preprocessor):
             grid = np.moveaxis(grid, 0, -1)
         return np.ascontiguousarray(grid.reshape(self.model_shape), dtype=np.int32)
 
-    def model_input(self, s: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Model inputs for grid points s (int32 [m, *model_shape], already clipped; overwritten)."""
-        s += self.index_offset
-        return np.take(self.table, s, out=out)
+    def base(self, clean: np.ndarray) -> np.ndarray:
+        """Per-element table offsets of one clean image (int32 [*model_shape]): index = base + i + M."""
+        return clean + self.channel_base
+
+    def lookup(self, shifted: np.ndarray, base: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Model inputs from i + M (int32 [m, *model_shape], overwritten) and :meth:`base`: one table lookup of
+        t = x_u8 + i, whose entry is the preprocessing of s = clip(t, 255 - M, M) (a function of s only)."""
+        shifted += base
+        return np.take(self.table, shifted, out=out)
 
     def from_grid(self, clean: np.ndarray, i: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Model inputs for s = clip(clean + i, 255 - M, M): clean int32 [*model_shape] (x_u8), grid noise
-        i int32 [m, *model_shape] (overwritten). Integers only until the table lookup."""
-        i += clean
-        np.clip(i, self.s_min, self.s_max, out=i)
-        return self.model_input(i, out)
+        i int32 [m, *model_shape] in [-M, M] (overwritten). Integers only until the table lookup."""
+        i += self.grid.M
+        return self.lookup(i, self.base(clean), out)
 
     def noisy(self, clean, noise, sigma):  # pragma: no cover - the float path must never run in audit mode
         raise AuditError("audit mode: float noise reached the preprocessor; expected grid noise only")
 
     def describe(self) -> dict:
         return {**super().describe(), "audit_input": "table of (channel, s) for s = x_u8 + i in "
-                f"[{self.s_min}, {self.s_max}]"}
+                f"[{self.s_min}, {self.s_max}] (x_u8 + i clipped)"}
 
 
 # --------------------------------------------------------------------------- the sampler
@@ -289,7 +301,7 @@ class AuditSampler(Sampler):
             return extra["g"].random_raw(m)
 
         pre: AuditPreprocessor = self.pre  # type: ignore[assignment]
-        clean = tasks[plan.task].clean
+        base = pre.base(tasks[plan.task].clean)
         shape = pre.model_shape
         dim = int(np.prod(shape))
         g, end = plan.start, plan.start + plan.block.size
@@ -298,7 +310,7 @@ class AuditSampler(Sampler):
             take = min(end, (j + 1) * batch) - g
             lo = (j % slots) * batch + (g - j * batch)
             u = bits.random_raw(take * dim).reshape(take, *shape)
-            pre.from_grid(clean, self.grid.sample(u, extra_bits), out=ring[lo:lo + take])
+            pre.lookup(self.grid.shifted(u, extra_bits), base, out=ring[lo:lo + take])
             g += take
 
 
