@@ -48,6 +48,8 @@ DIGITS = 110
 """Decimal digits of the threshold computation (>= 100)."""
 GRID_TOLERANCE = 1e-4
 """A float pixel x is on the grid when |255 x - round(255 x)| <= this (float32 k/255 is within 2e-5)."""
+CHUNK_VALUES = 1 << 14
+"""The sampler draws and converts a block in pieces of about this many values (the stream is the same)."""
 EXTRA_KEY = 1 << 30
 """Fifth spawn-key entry of the stream that supplies the extra 64 bits of boundary cells."""
 
@@ -259,7 +261,9 @@ class AuditPreprocessor(Preprocessor):
         """Model inputs from i + M (int32 [m, *model_shape], overwritten) and :meth:`base`: one table lookup of
         t = x_u8 + i, whose entry is the preprocessing of s = clip(t, 255 - M, M) (a function of s only)."""
         shifted += base
-        return np.take(self.table, shifted, out=out)
+        # every index is in range by construction (i + M in [0, 2M], x_u8 in [0, 255]); "clip" only avoids
+        # the buffered out= path of mode "raise"
+        return np.take(self.table, shifted, out=out, mode="clip")
 
     def from_grid(self, clean: np.ndarray, i: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Model inputs for s = clip(clean + i, 255 - M, M): clean int32 [*model_shape] (x_u8), grid noise
@@ -304,13 +308,17 @@ class AuditSampler(Sampler):
         base = pre.base(tasks[plan.task].clean)
         shape = pre.model_shape
         dim = int(np.prod(shape))
+        step = max(1, CHUNK_VALUES // dim)
         g, end = plan.start, plan.start + plan.block.size
         while g < end:
             j = g // batch
             take = min(end, (j + 1) * batch) - g
             lo = (j % slots) * batch + (g - j * batch)
-            u = bits.random_raw(take * dim).reshape(take, *shape)
-            pre.lookup(self.grid.shifted(u, extra_bits), base, out=ring[lo:lo + take])
+            # pieces of ~16K values (128 KiB of words) stay in cache: 2-3x faster than whole blocks
+            for a in range(0, take, step):
+                m = min(step, take - a)
+                u = bits.random_raw(m * dim).reshape(m, *shape)
+                pre.lookup(self.grid.shifted(u, extra_bits), base, out=ring[lo + a:lo + a + m])
             g += take
 
 
