@@ -28,6 +28,7 @@ Audit mode closes that and two other channels a model supplier controls:
 
 from __future__ import annotations
 
+import copy
 import decimal
 import functools
 import itertools
@@ -361,9 +362,16 @@ def scan_batch_independence(model) -> tuple[bool, str]:
 
     from . import graph as g
 
+    # Ranks come from ONNX shape inference on the declared inputs only: the model's own value_info and
+    # output shapes are claims of the (possibly adversarial) supplier, so they are dropped first.
+    model = copy.deepcopy(model)
+    del model.graph.value_info[:]
+    for v in model.graph.output:
+        if v.type.HasField("tensor_type"):
+            v.type.tensor_type.ClearField("shape")
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # noqa: BLE001 - inference is best effort; ranks then come from declarations
+    except Exception:  # noqa: BLE001 - inference is best effort; unknown ranks then count as unsafe
         inferred = model
     gr = inferred.graph
     rank: dict[str, int] = {}
@@ -403,6 +411,8 @@ def scan_batch_independence(model) -> tuple[bool, str]:
         where = f"node {node.name or node.op_type!r} ({node.op_type})"
         if node.domain not in ("", "ai.onnx"):
             return False, f"{where} is in domain {node.domain!r}: unknown operators count as unsafe"
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return False, f"{where} has a subgraph (control flow can read any outer value)"
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
@@ -419,16 +429,15 @@ def scan_batch_independence(model) -> tuple[bool, str]:
         r_in = rank.get(node.input[0])
         ok, why = False, "not a known row-separable operator"
         if op in _ELEMENTWISE or (op == "Dropout" and len(ins) == 1):
-            ranks = [rank.get(i) for i in ins]
-            if r_out is None:
-                r_out = max((r for r in ranks if r is not None), default=None)
+            known = [rank[i] for i in ins if i in rank]
+            r_out = max(known) if len(known) == len(ins) else None  # numpy broadcasting: the largest input rank
             ok = r_out is not None and all(rank.get(i) == r_out for i in carried)
             for i in ins:
                 if i in carried:
                     continue
                 r = rank.get(i)
                 d = shape.get(i)
-                if r is None or (r == r_out and (not d or d[0] != 1)):
+                if r is None or r_out is None or r > r_out or (r == r_out and (not d or d[0] != 1)):
                     ok = False
             why = "broadcasts a constant along the batch axis, or ranks unknown"
         elif op in _PER_SAMPLE:

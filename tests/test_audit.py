@@ -266,7 +266,7 @@ def test_scan_accepts_row_separable_graphs():
 
 
 @pytest.mark.parametrize("case", ["reduce_batch", "softmax_batch", "shape", "custom", "transpose", "concat_const",
-                                  "reshape_mix", "random"])
+                                  "reshape_mix", "random", "broadcast_up", "lying_value_info", "if_capture"])
 def test_scan_refuses_batch_mixing(case):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
@@ -289,7 +289,19 @@ def test_scan_refuses_batch_mixing(case):
         nodes = [helper.make_node("Reshape", ["x", "shp"], ["y"])]
     elif case == "random":
         nodes = [helper.make_node("RandomNormalLike", ["x"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])]
+    elif case in ("broadcast_up", "lying_value_info"):  # [N,4] + [3,1,4] -> [3,N,4]: the batch moves to axis 1
+        inits = [numpy_helper.from_array(np.zeros((3, 1, 4), np.float32), "c")]
+        nodes = [helper.make_node("Add", ["x", "c"], ["z"]), helper.make_node("ReduceSum", ["z"], ["y"], keepdims=0,
+                                                                               axes=[1]) if opset < 13 else
+                 helper.make_node("ReduceMax", ["z"], ["y"], axes=[1], keepdims=0)]
+    elif case == "if_capture":  # the branch reads x from the outer scope: no node input carries the batch
+        inits = [numpy_helper.from_array(np.array(True), "cond")]
+        branch = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1)], "b", [],
+                                   [helper.make_tensor_value_info("m", TensorProto.FLOAT, None)])
+        nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)]
     graph = helper.make_graph(nodes, "g", [x], [y], inits)
+    if case == "lying_value_info":  # the supplier claims z is [N, 4]; the scan must not believe it
+        graph.value_info.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4]))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     ok, why = _scan(model)
     assert not ok and why
