@@ -557,3 +557,29 @@ def test_onnx_file_roundtrip_shapes():
     m = om.low_bits_detector_model()
     onnx.checker.check_model(m)
     assert len(m.graph.node) == 12
+
+
+def test_predict_and_resume_with_audit(digits, tmp_path):
+    _, model, data = digits
+    out = tmp_path / "p.tsv"
+    r = _invoke(["-q", "predict", model, data, "--audit", "--n", "100", "--end", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    meta = json.loads(Path(str(out) + ".meta.json").read_text())
+    assert meta["mode"] == "predict" and meta["audit"]["batched"] is True and len(out.read_text().splitlines()) == 4
+    # resume adopts the recorded (fresh) entropy: the continued run equals one uninterrupted run
+    cert = tmp_path / "c.tsv"
+    args = ["-q", "certify", model, data, "--audit", "--n0", "10", "--n", "100", "--end", "5", "--out", str(cert)]
+    assert _invoke(args).exit_code == 0
+    full = cert.read_text().splitlines()
+    entropy = json.loads(Path(str(cert) + ".meta.json").read_text())["entropy"]
+    cert.write_text("\n".join(full[:3]) + "\n")  # as if stopped after two examples
+    r = _invoke(args + ["--resume"])
+    assert r.exit_code == 0, r.output
+    t = full[0].split("\t").index("time")
+    strip = [[c for i, c in enumerate(line.split("\t")) if i != t] for line in full]
+    assert [[c for i, c in enumerate(line.split("\t")) if i != t] for line in cert.read_text().splitlines()] == strip
+    assert json.loads(Path(str(cert) + ".meta.json").read_text())["entropy"] == entropy
+    # a resume without --audit is refused: the audit flag decides the results
+    with pytest.raises(ConfigError, match="audit"):
+        _invoke(["-q", "certify", model, data, "--seed", "0", "--n0", "10", "--n", "100", "--end", "5", "--out",
+                 str(cert), "--resume"])
