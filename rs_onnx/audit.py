@@ -534,9 +534,21 @@ def classifier_batch_independence(classifier) -> dict:
         return {"batched": True, "how": "the model already runs one sample per call (batch mode per-sample)"}
     path = getattr(classifier, "path", None)
     if mode is not None and path is not None:
+        import hashlib
+
+        import onnx
+
         from . import graph as g
 
-        model = g.strip_initializer_inputs(g.load_model(path))
+        with open(path, "rb") as f:  # the bytes scanned are the bytes whose sha256 meta.json records
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() != getattr(classifier, "sha256", None):
+            return {"batched": False, "how": f"one sample per model call: {path} changed since it was loaded"}
+        try:
+            model = g.strip_initializer_inputs(onnx.load_model_from_string(data))
+        except Exception as err:  # noqa: BLE001 - a graph the scan cannot read is unsafe
+            return {"batched": False, "how": f"one sample per model call: the scan cannot read the graph "
+                                             f"({g.one_line(err)})"}
         if mode == "rewritten":
             others = [n for n in getattr(classifier, "_extra", {}) or {}]
             model, _ = g.make_batch_dynamic(model, classifier.input_name, other_inputs=others)

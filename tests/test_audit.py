@@ -307,6 +307,16 @@ def test_scan_refuses_batch_mixing(case):
     assert not ok and why
 
 
+def test_scan_reads_the_bytes_that_were_hashed(tmp_path):
+    w = np.ones((2, 4), np.float32)
+    path = om.save(om.linear_model(w, batch="N"), tmp_path / "m.onnx")
+    clf = OnnxClassifier(path, device="cpu")
+    assert audit.classifier_batch_independence(clf)["batched"] is True
+    om.save(om.batch_mixing_model(w), path)  # swapped after loading (and hashing)
+    info = audit.classifier_batch_independence(clf)
+    assert info["batched"] is False and "changed since it was loaded" in info["how"]
+
+
 def test_batch_mixing_model_runs_one_sample_per_call(tmp_path):
     """A Python classifier that averages its batch is not declared independent: one row per call."""
 
