@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser", "fp16", "device_noise")
+               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "audit")
 
 
 def bundled(name: str) -> str:
@@ -160,8 +160,11 @@ class Prepared:
         if entropy == self.entropy:
             return self
         old = self.smoothed
+        # An audit resumed adopts the earlier audit's recorded entropy: an explicit, recorded override.
         smoothed = SmoothedClassifier(self.classifier, self.sigma, old.spec, entropy, self.batch_size,
-                                      old.noise_threads)
+                                      old.noise_threads, audit=old.audit, audit_seed_override=old.audit)
+        if old.audit_info is not None:
+            smoothed.audit_info = {**old.audit_info, "entropy": "adopted from the run resumed (--resume)"}
         smoothed.preprocessor(self.data.image_shape)
         return dataclasses.replace(self, smoothed=smoothed, entropy=int(entropy))
 
@@ -188,7 +191,18 @@ def prepare(cfg: RunConfig) -> Prepared:
         batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n))
     else:
         batch_size = int(cfg.batch_size)
-    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, batch_size, cfg.noise_threads)
+    # In audit mode the entropy is drawn here, after the model (and its sha256) is fixed.
+    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, batch_size, cfg.noise_threads, audit=cfg.audit,
+                                  audit_seed_override=cfg.audit_seed_override)
+    if smoothed.audit_info is not None:
+        from .audit import to_grid
+
+        for i in indices:  # refuse off-grid images before any file is written
+            to_grid(data.image(i))
+        smoothed.audit_info["entropy"] = ("given with --audit-seed-override" if cfg.seed is not None else
+                                          f"fresh, drawn after loading the model with sha256 {clf.sha256}")
+        smoothed.audit_info["model_batch"] = batch_size if smoothed.audit_info["batched"] else 1
+        log.info("audit mode: %s", smoothed.audit_info["how"])
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     # The caller's cfg is never written to: the resolved values go into a copy (given values kept as given,
     # so that meta.json's "config" is byte for byte what it always was).
@@ -218,6 +232,7 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "command": command_line(),
         "timings": timings,
         "out": str(out) if out else None,
+        **({"audit": p.smoothed.audit_info} if p.smoothed.audit_info is not None else {}),
         **extra,
     }
 
