@@ -106,8 +106,7 @@ def _radius(p: np.ndarray, sigma: float, noise_kind: str = "gaussian") -> np.nda
     """Vectorised native radius: stats.cohen_radius for gaussian (same formula and rounding), else bounds.radius."""
     if noise_kind != "gaussian":
         return np.asarray(bounds.radius(np.asarray(p, np.float64), noise_kind, sigma, bounds.NATIVE_NORM[noise_kind]))
-    r = sigma * norm.ppf(np.clip(p, 0.5, 1.0))
-    return np.where(p <= 0.5, 0.0, np.maximum(0.0, r * (1.0 - stats._SAFETY)))
+    return stats.cohen_radii(p, sigma)
 
 
 def _threshold(r: np.ndarray, sigma: float, noise_kind: str = "gaussian") -> np.ndarray:
@@ -153,12 +152,12 @@ class Plan:
     def reachable(self) -> tuple[float, ...]:
         """Radii that some look can certify (when every sample is A)."""
         n = np.asarray(self.schedule.sizes)[:, None]
-        return tuple(r for r, ok in zip(self.radii, (self.k_cert <= n).any(axis=0)) if ok)
+        return tuple(r for r, ok in zip(self.radii, np.atleast_1d((self.k_cert <= n).any(axis=0))) if ok)
 
     def max_radius(self) -> float:
         """The largest radius any look can certify (when every sample is A)."""
         n = np.asarray(self.schedule.sizes)
-        return float(np.max(_radius(bounds._cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma,
+        return float(np.max(_radius(stats.cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma,
                                     self.noise)))
 
 
@@ -228,7 +227,7 @@ def calibration_threshold(r: float, sigma: float, noise_kind: str = "gaussian") 
     if r == 0.0:
         return 0.5
     t = float(_threshold(np.float64(r), sigma, noise_kind))
-    return min(1.0, t * (1.0 + stats._SAFETY) + stats._SAFETY)
+    return min(1.0, t * (1.0 + stats.SAFETY) + stats.SAFETY)
 
 
 def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), futility_beta: float = 0.01,
@@ -253,7 +252,7 @@ def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), fut
     a = np.asarray(schedule.alphas)[:, None]
 
     def certifies(k):
-        p = bounds._cp_lower(k, n, a)
+        p = stats.cp_lower(k, n, a)
         return np.where(t == 0.0, p >= 0.5, _radius(p, sigma, noise_kind) >= t)
 
     k_cert = _first_true(certifies, n)
@@ -271,7 +270,7 @@ def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), fut
     if futility_beta > 0:
         b = futility_beta / len(schedule.sizes)
         target = _threshold(t, sigma, noise_kind)
-        k_fail = _first_true(lambda k: bounds._cp_upper(k, n, b) >= target, n) - 1
+        k_fail = _first_true(lambda k: stats.cp_upper(k, n, b) >= target, n) - 1
     else:
         k_fail = np.full(n.shape, -1, np.int64)
     return Plan(schedule, float(sigma), tuple(rs), float(futility_beta), k_cert, slack, k_fail,
@@ -302,14 +301,14 @@ def _settled(plan: Plan, j: int, k: np.ndarray, best: np.ndarray) -> tuple[np.nd
     n_j = plan.schedule.sizes[j]
     if sizes.size:
         kk = k[:, None] + sizes[None, :] - n_j
-        reach = _radius(bounds._cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma,
+        reach = _radius(stats.cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma,
                         plan.noise).max(axis=1)
     else:
         reach = np.zeros(len(k))
     safe = reach <= goal
     fail = np.zeros(len(k), bool)
     if plan.futility_beta > 0:
-        upper = bounds._cp_upper(k, np.full_like(k, n_j), plan.futility_beta / len(plan.schedule.sizes))
+        upper = stats.cp_upper(k, np.full_like(k, n_j), plan.futility_beta / len(plan.schedule.sizes))
         fail = ~safe & (_radius(upper, plan.sigma, plan.noise) <= goal)
     return safe, fail
 
@@ -338,7 +337,7 @@ def run_looks(plan: Plan, sample: Callable[[int, np.ndarray], np.ndarray], activ
         out.n_a[active] += np.asarray(sample(j, active), np.int64)
         out.n[active], out.looks[active] = n_j, j + 1
         k = out.n_a[active]
-        lower = bounds._cp_lower(k, np.full_like(k, n_j), alphas[j])
+        lower = stats.cp_lower(k, np.full_like(k, n_j), alphas[j])
         up = lower > best[active]
         best[active[up]], out.best_look[active[up]], out.best_n_a[active[up]] = lower[up], j, k[up]
         c = np.maximum(out.certified[active], (k[:, None] >= plan.k_cert[j][None, :]).sum(axis=1))
@@ -413,10 +412,10 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
     examples = list(range(len(xs))) if examples is None else [int(e) for e in examples]
     if len(xs) == 0:
         return []
-    sampler = smoothed._sampler(np.shape(xs[0]))
+    sampler = smoothed.sampler(np.shape(xs[0]))
     clean = [sampler.pre.clean(x) for x in xs]
     sel = sampler.count([Task(c, e, noise.SELECT, n0) for c, e in zip(clean, examples)], progress)
-    guess = np.array([int(np.argmax(c[:-1])) if c[:-1].sum() > 0 else ABSTAIN for c in sel])
+    guess = stats.select_many(sel)
     totals = _Growable(np.zeros_like(sel))
 
     def sample(j, idx):

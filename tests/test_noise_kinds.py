@@ -18,6 +18,7 @@ from rs_onnx import bounds, noise
 from rs_onnx.classifier import OnnxClassifier
 from rs_onnx.cli import cli, main
 from rs_onnx.errors import ConfigError
+from rs_onnx.sampling import HostClassifier
 from rs_onnx.sequential import sequential_certify_many
 from rs_onnx.smoothing import SmoothedClassifier
 from tests.onnx_models import linear_model, save
@@ -72,7 +73,7 @@ def test_unknown_kind_is_refused():
         noise.register(noise.KINDS["uniform"])
 
 
-class Recorder:
+class Recorder(HostClassifier):
     """Records the noisy inputs it sees; class 1 iff the first value is positive."""
 
     def __init__(self, dim=3):
