@@ -236,8 +236,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     # The caller's cfg is never written to: the resolved values go into a copy (given values kept as given,
     # so that meta.json's "config" is byte for byte what it always was).
     resolved = dataclasses.replace(cfg, sigma=sigma if cfg.sigma is None else cfg.sigma,
-                                   batch_size=batch_size if cfg.batch_size is None else cfg.batch_size,
-                                   noise=noise_kind)
+                                   batch_size=batch_size if cfg.batch_size is None else cfg.batch_size)
     return Prepared(resolved, clf, smoothed, data, indices, sigma, batch_size, smoothed.entropy, probe)
 
 
@@ -295,7 +294,7 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> tupl
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--resume: {mp} is not a readable rs-onnx meta file ({e})") from e
     old = meta.get("config", {})
-    defaults = {**RunConfig().to_dict(), "noise": "gaussian"}  # keys an older meta file lacks had their default
+    defaults = RunConfig().to_dict()  # keys an older meta file lacks had their default value
     changed = [k for k in RESUME_KEYS if old.get(k, defaults[k]) != p.cfg.to_dict()[k]]
     if meta.get("mode") != mode:
         changed.append("mode")
