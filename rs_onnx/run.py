@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .config import RunConfig
-from .data import Dataset, load_data
+from .data import Dataset, load_from_config
 from .errors import ConfigError, DataError
 from .preprocess import PreprocessSpec
 from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, TsvWriter, command_line, meta_path, sha256_file, versions,
@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser", "fp16", "device_noise")
+               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "labels", "classes", "path_column",
+               "label_column", "label_from_filename", "resize", "center_crop")
 
 
 def bundled(name: str) -> str:
@@ -141,13 +142,14 @@ def prepare(cfg: RunConfig) -> Prepared:
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     channels, size = image_geometry(clf, cfg.layout)
-    data = load_data(cfg.data, cfg.label, size, channels)
+    data = load_from_config(cfg, size, channels)
     data.check_labels(clf.num_classes)
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))
     if not indices:
         raise DataError(f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
                         f"among {len(data)}; expected at least one")
+    data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
     if cfg.batch_size is None:
         cfg.batch_size = resolve_batch_size(clf, len(indices) * (cfg.n0 + cfg.n))
     smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads)
@@ -170,7 +172,7 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "providers": list(clf.providers),
         "device": getattr(clf, "device", None),
         "device_name": getattr(clf, "device_name", None),
-        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices)},
+        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices), **p.data.describe()},
         "versions": versions(),
         "command": command_line(),
         "timings": timings,
@@ -245,9 +247,8 @@ def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, gr
 def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
     """Yields (example indices, answers, seconds per example), group by group, computed in this process."""
     size = group_size(p.cfg)
-    for g in range(0, len(todo), size):
-        group = todo[g:g + size]
-        xs = [p.data.image(i) for i in group]
+    groups = [todo[g:g + size] for g in range(0, len(todo), size)]
+    for group, xs in p.data.iter_groups(groups):  # image files are decoded ahead, while sampling
         t = time.time()
         answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress)
         yield group, answers, (time.time() - t) / len(group)
