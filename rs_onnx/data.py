@@ -29,10 +29,10 @@ import struct
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def _show(s: object) -> str:
 class _Rows:
     """``dataset.images[idx]``: example(s) as stored, channels first; a list of indices gives a stacked array."""
 
-    def __init__(self, data: "Dataset") -> None:
+    def __init__(self, data: Dataset) -> None:
         self._data = data
 
     def __len__(self) -> int:
@@ -352,7 +352,7 @@ def load_npz(path: str | Path) -> Dataset:
     f = _open_file(path, "an .npz with 'images' and 'labels'")
     try:
         zf = zipfile.ZipFile(f)
-        members = {i.filename[:-4] if i.filename.endswith(".npy") else i.filename: i for i in zf.infolist()}
+        members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
         missing = {"images", "labels"} - set(members)
         if missing:
             raise DataError(f"{what}: holds keys {sorted(_show(k) for k in members)}; expected 'images' and 'labels'")
@@ -397,7 +397,7 @@ def _decompress(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: int, what: s
         raise DataError(f"{what}: 'images' is compressed and unpacks to {size:,} bytes; {tmpdir} has {free:,} bytes "
                         "free; expected room to decompress it once (set TMPDIR, or save with numpy.savez)")
     log.info("%s: decompressing 'images' (%.1f MB) to a temporary file", what, size / 2**20)
-    out = tempfile.TemporaryFile(dir=tmpdir)
+    out = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 - kept open by the data set; gone when closed
     try:
         with zf.open(info) as src:
             src.read(header)
@@ -480,7 +480,7 @@ class ImageTransform:
                 im = im.resize(size, Image.Resampling.BILINEAR)
         if self.crop:
             ch, cw = self.crop
-            top, left = int(round((im.height - ch) / 2.0)), int(round((im.width - cw) / 2.0))
+            top, left = round((im.height - ch) / 2.0), round((im.width - cw) / 2.0)  # Python rounding, as torchvision
             im = im.crop((left, top, left + cw, top + ch))
         arr = np.asarray(im, dtype=np.uint8)
         return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
@@ -606,7 +606,7 @@ class ImageFiles(Dataset):
 
 def _images_under(folder: str) -> list[str]:
     """Image files below ``folder``, in torchvision's order: sorted os.walk (following links), sorted names."""
-    out = []
+    out: list[str] = []
     for root, dirs, names in sorted(os.walk(folder, followlinks=True)):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         out.extend(os.path.join(root, n) for n in sorted(names)
