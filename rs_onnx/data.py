@@ -20,6 +20,7 @@ rows of float arrays, checked by :meth:`Dataset.check_selection` before any resu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -201,6 +202,13 @@ class NpyFile:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown
+            self._file.close()
 
     def _row(self, i: int) -> np.ndarray:
         if not 0 <= i < self.shape[0]:

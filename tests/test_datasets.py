@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from rs_onnx.cli import main
@@ -454,3 +456,48 @@ def test_help_lists_what_data_may_be(capsys):
     for word in [".npz", ".npy", "--labels", "ImageFolder", "--classes", "manifest", "--path-column", "--label N",
                  "--resize 256 --center-crop 224", "--label-from-filename"]:
         assert word in text, word
+
+
+# --- any corruption of a data file: a DataError, never another exception ------------------------------------------
+
+_FILES: dict[str, bytes] = {}
+
+
+def _valid_files() -> dict[str, bytes]:
+    """One valid file per format (built once): .npy, stored and compressed .npz, PNG, JPEG."""
+    if not _FILES:
+        x = np.random.default_rng(0).integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+        for name, save_fn in (("npy", lambda b: np.save(b, x)),
+                              ("npz", lambda b: np.savez(b, images=x, labels=np.arange(3))),
+                              ("cnpz", lambda b: np.savez_compressed(b, images=x, labels=np.arange(3)))):
+            buf = io.BytesIO()
+            save_fn(buf)
+            _FILES[name] = buf.getvalue()
+        for fmt in ("PNG", "JPEG"):
+            buf = io.BytesIO()
+            Image.fromarray(x[0].transpose(1, 2, 0)).save(buf, format=fmt)
+            _FILES[fmt.lower()] = buf.getvalue()
+    return _FILES
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["npy", "npz", "cnpz", "png", "jpeg"]), cut=st.floats(0, 1),
+       pos=st.floats(0, 1), junk=st.binary(min_size=0, max_size=8))
+def test_any_corrupted_data_file_is_read_or_refused_with_a_data_error(tmp_path_factory, kind, cut, pos, junk):
+    raw = bytearray(_valid_files()[kind])
+    at = int(pos * len(raw))
+    raw[at:at + len(junk)] = junk  # overwrite a few bytes somewhere
+    raw = raw[: max(1, int(len(raw) * cut))] if cut < 0.98 else raw
+    d = tmp_path_factory.mktemp("c")
+    suffix = {"npy": ".npy", "npz": ".npz", "cnpz": ".npz", "png": ".png", "jpeg": ".jpg"}[kind]
+    path = d / f"f{suffix}"
+    path.write_bytes(bytes(raw))
+    (d / "l.txt").write_text("0\n1\n2\n")
+    try:
+        data = load_data(path, **({"labels": d / "l.txt"} if kind == "npy" else {"label": 0} if kind in ("png", "jpeg")
+                                  else {}))
+        data.check_selection(range(len(data)))
+        for _, xs in data.iter_groups([[i] for i in range(len(data))]):
+            assert all(np.isfinite(x).all() and x.dtype == np.float32 for x in xs)
+    except DataError as e:
+        assert "\n" not in str(e)
