@@ -614,9 +614,19 @@ class ImageFiles(Dataset):
 
 def _images_under(folder: str) -> list[str]:
     """Image files below ``folder``, in torchvision's order: sorted os.walk (following links), sorted names."""
+    def walk():
+        seen: set[tuple[int, int]] = set()
+        for root, dirs, names in os.walk(folder, followlinks=True):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in seen:  # a symbolic link back to a folder already walked: no loop
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # hidden folders (.ipynb_checkpoints) skipped
+            yield root, names
+
     out: list[str] = []
-    for root, dirs, names in sorted(os.walk(folder, followlinks=True)):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for root, names in sorted(walk()):
         out.extend(os.path.join(root, n) for n in sorted(names)
                    if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith("."))
     return out

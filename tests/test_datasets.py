@@ -245,6 +245,9 @@ def test_folder_order_and_labels_follow_imagefolder(tmp_path):
     rel = [os.path.relpath(f, tmp_path / "f") for f in data.files]
     assert rel == ["a/10.png", "a/2.png", "b/z.png", "b/sub/a.png"]  # sorted os.walk, as torchvision
     assert list(data.labels) == [0, 0, 1, 1, ] and data.info["classes"] == 3  # empty 'c' keeps its index
+    os.symlink(tmp_path / "f" / "b", tmp_path / "f" / "b" / "sub" / "loop")  # a link cycle ends, once
+    jpeg(tmp_path / "f" / "b" / ".hidden" / "h.png", 8, 8)
+    assert load_data(tmp_path / "f").files == data.files
     for d in ["0", "1", "10"]:  # integer names give their value, not their sorted rank
         jpeg(tmp_path / "g" / d / "x.png", 8, 8)
     assert list(load_data(tmp_path / "g").labels) == [0, 1, 10]
@@ -396,7 +399,7 @@ def _reference_transform(im: Image.Image, size: int, crop: int) -> np.ndarray:
 
 def _imagenet_like(tmp_path: Path) -> list[Path]:
     files = [jpeg(tmp_path / f"g{w}x{h}.jpg", w, h, w) for w, h in [(500, 375), (375, 500), (333, 500), (256, 256),
-                                                                    (1024, 257), (339, 256)]]
+                                                                    (1024, 257), (339, 256), (300, 451)]]
     samples = sorted((SHARED / "data" / "foolbox_samples").glob("imagenet_*.jpg"))[:4]
     return files + samples
 
