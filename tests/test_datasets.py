@@ -537,3 +537,27 @@ def test_any_corrupted_data_file_is_read_or_refused_with_a_data_error(tmp_path_f
             assert all(np.isfinite(x).all() and x.dtype == np.float32 for x in xs)
     except DataError as e:
         assert "\n" not in str(e)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read the resident memory")
+def test_reading_every_row_keeps_memory_flat(tmp_path):
+    """96 MiB of images read row by row (.npy in place, compressed .npz via its temporary file): resident memory
+    grows by far less than the data (np.load or a memory map touched throughout would add ~96 MiB)."""
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(2048, 3, 128, 128))
+    x[:] = np.arange(128, dtype=np.uint8)[None, None, None, :]
+    x.flush()
+    del x
+    np.savez_compressed(tmp_path / "c.npz", images=np.load(tmp_path / "x.npy", mmap_mode="r"),
+                        labels=np.zeros(2048, np.int64))
+    for path in (tmp_path / "x.npy", tmp_path / "c.npz"):
+        before = _rss_mib()
+        data = load_data(path, labels=_labels(tmp_path, 2048) if path.suffix == ".npy" else None)
+        for _, xs in data.iter_groups([list(range(i, i + 64)) for i in range(0, 2048, 64)]):
+            assert xs[-1][0, 0, 5] == np.float32(5 / 255)
+        grown = _rss_mib() - before
+        assert grown < 40, f"{path.name}: resident memory grew by {grown:.0f} MiB reading 96 MiB of rows"
