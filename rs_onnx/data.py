@@ -848,6 +848,9 @@ def load_data(path: str | Path, label: int | None = None, size: tuple[int, int] 
         return load_npy(p, labels)
     if not p.exists():
         raise DataError(f"data {_show(p)}: not found; expected an .npz, .npy, .csv/.tsv manifest, image file or folder")
+    if suffix != ".npz":
+        raise DataError(f"data {_show(p)}: a {_show(suffix) or 'file without a suffix'} is none of the layouts; expected "
+                        f"an .npz, .npy, .csv/.tsv manifest, image file ({', '.join(IMAGE_SUFFIXES)}) or folder")
     return load_npz(p)
 
 

@@ -358,6 +358,14 @@ def test_truncated_jpeg_fails_when_decoded_naming_the_file(tmp_path):
         list(data.iter_groups([[0], [1]]))
 
 
+def test_unknown_kinds_of_data_are_named(tmp_path):
+    (tmp_path / "list.txt").write_text("a.png 1\n")
+    with pytest.raises(DataError, match="a .txt is none of the layouts"):
+        load_data(tmp_path / "list.txt")
+    with pytest.raises(DataError, match="not found"):
+        load_data(tmp_path / "nope.npz")
+
+
 def test_single_image_needs_a_label(tmp_path):
     path = jpeg(tmp_path / "a.png", 8, 8)
     with pytest.raises(DataError, match="expected --label"):
