@@ -856,6 +856,11 @@ def load_data(path: str | Path, label: int | None = None, size: tuple[int, int] 
 
 def load_from_config(cfg, size: tuple[int, int] | None, channels: int | None) -> Dataset:
     """:func:`load_data` with the data options of a RunConfig."""
-    return load_data(cfg.data, cfg.label, size, channels, labels=cfg.labels, classes=cfg.classes,
+    data = load_data(cfg.data, cfg.label, size, channels, labels=cfg.labels, classes=cfg.classes,
                      path_column=cfg.path_column, label_column=cfg.label_column,
                      label_from_filename=cfg.label_from_filename, resize=cfg.resize, center_crop=cfg.center_crop)
+    info = data.describe()
+    transform = info.get("transform")
+    log.info("data: %s, %d examples, labels from %s%s", info.get("format"), len(data), _show(info.get("labels_from")),
+             f", resize {transform['resize']}, center crop {transform['center_crop']}" if transform else "")
+    return data
