@@ -124,7 +124,8 @@ class Dataset:
         x = self.raw(i)
         if x.dtype == np.uint8:
             return x.astype(np.float32) / 255.0
-        x = x.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # 1e300 becomes inf, refused below
+            x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise DataError(f"{_show(self.source)}: example {i} holds NaN, Inf or values beyond float32; "
                             "expected finite values in [0,1]")
@@ -151,7 +152,8 @@ class Dataset:
         lo, hi, step = float("inf"), float("-inf"), max(1, (16 << 20) // max(1, _row_bytes(self._images)))
         for s in range(0, len(indices), step):
             chunk = [int(i) for i in indices[s:s + step]]
-            rows = np.asarray(self._images[chunk]).astype(np.float32).reshape(len(chunk), -1)
+            with np.errstate(over="ignore", invalid="ignore"):
+                rows = np.asarray(self._images[chunk]).astype(np.float32).reshape(len(chunk), -1)
             bad = ~np.isfinite(rows).all(axis=1)
             if bad.any():
                 raise DataError(f"{_show(self.source)}: example {chunk[int(np.argmax(bad))]} holds NaN, Inf or values "

@@ -127,6 +127,18 @@ def test_skipped_examples_are_never_read(capsys, tmp_path, model):
     assert code == 1 and "1.jpg: not a readable image" in err
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_values_beyond_float32_are_refused_without_a_numpy_warning(capsys, tmp_path, model):
+    big = np.random.default_rng(0).random((3, 3, 8, 8))
+    big[1, 0, 0, 0] = 1e300
+    np.save(tmp_path / "big.npy", big)
+    argv = ["certify", str(model), str(tmp_path / "big.npy"), "--labels", str(_labels(tmp_path, 3)), *FAST]
+    code, err = cli(capsys, argv, tmp_path / "e.tsv")
+    assert code == 1 and "example 1 holds NaN, Inf or values beyond float32" in err
+    with pytest.raises(DataError, match="beyond float32"):
+        load_data(tmp_path / "big.npy", labels=_labels(tmp_path, 3)).image(1)
+
+
 def _npy_bytes(header_shape, dtype="|u1", payload=b"") -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": header_shape})
