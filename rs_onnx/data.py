@@ -407,7 +407,7 @@ def _decompress(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: int, what: s
         raise DataError(f"{what}: 'images' is compressed and unpacks to {size:,} bytes; {tmpdir} has {free:,} bytes "
                         "free; expected room to decompress it once (set TMPDIR, or save with numpy.savez)")
     log.info("%s: decompressing 'images' (%.1f MB) to a temporary file", what, size / 2**20)
-    out = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 - kept open by the data set; gone when closed
+    out = tempfile.TemporaryFile(dir=tmpdir)  # kept open by the data set; gone when closed
     try:
         with zf.open(info) as src:
             src.read(header)
