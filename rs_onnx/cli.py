@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import build_config, load_yaml
 from .errors import RsOnnxError
 from .guard import check_path_name, escape, quiet_onnxruntime, quiet_warnings
@@ -97,7 +97,7 @@ def _run_options(f):
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
         click.option("--label", type=int, help="Label of a single image file given as DATA."),
-        click.option("--noise-threads", type=int, help="Threads drawing noise (default: half the cores)."),
+        click.option("--noise-threads", type=int, help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16)."),
         click.option("--backend", type=click.Choice(["local", "ray"]), help="Where to sample: this process "
                      "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
         click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),
@@ -111,6 +111,11 @@ def _run_options(f):
                      help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU."),
         click.option("--denoiser", help="An ONNX denoiser to compose in front of MODEL (denoised smoothing); "
                      "the preprocessing flags then describe MODEL's input."),
+        click.option("--audit", is_flag=True, default=None,
+                     help="Sound against an adversarial model: 8-bit inputs, exact grid noise added in integers, "
+                     "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'."),
+        click.option("--audit-seed-override", is_flag=True, default=None,
+                     help="With --audit: accept --seed, to reproduce an earlier audit from its recorded entropy."),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
         click.option("--dump-config", is_flag=True, help="Print the resolved configuration as YAML and exit."),
@@ -153,6 +158,8 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
             raise click.UsageError("DATA given without MODEL; expected both, or neither for the bundled default")
         yaml_values = {**DEFAULT_RUN, **yaml_values, "model": bundled("digits_cnn.onnx"),
                        "data": bundled("digits_eval.npz")}
+        if (flags.get("audit") or yaml_values.get("audit")) and "seed" not in flags:
+            yaml_values.pop("seed")  # audit draws fresh entropy: the default run's seed 0 is not used
         log.info("no model given: certifying the bundled digits model on every 10th bundled digit (n=%d)",
                  yaml_values["n"])
     elif not (flags.get("data") or yaml_values.get("data")):
@@ -403,7 +410,7 @@ def _main(args: list[str], debug: bool) -> int:
         click.echo(f"rs-onnx: error: out of memory ({escape(e)}); expected inputs that fit in memory (try a smaller "
                    "--batch-size)", err=True)
         return 1
-    except Exception as e:  # noqa: BLE001 - last resort: one line, no traceback unless --debug
+    except Exception as e:  # last resort: one line, no traceback unless --debug
         if debug:
             raise
         click.echo(f"rs-onnx: internal error: {type(e).__name__}: {escape(e)} (run with --debug for the traceback)",
