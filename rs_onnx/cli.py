@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -15,6 +17,7 @@ import numpy as np
 from ._version import __version__
 from .config import build_config, load_yaml
 from .errors import RsOnnxError
+from .guard import check_path_name, escape, quiet_onnxruntime, quiet_warnings
 
 log = logging.getLogger("rs_onnx")
 
@@ -29,6 +32,9 @@ class _StderrHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
         super().emit(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape(super().format(record))  # untrusted names in a log line cannot start a new line
 
 
 def _setup_logging(quiet: bool, debug: bool) -> None:
@@ -94,7 +100,20 @@ def _run_options(f):
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
-        click.option("--label", type=int, help="Label of a single image file given as DATA."),
+        click.option("--label", type=int, help="Label of a single image file given as DATA (or of every image "
+                     "at the top of a folder)."),
+        click.option("--labels", help="Labels of an .npy DATA or of the images at the top of a folder: an .npy of "
+                     "integers or a text file with one integer per line."),
+        click.option("--classes", help="Class names, one per line (line number = the model's class index): names "
+                     "the class subfolders of a folder, or the labels of a manifest (e.g. ImageNet's synset list)."),
+        click.option("--path-column", help="Manifest column holding image paths (default path)."),
+        click.option("--label-column", help="Manifest column holding labels (default label)."),
+        click.option("--label-from-filename", is_flag=True, default=None,
+                     help="Images at the top of a folder: label from a trailing _<digits> in the file name."),
+        click.option("--resize", type=int, help="Image files: shorter side to N pixels, aspect kept (bilinear, "
+                     "antialiased, as torchvision's Resize)."),
+        click.option("--center-crop", help="Image files: crop N or HxW pixels from the centre, after --resize "
+                     "(ImageNet: --resize 256 --center-crop 224)."),
         click.option("--noise-threads", type=int, help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16)."),
         click.option("--backend", type=click.Choice(["local", "ray"]), help="Where to sample: this process "
                      "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
@@ -126,6 +145,9 @@ def _run_options(f):
 def _config(ctx: click.Context, mode: str, kwargs: dict):
     from .run import bundled
 
+    for key, what in (("config_path", "--config"), ("model", "MODEL"), ("data", "DATA"), ("denoiser", "--denoiser")):
+        if kwargs.get(key):
+            check_path_name(kwargs[key], what)
     yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}
     flags = {}
     if kwargs.get("radii_text"):
@@ -135,7 +157,7 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
             raise click.UsageError(f"--radii {kwargs['radii_text']!r}: expected numbers separated by commas") from None
     if kwargs.get("batch_size") is not None:
         text = kwargs["batch_size"].strip().lower()
-        if text != "auto" and not text.lstrip("-").isdigit():
+        if text != "auto" and not re.fullmatch(r"-?[0-9]{1,30}", text):
             raise click.UsageError(f"--batch-size {kwargs['batch_size']!r}: expected a positive integer or auto")
         kwargs["batch_size"] = None if text == "auto" else int(text)
     for key, value in kwargs.items():
@@ -158,8 +180,12 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
         log.info("no model given: certifying the bundled digits model on every 10th bundled digit (n=%d)",
                  yaml_values["n"])
     elif not (flags.get("data") or yaml_values.get("data")):
-        raise click.UsageError("MODEL given without DATA; expected an .npz or image file after the model")
+        raise click.UsageError("MODEL given without DATA; expected DATA after the model (an .npz, .npy, "
+                               "folder, .csv/.tsv manifest or image file)")
     cfg, _ = build_config(yaml_values, flags)
+    for value, what in ((cfg.model, "model"), (cfg.data, "data"), (cfg.denoiser, "denoiser")):
+        if value:  # also when they come from the YAML file
+            check_path_name(value, what)
     return cfg, default_run
 
 
@@ -176,6 +202,9 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     from .distributed import backend_from_config
 
     cfg, default_run = _config(ctx, mode, kwargs)
+    quiet_onnxruntime(ctx.obj["debug"])
+    if kwargs.get("out"):  # room for the sibling files the run writes: <out>.meta.json.tmp
+        check_path_name(kwargs["out"], "--out", reserve=len(".meta.json.tmp"))
     if kwargs["dump_config"]:
         click.echo(dump_yaml(cfg), nl=False)
         return
@@ -257,6 +286,21 @@ def certify(ctx: click.Context, **kwargs) -> None:
 
     Without MODEL and DATA, certifies the bundled digits model on the bundled digits.
     Writes Cohen et al.'s TSV columns (idx label predict radius correct time) and more.
+
+    \b
+    DATA may be:
+      - an .npz with 'images' [N,H,W], [N,H,W,C], [N,C,H,W] or [N,D] and 'labels' [N];
+      - an .npy of images with --labels FILE (.npy, or one integer per line);
+      - a folder with class subfolders (torchvision ImageFolder: names that are all integers
+        give their value, else sorted names give the indices; --classes FILE to set the order,
+        e.g. ImageNet's synset list), or images at its top with --labels, --label or
+        --label-from-filename;
+      - a .csv/.tsv manifest with 'path' and 'label' columns (--path-column, --label-column;
+        paths relative to the manifest; --classes to read labels as class names);
+      - a single image with --label N.
+    Image files are converted to the model's channels; --resize N --center-crop HxW map them
+    to the model's size (ImageNet: --resize 256 --center-crop 224); without them an image of
+    another size is refused, never stretched.
     """
     _execute(ctx, "certify", kwargs)
 
@@ -265,7 +309,10 @@ def certify(ctx: click.Context, **kwargs) -> None:
 @_run_options
 @click.pass_context
 def predict(ctx: click.Context, **kwargs) -> None:
-    """PREDICT each example of DATA: the smoothed class, or -1 (abstain) when unsure at level alpha."""
+    """PREDICT each example of DATA: the smoothed class, or -1 (abstain) when unsure at level alpha.
+
+    DATA is read as by certify (see rs-onnx certify --help).
+    """
     _execute(ctx, "predict", kwargs)
 
 
@@ -279,6 +326,7 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
     """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from."""
     from .inspection import inspect_model, render
 
+    quiet_onnxruntime("--debug" in sys.argv)
     report = inspect_model(model, input_name=input_name, output_name=output_name, device=device)
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
 
@@ -306,6 +354,10 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
              if v not in (None, ()) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     cfg, _ = build_config({}, flags)
+    quiet_onnxruntime(ctx.obj["debug"])
+    for path, what in ((classifier, "CLASSIFIER"), (denoiser, "--denoiser")):
+        check_path_name(path, what)
+    check_path_name(out, "-o", reserve=len(".data"))
     compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)
     click.echo(f"wrote {out}", err=True)
 
@@ -369,25 +421,47 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line and exit code 1 on bad input (traceback with --debug)."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    with warnings.catch_warnings():
+        quiet_warnings(debug)
+        code = _main(args, debug)
+    sys.exit(code)
+
+
+def _main(args: list[str], debug: bool) -> int:
+    """Runs the CLI; every failure is one escaped line on stderr (untrusted text cannot add a line)."""
     try:
         code = cli.main(args=args, prog_name="rs-onnx", standalone_mode=False)
     except click.Abort:
         click.echo("rs-onnx: aborted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as e:
-        click.echo(f"rs-onnx: error: {e.format_message()}", err=True)
-        sys.exit(1)
+        click.echo(f"rs-onnx: error: {escape(e.format_message())}", err=True)
+        return 1
     except RsOnnxError as e:
         if debug:
             raise
-        click.echo(f"rs-onnx: error: {e}", err=True)
-        sys.exit(1)
+        click.echo(f"rs-onnx: error: {escape(e)}", err=True)
+        return 1
+    except OSError as e:  # a path the file system refuses: missing, a directory, too long, no permission, full
+        if debug:
+            raise
+        where = f"{escape(e.filename)}: " if e.filename else ""
+        click.echo(f"rs-onnx: error: {where}{escape(e.strerror or e)}; expected an existing file to read, or a "
+                   "writable path with room to write", err=True)
+        return 1
+    except MemoryError as e:
+        if debug:
+            raise
+        click.echo(f"rs-onnx: error: out of memory ({escape(e)}); expected inputs that fit in memory (try a smaller "
+                   "--batch-size)", err=True)
+        return 1
     except Exception as e:  # last resort: one line, no traceback unless --debug
         if debug:
             raise
-        click.echo(f"rs-onnx: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+        click.echo(f"rs-onnx: internal error: {type(e).__name__}: {escape(e)} (run with --debug for the traceback)",
+                   err=True)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .guard import check_dtype, check_yaml, escape
 from .noise import KINDS as NOISE_KINDS
 from .preprocess import LAYOUTS, PreprocessSpec
 
@@ -57,6 +58,13 @@ class RunConfig:
     end: int | None = None
     skip: int = 1
     label: int | None = None
+    labels: str | None = None  # labels file for an .npy or a flat image folder (.npy, or one integer per line)
+    classes: str | None = None  # class names, one per line (line number = class index), for folders and manifests
+    path_column: str | None = None  # manifest column of image paths (default "path")
+    label_column: str | None = None  # manifest column of labels (default "label")
+    label_from_filename: bool = False  # flat image folder: label from a trailing _<digits> in each file name
+    resize: int | None = None  # image files: shorter side to this many pixels (bilinear, antialiased)
+    center_crop: str | None = None  # image files: crop N or HxW pixels from the centre, after --resize
     noise_threads: int | None = None
     bound: str = "cohen"
     backend: str = "local"
@@ -115,6 +123,7 @@ class RunConfig:
              "a positive number"),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
             (self.noise is None or self.noise in NOISE_KINDS, "noise", self.noise, "one of " + ", ".join(NOISE_KINDS)),
+            (self.resize is None or 1 <= self.resize <= 65535, "resize", self.resize, "a size in pixels, 1 to 65535"),
         ]
         checks += [
             (not (self.audit and self.seed is not None and not self.audit_seed_override), "seed", self.seed,
@@ -130,7 +139,17 @@ class RunConfig:
         for ok, key, value, expected in checks:
             if not ok:
                 raise ConfigError(f"{key}={value}: expected {expected}")
+        if self.dtype is not None:
+            self.dtype = check_dtype(self.dtype)
         self.preprocess_spec()  # checks scale, mean and std
+        if self.center_crop is not None:
+            from .data import parse_crop
+            from .errors import DataError
+
+            try:
+                parse_crop(self.center_crop)
+            except DataError as e:
+                raise ConfigError(str(e).replace("--center-crop", "center_crop", 1)) from None
         return self
 
     def apply_preset(self, explicit: set[str]) -> None:
@@ -188,9 +207,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config (safe_load): a mapping of RunConfig keys; unknown keys are rejected."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path}: not found")
+        raise ConfigError(f"config file {escape(path)}: not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        check_yaml(data, path)
+        raw = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if raw is None:

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .config import RunConfig
-from .data import Dataset, load_data
-from .errors import ConfigError, DataError
+from .data import Dataset, load_from_config
+from .errors import ConfigError, DataError, ModelError
+from .guard import escape
 from .preprocess import PreprocessSpec
 from .results import (TsvWriter, answer_row, columns_for, command_line, meta_path, radius_norms, sha256_file,
                       versions, write_json_atomic)
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "audit", "noise")
+               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "audit", "labels", "classes",
+               "path_column", "label_column", "label_from_filename", "resize", "center_crop", "noise")
 
 
 def bundled(name: str) -> str:
@@ -71,6 +73,11 @@ def composed_model(cfg: RunConfig) -> Path:
     from .compose import compose_files
 
     assert cfg.denoiser is not None and cfg.model is not None  # prepare() checked them
+    for what, value in (("denoiser", cfg.denoiser), ("model", cfg.model)):
+        p = Path(value)
+        if not p.is_file():
+            raise ModelError(f"{what} {escape(value)}: {'a directory' if p.is_dir() else 'no such file'}; "
+                             "expected an .onnx file")
     spec = cfg.preprocess_spec()
     key = hashlib.sha256("|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec),
                                    str(cfg.input_name)]).encode()).hexdigest()[:20]
@@ -90,7 +97,14 @@ def resolve_sigma(cfg: RunConfig, clf) -> float:
         return float(cfg.sigma)
     meta = getattr(clf, "metadata", {}) or {}
     if "rs_onnx.sigma" in meta:
-        sigma = float(meta["rs_onnx.sigma"])
+        text = meta["rs_onnx.sigma"]
+        try:
+            sigma = float(text)
+        except (TypeError, ValueError):
+            sigma = float("nan")
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ConfigError(f"the model's rs_onnx.sigma metadata is {escape(repr(text)[:80])}; expected a positive "
+                              "number (the noise level in [0,1] pixel units), or pass --sigma")
         log.info("no --sigma given: using sigma=%g from the model's metadata (rs_onnx.sigma)", sigma)
         return sigma
     raise ConfigError("no --sigma given and the model has no rs_onnx.sigma metadata; expected --sigma "
@@ -208,13 +222,14 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError(f"device_noise with noise={noise_kind}: the GPU draws Gaussian noise only; expected "
                           "noise=gaussian or no device_noise")
     channels, size = image_geometry(clf, cfg.layout)
-    data = load_data(cfg.data, cfg.label, size, channels)
+    data = load_from_config(cfg, size, channels)
     data.check_labels(clf.num_classes)
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))
     if not indices:
         raise DataError(f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
                         f"among {len(data)}; expected at least one")
+    data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
     probe = None
     if cfg.batch_size is None:
         batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n))
@@ -259,7 +274,7 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "providers": list(clf.providers),
         "device": getattr(clf, "device", None),
         "device_name": getattr(clf, "device_name", None),
-        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices)},
+        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices), **p.data.describe()},
         "versions": versions(),
         "command": command_line(),
         "timings": timings,
@@ -342,9 +357,8 @@ def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, gr
 def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
     """Yields (example indices, answers, seconds per example), group by group, computed in this process."""
     size = group_size(p.cfg)
-    for g in range(0, len(todo), size):
-        group = todo[g:g + size]
-        xs = [p.data.image(i) for i in group]
+    groups = [todo[g:g + size] for g in range(0, len(todo), size)]
+    for group, xs in p.data.iter_groups(groups):  # image files are decoded ahead, while sampling
         t = time.time()
         answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress)
         yield group, answers, (time.time() - t) / len(group)
