@@ -141,7 +141,7 @@ def test_predict_tests_at_level_alpha(tie, seed):
 def _sequential_false(clf, x, seed, trials, schedule: Schedule, alpha: float) -> int:
     sc = SmoothedClassifier(clf, sigma=0.5, seed=seed, batch_size=20_000)
     certs = sequential_certify_many(sc, [x] * trials, None, 1, schedule.n_max, alpha, radii=[], schedule=schedule,
-                                    futility_beta=0.0)
+                                    futility_beta=0.0, calibrate=False)  # union-bound design
     return sum(c.predict != ABSTAIN for c in certs)
 
 
