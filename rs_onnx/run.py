@@ -43,23 +43,40 @@ def bundled(name: str) -> str:
     return str(resources.files("rs_onnx") / "data" / name)
 
 
-def open_classifier(cfg: RunConfig):
-    """The base classifier and the preprocessing still to apply in NumPy (none when a denoiser is
-    composed in front: the classifier's preprocessing then sits inside the composed graph)."""
+def open_classifier(cfg: RunConfig, *, device: str | None = None, sess_options=None):
+    """THE assembly of the base classifier from a configuration, for every path (local runs, Ray workers,
+    API helpers, benchmarks): returns (classifier, preprocessing still to apply in NumPy).
+
+    Every option that changes results (fp16, cuda_graph, device_noise, extra_inputs, denoiser, input and
+    output names) is honoured here and nowhere else. With a denoiser the classifier's preprocessing sits
+    inside the composed graph, so the preprocessing returned is the identity. ``device`` overrides
+    ``cfg.device`` (a Ray worker's own GPU); ``sess_options``: onnxruntime session options (threads).
+    """
     from .classifier import OnnxClassifier
 
-    if cfg.denoiser:
-        return OnnxClassifier(composed_model(cfg), output_name=cfg.output_name, device=cfg.device), PreprocessSpec()
     extra = None
     if cfg.extra_inputs:
         try:
             extra = {name: np.asarray(value) for name, value in cfg.extra_inputs.items()}
         except ValueError as e:
             raise ConfigError(f"extra_inputs: {e}; expected a number or a nested list per input") from e
-    clf = OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device,
-                         extra_inputs=extra, precision="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
-                         device_noise=cfg.device_noise, max_batch=cfg.batch_size if cfg.cuda_graph else None)
-    return clf, cfg.preprocess_spec()
+    if cfg.denoiser and extra:
+        raise ConfigError(f"extra_inputs {sorted(extra)} with --denoiser: the composed model feeds only the image; "
+                          "expected a classifier with one input, or no denoiser")
+    path, input_name = (composed_model(cfg), None) if cfg.denoiser else (cfg.model, cfg.input_name)
+    clf = OnnxClassifier(path, input_name=input_name, output_name=cfg.output_name,
+                         device=cfg.device if device is None else device, extra_inputs=extra,
+                         precision="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
+                         device_noise=cfg.device_noise, max_batch=cfg.batch_size if cfg.cuda_graph else None,
+                         sess_options=sess_options)
+    return clf, (PreprocessSpec() if cfg.denoiser else cfg.preprocess_spec())
+
+
+def open_smoothed(cfg: RunConfig, clf, spec: PreprocessSpec, sigma: float, seed: int | None,
+                  noise_threads: int | None = None) -> SmoothedClassifier:
+    """THE assembly of the smoothed classifier around :func:`open_classifier`'s result (local and workers)."""
+    threads = cfg.noise_threads if noise_threads is None else noise_threads
+    return SmoothedClassifier(clf, sigma, spec, seed, cfg.batch_size, threads)
 
 
 def composed_model(cfg: RunConfig) -> Path:
@@ -135,9 +152,6 @@ class Prepared:
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Load and check model, sigma, data, labels and preprocessing; raises RsOnnxError on bad input."""
-    if cfg.denoiser and cfg.backend != "local":
-        raise ConfigError("--denoiser with --backend ray: expected a composed model (rs-onnx compose --denoiser "
-                          "D.onnx -o DC.onnx C.onnx) to certify on the workers")
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     channels, size = image_geometry(clf, cfg.layout)
@@ -150,7 +164,7 @@ def prepare(cfg: RunConfig) -> Prepared:
                         f"among {len(data)}; expected at least one")
     if cfg.batch_size is None:
         cfg.batch_size = resolve_batch_size(clf, len(indices) * (cfg.n0 + cfg.n))
-    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads)
+    smoothed = open_smoothed(cfg, clf, spec, sigma, cfg.seed)
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     return Prepared(cfg, clf, smoothed, data, indices)
 
