@@ -157,6 +157,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     channels, size = image_geometry(clf, cfg.layout)
     data = load_data(cfg.data, cfg.label, size, channels)
     data.check_labels(clf.num_classes)
+    if data.images.dtype.kind == "f" and data.images.size:  # before any file is written
+        from .inputs import check_magnitude
+
+        check_magnitude(max(float(data.images.max()), -float(data.images.min())), sigma, data.source)
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))
     if not indices:

@@ -294,8 +294,9 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
         levels must sum to at most alpha.
     futility_beta : fail-fast level (0: stop early only when the answer cannot change).
     """
-    if n0 < 1:
-        raise ConfigError(f"n0={n0}: expected at least 1 selection sample")
+    from .inputs import as_int
+
+    n0, n_max = as_int("n0", n0, 1), as_int("n", n_max, 1)
     if (radii is None) == (eps is None):
         raise ConfigError("expected exactly one of radii (decide these radii) or eps (radius to precision eps)")
     schedule = schedule or geometric_schedule(n_max, alpha, looks, n_first, final_share)
@@ -303,7 +304,7 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
         raise ConfigError(f"schedule ends at {schedule.n_max} and spends {schedule.alpha:.6g}; expected n_max={n_max} "
                           f"and at most alpha={alpha}")
     plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps)
-    examples = list(range(len(xs))) if examples is None else [int(e) for e in examples]
+    xs, examples = smoothed.images(xs, examples)  # uint8 scaled by 1/255, floats finite, one index per image
     if len(xs) == 0:
         return []
     sampler = smoothed._sampler(np.shape(xs[0]))

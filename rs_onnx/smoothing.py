@@ -5,17 +5,27 @@ g(x) = argmax_c P(f(x + delta) = c), delta ~ N(0, sigma^2 I), sigma in [0,1] pix
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import bounds, noise, stats
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .inputs import (
+    as_int,
+    check_alpha,
+    check_magnitude,
+    check_sigma,
+    looks_like_0_255,
+    pixels,
+)
 from .preprocess import Preprocessor, PreprocessSpec
 from .sampling import Sampler, Task, default_noise_threads
 
 ABSTAIN = stats.ABSTAIN
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,13 +64,9 @@ class Prediction:
     nonfinite: int
 
 
-def _check_args(n0: int | None, n: int, alpha: float) -> None:
-    if n0 is not None and n0 < 1:
-        raise ConfigError(f"n0={n0}: expected at least 1 selection sample")
-    if n < 1:
-        raise ConfigError(f"n={n}: expected at least 1 sample")
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha={alpha}: expected 0 < alpha < 1")
+def _check_args(n0: int | None, n: int, alpha: float) -> tuple[int | None, int, float]:
+    """(n0, n, alpha) checked: integers >= 1 (no silent truncation of 1.5), 0 < alpha < 1."""
+    return (None if n0 is None else as_int("n0", n0, 1)), as_int("n", n, 1), check_alpha(alpha)
 
 
 class SmoothedClassifier:
@@ -78,12 +84,10 @@ class SmoothedClassifier:
 
     def __init__(self, classifier, sigma: float, preprocess: PreprocessSpec | None = None, seed: int | None = None,
                  batch_size: int = 1000, noise_threads: int | None = None) -> None:
-        if not (np.isfinite(sigma) and sigma > 0):
-            raise ConfigError(f"sigma={sigma}: expected a positive noise level in [0,1] pixel units")
-        if batch_size < 1:
-            raise ConfigError(f"batch size {batch_size}: expected at least 1")
-        if seed is not None and seed < 0:
-            raise ConfigError(f"seed {seed}: expected a non-negative integer")
+        sigma = check_sigma(sigma)
+        batch_size = as_int("batch_size", batch_size, 1)
+        seed = None if seed is None else as_int("seed", seed, 0)
+        noise_threads = None if noise_threads is None else as_int("noise_threads", noise_threads, 0)
         self.classifier = classifier
         self.sigma = float(sigma)
         self.spec = preprocess or PreprocessSpec()
@@ -92,6 +96,38 @@ class SmoothedClassifier:
         device = getattr(classifier, "device", "cpu")
         self.noise_threads = default_noise_threads(device) if noise_threads is None else int(noise_threads)
         self._pre: Preprocessor | None = None
+        self._warned_0_255 = False
+
+    def images(self, xs, examples=None) -> tuple[list[np.ndarray], list[int]]:
+        """Checked images in [0,1] pixel units and their example indices (see :func:`rs_onnx.inputs.pixels`).
+
+        Integer images (uint8 0..255) are divided by 255, as the CLI does; floats must be finite and of a
+        size float32 resolves at sigma; an image-shaped float input in [0, 255] is used as given, with a
+        one-time warning. ``examples`` (default 0, 1, ...) must give one non-negative integer per image.
+        """
+        xs = list(xs)
+        if examples is None:
+            examples = list(range(len(xs)))
+        else:
+            examples = [as_int("example index", e, 0) for e in examples]
+            if len(examples) != len(xs):
+                raise ConfigError(f"{len(examples)} examples for {len(xs)} images; expected one example index "
+                                  "per image")
+        out: list[np.ndarray] = []
+        for i, x in enumerate(xs):
+            raw = np.asarray(x)
+            if not self._warned_0_255 and looks_like_0_255(raw):
+                self._warned_0_255 = True
+                logger.warning("image %d is float with values up to %g: it looks like 0..255 data, but floats are "
+                               "taken as [0,1] pixel units (sigma=%g is in those units); pass uint8 images (divided "
+                               "by 255) or divide by 255 yourself", i, float(raw.max()), self.sigma)
+            px = pixels(raw, f"image {i}")
+            if out and px.shape != out[0].shape:
+                raise DataError(f"image {i} has shape {list(px.shape)}; expected {list(out[0].shape)} like image 0")
+            if px.size:
+                check_magnitude(float(np.abs(px).max()), self.sigma, f"image {i}")
+            out.append(px)
+        return out, examples
 
     def preprocessor(self, image_shape) -> Preprocessor:
         """The Preprocessor for images of ``image_shape`` (built once, reused)."""
@@ -115,13 +151,14 @@ class SmoothedClassifier:
                      progress: Callable[[int], None] | None = None, bound: str = "cohen") -> list[Certificate]:
         """CERTIFY for several images at once, packed into shared batches.
 
-        xs : images of one shape (e.g. [C,H,W]) in [0,1]. examples : their indices in the data set, which
+        xs : images of one shape (e.g. [C,H,W]): floats in [0,1] pixel units, or uint8 0..255 (divided by
+        255, as the CLI does; see :meth:`images`). examples : their indices in the data set, which
         select their noise streams (default 0, 1, ...). Returns one Certificate per image.
         """
-        _check_args(n0, n, alpha)
+        n0, n, alpha = as_int("n0", n0, 1), *_check_args(None, n, alpha)[1:]
         if bound not in ("cohen", "best"):
             raise ConfigError(f"bound={bound!r}: expected 'cohen' or 'best'")
-        examples = list(range(len(xs))) if examples is None else list(examples)
+        xs, examples = self.images(xs, examples)
         if len(xs) == 0:
             return []
         counts0 = self._count(xs, examples, noise.SELECT, n0, progress)
@@ -147,15 +184,15 @@ class SmoothedClassifier:
         return out
 
     def certify(self, x: np.ndarray, n0: int, n: int, alpha: float, example: int = 0) -> Certificate:
-        """CERTIFY (Cohen et al. 2019, Algorithm CERTIFY) for one image x in [0,1]."""
+        """CERTIFY (Cohen et al. 2019, Algorithm CERTIFY) for one image x: floats in [0,1], or uint8 0..255 (/255)."""
         return self.certify_many([x], n0, n, alpha, [example])[0]
 
     def predict_many(self, xs: Sequence[np.ndarray], n: int, alpha: float,
                      examples: Sequence[int] | None = None,
                      progress: Callable[[int], None] | None = None) -> list[Prediction]:
         """PREDICT for several images: abstain unless the top two counts differ at level alpha."""
-        _check_args(None, n, alpha)
-        examples = list(range(len(xs))) if examples is None else list(examples)
+        _, n, alpha = _check_args(None, n, alpha)
+        xs, examples = self.images(xs, examples)
         if len(xs) == 0:
             return []
         counts = self._count(xs, examples, noise.PREDICT, n, progress)
@@ -167,5 +204,5 @@ class SmoothedClassifier:
         return out
 
     def predict(self, x: np.ndarray, n: int, alpha: float, example: int = 0) -> Prediction:
-        """PREDICT (Cohen et al. 2019, Algorithm PREDICT) for one image x in [0,1]."""
+        """PREDICT (Cohen et al. 2019, Algorithm PREDICT) for one image x: floats in [0,1], or uint8 0..255 (/255)."""
         return self.predict_many([x], n, alpha, [example])[0]
