@@ -318,8 +318,8 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
         if out:
             write_json_atomic(meta_path(out), meta)
     if extra["nonfinite_outputs"]:
-        log.warning("%d noisy samples gave NaN/Inf model outputs; they were counted as their own outcome, never "
-                    "for a class (column 'nonfinite')", extra["nonfinite_outputs"])
+        log.warning("%d noisy samples gave NaN/Inf model outputs or class indices out of range; they were counted "
+                    "as their own outcome, never for a class (column 'nonfinite')", extra["nonfinite_outputs"])
     return meta
 
 

@@ -80,14 +80,17 @@ class SmoothedClassifier:
     seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
     batch_size : noisy samples per model call.
     noise_threads : threads drawing noise (default: by the classifier's device, see default_noise_threads).
+    num_classes : the model's class count K, fixed before counting (default: ``classifier.num_classes``;
+        for index outputs of unknown range 1000). Indices outside 0..K-1 count as no class.
     """
 
     def __init__(self, classifier, sigma: float, preprocess: PreprocessSpec | None = None, seed: int | None = None,
-                 batch_size: int = 1000, noise_threads: int | None = None) -> None:
+                 batch_size: int = 1000, noise_threads: int | None = None, num_classes: int | None = None) -> None:
         sigma = check_sigma(sigma)
         batch_size = as_int("batch_size", batch_size, 1)
         seed = None if seed is None else as_int("seed", seed, 0)
         noise_threads = None if noise_threads is None else as_int("noise_threads", noise_threads, 0)
+        self.num_classes = None if num_classes is None else as_int("num_classes", num_classes, 1)
         self.classifier = classifier
         self.sigma = float(sigma)
         self.spec = preprocess or PreprocessSpec()
@@ -139,7 +142,7 @@ class SmoothedClassifier:
 
     def _sampler(self, image_shape) -> Sampler:
         return Sampler(self.classifier, self.preprocessor(image_shape), self.sigma, self.entropy,
-                       self.batch_size, self.noise_threads)
+                       self.batch_size, self.noise_threads, num_classes=self.num_classes)
 
     def _count(self, xs, examples, phase, n, progress) -> np.ndarray:
         sampler = self._sampler(np.shape(xs[0]))
