@@ -122,12 +122,15 @@ class Worker:
     device : onnxruntime device for this worker ("cuda" on a Ray GPU: Ray sets CUDA_VISIBLE_DEVICES).
     threads : CPU threads of this worker (onnxruntime intra-op and noise threads, unless configured).
     fault_dir : testing only: a file ``crash-<idx>`` there makes the worker given example idx exit, once.
+    batch_mode : the driver's classifier's batch mode after its checks (rs_onnx.checks): "per-sample"
+        makes the worker run one sample per session run too.
     """
 
     def __init__(self, cfg: dict, sha256: str, sigma: float, entropy: int, device: str, threads: int,
-                 fault_dir: str | None = None) -> None:
+                 fault_dir: str | None = None, batch_mode: str | None = None) -> None:
         self._args = (cfg, sha256, sigma, entropy, device, threads)
         self._fault_dir = fault_dir
+        self._batch_mode = batch_mode
         self.smoothed = None
 
     def _setup(self, model) -> None:
@@ -159,6 +162,10 @@ class Worker:
         if self.classifier.sha256 != sha256:
             raise WorkerError(f"model {self.cfg.model}: sha256 {self.classifier.sha256[:12]} on this worker; "
                               f"expected the driver's {sha256[:12]} (a different file under the same path?)")
+        if self._batch_mode == "per-sample" and self.classifier.batch_mode != "per-sample":
+            from .checks import fall_back_per_sample
+
+            fall_back_per_sample(self.classifier)  # as the driver's batch check decided
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
         self.smoothed = open_smoothed(self.cfg, self.classifier, spec, sigma, entropy, noise_threads)
 
@@ -319,7 +326,7 @@ def _run(ray, p, mode, todo, progress, workers, gpus_per_worker, cpus_per_worker
     remote = ray.remote(Worker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts,
                                         max_task_retries=max_restarts, scheduling_strategy="SPREAD")
     args = (cfg.to_dict(), sha, p.smoothed.sigma, p.smoothed.entropy, _worker_device(cfg.device, gpus),
-            max(1, math.floor(cpus)), fault_dir)
+            max(1, math.floor(cpus)), fault_dir, getattr(p.classifier, "batch_mode", None))
     actors = [remote.remote(*args) for _ in range(n_workers)]
     log.info("ray: %d groups of up to %d examples on %d workers (%g GPU, %g CPU each)", len(groups), size,
              n_workers, gpus, cpus)

@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -148,6 +148,7 @@ class Prepared:
     smoothed: SmoothedClassifier
     data: Dataset
     indices: list[int]
+    checks: dict = field(default_factory=dict)  # batch_check and clean_accuracy (rs_onnx.checks)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -170,7 +171,32 @@ def prepare(cfg: RunConfig) -> Prepared:
         cfg.batch_size = resolve_batch_size(clf, len(indices) * (cfg.n0 + cfg.n))
     smoothed = open_smoothed(cfg, clf, spec, sigma, cfg.seed)
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
-    return Prepared(cfg, clf, smoothed, data, indices)
+    return Prepared(cfg, clf, smoothed, data, indices, run_checks(cfg, smoothed, data, indices))
+
+
+CLEAN_EXAMPLES = 100
+"""Examples whose clean accuracy is measured before certifying (one forward pass each)."""
+
+
+def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indices: list[int]) -> dict:
+    """Before the first sample: batch equivalence at the batch size used (rs_onnx.checks; may switch the
+    classifier to one sample per run, or refuse) and the clean accuracy on the first selected examples
+    (a warning when near chance). Returns the records for meta.json."""
+    from .checks import check_batch_equivalence, clean_accuracy, near_chance
+
+    batch = min(int(cfg.batch_size or smoothed.batch_size), len(indices) * (cfg.n0 + cfg.n))
+    checks: dict = {"batch_check": check_batch_equivalence(smoothed, data.image(indices[0]), batch)}
+    first = indices[:CLEAN_EXAMPLES]
+    acc = clean_accuracy(smoothed.classifier, smoothed, [data.image(i) for i in first],
+                         [int(data.labels[i]) for i in first])
+    checks["clean_accuracy"] = acc
+    if near_chance(acc):
+        assert acc is not None
+        log.warning("the base classifier is right on only %d of %d clean examples (%.0f%%, chance %.0f%%): the "
+                    "preprocessing is likely wrong: check the mean/std (--mean/--std or --preset), the layout "
+                    "(--layout nchw/nhwc), the scale (--scale 255 for models that take 0..255) and the labels",
+                    acc["correct"], acc["examples"], 100 * acc["accuracy"], 100 * acc["chance"])
+    return checks
 
 
 def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict) -> dict:
@@ -193,6 +219,8 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "command": command_line(),
         "timings": timings,
         "out": str(out) if out else None,
+        "clean_accuracy": p.checks.get("clean_accuracy"),
+        "batch_check": p.checks.get("batch_check"),
         **extra,
     }
 
