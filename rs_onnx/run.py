@@ -26,8 +26,8 @@ from .config import RunConfig
 from .data import Dataset, load_data
 from .errors import ConfigError, DataError
 from .preprocess import PreprocessSpec
-from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, TsvWriter, command_line, meta_path, sha256_file, versions,
-                      write_json_atomic)
+from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, SEQUENTIAL_COLUMNS, TsvWriter, command_line, meta_path,
+                      sha256_file, versions, write_json_atomic)
 from .smoothing import SmoothedClassifier
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,8 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
     yield groups in the order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after
     recording the interruption.
     """
-    columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
+    columns = ((SEQUENTIAL_COLUMNS if p.cfg.sequential else CERTIFY_COLUMNS) if mode == "certify"
+               else PREDICT_COLUMNS)
     todo = list(p.indices)
     if resume:
         if out is None:
@@ -355,6 +356,10 @@ def _row(mode: str, idx: int, label: int, a, seconds: float) -> dict:
     common = {"idx": idx, "label": label, "predict": a.predict, "correct": int(a.predict == label and label >= 0),
               "time": round(seconds, 4), "n": a.n, "nonfinite": a.nonfinite}
     if mode == "certify":
-        return {**common, "radius": float(a.radius), "pA_lower": float(a.p_a_lower), "nA": a.n_a, "n0": a.n0,
-                "pB_upper": float(a.p_b_upper), "radius_2class": float(a.radius_2class), "radius_tv": float(a.radius_tv)}
+        row = {**common, "radius": float(a.radius), "pA_lower": float(a.p_a_lower), "nA": a.n_a, "n0": a.n0,
+               "pB_upper": float(a.p_b_upper), "radius_2class": float(a.radius_2class), "radius_tv": float(a.radius_tv),
+               "alpha_pA": float(a.alpha_p_a) if a.alpha_p_a is not None else float("nan")}
+        if hasattr(a, "look_n"):  # sequential: the look that decided pA_lower
+            row.update(look=a.look, look_n=a.look_n, look_nA=a.look_n_a)
+        return row
     return {**common, "pvalue": float(a.p_value), "count_a": a.count_a, "count_b": a.count_b}

@@ -273,6 +273,9 @@ class SequentialCertificate(Certificate):
     looks: int
     stopped: str
     n_max: int
+    look: int = 0  # the look whose bound is p_a_lower (1-based; 0: none made), at level alpha_p_a
+    look_n: int = 0  # estimation samples at that look
+    look_n_a: int = 0  # count of the guess at that look: p_a_lower = CP_lower(look_n_a, look_n, alpha_p_a)
 
 
 def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequence[int] | None, n0: int,
@@ -360,4 +363,7 @@ def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.
                                  nonfinite=int(sel[-1] + counts[-1]), p_b_upper=p_b, radius_2class=r_two,
                                  radius_tv=r_tv, counts=counts.copy(),
                                  decided_radius=decided[-1] if decided else 0.0, decided_radii=decided,
-                                 looks=int(out.looks[i]), stopped=stopped, n_max=sched.n_max)
+                                 looks=int(out.looks[i]), stopped=stopped, n_max=sched.n_max,
+                                 alpha_p_a=float(sched.alphas[look]) if look >= 0 else 0.0, look=look + 1,
+                                 look_n=sched.sizes[look] if look >= 0 else 0,
+                                 look_n_a=int(out.best_n_a[i]) if look >= 0 else 0)

@@ -25,6 +25,8 @@ from .preprocess import Preprocessor, PreprocessSpec
 from .sampling import Sampler, Task, default_noise_threads
 
 ABSTAIN = stats.ABSTAIN
+BEST_ALPHA_SPLIT = 0.5
+"""With bound="best", the share of alpha spent on p_a_lower (the rest bounds p_b_upper)."""
 logger = logging.getLogger(__name__)
 
 
@@ -50,6 +52,7 @@ class Certificate:
     radius_2class: float
     radius_tv: float
     counts: np.ndarray = field(repr=False, compare=False)
+    alpha_p_a: float | None = None  # the level of p_a_lower: alpha, or alpha/2 with bound="best" (TSV alpha_pA)
 
 
 @dataclass(frozen=True)
@@ -170,20 +173,24 @@ class SmoothedClassifier:
         for c0, c1 in zip(counts0, counts1):
             guess = int(np.argmax(c0[:-1])) if c0[:-1].sum() > 0 else ABSTAIN
             n_a = int(c1[guess]) if guess != ABSTAIN else 0
-            p_lower = stats.clopper_pearson_lower(n_a, n, alpha)
+            # with bound="best" the radius uses p_a_lower at alpha/2: the column shows that bound, not alpha's
+            alpha_a = alpha * BEST_ALPHA_SPLIT if bound == "best" else alpha
+            p_lower = stats.clopper_pearson_lower(n_a, n, alpha_a)
             p_b, r_two, r_tv = 1.0, 0.0, 0.0
             if guess != ABSTAIN:  # non-finite outputs count as one more rival outcome
                 p_a_split, p_b, r_two = map(float, bounds.two_class_certificate(c1, guess, alpha, self.sigma))
                 r_tv = float(bounds.tv_radius(p_a_split, p_b, self.sigma))
             if bound == "best":
-                radius = float(bounds.best_radius(c1, guess, alpha, self.sigma)) if guess != ABSTAIN else 0.0
+                radius = (float(bounds.best_radius(c1, guess, alpha, self.sigma, alpha_split=BEST_ALPHA_SPLIT))
+                          if guess != ABSTAIN else 0.0)
                 pred = guess if radius > 0 else ABSTAIN
             elif p_lower < 0.5:
                 pred, radius = ABSTAIN, 0.0
             else:
                 pred, radius = guess, stats.cohen_radius(p_lower, self.sigma)
             nonfinite = int(c0[-1] + c1[-1])
-            out.append(Certificate(pred, radius, p_lower, n_a, n, n0, guess, nonfinite, p_b, r_two, r_tv, c1))
+            out.append(Certificate(pred, radius, p_lower, n_a, n, n0, guess, nonfinite, p_b, r_two, r_tv, c1,
+                                   alpha_a))
         return out
 
     def certify(self, x: np.ndarray, n0: int, n: int, alpha: float, example: int = 0) -> Certificate:
