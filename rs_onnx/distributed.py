@@ -167,7 +167,9 @@ class Worker:
 
             fall_back_per_sample(self.classifier)  # as the driver's batch check decided
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
-        self.smoothed = open_smoothed(self.cfg, self.classifier, spec, sigma, entropy, noise_threads)
+        smoothed = open_smoothed(self.cfg, self.classifier, spec, sigma, entropy, noise_threads)
+        smoothed.batch_check = {"result": "checked by the driver"}  # its decision came as batch_mode
+        self.smoothed = smoothed
 
     def ready(self, model) -> dict:
         """Build the session; returns where this worker runs and with which versions."""

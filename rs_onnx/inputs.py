@@ -65,9 +65,9 @@ def check_magnitude(max_abs: float, sigma: float, what: str) -> None:
                         "(float32 overflows)")
     step = float(np.spacing(np.float32(max_abs)))
     if step > RESOLUTION * sigma:
-        raise DataError(f"{what} holds a value of magnitude {max_abs:.3g}, where float32 resolves only steps of "
-                        f"{step:.3g}: noise of sigma={sigma:g} would be lost in rounding; expected pixel values in "
-                        "[0,1] (or features of moderate size)")
+        raise DataError(f"{what}: noise of sigma={sigma:g} would be lost in float32 rounding at values up to "
+                        f"{max_abs:.3g} (steps of {step:.3g} there); expected pixel values in [0,1] (or features of "
+                        f"moderate size) and sigma of at least {step / RESOLUTION:.3g}")
 
 
 def pixels(x, what: str = "x") -> np.ndarray:

@@ -158,10 +158,12 @@ def prepare(cfg: RunConfig) -> Prepared:
     channels, size = image_geometry(clf, cfg.layout)
     data = load_data(cfg.data, cfg.label, size, channels)
     data.check_labels(clf.num_classes)
-    if data.images.dtype.kind == "f" and data.images.size:  # before any file is written
+    if data.images.size:  # the check SmoothedClassifier.images makes per image, here before any file is written
         from .inputs import check_magnitude
 
-        check_magnitude(max(float(data.images.max()), -float(data.images.min())), sigma, data.source)
+        top = max(float(data.images.max()), -float(data.images.min()))
+        top = float(np.float32(top / 255.0 if data.images.dtype == np.uint8 else top)) if top < 1e38 else top
+        check_magnitude(top, sigma, data.source)
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))
     if not indices:
@@ -184,8 +186,11 @@ def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indi
     (a warning when near chance). Returns the records for meta.json."""
     from .checks import check_batch_equivalence, clean_accuracy, near_chance
 
-    batch = min(int(cfg.batch_size or smoothed.batch_size), len(indices) * (cfg.n0 + cfg.n))
+    batch = int(cfg.batch_size or smoothed.batch_size)
+    if not getattr(smoothed.classifier, "prefers_fixed_batch", False):  # padded (CUDA): always full batches
+        batch = min(batch, len(indices) * (cfg.n0 + cfg.n))
     checks: dict = {"batch_check": check_batch_equivalence(smoothed, data.image(indices[0]), batch)}
+    smoothed.batch_check = checks["batch_check"]  # checked once, here (Ray workers follow via batch_mode)
     first = indices[:CLEAN_EXAMPLES]
     acc = clean_accuracy(smoothed.classifier, smoothed, [data.image(i) for i in first],
                          [int(data.labels[i]) for i in first])

@@ -310,6 +310,7 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
     xs, examples = smoothed.images(xs, examples)  # uint8 scaled by 1/255, floats finite, one index per image
     if len(xs) == 0:
         return []
+    smoothed.verify_batches(xs[0], n_max * len(xs))
     sampler = smoothed._sampler(np.shape(xs[0]))
     clean = [sampler.pre.clean(x) for x in xs]
     sel = sampler.count([Task(c, e, noise.SELECT, n0) for c, e in zip(clean, examples)], progress)

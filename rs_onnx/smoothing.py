@@ -103,6 +103,7 @@ class SmoothedClassifier:
         self.noise_threads = default_noise_threads(device) if noise_threads is None else int(noise_threads)
         self._pre: Preprocessor | None = None
         self._warned_0_255 = False
+        self.batch_check: dict | None = None  # set by verify_batches before the first count
 
     def images(self, xs, examples=None) -> tuple[list[np.ndarray], list[int]]:
         """Checked images in [0,1] pixel units and their example indices (see :func:`rs_onnx.inputs.pixels`).
@@ -147,6 +148,18 @@ class SmoothedClassifier:
         return Sampler(self.classifier, self.preprocessor(image_shape), self.sigma, self.entropy,
                        self.batch_size, self.noise_threads, num_classes=self.num_classes)
 
+    def verify_batches(self, x: np.ndarray, samples: int) -> dict | None:
+        """Once per instance, for an ONNX classifier: :func:`rs_onnx.checks.check_batch_equivalence` on noisy
+        copies of ``x`` at the batch size a count of ``samples`` samples uses (the classifier may fall
+        back to one sample per run; ModelError when it cannot). The record is kept in ``batch_check``."""
+        if self.batch_check is None and getattr(self.classifier, "batch_mode", None) is not None:
+            from .checks import check_batch_equivalence
+
+            padded = getattr(self.classifier, "prefers_fixed_batch", False)  # CUDA: always full batches
+            batch = self.batch_size if padded else min(self.batch_size, max(1, int(samples)))
+            self.batch_check = check_batch_equivalence(self, x, batch)
+        return self.batch_check
+
     def _count(self, xs, examples, phase, n, progress) -> np.ndarray:
         sampler = self._sampler(np.shape(xs[0]))
         tasks = [Task(sampler.pre.clean(x), int(e), phase, n) for x, e in zip(xs, examples)]
@@ -167,6 +180,7 @@ class SmoothedClassifier:
         xs, examples = self.images(xs, examples)
         if len(xs) == 0:
             return []
+        self.verify_batches(xs[0], max(n0, n) * len(xs))
         counts0 = self._count(xs, examples, noise.SELECT, n0, progress)
         counts1 = self._count(xs, examples, noise.ESTIMATE, n, progress)
         out = []
@@ -205,6 +219,7 @@ class SmoothedClassifier:
         xs, examples = self.images(xs, examples)
         if len(xs) == 0:
             return []
+        self.verify_batches(xs[0], n * len(xs))
         counts = self._count(xs, examples, noise.PREDICT, n, progress)
         out = []
         for c in counts:

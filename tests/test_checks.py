@@ -21,6 +21,7 @@ from rs_onnx.cli import main
 from rs_onnx.config import RunConfig
 from rs_onnx.distributed import Worker
 from rs_onnx.errors import ModelError
+from rs_onnx.sequential import sequential_certify_many
 from tests import onnx_models as om
 
 W = np.random.default_rng(7).normal(size=(3, 16)).astype(np.float32)
@@ -172,3 +173,21 @@ def test_wrong_preprocessing_warns_and_is_recorded(files, tmp_path, capsys):
     assert "clean examples" not in captured.err
     acc = json.loads((tmp_path / "c.tsv.meta.json").read_text())["clean_accuracy"]
     assert acc["accuracy"] > 0.9 and acc["correct"] == round(acc["accuracy"] * 40)
+
+
+def test_the_python_api_checks_batches_too(files):
+    """SmoothedClassifier on an OnnxClassifier: the first certify/predict checks its batch size once."""
+    x = np.full((1, 4, 4), 0.5, np.float32)
+    results = []
+    for batch in (100, 5):
+        clf = OnnxClassifier(files / "mix.onnx", device="cpu")
+        g = SmoothedClassifier(clf, sigma=0.3, seed=0, batch_size=batch)
+        cert = g.certify(x, 20, 300, 0.01)
+        results.append((cert.predict, cert.n_a, cert.radius, g.predict(x, 300, 0.01).count_a))
+        assert g.batch_check["batch_sizes"][0] == batch
+        assert clf.batch_mode == ("per-sample" if batch > 8 else "dynamic")
+    assert results[0] == results[1]
+    seq_clf = OnnxClassifier(files / "mix.onnx", device="cpu")
+    g = SmoothedClassifier(seq_clf, sigma=0.3, seed=0, batch_size=64)
+    sequential_certify_many(g, [x], None, 20, 500, 0.01, [0.25])
+    assert seq_clf.batch_mode == "per-sample" and g.batch_check["result"] == "per-sample fallback"
