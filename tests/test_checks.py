@@ -191,3 +191,28 @@ def test_the_python_api_checks_batches_too(files):
     g = SmoothedClassifier(seq_clf, sigma=0.3, seed=0, batch_size=64)
     sequential_certify_many(g, [x], None, 20, 500, 0.01, [0.25])
     assert seq_clf.batch_mode == "per-sample" and g.batch_check["result"] == "per-sample fallback"
+
+
+class _OutOfMemoryAbove:
+    """An OnnxClassifier that raises onnxruntime's out-of-memory message above ``rows`` inputs."""
+
+    def __init__(self, clf, rows):
+        self._clf, self._rows = clf, rows
+
+    def predict(self, x):
+        if len(x) > self._rows:
+            raise RuntimeError(f"Failed to allocate memory for requested buffer of size {len(x) * 64}")
+        return self._clf.predict(x)
+
+    def __getattr__(self, name):
+        return getattr(self._clf, name)
+
+
+def test_out_of_memory_halves_the_checked_batch_like_the_sampler(files):
+    clf = _OutOfMemoryAbove(OnnxClassifier(files / "lin.onnx", device="cpu"), 40)
+    g = SmoothedClassifier(clf, sigma=0.3, seed=0, batch_size=100)
+    rec = check_batch_equivalence(g, np.full((1, 4, 4), 0.5, np.float32))
+    assert rec["result"] == "ok" and rec["batch_sizes"] == [25, 13] and rec["out_of_memory_at"] == 50
+    plain = _OutOfMemoryAbove(OnnxClassifier(files / "lin.onnx", device="cpu"), 0)  # fails even one by one
+    with pytest.raises(RuntimeError, match="allocate"):
+        check_batch_equivalence(SmoothedClassifier(plain, sigma=0.3, seed=0, batch_size=4), np.zeros((1, 4, 4)))
