@@ -100,7 +100,7 @@ def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = No
     ref = (np.concatenate([s[0] for s in singles]),
            None if any(s[1] is None for s in singles) else np.concatenate([s[1] for s in singles]))
     record.update(batch_sizes=[b, other], rows_one_by_one=m)
-    rel = 1e-2 if getattr(clf, "precision", "fp32") == "fp16" else 1e-3
+    rel = 1e-2 if getattr(clf, "float_type", "fp32") == "fp16" else 1e-3
 
     def head(r, k):
         return r[0][:k], None if r[1] is None else r[1][:k]
@@ -125,6 +125,17 @@ def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = No
     record["result"] = "per-sample fallback"
     record["reason"] = reason
     return record
+
+
+def check_batches_once(smoothed, x: np.ndarray, samples: int) -> dict | None:
+    """:func:`check_batch_equivalence` for an ONNX classifier (one with batch modes; None for others), at the
+    batch size a count of ``samples`` samples uses: the full batch when the sampler pads (CUDA)."""
+    clf = smoothed.classifier
+    if getattr(clf, "batch_mode", None) is None:
+        return None
+    padded = clf.prefers_fixed_batch
+    batch = smoothed.batch_size if padded else min(smoothed.batch_size, max(1, int(samples)))
+    return check_batch_equivalence(smoothed, x, batch)
 
 
 def fall_back_per_sample(clf) -> None:

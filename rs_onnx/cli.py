@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import build_config, load_yaml
 from .errors import RsOnnxError
 
@@ -91,7 +91,7 @@ def _run_options(f):
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
         click.option("--label", type=int, help="Label of a single image file given as DATA."),
-        click.option("--noise-threads", type=int, help="Threads drawing noise (default: half the cores)."),
+        click.option("--noise-threads", type=int, help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16)."),
         click.option("--backend", type=click.Choice(["local", "ray"]), help="Where to sample: this process "
                      "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
         click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"rs-onnx: error: {e}", err=True)
         sys.exit(1)
-    except Exception as e:  # noqa: BLE001 - last resort: one line, no traceback unless --debug
+    except Exception as e:  # last resort: one line, no traceback unless --debug
         if debug:
             raise
         click.echo(f"rs-onnx: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)

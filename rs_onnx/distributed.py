@@ -20,11 +20,14 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from .errors import ConfigError, RsOnnxError
+
+if TYPE_CHECKING:
+    from .smoothing import SmoothedClassifier
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +134,7 @@ class Worker:
         self._args = (cfg, sha256, sigma, entropy, device, threads)
         self._fault_dir = fault_dir
         self._batch_mode = batch_mode
-        self.smoothed = None
+        self.smoothed: SmoothedClassifier | None = None
 
     def _setup(self, model) -> None:
         """Build the session once, through :func:`rs_onnx.run.open_classifier` (the one assembly, so every
@@ -167,6 +170,7 @@ class Worker:
 
             fall_back_per_sample(self.classifier)  # as the driver's batch check decided
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
+        assert self.cfg.batch_size is not None  # the driver's resolved configuration
         smoothed = open_smoothed(self.cfg, self.classifier, spec, sigma, entropy, noise_threads)
         smoothed.batch_check = {"result": "checked by the driver"}  # its decision came as batch_mode
         self.smoothed = smoothed
@@ -193,6 +197,7 @@ class Worker:
         from .run import answer_group
 
         t = time.time()
+        assert self.smoothed is not None  # built by _setup
         out = answer_group(self.smoothed, self.cfg, mode, xs, group)
         return out, (time.time() - t) / len(group)
 

@@ -22,7 +22,7 @@ from .inputs import (
     pixels,
 )
 from .preprocess import Preprocessor, PreprocessSpec
-from .sampling import Sampler, Task, default_noise_threads
+from .sampling import DEFAULT_INDEX_CLASSES, Sampler, Task, check_classifier, default_noise_threads
 
 ABSTAIN = stats.ABSTAIN
 BEST_ALPHA_SPLIT = 0.5
@@ -77,7 +77,8 @@ class SmoothedClassifier:
 
     Parameters
     ----------
-    classifier : the base classifier (e.g. ``OnnxClassifier``): model inputs [B, ...] -> classes [B].
+    classifier : the base classifier (e.g. ``OnnxClassifier``): model inputs [B, ...] -> classes [B]; it must have
+        every member of :class:`rs_onnx.sampling.Classifier` (subclass ``HostClassifier`` for the host defaults).
     sigma : standard deviation of the Gaussian noise, in [0,1] pixel units (before normalisation).
     preprocess : how x + delta becomes the model input; default: no scaling, the model's layout.
     seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
@@ -94,13 +95,13 @@ class SmoothedClassifier:
         seed = None if seed is None else as_int("seed", seed, 0)
         noise_threads = None if noise_threads is None else as_int("noise_threads", noise_threads, 0)
         self.num_classes = None if num_classes is None else as_int("num_classes", num_classes, 1)
+        check_classifier(classifier)
         self.classifier = classifier
         self.sigma = float(sigma)
         self.spec = preprocess or PreprocessSpec()
-        self.entropy = noise.new_entropy() if seed is None else int(seed)
+        self._entropy = noise.new_entropy() if seed is None else int(seed)
         self.batch_size = int(batch_size)
-        device = getattr(classifier, "device", "cpu")
-        self.noise_threads = default_noise_threads(device) if noise_threads is None else int(noise_threads)
+        self.noise_threads = default_noise_threads(classifier.device) if noise_threads is None else int(noise_threads)
         self._pre: Preprocessor | None = None
         self._warned_0_255 = False
         self.batch_check: dict | None = None  # set by verify_batches before the first count
@@ -136,6 +137,11 @@ class SmoothedClassifier:
             out.append(px)
         return out, examples
 
+    @property
+    def entropy(self) -> int:
+        """The seed of every noise stream (``seed``, or fresh entropy); fixed at construction."""
+        return self._entropy
+
     def preprocessor(self, image_shape) -> Preprocessor:
         """The Preprocessor for images of ``image_shape`` (built once, reused)."""
         image_shape = tuple(int(d) for d in image_shape)
@@ -144,7 +150,9 @@ class SmoothedClassifier:
             self._pre = Preprocessor(self.spec, image_shape, c.input_shape, c.input_dtype)
         return self._pre
 
-    def _sampler(self, image_shape) -> Sampler:
+    def sampler(self, image_shape) -> Sampler:
+        """A :class:`~rs_onnx.sampling.Sampler` over this classifier's sigma, entropy, batch size and threads,
+        for images of ``image_shape``."""
         return Sampler(self.classifier, self.preprocessor(image_shape), self.sigma, self.entropy,
                        self.batch_size, self.noise_threads, num_classes=self.num_classes)
 
@@ -152,16 +160,27 @@ class SmoothedClassifier:
         """Once per instance, for an ONNX classifier: :func:`rs_onnx.checks.check_batch_equivalence` on noisy
         copies of ``x`` at the batch size a count of ``samples`` samples uses (the classifier may fall
         back to one sample per run; ModelError when it cannot). The record is kept in ``batch_check``."""
-        if self.batch_check is None and getattr(self.classifier, "batch_mode", None) is not None:
-            from .checks import check_batch_equivalence
+        if self.batch_check is None:
+            from .checks import check_batches_once
 
-            padded = getattr(self.classifier, "prefers_fixed_batch", False)  # CUDA: always full batches
-            batch = self.batch_size if padded else min(self.batch_size, max(1, int(samples)))
-            self.batch_check = check_batch_equivalence(self, x, batch)
+            self.batch_check = check_batches_once(self, x, samples)
         return self.batch_check
 
-    def _count(self, xs, examples, phase, n, progress) -> np.ndarray:
-        sampler = self._sampler(np.shape(xs[0]))
+    def count(self, xs: Sequence[np.ndarray], examples: Sequence[int], phase: int, n: int,
+              progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Counts of ``n`` noisy samples of each image of ``xs`` (one shape; floats in [0,1], or uint8 0..255,
+        divided by 255: see :meth:`images`) under noise ``phase``.
+
+        ``examples`` select the noise streams (one per image). Returns int64 [len(xs), K + 1]; column K counts
+        samples with no class (non-finite model outputs, class indices outside 0..K-1).
+        """
+        n = as_int("n", n, 0)
+        xs, examples = self.images(xs, examples)
+        if not xs:
+            return np.zeros((0, (self.num_classes or self.classifier.num_classes or DEFAULT_INDEX_CLASSES) + 1),
+                            np.int64)
+        self.verify_batches(xs[0], n * len(xs))
+        sampler = self.sampler(np.shape(xs[0]))
         tasks = [Task(sampler.pre.clean(x), int(e), phase, n) for x, e in zip(xs, examples)]
         return sampler.count(tasks, progress)
 
@@ -181,11 +200,11 @@ class SmoothedClassifier:
         if len(xs) == 0:
             return []
         self.verify_batches(xs[0], max(n0, n) * len(xs))
-        counts0 = self._count(xs, examples, noise.SELECT, n0, progress)
-        counts1 = self._count(xs, examples, noise.ESTIMATE, n, progress)
+        counts0 = self.count(xs, examples, noise.SELECT, n0, progress)
+        counts1 = self.count(xs, examples, noise.ESTIMATE, n, progress)
         out = []
         for c0, c1 in zip(counts0, counts1):
-            guess = int(np.argmax(c0[:-1])) if c0[:-1].sum() > 0 else ABSTAIN
+            guess = stats.select(c0)
             n_a = int(c1[guess]) if guess != ABSTAIN else 0
             # with bound="best" the radius uses p_a_lower at alpha/2: the column shows that bound, not alpha's
             alpha_a = alpha * BEST_ALPHA_SPLIT if bound == "best" else alpha
@@ -220,7 +239,7 @@ class SmoothedClassifier:
         if len(xs) == 0:
             return []
         self.verify_batches(xs[0], n * len(xs))
-        counts = self._count(xs, examples, noise.PREDICT, n, progress)
+        counts = self.count(xs, examples, noise.PREDICT, n, progress)
         out = []
         for c in counts:
             a, n_a, _, n_b = stats.top_two(c[:-1])

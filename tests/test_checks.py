@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from rs_onnx.sampling import HostClassifier
 from rs_onnx import OnnxClassifier, SmoothedClassifier, run
 from rs_onnx.checks import check_batch_equivalence, clean_accuracy, near_chance
 from rs_onnx.cli import main
@@ -117,7 +118,7 @@ def test_the_worker_follows_the_drivers_fallback(files):
     assert [(a.predict, a.n_a, a.radius) for a in got] == [(a.predict, a.n_a, a.radius) for a in want]
 
 
-class MixingStub:
+class MixingStub(HostClassifier):
     """A Python classifier without batch modes (cannot fall back): mixes rows above batch 8."""
 
     input_shape, input_dtype, num_classes = (16,), np.dtype(np.float32), 3

@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rs_onnx.sampling import HostClassifier
 from rs_onnx import ABSTAIN, OnnxClassifier, SmoothedClassifier
 from rs_onnx.sequential import sequential_certify_many
 from tests import onnx_models as om
 
 
-class Scripted:
+class Scripted(HostClassifier):
     """Index outputs, no class count: the first call (selection) answers ``first``, later calls ``later``
     on their first row and -1 (no class) on the others."""
 
@@ -47,7 +48,7 @@ def test_sequential_class_seen_only_in_selection_is_never_certified():
     assert cert.guess == 3 and cert.n_a == 0 and cert.predict == ABSTAIN
 
 
-class Fixed:
+class Fixed(HostClassifier):
     """Index outputs cycling through ``pattern`` row by row."""
 
     input_shape, input_dtype = (4,), np.dtype(np.float32)

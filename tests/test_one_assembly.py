@@ -12,7 +12,7 @@ import pytest
 from rs_onnx import run
 from rs_onnx.config import RunConfig
 from rs_onnx.distributed import Worker, model_bundle
-from rs_onnx.results import CERTIFY_COLUMNS, PREDICT_COLUMNS, format_value
+from rs_onnx.results import CERTIFY_COLUMNS, PREDICT_COLUMNS, answer_row, format_value
 from tests import onnx_models as om
 from tests.test_compose import denoiser
 
@@ -73,7 +73,7 @@ def test_worker_assembles_like_a_local_run(files, tmp_path, case, mode, shipped)
     group = list(range(N))
     answers, seconds = w.answers(model, mode, group, p.data.images[group])
     columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
-    got = [{c: format_value(v) for c, v in run._row(mode, i, int(p.data.labels[i]), a, seconds).items()
+    got = [{c: format_value(v) for c, v in answer_row(mode, i, int(p.data.labels[i]), a, seconds).items()
             if c in columns} for i, a in zip(group, answers)]
     for g, r in zip(got, want):
         g.pop("time"), r.pop("time")
@@ -85,7 +85,7 @@ def test_fp16_really_runs_on_the_worker(files):
     p = run.prepare(_config(files, "fp16"))
     w = Worker(p.cfg.to_dict(), p.classifier.sha256, p.smoothed.sigma, p.smoothed.entropy, "cpu", 1)
     w.ready(None)
-    assert w.classifier.precision == "fp16" and w.classifier.signature()["precision"] == "fp16"
+    assert w.classifier.float_type == "fp16" and w.classifier.signature()["precision"] == "fp16"
 
 
 def test_denoiser_with_extra_inputs_is_refused(files):
