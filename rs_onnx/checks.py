@@ -131,8 +131,8 @@ def check_batches_once(smoothed, x: np.ndarray, samples: int) -> dict | None:
     """:func:`check_batch_equivalence` for an ONNX classifier (one with batch modes; None for others), at the
     batch size a count of ``samples`` samples uses: the full batch when the sampler pads (CUDA)."""
     clf = smoothed.classifier
-    if getattr(clf, "batch_mode", None) is None:
-        return None
+    if getattr(clf, "batch_mode", None) is None or getattr(smoothed, "audit", False):
+        return None  # not an ONNX classifier, or audit mode (its graph scan decides batching)
     padded = clf.prefers_fixed_batch
     batch = smoothed.batch_size if padded else min(smoothed.batch_size, max(1, int(samples)))
     return check_batch_equivalence(smoothed, x, batch)
@@ -152,7 +152,9 @@ def clean_accuracy(clf, smoothed, images: list[np.ndarray], labels: list[int]) -
     pairs = [(x, int(y)) for x, y in zip(images, labels) if int(y) >= 0]
     if not pairs:
         return None
-    pre = smoothed.preprocessor(np.shape(pairs[0][0]))
+    from .preprocess import Preprocessor
+
+    pre = Preprocessor(smoothed.spec, np.shape(pairs[0][0]), clf.input_shape, clf.input_dtype)  # plain, no audit
     batch = np.stack([pre.cast(pre.clean(x)[None])[0] for x, _ in pairs])
     predicted = np.asarray(clf.predict(batch), np.int64)
     truth = np.array([y for _, y in pairs])

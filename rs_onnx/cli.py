@@ -105,6 +105,11 @@ def _run_options(f):
                      help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU."),
         click.option("--denoiser", help="An ONNX denoiser to compose in front of MODEL (denoised smoothing); "
                      "the preprocessing flags then describe MODEL's input."),
+        click.option("--audit", is_flag=True, default=None,
+                     help="Sound against an adversarial model: 8-bit inputs, exact grid noise added in integers, "
+                     "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'."),
+        click.option("--audit-seed-override", is_flag=True, default=None,
+                     help="With --audit: accept --seed, to reproduce an earlier audit from its recorded entropy."),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
         click.option("--dump-config", is_flag=True, help="Print the resolved configuration as YAML and exit."),
@@ -144,6 +149,8 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
             raise click.UsageError("DATA given without MODEL; expected both, or neither for the bundled default")
         yaml_values = {**DEFAULT_RUN, **yaml_values, "model": bundled("digits_cnn.onnx"),
                        "data": bundled("digits_eval.npz")}
+        if (flags.get("audit") or yaml_values.get("audit")) and "seed" not in flags:
+            yaml_values.pop("seed")  # audit draws fresh entropy: the default run's seed 0 is not used
         log.info("no model given: certifying the bundled digits model on every 10th bundled digit (n=%d)",
                  yaml_values["n"])
     elif not (flags.get("data") or yaml_values.get("data")):

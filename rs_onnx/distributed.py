@@ -171,7 +171,8 @@ class Worker:
             fall_back_per_sample(self.classifier)  # as the driver's batch check decided
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
         assert self.cfg.batch_size is not None  # the driver's resolved configuration
-        smoothed = open_smoothed(self.cfg, self.classifier, spec, sigma, entropy, noise_threads)
+        smoothed = open_smoothed(self.cfg, self.classifier, spec, sigma, entropy, noise_threads,
+                                 audit_seed_override=True)  # the driver's entropy
         smoothed.batch_check = {"result": "checked by the driver"}  # its decision came as batch_mode
         self.smoothed = smoothed
 

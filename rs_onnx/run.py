@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser", "fp16", "device_noise")
+               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "audit")
 
 
 def bundled(name: str) -> str:
@@ -77,14 +77,16 @@ def open_classifier(cfg: RunConfig, *, device: str | None = None, sess_options=N
 
 
 def open_smoothed(cfg: RunConfig, clf, spec: PreprocessSpec, sigma: float, seed: int | None,
-                  noise_threads: int | None = None, batch_size: int | None = None) -> SmoothedClassifier:
+                  noise_threads: int | None = None, batch_size: int | None = None,
+                  audit_seed_override: bool | None = None) -> SmoothedClassifier:
     """THE assembly of the smoothed classifier around :func:`open_classifier`'s result (local and workers).
     ``batch_size``: the resolved batch size (default ``cfg.batch_size``, set in a resolved configuration)."""
     threads = cfg.noise_threads if noise_threads is None else noise_threads
     batch = cfg.batch_size if batch_size is None else batch_size
     if batch is None:
         raise ConfigError("open_smoothed: no batch size; expected a resolved configuration (run.prepare)")
-    return SmoothedClassifier(clf, sigma, spec, seed, batch, threads)
+    override = cfg.audit_seed_override if audit_seed_override is None else audit_seed_override
+    return SmoothedClassifier(clf, sigma, spec, seed, batch, threads, audit=cfg.audit, audit_seed_override=override)
 
 
 def composed_model(cfg: RunConfig) -> Path:
@@ -182,8 +184,12 @@ class Prepared:
         if entropy == self.entropy:
             return self
         old = self.smoothed
+        # An audit resumed adopts the earlier audit's recorded entropy: an explicit, recorded override.
         smoothed = SmoothedClassifier(self.classifier, self.sigma, old.spec, entropy, self.batch_size,
-                                      old.noise_threads, old.num_classes)
+                                      old.noise_threads, old.num_classes, audit=old.audit,
+                                      audit_seed_override=old.audit)
+        if old.audit_info is not None:
+            smoothed.audit_info = {**old.audit_info, "entropy": "adopted from the run resumed (--resume)"}
         smoothed.preprocessor(self.data.image_shape)
         smoothed.batch_check = old.batch_check  # checked once, in prepare
         return dataclasses.replace(self, smoothed=smoothed, entropy=int(entropy))
@@ -214,7 +220,17 @@ def prepare(cfg: RunConfig) -> Prepared:
         batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n))
     else:
         batch_size = int(cfg.batch_size)
+    # In audit mode the entropy is drawn here, after the model (and its sha256) is fixed.
     smoothed = open_smoothed(cfg, clf, spec, sigma, cfg.seed, batch_size=batch_size)
+    if smoothed.audit_info is not None:
+        from .audit import to_grid
+
+        for i in indices:  # refuse off-grid images before any file is written
+            to_grid(data.image(i))
+        smoothed.audit_info["entropy"] = ("given with --audit-seed-override" if cfg.seed is not None else
+                                          f"fresh, drawn after loading the model with sha256 {clf.sha256}")
+        smoothed.audit_info["model_batch"] = batch_size if smoothed.audit_info["batched"] else 1
+        log.info("audit mode: %s", smoothed.audit_info["how"])
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     # The caller's cfg is never written to: the resolved values go into a copy (given values kept as given,
     # so that meta.json's "config" is byte for byte what it always was).
@@ -238,7 +254,8 @@ def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indi
     batch = int(batch_size)
     if not getattr(smoothed.classifier, "prefers_fixed_batch", False):  # padded (CUDA): always full batches
         batch = min(batch, len(indices) * (cfg.n0 + cfg.n))
-    checks: dict = {"batch_check": check_batch_equivalence(smoothed, data.image(indices[0]), batch)}
+    checks: dict = {"batch_check": None if smoothed.audit else  # audit mode: its graph scan decides batching
+                    check_batch_equivalence(smoothed, data.image(indices[0]), batch)}
     smoothed.batch_check = checks["batch_check"]  # checked once, here (Ray workers follow via batch_mode)
     first = indices[:CLEAN_EXAMPLES]
     acc = clean_accuracy(smoothed.classifier, smoothed, [data.image(i) for i in first],
@@ -274,6 +291,7 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "command": command_line(),
         "timings": timings,
         "out": str(out) if out else None,
+        **({"audit": p.smoothed.audit_info} if p.smoothed.audit_info is not None else {}),
         **extra,
         "clean_accuracy": p.checks.get("clean_accuracy"),  # rs_onnx.checks, before the first sample
         "batch_check": p.checks.get("batch_check"),
