@@ -57,7 +57,8 @@ class Classifier(Protocol):
     """Every member of a base classifier f that the sampler, the batch probe and SmoothedClassifier read.
 
     ``predict``: x [B, *input_shape] (``input_dtype``) -> int64 class indices [B], -1 for a non-finite
-    output. ``num_classes``: K, or None when unknown (the counts then widen as classes appear).
+    output. ``num_classes``: K, or None when unknown (the sampler then assumes DEFAULT_INDEX_CLASSES;
+    indices outside 0..K-1 count as no class).
     ``device``: "cpu" or "cuda[:i]". ``prefers_fixed_batch``: pad the last batch to the full batch size.
     ``device_noise``: the classifier draws its own noise; the sampler then calls
     ``predict_noisy(clean [E, *model_shape] float32, index int64 [B] into clean, gain float32 [*model_shape],
