@@ -90,7 +90,20 @@ def _run_options(f):
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
-        click.option("--label", type=int, help="Label of a single image file given as DATA."),
+        click.option("--label", type=int, help="Label of a single image file given as DATA (or of every image "
+                     "at the top of a folder)."),
+        click.option("--labels", help="Labels of an .npy DATA or of the images at the top of a folder: an .npy of "
+                     "integers or a text file with one integer per line."),
+        click.option("--classes", help="Class names, one per line (line number = the model's class index): names "
+                     "the class subfolders of a folder, or the labels of a manifest (e.g. ImageNet's synset list)."),
+        click.option("--path-column", help="Manifest column holding image paths (default path)."),
+        click.option("--label-column", help="Manifest column holding labels (default label)."),
+        click.option("--label-from-filename", is_flag=True, default=None,
+                     help="Images at the top of a folder: label from a trailing _<digits> in the file name."),
+        click.option("--resize", type=int, help="Image files: shorter side to N pixels, aspect kept (bilinear, "
+                     "antialiased, as torchvision's Resize)."),
+        click.option("--center-crop", help="Image files: crop N or HxW pixels from the centre, after --resize "
+                     "(ImageNet: --resize 256 --center-crop 224)."),
         click.option("--noise-threads", type=int, help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16)."),
         click.option("--backend", type=click.Choice(["local", "ray"]), help="Where to sample: this process "
                      "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
@@ -154,7 +167,8 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
         log.info("no model given: certifying the bundled digits model on every 10th bundled digit (n=%d)",
                  yaml_values["n"])
     elif not (flags.get("data") or yaml_values.get("data")):
-        raise click.UsageError("MODEL given without DATA; expected an .npz or image file after the model")
+        raise click.UsageError("MODEL given without DATA; expected DATA after the model (an .npz, .npy, "
+                               "folder, .csv/.tsv manifest or image file)")
     cfg, _ = build_config(yaml_values, flags)
     return cfg, default_run
 
@@ -258,6 +272,21 @@ def certify(ctx: click.Context, **kwargs) -> None:
 
     Without MODEL and DATA, certifies the bundled digits model on the bundled digits.
     Writes Cohen et al.'s TSV columns (idx label predict radius correct time) and more.
+
+    \b
+    DATA may be:
+      - an .npz with 'images' [N,H,W], [N,H,W,C], [N,C,H,W] or [N,D] and 'labels' [N];
+      - an .npy of images with --labels FILE (.npy, or one integer per line);
+      - a folder with class subfolders (torchvision ImageFolder: names that are all integers
+        give their value, else sorted names give the indices; --classes FILE to set the order,
+        e.g. ImageNet's synset list), or images at its top with --labels, --label or
+        --label-from-filename;
+      - a .csv/.tsv manifest with 'path' and 'label' columns (--path-column, --label-column;
+        paths relative to the manifest; --classes to read labels as class names);
+      - a single image with --label N.
+    Image files are converted to the model's channels; --resize N --center-crop HxW map them
+    to the model's size (ImageNet: --resize 256 --center-crop 224); without them an image of
+    another size is refused, never stretched.
     """
     _execute(ctx, "certify", kwargs)
 
@@ -266,7 +295,10 @@ def certify(ctx: click.Context, **kwargs) -> None:
 @_run_options
 @click.pass_context
 def predict(ctx: click.Context, **kwargs) -> None:
-    """PREDICT each example of DATA: the smoothed class, or -1 (abstain) when unsure at level alpha."""
+    """PREDICT each example of DATA: the smoothed class, or -1 (abstain) when unsure at level alpha.
+
+    DATA is read as by certify (see rs-onnx certify --help).
+    """
     _execute(ctx, "predict", kwargs)
 
 

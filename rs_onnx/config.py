@@ -57,6 +57,13 @@ class RunConfig:
     end: int | None = None
     skip: int = 1
     label: int | None = None
+    labels: str | None = None  # labels file for an .npy or a flat image folder (.npy, or one integer per line)
+    classes: str | None = None  # class names, one per line (line number = class index), for folders and manifests
+    path_column: str | None = None  # manifest column of image paths (default "path")
+    label_column: str | None = None  # manifest column of labels (default "label")
+    label_from_filename: bool = False  # flat image folder: label from a trailing _<digits> in each file name
+    resize: int | None = None  # image files: shorter side to this many pixels (bilinear, antialiased)
+    center_crop: str | None = None  # image files: crop N or HxW pixels from the centre, after --resize
     noise_threads: int | None = None
     bound: str = "cohen"
     backend: str = "local"
@@ -120,6 +127,7 @@ class RunConfig:
             (self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker,
              "a positive number"),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
+            (self.resize is None or 1 <= self.resize <= 65535, "resize", self.resize, "a size in pixels, 1 to 65535"),
         ]
         checks += [
             (not (self.audit and self.seed is not None and not self.audit_seed_override), "seed", self.seed,
@@ -134,6 +142,14 @@ class RunConfig:
             if not ok:
                 raise ConfigError(f"{key}={value}: expected {expected}")
         self.preprocess_spec()  # checks scale, mean and std
+        if self.center_crop is not None:
+            from .data import parse_crop
+            from .errors import DataError
+
+            try:
+                parse_crop(self.center_crop)
+            except DataError as e:
+                raise ConfigError(str(e).replace("--center-crop", "center_crop", 1)) from None
         return self
 
     def apply_preset(self, explicit: set[str]) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .config import RunConfig
-from .data import Dataset, load_data
+from .data import Dataset, load_from_config
 from .errors import ConfigError, DataError
 from .preprocess import PreprocessSpec
 from .results import (TsvWriter, answer_row, columns_for, command_line, meta_path, sha256_file, versions,
@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "audit")
+               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "audit", "labels", "classes",
+               "path_column", "label_column", "label_from_filename", "resize", "center_crop")
 
 
 def bundled(name: str) -> str:
@@ -202,19 +203,19 @@ def prepare(cfg: RunConfig) -> Prepared:
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     channels, size = image_geometry(clf, cfg.layout)
-    data = load_data(cfg.data, cfg.label, size, channels)
+    data = load_from_config(cfg, size, channels)
     data.check_labels(clf.num_classes)
-    if data.images.size:  # the check SmoothedClassifier.images makes per image, here before any file is written
+    if len(data):  # the check SmoothedClassifier.images makes per image, on the first one before any file is written
         from .inputs import check_magnitude
 
-        top = max(float(data.images.max()), -float(data.images.min()))
-        top = float(np.float32(top / 255.0 if data.images.dtype == np.uint8 else top)) if top < 1e38 else top
-        check_magnitude(top, sigma, data.source)
+        first = data.image((list(range(cfg.start, len(data), cfg.skip)) or [0])[0])
+        check_magnitude(float(np.abs(first).max(initial=0.0)), sigma, f"{data.source}: example {cfg.start}")
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))
     if not indices:
         raise DataError(f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
                         f"among {len(data)}; expected at least one")
+    data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
     probe = None
     if cfg.batch_size is None:
         batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n))
@@ -286,7 +287,7 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "providers": list(clf.providers),
         "device": getattr(clf, "device", None),
         "device_name": getattr(clf, "device_name", None),
-        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices)},
+        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices), **p.data.describe()},
         "versions": versions(),
         "command": command_line(),
         "timings": timings,
@@ -365,9 +366,8 @@ def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, gr
 def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
     """Yields (example indices, answers, seconds per example), group by group, computed in this process."""
     size = group_size(p.cfg)
-    for g in range(0, len(todo), size):
-        group = todo[g:g + size]
-        xs = [p.data.image(i) for i in group]
+    groups = [todo[g:g + size] for g in range(0, len(todo), size)]
+    for group, xs in p.data.iter_groups(groups):  # image files are decoded ahead, while sampling
         t = time.time()
         answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress)
         yield group, answers, (time.time() - t) / len(group)
