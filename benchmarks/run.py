@@ -356,15 +356,12 @@ class _TorchAsClassifier:
 
 
 def _classifier(path: Path, device: str, threads: int, variant: str, batch: int | None):
-    from rs_onnx.classifier import OnnxClassifier, default_session_options
-    kw = {}
-    if variant == "fp16":
-        kw["precision"] = "fp16"
-    elif variant == "cuda-graph":
-        kw.update(cuda_graph=True, max_batch=batch)
-    elif variant == "device-noise":
-        kw["device_noise"] = True
-    return OnnxClassifier(path, device=device, sess_options=default_session_options(device, threads), **kw)
+    from rs_onnx.classifier import default_session_options
+    from rs_onnx.config import RunConfig
+    from rs_onnx.run import open_classifier
+    cfg = RunConfig(model=str(path), device=device, batch_size=batch, fp16=variant == "fp16",
+                    cuda_graph=variant == "cuda-graph", device_noise=variant == "device-noise")
+    return open_classifier(cfg, sess_options=default_session_options(device, threads))[0]
 
 
 def _certify(clf, image, n: int, batch: int, noise_threads: int) -> float:

@@ -112,6 +112,9 @@ class TableRow:
 def table_rows(runs: Mapping, radii: Sequence[float] = DEFAULT_RADII, radius_column: str = "radius") -> list[TableRow]:
     """One :class:`TableRow` per run, from a mapping of label to results."""
     radii = tuple(float(r) for r in radii)
+    bad = [r for r in radii if not (np.isfinite(r) and r >= 0)]
+    if bad:
+        raise ConfigError(f"radii {bad}: expected finite radii >= 0 (l2, [0,1] pixel units)")
     rows = []
     for label, res in runs.items():
         s = summary(res, radius_column)

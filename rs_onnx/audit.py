@@ -285,11 +285,13 @@ class AuditSampler(Sampler):
     """:class:`Sampler` whose blocks are exact grid noise added in integers (same per-block streams)."""
 
     def __init__(self, classifier, preprocessor: AuditPreprocessor, sigma: float, entropy: int,
-                 batch_size: int | None = None, noise_threads: int | None = None, *, pad: bool | None = None) -> None:
+                 batch_size: int | None = None, noise_threads: int | None = None, *, pad: bool | None = None,
+                 num_classes: int | None = None) -> None:
         if getattr(classifier, "device_noise", False):
             raise ConfigError("--audit with --device-noise: on-device Gaussian noise is float noise the model's "
                               "arithmetic can read; expected host grid noise (drop --device-noise)")
-        super().__init__(classifier, preprocessor, sigma, entropy, batch_size, noise_threads, pad=pad)
+        super().__init__(classifier, preprocessor, sigma, entropy, batch_size, noise_threads, pad=pad,
+                         num_classes=num_classes)
         self.grid = preprocessor.grid
         self.device_noise = False
 

@@ -174,6 +174,10 @@ class OnnxClassifier:
             raise ConfigError("cuda_graph needs a fixed batch size; expected max_batch (the batch size) to be given")
         self._model = graph.strip_initializer_inputs(graph.load_model(self.path))
         self.metadata = {p.key: p.value for p in self._model.metadata_props}
+        if max_batch is not None:
+            from rs_onnx.inputs import as_int
+
+            max_batch = as_int("max_batch", max_batch, 1)  # -1 once returned uninitialised memory as classes
         self.max_batch = max_batch
         self.float_type, self.cuda_graph, self.device_noise = float_type, bool(cuda_graph), bool(device_noise)
         self.load_timings: dict[str, float] = {}

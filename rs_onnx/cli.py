@@ -237,7 +237,12 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint}") from e
     bar.close()
     if mode == "certify" and (rows or out):
-        click.echo(_accuracy_table(rows, out, meta["timings"]["seconds"]), err=out is None)
+        table = _accuracy_table(rows, out, meta["timings"]["seconds"])
+        acc = meta.get("clean_accuracy")
+        if acc:
+            table += (f"\nclean accuracy of the base classifier (no noise) on the first {acc['examples']} labelled "
+                      f"examples: {100 * acc['accuracy']:.1f}% (chance {100 * acc['chance']:.1f}%)")
+        click.echo(table, err=out is None)
 
 
 class Terminated(KeyboardInterrupt):

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .errors import ConfigError
@@ -94,8 +95,15 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Range checks shared by flags and YAML; raises ConfigError naming the key."""
+        from .inputs import MAX_SIGMA, as_int
+
+        for key in ("n0", "n", "batch_size", "seed", "start", "end", "skip", "label", "noise_threads", "looks",
+                    "n_first", "workers"):
+            if getattr(self, key) is not None:
+                setattr(self, key, as_int(key, getattr(self, key)))  # 1.5 is refused, never truncated
         checks = [
-            (self.sigma is None or self.sigma > 0, "sigma", self.sigma, "a positive noise level in [0,1] pixel units"),
+            (self.sigma is None or 0 < self.sigma <= MAX_SIGMA, "sigma", self.sigma,
+             f"a positive noise level in [0,1] pixel units, at most {MAX_SIGMA:g}"),
             (self.n0 >= 1, "n0", self.n0, "at least 1"),
             (self.n >= 1, "n", self.n, "at least 1"),
             (0 < self.alpha < 1, "alpha", self.alpha, "0 < alpha < 1"),
@@ -114,7 +122,7 @@ class RunConfig:
             (self.looks >= 1, "looks", self.looks, "at least 1"),
             (0 < self.final_share < 1, "final_share", self.final_share, "0 < final_share < 1"),
             (0 < self.futility_beta < 1, "futility_beta", self.futility_beta, "0 < futility_beta < 1"),
-            (all(r >= 0 for r in self.radii) and len(self.radii) > 0, "radii", self.radii,
+            (all(np.isfinite(r) and r >= 0 for r in self.radii) and len(self.radii) > 0, "radii", self.radii,
              "non-negative radii in [0,1] pixel units"),
             (self.workers is None or self.workers >= 1, "workers", self.workers, "at least 1"),
             (self.gpus_per_worker is None or self.gpus_per_worker >= 0, "gpus_per_worker", self.gpus_per_worker,

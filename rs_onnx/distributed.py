@@ -99,6 +99,17 @@ def unpack_bundle(bundle: dict[str, bytes], sha256: str, root: str | None = None
     return folder / next(iter(bundle))
 
 
+def _bundle_key(bundle: dict[str, bytes]) -> str:
+    """SHA-256 of a bundle's names and bytes: the folder it is unpacked into (one per content)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, data in bundle.items():
+        h.update(name.encode() + b"\0" + str(len(data)).encode() + b"\0")
+        h.update(data)
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------- the worker
 class Worker:
     """One worker's onnxruntime session and smoothed classifier (wrapped into a Ray actor by the backend).
@@ -114,46 +125,56 @@ class Worker:
     device : onnxruntime device for this worker ("cuda" on a Ray GPU: Ray sets CUDA_VISIBLE_DEVICES).
     threads : CPU threads of this worker (onnxruntime intra-op and noise threads, unless configured).
     fault_dir : testing only: a file ``crash-<idx>`` there makes the worker given example idx exit, once.
+    batch_mode : the driver's classifier's batch mode after its checks (rs_onnx.checks): "per-sample"
+        makes the worker run one sample per session run too.
     """
 
     def __init__(self, cfg: dict, sha256: str, sigma: float, entropy: int, device: str, threads: int,
-                 fault_dir: str | None = None) -> None:
+                 fault_dir: str | None = None, batch_mode: str | None = None) -> None:
         self._args = (cfg, sha256, sigma, entropy, device, threads)
         self._fault_dir = fault_dir
+        self._batch_mode = batch_mode
         self.smoothed: SmoothedClassifier | None = None
 
     def _setup(self, model) -> None:
-        """Build the session once. ``model``: {name: bytes}, [ObjectRef to that], or None (open cfg's path)."""
+        """Build the session once, through :func:`rs_onnx.run.open_classifier` (the one assembly, so every
+        option a local run honours is honoured here). ``model``: {name: bytes} (the model's bundle), a list
+        of such bundles or of ObjectRefs to them ([model] or [model, denoiser]), or None (open cfg's paths)."""
         if self.smoothed is not None:
             return
         import onnxruntime as ort
 
-        from .classifier import OnnxClassifier
         from .config import RunConfig
-        from .smoothing import SmoothedClassifier
+        from .run import open_classifier, open_smoothed
 
         cfg, sha256, sigma, entropy, device, threads = self._args
         self.cfg = RunConfig(**cfg)
-        if isinstance(model, list):
+        bundles = model if isinstance(model, (list, tuple)) else [model] if model is not None else []
+        if bundles and not isinstance(bundles[0], dict):
             import ray
 
-            model = ray.get(model[0])
-        if model is not None:
-            self.cfg.model = str(unpack_bundle(model, sha256))
+            bundles = [ray.get(ref) for ref in bundles]
+        if bundles:
+            self.cfg.model = str(unpack_bundle(bundles[0], _bundle_key(bundles[0])))
+        if len(bundles) > 1:
+            self.cfg.denoiser = str(unpack_bundle(bundles[1], _bundle_key(bundles[1])))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = max(1, int(threads))
-        self.classifier = OnnxClassifier(self.cfg.model, input_name=self.cfg.input_name,
-                                         output_name=self.cfg.output_name, device=device, sess_options=opts)
+        self.classifier, spec = open_classifier(self.cfg, device=device, sess_options=opts)
         if self.classifier.sha256 != sha256:
             raise WorkerError(f"model {self.cfg.model}: sha256 {self.classifier.sha256[:12]} on this worker; "
                               f"expected the driver's {sha256[:12]} (a different file under the same path?)")
+        if self._batch_mode == "per-sample" and self.classifier.batch_mode != "per-sample":
+            from .checks import fall_back_per_sample
+
+            fall_back_per_sample(self.classifier)  # as the driver's batch check decided
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
         assert self.cfg.batch_size is not None  # the driver's resolved configuration
-        self.smoothed = SmoothedClassifier(self.classifier, sigma, self.cfg.preprocess_spec(), entropy,
-                                           self.cfg.batch_size, noise_threads, audit=self.cfg.audit,
-                                           audit_seed_override=True,  # the driver's entropy
-                                           noise=self.cfg.noise or "gaussian")
+        smoothed = open_smoothed(self.cfg, self.classifier, spec, sigma, entropy, noise_threads,
+                                 audit_seed_override=True)  # the driver's entropy
+        smoothed.batch_check = {"result": "checked by the driver"}  # its decision came as batch_mode
+        self.smoothed = smoothed
 
     def ready(self, model) -> dict:
         """Build the session; returns where this worker runs and with which versions."""
@@ -307,11 +328,14 @@ def _run(ray, p, mode, todo, progress, workers, gpus_per_worker, cpus_per_worker
     per_example = cfg.n0 + cfg.n if mode == "certify" else cfg.n
     n_workers, gpus, cpus = _plan(ray, workers, gpus_per_worker, cpus_per_worker, cfg.device, len(groups))
     sha = p.classifier.sha256
-    model = [ray.put(model_bundle(cfg.model))] if ship_model else None  # held until the end, for restarts
+    # held until the end, for restarts; the denoiser travels too: workers compose it like a local run
+    model = ([ray.put(model_bundle(cfg.model))] + ([ray.put(model_bundle(cfg.denoiser))] if cfg.denoiser else [])
+             if ship_model else None)
     remote = ray.remote(Worker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts,
                                         max_task_retries=max_restarts, scheduling_strategy="SPREAD")
-    args = (cfg.to_dict(), sha, p.smoothed.sigma, p.smoothed.entropy, _worker_device(cfg.device, gpus),
-            max(1, math.floor(cpus)), fault_dir)
+    # the driver's resolved noise kind (from --noise or the model's metadata) travels like sigma
+    args = ({**cfg.to_dict(), "noise": p.smoothed.noise}, sha, p.smoothed.sigma, p.smoothed.entropy, _worker_device(cfg.device, gpus),
+            max(1, math.floor(cpus)), fault_dir, getattr(p.classifier, "batch_mode", None))
     actors = [remote.remote(*args) for _ in range(n_workers)]
     log.info("ray: %d groups of up to %d examples on %d workers (%g GPU, %g CPU each)", len(groups), size,
              n_workers, gpus, cpus)

@@ -17,6 +17,8 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 LAYOUTS = ("auto", "nchw", "nhwc", "flat")
+MAX_GAIN = 1e6
+"""Largest scale/std and |mean|/std accepted: beyond it float32 inputs overflow or lose the noise."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,13 @@ class PreprocessSpec:
             raise ConfigError(f"scale {self.scale}: expected a positive number")
         if any(s <= 0 or not np.isfinite(s) for s in self.std):
             raise ConfigError(f"std {list(self.std)}: expected positive numbers")
+        if any(not np.isfinite(m) for m in self.mean):
+            raise ConfigError(f"mean {list(self.mean)}: expected finite numbers")
+        gains = [self.scale / s for s in self.std] + [abs(m) / s for m in self.mean for s in self.std]
+        if max(gains, default=0.0) > MAX_GAIN:
+            raise ConfigError(f"scale {self.scale:g}, mean {list(self.mean)}, std {list(self.std)}: (x * scale - mean) / "
+                              f"std multiplies or shifts by up to {max(gains):.3g}; expected at most {MAX_GAIN:g} "
+                              "(a std of ordinary size, e.g. 0.2-0.3 for images in [0,1], or 50-70 with --scale 255)")
         if len(self.mean) != len(self.std) and 1 not in (len(self.mean), len(self.std)):
             raise ConfigError(f"mean has {len(self.mean)} values and std {len(self.std)}: expected the same count, or one")
 

@@ -25,7 +25,11 @@ from .errors import DataError
 
 COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 CERTIFY_COLUMNS = COHEN_COLUMNS + ("pA_lower", "nA", "n", "n0", "nonfinite", "pB_upper", "radius_2class", "radius_tv",
-                                   "radius_l1", "radius_l2", "radius_linf")
+                                   "radius_l1", "radius_l2", "radius_linf", "alpha_pA")
+"""alpha_pA: the level of pA_lower (alpha; alpha/2 with --bound best; the deciding look's level in sequential runs)."""
+SEQUENTIAL_COLUMNS = CERTIFY_COLUMNS + ("look", "look_n", "look_nA")
+"""Sequential CERTIFY: pA_lower = Clopper-Pearson lower bound of look_nA in look_n at level alpha_pA, from look
+number ``look`` (1-based; 0 when no look was made)."""
 
 
 def radius_norms(noise: str) -> dict[str, str]:
@@ -42,9 +46,11 @@ REQUIRED_COLUMNS = COHEN_COLUMNS
 _TIMEDELTA = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
 
 
-def columns_for(mode: str) -> tuple[str, ...]:
-    """The TSV columns of a run in ``mode`` ("certify" or "predict")."""
-    return CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
+def columns_for(mode: str, sequential: bool = False) -> tuple[str, ...]:
+    """The TSV columns of a run in ``mode`` ("certify" or "predict"); sequential CERTIFY adds the deciding look."""
+    if mode != "certify":
+        return PREDICT_COLUMNS
+    return SEQUENTIAL_COLUMNS if sequential else CERTIFY_COLUMNS
 
 
 def answer_row(mode: str, idx: int, label: int, a, seconds: float) -> dict:
@@ -55,9 +61,13 @@ def answer_row(mode: str, idx: int, label: int, a, seconds: float) -> dict:
     common = {"idx": idx, "label": label, "predict": a.predict, "correct": int(a.predict == label and label >= 0),
               "time": round(seconds, 4), "n": a.n, "nonfinite": a.nonfinite}
     if mode == "certify":
-        return {**common, "radius": float(a.radius), "pA_lower": float(a.p_a_lower), "nA": a.n_a, "n0": a.n0,
-                "pB_upper": float(a.p_b_upper), "radius_2class": float(a.radius_2class), "radius_tv": float(a.radius_tv),
-                "radius_l1": float(a.radius_l1), "radius_l2": float(a.radius_l2), "radius_linf": float(a.radius_linf)}
+        row = {**common, "radius": float(a.radius), "pA_lower": float(a.p_a_lower), "nA": a.n_a, "n0": a.n0,
+               "pB_upper": float(a.p_b_upper), "radius_2class": float(a.radius_2class), "radius_tv": float(a.radius_tv),
+               "radius_l1": float(a.radius_l1), "radius_l2": float(a.radius_l2), "radius_linf": float(a.radius_linf),
+               "alpha_pA": float(a.alpha_p_a) if a.alpha_p_a is not None else float("nan")}
+        if hasattr(a, "look_n"):  # sequential: the look whose bound is pA_lower
+            row.update(look=a.look, look_n=a.look_n, look_nA=a.look_n_a)
+        return row
     return {**common, "pvalue": float(a.p_value), "count_a": a.count_a, "count_b": a.count_b}
 
 

@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -49,23 +49,51 @@ def bundled(name: str) -> str:
     return str(resources.files("rs_onnx") / "data" / name)
 
 
-def open_classifier(cfg: RunConfig):
-    """The base classifier and the preprocessing still to apply in NumPy (none when a denoiser is
-    composed in front: the classifier's preprocessing then sits inside the composed graph)."""
+def open_classifier(cfg: RunConfig, *, device: str | None = None, sess_options=None):
+    """THE assembly of the base classifier from a configuration, for every path (local runs, Ray workers,
+    API helpers, benchmarks): returns (classifier, preprocessing still to apply in NumPy).
+
+    Every option that changes results (fp16, cuda_graph, device_noise, extra_inputs, denoiser, input and
+    output names) is honoured here and nowhere else. With a denoiser the classifier's preprocessing sits
+    inside the composed graph, so the preprocessing returned is the identity. ``device`` overrides
+    ``cfg.device`` (a Ray worker's own GPU); ``sess_options``: onnxruntime session options (threads).
+    """
     from .classifier import OnnxClassifier
 
-    if cfg.denoiser:
-        return OnnxClassifier(composed_model(cfg), output_name=cfg.output_name, device=cfg.device), PreprocessSpec()
     extra = None
     if cfg.extra_inputs:
         try:
             extra = {name: np.asarray(value) for name, value in cfg.extra_inputs.items()}
         except ValueError as e:
             raise ConfigError(f"extra_inputs: {e}; expected a number or a nested list per input") from e
-    clf = OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device,
-                         extra_inputs=extra, float_type="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
-                         device_noise=cfg.device_noise, max_batch=cfg.batch_size if cfg.cuda_graph else None)
-    return clf, cfg.preprocess_spec()
+    if cfg.denoiser and extra:
+        raise ConfigError(f"extra_inputs {sorted(extra)} with --denoiser: the composed model feeds only the image; "
+                          "expected a classifier with one input, or no denoiser")
+    path, input_name = (composed_model(cfg), None) if cfg.denoiser else (cfg.model, cfg.input_name)
+    clf = OnnxClassifier(path, input_name=input_name, output_name=cfg.output_name,
+                         device=cfg.device if device is None else device, extra_inputs=extra,
+                         float_type="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
+                         device_noise=cfg.device_noise, max_batch=cfg.batch_size if cfg.cuda_graph else None,
+                         sess_options=sess_options)
+    return clf, (PreprocessSpec() if cfg.denoiser else cfg.preprocess_spec())
+
+
+def open_smoothed(cfg: RunConfig, clf, spec: PreprocessSpec, sigma: float, seed: int | None,
+                  noise_threads: int | None = None, batch_size: int | None = None,
+                  audit_seed_override: bool | None = None, noise: str | None = None) -> SmoothedClassifier:
+    """THE assembly of the smoothed classifier around :func:`open_classifier`'s result (local and workers).
+    ``batch_size``: the resolved batch size (default ``cfg.batch_size``, set in a resolved configuration);
+    ``noise``: the resolved noise kind (default ``cfg.noise``, set in a resolved configuration)."""
+    threads = cfg.noise_threads if noise_threads is None else noise_threads
+    batch = cfg.batch_size if batch_size is None else batch_size
+    if batch is None:
+        raise ConfigError("open_smoothed: no batch size; expected a resolved configuration (run.prepare)")
+    override = cfg.audit_seed_override if audit_seed_override is None else audit_seed_override
+    kind = noise or cfg.noise
+    if kind is None:
+        raise ConfigError("open_smoothed: no noise kind; expected a resolved configuration (run.prepare)")
+    return SmoothedClassifier(clf, sigma, spec, seed, batch, threads, audit=cfg.audit, audit_seed_override=override,
+                              noise=kind)
 
 
 def composed_model(cfg: RunConfig) -> Path:
@@ -189,6 +217,7 @@ class Prepared:
     batch_size: int
     entropy: int
     batch_probe: dict | None = None
+    checks: dict = field(default_factory=dict)  # batch_check and clean_accuracy (rs_onnx.checks)
 
     def with_entropy(self, entropy: int) -> Prepared:
         """The same run with the noise streams seeded by ``entropy`` (--resume adopting an earlier run's
@@ -198,18 +227,17 @@ class Prepared:
         old = self.smoothed
         # An audit resumed adopts the earlier audit's recorded entropy: an explicit, recorded override.
         smoothed = SmoothedClassifier(self.classifier, self.sigma, old.spec, entropy, self.batch_size,
-                                      old.noise_threads, audit=old.audit, audit_seed_override=old.audit)
+                                      old.noise_threads, old.num_classes, audit=old.audit,
+                                      audit_seed_override=old.audit, noise=old.noise)
         if old.audit_info is not None:
             smoothed.audit_info = {**old.audit_info, "entropy": "adopted from the run resumed (--resume)"}
         smoothed.preprocessor(self.data.image_shape)
+        smoothed.batch_check = old.batch_check  # checked once, in prepare
         return dataclasses.replace(self, smoothed=smoothed, entropy=int(entropy))
 
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Load and check model, sigma, data, labels and preprocessing; raises RsOnnxError on bad input."""
-    if cfg.denoiser and cfg.backend != "local":
-        raise ConfigError("--denoiser with --backend ray: expected a composed model (rs-onnx compose --denoiser "
-                          "D.onnx -o DC.onnx C.onnx) to certify on the workers")
     if cfg.model is None or cfg.data is None:
         raise ConfigError(f"model={cfg.model} data={cfg.data}: expected both a model and a data set")
     clf, spec = open_classifier(cfg)
@@ -224,6 +252,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     channels, size = image_geometry(clf, cfg.layout)
     data = load_from_config(cfg, size, channels)
     data.check_labels(clf.num_classes)
+    if len(data):  # the check SmoothedClassifier.images makes per image, on the first one before any file is written
+        from .inputs import check_magnitude
+
+        first = data.image((list(range(cfg.start, len(data), cfg.skip)) or [0])[0])
+        check_magnitude(float(np.abs(first).max(initial=0.0)), sigma, f"{data.source}: example {cfg.start}")
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))
     if not indices:
@@ -236,8 +269,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     else:
         batch_size = int(cfg.batch_size)
     # In audit mode the entropy is drawn here, after the model (and its sha256) is fixed.
-    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, batch_size, cfg.noise_threads, audit=cfg.audit,
-                                  audit_seed_override=cfg.audit_seed_override, noise=noise_kind)
+    smoothed = open_smoothed(cfg, clf, spec, sigma, cfg.seed, batch_size=batch_size, noise=noise_kind)
     if smoothed.audit_info is not None:
         from .audit import to_grid
 
@@ -252,7 +284,38 @@ def prepare(cfg: RunConfig) -> Prepared:
     # so that meta.json's "config" is byte for byte what it always was).
     resolved = dataclasses.replace(cfg, sigma=sigma if cfg.sigma is None else cfg.sigma,
                                    batch_size=batch_size if cfg.batch_size is None else cfg.batch_size)
-    return Prepared(resolved, clf, smoothed, data, indices, sigma, batch_size, smoothed.entropy, probe)
+    return Prepared(resolved, clf, smoothed, data, indices, sigma, batch_size, smoothed.entropy, probe,
+                    run_checks(resolved, smoothed, data, indices, batch_size))
+
+
+CLEAN_EXAMPLES = 100
+"""Examples whose clean accuracy is measured before certifying (one forward pass each)."""
+
+
+def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indices: list[int],
+               batch_size: int) -> dict:
+    """Before the first sample: batch equivalence at the batch size used (rs_onnx.checks; may switch the
+    classifier to one sample per run, or refuse) and the clean accuracy on the first selected examples
+    (a warning when near chance). Returns the records for meta.json."""
+    from .checks import check_batch_equivalence, clean_accuracy, near_chance
+
+    batch = int(batch_size)
+    if not getattr(smoothed.classifier, "prefers_fixed_batch", False):  # padded (CUDA): always full batches
+        batch = min(batch, len(indices) * (cfg.n0 + cfg.n))
+    checks: dict = {"batch_check": None if smoothed.audit else  # audit mode: its graph scan decides batching
+                    check_batch_equivalence(smoothed, data.image(indices[0]), batch)}
+    smoothed.batch_check = checks["batch_check"]  # checked once, here (Ray workers follow via batch_mode)
+    first = indices[:CLEAN_EXAMPLES]
+    acc = clean_accuracy(smoothed.classifier, smoothed, [data.image(i) for i in first],
+                         [int(data.labels[i]) for i in first])
+    checks["clean_accuracy"] = acc
+    if near_chance(acc):
+        assert acc is not None
+        log.warning("the base classifier is right on only %d of %d clean examples (%.0f%%, chance %.0f%%): the "
+                    "preprocessing is likely wrong: check the mean/std (--mean/--std or --preset), the layout "
+                    "(--layout nchw/nhwc), the scale (--scale 255 for models that take 0..255) and the labels",
+                    acc["correct"], acc["examples"], 100 * acc["accuracy"], 100 * acc["chance"])
+    return checks
 
 
 def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict) -> dict:
@@ -281,6 +344,8 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "out": str(out) if out else None,
         **({"audit": p.smoothed.audit_info} if p.smoothed.audit_info is not None else {}),
         **extra,
+        "clean_accuracy": p.checks.get("clean_accuracy"),  # rs_onnx.checks, before the first sample
+        "batch_check": p.checks.get("batch_check"),
     }
 
 
@@ -374,7 +439,7 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
     yield groups in the order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after
     recording the interruption.
     """
-    columns = columns_for(mode)
+    columns = columns_for(mode, p.cfg.sequential)
     todo = list(p.indices)
     if resume:
         if out is None:
@@ -411,7 +476,7 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
         if out:
             write_json_atomic(meta_path(out), meta)
     if extra["nonfinite_outputs"]:
-        log.warning("%d noisy samples gave NaN/Inf model outputs; they were counted as their own outcome, never "
-                    "for a class (column 'nonfinite')", extra["nonfinite_outputs"])
+        log.warning("%d noisy samples gave NaN/Inf model outputs or class indices out of range; they were counted "
+                    "as their own outcome, never for a class (column 'nonfinite')", extra["nonfinite_outputs"])
     return meta
 

@@ -46,6 +46,8 @@ CUDA_BATCH_CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 """Batch sizes the automatic probe tries on CUDA (capped by memory)."""
 BATCH_TIE = 0.03
 """The automatic probe takes the smallest batch size at most this much slower per sample than the fastest."""
+DEFAULT_INDEX_CLASSES = 1000
+"""Classes assumed for a model that outputs class indices and does not say how many classes it has."""
 HOST_BATCH_BYTES = 1 << 30
 """Largest host batch buffer (bytes) the automatic probe considers (the ring holds about three)."""
 
@@ -55,7 +57,8 @@ class Classifier(Protocol):
     """Every member of a base classifier f that the sampler, the batch probe and SmoothedClassifier read.
 
     ``predict``: x [B, *input_shape] (``input_dtype``) -> int64 class indices [B], -1 for a non-finite
-    output. ``num_classes``: K, or None when unknown (the counts then widen as classes appear).
+    output. ``num_classes``: K, or None when unknown (the sampler then assumes DEFAULT_INDEX_CLASSES;
+    indices outside 0..K-1 count as no class).
     ``device``: "cpu" or "cuda[:i]". ``prefers_fixed_batch``: pad the last batch to the full batch size.
     ``device_noise``: the classifier draws its own noise; the sampler then calls
     ``predict_noisy(clean [E, *model_shape] float32, index int64 [B] into clean, gain float32 [*model_shape],
@@ -263,11 +266,15 @@ class Sampler:
     pad : give the classifier full batches only (the last one padded with stale rows, not counted);
         None: ``classifier.prefers_fixed_batch`` (True on CUDA).
     noise_kind : a name in :data:`rs_onnx.noise.KINDS` (default gaussian).
+    num_classes : K, fixed before any counting: the count columns are classes 0..K-1 and one "no class"
+        column. None: ``classifier.num_classes``, else (index outputs of unknown range)
+        :data:`DEFAULT_INDEX_CLASSES`. Indices outside 0..K-1 (negative, non-finite, too large) count
+        as "no class", never as a class.
     """
 
     def __init__(self, classifier: Classifier, preprocessor: Preprocessor, sigma: float, entropy: int,
                  batch_size: int | None = None, noise_threads: int | None = None, *, pad: bool | None = None,
-                 noise_kind: str = "gaussian") -> None:
+                 noise_kind: str = "gaussian", num_classes: int | None = None) -> None:
         self.kind = noise.get_kind(noise_kind)
         check_classifier(classifier)
         self.classifier = classifier
@@ -286,7 +293,10 @@ class Sampler:
             raise ConfigError(f"device noise with noise={self.kind.name}: the GPU draws Gaussian noise only; expected "
                               "--noise gaussian or host noise (no --device-noise)")
         self.block_size = noise.block_size_for(int(np.prod(preprocessor.model_shape)))
-        self.num_classes = int(classifier.num_classes or 0)
+        self.num_classes = int(num_classes or classifier.num_classes or DEFAULT_INDEX_CLASSES)
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes={self.num_classes}: expected at least 1")
+        self.out_of_range = 0  # class indices outside 0..K-1 seen (counted as no class)
         self._chunk: int | None = None  # set when an out-of-memory error halved the model batch
         self._local = threading.local()
 
@@ -342,7 +352,8 @@ class Sampler:
 
     # ------------------------------------------------------------------ counting
     def count(self, tasks: Sequence[Task], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Counts per task: int64 [len(tasks), K + 1]; column K counts non-finite model outputs."""
+        """Counts per task: int64 [len(tasks), K + 1]; column K counts samples with no class: non-finite model
+        outputs and class indices outside 0..K-1."""
         counts = np.zeros((len(tasks), self.num_classes + 1), dtype=np.int64)
         total = sum(int(t.n) for t in tasks)
         if total == 0:
@@ -359,17 +370,13 @@ class Sampler:
             g0, rows = i * batch, min(batch, total - i * batch)
             slots = np.searchsorted(ends, np.arange(g0, g0 + rows), side="right")
             counts = state["counts"]
-            k = counts.shape[1] - 1
-            classes = classes[:rows]
-            top = int(classes.max(initial=-1))
-            if top >= k:  # more classes than announced (index outputs of unknown range)
-                grown = np.zeros((len(tasks), top + 2), dtype=np.int64)
-                grown[:, :k] = counts[:, :k]
-                grown[:, -1] = counts[:, -1]
-                counts, k = grown, top + 1
-            classes = np.where(classes < 0, k, classes)
+            k = counts.shape[1] - 1  # fixed before counting: never grows, never aliases
+            classes = np.asarray(classes[:rows], np.int64)
+            beyond = classes >= k
+            if beyond.any():
+                self._note_out_of_range(classes[beyond])
+            classes = np.where((classes < 0) | beyond, k, classes)
             counts += np.bincount(slots * (k + 1) + classes, minlength=counts.size).reshape(counts.shape)
-            state["counts"] = counts
             if progress:
                 progress(rows)
 
@@ -378,6 +385,13 @@ class Sampler:
         else:
             self._count_host(tasks, batch, nbatches, total, add)
         return state["counts"]
+
+    def _note_out_of_range(self, beyond: np.ndarray) -> None:
+        if not self.out_of_range:
+            logger.warning("the model returned class index %d, outside 0..%d: such samples count as no class "
+                           "(column nonfinite), never for a class; give num_classes if the model has more classes",
+                           int(beyond.max()), self.num_classes - 1)
+        self.out_of_range += int(beyond.size)
 
     def _count_host(self, tasks, batch: int, nbatches: int, total: int, add) -> None:
         plans = self._plan(tasks, batch)

@@ -374,6 +374,9 @@ class SequentialCertificate(Certificate):
     looks: int
     stopped: str
     n_max: int
+    look: int = 0  # the look whose bound is p_a_lower (1-based; 0: none made), at level alpha_p_a
+    look_n: int = 0  # estimation samples at that look
+    look_n_a: int = 0  # count of the guess at that look: p_a_lower = CP_lower(look_n_a, look_n, alpha_p_a)
 
 
 def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequence[int] | None, n0: int,
@@ -398,20 +401,22 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
         (:func:`calibrated_cutoff`) and ``radius`` is the largest requested radius certified; False: union
         bound over the looks and the continuous radius of the best look (always so in precision mode).
     """
-    if n0 < 1:
-        raise ConfigError(f"n0={n0}: expected at least 1 selection sample")
+    from .inputs import as_int
+
+    n0, n_max = as_int("n0", n0, 1), as_int("n", n_max, 1)
     if (radii is None) == (eps is None):
         raise ConfigError("expected exactly one of radii (decide these radii) or eps (radius to precision eps)")
     schedule = schedule or geometric_schedule(n_max, alpha, looks, n_first, final_share)
     if schedule.n_max != n_max or schedule.alpha > alpha:
         raise ConfigError(f"schedule ends at {schedule.n_max} and spends {schedule.alpha:.6g}; expected n_max={n_max} "
                           f"and at most alpha={alpha}")
-    noise_kind = getattr(smoothed, "noise", "gaussian")
+    noise_kind = smoothed.noise
     calibrate = eps is None if calibrate is None else bool(calibrate)
     plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps, noise_kind, calibrate)
-    examples = list(range(len(xs))) if examples is None else [int(e) for e in examples]
+    xs, examples = smoothed.images(xs, examples)  # uint8 scaled by 1/255, floats finite, one index per image
     if len(xs) == 0:
         return []
+    smoothed.verify_batches(xs[0], n_max * len(xs))
     sampler = smoothed.sampler(np.shape(xs[0]))
     clean = [sampler.pre.clean(x) for x in xs]
     sel = sampler.count([Task(c, e, noise.SELECT, n0) for c, e in zip(clean, examples)], progress)
@@ -481,4 +486,10 @@ def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.
                                  radius_tv=r_tv, counts=counts.copy(), noise=plan.noise, radius_l1=lp["l1"],
                                  radius_l2=lp["l2"], radius_linf=lp["linf"],
                                  decided_radius=decided[-1] if decided else 0.0, decided_radii=decided,
-                                 looks=int(out.looks[i]), stopped=stopped, n_max=sched.n_max)
+                                 looks=int(out.looks[i]), stopped=stopped, n_max=sched.n_max,
+                                 # calibrated: the level is the plan's whole alpha (pA_lower is a threshold,
+                                 # not the bound of one look); union bound: the deciding look's share
+                                 alpha_p_a=(float(sched.alpha) if plan.calibrated else float(sched.alphas[look]))
+                                 if look >= 0 else 0.0, look=look + 1,
+                                 look_n=sched.sizes[look] if look >= 0 else 0,
+                                 look_n_a=int(out.best_n_a[i]) if look >= 0 else 0)

@@ -7,19 +7,31 @@ being lambda, as in ``export/train.py``), certified in l1 (Yang et al. 2020; Ten
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import bounds, noise, stats
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .inputs import (
+    as_int,
+    check_alpha,
+    check_magnitude,
+    check_sigma,
+    looks_like_0_255,
+    pixels,
+)
 from .noise import get_kind as _get_kind
 from .noise import new_entropy as _new_entropy
 from .preprocess import Preprocessor, PreprocessSpec
-from .sampling import Sampler, Task, check_classifier, default_noise_threads
+from .sampling import DEFAULT_INDEX_CLASSES, Sampler, Task, check_classifier, default_noise_threads
 
 ABSTAIN = stats.ABSTAIN
+BEST_ALPHA_SPLIT = 0.5
+"""With bound="best", the share of alpha spent on p_a_lower (the rest bounds p_b_upper)."""
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class Certificate:
     radius_l1: float = 0.0
     radius_l2: float = 0.0
     radius_linf: float = 0.0
+    alpha_p_a: float | None = None  # the level of p_a_lower: alpha, or alpha/2 with bound="best" (TSV alpha_pA)
 
 
 @dataclass(frozen=True)
@@ -67,13 +80,9 @@ class Prediction:
     nonfinite: int
 
 
-def _check_args(n0: int | None, n: int, alpha: float) -> None:
-    if n0 is not None and n0 < 1:
-        raise ConfigError(f"n0={n0}: expected at least 1 selection sample")
-    if n < 1:
-        raise ConfigError(f"n={n}: expected at least 1 sample")
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha={alpha}: expected 0 < alpha < 1")
+def _check_args(n0: int | None, n: int, alpha: float) -> tuple[int | None, int, float]:
+    """(n0, n, alpha) checked: integers >= 1 (no silent truncation of 1.5), 0 < alpha < 1."""
+    return (None if n0 is None else as_int("n0", n0, 1)), as_int("n", n, 1), check_alpha(alpha)
 
 
 class SmoothedClassifier:
@@ -90,6 +99,8 @@ class SmoothedClassifier:
     seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
     batch_size : noisy samples per model call.
     noise_threads : threads drawing noise (default: by the classifier's device, see default_noise_threads).
+    num_classes : the model's class count K, fixed before counting (default: ``classifier.num_classes``;
+        for index outputs of unknown range 1000). Indices outside 0..K-1 count as no class.
     noise : gaussian (default), uniform or laplace (any name in ``rs_onnx.noise.KINDS``); audit is Gaussian only.
     audit : certify soundly against an adversarial model (:mod:`rs_onnx.audit`): exact grid noise added in
         integers to 8-bit inputs, batches only when the graph provably keeps rows apart; then ``seed`` must
@@ -98,18 +109,17 @@ class SmoothedClassifier:
     """
 
     def __init__(self, classifier, sigma: float, preprocess: PreprocessSpec | None = None, seed: int | None = None,
-                 batch_size: int = 1000, noise_threads: int | None = None, *, audit: bool = False,
-                 audit_seed_override: bool = False, noise: str = "gaussian") -> None:
+                 batch_size: int = 1000, noise_threads: int | None = None, num_classes: int | None = None, *,
+                 audit: bool = False, audit_seed_override: bool = False, noise: str = "gaussian") -> None:
         self.noise = _get_kind(noise).name
         if audit and self.noise != "gaussian":
             raise ConfigError(f"audit with noise={self.noise}: the audit's exact grid noise is Gaussian; expected "
                               "noise='gaussian'")
-        if not (np.isfinite(sigma) and sigma > 0):
-            raise ConfigError(f"sigma={sigma}: expected a positive noise level in [0,1] pixel units")
-        if batch_size < 1:
-            raise ConfigError(f"batch size {batch_size}: expected at least 1")
-        if seed is not None and seed < 0:
-            raise ConfigError(f"seed {seed}: expected a non-negative integer")
+        sigma = check_sigma(sigma)
+        batch_size = as_int("batch_size", batch_size, 1)
+        seed = None if seed is None else as_int("seed", seed, 0)
+        noise_threads = None if noise_threads is None else as_int("noise_threads", noise_threads, 0)
+        self.num_classes = None if num_classes is None else as_int("num_classes", num_classes, 1)
         if audit and seed is not None and not audit_seed_override:
             raise ConfigError(f"seed {seed} with audit: a model can be built to memorise a published seed's noise; "
                               "expected no seed (fresh entropy is drawn and recorded), or the explicit override "
@@ -131,6 +141,39 @@ class SmoothedClassifier:
         self.batch_size = int(batch_size)
         self.noise_threads = default_noise_threads(classifier.device) if noise_threads is None else int(noise_threads)
         self._pre: Preprocessor | None = None
+        self._warned_0_255 = False
+        self.batch_check: dict | None = None  # set by verify_batches before the first count
+
+    def images(self, xs, examples=None) -> tuple[list[np.ndarray], list[int]]:
+        """Checked images in [0,1] pixel units and their example indices (see :func:`rs_onnx.inputs.pixels`).
+
+        Integer images (uint8 0..255) are divided by 255, as the CLI does; floats must be finite and of a
+        size float32 resolves at sigma; an image-shaped float input in [0, 255] is used as given, with a
+        one-time warning. ``examples`` (default 0, 1, ...) must give one non-negative integer per image.
+        """
+        xs = list(xs)
+        if examples is None:
+            examples = list(range(len(xs)))
+        else:
+            examples = [as_int("example index", e, 0) for e in examples]
+            if len(examples) != len(xs):
+                raise ConfigError(f"{len(examples)} examples for {len(xs)} images; expected one example index "
+                                  "per image")
+        out: list[np.ndarray] = []
+        for i, x in enumerate(xs):
+            raw = np.asarray(x)
+            if not self._warned_0_255 and looks_like_0_255(raw):
+                self._warned_0_255 = True
+                logger.warning("image %d is float with values up to %g: it looks like 0..255 data, but floats are "
+                               "taken as [0,1] pixel units (sigma=%g is in those units); pass uint8 images (divided "
+                               "by 255) or divide by 255 yourself", i, float(raw.max()), self.sigma)
+            px = pixels(raw, f"image {i}")
+            if out and px.shape != out[0].shape:
+                raise DataError(f"image {i} has shape {list(px.shape)}; expected {list(out[0].shape)} like image 0")
+            if px.size:
+                check_magnitude(float(np.abs(px).max()), self.sigma, f"image {i}")
+            out.append(px)
+        return out, examples
 
     @property
     def entropy(self) -> int:
@@ -159,9 +202,10 @@ class SmoothedClassifier:
 
             batched = bool(self.audit_info and self.audit_info["batched"])
             return AuditSampler(self.classifier, self.preprocessor(image_shape), self.sigma,  # type: ignore[arg-type]
-                                self.entropy, self.batch_size if batched else 1, self.noise_threads)
+                                self.entropy, self.batch_size if batched else 1, self.noise_threads,
+                                num_classes=self.num_classes)
         return Sampler(self.classifier, self.preprocessor(image_shape), self.sigma, self.entropy,
-                       self.batch_size, self.noise_threads, noise_kind=self.noise)
+                       self.batch_size, self.noise_threads, noise_kind=self.noise, num_classes=self.num_classes)
 
     def dim(self, image_shape) -> int:
         """Number of noisy values per input (the d of the l1/linf conversions)."""
@@ -173,13 +217,30 @@ class SmoothedClassifier:
             return stats.cohen_radius(p_a_lower, self.sigma)
         return float(bounds.radius(p_a_lower, self.noise, self.sigma, bounds.NATIVE_NORM[self.noise]))
 
+    def verify_batches(self, x: np.ndarray, samples: int) -> dict | None:
+        """Once per instance, for an ONNX classifier: :func:`rs_onnx.checks.check_batch_equivalence` on noisy
+        copies of ``x`` at the batch size a count of ``samples`` samples uses (the classifier may fall
+        back to one sample per run; ModelError when it cannot). The record is kept in ``batch_check``."""
+        if self.batch_check is None:
+            from .checks import check_batches_once
+
+            self.batch_check = check_batches_once(self, x, samples)
+        return self.batch_check
+
     def count(self, xs: Sequence[np.ndarray], examples: Sequence[int], phase: int, n: int,
               progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Counts of ``n`` noisy samples of each image of ``xs`` (one shape, in [0,1]) under noise ``phase``.
+        """Counts of ``n`` noisy samples of each image of ``xs`` (one shape; floats in [0,1], or uint8 0..255,
+        divided by 255: see :meth:`images`) under noise ``phase``.
 
-        ``examples`` select the noise streams. Returns int64 [len(xs), K + 1]; column K counts non-finite
-        model outputs.
+        ``examples`` select the noise streams (one per image). Returns int64 [len(xs), K + 1]; column K counts
+        samples with no class (non-finite model outputs, class indices outside 0..K-1).
         """
+        n = as_int("n", n, 0)
+        xs, examples = self.images(xs, examples)
+        if not xs:
+            return np.zeros((0, (self.num_classes or self.classifier.num_classes or DEFAULT_INDEX_CLASSES) + 1),
+                            np.int64)
+        self.verify_batches(xs[0], n * len(xs))
         sampler = self.sampler(np.shape(xs[0]))
         tasks = [Task(sampler.pre.clean(x), int(e), phase, n) for x, e in zip(xs, examples)]
         return sampler.count(tasks, progress)
@@ -189,18 +250,20 @@ class SmoothedClassifier:
                      progress: Callable[[int], None] | None = None, bound: str = "cohen") -> list[Certificate]:
         """CERTIFY for several images at once, packed into shared batches.
 
-        xs : images of one shape (e.g. [C,H,W]) in [0,1]. examples : their indices in the data set, which
+        xs : images of one shape (e.g. [C,H,W]): floats in [0,1] pixel units, or uint8 0..255 (divided by
+        255, as the CLI does; see :meth:`images`). examples : their indices in the data set, which
         select their noise streams (default 0, 1, ...). Returns one Certificate per image.
         """
-        _check_args(n0, n, alpha)
+        n0, n, alpha = as_int("n0", n0, 1), *_check_args(None, n, alpha)[1:]
         if bound not in ("cohen", "best"):
             raise ConfigError(f"bound={bound!r}: expected 'cohen' or 'best'")
         if bound == "best" and self.noise != "gaussian":
             raise ConfigError(f"bound='best' with noise={self.noise}: the two-class bound is Gaussian only; expected "
                               "bound='cohen'")
-        examples = list(range(len(xs))) if examples is None else list(examples)
+        xs, examples = self.images(xs, examples)
         if len(xs) == 0:
             return []
+        self.verify_batches(xs[0], max(n0, n) * len(xs))
         dim = self.dim(np.shape(xs[0]))
         gaussian = self.noise == "gaussian"
         counts0 = self.count(xs, examples, noise.SELECT, n0, progress)
@@ -209,13 +272,16 @@ class SmoothedClassifier:
         for c0, c1 in zip(counts0, counts1):
             guess = stats.select(c0)
             n_a = int(c1[guess]) if guess != ABSTAIN else 0
-            p_lower = stats.clopper_pearson_lower(n_a, n, alpha)
+            # with bound="best" the radius uses p_a_lower at alpha/2: the column shows that bound, not alpha's
+            alpha_a = alpha * BEST_ALPHA_SPLIT if bound == "best" else alpha
+            p_lower = stats.clopper_pearson_lower(n_a, n, alpha_a)
             p_b, r_two, r_tv = 1.0, 0.0, 0.0
             if guess != ABSTAIN and gaussian:  # non-finite outputs count as one more rival outcome
                 p_a_split, p_b, r_two = map(float, bounds.two_class_certificate(c1, guess, alpha, self.sigma))
                 r_tv = float(bounds.tv_radius(p_a_split, p_b, self.sigma))
             if bound == "best":
-                radius = float(bounds.best_radius(c1, guess, alpha, self.sigma)) if guess != ABSTAIN else 0.0
+                radius = (float(bounds.best_radius(c1, guess, alpha, self.sigma, alpha_split=BEST_ALPHA_SPLIT))
+                          if guess != ABSTAIN else 0.0)
                 pred = guess if radius > 0 else ABSTAIN
             elif p_lower < 0.5:
                 pred, radius = ABSTAIN, 0.0
@@ -226,21 +292,22 @@ class SmoothedClassifier:
             nonfinite = int(c0[-1] + c1[-1])
             lp = bounds.norm_radii(p_lower, radius, self.noise, self.sigma, dim)
             out.append(Certificate(pred, radius, p_lower, n_a, n, n0, guess, nonfinite, p_b, r_two, r_tv, c1,
-                                   self.noise, lp["l1"], lp["l2"], lp["linf"]))
+                                   self.noise, lp["l1"], lp["l2"], lp["linf"], alpha_a))
         return out
 
     def certify(self, x: np.ndarray, n0: int, n: int, alpha: float, example: int = 0) -> Certificate:
-        """CERTIFY (Cohen et al. 2019, Algorithm CERTIFY) for one image x in [0,1]."""
+        """CERTIFY (Cohen et al. 2019, Algorithm CERTIFY) for one image x: floats in [0,1], or uint8 0..255 (/255)."""
         return self.certify_many([x], n0, n, alpha, [example])[0]
 
     def predict_many(self, xs: Sequence[np.ndarray], n: int, alpha: float,
                      examples: Sequence[int] | None = None,
                      progress: Callable[[int], None] | None = None) -> list[Prediction]:
         """PREDICT for several images: abstain unless the top two counts differ at level alpha."""
-        _check_args(None, n, alpha)
-        examples = list(range(len(xs))) if examples is None else list(examples)
+        _, n, alpha = _check_args(None, n, alpha)
+        xs, examples = self.images(xs, examples)
         if len(xs) == 0:
             return []
+        self.verify_batches(xs[0], n * len(xs))
         counts = self.count(xs, examples, noise.PREDICT, n, progress)
         out = []
         for c in counts:
@@ -250,5 +317,5 @@ class SmoothedClassifier:
         return out
 
     def predict(self, x: np.ndarray, n: int, alpha: float, example: int = 0) -> Prediction:
-        """PREDICT (Cohen et al. 2019, Algorithm PREDICT) for one image x in [0,1]."""
+        """PREDICT (Cohen et al. 2019, Algorithm PREDICT) for one image x: floats in [0,1], or uint8 0..255 (/255)."""
         return self.predict_many([x], n, alpha, [example])[0]

@@ -158,7 +158,7 @@ def sampling_spec():
 # ------------------------------------------------------------------ values flow down: no write-back
 META_KEYS = ["status", "mode", "config", "seed", "entropy", "noise", "radius_norms", "preprocess", "batch_size", "noise_threads",
              "batch_probe", "model", "providers", "device", "device_name", "data", "versions", "command", "timings",
-             "out", "examples_done", "nonfinite_outputs"]
+             "out", "examples_done", "nonfinite_outputs", "clean_accuracy", "batch_check"]
 
 
 def _config(model, data, **kw):

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 
 from rs_onnx.cli import main
 from rs_onnx.guard import DTYPES, check_yaml, escape, quiet_warnings
+from rs_onnx.inputs import MAX_SIGMA, RESOLUTION
 from tests.onnx_models import linear_model, save
 
 W = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
@@ -104,7 +105,9 @@ def test_absurd_numbers_are_refused_before_any_work(files, capsys, n, n0, batch,
     tmp, model = files
     argv = ["certify", str(model), str(tmp / "good.npz"), "--n", str(n), "--n0", str(n0), "--batch-size", str(batch),
             "--alpha", repr(alpha), "--sigma", repr(sigma), "--seed", "0"]
-    valid = n >= 1 and n0 >= 1 and 1 <= batch <= 10**7 and 0 < alpha < 1 and 0 < sigma < float("inf")
+    # sigma: at most MAX_SIGMA, and large enough for float32 to hold noise of that size at the data's zeros
+    tiny = float(np.spacing(np.float32(0))) / RESOLUTION
+    valid = n >= 1 and n0 >= 1 and 1 <= batch <= 10**7 and 0 < alpha < 1 and tiny <= sigma <= MAX_SIGMA
     if valid:  # only check that valid settings are accepted up to the point of sampling
         argv[argv.index("--n") + 1] = "20"
         argv[argv.index("--n0") + 1] = "5"
@@ -193,7 +196,8 @@ def test_any_sigma_metadata_is_used_or_refused_in_one_line(files, capsys, value)
         sigma = float(value)
     except ValueError:
         sigma = float("nan")
-    assert code == (0 if np.isfinite(sigma) and sigma > 0 else 1), (value, err)
+    tiny = float(np.spacing(np.float32(0))) / RESOLUTION  # noise float32 cannot hold at the data's zeros
+    assert code == (0 if np.isfinite(sigma) and tiny <= sigma <= MAX_SIGMA else 1), (value, err)
     if code:
         only_rs_onnx_lines(err)
 
