@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import numpy as np
 from . import __version__
 from .config import build_config, load_yaml
 from .errors import RsOnnxError
+from .outputs import WriteFailed, check_not_inputs, count_rows
+from .stopping import Terminated, signals_stop_runs
 
 log = logging.getLogger("rs_onnx")
 
@@ -107,6 +107,8 @@ def _run_options(f):
                      "the preprocessing flags then describe MODEL's input."),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
+        click.option("--overwrite", is_flag=True, help="Start over on an --out that holds rows (they are replaced "
+                     "once the new run has its first row)."),
         click.option("--dump-config", is_flag=True, help="Print the resolved configuration as YAML and exit."),
     ]
     for option in reversed(options):
@@ -130,7 +132,7 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
             raise click.UsageError(f"--batch-size {kwargs['batch_size']!r}: expected a positive integer or auto")
         kwargs["batch_size"] = None if text == "auto" else int(text)
     for key, value in kwargs.items():
-        if key in ("config_path", "out", "resume", "dump_config", "radii_text"):
+        if key in ("config_path", "out", "resume", "overwrite", "dump_config", "radii_text"):
             continue
         if key == "radii":
             flags[key] = value
@@ -174,50 +176,45 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         log.info("writing %s (and its .meta.json); `rs-onnx analyze %s` reads it", out, out)
     if kwargs["resume"] and out is None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
+    if cfg.backend == "ray":  # refused now, before any output file exists, if Ray is not installed
+        from .distributed import _import_ray
+
+        _import_ray()
     p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
     rows: list[dict] = []
     bar = _progress_bar(ctx, per_example * len(p.indices), mode)
-    resume_hint = f"; finished rows are in {out}: run the same command with --resume to continue" if out else ""
+
+    def resume_hint() -> str:
+        if out is None or not out.exists() or count_rows(out) == 0:
+            return ""
+        return f"; finished rows are in {out}: run the same command with --resume to continue"
+
     try:
-        with _sigterm_as_interrupt():
-            meta = runmod.execute(p, mode, out, resume=kwargs["resume"], on_rows=rows.extend, progress=bar.update,
-                                  stream=None if out else sys.stdout, backend=backend_from_config(cfg))
+        meta = runmod.execute(p, mode, out, resume=kwargs["resume"], overwrite=kwargs["overwrite"],
+                              on_rows=rows.extend, progress=bar.update, stream=None if out else sys.stdout,
+                              backend=backend_from_config(cfg), inputs={"--config": kwargs.get("config_path")})
     except KeyboardInterrupt as e:
         bar.close()
         click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'} after "
-                   f"{len(rows)} examples this run{resume_hint}", err=True)
+                   f"{len(rows)} examples this run{resume_hint()}", err=True)
         ctx.exit(143 if isinstance(e, Terminated) else 130)
+    except WriteFailed as e:
+        bar.close()
+        kept = count_rows(out) if out is not None and out.exists() else 0
+        hint = " (once the cause is fixed, run the same command with --resume to continue)" if kept else ""
+        raise WriteFailed(f"{e}; the run stopped after {len(rows)} examples this run and {out}.meta.json says "
+                          f"failed; {kept} complete rows are kept in {out}{hint}") from e
     except RsOnnxError:
         bar.close()
         raise
     except Exception as e:  # e.g. the execution provider failing mid-run
         bar.close()
         raise RsOnnxError(f"the run stopped after {len(rows)} examples: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint}") from e
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint()}") from e
     bar.close()
     if mode == "certify" and (rows or out):
         click.echo(_accuracy_table(rows, out, meta["timings"]["seconds"]), err=out is None)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: finished rows stay, the meta file says 'interrupted'."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    def handler(signum, frame):
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. embedded): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _accuracy_table(rows: list[dict], out: Path | None, seconds: float) -> str:
@@ -295,6 +292,7 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
              if v not in (None, ()) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     cfg, _ = build_config({}, flags)
+    check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
     compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)
     click.echo(f"wrote {out}", err=True)
 
@@ -330,6 +328,8 @@ def analyze(results, radii, labels, fmt, plot, radius_column) -> None:
     from . import analysis
 
     files, radii = _split_radii(results, radii)
+    if plot:
+        check_not_inputs({"--plot": plot}, {f"results file {i + 1}": f for i, f in enumerate(files)})
     if labels and len(labels) != len(files):
         raise click.UsageError(f"{len(labels)} --label values for {len(files)} results files; expected one per file")
     names = list(labels) if labels else [Path(f).stem for f in files]
@@ -350,10 +350,16 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        code = cli.main(args=args, prog_name="rs-onnx", standalone_mode=False)
+        with signals_stop_runs():  # Ctrl-C, SIGTERM and SIGHUP also stop a running model call
+            code = cli.main(args=args, prog_name="rs-onnx", standalone_mode=False)
     except click.Abort:
         click.echo("rs-onnx: aborted", err=True)
         sys.exit(130)
+    except KeyboardInterrupt as e:  # before or after a run (start-up: loading, verifying, probing)
+        if debug:
+            raise
+        click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", err=True)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     except click.ClickException as e:
         click.echo(f"rs-onnx: error: {e.format_message()}", err=True)
         sys.exit(1)

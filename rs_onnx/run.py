@@ -8,6 +8,7 @@ results has changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,9 +26,9 @@ import numpy as np
 from .config import RunConfig
 from .data import Dataset, load_data
 from .errors import ConfigError, DataError
+from .outputs import RunFiles, RunLock, check_output, data_identity, read_rows
 from .preprocess import PreprocessSpec
-from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, TsvWriter, command_line, meta_path, sha256_file, versions,
-                      write_json_atomic)
+from .results import CERTIFY_COLUMNS, PREDICT_COLUMNS, TsvWriter, command_line, meta_path, sha256_file, versions
 from .smoothing import SmoothedClassifier
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, clf, smoothed, data, indices)
 
 
-def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict) -> dict:
+def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict,
+          data_extra: dict | None = None) -> dict:
     clf = p.classifier
     return {
         "status": status,
@@ -170,7 +172,7 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "providers": list(clf.providers),
         "device": getattr(clf, "device", None),
         "device_name": getattr(clf, "device_name", None),
-        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices)},
+        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices), **(data_extra or {})},
         "versions": versions(),
         "command": command_line(),
         "timings": timings,
@@ -179,22 +181,23 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
     }
 
 
-def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[int]:
-    """Indices already in ``out`` from an earlier run of the same model and configuration.
+def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...], identity: dict | None) -> set[int]:
+    """Indices already in ``out`` from an earlier run of the same model, configuration and data.
 
-    Checks the meta file, adopts the earlier run's noise entropy when no seed was given, and drops a
-    last row cut short by a crash (it is recomputed).
+    Checks the meta file (configuration, model hash, data identity and selection), adopts the earlier
+    run's noise entropy when no seed was given, and cuts a last row cut short by a crash (it is
+    recomputed). Call with ``out``'s lock held.
     """
     mp = meta_path(out)
     if not mp.exists():
-        if out.exists():
+        if out.exists() and out.stat().st_size > 0:
             raise ConfigError(f"--resume: {out} exists but {mp} does not; expected both from an earlier rs-onnx run")
         log.info("--resume: no earlier run at %s; starting one", out)
         return set()
     try:
         meta = json.loads(mp.read_text(encoding="utf-8"))
         entropy = int(meta["entropy"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OSError) as e:
         raise ConfigError(f"--resume: {mp} is not a readable rs-onnx meta file ({e})") from e
     old = meta.get("config", {})
     defaults = RunConfig().to_dict()  # keys an older meta file lacks had their default value
@@ -203,21 +206,40 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[
         changed.append("mode")
     if meta.get("model", {}).get("sha256") != p.classifier.sha256:
         changed.append("model (sha256)")
+    old_identity = (meta.get("data") or {}).get("identity")
+    if identity is not None and old_identity is None:
+        log.warning("--resume: %s records no data identity (an older rs-onnx); the data cannot be checked", mp)
+    elif identity is not None and old_identity != identity:
+        what = [k for k in ("sha256", "start", "end", "skip") if old_identity.get(k) != identity.get(k)]
+        changed.append("data (" + ", ".join("contents" if k == "sha256" else k for k in what) + ")")
     if changed:
         raise ConfigError(f"--resume: {out} was made with a different {', '.join(changed)}; expected the same "
-                          "model and configuration (or start a new --out)")
+                          "model, configuration and data (or start a new --out)")
     if p.cfg.seed is None:
         p.smoothed.entropy = entropy
     if not out.exists():
         return set()
-    with open(out, encoding="utf-8", newline="") as f:
-        complete = f.read().split("\n")[:-1]  # a last line without its newline was cut by a crash
-    if complete and complete[0] != "\t".join(columns):
-        raise ConfigError(f"--resume: {out} starts with {complete[0][:60]!r}; expected the header of a {mode} TSV")
-    done = {int(line.split("\t", 1)[0]) for line in complete[1:]}
-    with open(out, "w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(line + "\n" for line in complete))
+    rows = read_rows(out, columns, mode)
+    done = set(rows)
+    if len(done) != len(rows):
+        twice = sorted(i for i in done if rows.count(i) > 1)[:5]
+        raise ConfigError(f"--resume: {out} holds examples {twice} more than once; expected each example once")
+    foreign = sorted(done - set(p.indices))[:5]
+    if foreign:
+        raise ConfigError(f"--resume: {out} holds examples {foreign} outside this run's selection; expected the "
+                          "same data and start/end/skip")
     return done
+
+
+def preflight(p: Prepared, mode: str) -> None:
+    """Checks that can refuse a run and would otherwise only fail once sampling starts (the sequential plan);
+    called before any output file is created."""
+    if mode == "certify" and p.cfg.sequential:
+        from .sequential import geometric_schedule, make_plan
+
+        schedule = geometric_schedule(p.cfg.n, p.cfg.alpha, p.cfg.looks, p.cfg.n_first, p.cfg.final_share)
+        make_plan(schedule, p.smoothed.sigma, () if p.cfg.precision else (p.cfg.radii or ()), p.cfg.futility_beta,
+                  p.cfg.precision)
 
 
 def group_size(cfg: RunConfig) -> int:
@@ -253,34 +275,59 @@ def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
         yield group, answers, (time.time() - t) / len(group)
 
 
-def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
+def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False, overwrite: bool = False,
             on_rows: Callable[[list[dict]], None] | None = None,
-            progress: Callable[[int], None] | None = None, stream=None, backend=None) -> dict:
+            progress: Callable[[int], None] | None = None, stream=None, backend=None,
+            inputs: dict | None = None) -> dict:
     """Run CERTIFY (mode "certify") or PREDICT ("predict") over the selected examples.
 
-    Rows go to ``out`` (and its meta.json) or, without ``out``, to the text stream ``stream``.
-    ``backend(p, mode, todo, progress)`` computes the answers (default :func:`local_answers`); it must
-    yield groups in the order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after
-    recording the interruption.
+    Rows go to ``out`` (and its meta.json, under an exclusive lock; see :mod:`rs_onnx.outputs`) or,
+    without ``out``, to the text stream ``stream``. An ``out`` that holds rows is refused unless
+    ``resume`` (continue it) or ``overwrite`` (replace it once this run has its first row); an ``out``
+    that is an input (model, data, denoiser, and ``inputs``: label -> path) is refused. ``backend(p, mode,
+    todo, progress)`` computes the answers (default :func:`local_answers`); it must yield groups in the
+    order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after recording the
+    interruption; a write error ends the run with status ``failed`` and an OutputError.
     """
     columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
-    todo = list(p.indices)
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs --out (the TSV of the run to continue)")
-        done = _resume(out, p, mode, columns)
-        todo = [i for i in todo if i not in done]
-        log.info("resuming %s: %d examples done, %d to go", out, len(p.indices) - len(todo), len(todo))
+    if resume and out is None:
+        raise ConfigError("--resume needs --out (the TSV of the run to continue)")
+    identity = None
+    if out is not None:
+        out = Path(out)
+        inputs = {"MODEL": p.cfg.model, "DATA": p.cfg.data, "--denoiser": p.cfg.denoiser, **(inputs or {})}
+        check_output(out, inputs, resume=resume, overwrite=overwrite)
+    preflight(p, mode)
+    if out is not None:
+        identity = data_identity(p.cfg.data, p.cfg.start, p.cfg.end, p.cfg.skip)
+    with contextlib.ExitStack() as stack:
+        files = None
+        todo = list(p.indices)
+        if out is not None:
+            stack.enter_context(RunLock(out))
+            check_output(out, inputs or {}, resume=resume, overwrite=overwrite)  # again, now that we hold the lock
+            if resume:
+                done = _resume(out, p, mode, columns, identity)
+                todo = [i for i in todo if i not in done]
+                log.info("resuming %s: %d examples done, %d to go", out, len(p.indices) - len(todo), len(todo))
+            files = RunFiles(out, columns, append=resume, replace=overwrite)
+        return _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progress, stream, backend)
+
+
+def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progress, stream, backend) -> dict:
     t0 = time.time()
     timings = {"started": t0, "seconds": 0.0}
     extra = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0}
-    if out:  # the meta file first: a TSV never exists without one
-        write_json_atomic(meta_path(out), _meta(p, mode, out, "running", timings, extra))
-    writer = TsvWriter(out if out else stream, columns, append=resume) if (out or stream) else None
-    status = "failed"
+    data_extra = {"identity": identity} if identity else {}
+    if files is not None:  # the meta file first: a TSV never exists without one
+        files.begin(_meta(p, mode, out, "running", timings, extra, data_extra))
+    writer = TsvWriter(stream, columns) if (files is None and stream is not None) else None
+    status, error = "failed", None
     try:
         for group, answers, seconds in (backend or local_answers)(p, mode, todo, progress):
             rows = [_row(mode, i, int(p.data.labels[i]), a, seconds) for i, a in zip(group, answers)]
+            if files is not None:
+                files.write(rows)
             for row in rows:
                 extra["nonfinite_outputs"] += row["nonfinite"]
                 if writer:
@@ -292,13 +339,16 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+        raise
     finally:
         if writer:
             writer.close()
         timings["seconds"] = time.time() - t0
-        meta = _meta(p, mode, out, status, timings, extra)
-        if out:
-            write_json_atomic(meta_path(out), meta)
+        meta = _meta(p, mode, out, status, timings, {**extra, **({"error": error} if error else {})}, data_extra)
+        if files is not None:
+            files.finish(meta)
     if extra["nonfinite_outputs"]:
         log.warning("%d noisy samples gave NaN/Inf model outputs; they were counted as their own outcome, never "
                     "for a class (column 'nonfinite')", extra["nonfinite_outputs"])
