@@ -352,14 +352,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with signals_stop_runs():  # Ctrl-C, SIGTERM and SIGHUP also stop a running model call
             code = cli.main(args=args, prog_name="rs-onnx", standalone_mode=False)
-    except click.Abort:
-        click.echo("rs-onnx: aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt as e:  # before or after a run (start-up: loading, verifying, probing)
-        if debug:
+    except (click.Abort, KeyboardInterrupt) as e:  # also at start-up (loading, verifying, probing)
+        if debug and not isinstance(e, click.Abort):
             raise
-        click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", err=True)
-        sys.exit(143 if isinstance(e, Terminated) else 130)
+        cause = e if isinstance(e, KeyboardInterrupt) else e.__cause__ or e.__context__
+        if cause is None:
+            click.echo("rs-onnx: aborted", err=True)
+            sys.exit(130)
+        terminated = isinstance(cause, Terminated)
+        click.echo(f"rs-onnx: {'terminated' if terminated else 'interrupted'}", err=True)
+        sys.exit(143 if terminated else 130)
     except click.ClickException as e:
         click.echo(f"rs-onnx: error: {e.format_message()}", err=True)
         sys.exit(1)

@@ -237,19 +237,19 @@ def read_rows(out: Path, columns: tuple[str, ...], mode: str) -> list[int]:
     return done
 
 
-def write_meta(path: Path, meta: dict, reserve: bool = False) -> bool:
+def write_meta(path: Path, meta: dict, reserve: bool = False) -> str | None:
     """meta.json via a unique temporary file and rename; on a full disk, written over the old file in place
-    (its reserved spaces make room). ``reserve`` pads the JSON with :data:`META_RESERVE` spaces. False if
-    neither worked."""
+    (its reserved spaces make room). ``reserve`` pads the JSON with :data:`META_RESERVE` spaces. Returns None,
+    or why neither worked."""
     try:
         results.write_json_atomic(path, meta, pad=META_RESERVE if reserve else 0)
-        return True
+        return None
     except OSError as first:
         data = (json.dumps(meta, indent=2, default=str) + "\n").encode("utf-8")
         try:
             size = path.stat().st_size
             if len(data) > size:
-                return False
+                return _describe(first)
             fd = os.open(path, os.O_WRONLY)
             try:
                 results.write_all(fd, data + b" " * (size - len(data)))
@@ -257,9 +257,9 @@ def write_meta(path: Path, meta: dict, reserve: bool = False) -> bool:
             finally:
                 os.close(fd)
             log.debug("meta file %s written in place after %s", path, first)
-            return True
+            return None
         except OSError:
-            return False
+            return _describe(first)
 
 
 def _describe(err: OSError) -> str:
@@ -296,8 +296,9 @@ class RunFiles:
             self._fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             self._write_bytes(header)
             return
-        if not write_meta(self.meta_path, meta, reserve=True):
-            raise OutputError(f"cannot write {self.meta_path}; expected a writable folder with free space")
+        why = write_meta(self.meta_path, meta, reserve=True)
+        if why:
+            raise OutputError(f"cannot write {self.meta_path}: {why}; expected a writable folder with free space")
         if self.append and self.out.exists():
             self._fd = os.open(self.out, os.O_WRONLY | os.O_APPEND)
             self._good = os.fstat(self._fd).st_size
@@ -337,8 +338,9 @@ class RunFiles:
         self._part = None
         results.fsync_dir(self.out)
         log.warning("--overwrite: %s replaced (its %d rows from an earlier run are gone)", self.out, old)
-        if not write_meta(self.meta_path, self._meta or {}, reserve=True):
-            raise OutputError(f"cannot write {self.meta_path}; expected a writable folder with free space")
+        why = write_meta(self.meta_path, self._meta or {}, reserve=True)
+        if why:
+            raise WriteFailed(f"cannot write {self.meta_path}: {why}")
 
     def finish(self, meta: dict | None) -> None:
         """Closes the TSV and writes the final meta (not when an --overwrite run ended before its first row:
@@ -355,4 +357,7 @@ class RunFiles:
             self.meta_written = False
             return
         if meta is not None:
-            self.meta_written = write_meta(self.meta_path, meta)
+            why = write_meta(self.meta_path, meta)
+            self.meta_written = why is None
+            if why:
+                log.warning("could not record the run's end in %s: %s", self.meta_path, why)

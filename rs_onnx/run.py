@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -63,20 +64,71 @@ def open_classifier(cfg: RunConfig):
     return clf, cfg.preprocess_spec()
 
 
+def cache_dir() -> Path | None:
+    """This user's private cache folder for composed models (the platform's user cache dir, mode 0700),
+    or None when it cannot be made private (then nothing is cached)."""
+    try:
+        import platformdirs
+
+        base = Path(platformdirs.user_cache_dir("rs-onnx", appauthor=False))
+    except ImportError:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rs-onnx"
+    path = base / "composed"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            log.warning("composed-model cache %s belongs to another user; not caching", path)
+            return None
+        if st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError as e:
+        log.info("no composed-model cache (%s); composing for this run only", e)
+        return None
+    return path
+
+
 def composed_model(cfg: RunConfig) -> Path:
-    """``cfg.denoiser`` composed with ``cfg.model`` and its preprocessing (rs_onnx.compose), cached by content."""
+    """``cfg.denoiser`` composed with ``cfg.model`` and its preprocessing (rs_onnx.compose), cached by content.
+
+    The cache is this user's private folder (:func:`cache_dir`); a cached file is used only when its sha256
+    matches the one recorded when it was composed (else it is composed again); without a private folder
+    the composition goes to a private temporary folder for this process.
+    """
     from .compose import compose_files
 
     spec = cfg.preprocess_spec()
     key = hashlib.sha256("|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec),
                                    str(cfg.input_name)]).encode()).hexdigest()[:20]
-    path = Path(tempfile.gettempdir()) / "rs-onnx-composed" / f"{key}.onnx"
-    if not path.exists():
-        tmp = path.with_name(f"{key}.{os.getpid()}.tmp.onnx")
-        compose_files(cfg.denoiser, cfg.model, tmp, spec, classifier_input_name=cfg.input_name)
-        os.replace(tmp, path)
+    folder = cache_dir()
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="rs-onnx-composed-"))  # mode 0700, this process only
+    path, digest_path = folder / f"{key}.onnx", folder / f"{key}.sha256"
+    try:
+        recorded = digest_path.read_text(encoding="ascii").strip()
+        cached = path.is_file() and not path.is_symlink() and sha256_file(path) == recorded
+    except (OSError, UnicodeDecodeError):
+        cached = False
+    if not cached:
+        tmp = path.with_name(f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.onnx")
+        try:
+            compose_files(cfg.denoiser, cfg.model, tmp, spec, classifier_input_name=cfg.input_name)
+            digest = sha256_file(tmp)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        _write_text_atomic(digest_path, digest + "\n")
+        if sha256_file(path) != digest:  # replaced under us
+            raise ConfigError(f"composed model {path} changed while it was written; expected a private cache folder")
     log.info("certifying denoiser %s + classifier %s, composed into %s", cfg.denoiser, cfg.model, path)
     return path
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text, encoding="ascii")
+    os.replace(tmp, path)
 
 
 def resolve_sigma(cfg: RunConfig, clf) -> float:
@@ -139,6 +191,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.denoiser and cfg.backend != "local":
         raise ConfigError("--denoiser with --backend ray: expected a composed model (rs-onnx compose --denoiser "
                           "D.onnx -o DC.onnx C.onnx) to certify on the workers")
+    log.info("loading %s", cfg.model)
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     channels, size = image_geometry(clf, cfg.layout)
@@ -209,9 +262,12 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...], identit
     old_identity = (meta.get("data") or {}).get("identity")
     if identity is not None and old_identity is None:
         log.warning("--resume: %s records no data identity (an older rs-onnx); the data cannot be checked", mp)
-    elif identity is not None and old_identity != identity:
-        what = [k for k in ("sha256", "start", "end", "skip") if old_identity.get(k) != identity.get(k)]
-        changed.append("data (" + ", ".join("contents" if k == "sha256" else k for k in what) + ")")
+    elif identity is not None:
+        # the same file and start/skip; a different end only extends or shortens the same selection (rows
+        # outside the new one are refused below)
+        what = [k for k in ("sha256", "kind", "start", "skip") if old_identity.get(k) != identity.get(k)]
+        if what:
+            changed.append("data (" + ", ".join("contents" if k == "sha256" else k for k in what) + ")")
     if changed:
         raise ConfigError(f"--resume: {out} was made with a different {', '.join(changed)}; expected the same "
                           "model, configuration and data (or start a new --out)")
@@ -319,11 +375,11 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
     timings = {"started": t0, "seconds": 0.0}
     extra = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0}
     data_extra = {"identity": identity} if identity else {}
-    if files is not None:  # the meta file first: a TSV never exists without one
-        files.begin(_meta(p, mode, out, "running", timings, extra, data_extra))
     writer = TsvWriter(stream, columns) if (files is None and stream is not None) else None
     status, error = "failed", None
     try:
+        if files is not None:  # the meta file first: a TSV never exists without one
+            files.begin(_meta(p, mode, out, "running", timings, extra, data_extra))
         for group, answers, seconds in (backend or local_answers)(p, mode, todo, progress):
             rows = [_row(mode, i, int(p.data.labels[i]), a, seconds) for i, a in zip(group, answers)]
             if files is not None:
