@@ -19,6 +19,7 @@ A block may be drawn in pieces (``generator`` then ``fill`` into consecutive sli
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,3 +79,12 @@ def split(slot: int, example: int, phase: int, n: int, block_size: int) -> list[
     if rest:
         blocks.append(Block(slot, example, phase, full, rest))
     return blocks
+
+
+def iter_split(slot: int, example: int, phase: int, n: int, block_size: int) -> Iterator[Block]:
+    """The blocks of :func:`split`, one at a time (memory independent of n)."""
+    full, rest = divmod(n, block_size)
+    for b in range(full):
+        yield Block(slot, example, phase, b, block_size)
+    if rest:
+        yield Block(slot, example, phase, full, rest)

@@ -145,7 +145,7 @@ class RunLock:
         self.out = Path(out)
         self.path = lock_path(out)
         self._fd: int | None = None
-        self._other = None
+        self._other: object | None = None
 
     def acquire(self) -> RunLock:
         try:
@@ -196,7 +196,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
         if self._other is not None:
-            self._other.release()
+            self._other.release()  # type: ignore[attr-defined]
             self._other = None
 
     def __enter__(self) -> RunLock:  # noqa: PYI034
@@ -310,12 +310,14 @@ class RunFiles:
         results.fsync_dir(self.out)
 
     def _write_bytes(self, data: bytes) -> None:
+        fd = self._fd
+        assert fd is not None, "begin() opens the file"
         try:
-            results.write_all(self._fd, data)
-            os.fsync(self._fd)
+            results.write_all(fd, data)
+            os.fsync(fd)
         except OSError as err:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._good)  # no part of an unfinished row stays
+                os.ftruncate(fd, self._good)  # no part of an unfinished row stays
             target = self._part or self.out
             raise WriteFailed(f"cannot write {target}: {_describe(err)}") from err
         self._good += len(data)
@@ -334,7 +336,7 @@ class RunFiles:
         old = count_rows(self.out)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.meta_path)
-        os.replace(self._part, self.out)
+        os.replace(str(self._part), self.out)
         self._part = None
         results.fsync_dir(self.out)
         log.warning("--overwrite: %s replaced (its %d rows from an earlier run are gone)", self.out, old)

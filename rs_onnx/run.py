@@ -191,7 +191,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.denoiser and cfg.backend != "local":
         raise ConfigError("--denoiser with --backend ray: expected a composed model (rs-onnx compose --denoiser "
                           "D.onnx -o DC.onnx C.onnx) to certify on the workers")
-    log.info("loading %s", cfg.model)
+    log.info("loading %s", Path(str(cfg.model)).name)
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     channels, size = image_geometry(clf, cfg.layout)
@@ -265,7 +265,7 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...], identit
     elif identity is not None:
         # the same file and start/skip; a different end only extends or shortens the same selection (rows
         # outside the new one are refused below)
-        what = [k for k in ("sha256", "kind", "start", "skip") if old_identity.get(k) != identity.get(k)]
+        what = [k for k in ("sha256", "kind", "start", "skip") if (old_identity or {}).get(k) != identity.get(k)]
         if what:
             changed.append("data (" + ", ".join("contents" if k == "sha256" else k for k in what) + ")")
     if changed:
@@ -355,7 +355,7 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False, o
         check_output(out, inputs, resume=resume, overwrite=overwrite)
     preflight(p, mode)
     if out is not None:
-        identity = data_identity(p.cfg.data, p.cfg.start, p.cfg.end, p.cfg.skip)
+        identity = data_identity(str(p.cfg.data), p.cfg.start, p.cfg.end, p.cfg.skip)
     with contextlib.ExitStack() as stack:
         files = None
         todo = list(p.indices)

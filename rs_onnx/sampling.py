@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,7 +35,7 @@ import numpy as np
 
 from . import noise
 from .cuda import is_out_of_memory
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .preprocess import Preprocessor
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ CUDA_BATCH_CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 """Batch sizes the automatic probe tries on CUDA (capped by memory)."""
 BATCH_TIE = 0.03
 """The automatic probe takes the smallest batch size at most this much slower per sample than the fastest."""
+MAX_INDEX_CLASSES = 100_000
+"""Class indices from index outputs (argmax in the graph) must stay below this (or the model's class count)."""
 HOST_BATCH_BYTES = 1 << 30
 """Largest host batch buffer (bytes) the automatic probe considers (the ring holds about three)."""
 
@@ -257,13 +259,13 @@ class Sampler:
                 ring[lo:lo + take] = self.pre.noisy(clean, eps, self.sigma)
             g += take
 
-    def _plan(self, tasks: Sequence[Task], batch: int) -> list[_Planned]:
-        plans, g = [], 0
+    def _plan(self, tasks: Sequence[Task], batch: int) -> Iterator[_Planned]:
+        """The blocks in sample order with the batches they write to, one at a time (memory independent of n)."""
+        g = 0
         for s, t in enumerate(tasks):
-            for b in noise.split(s, t.example, t.phase, t.n, self.block_size):
-                plans.append(_Planned(s, b, g, g // batch, (g + b.size - 1) // batch))
+            for b in noise.iter_split(s, t.example, t.phase, t.n, self.block_size):
+                yield _Planned(s, b, g, g // batch, (g + b.size - 1) // batch)
                 g += b.size
-        return plans
 
     # ------------------------------------------------------------------ counting
     def count(self, tasks: Sequence[Task], progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -284,6 +286,10 @@ class Sampler:
             k = counts.shape[1] - 1
             classes = classes[:rows]
             top = int(classes.max(initial=-1))
+            if top >= max(k, MAX_INDEX_CLASSES):
+                raise ModelError(f"the model output class index {top}; expected indices below "
+                                 f"{max(k, MAX_INDEX_CLASSES)} (its {k} classes; a count table that large would "
+                                 "exhaust memory)")
             if top >= k:  # more classes than announced (index outputs of unknown range)
                 grown = np.zeros((len(tasks), top + 2), dtype=np.int64)
                 grown[:, :k] = counts[:, :k]
@@ -303,21 +309,21 @@ class Sampler:
 
     def _count_host(self, tasks, batch: int, nbatches: int, total: int, add) -> None:
         plans = self._plan(tasks, batch)
-        span = max(p.last - p.first + 1 for p in plans)
+        span = (min(self.block_size, total) - 1) // batch + 2  # most batches one block writes to
         ahead = max(1, math.ceil(self.noise_threads * self.block_size / batch))
         slots = min(nbatches, span + ahead)
         ring = np.zeros((slots * batch, *self.pre.model_shape), dtype=self.pre.dtype)
         threads = self.noise_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-onnx-noise") if threads > 0 else None
         pending: deque = deque()  # [plan, future or None, done], in order
-        nxt = 0
+        nxt = next(plans, None)
         try:
             for i in range(nbatches):
-                while nxt < len(plans) and plans[nxt].last <= i + slots - 1:  # its ring rows are free
-                    p = plans[nxt]
+                while nxt is not None and nxt.last <= i + slots - 1:  # its ring rows are free
+                    p = nxt
                     fut = pool.submit(self._fill, p, tasks, ring, batch, slots) if pool else None
                     pending.append([p, fut, False])
-                    nxt += 1
+                    nxt = next(plans, None)
                 for entry in pending:  # the blocks that write to batch i, done
                     p, fut, done = entry
                     if p.first > i:
