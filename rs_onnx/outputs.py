@@ -285,6 +285,7 @@ class RunFiles:
         self._good = 0
         self._part: Path | None = None
         self._meta: dict | None = None
+        self._began = False  # a meta file of this run exists
         self.meta_written = True
 
     def begin(self, meta: dict) -> None:
@@ -299,6 +300,7 @@ class RunFiles:
         why = write_meta(self.meta_path, meta, reserve=True)
         if why:
             raise OutputError(f"cannot write {self.meta_path}: {why}; expected a writable folder with free space")
+        self._began = True
         if self.append and self.out.exists():
             self._fd = os.open(self.out, os.O_WRONLY | os.O_APPEND)
             self._good = os.fstat(self._fd).st_size
@@ -338,6 +340,7 @@ class RunFiles:
             os.unlink(self.meta_path)
         os.replace(str(self._part), self.out)
         self._part = None
+        self._began = True
         results.fsync_dir(self.out)
         log.warning("--overwrite: %s replaced (its %d rows from an earlier run are gone)", self.out, old)
         why = write_meta(self.meta_path, self._meta or {}, reserve=True)
@@ -358,7 +361,7 @@ class RunFiles:
             log.warning("--overwrite: the run ended before its first row; %s was kept as it was", self.out)
             self.meta_written = False
             return
-        if meta is not None:
+        if meta is not None and self._began:
             why = write_meta(self.meta_path, meta)
             self.meta_written = why is None
             if why:

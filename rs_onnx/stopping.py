@@ -131,3 +131,4 @@ def signals_stop_runs() -> Iterator[None]:
         writer.close()
         watcher.join(timeout=1)
         reader.close()
+        reset()  # a caller that goes on (tests, embedding) may run models again

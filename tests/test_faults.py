@@ -528,6 +528,8 @@ def test_signals_end_the_run_as_interrupted_and_keep_rows(tmp_path, sig, code):
         meta = meta_of(out)
         kept = rows_of(out)
         assert meta["status"] == "interrupted" and meta["examples_done"] == len(kept) >= 2
+        if sig != signal.SIGHUP:
+            return
         # kill -9 during the resume: the rows kept before stay, in place
         proc = subprocess.Popen(_slow_args(out) + ["--resume"], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
