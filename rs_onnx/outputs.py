@@ -362,6 +362,8 @@ class RunFiles:
             self.meta_written = False
             return
         if meta is not None and self._began:
+            if "examples_done" in meta and self.out.exists():  # what the file holds (a signal may land between
+                meta["examples_done"] = count_rows(self.out)  # a row's write and the caller's count)
             why = write_meta(self.meta_path, meta)
             self.meta_written = why is None
             if why:
