@@ -5,8 +5,7 @@ Public API: ``OnnxClassifier`` (the base classifier), ``SmoothedClassifier`` (PR
 ``Certificate`` and ``Prediction``, and the errors raised on bad input.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .classifier import OnnxClassifier
 from .errors import ConfigError, DataError, DeviceError, ModelError, RsOnnxError
 from .preprocess import PreprocessSpec

@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import build_config, load_yaml
 from .errors import RsOnnxError
-from .outputs import WriteFailed, check_not_inputs, count_rows
+from .outputs import WriteError, check_not_inputs, count_rows
 from .stopping import Terminated, signals_stop_runs
 
 log = logging.getLogger("rs_onnx")
@@ -91,7 +91,7 @@ def _run_options(f):
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
         click.option("--label", type=int, help="Label of a single image file given as DATA."),
-        click.option("--noise-threads", type=int, help="Threads drawing noise (default: half the cores)."),
+        click.option("--noise-threads", type=int, help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16)."),
         click.option("--backend", type=click.Choice(["local", "ray"]), help="Where to sample: this process "
                      "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
         click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),
@@ -105,6 +105,11 @@ def _run_options(f):
                      help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU."),
         click.option("--denoiser", help="An ONNX denoiser to compose in front of MODEL (denoised smoothing); "
                      "the preprocessing flags then describe MODEL's input."),
+        click.option("--audit", is_flag=True, default=None,
+                     help="Sound against an adversarial model: 8-bit inputs, exact grid noise added in integers, "
+                     "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'."),
+        click.option("--audit-seed-override", is_flag=True, default=None,
+                     help="With --audit: accept --seed, to reproduce an earlier audit from its recorded entropy."),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
         click.option("--overwrite", is_flag=True, help="Start over on an --out that holds rows (they are replaced "
@@ -146,6 +151,8 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
             raise click.UsageError("DATA given without MODEL; expected both, or neither for the bundled default")
         yaml_values = {**DEFAULT_RUN, **yaml_values, "model": bundled("digits_cnn.onnx"),
                        "data": bundled("digits_eval.npz")}
+        if (flags.get("audit") or yaml_values.get("audit")) and "seed" not in flags:
+            yaml_values.pop("seed")  # audit draws fresh entropy: the default run's seed 0 is not used
         log.info("no model given: certifying the bundled digits model on every 10th bundled digit (n=%d)",
                  yaml_values["n"])
     elif not (flags.get("data") or yaml_values.get("data")):
@@ -199,11 +206,11 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'} after "
                    f"{len(rows)} examples this run{resume_hint()}", err=True)
         ctx.exit(143 if isinstance(e, Terminated) else 130)
-    except WriteFailed as e:
+    except WriteError as e:
         bar.close()
         kept = count_rows(out) if out is not None and out.exists() else 0
         hint = " (once the cause is fixed, run the same command with --resume to continue)" if kept else ""
-        raise WriteFailed(f"{e}; the run stopped after {len(rows)} examples this run and {out}.meta.json says "
+        raise WriteError(f"{e}; the run stopped after {len(rows)} examples this run and {out}.meta.json says "
                           f"failed; {kept} complete rows are kept in {out}{hint}") from e
     except RsOnnxError:
         bar.close()
@@ -370,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"rs-onnx: error: {e}", err=True)
         sys.exit(1)
-    except Exception as e:  # noqa: BLE001 - last resort: one line, no traceback unless --debug
+    except Exception as e:  # last resort: one line, no traceback unless --debug
         if debug:
             raise
         click.echo(f"rs-onnx: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)

@@ -21,7 +21,7 @@ from .preprocess import LAYOUTS, PreprocessSpec
 def _load_presets() -> dict[str, dict[str, Any]]:
     """Normalisation presets (scale, mean, std) from the commented example configs in rs_onnx/presets/."""
     presets = {}
-    for f in sorted(resources.files("rs_onnx").joinpath("presets").iterdir()):
+    for f in sorted(resources.files("rs_onnx").joinpath("presets").iterdir(), key=lambda t: t.name):
         if f.name.endswith(".yaml"):
             values = yaml.safe_load(f.read_text(encoding="utf-8"))
             presets[f.name[:-5]] = {k: values[k] for k in ("scale", "mean", "std")}
@@ -75,6 +75,8 @@ class RunConfig:
     n_first: int | None = None
     final_share: float = 0.5
     futility_beta: float = 0.01
+    audit: bool = False  # sound against an adversarial model: 8-bit inputs, exact grid noise, fresh entropy
+    audit_seed_override: bool = False  # audit with a given seed (only to reproduce an earlier audit; recorded)
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(self.layout, float(self.scale), tuple(map(float, self.mean)),
@@ -110,6 +112,15 @@ class RunConfig:
             (self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker,
              "a positive number"),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
+        ]
+        checks += [
+            (not (self.audit and self.seed is not None and not self.audit_seed_override), "seed", self.seed,
+             ("no seed with audit (a model can memorise a published seed's noise; fresh entropy is drawn after "
+              "the model is loaded and recorded), or --audit-seed-override to reproduce an earlier audit")),
+            (not (self.audit_seed_override and not self.audit), "audit_seed_override", self.audit_seed_override,
+             "false without audit"),
+            (not (self.audit and self.device_noise), "device_noise", self.device_noise,
+             "false with audit (on-device float noise is readable by the model's arithmetic)"),
         ]
         for ok, key, value, expected in checks:
             if not ok:

@@ -37,7 +37,7 @@ META_RESERVE = 2048
 over it in place when the disk is full."""
 
 
-class WriteFailed(OutputError):
+class WriteError(OutputError):
     """A result file could not be written during a run (its complete rows are kept)."""
 
 
@@ -199,7 +199,7 @@ class RunLock:
             self._other.release()  # type: ignore[attr-defined]
             self._other = None
 
-    def __enter__(self) -> RunLock:  # noqa: PYI034
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -321,7 +321,7 @@ class RunFiles:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._good)  # no part of an unfinished row stays
             target = self._part or self.out
-            raise WriteFailed(f"cannot write {target}: {_describe(err)}") from err
+            raise WriteError(f"cannot write {target}: {_describe(err)}") from err
         self._good += len(data)
 
     def write(self, rows: list[dict]) -> None:
@@ -345,7 +345,7 @@ class RunFiles:
         log.warning("--overwrite: %s replaced (its %d rows from an earlier run are gone)", self.out, old)
         why = write_meta(self.meta_path, self._meta or {}, reserve=True)
         if why:
-            raise WriteFailed(f"cannot write {self.meta_path}: {why}")
+            raise WriteError(f"cannot write {self.meta_path}: {why}")
 
     def finish(self, meta: dict | None) -> None:
         """Closes the TSV and writes the final meta (not when an --overwrite run ended before its first row:

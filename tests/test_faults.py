@@ -28,7 +28,7 @@ from rs_onnx import results, run
 from rs_onnx.cli import main
 from rs_onnx.config import RunConfig
 from rs_onnx.errors import OutputError
-from rs_onnx.outputs import RunLock, WriteFailed, data_identity, lock_path
+from rs_onnx.outputs import RunLock, WriteError, data_identity, lock_path
 from rs_onnx.results import meta_path
 from tests.onnx_models import linear_model, save
 
@@ -49,7 +49,7 @@ def report():
         Path(path).write_text("\n".join(lines) + "\n")
 
 
-class tally:
+class Tally:
     """Context: adds faults, rows lost, inputs harmed and the time taken to TALLY[kind]."""
 
     def __init__(self, kind: str):
@@ -120,7 +120,7 @@ def assert_one_error_line(err: str, *words):
         assert w in lines[0], (w, lines[0])
 
 
-def check_prefix_of_reference(out, reference, kind: tally) -> list[str]:
+def check_prefix_of_reference(out, reference, kind: Tally) -> list[str]:
     """The file's rows: each a reference row, none twice, in order (a failed run keeps a prefix)."""
     got = rows_of(out) if out.exists() and out.stat().st_size else []
     assert len(set(got)) == len(got), "a row is duplicated"
@@ -151,7 +151,7 @@ def finished(tmp_path, capsys):
     (["--resume", "--overwrite"], ["--resume with --overwrite"]),
 ])
 def test_refused_commands_leave_the_earlier_run_untouched(finished, capsys, extra, words):
-    with tally("refused command on an --out with rows") as t:
+    with Tally("refused command on an --out with rows") as t:
         before = {p: sha(p) for p in (finished, meta_path(finished))}
         code, err = cli([*BASE, "--out", str(finished), *extra], capsys)
         t.faults += 1
@@ -178,7 +178,7 @@ def test_default_run_does_not_overwrite_its_earlier_file(tmp_path, capsys, monke
     monkeypatch.chdir(tmp_path)
     old = tmp_path / "rs-onnx-default-certify.tsv"
     old.write_text("idx\tlabel\n0\t1\n")
-    with tally("refused command on an --out with rows") as t:
+    with Tally("refused command on an --out with rows") as t:
         code, err = cli(["-q", "certify"], capsys)
         t.faults += 1
         assert code == 1
@@ -196,7 +196,7 @@ def test_overwrite_replaces_only_after_the_first_new_row(finished, capsys, monke
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run, "local_answers", interrupted)
-    with tally("--overwrite interrupted before its first row") as t:
+    with Tally("--overwrite interrupted before its first row") as t:
         code, _ = cli([*BASE, "--out", str(finished), "--overwrite", "--seed", "1"], capsys)
         t.faults += 1
         assert code == 130
@@ -232,7 +232,7 @@ def test_no_output_may_be_an_input(tmp_path, capsys):
     model, data, config, cases = _cases(tmp_path)
     inputs = [model, data, config, tmp_path / "other.tsv.meta.json"]
     before = {p: sha(p) for p in inputs}
-    with tally("output path = an input") as t:
+    with Tally("output path = an input") as t:
         for label, out in cases:
             for flags in ([], ["--overwrite"], ["--resume"]):
                 code, err = cli(["-q", "certify", str(model), str(data), "--config", str(config), "--sigma", "0.25",
@@ -293,7 +293,7 @@ def _writes_in_a_run(prepared, tmp_path, monkeypatch) -> int:
 @pytest.mark.parametrize("kind", ["transient", "disk full"])
 def test_a_write_fault_at_every_write_keeps_every_finished_row(prepared, reference, tmp_path, monkeypatch, kind):
     n_writes = _writes_in_a_run(prepared, tmp_path, monkeypatch)
-    with tally(f"write error ({'EIO' if kind == 'transient' else 'ENOSPC'}) at the k-th write, then --resume") as t:
+    with Tally(f"write error ({'EIO' if kind == 'transient' else 'ENOSPC'}) at the k-th write, then --resume") as t:
         for k in range(1, n_writes + 1):
             out = tmp_path / f"k{k}.tsv"
             faults = Faults(k, kind)
@@ -301,7 +301,7 @@ def test_a_write_fault_at_every_write_keeps_every_finished_row(prepared, referen
             try:
                 run.execute(prepared, "certify", out)
                 failed = False
-            except WriteFailed as e:
+            except WriteError as e:
                 failed = True
                 assert "cannot write" in str(e)
             except OutputError as e:  # the very first meta write: nothing was started
@@ -350,7 +350,7 @@ def test_file_size_limit_efbig_fails_truthfully_then_resumes(tmp_path):
     out = tmp_path / "r.tsv"
     limit = 7000  # the meta file fits (with its reserve), the TSV (about 10 kB) not: EFBIG after some rows
     assert meta_path(tmp_path / "ref.tsv").stat().st_size + 2048 < limit < (tmp_path / "ref.tsv").stat().st_size
-    with tally("file-size limit (EFBIG, real), then --resume") as t:
+    with Tally("file-size limit (EFBIG, real), then --resume") as t:
         res = subprocess.run(base + ["--out", str(out)], env=env, capture_output=True, text=True, timeout=120, check=False,
                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
         t.faults += 1
@@ -432,7 +432,7 @@ def test_resume_refuses_other_data_or_selection(prepared, tmp_path, capsys):
     d["images"] = d["images"].copy()
     d["images"][0, 0, 0] ^= 1
     np.savez(other, **d)
-    with tally("--resume with other data or selection") as t:
+    with Tally("--resume with other data or selection") as t:
         for change in (["--skip", "2"], ["--start", "1"]):
             code, err = cli([*args, "--resume", *change], capsys)
             t.faults += 1
@@ -469,7 +469,7 @@ def test_data_identity_of_a_folder_sees_renames_and_contents(tmp_path):
 # ---------------------------------------------------------------- 5. two runs on one --out
 def test_a_second_run_on_a_locked_out_is_refused_naming_the_holder(prepared, tmp_path, capsys):
     out = tmp_path / "r.tsv"
-    with tally("second run on the same --out") as t, RunLock(out):
+    with Tally("second run on the same --out") as t, RunLock(out):
         for flags in ([], ["--resume"], ["--overwrite"]):
             code, err = cli([*BASE, "--out", str(out), *flags], capsys)
             t.faults += 1
@@ -484,7 +484,7 @@ def test_two_concurrent_processes_never_mix_rows(tmp_path, reference):
     out = tmp_path / "r.tsv"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "rs_onnx.cli", *BASE, "--out", str(out)]
-    with tally("two processes on the same --out at once") as t:
+    with Tally("two processes on the same --out at once") as t:
         procs = [subprocess.Popen(args + flags, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for flags in ([], ["--resume"], ["--overwrite"])]
         outs = [p.communicate(timeout=120) for p in procs]
@@ -517,7 +517,7 @@ def _wait_rows(out, rows, proc, timeout=60):
 def test_signals_end_the_run_as_interrupted_and_keep_rows(tmp_path, sig, code):
     out = tmp_path / "r.tsv"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with tally("SIGHUP / SIGTERM / Ctrl-C mid-run, then kill -9 during --resume") as t:
+    with Tally("SIGHUP / SIGTERM / Ctrl-C mid-run, then kill -9 during --resume") as t:
         proc = subprocess.Popen(_slow_args(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_rows(out, 2, proc)
         proc.send_signal(sig)
@@ -587,7 +587,7 @@ def test_a_never_ending_model_hits_the_load_time_limit(never_ending, tmp_path, c
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RS_ONNX_LOAD_TIME_LIMIT": "1"}
     args = ["-q", command, str(model)] + ([str(data), "--sigma", "0.25", "--out", str(tmp_path / "r.tsv")]
                                     if command == "certify" else [])
-    with tally("never-ending model (load-time limit, Ctrl-C, SIGTERM)") as t:
+    with Tally("never-ending model (load-time limit, Ctrl-C, SIGTERM)") as t:
         t0 = time.time()
         res = subprocess.run([sys.executable, "-m", "rs_onnx.cli", *args], env=env, capture_output=True, text=True,
                              timeout=60, check=False)
@@ -605,7 +605,7 @@ def test_a_never_ending_model_hits_the_load_time_limit(never_ending, tmp_path, c
 def test_signals_stop_a_model_call_that_never_ends(never_ending, sig, code, word):
     model, data = never_ending
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RS_ONNX_LOAD_TIME_LIMIT": "600"}
-    with tally("never-ending model (load-time limit, Ctrl-C, SIGTERM)") as t:
+    with Tally("never-ending model (load-time limit, Ctrl-C, SIGTERM)") as t:
         proc = subprocess.Popen([sys.executable, "-m", "rs_onnx.cli", "certify", str(model), str(data), "--sigma",
                                  "0.25"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = proc.stderr.readline()  # "rs-onnx: loading ...": signal handlers are in place
@@ -644,7 +644,7 @@ def test_a_planted_composed_model_is_never_certified(tmp_path, capsys, monkeypat
     import tempfile
     old_place = Path(tempfile.gettempdir()) / "rs-onnx-composed" / cached[0].name
     old_place.parent.mkdir(exist_ok=True)
-    with tally("planted composed-model cache file") as t:
+    with Tally("planted composed-model cache file") as t:
         for place in (cached[0], old_place):
             save(planted, place)
             out = tmp_path / f"b{t.faults}.tsv"
@@ -661,7 +661,7 @@ def test_a_huge_n_starts_sampling_at_once_in_bounded_memory(prepared, monkeypatc
     proportional to n or to the number of noise blocks)."""
     import tracemalloc
 
-    class Stop(Exception):
+    class StopError(Exception):
         pass
 
     calls = {"n": 0}
@@ -670,7 +670,7 @@ def test_a_huge_n_starts_sampling_at_once_in_bounded_memory(prepared, monkeypatc
     def predict(x):  # the selection batch runs; the first estimation batch stops the run
         calls["n"] += 1
         if calls["n"] > 1:
-            raise Stop
+            raise StopError
         return real(x)
 
     monkeypatch.setattr(prepared.classifier, "predict", predict)
@@ -680,7 +680,7 @@ def test_a_huge_n_starts_sampling_at_once_in_bounded_memory(prepared, monkeypatc
         calls["n"] = 0
         tracemalloc.start()
         t0 = time.perf_counter()
-        with pytest.raises(Stop):
+        with pytest.raises(StopError):
             prepared.smoothed.certify_many([x], 100, n, 0.001, [0])
         seen[n] = (tracemalloc.get_traced_memory()[1], time.perf_counter() - t0)
         tracemalloc.stop()
@@ -691,10 +691,10 @@ def test_a_huge_n_starts_sampling_at_once_in_bounded_memory(prepared, monkeypatc
 
 def test_index_outputs_far_beyond_the_class_count_are_refused(tmp_path):
     from rs_onnx.errors import ModelError
-    from rs_onnx.sampling import MAX_INDEX_CLASSES, Sampler, Task
+    from rs_onnx.sampling import MAX_INDEX_CLASSES, HostClassifier, Sampler, Task
 
-    class Huge:
-        num_classes, input_shape, input_dtype, device = 3, (1, 4, 4), np.dtype(np.float32), "cpu"
+    class Huge(HostClassifier):
+        num_classes, input_shape, input_dtype = 3, (1, 4, 4), np.dtype(np.float32)
 
         def predict(self, x):
             return np.full(len(x), 10 ** 12, np.int64)
