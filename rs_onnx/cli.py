@@ -183,10 +183,8 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         log.info("writing %s (and its .meta.json); `rs-onnx analyze %s` reads it", out, out)
     if kwargs["resume"] and out is None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
-    if cfg.backend == "ray":  # refused now, before any output file exists, if Ray is not installed
-        from .distributed import _import_ray
-
-        _import_ray()
+    if cfg.backend == "ray" and _ray_missing():  # refused now, before any output file exists
+        raise RsOnnxError("--backend ray: Ray is not installed; expected pip install 'rs-onnx[distributed]'")
     p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
     rows: list[dict] = []
@@ -222,6 +220,16 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     bar.close()
     if mode == "certify" and (rows or out):
         click.echo(_accuracy_table(rows, out, meta["timings"]["seconds"]), err=out is None)
+
+
+def _ray_missing() -> bool:
+    """True when Ray cannot be imported here (checked without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("ray") is None
+    except ValueError:  # sys.modules["ray"] is None: imports of it fail
+        return True
 
 
 def _accuracy_table(rows: list[dict], out: Path | None, seconds: float) -> str:
