@@ -327,7 +327,11 @@ class Sampler:
                 ring[lo:lo + take] = self.pre.noisy(clean, eps, self.sigma)
             g += take
 
-    def _plan(self, tasks: Sequence[Task], batch: int) -> Iterator[_Planned]:
+    def _plan(self, tasks: Sequence[Task], batch: int) -> list[_Planned]:
+        """All of :meth:`_plan_iter` as a list (small task sets only: its length grows with n)."""
+        return list(self._plan_iter(tasks, batch))
+
+    def _plan_iter(self, tasks: Sequence[Task], batch: int) -> Iterator[_Planned]:
         """The blocks in sample order with the batches they write to, one at a time (memory independent of n)."""
         g = 0
         for s, t in enumerate(tasks):
@@ -379,7 +383,7 @@ class Sampler:
         return state["counts"]
 
     def _count_host(self, tasks, batch: int, nbatches: int, total: int, add) -> None:
-        plans = self._plan(tasks, batch)
+        plans = self._plan_iter(tasks, batch)
         span = (min(self.block_size, total) - 1) // batch + 2  # most batches one block writes to
         ahead = max(1, math.ceil(self.noise_threads * self.block_size / batch))
         slots = min(nbatches, span + ahead)
