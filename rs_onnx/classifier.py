@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rs_onnx import cuda, graph, guard
+from rs_onnx import cuda, graph, guard, stopping
 from rs_onnx.devices import CPU_PROVIDER as _CPU
 from rs_onnx.devices import CUDA_PROVIDER as _CUDA
 from rs_onnx.devices import cpu_name, cuda_works, gpu_name, parse_device, preload_cuda_libraries
@@ -269,7 +269,7 @@ class OnnxClassifier:
         rows = []
         size = 1 if self.batch_mode == "per-sample" else (self._fixed_n or len(x))
         for start in range(0, len(x) - size + 1, size):
-            out = session.run([self.output_name], self._feed(x[start:start + size]))[0]
+            out = session.run([self.output_name], self._feed(x[start:start + size]), self._options)[0]
             r = _rows(out, size, self.output_kind)
             rows.append(r.argmax(1) if self.output_kind == "scores" else r)
         return np.concatenate(rows)
@@ -448,6 +448,25 @@ class OnnxClassifier:
                 h.update(block)
         return h.hexdigest()
 
+    @functools.cached_property
+    def _options(self):
+        """Run options of every model call: a signal sets their terminate flag (rs_onnx.stopping)."""
+        return stopping.run_options(4)  # errors are raised and reported by rs-onnx, not logged twice
+
+    def _load_run(self, session, fetch, feed, quiet: bool = False):
+        """One model call at load time, stopped with a ModelError after :func:`stopping.load_time_limit` seconds."""
+        limit = stopping.load_time_limit()
+        options = stopping.run_options(4)  # its errors are reported by us, in one line
+        with stopping.time_limit(limit, [options]) as state:
+            try:
+                return session.run(fetch, feed, options)
+            except Exception as err:  # onnxruntime raises its own types
+                if state["expired"]:
+                    raise ModelError(f"model {self._name}: one run on a random input did not finish within {limit:g} s "
+                                     "at load time; expected a model that finishes (set RS_ONNX_LOAD_TIME_LIMIT="
+                                     "seconds to allow longer)") from err
+                raise
+
     # ------------------------------------------------------------------ batch handling at load
     def _load_batched(self, original, fixed_one: bool, requested, verify: bool) -> None:
         """Dynamic batch, or fixed at 1 and rewritten; verified against one-by-one runs of the original."""
@@ -458,7 +477,9 @@ class OnnxClassifier:
         for i in range(k):
             t0 = time.perf_counter()
             try:
-                outs = original.run(None, self._feed(x[i:i + 1]))
+                outs = self._load_run(original, None, self._feed(x[i:i + 1]))
+            except ModelError:
+                raise
             except Exception as err:
                 raise ModelError(f"model {self._name}: onnxruntime fails on a random example shaped "
                                  f"{[1, *self.input_shape]} ({_ort_reason(err)}); expected it to run on inputs "
@@ -492,13 +513,13 @@ class OnnxClassifier:
     def _verify(self, session, x: np.ndarray, ref: np.ndarray) -> str | None:
         """None when a batched run of x agrees with ``ref`` (one-by-one rows), else the reason."""
         k = len(x)
-        quiet = ort.RunOptions()
-        quiet.log_severity_level = 4  # a failure here is expected and reported by us
-        try:
-            session.run([self.output_name], self._feed(x), quiet)  # warm-up for this shape
+        try:  # a failure here is expected and reported by us: onnxruntime's log stays quiet
+            self._load_run(session, [self.output_name], self._feed(x), quiet=True)  # warm-up for this shape
             t0 = time.perf_counter()
-            out = session.run([self.output_name], self._feed(x), quiet)[0]
+            out = self._load_run(session, [self.output_name], self._feed(x), quiet=True)[0]
             self.load_timings["batched_ms"] = 1e3 * (time.perf_counter() - t0) / k
+        except ModelError:
+            raise
         except Exception as err:  # noqa: BLE001
             return f"fails ({_ort_reason(err)})"
         try:
@@ -517,7 +538,10 @@ class OnnxClassifier:
         self._unbatched = True  # the probe feeds the whole input as is
         x = _random_inputs(full, self.input_dtype, np.random.default_rng(0))
         try:
-            outs = dict(zip([o.name for o in original.get_outputs()], original.run(None, self._feed(x[None]))))
+            outs = dict(zip([o.name for o in original.get_outputs()],
+                            self._load_run(original, None, self._feed(x[None]))))
+        except ModelError:
+            raise
         except Exception as err:
             raise ModelError(f"model {self._name}: onnxruntime fails on a random input shaped {list(full)} "
                              f"({_ort_reason(err)}); expected it to run on inputs of its declared shape") from err
@@ -570,7 +594,7 @@ class OnnxClassifier:
         if self.cuda_graph:
             raise ConfigError(f"model {self._name}: only classes come out of a CUDA-graph session; expected "
                               "cuda_graph off for scores()")
-        return self._session.run(fetch, self._feed(xb))
+        return self._session.run(fetch, self._feed(xb), self._options)
 
     def _decode(self, outs, b: int):
         try:
@@ -643,7 +667,7 @@ class OnnxClassifier:
             feed = {graph.CLEAN_INPUT: clean, graph.INDEX_INPUT: idx, graph.GAIN_INPUT: gain}
             for name, (value, batched) in self._extra.items():
                 feed[name] = np.ascontiguousarray(np.broadcast_to(value, (b, *value.shape))) if batched else value
-            c, f = self._decode(self._noise_session.run(self._fetch, feed), b)
+            c, f = self._decode(self._noise_session.run(self._fetch, feed, self._options), b)
             classes[start:start + b], finite[start:start + b] = c, f
         classes[~finite] = -1
         return classes

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -18,6 +16,8 @@ from ._version import __version__
 from .config import build_config, load_yaml
 from .errors import RsOnnxError
 from .guard import check_path_name, escape, quiet_onnxruntime, quiet_warnings
+from .outputs import WriteError, check_not_inputs, count_rows
+from .stopping import Terminated, signals_stop_runs
 
 log = logging.getLogger("rs_onnx")
 
@@ -135,6 +135,8 @@ def _run_options(f):
                      help="With --audit: accept --seed, to reproduce an earlier audit from its recorded entropy."),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
+        click.option("--overwrite", is_flag=True, help="Start over on an --out that holds rows (they are replaced "
+                     "once the new run has its first row)."),
         click.option("--dump-config", is_flag=True, help="Print the resolved configuration as YAML and exit."),
     ]
     for option in reversed(options):
@@ -161,7 +163,7 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
             raise click.UsageError(f"--batch-size {kwargs['batch_size']!r}: expected a positive integer or auto")
         kwargs["batch_size"] = None if text == "auto" else int(text)
     for key, value in kwargs.items():
-        if key in ("config_path", "out", "resume", "dump_config", "radii_text"):
+        if key in ("config_path", "out", "resume", "overwrite", "dump_config", "radii_text"):
             continue
         if key == "radii":
             flags[key] = value
@@ -214,27 +216,40 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         log.info("writing %s (and its .meta.json); `rs-onnx analyze %s` reads it", out, out)
     if kwargs["resume"] and out is None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
+    if cfg.backend == "ray" and _ray_missing():  # refused now, before any output file exists
+        raise RsOnnxError("--backend ray: Ray is not installed; expected pip install 'rs-onnx[distributed]'")
     p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
     rows: list[dict] = []
     bar = _progress_bar(ctx, per_example * len(p.indices), mode)
-    resume_hint = f"; finished rows are in {out}: run the same command with --resume to continue" if out else ""
+
+    def resume_hint() -> str:
+        if out is None or not out.exists() or count_rows(out) == 0:
+            return ""
+        return f"; finished rows are in {out}: run the same command with --resume to continue"
+
     try:
-        with _sigterm_as_interrupt():
-            meta = runmod.execute(p, mode, out, resume=kwargs["resume"], on_rows=rows.extend, progress=bar.update,
-                                  stream=None if out else sys.stdout, backend=backend_from_config(cfg))
+        meta = runmod.execute(p, mode, out, resume=kwargs["resume"], overwrite=kwargs["overwrite"],
+                              on_rows=rows.extend, progress=bar.update, stream=None if out else sys.stdout,
+                              backend=backend_from_config(cfg), inputs={"--config": kwargs.get("config_path")})
     except KeyboardInterrupt as e:
         bar.close()
         click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'} after "
-                   f"{len(rows)} examples this run{resume_hint}", err=True)
+                   f"{len(rows)} examples this run{resume_hint()}", err=True)
         ctx.exit(143 if isinstance(e, Terminated) else 130)
+    except WriteError as e:
+        bar.close()
+        kept = count_rows(out) if out is not None and out.exists() else 0
+        hint = " (once the cause is fixed, run the same command with --resume to continue)" if kept else ""
+        raise WriteError(f"{e}; the run stopped after {len(rows)} examples this run and {out}.meta.json says "
+                          f"failed; {kept} complete rows are kept in {out}{hint}") from e
     except RsOnnxError:
         bar.close()
         raise
     except Exception as e:  # e.g. the execution provider failing mid-run
         bar.close()
         raise RsOnnxError(f"the run stopped after {len(rows)} examples: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint}") from e
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint()}") from e
     bar.close()
     if mode == "certify" and (rows or out):
         table = _accuracy_table(rows, out, meta["timings"]["seconds"])
@@ -245,24 +260,14 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         click.echo(table, err=out is None)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: finished rows stay, the meta file says 'interrupted'."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    def handler(signum, frame):
-        raise Terminated()
+def _ray_missing() -> bool:
+    """True when Ray cannot be imported here (checked without importing it)."""
+    import importlib.util
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. embedded): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return importlib.util.find_spec("ray") is None
+    except ValueError:  # sys.modules["ray"] is None: imports of it fail
+        return True
 
 
 def _accuracy_table(rows: list[dict], out: Path | None, seconds: float) -> str:
@@ -363,6 +368,7 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     for path, what in ((classifier, "CLASSIFIER"), (denoiser, "--denoiser")):
         check_path_name(path, what)
     check_path_name(out, "-o", reserve=len(".data"))
+    check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
     compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)
     click.echo(f"wrote {out}", err=True)
 
@@ -401,6 +407,8 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm) -> None:
     from . import analysis
 
     files, radii = _split_radii(results, radii)
+    if plot:
+        check_not_inputs({"--plot": plot}, {f"results file {i + 1}": f for i, f in enumerate(files)})
     if labels and len(labels) != len(files):
         raise click.UsageError(f"{len(labels)} --label values for {len(files)} results files; expected one per file")
     names = list(labels) if labels else [Path(f).stem for f in files]
@@ -435,10 +443,18 @@ def main(argv: list[str] | None = None) -> None:
 def _main(args: list[str], debug: bool) -> int:
     """Runs the CLI; every failure is one escaped line on stderr (untrusted text cannot add a line)."""
     try:
-        code = cli.main(args=args, prog_name="rs-onnx", standalone_mode=False)
-    except click.Abort:
-        click.echo("rs-onnx: aborted", err=True)
-        return 130
+        with signals_stop_runs():  # Ctrl-C, SIGTERM and SIGHUP also stop a running model call
+            code = cli.main(args=args, prog_name="rs-onnx", standalone_mode=False)
+    except (click.Abort, KeyboardInterrupt) as e:  # also at start-up (loading, verifying, probing)
+        if debug and not isinstance(e, click.Abort):
+            raise
+        cause = e if isinstance(e, KeyboardInterrupt) else e.__cause__ or e.__context__
+        if cause is None:
+            click.echo("rs-onnx: aborted", err=True)
+            return 130
+        terminated = isinstance(cause, Terminated)
+        click.echo(f"rs-onnx: {'terminated' if terminated else 'interrupted'}", err=True)
+        return 143 if terminated else 130
     except click.ClickException as e:
         click.echo(f"rs-onnx: error: {escape(e.format_message())}", err=True)
         return 1

@@ -19,3 +19,7 @@ class ConfigError(RsOnnxError):
 
 class DeviceError(RsOnnxError):
     """The requested execution provider does not really work on this machine."""
+
+
+class OutputError(RsOnnxError):
+    """A result file cannot be written, or an output path is refused (in use, an input, holds rows)."""

@@ -28,7 +28,7 @@ value, so a block drawn in pieces equals the block drawn at once. Another kind p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,3 +167,12 @@ def split(slot: int, example: int, phase: int, n: int, block_size: int) -> list[
     if rest:
         blocks.append(Block(slot, example, phase, full, rest))
     return blocks
+
+
+def iter_split(slot: int, example: int, phase: int, n: int, block_size: int) -> Iterator[Block]:
+    """The blocks of :func:`split`, one at a time (memory independent of n)."""
+    full, rest = divmod(n, block_size)
+    for b in range(full):
+        yield Block(slot, example, phase, b, block_size)
+    if rest:
+        yield Block(slot, example, phase, full, rest)

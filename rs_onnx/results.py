@@ -2,18 +2,20 @@
 
 The first six columns are exactly Cohen et al.'s ``idx label predict radius correct time`` (radius at
 full precision, time in seconds); extra columns follow. The sidecar ``<out>.meta.json`` is written
-atomically (write, then rename). :func:`read_results` reads rs-onnx's files and Cohen et al.'s own
+atomically (a temporary file unique to the call, fsync, rename). :func:`read_results` reads rs-onnx's files and Cohen et al.'s own
 (``time`` as ``h:mm:ss``); :func:`read_meta` reads the sidecar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import re
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,16 +135,48 @@ def read_meta(out: str | Path) -> dict:
     return meta
 
 
-def write_json_atomic(path: str | Path, obj: dict) -> None:
-    """Write JSON to ``path`` via a temporary file and rename, so readers never see half a file."""
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (every result byte goes through here; tests inject faults)."""
+    view = memoryview(data)
+    while view:
+        done = os.write(fd, view)
+        view = view[done:]
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync the folder holding ``path``, so that a rename or a new file survives a power cut (best effort)."""
+    try:
+        fd = os.open(str(Path(path).parent) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | Path, obj: dict, pad: int = 0) -> None:
+    """Write JSON to ``path`` via a temporary file unique to this call, fsync and rename, so readers never see
+    half a file and two writers never share a temporary file. ``pad`` spaces follow the JSON (room to
+    rewrite it in place on a full disk)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + " " * pad + "\n").encode("utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -8,6 +8,7 @@ results has changed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,9 +29,9 @@ from .config import RunConfig
 from .data import Dataset, load_from_config
 from .errors import ConfigError, DataError, ModelError
 from .guard import escape
+from .outputs import RunFiles, RunLock, check_output, data_identity, read_rows
 from .preprocess import PreprocessSpec
-from .results import (TsvWriter, answer_row, columns_for, command_line, meta_path, radius_norms, sha256_file,
-                      versions, write_json_atomic)
+from .results import TsvWriter, answer_row, columns_for, command_line, meta_path, radius_norms, sha256_file, versions
 from .smoothing import SmoothedClassifier
 
 if TYPE_CHECKING:
@@ -96,8 +98,37 @@ def open_smoothed(cfg: RunConfig, clf, spec: PreprocessSpec, sigma: float, seed:
                               noise=kind)
 
 
+def cache_dir() -> Path | None:
+    """This user's private cache folder for composed models (the platform's user cache dir, mode 0700),
+    or None when it cannot be made private (then nothing is cached)."""
+    try:
+        import platformdirs
+
+        base = Path(platformdirs.user_cache_dir("rs-onnx", appauthor=False))
+    except ImportError:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rs-onnx"
+    path = base / "composed"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            log.warning("composed-model cache %s belongs to another user; not caching", path)
+            return None
+        if st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError as e:
+        log.info("no composed-model cache (%s); composing for this run only", e)
+        return None
+    return path
+
+
 def composed_model(cfg: RunConfig) -> Path:
-    """``cfg.denoiser`` composed with ``cfg.model`` and its preprocessing (rs_onnx.compose), cached by content."""
+    """``cfg.denoiser`` composed with ``cfg.model`` and its preprocessing (rs_onnx.compose), cached by content.
+
+    The cache is this user's private folder (:func:`cache_dir`); a cached file is used only when its sha256
+    matches the one recorded when it was composed (else it is composed again); without a private folder
+    the composition goes to a private temporary folder for this process.
+    """
     from .compose import compose_files
 
     assert cfg.denoiser is not None and cfg.model is not None  # prepare() checked them
@@ -109,13 +140,35 @@ def composed_model(cfg: RunConfig) -> Path:
     spec = cfg.preprocess_spec()
     key = hashlib.sha256("|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec),
                                    str(cfg.input_name)]).encode()).hexdigest()[:20]
-    path = Path(tempfile.gettempdir()) / "rs-onnx-composed" / f"{key}.onnx"
-    if not path.exists():
-        tmp = path.with_name(f"{key}.{os.getpid()}.tmp.onnx")
-        compose_files(cfg.denoiser, cfg.model, tmp, spec, classifier_input_name=cfg.input_name)
-        os.replace(tmp, path)
+    folder = cache_dir()
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="rs-onnx-composed-"))  # mode 0700, this process only
+    path, digest_path = folder / f"{key}.onnx", folder / f"{key}.sha256"
+    try:
+        recorded = digest_path.read_text(encoding="ascii").strip()
+        cached = path.is_file() and not path.is_symlink() and sha256_file(path) == recorded
+    except (OSError, UnicodeDecodeError):
+        cached = False
+    if not cached:
+        tmp = path.with_name(f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.onnx")
+        try:
+            compose_files(cfg.denoiser, cfg.model, tmp, spec, classifier_input_name=cfg.input_name)
+            digest = sha256_file(tmp)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        _write_text_atomic(digest_path, digest + "\n")
+        if sha256_file(path) != digest:  # replaced under us
+            raise ConfigError(f"composed model {path} changed while it was written; expected a private cache folder")
     log.info("certifying denoiser %s + classifier %s, composed into %s", cfg.denoiser, cfg.model, path)
     return path
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text, encoding="ascii")
+    os.replace(tmp, path)
 
 
 def resolve_sigma(cfg: RunConfig, clf) -> float:
@@ -240,6 +293,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     """Load and check model, sigma, data, labels and preprocessing; raises RsOnnxError on bad input."""
     if cfg.model is None or cfg.data is None:
         raise ConfigError(f"model={cfg.model} data={cfg.data}: expected both a model and a data set")
+    log.info("loading %s", Path(str(cfg.model)).name)
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     noise_kind = resolve_noise(cfg, clf)
@@ -318,7 +372,8 @@ def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indi
     return checks
 
 
-def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict) -> dict:
+def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict,
+          data_extra: dict | None = None) -> dict:
     clf = p.classifier
     return {
         "status": status,
@@ -337,7 +392,8 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "providers": list(clf.providers),
         "device": getattr(clf, "device", None),
         "device_name": getattr(clf, "device_name", None),
-        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices), **p.data.describe()},
+        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices), **p.data.describe(),
+                 **(data_extra or {})},
         "versions": versions(),
         "command": command_line(),
         "timings": timings,
@@ -355,23 +411,25 @@ def _sigma_means(kind: str) -> str:
     return get_kind(kind).scale
 
 
-def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> tuple[set[int], Prepared]:
-    """Indices already in ``out`` from an earlier run of the same model and configuration, and the run to
-    continue with.
+def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...],
+            identity: dict | None) -> tuple[set[int], Prepared]:
+    """Indices already in ``out`` from an earlier run of the same model, configuration and data.
 
-    Checks the meta file, adopts the earlier run's noise entropy when no seed was given (a new Prepared,
-    see :meth:`Prepared.with_entropy`), and drops a last row cut short by a crash (it is recomputed).
+    Checks the meta file (configuration, model hash, data identity and selection), adopts the earlier
+    run's noise entropy when no seed was given, and cuts a last row cut short by a crash (it is
+    recomputed). Call with ``out``'s lock held. Returns the indices and the run to continue with (the
+    earlier entropy adopted when no seed was given: see :meth:`Prepared.with_entropy`).
     """
     mp = meta_path(out)
     if not mp.exists():
-        if out.exists():
+        if out.exists() and out.stat().st_size > 0:
             raise ConfigError(f"--resume: {out} exists but {mp} does not; expected both from an earlier rs-onnx run")
         log.info("--resume: no earlier run at %s; starting one", out)
         return set(), p
     try:
         meta = json.loads(mp.read_text(encoding="utf-8"))
         entropy = int(meta["entropy"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OSError) as e:
         raise ConfigError(f"--resume: {mp} is not a readable rs-onnx meta file ({e})") from e
     old = meta.get("config", {})
     defaults = RunConfig().to_dict()  # keys an older meta file lacks had their default value
@@ -380,21 +438,43 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> tupl
         changed.append("mode")
     if meta.get("model", {}).get("sha256") != p.classifier.sha256:
         changed.append("model (sha256)")
+    old_identity = (meta.get("data") or {}).get("identity")
+    if identity is not None and old_identity is None:
+        log.warning("--resume: %s records no data identity (an older rs-onnx); the data cannot be checked", mp)
+    elif identity is not None:
+        # the same file and start/skip; a different end only extends or shortens the same selection (rows
+        # outside the new one are refused below)
+        what = [k for k in ("sha256", "kind", "start", "skip") if (old_identity or {}).get(k) != identity.get(k)]
+        if what:
+            changed.append("data (" + ", ".join("contents" if k == "sha256" else k for k in what) + ")")
     if changed:
         raise ConfigError(f"--resume: {out} was made with a different {', '.join(changed)}; expected the same "
-                          "model and configuration (or start a new --out)")
+                          "model, configuration and data (or start a new --out)")
     if p.cfg.seed is None:
         p = p.with_entropy(entropy)
     if not out.exists():
         return set(), p
-    with open(out, encoding="utf-8", newline="") as f:
-        complete = f.read().split("\n")[:-1]  # a last line without its newline was cut by a crash
-    if complete and complete[0] != "\t".join(columns):
-        raise ConfigError(f"--resume: {out} starts with {complete[0][:60]!r}; expected the header of a {mode} TSV")
-    done = {int(line.split("\t", 1)[0]) for line in complete[1:]}
-    with open(out, "w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(line + "\n" for line in complete))
+    rows = read_rows(out, columns, mode)
+    done = set(rows)
+    if len(done) != len(rows):
+        twice = sorted(i for i in done if rows.count(i) > 1)[:5]
+        raise ConfigError(f"--resume: {out} holds examples {twice} more than once; expected each example once")
+    foreign = sorted(done - set(p.indices))[:5]
+    if foreign:
+        raise ConfigError(f"--resume: {out} holds examples {foreign} outside this run's selection; expected the "
+                          "same data and start/end/skip")
     return done, p
+
+
+def preflight(p: Prepared, mode: str) -> None:
+    """Checks that can refuse a run and would otherwise only fail once sampling starts (the sequential plan);
+    called before any output file is created."""
+    if mode == "certify" and p.cfg.sequential:
+        from .sequential import geometric_schedule, make_plan
+
+        schedule = geometric_schedule(p.cfg.n, p.cfg.alpha, p.cfg.looks, p.cfg.n_first, p.cfg.final_share)
+        make_plan(schedule, p.smoothed.sigma, () if p.cfg.precision else (p.cfg.radii or ()), p.cfg.futility_beta,
+                  p.cfg.precision, p.smoothed.noise, calibrate=not p.cfg.precision)
 
 
 def group_size(cfg: RunConfig) -> int:
@@ -429,34 +509,59 @@ def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
         yield group, answers, (time.time() - t) / len(group)
 
 
-def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
+def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False, overwrite: bool = False,
             on_rows: Callable[[list[dict]], None] | None = None,
-            progress: Callable[[int], None] | None = None, stream=None, backend=None) -> dict:
+            progress: Callable[[int], None] | None = None, stream=None, backend=None,
+            inputs: dict | None = None) -> dict:
     """Run CERTIFY (mode "certify") or PREDICT ("predict") over the selected examples.
 
-    Rows go to ``out`` (and its meta.json) or, without ``out``, to the text stream ``stream``.
-    ``backend(p, mode, todo, progress)`` computes the answers (default :func:`local_answers`); it must
-    yield groups in the order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after
-    recording the interruption.
+    Rows go to ``out`` (and its meta.json, under an exclusive lock; see :mod:`rs_onnx.outputs`) or,
+    without ``out``, to the text stream ``stream``. An ``out`` that holds rows is refused unless
+    ``resume`` (continue it) or ``overwrite`` (replace it once this run has its first row); an ``out``
+    that is an input (model, data, denoiser, and ``inputs``: label -> path) is refused. ``backend(p, mode,
+    todo, progress)`` computes the answers (default :func:`local_answers`); it must yield groups in the
+    order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after recording the
+    interruption; a write error ends the run with status ``failed`` and an OutputError.
     """
     columns = columns_for(mode, p.cfg.sequential)
-    todo = list(p.indices)
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs --out (the TSV of the run to continue)")
-        done, p = _resume(out, p, mode, columns)
-        todo = [i for i in todo if i not in done]
-        log.info("resuming %s: %d examples done, %d to go", out, len(p.indices) - len(todo), len(todo))
+    if resume and out is None:
+        raise ConfigError("--resume needs --out (the TSV of the run to continue)")
+    identity = None
+    if out is not None:
+        out = Path(out)
+        inputs = {"MODEL": p.cfg.model, "DATA": p.cfg.data, "--denoiser": p.cfg.denoiser, **(inputs or {})}
+        check_output(out, inputs, resume=resume, overwrite=overwrite)
+    preflight(p, mode)
+    if out is not None:
+        identity = data_identity(str(p.cfg.data), p.cfg.start, p.cfg.end, p.cfg.skip)
+    with contextlib.ExitStack() as stack:
+        files = None
+        todo = list(p.indices)
+        if out is not None:
+            stack.enter_context(RunLock(out))
+            check_output(out, inputs or {}, resume=resume, overwrite=overwrite)  # again, now that we hold the lock
+            if resume:
+                done, p = _resume(out, p, mode, columns, identity)
+                todo = [i for i in todo if i not in done]
+                log.info("resuming %s: %d examples done, %d to go", out, len(p.indices) - len(todo), len(todo))
+            files = RunFiles(out, columns, append=resume, replace=overwrite)
+        return _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progress, stream, backend)
+
+
+def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progress, stream, backend) -> dict:
     t0 = time.time()
     timings = {"started": t0, "seconds": 0.0}
     extra = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0}
-    if out:  # the meta file first: a TSV never exists without one
-        write_json_atomic(meta_path(out), _meta(p, mode, out, "running", timings, extra))
-    writer = TsvWriter(out if out else stream, columns, append=resume) if (out or stream) else None
-    status = "failed"
+    data_extra = {"identity": identity} if identity else {}
+    writer = TsvWriter(stream, columns) if (files is None and stream is not None) else None
+    status, error = "failed", None
     try:
+        if files is not None:  # the meta file first: a TSV never exists without one
+            files.begin(_meta(p, mode, out, "running", timings, extra, data_extra))
         for group, answers, seconds in (backend or local_answers)(p, mode, todo, progress):
             rows = [answer_row(mode, i, int(p.data.labels[i]), a, seconds) for i, a in zip(group, answers)]
+            if files is not None:
+                files.write(rows)
             for row in rows:
                 extra["nonfinite_outputs"] += row["nonfinite"]
                 if writer:
@@ -468,13 +573,16 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+        raise
     finally:
         if writer:
             writer.close()
         timings["seconds"] = time.time() - t0
-        meta = _meta(p, mode, out, status, timings, extra)
-        if out:
-            write_json_atomic(meta_path(out), meta)
+        meta = _meta(p, mode, out, status, timings, {**extra, **({"error": error} if error else {})}, data_extra)
+        if files is not None:
+            files.finish(meta)
     if extra["nonfinite_outputs"]:
         log.warning("%d noisy samples gave NaN/Inf model outputs or class indices out of range; they were counted "
                     "as their own outcome, never for a class (column 'nonfinite')", extra["nonfinite_outputs"])

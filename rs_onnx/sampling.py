@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -343,12 +343,16 @@ class Sampler:
             g += take
 
     def _plan(self, tasks: Sequence[Task], batch: int) -> list[_Planned]:
-        plans, g = [], 0
+        """All of :meth:`_plan_iter` as a list (small task sets only: its length grows with n)."""
+        return list(self._plan_iter(tasks, batch))
+
+    def _plan_iter(self, tasks: Sequence[Task], batch: int) -> Iterator[_Planned]:
+        """The blocks in sample order with the batches they write to, one at a time (memory independent of n)."""
+        g = 0
         for s, t in enumerate(tasks):
-            for b in noise.split(s, t.example, t.phase, t.n, self.block_size):
-                plans.append(_Planned(s, b, g, g // batch, (g + b.size - 1) // batch))
+            for b in noise.iter_split(s, t.example, t.phase, t.n, self.block_size):
+                yield _Planned(s, b, g, g // batch, (g + b.size - 1) // batch)
                 g += b.size
-        return plans
 
     # ------------------------------------------------------------------ counting
     def count(self, tasks: Sequence[Task], progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -394,22 +398,22 @@ class Sampler:
         self.out_of_range += int(beyond.size)
 
     def _count_host(self, tasks, batch: int, nbatches: int, total: int, add) -> None:
-        plans = self._plan(tasks, batch)
-        span = max(p.last - p.first + 1 for p in plans)
+        plans = self._plan_iter(tasks, batch)
+        span = (min(self.block_size, total) - 1) // batch + 2  # most batches one block writes to
         ahead = max(1, math.ceil(self.noise_threads * self.block_size / batch))
         slots = min(nbatches, span + ahead)
         ring = np.zeros((slots * batch, *self.pre.model_shape), dtype=self.pre.dtype)
         threads = self.noise_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-onnx-noise") if threads > 0 else None
         pending: deque = deque()  # [plan, future or None, done], in order
-        nxt = 0
+        nxt = next(plans, None)
         try:
             for i in range(nbatches):
-                while nxt < len(plans) and plans[nxt].last <= i + slots - 1:  # its ring rows are free
-                    p = plans[nxt]
+                while nxt is not None and nxt.last <= i + slots - 1:  # its ring rows are free
+                    p = nxt
                     fut = pool.submit(self._fill, p, tasks, ring, batch, slots) if pool else None
                     pending.append([p, fut, False])
-                    nxt += 1
+                    nxt = next(plans, None)
                 for entry in pending:  # the blocks that write to batch i, done
                     p, fut, done = entry
                     if p.first > i:
