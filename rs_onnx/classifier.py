@@ -384,6 +384,10 @@ class OnnxClassifier:
             raise DeviceError(f"device '{device}' requested, but this onnxruntime {ort.__version__} has providers "
                               f"{ort.get_available_providers()}; expected CUDAExecutionProvider (install onnxruntime-gpu)")
         self._want_cuda = kind == "cuda" or (kind == "auto" and _cuda_works(index))
+        if kind == "auto" and not self._want_cuda:
+            from rs_onnx.doctor import warn_if_gpu_unused
+
+            warn_if_gpu_unused()
         self._explicit, self._index = kind == "cuda", index
         self._providers_req = [(_CUDA, {"device_id": str(index)}), _CPU] if self._want_cuda else [_CPU]
         self.device = f"cuda:{index}" if self._want_cuda else "cpu"

@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from . import __version__
-from .config import build_config, load_yaml
 from .errors import RsOnnxError
 
 log = logging.getLogger("rs_onnx")
@@ -43,9 +42,75 @@ def _version_text() -> str:
     import onnxruntime
 
     from .devices import working_providers
+    from .doctor import onnxruntime_conflict
 
+    conflict = onnxruntime_conflict()
     return (f"rs-onnx {__version__}\nonnxruntime {onnxruntime.__version__}\nnumpy {numpy.__version__}\n"
-            f"providers that work here: {', '.join(working_providers())}")
+            f"providers that work here: {', '.join(working_providers())}" + (f"\nwarning: {conflict}" if conflict else ""))
+
+
+# ------------------------------------------------------------------ conventions shared by every command
+
+GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+"""Flags of the group that are also accepted after the subcommand (``rs-onnx certify ... -q``)."""
+
+
+class RsOnnxGroup(click.Group):
+    """A click group that takes its global flags anywhere on the line (before a ``--``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        head, sep, tail = (args[:args.index("--")], ["--"], args[args.index("--") + 1:]) if "--" in args \
+            else (list(args), [], [])
+        moved = [a for a in head if a in GLOBAL_FLAGS]
+        return super().parse_args(ctx, moved + [a for a in head if a not in GLOBAL_FLAGS] + sep + tail)
+
+
+class Choice(click.Choice):
+    """A case-insensitive choice (``--layout NHWC`` is ``nhwc``); the value is the choice as listed."""
+
+    def __init__(self, choices, case_sensitive: bool = False) -> None:
+        super().__init__(list(choices), case_sensitive=case_sensitive)
+
+
+class NumberList(click.ParamType):
+    """Numbers given as a comma- (or space-) separated list: ``0.485,0.456,0.406``; with ``multiple=True``
+    (see :func:`list_option`) repeated flags and lists mix freely."""
+
+    name = "numbers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return tuple(float(v) for v in value)
+        if isinstance(value, (int, float)):
+            return (float(value),)
+        parts = [t for t in re.split(r"[,\s]+", str(value).strip()) if t]
+        try:
+            numbers = tuple(float(t) for t in parts)
+        except ValueError:
+            numbers = ()
+        if not numbers:
+            self.fail(f"{value!r}: expected numbers, comma-separated (0.5,0.4) or one per repeated flag", param, ctx)
+        return numbers
+
+
+def _flatten(ctx, param, value):
+    return tuple(x for part in value or () for x in part)
+
+
+def list_option(*decls, **kwargs):
+    """An option taking numbers as repeated flags and/or comma-separated lists; its value is a flat tuple."""
+    return click.option(*decls, type=NumberList(), multiple=True, callback=_flatten, **kwargs)
+
+
+def _layouts() -> list[str]:
+    return ["auto", "nchw", "nhwc", "flat"]  # rs_onnx.preprocess.LAYOUTS, without importing numpy for --help
+
+
+def _presets() -> list[str]:
+    from importlib import resources
+
+    return sorted(f.name[:-5] for f in resources.files("rs_onnx").joinpath("presets").iterdir()
+                  if f.name.endswith(".yaml"))
 
 
 def _print_version(ctx: click.Context, _param, value: bool) -> None:
@@ -54,16 +119,23 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=RsOnnxGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Versions of rs-onnx, onnxruntime, numpy, and the execution providers that really work.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or info logs.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
 def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
-    """Certify the l2 robustness of any ONNX classifier by randomized smoothing (Cohen et al. 2019)."""
+    """Certify the l2 robustness of any ONNX classifier by randomized smoothing (Cohen et al. 2019).
+
+    -q and --debug go before or after the command; choices are case-insensitive; number lists
+    (--mean, --std, --radii) take repeated flags or commas (--mean 0.485,0.456,0.406); --out - is stdout.
+    """
     ctx.obj = {"quiet": quiet, "debug": debug}
     _setup_logging(quiet, debug)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 def _run_options(f):
@@ -81,18 +153,18 @@ def _run_options(f):
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),
         click.option("--output-name", help="Model output holding the class scores (needed when ambiguous)."),
-        click.option("--preset", help="Normalisation preset: none, mnist, cifar10, cifar10-cohen, imagenet."),
-        click.option("--layout", help="Model input layout: auto, nchw, nhwc, flat."),
+        click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: README, Presets)."),
+        click.option("--layout", type=Choice(_layouts()), help="Model input layout."),
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
-        click.option("--mean", type=float, multiple=True, help="Per-channel mean (repeat per channel), scaled units."),
-        click.option("--std", type=float, multiple=True, help="Per-channel std (repeat per channel), scaled units."),
+        list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
+        list_option("--std", help="Per-channel std, scaled units (0.229,0.224,0.225 or one flag per channel)."),
         click.option("--dtype", help="Model input dtype (default: the model's; integers are rounded and clipped)."),
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
         click.option("--label", type=int, help="Label of a single image file given as DATA."),
         click.option("--noise-threads", type=int, help="Threads drawing noise (default: half the cores)."),
-        click.option("--backend", type=click.Choice(["local", "ray"]), help="Where to sample: this process "
+        click.option("--backend", type=Choice(["local", "ray"]), help="Where to sample: this process "
                      "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
         click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),
         click.option("--workers", type=int, help="Ray workers (default: one per GPU, else one per CPU)."),
@@ -105,7 +177,8 @@ def _run_options(f):
                      help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU."),
         click.option("--denoiser", help="An ONNX denoiser to compose in front of MODEL (denoised smoothing); "
                      "the preprocessing flags then describe MODEL's input."),
-        click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
+        click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); - or none: stdout."),
+        click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout (needs --out)."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
         click.option("--dump-config", is_flag=True, help="Print the resolved configuration as YAML and exit."),
     ]
@@ -115,25 +188,18 @@ def _run_options(f):
 
 
 def _config(ctx: click.Context, mode: str, kwargs: dict):
+    from .config import build_config, load_yaml
     from .run import bundled
 
     yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}
     flags = {}
-    if kwargs.get("radii_text"):
-        try:
-            kwargs["radii"] = [float(r) for r in kwargs["radii_text"].replace(" ", ",").split(",") if r]
-        except ValueError:
-            raise click.UsageError(f"--radii {kwargs['radii_text']!r}: expected numbers separated by commas") from None
     if kwargs.get("batch_size") is not None:
         text = kwargs["batch_size"].strip().lower()
         if text != "auto" and not text.lstrip("-").isdigit():
             raise click.UsageError(f"--batch-size {kwargs['batch_size']!r}: expected a positive integer or auto")
         kwargs["batch_size"] = None if text == "auto" else int(text)
     for key, value in kwargs.items():
-        if key in ("config_path", "out", "resume", "dump_config", "radii_text"):
-            continue
-        if key == "radii":
-            flags[key] = value
+        if key in ("config_path", "out", "resume", "dump_config", "as_json"):
             continue
         source = ctx.get_parameter_source(key)
         if value not in (None, ()) and source is not click.core.ParameterSource.DEFAULT:
@@ -149,39 +215,57 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     elif not (flags.get("data") or yaml_values.get("data")):
         raise click.UsageError("MODEL given without DATA; expected an .npz or image file after the model")
     cfg, _ = build_config(yaml_values, flags)
+    if cfg.alpha > 0.5:
+        log.warning("alpha=%g: each answer may be wrong with probability up to %g; expected a small failure "
+                    "probability such as 0.001", cfg.alpha, cfg.alpha)
     return cfg, default_run
 
 
-def _progress_bar(ctx: click.Context, total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
-                disable=ctx.obj["quiet"], smoothing=0.05)
+def _done_before(out: Path | None, resume: bool, indices: list[int]) -> int:
+    """Examples of ``indices`` already in ``out`` (complete lines only) when resuming; for the progress."""
+    if not (resume and out and out.is_file()):
+        return 0
+    try:
+        lines = out.read_text(encoding="utf-8").split("\n")[1:-1]
+        done = {int(line.split("\t", 1)[0]) for line in lines if line.strip()}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return 0
+    return len(done & set(indices))
 
 
 def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     from . import run as runmod
     from .config import dump_yaml
     from .distributed import backend_from_config
+    from .progress import Progress
 
     cfg, default_run = _config(ctx, mode, kwargs)
     if kwargs["dump_config"]:
         click.echo(dump_yaml(cfg), nl=False)
         return
-    out = Path(kwargs["out"]) if kwargs.get("out") else None
-    if default_run and out is None:
+    to_stdout = kwargs.get("out") == "-"
+    out = Path(kwargs["out"]) if kwargs.get("out") and not to_stdout else None
+    if default_run and out is None and not to_stdout:
         out = Path(f"rs-onnx-default-{mode}.tsv")
         log.info("writing %s (and its .meta.json); `rs-onnx analyze %s` reads it", out, out)
     if kwargs["resume"] and out is None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
+    if kwargs.get("as_json") and out is None:
+        raise click.UsageError("--json needs --out FILE: without a file the rows themselves go to stdout")
     p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
     rows: list[dict] = []
-    bar = _progress_bar(ctx, per_example * len(p.indices), mode)
+    bar = Progress(mode, len(p.indices), _done_before(out, kwargs["resume"], p.indices), enabled=not ctx.obj["quiet"],
+                   samples_per_example=per_example)
+
+    def on_rows(new: list[dict]) -> None:
+        rows.extend(new)
+        bar.examples(len(new))
+
     resume_hint = f"; finished rows are in {out}: run the same command with --resume to continue" if out else ""
     try:
         with _sigterm_as_interrupt():
-            meta = runmod.execute(p, mode, out, resume=kwargs["resume"], on_rows=rows.extend, progress=bar.update,
+            meta = runmod.execute(p, mode, out, resume=kwargs["resume"], on_rows=on_rows, progress=bar.samples,
                                   stream=None if out else sys.stdout, backend=backend_from_config(cfg))
     except KeyboardInterrupt as e:
         bar.close()
@@ -196,8 +280,36 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         raise RsOnnxError(f"the run stopped after {len(rows)} examples: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint}") from e
     bar.close()
-    if mode == "certify" and (rows or out):
-        click.echo(_accuracy_table(rows, out, meta["timings"]["seconds"]), err=out is None)
+    if not (rows or out):
+        return
+    results = _run_results(rows, out, mode, cfg)
+    if kwargs.get("as_json"):
+        from .summaries import run_summary
+
+        summary = {**run_summary(results, DEFAULT_RADII), "computed_this_run": len(rows),
+                   "seconds": meta["timings"]["seconds"]}
+        click.echo(json.dumps(summary, indent=2))
+    elif mode == "certify":
+        click.echo(_accuracy_table(results, len(rows), meta["timings"]["seconds"]), err=out is None)
+    else:
+        from .summaries import predict_text
+
+        click.echo(f"{predict_text(results)}; {len(rows)} computed in this run in {meta['timings']['seconds']:.1f} s",
+                   err=out is None)
+
+
+def _run_results(rows: list[dict], out: Path | None, mode: str, cfg):
+    """The whole run as analysis.Results: the file with its meta.json when there is one (a resumed run
+    included), else this run's rows (with sigma, n and alpha for the reach of the radii)."""
+    import numpy as np
+
+    from .analysis import REQUIRED_COLUMNS, Results, read_run
+
+    if out:
+        return read_run(out)
+    columns = {c: np.asarray([r.get(c, 0.0) for r in rows]) for c in REQUIRED_COLUMNS}
+    columns["nonfinite"] = np.asarray([r.get("nonfinite", 0) for r in rows])
+    return Results(columns, None, mode, {"mode": mode, "config": cfg.to_dict()})
 
 
 class Terminated(KeyboardInterrupt):
@@ -220,13 +332,14 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _accuracy_table(rows: list[dict], out: Path | None, seconds: float) -> str:
-    """Certified accuracy of the whole run: the file when there is one (a resumed run included)."""
-    from .analysis import REQUIRED_COLUMNS, Results, read_results, table_rows, to_markdown
+def _accuracy_table(results, computed: int, seconds: float) -> str:
+    """Certified accuracy of the whole run (radii out of reach at its n and alpha marked)."""
+    from dataclasses import replace
 
-    results = read_results(out) if out else Results({c: np.asarray([r[c] for r in rows]) for c in REQUIRED_COLUMNS})
-    table = to_markdown(table_rows({"certified accuracy": results}, DEFAULT_RADII))
-    return f"{table}\n{len(results)} examples, {len(rows)} computed in this run in {seconds:.1f} s"
+    from .analysis import table_rows, to_markdown
+
+    table = to_markdown(table_rows({"certified accuracy": replace(results, path=None)}, DEFAULT_RADII))
+    return f"{table}{len(results)} examples, {computed} computed in this run in {seconds:.1f} s"
 
 
 @cli.command()
@@ -234,15 +347,23 @@ def _accuracy_table(rows: list[dict], out: Path | None, seconds: float) -> str:
 @click.option("--n0", type=int, help="Selection samples that pick the class to certify (default 100).")
 @click.option("--sequential", is_flag=True, default=None,
               help="Stop sampling each example as soon as --radii are decided (n becomes the budget).")
-@click.option("--radii", "radii_text", help="Sequential: radii to decide, comma-separated (default 0.25,0.5,0.75,1).")
+@list_option("--radii", help="Sequential: radii to decide, comma-separated or repeated (default 0.25,0.5,0.75,1).")
 @click.option("--precision", type=float, help="Sequential: find the radius to within this instead of deciding radii.")
 @click.option("--looks", type=int, help="Sequential: planned looks at the counts (default 8).")
-@click.option("--bound", type=click.Choice(["cohen", "best"]),
+@click.option("--bound", type=Choice(["cohen", "best"]),
               help="radius column: cohen (Cohen et al.'s, default) or best (max of Cohen's and the two-class bound, "
                    "alpha split between them).")
 @click.pass_context
 def certify(ctx: click.Context, **kwargs) -> None:
     """CERTIFY each example of DATA with the ONNX model MODEL.
+
+    \b
+    DATA is one of:
+      - an .npz file with arrays `images` [N,H,W], [N,C,H,W] or [N,H,W,C] (uint8 0..255, or float in
+        [0,1]) and `labels` [N] (integers);
+      - a single PNG/JPEG image (give its class with --label);
+      - a folder of images, labelled by class subfolders 0/, 1/, ... or a trailing _<label> in the
+        file name (cat_3.png); other files get label -1.
 
     Without MODEL and DATA, certifies the bundled digits model on the bundled digits.
     Writes Cohen et al.'s TSV columns (idx label predict radius correct time) and more.
@@ -254,7 +375,11 @@ def certify(ctx: click.Context, **kwargs) -> None:
 @_run_options
 @click.pass_context
 def predict(ctx: click.Context, **kwargs) -> None:
-    """PREDICT each example of DATA: the smoothed class, or -1 (abstain) when unsure at level alpha."""
+    """PREDICT each example of DATA: the smoothed class, or -1 (abstain) when unsure at level alpha.
+
+    DATA is as for certify: an .npz file (images, labels), one image (with --label) or a folder of images.
+    Ends with a summary: accuracy, abstention rate and time per example.
+    """
     _execute(ctx, "predict", kwargs)
 
 
@@ -277,11 +402,11 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
 @click.option("--denoiser", required=True, help="ONNX denoiser: [N,C,H,W] images in [0,1] -> same shape.")
 @click.option("-o", "--out", required=True, type=click.Path(), help="The composed .onnx to write.")
 @click.option("--input-name", help="Classifier input to feed (needed when it has several).")
-@click.option("--preset", help="Normalisation preset of the classifier: none, mnist, cifar10, cifar10-cohen, imagenet.")
-@click.option("--layout", help="Classifier input layout: auto, nchw, nhwc, flat.")
+@click.option("--preset", type=Choice(_presets()), help="Normalisation preset of the classifier.")
+@click.option("--layout", type=Choice(_layouts()), help="Classifier input layout.")
 @click.option("--scale", type=float, help="Multiply by this first (255 for classifiers taking 0..255).")
-@click.option("--mean", type=float, multiple=True, help="Per-channel mean of the classifier (repeat per channel).")
-@click.option("--std", type=float, multiple=True, help="Per-channel std of the classifier (repeat per channel).")
+@list_option("--mean", help="Per-channel mean of the classifier (comma-separated or one flag per channel).")
+@list_option("--std", help="Per-channel std of the classifier (comma-separated or one flag per channel).")
 @click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
 @click.pass_context
 def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
@@ -291,12 +416,12 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     [0,1] images and sigma keeps its pixel units; certify it with no preprocessing flags.
     """
     from .compose import compose_files
+    from .config import build_config
 
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
              if v not in (None, ()) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     cfg, _ = build_config({}, flags)
-    compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)
-    click.echo(f"wrote {out}", err=True)
+    compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)  # logs "wrote"
 
 
 def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list[str], list[float]]:
@@ -315,17 +440,19 @@ def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list
 
 @cli.command()
 @click.argument("results", nargs=-1, required=True)
-@click.option("--radii", type=float, multiple=True, help="Radii for the table (default 0 0.25 0.5 0.75 1).")
+@list_option("--radii", help="Radii for the table, comma-separated or repeated (default 0,0.25,0.5,0.75,1).")
 @click.option("--label", "labels", multiple=True, help="Label per results file (default: file name).")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown",
+@click.option("--format", "fmt", type=Choice(["markdown", "csv", "latex"]), default="markdown",
               show_default=True, help="Table format on stdout.")
 @click.option("--plot", type=click.Path(), help="Write a certified-accuracy step plot (.png or .pdf).")
 @click.option("--radius-column", default="radius", show_default=True,
               help="Radius column to use (e.g. radius_tv, radius_2class).")
-def analyze(results, radii, labels, fmt, plot, radius_column) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per file on stdout instead of the table.")
+def analyze(results, radii, labels, fmt, plot, radius_column, as_json) -> None:
     """Certified accuracy at given radii, average certified radius, abstention rate and time per image.
 
-    Reads rs-onnx TSVs and Cohen et al.'s own files; several files make several rows (and curves).
+    Reads rs-onnx TSVs (certify and predict) and Cohen et al.'s own files; several files make several
+    rows (and curves). Radii beyond the largest certifiable at a run's n and alpha are marked out of reach.
     """
     from . import analysis
 
@@ -335,7 +462,16 @@ def analyze(results, radii, labels, fmt, plot, radius_column) -> None:
     names = list(labels) if labels else [Path(f).stem for f in files]
     if len(set(names)) != len(names):
         names = [str(f) for f in files]
-    runs = {name: analysis.read_results(f) for name, f in zip(names, files)}
+    runs = {name: analysis.read_run(f) for name, f in zip(names, files)}
+    if as_json:
+        from .summaries import run_summary
+
+        summaries = [run_summary(res, radii or DEFAULT_RADII, name) for name, res in runs.items()]
+        click.echo(json.dumps(summaries, indent=2))
+        if plot:
+            analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column)
+            log.info("wrote %s", plot)
+        return
     rows = analysis.table_rows(runs, radii or DEFAULT_RADII, radius_column)
     render = {"markdown": analysis.to_markdown, "csv": analysis.to_csv, "latex": analysis.to_latex}[fmt]
     text = render(rows)
@@ -343,6 +479,43 @@ def analyze(results, radii, labels, fmt, plot, radius_column) -> None:
     if plot:
         analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column)
         log.info("wrote %s", plot)
+
+
+@cli.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check the installation: clashing onnxruntime builds, working providers, why CUDA does not run.
+
+    Exits 1 when a check fails.
+    """
+    from .doctor import report
+
+    text, ok = report()
+    click.echo(text)
+    if not ok:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, type=click.Path(), help="The .html file to write (- for stdout).")
+@click.option("--label", "labels", multiple=True, help="Label per results file (default: file name).")
+@click.option("--title", help="Title of the report (default: from the runs).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+def report(results, out, labels, title, overwrite) -> None:
+    """One self-contained HTML REPORT of certify runs (their TSVs and .meta.json files).
+
+    Provenance, certified-accuracy curves, the table at standard radii, ACR and abstention, accuracy
+    per class, the distribution of radii, the slowest examples and every warning; no network access
+    and no external files are needed to view it.
+    """
+    from .report import write_report
+
+    if labels and len(labels) != len(results):
+        raise click.UsageError(f"{len(labels)} --label values for {len(results)} results files; expected one per file")
+    write_report(list(results), out, labels=list(labels) or None, title=title, overwrite=overwrite)
+    if out != "-":
+        log.info("wrote %s", out)
 
 
 def main(argv: list[str] | None = None) -> None:
