@@ -135,8 +135,8 @@ def read_results(path) -> Results:
     if not lines:
         raise DataError(f"results file {p}: empty; expected {expected}")
     header = [h.strip() for h in lines[0][1].split("\t")]
-    kind = "predict" if "radius" not in header and "pvalue" in header else "certify"
-    missing = [c for c in REQUIRED_COLUMNS if c not in header and not (kind == "predict" and c == "radius")]
+    file_kind = "predict" if "radius" not in header and "pvalue" in header else "certify"
+    missing = [c for c in REQUIRED_COLUMNS if c not in header and not (file_kind == "predict" and c == "radius")]
     if missing:
         hint = " (it does not look tab-separated)" if len(header) == 1 else ""
         raise DataError(f"results file {p}: header {' '.join(header)!r} lacks {', '.join(missing)}{hint}; "
@@ -157,7 +157,7 @@ def read_results(path) -> Results:
         cells.append(row)
 
     columns: dict[str, np.ndarray] = {}
-    if kind == "predict":  # nothing is certified by PREDICT: radius 0 for every example
+    if file_kind == "predict":  # nothing is certified by PREDICT: radius 0 for every example
         columns["radius"] = np.zeros(len(cells), dtype=np.float64)
     for j, name in enumerate(header):
         raw = [row[j] for row in cells]
@@ -188,7 +188,7 @@ def read_results(path) -> Results:
     bad = np.isnan(columns["radius"])
     if bad.any():
         raise DataError(f"results file {p}, line {rows[int(np.argmax(bad))][0]}, column radius: nan; expected a number")
-    return Results(columns, str(p), kind)
+    return Results(columns, str(p), file_kind)
 
 
 def read_meta(path) -> dict | None:

@@ -38,15 +38,24 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
 
 
 def _version_text() -> str:
-    import numpy
-    import onnxruntime
+    """Versions from the installed packages' metadata (nothing heavy is imported: --version stays fast);
+    a warning when several onnxruntime builds clash. ``rs-onnx doctor`` probes the providers."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    from .devices import working_providers
-    from .doctor import onnxruntime_conflict
+    from .doctor import onnxruntime_conflict, onnxruntime_distributions
 
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    builds = onnxruntime_distributions()
+    ort = ", ".join(f"{n} {ver}" for n, ver in builds) if builds else "onnxruntime not installed"
     conflict = onnxruntime_conflict()
-    return (f"rs-onnx {__version__}\nonnxruntime {onnxruntime.__version__}\nnumpy {numpy.__version__}\n"
-            f"providers that work here: {', '.join(working_providers())}" + (f"\nwarning: {conflict}" if conflict else ""))
+    return (f"rs-onnx {__version__}\n{ort}\nnumpy {v('numpy')}\nPython {sys.version.split()[0]}\n"
+            "`rs-onnx doctor` lists the execution providers that really work here"
+            + (f"\nwarning: {conflict}" if conflict else ""))
 
 
 # ------------------------------------------------------------------ conventions shared by every command
