@@ -246,7 +246,6 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     from . import run as runmod
     from .config import dump_yaml
     from .distributed import backend_from_config
-    from .progress import Progress
 
     cfg, default_run = _config(ctx, mode, kwargs)
     if kwargs["dump_config"]:
@@ -261,6 +260,46 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
     if kwargs.get("as_json") and out is None:
         raise click.UsageError("--json needs --out FILE: without a file the rows themselves go to stdout")
+    warnings = _WarningCollector()
+    log.addHandler(warnings)
+    try:
+        _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings)
+    finally:
+        log.removeHandler(warnings)
+
+
+class _WarningCollector(logging.Handler):
+    """Keeps the warnings logged during a run, to record them in its meta.json (the report shows them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg not in self.messages:
+            self.messages.append(msg)
+
+    def record(self, out: Path | None) -> None:
+        """Add the warnings to ``out``'s meta.json (atomically), keeping those of earlier runs (--resume)."""
+        if not (out and self.messages):
+            return
+        from .results import meta_path, write_json_atomic
+
+        mp = meta_path(out)
+        try:
+            meta = json.loads(mp.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(meta, dict):
+            old = [str(w) for w in meta.get("warnings") or []]
+            meta["warnings"] = old + [m for m in self.messages if m not in old]
+            write_json_atomic(mp, meta)
+
+
+def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _WarningCollector) -> None:
+    from .progress import Progress
+
     p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
     rows: list[dict] = []
@@ -278,17 +317,21 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
                                   stream=None if out else sys.stdout, backend=backend_from_config(cfg))
     except KeyboardInterrupt as e:
         bar.close()
+        warnings.record(out)
         click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'} after "
                    f"{len(rows)} examples this run{resume_hint}", err=True)
         ctx.exit(143 if isinstance(e, Terminated) else 130)
     except RsOnnxError:
         bar.close()
+        warnings.record(out)
         raise
     except Exception as e:  # e.g. the execution provider failing mid-run
         bar.close()
+        warnings.record(out)
         raise RsOnnxError(f"the run stopped after {len(rows)} examples: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint}") from e
     bar.close()
+    warnings.record(out)
     if not (rows or out):
         return
     results = _run_results(rows, out, mode, cfg)
@@ -544,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"rs-onnx: error: {e}", err=True)
         sys.exit(1)
-    except Exception as e:  # noqa: BLE001 - last resort: one line, no traceback unless --debug
+    except Exception as e:  # last resort: one line, no traceback unless --debug
         if debug:
             raise
         click.echo(f"rs-onnx: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
