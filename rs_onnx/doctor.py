@@ -76,6 +76,15 @@ def library_load_error(path: str | Path) -> str | None:
     return None
 
 
+def _needs(why: str) -> str:
+    """": this onnxruntime needs CUDA 13" from a missing library's soname (libcublas.so.13, libcudnn.so.9)."""
+    m = re.search(r"lib(cublasLt|cublas|cudart|curand|cufft)\.so\.(\d+)", why)
+    if m:
+        return f": this onnxruntime needs CUDA {m.group(2)}"
+    m = re.search(r"libcudnn\w*\.so\.(\d+)", why)
+    return f": this onnxruntime needs cuDNN {m.group(1)}" if m else ""
+
+
 def cuda_provider_library() -> Path | None:
     """The CUDA provider library of the installed onnxruntime, when it has one."""
     import onnxruntime as ort
@@ -105,8 +114,9 @@ def cuda_unavailable_reason(providers: list[str] | None = None, library: Path | 
     library = cuda_provider_library() if library is None else library
     why = library_load_error(library) if library is not None else None
     if why:
-        return (f"onnxruntime's CUDA provider does not load ({why}); expected CUDA 12 and cuDNN 9 libraries: "
-                "pip install 'rs-onnx[cuda]' installs them")
+        return (f"onnxruntime's CUDA provider does not load ({why}{_needs(why)}); expected the CUDA and cuDNN "
+                "libraries it was built for: pip install 'rs-onnx[cuda]' installs them as wheels, or add their "
+                "folder to LD_LIBRARY_PATH")
     return "onnxruntime's CUDA provider loads but a session on the GPU fails (driver or GPU problem; see nvidia-smi)"
 
 

@@ -351,14 +351,14 @@ def test_cuda_reason_names_a_cpu_build_and_a_missing_library(tmp_path):
         pytest.skip("no gcc to build a library with a missing dependency")
     (tmp_path / "dep.c").write_text("int dep(void){return 1;}\n")
     (tmp_path / "lib.c").write_text("int dep(void); int f(void){return dep();}\n")
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libcudnn_fake.so.9"), str(tmp_path / "dep.c")],
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libcudnn_adv.so.9"), str(tmp_path / "dep.c")],
                    check=True)
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libprov.so"), str(tmp_path / "lib.c"),
-                    str(tmp_path / "libcudnn_fake.so.9")], check=True)
-    (tmp_path / "libcudnn_fake.so.9").unlink()
+                    str(tmp_path / "libcudnn_adv.so.9")], check=True)
+    (tmp_path / "libcudnn_adv.so.9").unlink()
     why = doctor.cuda_unavailable_reason(providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
                                          library=tmp_path / "libprov.so", gpu=True)
-    assert "libcudnn_fake.so.9 is missing" in why and "rs-onnx[cuda]" in why
+    assert "libcudnn_adv.so.9 is missing: this onnxruntime needs cuDNN 9" in why and "rs-onnx[cuda]" in why
 
 
 def test_device_auto_with_an_unusable_gpu_says_why(linear, monkeypatch, caplog):
