@@ -496,7 +496,8 @@ def plot_certified_accuracy(runs: Mapping, path, radius_max: float | None = None
 
     curves = {str(label): (_curve(res, radius_column), average_certified_radius(res, radius_column))
               for label, res in runs.items()}
-    reach = {str(label): run_max_radius(res) for label, res in runs.items()}
+    reach = {str(label): run_max_radius(res) if radius_column in _BOUNDED_COLUMNS else None
+             for label, res in runs.items()}
     titles = {str(label): run_title(res) for label, res in runs.items()}
     if radius_max is None:
         top = max((float(x[-1]) for (x, _), _ in curves.values()), default=0.0)

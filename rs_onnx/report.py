@@ -137,13 +137,15 @@ def curves_svg(runs: dict[str, Results], width: int = 860, height: int = 380) ->
                          'stroke-dasharray="3 3"/>')
         legend = [f"{label} (ACR {float(np.mean(np.where(correct, res.radius, 0.0))):.3f})"]
         if run_title(res):
-            legend.append(str(run_title(res)))
+            model, _, settings = str(run_title(res)).partition(", ")
+            legend += [model, settings] if settings else [model]
         if r_max is not None and np.isfinite(r_max):
             legend.append(f"┆ largest certifiable radius {r_max:.3f}")
         parts.append(f'<line x1="{left + pw + 14}" y1="{ly}" x2="{left + pw + 34}" y2="{ly}" stroke="{colour}" '
                      'stroke-width="3"/>')
         for j, text in enumerate(legend):
-            parts.append(f'<text x="{left + pw + 40}" y="{ly + 4 + 15 * j}">{_e(text[:48])}</text>')
+            short = text if len(text) <= 50 else text[:49] + "…"
+            parts.append(f'<text x="{left + pw + 40}" y="{ly + 4 + 15 * j}">{_e(short)}</text>')
         ly += 15 * len(legend) + 10
     parts.append("</svg>")
     return "".join(parts)

@@ -375,3 +375,37 @@ def test_device_auto_with_an_unusable_gpu_says_why(linear, monkeypatch, caplog):
     doctor.warn_if_gpu_unused.cache_clear()
     lines = [r.getMessage() for r in caplog.records if "NVIDIA GPU" in r.getMessage()]
     assert len(lines) == 1 and "running on CPU" in lines[0]
+
+
+# ----------------------------------------------------------------------------------------------- plot
+
+
+def test_plot_names_each_run_marks_its_reach_and_keeps_the_legend_outside(constant, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    model, data, tmp = constant
+    out = tmp / "c.tsv"
+    assert invoke(["-q", "certify", model, data, "--sigma", "0.25", "--n0", "10", "--n", "100", "--seed", "0",
+                   "--out", str(out)]).exit_code == 0
+    figures = []
+    save_fig = Figure.savefig
+
+    def capture(self, *args, **kwargs):
+        figures.append(self)
+        return save_fig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    res = invoke(["analyze", str(out), "--plot", str(tmp_path / "p.png")])
+    assert res.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 5000
+    fig = figures[-1]
+    ax = fig.axes[0]
+    assert "c.onnx" in ax.get_title() and "sigma=0.25" in ax.get_title() and "n=100" in ax.get_title()
+    assert "l2 radius" in ax.get_xlabel() and "pixel units" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    r_max = 0.25 * norm.ppf(0.001 ** (1 / 100))
+    marks = [line for line in ax.get_lines() if "largest certifiable radius" in str(line.get_label())]
+    assert len(marks) == 1 and marks[0].get_xdata()[0] == pytest.approx(r_max)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.x0 >= ax.get_window_extent(renderer).x1  # to the right of the curves, never over them
