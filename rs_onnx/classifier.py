@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from rs_onnx import cuda, graph
-from rs_onnx.devices import (_CPU, _CUDA, cpu_name, _cuda_works, _gpu_name, _parse_device,
+from rs_onnx.devices import (_CPU, _CUDA, cpu_name, _cuda_works, _gpu_name, _parse_device, preload_cuda_libraries,
                              default_session_options, working_providers)  # noqa: F401 (re-exported)
 from rs_onnx.errors import ConfigError, DataError, DeviceError, ModelError
 
@@ -384,6 +384,8 @@ class OnnxClassifier:
             raise DeviceError(f"device '{device}' requested, but this onnxruntime {ort.__version__} has providers "
                               f"{ort.get_available_providers()}; expected CUDAExecutionProvider (install onnxruntime-gpu)")
         self._want_cuda = kind == "cuda" or (kind == "auto" and _cuda_works(index))
+        if self._want_cuda:
+            preload_cuda_libraries()
         if kind == "auto" and not self._want_cuda:
             from rs_onnx.doctor import warn_if_gpu_unused
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import io
 import platform
 import re
 import subprocess
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,27 @@ def _quiet_ort():
 
 
 @functools.lru_cache(maxsize=None)
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of pip's ``nvidia-*`` packages (those of a CUDA build of torch, or of
+    ``onnxruntime-gpu[cuda,cudnn]``) so that the CUDA provider finds them; quiet, once per process, a no-op
+    where onnxruntime has no ``preload_dlls`` or the libraries are absent (the probe then reports CUDA unusable)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    sink = io.StringIO()
+    try:
+        with redirect_stdout(sink), redirect_stderr(sink):
+            preload(msvc=False)
+    except Exception:  # noqa: BLE001 - a failed preload only means CUDA may not load; the probe says so
+        pass
+
+
+@functools.lru_cache(maxsize=None)
 def _cuda_works(index: int = 0) -> bool:
     """True when a session on CUDA device ``index`` really runs on CUDA (probed once per process, quietly)."""
     if _CUDA not in ort.get_available_providers():
         return False
+    preload_cuda_libraries()
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     probe = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),

@@ -111,7 +111,11 @@ def cuda_unavailable_reason(providers: list[str] | None = None, library: Path | 
     if "CUDAExecutionProvider" not in providers:
         return (f"this onnxruntime {ort.__version__} is a CPU build (providers: {', '.join(providers)}); "
                 "expected onnxruntime-gpu: pip uninstall -y onnxruntime && pip install 'rs-onnx[cuda]'")
-    library = cuda_provider_library() if library is None else library
+    if library is None:  # as the classifier does: pip's nvidia-* libraries first, then the provider
+        from .devices import preload_cuda_libraries
+
+        preload_cuda_libraries()
+        library = cuda_provider_library()
     why = library_load_error(library) if library is not None else None
     if why:
         return (f"onnxruntime's CUDA provider does not load ({why}{_needs(why)}); expected the CUDA and cuDNN "
