@@ -681,7 +681,7 @@ def markdown(res: dict) -> str:
                          f"{t['relative_to_0']:.2f} |")
     lines += ["", "## Method", "", *METHOD_NOTES]
     if res["device"] != "cuda":
-        lines += ["", "## GPU: not measured", "", *GPU_NOTES]
+        lines += ["", "## GPU", "", *GPU_NOTES]
     return "\n".join(lines) + "\n"
 
 
@@ -760,19 +760,9 @@ METHOD_NOTES = [
 ]
 
 GPU_NOTES = [
-    "No GPU was available when this file was generated, so nothing on CUDA is measured here. Unmeasured:",
-    "",
-    "- CERTIFY throughput with host noise against the bare onnxruntime CUDA loop (target >= 0.9 of the ceiling);",
-    "- seconds per image at n = 100,000 for ResNet-110 (Cohen et al.: ~15 s) and ResNet-50 (~150 s);",
-    "- the variants: IO binding (on by default on CUDA), CUDA graphs, fp16, on-device noise; the automatic "
-    "batch size on a GPU and the halving of the batch on CUDA out-of-memory.",
-    "",
-    "On a GPU machine (onnxruntime-gpu with working CUDA/cuDNN, torch with CUDA for the baseline):",
-    "",
-    "    python -m benchmarks.run --device cuda",
-    "",
-    "which certifies with n = 100,000 for the ResNets (1,000,000 for the digits CNN), times the variants "
-    "host, cuda-graph, fp16 and device-noise, and writes this file with the GPU's name.",
+    "This file is the CPU benchmark. The GPU is measured by `bash benchmarks/gpu_check.sh OUT` (provider, "
+    "`pytest -m gpu`, CERTIFY against the bare CUDA loop and PyTorch on the same GPU), whose results are "
+    "committed per GPU under `benchmarks/gpu-results/` (first: an NVIDIA H200, 2026-11-30).",
 ]
 
 

@@ -42,7 +42,7 @@ def test_benchmark_command_writes_json_and_markdown(tmp_path):
     assert "| model | params | batch | n |" in md and "| digits_cnn |" in md
     assert "PyTorch at its own fastest batch size" in md and "| MMAC per sample |" in md
     assert "## Scaling with n" in md and "## Machine" in md and "python -m benchmarks.run" in md
-    assert ("## GPU: not measured" in md) and "python -m benchmarks.run --device cuda" in md
+    assert "## GPU\n" in md and "benchmarks/gpu_check.sh" in md
     assert not (ROOT / "benchmarks" / "RESULTS.md").exists() or (ROOT / "benchmarks" / "RESULTS.md").read_text() != md
 
 
@@ -66,7 +66,7 @@ def test_gpu_report_names_the_fastest_mode_and_compares_with_cohen():
            "machine": {"cpu": "x", "cores": 16, "cores_usable": 16, "gpus": ["NVIDIA H100"], "versions": {},
                        "providers": ["CUDAExecutionProvider"], "git": None}}
     md = markdown(res)
-    assert "## GPU: not measured" not in md and "Targets (CPU)" not in md
+    assert "benchmarks/gpu_check.sh" not in md and "Targets (CPU)" not in md
     line110 = next(x for x in md.splitlines() if x.startswith("- resnet110: rs / ceiling"))
     assert "0.952 (met)" in line110 and "host 5, fp16 2" in line110 and "fastest: fp16" in line110
     assert "7.49x faster than Cohen et al.'s ~15 s" in line110  # (100 + 100,000) / 50,000 = 2.002 s
