@@ -111,6 +111,10 @@ def list_option(*decls, **kwargs):
     return click.option(*decls, type=NumberList(), multiple=True, callback=_flatten, **kwargs)
 
 
+DTYPES = ("float32", "float16", "float64", "uint8", "int8", "uint16", "int16", "int32", "int64")
+"""Model input dtypes the preprocessing can cast to (numpy names)."""
+
+
 def _layouts() -> list[str]:
     return ["auto", "nchw", "nhwc", "flat"]  # rs_onnx.preprocess.LAYOUTS, without importing numpy for --help
 
@@ -167,7 +171,8 @@ def _run_options(f):
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
         list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
         list_option("--std", help="Per-channel std, scaled units (0.229,0.224,0.225 or one flag per channel)."),
-        click.option("--dtype", help="Model input dtype (default: the model's; integers are rounded and clipped)."),
+        click.option("--dtype", type=Choice(DTYPES),
+                     help="Model input dtype (default: the model's; integers are rounded and clipped)."),
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
@@ -459,7 +464,7 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
 @click.option("--scale", type=float, help="Multiply by this first (255 for classifiers taking 0..255).")
 @list_option("--mean", help="Per-channel mean of the classifier (comma-separated or one flag per channel).")
 @list_option("--std", help="Per-channel std of the classifier (comma-separated or one flag per channel).")
-@click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
+@click.option("--dtype", type=Choice(DTYPES), help="Classifier input dtype (integers are rounded and clipped).")
 @click.pass_context
 def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     """Compose DENOISER in front of CLASSIFIER into one ONNX model (Salman et al.'s denoised smoothing).
