@@ -252,7 +252,12 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     from .config import dump_yaml
     from .distributed import backend_from_config
 
-    cfg, default_run = _config(ctx, mode, kwargs)
+    warnings = _WarningCollector()  # from the start: warnings about the configuration are recorded too
+    log.addHandler(warnings)
+    try:
+        cfg, default_run = _config(ctx, mode, kwargs)
+    finally:
+        log.removeHandler(warnings)
     if kwargs["dump_config"]:
         click.echo(dump_yaml(cfg), nl=False)
         return
@@ -265,7 +270,6 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
     if kwargs.get("as_json") and out is None:
         raise click.UsageError("--json needs --out FILE: without a file the rows themselves go to stdout")
-    warnings = _WarningCollector()
     log.addHandler(warnings)
     try:
         _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings)

@@ -149,3 +149,19 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (1200, 1600) and len(data) > 20_000  # a blank page compresses to a few KB
+
+
+def test_warnings_logged_by_a_run_are_recorded_and_reported(tmp_path):
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(3, 16)).astype(np.float32)
+    model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4)), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, size=(4, 4, 4), dtype=np.uint8),
+             labels=np.zeros(4, np.uint8))
+    out = tmp_path / "a.tsv"
+    res = invoke(["-q", "certify", str(model), str(tmp_path / "d.npz"), "--sigma", "0.25", "--n0", "10", "--n", "50",
+                  "--alpha", "0.6", "--seed", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "a.tsv.meta.json").read_text())
+    assert meta["status"] == "complete" and any("alpha=0.6" in w for w in meta["warnings"])
+    text = render({"a": analysis.read_run(out)})
+    assert "alpha=0.6: each answer may be wrong" in text
