@@ -103,7 +103,7 @@ def main(argv=None) -> None:
             ray.shutdown()
     res = {k: v for k, v in cluster.items() if k in ("CPU", "GPU")}
     print(f"\nCERTIFY, bundled digits CNN, {len(p.indices)} examples x (n0={cfg.n0} + n={cfg.n}) = {samples} "
-          f"samples, batch {cfg.batch_size}; driver: {os.cpu_count()} CPUs, load average "
+          f"samples, batch {p.batch_size}; driver: {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}; Ray cluster {res}\n")
     print("| run | seconds | samples/s | steady samples/s | TSV identical to local |")
     print("|---|---:|---:|---:|---|")

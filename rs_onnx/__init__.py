@@ -10,8 +10,7 @@ pay for onnx, onnxruntime and scipy.
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import ConfigError, DataError, DeviceError, ModelError, RsOnnxError
 
 if TYPE_CHECKING:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError, DataError, RsOnnxError
+from .results import REQUIRED_COLUMNS, Results, read_results
+from .stats import ABSTAIN
 
 __all__ = [
     "DEFAULT_RADII",
@@ -33,7 +34,6 @@ __all__ = [
     "certified_accuracy",
     "max_certifiable_radius",
     "plot_certified_accuracy",
-    "read_meta",
     "read_results",
     "read_run",
     "run_max_radius",
@@ -45,169 +45,24 @@ __all__ = [
     "to_markdown",
 ]
 
-REQUIRED_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-_INT_COLUMNS = ("idx", "label", "predict", "correct")
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-ABSTAIN = -1
-
-# str(datetime.timedelta), as Cohen's certify.py writes it: "0:00:15.412345", "1 day, 2:03:04".
-_TIMEDELTA = re.compile(r"^(?:(\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
 
 
-@dataclass(frozen=True)
-class Results:
-    """The columns of a results file as numpy arrays, one entry per example.
+def _optional_meta(path) -> dict | None:
+    """The meta.json next to an rs-onnx TSV (``results.read_meta``), or None when absent or unreadable."""
+    from .results import read_meta
 
-    ``idx``, ``label``, ``predict``, ``correct`` are int64, ``radius`` and ``time`` (seconds) float64;
-    extra columns are float64 when every value is numeric, str otherwise. ``results["name"]`` gives any
-    column; ``len(results)`` is the number of examples.
-    """
-
-    columns: dict[str, np.ndarray]
-    path: str | None = field(default=None, compare=False)
-    kind: str = field(default="certify", compare=False)
-    """"certify", or "predict" for a PREDICT TSV (no radius column: radii read as 0, nothing certified)."""
-    meta: dict | None = field(default=None, compare=False)
-    """The run's ``<file>.meta.json`` when there is one (read by :func:`read_run`), else None."""
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        try:
-            return self.columns[name]
-        except KeyError:
-            raise DataError(f"column {name!r}: not in results (has {', '.join(self.columns)})") from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.columns
-
-    def __len__(self) -> int:
-        return len(self.columns["idx"]) if "idx" in self.columns else len(next(iter(self.columns.values())))
-
-    idx = property(lambda self: self["idx"], doc="example index in the dataset (int64)")
-    label = property(lambda self: self["label"], doc="true class (int64)")
-    predict = property(lambda self: self["predict"], doc="smoothed prediction, -1 = abstain (int64)")
-    radius = property(lambda self: self["radius"], doc="certified radius, units of the noise scale (float64)")
-    correct = property(lambda self: self["correct"], doc="1 when predict == label (int64)")
-    time = property(lambda self: self["time"], doc="seconds spent on the example (float64)")
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.columns)
-
-
-def _parse_time(text: str) -> float:
     try:
-        return float(text)
-    except ValueError:
-        pass
-    m = _TIMEDELTA.match(text)
-    if m is None:
-        raise ValueError(text)
-    days, h, mnt, s = m.groups()
-    return int(days or 0) * 86400.0 + int(h) * 3600.0 + int(mnt) * 60.0 + float(s)
-
-
-def _parse_int(text: str) -> int:
-    if text in ("True", "False"):  # a boolean `correct` column written by pandas
-        return int(text == "True")
-    value = float(text)
-    if not np.isfinite(value) or value != int(value):
-        raise ValueError(text)
-    return int(value)
-
-
-def read_results(path) -> Results:
-    """Read a results TSV (Cohen et al.'s columns ``idx label predict radius correct time`` plus extras).
-
-    ``time`` may be seconds (``15.4``) or ``h:mm:ss[.ffffff]`` as ``str(datetime.timedelta)`` writes it;
-    it is returned in seconds. A PREDICT TSV (rs-onnx's ``predict``: no ``radius``, a ``pvalue`` column)
-    reads too, with ``kind == "predict"`` and every radius 0. Raises :class:`DataError` for a missing or
-    empty file, a missing column, a ragged row or a non-numeric value in a required column.
-    """
-    p = Path(path)
-    expected = "a tab-separated file with header " + " ".join(REQUIRED_COLUMNS)
-    if not p.is_file():
-        raise DataError(f"results file {p}: {'is a directory' if p.is_dir() else 'not found'}; expected {expected}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"results file {p}: unreadable ({type(err).__name__}); expected {expected}") from None
-    lines = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
-    if not lines:
-        raise DataError(f"results file {p}: empty; expected {expected}")
-    header = [h.strip() for h in lines[0][1].split("\t")]
-    file_kind = "predict" if "radius" not in header and "pvalue" in header else "certify"
-    missing = [c for c in REQUIRED_COLUMNS if c not in header and not (file_kind == "predict" and c == "radius")]
-    if missing:
-        hint = " (it does not look tab-separated)" if len(header) == 1 else ""
-        raise DataError(f"results file {p}: header {' '.join(header)!r} lacks {', '.join(missing)}{hint}; "
-                        f"expected {expected}")
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise DataError(f"results file {p}: duplicate columns {', '.join(dupes)}; expected unique column names")
-    rows = lines[1:]
-    if not rows:
-        raise DataError(f"results file {p}: header only, no rows; expected one row per certified example")
-
-    cells: list[list[str]] = []
-    for lineno, line in rows:
-        row = [c.strip() for c in line.split("\t")]
-        if len(row) != len(header):
-            raise DataError(f"results file {p}, line {lineno}: {len(row)} fields; "
-                            f"expected {len(header)} as in the header")
-        cells.append(row)
-
-    columns: dict[str, np.ndarray] = {}
-    if file_kind == "predict":  # nothing is certified by PREDICT: radius 0 for every example
-        columns["radius"] = np.zeros(len(cells), dtype=np.float64)
-    for j, name in enumerate(header):
-        raw = [row[j] for row in cells]
-        if name in REQUIRED_COLUMNS:
-            parse, kind, dtype = {
-                "radius": (float, "a number", np.float64),
-                "time": (_parse_time, "seconds or h:mm:ss", np.float64),
-            }.get(name, (_parse_int, "an integer", np.int64))
-            values = []
-            for (lineno, _), value in zip(rows, raw):
-                try:
-                    values.append(parse(value))
-                except ValueError:
-                    raise DataError(f"results file {p}, line {lineno}, column {name}: {value!r}; "
-                                    f"expected {kind}") from None
-            columns[name] = np.asarray(values, dtype=dtype)
-        else:
-            try:
-                columns[name] = np.asarray([float(v) for v in raw], dtype=np.float64)
-            except ValueError:
-                columns[name] = np.asarray(raw, dtype=str)
-
-    bad = ~np.isin(columns["correct"], (0, 1))
-    if bad.any():
-        lineno = rows[int(np.argmax(bad))][0]
-        raise DataError(f"results file {p}, line {lineno}, column correct: {columns['correct'][bad][0]}; "
-                        "expected 0 or 1")
-    bad = np.isnan(columns["radius"])
-    if bad.any():
-        raise DataError(f"results file {p}, line {rows[int(np.argmax(bad))][0]}, column radius: nan; expected a number")
-    return Results(columns, str(p), file_kind)
-
-
-def read_meta(path) -> dict | None:
-    """The ``<path>.meta.json`` written next to an rs-onnx TSV, or None when absent or unreadable."""
-    import json
-
-    mp = Path(str(path) + ".meta.json")
-    try:
-        meta = json.loads(mp.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_meta(path)
+    except DataError:
         return None
-    return meta if isinstance(meta, dict) else None
 
 
 def read_run(path) -> Results:
     """:func:`read_results` plus the run's meta.json (``Results.meta``; None for Cohen et al.'s files)."""
     from dataclasses import replace
 
-    return replace(read_results(path), meta=read_meta(path))
+    return replace(read_results(path), meta=_optional_meta(path))
 
 
 def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:

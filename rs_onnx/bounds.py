@@ -4,8 +4,9 @@ Pure float64 functions, vectorised over numpy arrays where natural. Units: ``sig
 deviation) and ``lambda``/``scale`` (uniform half-width, Laplace scale) are in [0,1]-pixel units, the
 units of the input x before any preprocessing; every radius is returned in the same units.
 
-Like :mod:`rs_onnx.stats`, every bound and radius is rounded towards the safe side (radii down by a
-relative 1e-12), so floating-point error can never enlarge a certificate.
+The Clopper-Pearson bounds, the Cohen radius and the rounding rule come from :mod:`rs_onnx.stats`: every
+bound and radius is rounded towards the safe side (radii down by a relative 1e-12), so floating-point
+error can never enlarge a certificate.
 
 References
 ----------
@@ -17,10 +18,10 @@ Teng, Lee & Yuan (2020), l1 adversarial robustness certificates: a randomized sm
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import beta
 from scipy.stats import norm as _gauss  # `norm` is a parameter name below
 
 from .errors import ConfigError, DataError
+from .stats import cohen_radii, cp_lower, cp_upper, round_down
 
 __all__ = [
     "tv_gaussian",
@@ -36,11 +37,6 @@ __all__ = [
 NOISES = ("gaussian", "uniform", "laplace")
 NORMS = ("l2", "l1", "linf")
 
-# Same relative slack as rs_onnx.stats: far above float64 error of beta.ppf / Phi^-1, far below anything
-# a user can see.
-_SAFETY = 1e-12
-
-
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -48,10 +44,6 @@ def _out(x: np.ndarray):
     """A 0-d result as a Python float, anything else as a float64 array."""
     x = np.asarray(x, dtype=np.float64)
     return float(x) if x.ndim == 0 else x
-
-
-def _round_down(r: np.ndarray) -> np.ndarray:
-    return np.maximum(0.0, r * (1.0 - _SAFETY))
 
 
 def _probability(p, name: str) -> np.ndarray:
@@ -80,20 +72,6 @@ def _alpha(alpha: float) -> float:
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"alpha={alpha}: expected a number in (0, 1)")
     return alpha
-
-
-def _cp_lower(k: np.ndarray, n: np.ndarray, a: float) -> np.ndarray:
-    """Vectorised one-sided Clopper-Pearson lower bound, identical to stats.clopper_pearson_lower."""
-    k1 = np.where(k == 0, 1, k)  # keep beta.ppf's arguments valid; masked below
-    p = beta.ppf(a, k1, n - k1 + 1)
-    return np.where(k == 0, 0.0, np.maximum(0.0, p * (1.0 - _SAFETY) - _SAFETY))
-
-
-def _cp_upper(k: np.ndarray, n: np.ndarray, a: float) -> np.ndarray:
-    """Vectorised one-sided Clopper-Pearson upper bound, identical to stats.clopper_pearson_upper."""
-    kn = np.where(k == n, n - 1, k)  # keep beta.ppf's arguments valid; masked below
-    p = beta.ppf(1.0 - a, kn + 1, n - kn)
-    return np.where(k == n, 1.0, np.minimum(1.0, p * (1.0 + _SAFETY) + _SAFETY))
 
 
 # ------------------------------------------------------------------------------- total variation (l2)
@@ -135,7 +113,7 @@ def tv_radius(p_a_lower, p_b_upper, sigma: float):
     pb = _probability(p_b_upper, "p_b_upper")
     gap = pa - pb
     r = 2.0 * sigma * _gauss.ppf(0.5 + np.maximum(gap, 0.0) / 4.0)
-    return _out(np.where(gap > 0.0, _round_down(r), 0.0))
+    return _out(np.where(gap > 0.0, round_down(r), 0.0))
 
 
 # ------------------------------------------------------------------------------------- two-class (l2)
@@ -153,7 +131,7 @@ def two_class_radius(p_a_lower, p_b_upper, sigma: float):
     pb = _probability(p_b_upper, "p_b_upper")
     with np.errstate(invalid="ignore"):  # inf - inf where pa = 1 and pb = 0 cannot both hold for CP
         r = 0.5 * sigma * (_gauss.ppf(pa) - _gauss.ppf(pb))
-    return _out(np.where(pa > pb, _round_down(r), 0.0))
+    return _out(np.where(pa > pb, round_down(r), 0.0))
 
 
 def _check_counts(counts, top) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +215,7 @@ def two_class_certificate(counts, top, alpha: float, sigma: float, *, alpha_spli
     if pb_bound not in ("max", "bonferroni"):
         raise ConfigError(f"pb_bound={pb_bound!r}: expected 'max' or 'bonferroni'")
     c, t = _check_counts(counts, top)
-    K = c.shape[-1]
+    K = c.shape[-1]  # noqa: N806 - the number of classes, as in the docstring
     n = c.sum(axis=-1)
     alpha_a = float(alpha_split) * alpha
     alpha_b = alpha - alpha_a
@@ -246,8 +224,8 @@ def two_class_certificate(counts, top, alpha: float, sigma: float, *, alpha_spli
     np.put_along_axis(others, t[..., None], -1, axis=-1)
     k_other = others.max(axis=-1)
     level_b = alpha_b if pb_bound == "max" else alpha_b / (K - 1)
-    p_a = _cp_lower(k_top, n, alpha_a)
-    p_b = np.minimum(_cp_upper(k_other, n, level_b), 1.0 - p_a)
+    p_a = cp_lower(k_top, n, alpha_a)
+    p_b = np.minimum(cp_upper(k_other, n, level_b), 1.0 - p_a)
     r = two_class_radius(p_a, p_b, sigma)
     return _out(p_a), _out(p_b), _out(r)
 
@@ -268,7 +246,7 @@ def best_radius(counts, top, alpha: float, sigma: float, *, alpha_split: float =
     """
     p_a, _, r_two = two_class_certificate(counts, top, alpha, sigma, alpha_split=alpha_split)
     pa = np.asarray(p_a)
-    r_cohen = np.where(pa > 0.5, _round_down(sigma * _gauss.ppf(np.maximum(pa, 0.5))), 0.0)
+    r_cohen = cohen_radii(pa, sigma)
     return _out(np.maximum(r_cohen, r_two))
 
 
@@ -335,5 +313,5 @@ def radius(p_a_lower, noise: str, scale: float, norm: str = "l2", dim: int | Non
             raise ConfigError(f"dim={dim!r}: expected a positive integer")
         d = float(dim)
         divisor = d if (native, norm) == ("l1", "linf") else np.sqrt(d)
-    return _out(_round_down(r / divisor))
+    return _out(round_down(r / divisor))
 

@@ -12,37 +12,29 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from rs_onnx import cuda, graph
-from rs_onnx.devices import (_CPU, _CUDA, cpu_name, _cuda_works, _gpu_name, _parse_device, preload_cuda_libraries,
-                             default_session_options, working_providers)  # noqa: F401 (re-exported)
+from rs_onnx.devices import CPU_PROVIDER as _CPU
+from rs_onnx.devices import CUDA_PROVIDER as _CUDA
+from rs_onnx.devices import cpu_name, cuda_works, gpu_name, parse_device, preload_cuda_libraries
+from rs_onnx.devices import default_session_options, working_providers  # noqa: F401 - re-exported
 from rs_onnx.errors import ConfigError, DataError, DeviceError, ModelError
+from rs_onnx.sampling import Classifier  # noqa: F401 - the protocol OnnxClassifier implements, re-exported
 
 logger = logging.getLogger(__name__)
 
 VERIFY_EXAMPLES = 8
 """Random examples run as one batch and one by one when a model is loaded."""
 BATCH_MODES = ("dynamic", "rewritten", "per-sample", "fixed")
-PRECISIONS = ("fp32", "fp16")
+FLOAT_TYPES = ("fp32", "fp16")
+"""What ``float_type`` can be: the model as it is, or its fp16 conversion."""
 
 
-@runtime_checkable
-class Classifier(Protocol):
-    """A base classifier f: x [B, *input_shape] (``input_dtype``) -> int64 class indices [B]."""
-
-    input_shape: tuple[int, ...]
-    input_dtype: np.dtype
-    num_classes: int | None
-
-    def predict(self, x: np.ndarray) -> np.ndarray: ...
-
-
-class _NotClasses(Exception):
+class _NotClasses(Exception):  # noqa: N818 - control flow inside this module, never raised to users
     """An output array cannot be read as scores [B, K] or indices [B]."""
 
 
@@ -126,10 +118,11 @@ class OnnxClassifier:
     io_binding : bool, optional
         Run through an :class:`onnxruntime.IOBinding` whose buffers are reused while the batch size stays
         (default: on CUDA). On CUDA the batch goes to one device buffer and only the outputs come back.
-    precision : {"fp32", "fp16"}
+    float_type : {"fp32", "fp16"}
         "fp16" runs an fp16 conversion of the model (float32 inputs and outputs kept; see
         :func:`rs_onnx.graph.to_float16`). The certificate then covers the fp16 model, and
-        ``signature()`` says so.
+        ``signature()`` says so (under its key "precision", kept for meta.json). ``precision`` is this
+        argument's earlier name, still accepted (the word now means only the sequential radius step).
     cuda_graph : bool
         CUDA only: replay the model as a captured CUDA graph (onnxruntime's ``enable_cuda_graph``). Needs
         ``max_batch``: every run is padded to that fixed size and goes through IO binding.
@@ -144,10 +137,9 @@ class OnnxClassifier:
     input_shape, input_dtype, input_name, output_name, output_kind ("scores" | "indices"),
     num_classes, batch_mode ("dynamic" | "rewritten" | "per-sample" | "fixed"), providers, device,
     device_name, metadata, sha256, load_timings (ms per example, measured at load; may be empty),
-    precision, io_binding, cuda_graph, device_noise, prefers_fixed_batch (True on CUDA: the sampler
-    pads the last batch so that every run has one shape), batch_probe (set by
-    :func:`rs_onnx.sampling.auto_batch_size`), fp16_agreement (share of random inputs whose fp16 class
-    equals the fp32 one, measured at load).
+    float_type, io_binding, cuda_graph, device_noise, prefers_fixed_batch (True on CUDA: the sampler
+    pads the last batch so that every run has one shape), fp16_agreement (share of random inputs whose
+    fp16 class equals the fp32 one, measured at load). It implements :class:`rs_onnx.sampling.Classifier`.
 
     Notes
     -----
@@ -160,11 +152,13 @@ class OnnxClassifier:
 
     def __init__(self, path, *, input_name=None, output_name=None, device="auto", extra_inputs=None,
                  verify_batch=True, sess_options=None, max_batch=None, input_shape=None, argmax_in_graph=None,
-                 io_binding=None, precision="fp32", cuda_graph=False, device_noise=False):
+                 io_binding=None, float_type="fp32", cuda_graph=False, device_noise=False, precision=None):
         self.path = Path(path)
         self._name = self.path.name
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if precision is not None:  # float_type's earlier name
+            float_type = precision
+        if float_type not in FLOAT_TYPES:
+            raise ConfigError(f"float type {float_type!r}; expected one of {', '.join(FLOAT_TYPES)}")
         if device_noise and cuda_graph:
             raise ConfigError("device_noise with cuda_graph: a captured CUDA graph would replay the same noise on "
                               "every batch; expected one of the two (host noise works with CUDA graphs)")
@@ -173,9 +167,8 @@ class OnnxClassifier:
         self._model = graph.strip_initializer_inputs(graph.load_model(self.path))
         self.metadata = {p.key: p.value for p in self._model.metadata_props}
         self.max_batch = max_batch
-        self.precision, self.cuda_graph, self.device_noise = precision, bool(cuda_graph), bool(device_noise)
+        self.float_type, self.cuda_graph, self.device_noise = float_type, bool(cuda_graph), bool(device_noise)
         self.load_timings: dict[str, float] = {}
-        self.batch_probe: dict | None = None
         self.fp16_agreement: float | None = None
         self._converted_sha256: str | None = None
         self._choose_input(input_name, extra_inputs or {})
@@ -203,7 +196,7 @@ class OnnxClassifier:
         self._fetch = [self.output_name]
         self._specs = [cuda.OutputSpec(self.output_name, self._output_dtype, self._output_tail)]
         base = self._rewritten if self.batch_mode == "rewritten" else self._model
-        if precision == "fp16":
+        if float_type == "fp16":
             base = self._convert_fp16(base)
         if self._in_graph:
             base = self._append_argmax(base)
@@ -221,8 +214,8 @@ class OnnxClassifier:
             self._runner = cuda.BoundRunner(self._session, self.input_name, self._specs, self._extra, kind,
                                             self._index, fixed_shape=self.cuda_graph)
         self._rewritten = self._model = None  # free the protos; sessions hold what they need
-        logger.info("model %s: batch mode %s, output '%s' (%s), providers %s, precision %s", self._name,
-                    self.batch_mode, self.output_name, self.output_kind, self.providers, self.precision)
+        logger.info("model %s: batch mode %s, output '%s' (%s), providers %s, float type %s", self._name,
+                    self.batch_mode, self.output_name, self.output_kind, self.providers, self.float_type)
 
     @property
     def prefers_fixed_batch(self) -> bool:
@@ -302,10 +295,11 @@ class OnnxClassifier:
             raise ModelError(f"model {self._name}: inputs {missing} have no value; expected fixed values for "
                              f"every input but '{input_name}' in extra_inputs (inputs: {listing})")
         self.input_name, self._input_vi = input_name, inputs[input_name]
-        self.input_dtype = graph.np_dtype(self._input_vi)
-        if self.input_dtype is None or self.input_dtype.kind not in "fiub":
+        dtype = graph.np_dtype(self._input_vi)
+        if dtype is None or dtype.kind not in "fiub":
             raise ModelError(f"model {self._name}: input '{input_name}' has type "
                              f"{self._input_vi.type.WhichOneof('value')}; expected a numeric tensor")
+        self.input_dtype: np.dtype = dtype
         self._extra = {}
         for name, value in extra_inputs.items():
             if name == input_name:
@@ -378,12 +372,12 @@ class OnnxClassifier:
 
     # ------------------------------------------------------------------ devices and sessions
     def _setup_device(self, device, sess_options) -> None:
-        kind, index = _parse_device(device)
+        kind, index = parse_device(device)
         self._device_request = str(device)
         if kind == "cuda" and _CUDA not in ort.get_available_providers():
             raise DeviceError(f"device '{device}' requested, but this onnxruntime {ort.__version__} has providers "
                               f"{ort.get_available_providers()}; expected CUDAExecutionProvider (install onnxruntime-gpu)")
-        self._want_cuda = kind == "cuda" or (kind == "auto" and _cuda_works(index))
+        self._want_cuda = kind == "cuda" or (kind == "auto" and cuda_works(index))
         if self._want_cuda:
             preload_cuda_libraries()
         if kind == "auto" and not self._want_cuda:
@@ -407,7 +401,7 @@ class OnnxClassifier:
             providers = [(_CUDA, {"device_id": str(self._index), "enable_cuda_graph": "1"}), _CPU]
         try:
             session = ort.InferenceSession(data, self._sess_options, providers=providers)
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as err:  # onnxruntime raises its own exception types
             msg = _ort_reason(err)
             if cuda_graph:
                 raise ConfigError(f"model {self._name}: onnxruntime cannot capture it as a CUDA graph ({msg}); "
@@ -433,7 +427,7 @@ class OnnxClassifier:
     @functools.cached_property
     def device_name(self) -> str:
         """CPU model name, or the GPU's name from nvidia-smi (best effort)."""
-        return _gpu_name(self._index) if self.device.startswith("cuda") else cpu_name()
+        return gpu_name(self._index) if self.device.startswith("cuda") else cpu_name()
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -455,7 +449,7 @@ class OnnxClassifier:
             t0 = time.perf_counter()
             try:
                 outs = original.run(None, self._feed(x[i:i + 1]))
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 raise ModelError(f"model {self._name}: onnxruntime fails on a random example shaped "
                                  f"{[1, *self.input_shape]} ({_ort_reason(err)}); expected it to run on inputs "
                                  "of its declared shape") from err
@@ -514,7 +508,7 @@ class OnnxClassifier:
         x = _random_inputs(full, self.input_dtype, np.random.default_rng(0))
         try:
             outs = dict(zip([o.name for o in original.get_outputs()], original.run(None, self._feed(x[None]))))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise ModelError(f"model {self._name}: onnxruntime fails on a random input shaped {list(full)} "
                              f"({_ort_reason(err)}); expected it to run on inputs of its declared shape") from err
         try:
@@ -671,11 +665,11 @@ class OnnxClassifier:
             "providers": list(self.providers),
             "device": self.device,
             "device_name": self.device_name,
-            "precision": self.precision,
+            "precision": self.float_type,  # meta.json's key since 0.1.0
             "certified_model": (f"fp16 conversion of {self._name} (onnxruntime.transformers.float16, keep_io_types): "
-                                "the certificate covers the fp16 model" if self.precision == "fp16" else self._name),
+                                "the certificate covers the fp16 model" if self.float_type == "fp16" else self._name),
             **({"fp16_sha256": self._converted_sha256, "fp16_agreement_random_inputs": self.fp16_agreement}
-               if self.precision == "fp16" else {}),
+               if self.float_type == "fp16" else {}),
             "io_binding": self.io_binding,
             "cuda_graph": self.cuda_graph,
             "noise": ("device: onnxruntime RandomNormalLike (Philox on CUDA), seeded per session; not reproducible "

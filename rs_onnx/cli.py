@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import RsOnnxError
 
 log = logging.getLogger("rs_onnx")
@@ -177,7 +177,7 @@ def _run_options(f):
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
         click.option("--label", type=int, help="Label of a single image file given as DATA."),
-        click.option("--noise-threads", type=int, help="Threads drawing noise (default: half the cores)."),
+        click.option("--noise-threads", type=int, help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16)."),
         click.option("--backend", type=Choice(["local", "ray"]), help="Where to sample: this process "
                      "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
         click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),

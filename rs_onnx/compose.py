@@ -89,7 +89,7 @@ def _convert(model: onnx.ModelProto, target: int, what: str) -> onnx.ModelProto:
         return model
     try:
         out = version_converter.convert_version(model, target)
-    except Exception as err:  # noqa: BLE001 - the converter raises C++ errors of any kind
+    except Exception as err:  # the converter raises C++ errors of any kind
         raise ModelError(f"{what}: onnx.version_converter cannot convert opset {current} to {target} "
                          f"({graph.one_line(err)}); expected models whose opsets can be aligned") from err
     logger.info("%s: converted from opset %d to %d", what, current, target)
@@ -137,7 +137,8 @@ def preprocessing_model(pre: Preprocessor, *, opset: int, ir_version: int, input
     and Cast, for another float dtype a Cast. Computes what :meth:`Preprocessor.clean` then
     :meth:`Preprocessor.cast` compute, in float32.
     """
-    nodes, inits = [], []
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
     current = input_name
     rank = len(pre.image_shape)
 
@@ -189,7 +190,7 @@ def _merge(first: onnx.ModelProto, second: onnx.ModelProto, out_name: str, in_na
     except ValueError as err:
         raise ModelError(f"cannot merge the graphs ({graph.one_line(err)}); expected disjoint names "
                          "after prefixing") from err
-    opsets = {}  # merge_models lists a domain once per model
+    opsets: dict[str, int] = {}  # merge_models lists a domain once per model
     for op in out.opset_import:
         opsets.setdefault("" if op.domain == "ai.onnx" else op.domain, op.version)
     del out.opset_import[:]
@@ -220,7 +221,9 @@ def prepend_preprocessing(classifier: onnx.ModelProto, preprocess: PreprocessSpe
     """
     what = "classifier"
     clf, value = _batched_input(graph.strip_initializer_inputs(classifier), classifier_input_name, what)
-    model_shape = _fixed(classifier_input_shape or graph.dims(value)[1:], f"{what} input '{value.name}'")
+    declared_dims = graph.dims(value)
+    model_shape = _fixed(classifier_input_shape or (declared_dims[1:] if declared_dims is not None else None),
+                         f"{what} input '{value.name}'")
     dtype = graph.np_dtype(value)
     if dtype is None:
         raise ModelError(f"{what}: input '{value.name}' is not a tensor; expected a numeric tensor input")
@@ -280,7 +283,7 @@ def compose(denoiser: onnx.ModelProto, classifier: onnx.ModelProto, *, preproces
     if graph.np_dtype(d_in) != np.float32 or graph.np_dtype(d_out) != np.float32:
         raise ModelError(f"{what}: input '{d_in.name}' is {graph.np_dtype(d_in)} and output '{d_out.name}' is "
                          f"{graph.np_dtype(d_out)}; expected float32 images in [0,1]")
-    declared = (graph.dims(d_in) or [None])[1:]
+    declared = (graph.dims(d_in) or [""])[1:]
     if image_shape is not None and (len(declared) != len(image_shape) or any(
             isinstance(a, int) and a != int(b) for a, b in zip(declared, image_shape))):
         raise ModelError(f"{what}: input '{d_in.name}' is {graph.format_dims(graph.dims(d_in))} for images shaped "
@@ -323,7 +326,7 @@ def compose(denoiser: onnx.ModelProto, classifier: onnx.ModelProto, *, preproces
     try:  # the in-memory checker is limited to 2 GB protos; larger ones are checked when loaded from disk
         if out.ByteSize() < 2**31 - 2**20:
             onnx.checker.check_model(out, full_check=True)
-    except Exception as err:  # noqa: BLE001 - checker and shape inference raise several kinds
+    except Exception as err:  # checker and shape inference raise several kinds
         raise ModelError(f"the composed model fails onnx.checker ({graph.one_line(err)}); expected a valid "
                          "model: check the classifier input shape and the preprocessing") from err
     logger.info("composed denoiser '%s' and classifier '%s': input '%s' %s, opset %d, IR %d", denoiser.graph.name,

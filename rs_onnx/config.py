@@ -21,7 +21,7 @@ from .preprocess import LAYOUTS, PreprocessSpec
 def _load_presets() -> dict[str, dict[str, Any]]:
     """Normalisation presets (scale, mean, std) from the commented example configs in rs_onnx/presets/."""
     presets = {}
-    for f in sorted(resources.files("rs_onnx").joinpath("presets").iterdir()):
+    for f in sorted(resources.files("rs_onnx").joinpath("presets").iterdir(), key=lambda t: t.name):
         if f.name.endswith(".yaml"):
             values = yaml.safe_load(f.read_text(encoding="utf-8"))
             presets[f.name[:-5]] = {k: values[k] for k in ("scale", "mean", "std")}

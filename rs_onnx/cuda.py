@@ -116,6 +116,7 @@ class BoundRunner:
         if self.device == "cpu":
             self.binding.bind_cpu_input(self.input_name, x)
         else:
+            assert self._x is not None  # bound by _bind on CUDA
             self._x.update_inplace(x)
         self.session.run_with_iobinding(self.binding, run_options)
         if self.device == "cuda" or any(o is None for o in self._outs):

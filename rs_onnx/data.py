@@ -106,10 +106,10 @@ def _read_image(path: Path, channels: int | None, size: tuple[int, int] | None) 
     try:
         with Image.open(path) as im:
             grey = channels == 1 or (channels is None and im.mode in ("L", "1", "I;16", "I"))
-            im = im.convert("L" if grey else "RGB")
-            if size and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+            img = im.convert("L" if grey else "RGB")
+            if size and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: not a readable image ({e}); expected PNG or JPEG") from e
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))

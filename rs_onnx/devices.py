@@ -124,3 +124,11 @@ def _gpu_name(index: int) -> str:
         return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return f"CUDA device {index}"
+
+
+# Public names of the provider constants and device helpers, for the other modules (classifier.py).
+CPU_PROVIDER = _CPU
+CUDA_PROVIDER = _CUDA
+parse_device = _parse_device
+cuda_works = _cuda_works
+gpu_name = _gpu_name

@@ -20,11 +20,14 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from .errors import ConfigError, RsOnnxError
+
+if TYPE_CHECKING:
+    from .smoothing import SmoothedClassifier
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ class Worker:
                  fault_dir: str | None = None) -> None:
         self._args = (cfg, sha256, sigma, entropy, device, threads)
         self._fault_dir = fault_dir
-        self.smoothed = None
+        self.smoothed: SmoothedClassifier | None = None
 
     def _setup(self, model) -> None:
         """Build the session once. ``model``: {name: bytes}, [ObjectRef to that], or None (open cfg's path)."""
@@ -146,6 +149,7 @@ class Worker:
             raise WorkerError(f"model {self.cfg.model}: sha256 {self.classifier.sha256[:12]} on this worker; "
                               f"expected the driver's {sha256[:12]} (a different file under the same path?)")
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
+        assert self.cfg.batch_size is not None  # the driver's resolved configuration
         self.smoothed = SmoothedClassifier(self.classifier, sigma, self.cfg.preprocess_spec(), entropy,
                                            self.cfg.batch_size, noise_threads)
 
@@ -171,6 +175,7 @@ class Worker:
         from .run import answer_group
 
         t = time.time()
+        assert self.smoothed is not None  # built by _setup
         out = answer_group(self.smoothed, self.cfg, mode, xs, group)
         return out, (time.time() - t) / len(group)
 

@@ -141,7 +141,7 @@ def report() -> tuple[str, bool]:
     """The text of ``rs-onnx doctor`` and whether every check passed."""
     import platform
 
-    from . import __version__
+    from ._version import __version__
 
     lines = [f"rs-onnx {__version__}, Python {platform.python_version()} on {platform.platform()}"]
     ok = True

@@ -67,7 +67,7 @@ def load_model(path, *, load_external_data: bool = False) -> onnx.ModelProto:
             f"model {name}: cannot parse the file as ONNX ({one_line(err)}); "
             "expected a complete serialized ModelProto (truncated download?)"
         ) from err
-    except Exception as err:  # noqa: BLE001 - any parser failure is a bad model file
+    except Exception as err:  # any parser failure is a bad model file
         raise ModelError(f"model {name}: cannot read it as ONNX ({one_line(err)}); expected an .onnx file") from err
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelError(f"model {name}: the file holds no graph; expected a serialized ONNX ModelProto")
@@ -393,9 +393,9 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
             warnings.simplefilter("ignore")
             logging.getLogger("onnxruntime.transformers.float16").setLevel(logging.ERROR)
             return convert_float_to_float16(copy, keep_io_types=True)
-    except Exception as err:  # noqa: BLE001 - the converter raises assorted types
+    except Exception as err:  # the converter raises assorted types
         raise ModelError(f"model: the fp16 conversion failed ({one_line(err)}); expected a float32 model "
-                         "that onnxruntime.transformers.float16 can convert (or use precision fp32)") from err
+                         "that onnxruntime.transformers.float16 can convert (or run the fp32 model: no --fp16)") from err
 
 
 # --------------------------------------------------------------------------- on-device noise

@@ -101,7 +101,7 @@ def _identity_step(step: dict) -> bool:
     if "constant" not in step:
         return True
     const = np.asarray(step["constant"], dtype=float)
-    return (step["op"] in ("Sub", "Add") and np.all(const == 0)) or (step["op"] in ("Div", "Mul") and np.all(const == 1))
+    return bool((step["op"] in ("Sub", "Add") and np.all(const == 0)) or (step["op"] in ("Div", "Mul") and np.all(const == 1)))
 
 
 def render(report: dict) -> str:

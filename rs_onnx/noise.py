@@ -38,7 +38,9 @@ def block_size_for(dim: int) -> int:
 
 def new_entropy() -> int:
     """Fresh OS entropy (a 128-bit int) for a run without --seed; record it to repeat the run."""
-    return int(np.random.SeedSequence().entropy)
+    entropy = np.random.SeedSequence().entropy
+    assert isinstance(entropy, int)  # fresh OS entropy is always one int
+    return entropy
 
 
 @dataclass(frozen=True)

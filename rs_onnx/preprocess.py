@@ -121,6 +121,10 @@ class Preprocessor:
         """The clean image, laid out and normalised, float32 shaped model_shape (before any cast)."""
         return self.to_model_layout(x) * self._gain + self._offset
 
+    def noise_gain(self, sigma: float) -> np.ndarray:
+        """The factor, float32 broadcastable to model_shape, that turns unit noise into noise in model units."""
+        return self._gain * np.float32(sigma)
+
     def noisy(self, clean: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
         """Model inputs for clean + sigma * noise; ``noise`` [m, *model_shape] float32 is overwritten."""
         noise *= self._gain * np.float32(sigma)

@@ -8,6 +8,7 @@ results has changed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -26,9 +27,12 @@ from .config import RunConfig
 from .data import Dataset, load_data
 from .errors import ConfigError, DataError
 from .preprocess import PreprocessSpec
-from .results import (CERTIFY_COLUMNS, PREDICT_COLUMNS, TsvWriter, command_line, meta_path, sha256_file, versions,
+from .results import (TsvWriter, answer_row, columns_for, command_line, meta_path, sha256_file, versions,
                       write_json_atomic)
 from .smoothing import SmoothedClassifier
+
+if TYPE_CHECKING:
+    from .classifier import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def open_classifier(cfg: RunConfig):
         except ValueError as e:
             raise ConfigError(f"extra_inputs: {e}; expected a number or a nested list per input") from e
     clf = OnnxClassifier(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, device=cfg.device,
-                         extra_inputs=extra, precision="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
+                         extra_inputs=extra, float_type="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
                          device_noise=cfg.device_noise, max_batch=cfg.batch_size if cfg.cuda_graph else None)
     return clf, cfg.preprocess_spec()
 
@@ -66,6 +70,7 @@ def composed_model(cfg: RunConfig) -> Path:
     """``cfg.denoiser`` composed with ``cfg.model`` and its preprocessing (rs_onnx.compose), cached by content."""
     from .compose import compose_files
 
+    assert cfg.denoiser is not None and cfg.model is not None  # prepare() checked them
     spec = cfg.preprocess_spec()
     key = hashlib.sha256("|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec),
                                    str(cfg.input_name)]).encode()).hexdigest()[:20]
@@ -79,14 +84,14 @@ def composed_model(cfg: RunConfig) -> Path:
 
 
 def resolve_sigma(cfg: RunConfig, clf) -> float:
-    """--sigma, else the model's ``rs_onnx.sigma`` metadata (and say so), else a clear error."""
+    """--sigma, else the model's ``rs_onnx.sigma`` metadata (and say so), else a clear error. ``cfg`` is
+    only read."""
     if cfg.sigma is not None:
         return float(cfg.sigma)
     meta = getattr(clf, "metadata", {}) or {}
     if "rs_onnx.sigma" in meta:
         sigma = float(meta["rs_onnx.sigma"])
         log.info("no --sigma given: using sigma=%g from the model's metadata (rs_onnx.sigma)", sigma)
-        cfg.sigma = sigma
         return sigma
     raise ConfigError("no --sigma given and the model has no rs_onnx.sigma metadata; expected --sigma "
                       "(noise level in [0,1] pixel units)")
@@ -109,28 +114,56 @@ DEFAULT_BATCH_BYTES = 64 << 20
 """The default batch holds at most this many input bytes (ImageNet-size inputs: ~110 images, not 1000)."""
 
 
-def resolve_batch_size(clf, total_samples: int) -> int:
-    """The batch size from a short probe (:func:`~rs_onnx.sampling.auto_batch_size`, a few seconds) when the
-    run is long enough to repay it; else :data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run itself."""
-    from .sampling import auto_batch_size
+def resolve_batch(clf, total_samples: int) -> tuple[int, dict | None]:
+    """(batch size, probe): from a short probe (:func:`~rs_onnx.sampling.probe_batch_size`, a few seconds)
+    when the run of ``total_samples`` noisy samples is long enough to repay it, the probe then returned
+    too; else (:data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run, None)."""
+    from .sampling import probe_batch_size
 
     if total_samples < PROBE_MIN_SAMPLES:
         row_bytes = int(np.prod(clf.input_shape)) * np.dtype(clf.input_dtype).itemsize
-        return int(max(1, min(DEFAULT_BATCH, total_samples, DEFAULT_BATCH_BYTES // max(1, row_bytes))))
-    size = auto_batch_size(clf)
-    log.info("automatic batch size: %d (from a short probe; --batch-size N to choose)", size)
-    return size
+        return int(max(1, min(DEFAULT_BATCH, total_samples, DEFAULT_BATCH_BYTES // max(1, row_bytes)))), None
+    probe = probe_batch_size(clf)
+    log.info("automatic batch size: %d (from a short probe; --batch-size N to choose)", probe["batch_size"])
+    return int(probe["batch_size"]), probe
 
 
-@dataclass
+def resolve_batch_size(clf, total_samples: int) -> int:
+    """The batch size of :func:`resolve_batch`."""
+    return resolve_batch(clf, total_samples)[0]
+
+
+@dataclass(frozen=True)
 class Prepared:
-    """Everything checked before the first sample is drawn."""
+    """Everything checked and resolved before the first sample is drawn; never changed afterwards.
+
+    ``cfg`` is the resolved configuration: the caller's RunConfig (left untouched) copied with the resolved
+    ``sigma`` and ``batch_size``, so ``cfg.to_dict()`` is what meta.json records and --resume compares.
+    ``sigma``, ``batch_size``, ``entropy`` (the seed of every noise stream) and ``batch_probe`` (the
+    automatic probe, or None when the batch size was given or the run too short) are the resolved values;
+    ``smoothed`` was built from them.
+    """
 
     cfg: RunConfig
-    classifier: object
+    classifier: OnnxClassifier
     smoothed: SmoothedClassifier
     data: Dataset
     indices: list[int]
+    sigma: float
+    batch_size: int
+    entropy: int
+    batch_probe: dict | None = None
+
+    def with_entropy(self, entropy: int) -> Prepared:
+        """The same run with the noise streams seeded by ``entropy`` (--resume adopting an earlier run's
+        entropy): a new SmoothedClassifier, nothing overwritten."""
+        if entropy == self.entropy:
+            return self
+        old = self.smoothed
+        smoothed = SmoothedClassifier(self.classifier, self.sigma, old.spec, entropy, self.batch_size,
+                                      old.noise_threads)
+        smoothed.preprocessor(self.data.image_shape)
+        return dataclasses.replace(self, smoothed=smoothed, entropy=int(entropy))
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -138,6 +171,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.denoiser and cfg.backend != "local":
         raise ConfigError("--denoiser with --backend ray: expected a composed model (rs-onnx compose --denoiser "
                           "D.onnx -o DC.onnx C.onnx) to certify on the workers")
+    if cfg.model is None or cfg.data is None:
+        raise ConfigError(f"model={cfg.model} data={cfg.data}: expected both a model and a data set")
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     channels, size = image_geometry(clf, cfg.layout)
@@ -148,11 +183,18 @@ def prepare(cfg: RunConfig) -> Prepared:
     if not indices:
         raise DataError(f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
                         f"among {len(data)}; expected at least one")
+    probe = None
     if cfg.batch_size is None:
-        cfg.batch_size = resolve_batch_size(clf, len(indices) * (cfg.n0 + cfg.n))
-    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, cfg.batch_size, cfg.noise_threads)
+        batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n))
+    else:
+        batch_size = int(cfg.batch_size)
+    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, batch_size, cfg.noise_threads)
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
-    return Prepared(cfg, clf, smoothed, data, indices)
+    # The caller's cfg is never written to: the resolved values go into a copy (given values kept as given,
+    # so that meta.json's "config" is byte for byte what it always was).
+    resolved = dataclasses.replace(cfg, sigma=sigma if cfg.sigma is None else cfg.sigma,
+                                   batch_size=batch_size if cfg.batch_size is None else cfg.batch_size)
+    return Prepared(resolved, clf, smoothed, data, indices, sigma, batch_size, smoothed.entropy, probe)
 
 
 def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict) -> dict:
@@ -166,6 +208,7 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "preprocess": p.smoothed.preprocessor(p.data.image_shape).describe(),
         "batch_size": p.smoothed.batch_size,
         "noise_threads": p.smoothed.noise_threads,
+        "batch_probe": p.batch_probe,
         "model": {"path": str(p.cfg.model), "sha256": clf.sha256, "signature": clf.signature()},
         "providers": list(clf.providers),
         "device": getattr(clf, "device", None),
@@ -179,18 +222,19 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
     }
 
 
-def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[int]:
-    """Indices already in ``out`` from an earlier run of the same model and configuration.
+def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> tuple[set[int], Prepared]:
+    """Indices already in ``out`` from an earlier run of the same model and configuration, and the run to
+    continue with.
 
-    Checks the meta file, adopts the earlier run's noise entropy when no seed was given, and drops a
-    last row cut short by a crash (it is recomputed).
+    Checks the meta file, adopts the earlier run's noise entropy when no seed was given (a new Prepared,
+    see :meth:`Prepared.with_entropy`), and drops a last row cut short by a crash (it is recomputed).
     """
     mp = meta_path(out)
     if not mp.exists():
         if out.exists():
             raise ConfigError(f"--resume: {out} exists but {mp} does not; expected both from an earlier rs-onnx run")
         log.info("--resume: no earlier run at %s; starting one", out)
-        return set()
+        return set(), p
     try:
         meta = json.loads(mp.read_text(encoding="utf-8"))
         entropy = int(meta["entropy"])
@@ -207,9 +251,9 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[
         raise ConfigError(f"--resume: {out} was made with a different {', '.join(changed)}; expected the same "
                           "model and configuration (or start a new --out)")
     if p.cfg.seed is None:
-        p.smoothed.entropy = entropy
+        p = p.with_entropy(entropy)
     if not out.exists():
-        return set()
+        return set(), p
     with open(out, encoding="utf-8", newline="") as f:
         complete = f.read().split("\n")[:-1]  # a last line without its newline was cut by a crash
     if complete and complete[0] != "\t".join(columns):
@@ -217,7 +261,7 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...]) -> set[
     done = {int(line.split("\t", 1)[0]) for line in complete[1:]}
     with open(out, "w", encoding="utf-8", newline="\n") as f:
         f.write("".join(line + "\n" for line in complete))
-    return done
+    return done, p
 
 
 def group_size(cfg: RunConfig) -> int:
@@ -225,7 +269,7 @@ def group_size(cfg: RunConfig) -> int:
     (and 32 in sequential mode, where examples drop out between looks)."""
     if cfg.sequential:
         return 32
-    return max(1, min(64, math.ceil(cfg.batch_size / cfg.n)))
+    return max(1, min(64, math.ceil((cfg.batch_size or DEFAULT_BATCH) / cfg.n)))
 
 
 def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, group: list[int], progress=None):
@@ -263,12 +307,12 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
     yield groups in the order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after
     recording the interruption.
     """
-    columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
+    columns = columns_for(mode)
     todo = list(p.indices)
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out (the TSV of the run to continue)")
-        done = _resume(out, p, mode, columns)
+        done, p = _resume(out, p, mode, columns)
         todo = [i for i in todo if i not in done]
         log.info("resuming %s: %d examples done, %d to go", out, len(p.indices) - len(todo), len(todo))
     t0 = time.time()
@@ -280,7 +324,7 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
     status = "failed"
     try:
         for group, answers, seconds in (backend or local_answers)(p, mode, todo, progress):
-            rows = [_row(mode, i, int(p.data.labels[i]), a, seconds) for i, a in zip(group, answers)]
+            rows = [answer_row(mode, i, int(p.data.labels[i]), a, seconds) for i, a in zip(group, answers)]
             for row in rows:
                 extra["nonfinite_outputs"] += row["nonfinite"]
                 if writer:
@@ -304,11 +348,3 @@ def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False,
                     "for a class (column 'nonfinite')", extra["nonfinite_outputs"])
     return meta
 
-
-def _row(mode: str, idx: int, label: int, a, seconds: float) -> dict:
-    common = {"idx": idx, "label": label, "predict": a.predict, "correct": int(a.predict == label and label >= 0),
-              "time": round(seconds, 4), "n": a.n, "nonfinite": a.nonfinite}
-    if mode == "certify":
-        return {**common, "radius": float(a.radius), "pA_lower": float(a.p_a_lower), "nA": a.n_a, "n0": a.n0,
-                "pB_upper": float(a.p_b_upper), "radius_2class": float(a.radius_2class), "radius_tv": float(a.radius_tv)}
-    return {**common, "pvalue": float(a.p_value), "count_a": a.count_a, "count_b": a.count_b}

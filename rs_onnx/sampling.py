@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,9 +37,6 @@ from . import noise
 from .cuda import is_out_of_memory
 from .errors import ConfigError
 from .preprocess import Preprocessor
-
-if TYPE_CHECKING:
-    from .classifier import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +48,62 @@ BATCH_TIE = 0.03
 """The automatic probe takes the smallest batch size at most this much slower per sample than the fastest."""
 HOST_BATCH_BYTES = 1 << 30
 """Largest host batch buffer (bytes) the automatic probe considers (the ring holds about three)."""
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """Every member of a base classifier f that the sampler, the batch probe and SmoothedClassifier read.
+
+    ``predict``: x [B, *input_shape] (``input_dtype``) -> int64 class indices [B], -1 for a non-finite
+    output. ``num_classes``: K, or None when unknown (the counts then widen as classes appear).
+    ``device``: "cpu" or "cuda[:i]". ``prefers_fixed_batch``: pad the last batch to the full batch size.
+    ``device_noise``: the classifier draws its own noise; the sampler then calls
+    ``predict_noisy(clean [E, *model_shape] float32, index int64 [B] into clean, gain float32 [*model_shape],
+    seed) -> int64 [B]`` instead of ``predict``. ``cuda_graph``: the model is replayed as a captured CUDA
+    graph (one fixed batch shape, so out-of-memory is not retried with smaller batches).
+    :class:`rs_onnx.classifier.OnnxClassifier` implements it; :class:`HostClassifier` gives the defaults of a
+    plain host-side classifier to stand-ins.
+    """
+
+    input_shape: tuple[int, ...]
+    input_dtype: np.dtype
+    num_classes: int | None
+    device: str
+    prefers_fixed_batch: bool
+    device_noise: bool
+    cuda_graph: bool
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+    def predict_noisy(self, clean: np.ndarray, index: np.ndarray, gain: np.ndarray, seed: int) -> np.ndarray: ...
+
+
+class HostClassifier:
+    """Defaults of the :class:`Classifier` members for a classifier that runs on the host and takes host noise.
+
+    Subclasses set ``input_shape``, ``input_dtype``, ``num_classes`` and define ``predict``.
+    """
+
+    device: str = "cpu"
+    prefers_fixed_batch: bool = False
+    device_noise: bool = False
+    cuda_graph: bool = False
+
+    def predict_noisy(self, clean: np.ndarray, index: np.ndarray, gain: np.ndarray, seed: int) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} takes host noise (device_noise is False)")
+
+
+def check_classifier(classifier) -> None:
+    """Raise ConfigError naming the :class:`Classifier` members that ``classifier`` lacks."""
+    members = ["input_shape", "input_dtype", "num_classes", "device", "prefers_fixed_batch", "device_noise",
+               "cuda_graph", "predict"]
+    missing = [m for m in members if not hasattr(classifier, m)]
+    if not missing and classifier.device_noise and not hasattr(classifier, "predict_noisy"):
+        missing = ["predict_noisy"]
+    if missing:
+        raise ConfigError(f"base classifier {type(classifier).__name__} lacks {', '.join(missing)}; expected every "
+                          "member of rs_onnx.sampling.Classifier (subclass rs_onnx.sampling.HostClassifier for the "
+                          "defaults of a host-side model)")
 
 
 @dataclass(frozen=True)
@@ -93,9 +146,9 @@ def _random_batch(shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarra
     return rng.random(shape) < 0.5
 
 
-def auto_batch_size(classifier: "Classifier", candidates: Sequence[int] | None = None, *,
-                    max_bytes: int | None = None, min_seconds: float = 0.2, max_run_seconds: float | None = None,
-                    budget_seconds: float = 30.0) -> int:
+def probe_batch_size(classifier: Classifier, candidates: Sequence[int] | None = None, *,
+                     max_bytes: int | None = None, min_seconds: float = 0.2, max_run_seconds: float | None = None,
+                     budget_seconds: float = 30.0) -> dict[str, Any]:
     """The fastest batch size per sample for ``classifier``, from a short probe on random inputs.
 
     Tries ``candidates`` in increasing order (default :data:`CPU_BATCH_CANDIDATES` or
@@ -104,10 +157,12 @@ def auto_batch_size(classifier: "Classifier", candidates: Sequence[int] | None =
     shared machine). Stops at a batch over ``max_bytes`` of input, an out-of-memory error, a run longer
     than ``max_run_seconds`` (2 s on CPU, 1 s on CUDA), two sizes in a row more than 5% slower per
     sample than the best, or ``budget_seconds`` of probing. Returns the smallest size within
-    :data:`BATCH_TIE` (3%) of the fastest per sample; the probe
-    (seconds per sample by size) is stored in ``classifier.batch_probe`` when it can be set.
+    :data:`BATCH_TIE` (3%) of the fastest per sample.
+
+    Returns the probe: {"batch_size": int, "seconds_per_sample": {str(size): seconds}, "stopped": why the
+    probe stopped, "probe_seconds": seconds spent}; run.py records it in meta.json as ``batch_probe``.
     """
-    gpu = _on_cuda(getattr(classifier, "device", "cpu"))
+    gpu = _on_cuda(classifier.device)
     sizes = sorted({int(c) for c in (candidates or (CUDA_BATCH_CANDIDATES if gpu else CPU_BATCH_CANDIDATES))})
     if not sizes or sizes[0] < 1:
         raise ConfigError(f"batch size candidates {list(candidates or [])}: expected positive integers")
@@ -119,7 +174,8 @@ def auto_batch_size(classifier: "Classifier", candidates: Sequence[int] | None =
     per_sample: dict[int, float] = {}
     stop = ""
     start = time.perf_counter()
-    best, worse = None, 0
+    best: int | None = None
+    worse = 0
     for b in sizes:
         if b * row_bytes > max_bytes and per_sample:
             stop = f"batch {b} over {max_bytes} bytes"
@@ -127,14 +183,15 @@ def auto_batch_size(classifier: "Classifier", candidates: Sequence[int] | None =
         x = _random_batch((b, *classifier.input_shape), dtype, rng)
         try:
             classifier.predict(x)  # warm-up: allocations, kernel choices for this shape
-            runs, t_end = [], time.perf_counter() + min_seconds
+            runs: list[float] = []
+            t_end = time.perf_counter() + min_seconds
             while len(runs) < 2 or time.perf_counter() < t_end:
                 t0 = time.perf_counter()
                 classifier.predict(x)
                 runs.append(time.perf_counter() - t0)
                 if runs[-1] > max_run:
                     break
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
+        except Exception as err:  # onnxruntime raises its own types
             if not is_out_of_memory(err) or not per_sample:
                 raise
             stop = f"out of memory at batch {b}"
@@ -155,16 +212,27 @@ def auto_batch_size(classifier: "Classifier", candidates: Sequence[int] | None =
             break
     # The smallest size within BATCH_TIE of the fastest: the sizes near the top are alike within the noise
     # of a short probe, and a smaller batch needs less memory and picks the same size from run to run.
-    best = min(b for b, t in per_sample.items() if t <= (1 + BATCH_TIE) * per_sample[best])
-    probe = {"batch_size": best, "seconds_per_sample": {str(k): v for k, v in per_sample.items()},
-             "stopped": stop or "all candidates tried", "probe_seconds": time.perf_counter() - start}
-    try:
-        classifier.batch_probe = probe
-    except AttributeError:
-        pass
+    fastest = min(per_sample.values())
+    best = min(b for b, t in per_sample.items() if t <= (1 + BATCH_TIE) * fastest)
     logger.info("automatic batch size %d (%s); %s", best, stop or "all candidates tried",
                 ", ".join(f"{k}: {1e6 * v:.3g} us" for k, v in per_sample.items()))
-    return int(best)
+    return {"batch_size": int(best), "seconds_per_sample": {str(k): v for k, v in per_sample.items()},
+            "stopped": stop or "all candidates tried", "probe_seconds": time.perf_counter() - start}
+
+
+def auto_batch_size(classifier: Classifier, candidates: Sequence[int] | None = None, **options: Any) -> int:
+    """The batch size that :func:`probe_batch_size` picks (same arguments).
+
+    Compatibility: the probe is also left in ``classifier.batch_probe`` when that attribute can be set,
+    because benchmarks/run.py reads it there; rs-onnx itself never reads it back (use
+    :func:`probe_batch_size`, which returns it).
+    """
+    probe = probe_batch_size(classifier, candidates, **options)
+    try:
+        classifier.batch_probe = probe  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    return int(probe["batch_size"])
 
 
 @dataclass(frozen=True)
@@ -187,29 +255,29 @@ class Sampler:
     preprocessor : builds model inputs from clean + sigma * noise.
     sigma : noise standard deviation, in [0,1] pixel units.
     entropy : seed of every noise stream.
-    batch_size : samples per model call; None: :func:`auto_batch_size` (probed once per classifier).
+    batch_size : samples per model call; None: :func:`probe_batch_size` now (a few seconds; run.py probes
+        once per run and passes the result down instead).
     noise_threads : threads drawing noise; 0 draws in the calling thread; None: :func:`default_noise_threads`
         for the classifier's device.
     pad : give the classifier full batches only (the last one padded with stale rows, not counted);
         None: ``classifier.prefers_fixed_batch`` (True on CUDA).
     """
 
-    def __init__(self, classifier: "Classifier", preprocessor: Preprocessor, sigma: float, entropy: int,
+    def __init__(self, classifier: Classifier, preprocessor: Preprocessor, sigma: float, entropy: int,
                  batch_size: int | None = None, noise_threads: int | None = None, *, pad: bool | None = None) -> None:
+        check_classifier(classifier)
         self.classifier = classifier
         self.pre = preprocessor
         self.sigma = float(sigma)
         self.entropy = int(entropy)
-        device = getattr(classifier, "device", "cpu")
         if batch_size is None:
-            batch_size = getattr(classifier, "batch_probe", None) and classifier.batch_probe.get("batch_size")
-            batch_size = batch_size or auto_batch_size(classifier)
+            batch_size = probe_batch_size(classifier)["batch_size"]
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"batch size {self.batch_size}: expected at least 1")
-        self.noise_threads = default_noise_threads(device) if noise_threads is None else int(noise_threads)
-        self.pad = bool(getattr(classifier, "prefers_fixed_batch", False) if pad is None else pad)
-        self.device_noise = bool(getattr(classifier, "device_noise", False))
+        self.noise_threads = default_noise_threads(classifier.device) if noise_threads is None else int(noise_threads)
+        self.pad = bool(classifier.prefers_fixed_batch if pad is None else pad)
+        self.device_noise = bool(classifier.device_noise)
         self.block_size = noise.block_size_for(int(np.prod(preprocessor.model_shape)))
         self.num_classes = int(classifier.num_classes or 0)
         self._chunk: int | None = None  # set when an out-of-memory error halved the model batch
@@ -224,8 +292,8 @@ class Sampler:
                 if chunk >= len(x):
                     return self.classifier.predict(x)
                 return np.concatenate([self.classifier.predict(x[s:s + chunk]) for s in range(0, len(x), chunk)])
-            except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
-                if chunk <= 1 or not is_out_of_memory(err) or getattr(self.classifier, "cuda_graph", False):
+            except Exception as err:  # onnxruntime raises its own types
+                if chunk <= 1 or not is_out_of_memory(err) or self.classifier.cuda_graph:
                     raise
                 self._chunk = max(1, min(chunk, len(x)) // 2)
                 logger.warning("out of memory at %d samples per model call (%s); going on with %d",
@@ -342,7 +410,7 @@ class Sampler:
         clean = np.stack([np.asarray(t.clean, np.float32) for t in tasks])
         gain = self.pre.noisy(np.zeros(self.pre.model_shape, np.float32),
                               np.ones((1, *self.pre.model_shape), np.float32), self.sigma)[0] \
-            if self.pre.dtype == np.float32 else self.pre._gain * np.float32(self.sigma)
+            if self.pre.dtype == np.float32 else self.pre.noise_gain(self.sigma)
         for i in range(nbatches):
             g0 = i * batch
             rows = min(batch, total - g0)

@@ -93,12 +93,6 @@ def geometric_schedule(n_max: int, alpha: float, looks: int = 8, n_first: int | 
     return Schedule(tuple(sizes), tuple(float(np.nextafter(alpha * s, 0.0)) for s in shares))
 
 
-def _radius(p: np.ndarray, sigma: float) -> np.ndarray:
-    """Vectorised stats.cohen_radius (same formula and rounding)."""
-    r = sigma * norm.ppf(np.clip(p, 0.5, 1.0))
-    return np.where(p <= 0.5, 0.0, np.maximum(0.0, r * (1.0 - stats._SAFETY)))
-
-
 def _first_true(pred: Callable[[np.ndarray], np.ndarray], n: np.ndarray) -> np.ndarray:
     """Elementwise smallest k in [0, n] with pred(k) true for a predicate monotone in k; n + 1 when none."""
     lo, hi = np.full(n.shape, -1, np.int64), n.astype(np.int64) + 1  # pred(lo) false, pred(hi) "true"
@@ -131,12 +125,12 @@ class Plan:
     def reachable(self) -> tuple[float, ...]:
         """Radii that some look can certify (when every sample is A)."""
         n = np.asarray(self.schedule.sizes)[:, None]
-        return tuple(r for r, ok in zip(self.radii, (self.k_cert <= n).any(axis=0)) if ok)
+        return tuple(r for r, ok in zip(self.radii, np.atleast_1d((self.k_cert <= n).any(axis=0))) if ok)
 
     def max_radius(self) -> float:
         """The largest radius any look can certify (when every sample is A)."""
         n = np.asarray(self.schedule.sizes)
-        return float(np.max(_radius(bounds._cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma)))
+        return float(np.max(stats.cohen_radii(stats.cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma)))
 
 
 def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), futility_beta: float = 0.01,
@@ -161,8 +155,8 @@ def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), fut
     a = np.asarray(schedule.alphas)[:, None]
 
     def certifies(k):
-        p = bounds._cp_lower(k, n, a)
-        return np.where(t == 0.0, p >= 0.5, _radius(p, sigma) >= t)
+        p = stats.cp_lower(k, n, a)
+        return np.where(t == 0.0, p >= 0.5, stats.cohen_radii(p, sigma) >= t)
 
     k_cert = _first_true(certifies, n)
     later = np.concatenate([n - k_cert, np.full((1, len(rs)), -1, np.int64)])
@@ -170,7 +164,7 @@ def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), fut
     if futility_beta > 0:
         b = futility_beta / len(schedule.sizes)
         target = norm.cdf(t / sigma)
-        k_fail = _first_true(lambda k: bounds._cp_upper(k, n, b) >= target, n) - 1
+        k_fail = _first_true(lambda k: stats.cp_upper(k, n, b) >= target, n) - 1
     else:
         k_fail = np.full(n.shape, -1, np.int64)
     return Plan(schedule, float(sigma), tuple(rs), float(futility_beta), k_cert, slack, k_fail,
@@ -197,18 +191,18 @@ def _settled(plan: Plan, j: int, k: np.ndarray, best: np.ndarray) -> tuple[np.nd
     (1 - beta / L) upper confidence bound on the radius, sigma Phi^-1(CP_upper), is within eps of it.
     """
     sizes, alphas = np.asarray(plan.schedule.sizes[j + 1:]), np.asarray(plan.schedule.alphas[j + 1:])
-    goal = _radius(best, plan.sigma) + plan.eps
+    goal = stats.cohen_radii(best, plan.sigma) + plan.eps
     n_j = plan.schedule.sizes[j]
     if sizes.size:
         kk = k[:, None] + sizes[None, :] - n_j
-        reach = _radius(bounds._cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma).max(axis=1)
+        reach = stats.cohen_radii(stats.cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma).max(axis=1)
     else:
         reach = np.zeros(len(k))
     safe = reach <= goal
     fail = np.zeros(len(k), bool)
     if plan.futility_beta > 0:
-        upper = bounds._cp_upper(k, np.full_like(k, n_j), plan.futility_beta / len(plan.schedule.sizes))
-        fail = ~safe & (_radius(upper, plan.sigma) <= goal)
+        upper = stats.cp_upper(k, np.full_like(k, n_j), plan.futility_beta / len(plan.schedule.sizes))
+        fail = ~safe & (stats.cohen_radii(upper, plan.sigma) <= goal)
     return safe, fail
 
 
@@ -236,7 +230,7 @@ def run_looks(plan: Plan, sample: Callable[[int, np.ndarray], np.ndarray], activ
         out.n_a[active] += np.asarray(sample(j, active), np.int64)
         out.n[active], out.looks[active] = n_j, j + 1
         k = out.n_a[active]
-        lower = bounds._cp_lower(k, np.full_like(k, n_j), alphas[j])
+        lower = stats.cp_lower(k, np.full_like(k, n_j), alphas[j])
         up = lower > best[active]
         best[active[up]], out.best_look[active[up]], out.best_n_a[active[up]] = lower[up], j, k[up]
         c = np.maximum(out.certified[active], (k[:, None] >= plan.k_cert[j][None, :]).sum(axis=1))
@@ -306,10 +300,10 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
     examples = list(range(len(xs))) if examples is None else [int(e) for e in examples]
     if len(xs) == 0:
         return []
-    sampler = smoothed._sampler(np.shape(xs[0]))
+    sampler = smoothed.sampler(np.shape(xs[0]))
     clean = [sampler.pre.clean(x) for x in xs]
     sel = sampler.count([Task(c, e, noise.SELECT, n0) for c, e in zip(clean, examples)], progress)
-    guess = np.array([int(np.argmax(c[:-1])) if c[:-1].sum() > 0 else ABSTAIN for c in sel])
+    guess = stats.select_many(sel)
     totals = _Growable(np.zeros_like(sel))
 
     def sample(j, idx):

@@ -13,7 +13,7 @@ import numpy as np
 from . import bounds, noise, stats
 from .errors import ConfigError
 from .preprocess import Preprocessor, PreprocessSpec
-from .sampling import Sampler, Task, default_noise_threads
+from .sampling import Sampler, Task, check_classifier, default_noise_threads
 
 ABSTAIN = stats.ABSTAIN
 
@@ -68,7 +68,8 @@ class SmoothedClassifier:
 
     Parameters
     ----------
-    classifier : the base classifier (e.g. ``OnnxClassifier``): model inputs [B, ...] -> classes [B].
+    classifier : the base classifier (e.g. ``OnnxClassifier``): model inputs [B, ...] -> classes [B]; it must have
+        every member of :class:`rs_onnx.sampling.Classifier` (subclass ``HostClassifier`` for the host defaults).
     sigma : standard deviation of the Gaussian noise, in [0,1] pixel units (before normalisation).
     preprocess : how x + delta becomes the model input; default: no scaling, the model's layout.
     seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
@@ -84,14 +85,19 @@ class SmoothedClassifier:
             raise ConfigError(f"batch size {batch_size}: expected at least 1")
         if seed is not None and seed < 0:
             raise ConfigError(f"seed {seed}: expected a non-negative integer")
+        check_classifier(classifier)
         self.classifier = classifier
         self.sigma = float(sigma)
         self.spec = preprocess or PreprocessSpec()
-        self.entropy = noise.new_entropy() if seed is None else int(seed)
+        self._entropy = noise.new_entropy() if seed is None else int(seed)
         self.batch_size = int(batch_size)
-        device = getattr(classifier, "device", "cpu")
-        self.noise_threads = default_noise_threads(device) if noise_threads is None else int(noise_threads)
+        self.noise_threads = default_noise_threads(classifier.device) if noise_threads is None else int(noise_threads)
         self._pre: Preprocessor | None = None
+
+    @property
+    def entropy(self) -> int:
+        """The seed of every noise stream (``seed``, or fresh entropy); fixed at construction."""
+        return self._entropy
 
     def preprocessor(self, image_shape) -> Preprocessor:
         """The Preprocessor for images of ``image_shape`` (built once, reused)."""
@@ -101,12 +107,20 @@ class SmoothedClassifier:
             self._pre = Preprocessor(self.spec, image_shape, c.input_shape, c.input_dtype)
         return self._pre
 
-    def _sampler(self, image_shape) -> Sampler:
+    def sampler(self, image_shape) -> Sampler:
+        """A :class:`~rs_onnx.sampling.Sampler` over this classifier's sigma, entropy, batch size and threads,
+        for images of ``image_shape``."""
         return Sampler(self.classifier, self.preprocessor(image_shape), self.sigma, self.entropy,
                        self.batch_size, self.noise_threads)
 
-    def _count(self, xs, examples, phase, n, progress) -> np.ndarray:
-        sampler = self._sampler(np.shape(xs[0]))
+    def count(self, xs: Sequence[np.ndarray], examples: Sequence[int], phase: int, n: int,
+              progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Counts of ``n`` noisy samples of each image of ``xs`` (one shape, in [0,1]) under noise ``phase``.
+
+        ``examples`` select the noise streams. Returns int64 [len(xs), K + 1]; column K counts non-finite
+        model outputs.
+        """
+        sampler = self.sampler(np.shape(xs[0]))
         tasks = [Task(sampler.pre.clean(x), int(e), phase, n) for x, e in zip(xs, examples)]
         return sampler.count(tasks, progress)
 
@@ -124,11 +138,11 @@ class SmoothedClassifier:
         examples = list(range(len(xs))) if examples is None else list(examples)
         if len(xs) == 0:
             return []
-        counts0 = self._count(xs, examples, noise.SELECT, n0, progress)
-        counts1 = self._count(xs, examples, noise.ESTIMATE, n, progress)
+        counts0 = self.count(xs, examples, noise.SELECT, n0, progress)
+        counts1 = self.count(xs, examples, noise.ESTIMATE, n, progress)
         out = []
         for c0, c1 in zip(counts0, counts1):
-            guess = int(np.argmax(c0[:-1])) if c0[:-1].sum() > 0 else ABSTAIN
+            guess = stats.select(c0)
             n_a = int(c1[guess]) if guess != ABSTAIN else 0
             p_lower = stats.clopper_pearson_lower(n_a, n, alpha)
             p_b, r_two, r_tv = 1.0, 0.0, 0.0
@@ -158,7 +172,7 @@ class SmoothedClassifier:
         examples = list(range(len(xs))) if examples is None else list(examples)
         if len(xs) == 0:
             return []
-        counts = self._count(xs, examples, noise.PREDICT, n, progress)
+        counts = self.count(xs, examples, noise.PREDICT, n, progress)
         out = []
         for c in counts:
             a, n_a, _, n_b = stats.top_two(c[:-1])

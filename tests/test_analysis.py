@@ -25,7 +25,7 @@ from rs_onnx.analysis import (
 )
 from rs_onnx.errors import ConfigError, DataError, RsOnnxError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED
 COHEN = SHARED / "data" / "reference" / "cohen2019_certify_cifar10"
 COHEN_025 = COHEN / "noise_0.25_sigma_0.25.tsv"
 needs_cohen = pytest.mark.skipif(not COHEN_025.is_file(), reason=f"Cohen et al.'s reference logs not found at {COHEN}")

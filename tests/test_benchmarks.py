@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # the whole benchmark command on a tiny budget
 def test_benchmark_command_writes_json_and_markdown(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "bench"

@@ -301,7 +301,7 @@ def test_signature_and_metadata(tmp_path):
 
 
 # ------------------------------------------------------------------ real models
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED  # noqa: E402 - ../shared, found in one place
 REAL = sorted((SHARED / "models").glob("*/*.onnx"))
 SKIP_REAL = pytest.mark.skip(reason=f"{SHARED / 'models'} is absent: third-party models live outside the repo")
 MODES = {"vit_pgd_2_3_16.onnx": "dynamic"}  # every other shared model has its batch fixed at 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +16,7 @@ from rs_onnx.errors import ConfigError, ModelError
 from rs_onnx.preprocess import Preprocessor, PreprocessSpec
 from tests import onnx_models as om
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED
 MNIST_MODELS = SHARED / "models" / "mnist"
 MNIST_TEST = SHARED / "data" / "mnist_test.npz"
 

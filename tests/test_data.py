@@ -1,7 +1,6 @@
 """Data sources: .npz layouts, image folders, single images (resized with bilinear resampling)."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from PIL import Image
 from rs_onnx.data import load_data, load_npz
 from rs_onnx.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED
 
 
 def _png(path, shape, value=128):

@@ -54,6 +54,7 @@ def test_dncnn_shapes_and_clamp():
         td.DnCNN(depth=1)
 
 
+@pytest.mark.slow  # trains a denoiser
 def test_mse_training_exports_a_dynamic_batch_onnx_denoiser(tmp_path, digits):
     cfg = config(tmp_path, digits)
     _, summary = td.train(cfg)

@@ -128,6 +128,7 @@ def test_resume_on_ray(ray_cluster, linear, local_tsvs, tmp_path):
     assert strip_time(out) == strip_time(local_tsvs["certify"])
 
 
+@pytest.mark.slow  # Ray actors killed and restarted
 @pytest.mark.parametrize("restarts,crashes", [(3, (5, 21)), (0, (5,))], ids=["actor-restarted", "groups-moved"])
 def test_dead_worker_loses_and_duplicates_nothing(ray_cluster, linear, local_tsvs, tmp_path, restarts, crashes):
     """Workers exit on the first group holding a crash example: Ray restarts them and retries the
@@ -154,6 +155,7 @@ def test_dead_worker_loses_and_duplicates_nothing(ray_cluster, linear, local_tsv
     assert strip_time(out) == strip_time(local_tsvs["certify"])
 
 
+@pytest.mark.slow  # a CNN on Ray workers
 def test_same_tsv_for_a_cnn_with_other_thread_counts(ray_cluster, tmp_path):
     """The bundled digits CNN: workers run onnxruntime on 1 thread, the local run on its default."""
     cfg = RunConfig(model=run.bundled("digits_cnn.onnx"), data=run.bundled("digits_eval.npz"), n0=50, n=400,

@@ -15,7 +15,7 @@ from rs_onnx.classifier import OnnxClassifier
 from rs_onnx.cuda import BoundRunner, OutputSpec, is_out_of_memory
 from rs_onnx.errors import ConfigError
 from rs_onnx.preprocess import Preprocessor, PreprocessSpec
-from rs_onnx.sampling import Sampler, Task, auto_batch_size, default_noise_threads
+from rs_onnx.sampling import HostClassifier, Sampler, Task, auto_batch_size, default_noise_threads, probe_batch_size
 from tests import onnx_models as om
 
 SIGMA, SEED = 0.5, 11
@@ -173,7 +173,7 @@ def test_io_binding_classifier_with_extra_inputs(tmp_path):
 # ------------------------------------------------------------------ fp16
 def test_fp16_model_loads_agrees_with_fp32_and_says_so(conv_path):
     fp32 = OnnxClassifier(conv_path, device="cpu")
-    fp16 = OnnxClassifier(conv_path, device="cpu", precision="fp16", io_binding=True)
+    fp16 = OnnxClassifier(conv_path, device="cpu", float_type="fp16", io_binding=True)
     x = np.random.default_rng(5).random((300, 1, 6, 6), dtype=np.float32)
     assert (fp16.predict(x) == fp32.predict(x)).mean() >= 0.9
     assert fp16.input_dtype == np.float32  # float32 I/O kept
@@ -188,9 +188,12 @@ def test_fp16_model_loads_agrees_with_fp32_and_says_so(conv_path):
                                   reference_counts(fp16, pre, tasks))
 
 
-def test_precision_is_checked(conv_path):
-    with pytest.raises(ConfigError, match="precision"):
+def test_float_type_is_checked_and_its_earlier_name_still_works(conv_path):
+    with pytest.raises(ConfigError, match="float type 'bf16'"):
+        OnnxClassifier(conv_path, device="cpu", float_type="bf16")
+    with pytest.raises(ConfigError, match="float type 'bf16'"):
         OnnxClassifier(conv_path, device="cpu", precision="bf16")
+    assert OnnxClassifier(conv_path, device="cpu", precision="fp16").float_type == "fp16"
 
 
 # ------------------------------------------------------------------ CUDA-only options, refused here
@@ -244,7 +247,7 @@ def test_noise_prefix_rounds_and_clips_integer_inputs():
     assert (out[:, 2] == 100).all() and set(np.unique(out[:, 3])) <= {99, 100, 101}
 
 
-class DeviceNoiseStandIn:
+class DeviceNoiseStandIn(HostClassifier):
     """A classifier that draws its own noise (in numpy): class 1 when the first noisy value is positive."""
 
     device, device_noise, prefers_fixed_batch = "cuda:0", True, False
@@ -276,17 +279,17 @@ def test_sampler_feeds_device_noise_classifiers_clean_rows_and_indices(batch, pa
 # ------------------------------------------------------------------ automatic batch size, out of memory
 def test_auto_batch_size_picks_a_probed_candidate(conv_path):
     clf = OnnxClassifier(conv_path, device="cpu")
-    b = auto_batch_size(clf, candidates=(8, 16, 32), min_seconds=0.01)
-    assert b in (8, 16, 32) and clf.batch_probe["batch_size"] == b
-    assert set(clf.batch_probe["seconds_per_sample"]) <= {"8", "16", "32"}
+    probe = probe_batch_size(clf, candidates=(8, 16, 32), min_seconds=0.01)
+    b = probe["batch_size"]
+    assert b in (8, 16, 32) and set(probe["seconds_per_sample"]) <= {"8", "16", "32"}
     pre = preprocessor(clf)
-    sampler = Sampler(clf, pre, SIGMA, SEED, None, 1)  # reuses the probe
+    sampler = Sampler(clf, pre, SIGMA, SEED, b, 1)  # the probe's result is passed down, never read back
     assert sampler.batch_size == b
     tasks = tasks_for(pre, (300,), (0,))
     np.testing.assert_array_equal(sampler.count(tasks), reference_counts(clf, pre, tasks))
 
 
-class Timed:
+class Timed(HostClassifier):
     """A stand-in classifier whose runs take ``us[b]`` microseconds per sample on a fake clock."""
 
     device, prefers_fixed_batch = "cpu", False
@@ -314,7 +317,7 @@ def test_auto_batch_size_takes_the_smallest_size_within_3_percent_of_the_fastest
     assert auto_batch_size(clf, candidates=(16, 32, 64, 128), min_seconds=0) == 64
 
 
-class Budgeted:
+class Budgeted(HostClassifier):
     """A stand-in classifier that runs out of memory above ``limit`` rows (CUDA's message)."""
 
     device, prefers_fixed_batch = "cpu", False

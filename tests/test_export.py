@@ -195,6 +195,7 @@ def test_smoothed_objective_m1_is_augment_and_gradient_is_importance_weighted(to
     torch.testing.assert_close(grad, expected)
 
 
+@pytest.mark.slow  # trains a model
 def test_train_augment_exports_metadata_and_dynamic_batch(torch, tmp_path, digits_npz):
     pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript")
     from export.train import train

@@ -1,6 +1,5 @@
 """Tests of rs_onnx.graph: loading, initializer inputs, batch rewrites, appended ArgMax, describe."""
 
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,7 +11,7 @@ from tests import onnx_models as om
 from rs_onnx import graph
 from rs_onnx.errors import ModelError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED
 MNIST8 = SHARED / "models" / "mnist" / "mnist-8.onnx"
 RNG = np.random.default_rng(0)
 W = RNG.normal(size=(3, 12)).astype(np.float32)

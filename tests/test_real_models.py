@@ -1,6 +1,5 @@
 """The real third-party models in ../shared/models, with the preprocessing MODELS.md gives, certify test images."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from rs_onnx import OnnxClassifier, PreprocessSpec, SmoothedClassifier
 from rs_onnx.config import PRESETS
 from rs_onnx.data import load_npz
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED
 pytestmark = pytest.mark.skipif(not (SHARED / "models").is_dir(),
                                 reason=f"third-party models not found at {SHARED}/models (../shared is absent)")
 

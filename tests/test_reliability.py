@@ -42,6 +42,7 @@ def _rows(path):
     return out
 
 
+@pytest.mark.slow  # about 45% of the suite's time: ten kills of a real run, then a resume
 def test_sigkill_at_random_moments_then_resume(job):
     args, tmp = job
     ref = tmp / "ref.tsv"

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from rs_onnx.run import DEFAULT_BATCH, PROBE_MIN_SAMPLES, resolve_batch_size
+from rs_onnx.run import DEFAULT_BATCH, PROBE_MIN_SAMPLES, resolve_batch, resolve_batch_size
 
 
 def _clf(shape, dtype=np.float32):
@@ -22,5 +22,8 @@ def test_short_runs_use_the_default_capped_by_input_bytes_and_by_the_run():
 
 def test_long_runs_probe(monkeypatch):
     import rs_onnx.sampling as sampling
-    monkeypatch.setattr(sampling, "auto_batch_size", lambda clf: 48)
+    probe = {"batch_size": 48, "seconds_per_sample": {"48": 1e-5}, "stopped": "test", "probe_seconds": 0.1}
+    monkeypatch.setattr(sampling, "probe_batch_size", lambda clf: probe)
     assert resolve_batch_size(_clf((1, 28, 28)), PROBE_MIN_SAMPLES) == 48
+    assert resolve_batch(_clf((1, 28, 28)), PROBE_MIN_SAMPLES) == (48, probe)  # returned, for meta.json
+    assert resolve_batch(_clf((1, 28, 28)), PROBE_MIN_SAMPLES - 1) == (DEFAULT_BATCH, None)

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from rs_onnx import bounds, stats
+from rs_onnx import stats
 from rs_onnx.errors import ConfigError
 from rs_onnx.sequential import (ABSTAIN, Schedule, SequentialCertificate, geometric_schedule, make_plan, run_looks,
                                 sequential_certify_many)
+from rs_onnx.sampling import HostClassifier
 from rs_onnx.smoothing import Certificate, SmoothedClassifier
 
 
-class Threshold:
+class Threshold(HostClassifier):
     """Class 1 iff the first input value exceeds -d: at x = 0 the smoothed class-1 probability is exactly
     Phi(d / sigma), so g's exact robust l2 radius there is d (the distance to the boundary)."""
 
@@ -32,7 +33,7 @@ class Recording(Threshold):
         return super().predict(x)
 
 
-class ThreeWay:
+class ThreeWay(HostClassifier):
     """Classes 0, 1, 2 with probabilities 0.4, 0.3, 0.3 at x = 0 (bins of the first value): g must abstain."""
 
     def __init__(self, sigma):
@@ -43,7 +44,7 @@ class ThreeWay:
         return np.searchsorted(self.cuts, x[:, 0]).astype(np.int64)
 
 
-class Constant:
+class Constant(HostClassifier):
     def __init__(self, c, k=10):
         self.c, self.num_classes, self.input_shape, self.input_dtype = c, k, (4,), np.dtype(np.float32)
 
@@ -108,7 +109,7 @@ def test_many_binomial_trials_at_the_threshold(r_true):
     decided = np.array(plan.radii)[np.maximum(out.certified - 1, 0)] * (out.certified > 0)
     assert np.mean(decided > r_true) <= alpha + 3 * np.sqrt(alpha / trials)
     sched = plan.schedule
-    lower = bounds._cp_lower(out.best_n_a, np.take(sched.sizes, out.best_look), np.take(sched.alphas, out.best_look))
+    lower = stats.cp_lower(out.best_n_a, np.take(sched.sizes, out.best_look), np.take(sched.alphas, out.best_look))
     assert np.mean(lower > norm.cdf(r_true / sigma)) <= alpha + 3 * np.sqrt(alpha / trials)
 
 

@@ -6,10 +6,11 @@ from scipy.stats import norm
 
 from rs_onnx import stats
 from rs_onnx.errors import ConfigError
+from rs_onnx.sampling import HostClassifier
 from rs_onnx.smoothing import ABSTAIN, SmoothedClassifier
 
 
-class LinearTwoClass:
+class LinearTwoClass(HostClassifier):
     """f(x) = 1 if w.x + b > 0 else 0, on flat float32 inputs of dimension d."""
 
     def __init__(self, w, b):
@@ -25,7 +26,7 @@ class LinearTwoClass:
         return (x.reshape(len(x), -1) @ self.w + self.b > 0).astype(np.int64)
 
 
-class Constant:
+class Constant(HostClassifier):
     """Always class c; NaN rows (class -1) for a given fraction of inputs whose first value is negative."""
 
     def __init__(self, c, k=10, nan_when_negative=False):

@@ -1,0 +1,56 @@
+"""Shared test fixtures: ../shared discovery and tiny models.
+
+``SHARED`` is the folder of real third-party models and data beside the project (see ../shared/MODELS.md);
+tests that need it skip with a clear reason when it is absent (:func:`needs_shared`, the ``shared``
+fixture). Long tests carry ``@pytest.mark.slow``: ``pytest -m "not slow"`` is the fast inner loop, and
+the full suite (CI) runs them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+"""Real third-party models and data (not part of the repository)."""
+
+
+def needs_shared(*parts: str):
+    """A skipif marker for tests that need ``SHARED / parts`` (a file or folder)."""
+    path = SHARED.joinpath(*parts)
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent: third-party files live in ../shared, "
+                                                        "outside the repository")
+
+
+@pytest.fixture
+def shared() -> Path:
+    """The ../shared folder; skips the test when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: third-party files live in ../shared, outside the repository")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def bundled_digits() -> tuple[str, str]:
+    """(model, data): the bundled digits CNN (rs_onnx.sigma = 0.25 in its metadata) and its evaluation set."""
+    from rs_onnx.run import bundled
+
+    return bundled("digits_cnn.onnx"), bundled("digits_eval.npz")
+
+
+@pytest.fixture(scope="session")
+def linear3(tmp_path_factory) -> tuple[str, str]:
+    """(model, data): a 3-class linear ONNX model on 1x4x4 float32 images and 12 uint8 images with labels."""
+    from tests.onnx_models import linear_model, save
+
+    tmp = tmp_path_factory.mktemp("linear3")
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 16)).astype(np.float32)
+    model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4), batch=1), tmp / "linear3.onnx")
+    images = rng.integers(0, 256, size=(12, 4, 4), dtype=np.uint8)
+    scores = images.reshape(12, -1).astype(np.float32) / 255 @ w.T
+    data = tmp / "linear3.npz"
+    np.savez(data, images=images, labels=scores.argmax(1).astype(np.uint8))
+    return str(model), str(data)
