@@ -54,5 +54,7 @@ def test_packaging_metadata():
     bound = next(r for r in meta["build-system"]["requires"] if r.startswith("setuptools"))
     assert tuple(int(x) for x in re.search(r">=\s*([\d.]+)", bound).group(1).split(".")[:1]) >= (77,)
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
-    assert cff["cff-version"].startswith("1.2") and cff["title"] and cff["version"] == meta["project"]["version"]
+    from rs_onnx import __version__
+
+    assert cff["cff-version"].startswith("1.2") and cff["title"] and cff["version"] == __version__
     assert any("Cohen" in str(r.get("authors")) for r in cff.get("references", []))
