@@ -19,7 +19,7 @@ def test_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
     example = next(b for b in blocks if "SmoothedClassifier(" in b)
     monkeypatch.chdir(tmp_path)
-    exec(compile(example, "README.md", "exec"), {"__name__": "__readme__"})  # noqa: S102 - the README example itself
+    exec(compile(example, "README.md", "exec"), {"__name__": "__readme__"})
     predict, label, radius, p_a_lower = capsys.readouterr().out.split()
     r_max = max_certifiable_radius(0.25, 10_000, 1e-3)  # the example's sigma, n and alpha
     assert int(predict) == int(label) and 0 < float(radius) <= r_max * (1 + 1e-9) and 0.5 < float(p_a_lower) < 1
