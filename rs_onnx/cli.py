@@ -176,7 +176,20 @@ def _run_options(f):
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
-        click.option("--label", type=int, help="Label of a single image file given as DATA."),
+        click.option("--label", type=int, help="Label of a single image file given as DATA (or of every image "
+                     "at the top of a folder)."),
+        click.option("--labels", help="Labels of an .npy DATA or of the images at the top of a folder: an .npy of "
+                     "integers or a text file with one integer per line."),
+        click.option("--classes", help="Class names, one per line (line number = the model's class index): names "
+                     "the class subfolders of a folder, or the labels of a manifest (e.g. ImageNet's synset list)."),
+        click.option("--path-column", help="Manifest column holding image paths (default path)."),
+        click.option("--label-column", help="Manifest column holding labels (default label)."),
+        click.option("--label-from-filename", is_flag=True, default=None,
+                     help="Images at the top of a folder: label from a trailing _<digits> in the file name."),
+        click.option("--resize", type=int, help="Image files: shorter side to N pixels, aspect kept (bilinear, "
+                     "antialiased, as torchvision's Resize)."),
+        click.option("--center-crop", help="Image files: crop N or HxW pixels from the centre, after --resize "
+                     "(ImageNet: --resize 256 --center-crop 224)."),
         click.option("--noise-threads", type=int, help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16)."),
         click.option("--backend", type=Choice(["local", "ray"]), help="Where to sample: this process "
                      "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
@@ -191,6 +204,11 @@ def _run_options(f):
                      help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU."),
         click.option("--denoiser", help="An ONNX denoiser to compose in front of MODEL (denoised smoothing); "
                      "the preprocessing flags then describe MODEL's input."),
+        click.option("--audit", is_flag=True, default=None,
+                     help="Sound against an adversarial model: 8-bit inputs, exact grid noise added in integers, "
+                     "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'."),
+        click.option("--audit-seed-override", is_flag=True, default=None,
+                     help="With --audit: accept --seed, to reproduce an earlier audit from its recorded entropy."),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); - or none: stdout."),
         click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout (needs --out)."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
@@ -224,10 +242,13 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
             raise click.UsageError("DATA given without MODEL; expected both, or neither for the bundled default")
         yaml_values = {**DEFAULT_RUN, **yaml_values, "model": bundled("digits_cnn.onnx"),
                        "data": bundled("digits_eval.npz")}
+        if (flags.get("audit") or yaml_values.get("audit")) and "seed" not in flags:
+            yaml_values.pop("seed")  # audit draws fresh entropy: the default run's seed 0 is not used
         log.info("no model given: certifying the bundled digits model on every 10th bundled digit (n=%d)",
                  yaml_values["n"])
     elif not (flags.get("data") or yaml_values.get("data")):
-        raise click.UsageError("MODEL given without DATA; expected an .npz or image file after the model")
+        raise click.UsageError("MODEL given without DATA; expected DATA after the model (an .npz, .npy, "
+                               "folder, .csv/.tsv manifest or image file)")
     cfg, _ = build_config(yaml_values, flags)
     if cfg.alpha > 0.5:
         log.warning("alpha=%g: each answer may be wrong with probability up to %g; expected a small failure "
@@ -418,16 +439,23 @@ def _accuracy_table(results, computed: int, seconds: float) -> str:
 def certify(ctx: click.Context, **kwargs) -> None:
     """CERTIFY each example of DATA with the ONNX model MODEL.
 
-    \b
-    DATA is one of:
-      - an .npz file with arrays `images` [N,H,W], [N,C,H,W] or [N,H,W,C] (uint8 0..255, or float in
-        [0,1]) and `labels` [N] (integers);
-      - a single PNG/JPEG image (give its class with --label);
-      - a folder of images, labelled by class subfolders 0/, 1/, ... or a trailing _<label> in the
-        file name (cat_3.png); other files get label -1.
-
     Without MODEL and DATA, certifies the bundled digits model on the bundled digits.
     Writes Cohen et al.'s TSV columns (idx label predict radius correct time) and more.
+
+    \b
+    DATA may be:
+      - an .npz with 'images' [N,H,W], [N,H,W,C], [N,C,H,W] or [N,D] and 'labels' [N];
+      - an .npy of images with --labels FILE (.npy, or one integer per line);
+      - a folder with class subfolders (torchvision ImageFolder: names that are all integers
+        give their value, else sorted names give the indices; --classes FILE to set the order,
+        e.g. ImageNet's synset list), or images at its top with --labels, --label or
+        --label-from-filename;
+      - a .csv/.tsv manifest with 'path' and 'label' columns (--path-column, --label-column;
+        paths relative to the manifest; --classes to read labels as class names);
+      - a single image with --label N.
+    Image files are converted to the model's channels; --resize N --center-crop HxW map them
+    to the model's size (ImageNet: --resize 256 --center-crop 224); without them an image of
+    another size is refused, never stretched.
     """
     _execute(ctx, "certify", kwargs)
 
@@ -438,7 +466,7 @@ def certify(ctx: click.Context, **kwargs) -> None:
 def predict(ctx: click.Context, **kwargs) -> None:
     """PREDICT each example of DATA: the smoothed class, or -1 (abstain) when unsure at level alpha.
 
-    DATA is as for certify: an .npz file (images, labels), one image (with --label) or a folder of images.
+    DATA is read as by certify (see rs-onnx certify --help).
     Ends with a summary: accuracy, abstention rate and time per example.
     """
     _execute(ctx, "predict", kwargs)

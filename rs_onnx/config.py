@@ -56,6 +56,13 @@ class RunConfig:
     end: int | None = None
     skip: int = 1
     label: int | None = None
+    labels: str | None = None  # labels file for an .npy or a flat image folder (.npy, or one integer per line)
+    classes: str | None = None  # class names, one per line (line number = class index), for folders and manifests
+    path_column: str | None = None  # manifest column of image paths (default "path")
+    label_column: str | None = None  # manifest column of labels (default "label")
+    label_from_filename: bool = False  # flat image folder: label from a trailing _<digits> in each file name
+    resize: int | None = None  # image files: shorter side to this many pixels (bilinear, antialiased)
+    center_crop: str | None = None  # image files: crop N or HxW pixels from the centre, after --resize
     noise_threads: int | None = None
     bound: str = "cohen"
     backend: str = "local"
@@ -75,6 +82,8 @@ class RunConfig:
     n_first: int | None = None
     final_share: float = 0.5
     futility_beta: float = 0.01
+    audit: bool = False  # sound against an adversarial model: 8-bit inputs, exact grid noise, fresh entropy
+    audit_seed_override: bool = False  # audit with a given seed (only to reproduce an earlier audit; recorded)
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(self.layout, float(self.scale), tuple(map(float, self.mean)),
@@ -110,11 +119,29 @@ class RunConfig:
             (self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker,
              "a positive number"),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
+            (self.resize is None or 1 <= self.resize <= 65535, "resize", self.resize, "a size in pixels, 1 to 65535"),
+        ]
+        checks += [
+            (not (self.audit and self.seed is not None and not self.audit_seed_override), "seed", self.seed,
+             ("no seed with audit (a model can memorise a published seed's noise; fresh entropy is drawn after "
+              "the model is loaded and recorded), or --audit-seed-override to reproduce an earlier audit")),
+            (not (self.audit_seed_override and not self.audit), "audit_seed_override", self.audit_seed_override,
+             "false without audit"),
+            (not (self.audit and self.device_noise), "device_noise", self.device_noise,
+             "false with audit (on-device float noise is readable by the model's arithmetic)"),
         ]
         for ok, key, value, expected in checks:
             if not ok:
                 raise ConfigError(f"{key}={value}: expected {expected}")
         self.preprocess_spec()  # checks scale, mean and std
+        if self.center_crop is not None:
+            from .data import parse_crop
+            from .errors import DataError
+
+            try:
+                parse_crop(self.center_crop)
+            except DataError as e:
+                raise ConfigError(str(e).replace("--center-crop", "center_crop", 1)) from None
         return self
 
     def apply_preset(self, explicit: set[str]) -> None:

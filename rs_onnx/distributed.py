@@ -151,7 +151,8 @@ class Worker:
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
         assert self.cfg.batch_size is not None  # the driver's resolved configuration
         self.smoothed = SmoothedClassifier(self.classifier, sigma, self.cfg.preprocess_spec(), entropy,
-                                           self.cfg.batch_size, noise_threads)
+                                           self.cfg.batch_size, noise_threads, audit=self.cfg.audit,
+                                           audit_seed_override=True)  # the driver's entropy
 
     def ready(self, model) -> dict:
         """Build the session; returns where this worker runs and with which versions."""

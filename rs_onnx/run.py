@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .config import RunConfig
-from .data import Dataset, load_data
+from .data import Dataset, load_from_config
 from .errors import ConfigError, DataError
 from .preprocess import PreprocessSpec
 from .results import (TsvWriter, answer_row, columns_for, command_line, meta_path, sha256_file, versions,
@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 # Keys that must match for --resume to continue a run.
 RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
                "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser", "fp16", "device_noise")
+               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "audit", "labels", "classes",
+               "path_column", "label_column", "label_from_filename", "resize", "center_crop")
 
 
 def bundled(name: str) -> str:
@@ -160,8 +161,11 @@ class Prepared:
         if entropy == self.entropy:
             return self
         old = self.smoothed
+        # An audit resumed adopts the earlier audit's recorded entropy: an explicit, recorded override.
         smoothed = SmoothedClassifier(self.classifier, self.sigma, old.spec, entropy, self.batch_size,
-                                      old.noise_threads)
+                                      old.noise_threads, audit=old.audit, audit_seed_override=old.audit)
+        if old.audit_info is not None:
+            smoothed.audit_info = {**old.audit_info, "entropy": "adopted from the run resumed (--resume)"}
         smoothed.preprocessor(self.data.image_shape)
         return dataclasses.replace(self, smoothed=smoothed, entropy=int(entropy))
 
@@ -176,19 +180,31 @@ def prepare(cfg: RunConfig) -> Prepared:
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     channels, size = image_geometry(clf, cfg.layout)
-    data = load_data(cfg.data, cfg.label, size, channels)
+    data = load_from_config(cfg, size, channels)
     data.check_labels(clf.num_classes)
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))
     if not indices:
         raise DataError(f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
                         f"among {len(data)}; expected at least one")
+    data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
     probe = None
     if cfg.batch_size is None:
         batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n))
     else:
         batch_size = int(cfg.batch_size)
-    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, batch_size, cfg.noise_threads)
+    # In audit mode the entropy is drawn here, after the model (and its sha256) is fixed.
+    smoothed = SmoothedClassifier(clf, sigma, spec, cfg.seed, batch_size, cfg.noise_threads, audit=cfg.audit,
+                                  audit_seed_override=cfg.audit_seed_override)
+    if smoothed.audit_info is not None:
+        from .audit import to_grid
+
+        for i in indices:  # refuse off-grid images before any file is written
+            to_grid(data.image(i))
+        smoothed.audit_info["entropy"] = ("given with --audit-seed-override" if cfg.seed is not None else
+                                          f"fresh, drawn after loading the model with sha256 {clf.sha256}")
+        smoothed.audit_info["model_batch"] = batch_size if smoothed.audit_info["batched"] else 1
+        log.info("audit mode: %s", smoothed.audit_info["how"])
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     # The caller's cfg is never written to: the resolved values go into a copy (given values kept as given,
     # so that meta.json's "config" is byte for byte what it always was).
@@ -213,11 +229,12 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "providers": list(clf.providers),
         "device": getattr(clf, "device", None),
         "device_name": getattr(clf, "device_name", None),
-        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices)},
+        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices), **p.data.describe()},
         "versions": versions(),
         "command": command_line(),
         "timings": timings,
         "out": str(out) if out else None,
+        **({"audit": p.smoothed.audit_info} if p.smoothed.audit_info is not None else {}),
         **extra,
     }
 
@@ -289,9 +306,8 @@ def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, gr
 def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
     """Yields (example indices, answers, seconds per example), group by group, computed in this process."""
     size = group_size(p.cfg)
-    for g in range(0, len(todo), size):
-        group = todo[g:g + size]
-        xs = [p.data.image(i) for i in group]
+    groups = [todo[g:g + size] for g in range(0, len(todo), size)]
+    for group, xs in p.data.iter_groups(groups):  # image files are decoded ahead, while sampling
         t = time.time()
         answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress)
         yield group, answers, (time.time() - t) / len(group)

@@ -75,19 +75,37 @@ class SmoothedClassifier:
     seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
     batch_size : noisy samples per model call.
     noise_threads : threads drawing noise (default: by the classifier's device, see default_noise_threads).
+    audit : certify soundly against an adversarial model (:mod:`rs_onnx.audit`): exact grid noise added in
+        integers to 8-bit inputs, batches only when the graph provably keeps rows apart; then ``seed`` must
+        be None (fresh entropy, drawn here, after the model was loaded) unless ``audit_seed_override``
+        (reproducing an earlier audit from its recorded entropy).
     """
 
     def __init__(self, classifier, sigma: float, preprocess: PreprocessSpec | None = None, seed: int | None = None,
-                 batch_size: int = 1000, noise_threads: int | None = None) -> None:
+                 batch_size: int = 1000, noise_threads: int | None = None, *, audit: bool = False,
+                 audit_seed_override: bool = False) -> None:
         if not (np.isfinite(sigma) and sigma > 0):
             raise ConfigError(f"sigma={sigma}: expected a positive noise level in [0,1] pixel units")
         if batch_size < 1:
             raise ConfigError(f"batch size {batch_size}: expected at least 1")
         if seed is not None and seed < 0:
             raise ConfigError(f"seed {seed}: expected a non-negative integer")
+        if audit and seed is not None and not audit_seed_override:
+            raise ConfigError(f"seed {seed} with audit: a model can be built to memorise a published seed's noise; "
+                              "expected no seed (fresh entropy is drawn and recorded), or the explicit override "
+                              "(audit_seed_override / --audit-seed-override) to reproduce an earlier audit")
         check_classifier(classifier)
         self.classifier = classifier
         self.sigma = float(sigma)
+        self.audit = bool(audit)
+        self.audit_info: dict | None = None
+        if self.audit:
+            from .audit import GridNoise, classifier_batch_independence
+
+            self._grid = GridNoise(self.sigma)
+            scan = classifier_batch_independence(classifier)
+            self.audit_info = {"sigma_exact": self._grid.sigma_text, "grid_k": self._grid.k, "grid_M": self._grid.M,
+                               "seed_override": seed is not None, **scan}
         self.spec = preprocess or PreprocessSpec()
         self._entropy = noise.new_entropy() if seed is None else int(seed)
         self.batch_size = int(batch_size)
@@ -104,12 +122,24 @@ class SmoothedClassifier:
         image_shape = tuple(int(d) for d in image_shape)
         if self._pre is None or self._pre.image_shape != image_shape:
             c = self.classifier
-            self._pre = Preprocessor(self.spec, image_shape, c.input_shape, c.input_dtype)
+            if self.audit:
+                from .audit import AuditPreprocessor
+
+                self._pre = AuditPreprocessor(self.spec, image_shape, c.input_shape, c.input_dtype, self._grid)
+            else:
+                self._pre = Preprocessor(self.spec, image_shape, c.input_shape, c.input_dtype)
         return self._pre
 
     def sampler(self, image_shape) -> Sampler:
         """A :class:`~rs_onnx.sampling.Sampler` over this classifier's sigma, entropy, batch size and threads,
-        for images of ``image_shape``."""
+        for images of ``image_shape`` (in audit mode an :class:`~rs_onnx.audit.AuditSampler`, one sample per
+        call unless the graph scan proved the rows independent)."""
+        if self.audit:
+            from .audit import AuditSampler
+
+            batched = bool(self.audit_info and self.audit_info["batched"])
+            return AuditSampler(self.classifier, self.preprocessor(image_shape), self.sigma,  # type: ignore[arg-type]
+                                self.entropy, self.batch_size if batched else 1, self.noise_threads)
         return Sampler(self.classifier, self.preprocessor(image_shape), self.sigma, self.entropy,
                        self.batch_size, self.noise_threads)
 

@@ -259,3 +259,42 @@ def save(model: onnx.ModelProto, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def low_bits_detector_model(shape=(3, 32, 32), batch="N") -> onnx.ModelProto:
+    """Voracek & Hein's floating-point attack on smoothing: scores [B, 2] = [hit, 1 - hit], where hit is 1
+    when some input value z with |z| < 1/510 has a nonzero bit below 2^-32 (z * 2^32 not an integer)."""
+    nodes = [
+        helper.make_node("Abs", ["x"], ["a"]),
+        helper.make_node("Less", ["a", "small"], ["near0"]),
+        helper.make_node("Mul", ["x", "two32"], ["scaled"]),
+        helper.make_node("Floor", ["scaled"], ["floored"]),
+        helper.make_node("Equal", ["scaled", "floored"], ["integral"]),
+        helper.make_node("Not", ["integral"], ["lowbits"]),
+        helper.make_node("And", ["near0", "lowbits"], ["hit_each"]),
+        helper.make_node("Cast", ["hit_each"], ["hit_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["hit_f"], ["hit"], axes=list(range(1, len(shape) + 1)), keepdims=0),
+        helper.make_node("Unsqueeze", ["hit", "axis1"], ["hit2"]),
+        helper.make_node("Sub", ["one", "hit2"], ["miss2"]),
+        helper.make_node("Concat", ["hit2", "miss2"], ["scores"], axis=1),
+    ]
+    inits = [numpy_helper.from_array(np.array(1 / 510, np.float32), "small"),
+             numpy_helper.from_array(np.array(2.0 ** 32, np.float32), "two32"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 2])
+    return _model(nodes, [_x(shape, batch)], [out], inits)
+
+
+def threshold_model(t: float, batch="N") -> onnx.ModelProto:
+    """One input value z per example ([B, 1]); scores [B, 2] = [z <= t, z > t] (class 1 above t)."""
+    nodes = [
+        helper.make_node("Greater", ["x", "t"], ["above"]),
+        helper.make_node("Cast", ["above"], ["s1"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "s1"], ["s0"]),
+        helper.make_node("Concat", ["s0", "s1"], ["scores"], axis=1),
+    ]
+    inits = [numpy_helper.from_array(np.array(t, np.float32), "t"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 2])
+    return _model(nodes, [_x((1,), batch)], [out], inits)

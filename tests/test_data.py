@@ -32,7 +32,12 @@ def test_folder_with_class_subfolders_and_trailing_labels(tmp_path):
     assert list(data.labels) == [3, 7] and data.image_shape == (3, 8, 8)
     _png(tmp_path / "g" / "cifar10_00_3.png", (10, 10, 3), 255)
     _png(tmp_path / "g" / "cifar10_01_8.png", (12, 12, 3), 0)
-    data = load_data(tmp_path / "g", size=(8, 8), channels=3)  # resized to the model's input
+    with pytest.raises(DataError, match="different sizes"):  # never stretched silently
+        load_data(tmp_path / "g", size=(8, 8), channels=3, label_from_filename=True).check_selection([0, 1])
+    with pytest.raises(DataError, match="no labels"):  # file-name labels only when asked for
+        load_data(tmp_path / "g", size=(8, 8), channels=3, resize=8, center_crop=8)
+    data = load_data(tmp_path / "g", size=(8, 8), channels=3, label_from_filename=True, resize=8, center_crop=8)
+    data.check_selection(range(len(data)))
     assert list(data.labels) == [3, 8] and data.image_shape == (3, 8, 8)
     assert data.image(0).max() == 1.0 and data.image(1).max() == 0.0
 
@@ -43,16 +48,16 @@ def test_folder_errors(tmp_path):
         load_data(tmp_path / "empty")
     _png(tmp_path / "m" / "a_1.png", (8, 8))
     _png(tmp_path / "m" / "b_2.png", (9, 9))
-    with pytest.raises(DataError, match="different shapes"):
-        load_data(tmp_path / "m")
+    with pytest.raises(DataError, match="different sizes"):
+        load_data(tmp_path / "m", label_from_filename=True).check_selection([0, 1])
     (tmp_path / "x.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="not a readable image"):
-        load_data(tmp_path / "x.png", label=1)
+        load_data(tmp_path / "x.png", label=1).check_selection([0])
 
 
 def test_single_grey_image_for_an_rgb_model_is_converted(tmp_path):
     _png(tmp_path / "g.png", (28, 28))
-    data = load_data(tmp_path / "g.png", label=4, size=(32, 32), channels=3)
+    data = load_data(tmp_path / "g.png", label=4, size=(32, 32), channels=3, resize=32)
     assert data.image_shape == (3, 32, 32) and list(data.labels) == [4]
 
 
@@ -67,8 +72,8 @@ def test_real_cifar10_pngs_certify_through_the_cli(tmp_path):
     for f in sorted((SHARED / "data" / "foolbox_samples").glob("cifar10_*.png"))[:4]:
         shutil.copy(f, folder / f.name)
     res = CliRunner().invoke(cli, ["-q", "certify", str(SHARED / "models/cifar10/resnet_4b.onnx"), str(folder),
-                                   "--preset", "cifar10", "--sigma", "0.12", "--n0", "20", "--n", "200", "--seed", "0",
+                                   "--preset", "cifar10", "--label-from-filename", "--sigma", "0.12", "--n0", "20", "--n", "200", "--seed", "0",
                                    "--out", str(tmp_path / "r.tsv")])
     assert res.exit_code == 0, res.output
     rows = (tmp_path / "r.tsv").read_text().splitlines()[1:]
-    assert [r.split("\t")[1] for r in rows] == ["3", "8", "8", "0"]  # labels from the file names
+    assert [r.split("\t")[1] for r in rows] == ["3", "8", "8", "0"]  # labels from the file names, as asked
