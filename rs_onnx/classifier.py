@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rs_onnx import cuda, graph
+from rs_onnx import cuda, graph, guard
 from rs_onnx.devices import CPU_PROVIDER as _CPU
 from rs_onnx.devices import CUDA_PROVIDER as _CUDA
 from rs_onnx.devices import cpu_name, cuda_works, gpu_name, parse_device, preload_cuda_libraries
@@ -79,6 +79,14 @@ def _ort_reason(err) -> str:
 
 def _random_inputs(shape, dtype: np.dtype, rng) -> np.ndarray:
     """Random values of the right dtype: floats in [0, 1), uint8 in [0, 255], other ints in {0, 1}."""
+    try:
+        return _random_values(shape, dtype, rng)
+    except MemoryError:
+        raise ModelError(f"the load check's random inputs shaped {list(shape)} do not fit in memory; expected "
+                         "a model whose declared input shape fits (or pass input_shape)") from None
+
+
+def _random_values(shape, dtype: np.dtype, rng) -> np.ndarray:
     if dtype.kind == "f":
         return rng.random(shape).astype(dtype)
     if dtype == np.uint8:
@@ -323,10 +331,12 @@ class OnnxClassifier:
             if len(override) != len(rest) or any(isinstance(d, int) and d != o for d, o in zip(rest, override)):
                 raise ConfigError(f"input_shape {list(override)}; expected a per-example shape matching "
                                   f"{graph.format_dims(rest)} of input '{self.input_name}'")
+            guard.check_example_size(override, self._name, self.input_name)
             return override
         if any(not isinstance(d, int) or d <= 0 for d in rest):
             raise ModelError(f"model {self._name}: input '{self.input_name}' has per-example dims "
                              f"{graph.format_dims(rest)}; expected fixed sizes: pass input_shape")
+        guard.check_example_size(rest, self._name, self.input_name)
         return tuple(rest)
 
     def _feed(self, xb: np.ndarray) -> dict:

@@ -8,12 +8,14 @@ import logging
 import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 from ._version import __version__
 from .errors import RsOnnxError
+from .guard import check_path_name, escape, quiet_onnxruntime, quiet_warnings
 
 log = logging.getLogger("rs_onnx")
 
@@ -28,6 +30,9 @@ class _StderrHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
         super().emit(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape(super().format(record))  # untrusted names in a log line cannot start a new line
 
 
 def _setup_logging(quiet: bool, debug: bool) -> None:
@@ -223,11 +228,14 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     from .config import build_config, load_yaml
     from .run import bundled
 
+    for key, what in (("config_path", "--config"), ("model", "MODEL"), ("data", "DATA"), ("denoiser", "--denoiser")):
+        if kwargs.get(key):
+            check_path_name(kwargs[key], what)
     yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}
     flags = {}
     if kwargs.get("batch_size") is not None:
         text = kwargs["batch_size"].strip().lower()
-        if text != "auto" and not text.lstrip("-").isdigit():
+        if text != "auto" and not re.fullmatch(r"-?[0-9]{1,30}", text):
             raise click.UsageError(f"--batch-size {kwargs['batch_size']!r}: expected a positive integer or auto")
         kwargs["batch_size"] = None if text == "auto" else int(text)
     for key, value in kwargs.items():
@@ -253,6 +261,9 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     if cfg.alpha > 0.5:
         log.warning("alpha=%g: each answer may be wrong with probability up to %g; expected a small failure "
                     "probability such as 0.001", cfg.alpha, cfg.alpha)
+    for value, what in ((cfg.model, "model"), (cfg.data, "data"), (cfg.denoiser, "denoiser")):
+        if value:  # also when they come from the YAML file
+            check_path_name(value, what)
     return cfg, default_run
 
 
@@ -279,6 +290,9 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         cfg, default_run = _config(ctx, mode, kwargs)
     finally:
         log.removeHandler(warnings)
+    quiet_onnxruntime(ctx.obj["debug"])
+    if kwargs.get("out") and kwargs["out"] != "-":  # room for the sibling files the run writes: <out>.meta.json.tmp
+        check_path_name(kwargs["out"], "--out", reserve=len(".meta.json.tmp"))
     if kwargs["dump_config"]:
         click.echo(dump_yaml(cfg), nl=False)
         return
@@ -482,6 +496,7 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
     """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from."""
     from .inspection import inspect_model, render
 
+    quiet_onnxruntime("--debug" in sys.argv)
     report = inspect_model(model, input_name=input_name, output_name=output_name, device=device)
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
 
@@ -510,6 +525,10 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
              if v not in (None, ()) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     cfg, _ = build_config({}, flags)
+    quiet_onnxruntime(ctx.obj["debug"])
+    for path, what in ((classifier, "CLASSIFIER"), (denoiser, "--denoiser")):
+        check_path_name(path, what)
+    check_path_name(out, "-o", reserve=len(".data"))
     compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)  # logs "wrote"
 
 
@@ -611,25 +630,47 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line and exit code 1 on bad input (traceback with --debug)."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    with warnings.catch_warnings():
+        quiet_warnings(debug)
+        code = _main(args, debug)
+    sys.exit(code)
+
+
+def _main(args: list[str], debug: bool) -> int:
+    """Runs the CLI; every failure is one escaped line on stderr (untrusted text cannot add a line)."""
     try:
         code = cli.main(args=args, prog_name="rs-onnx", standalone_mode=False)
     except click.Abort:
         click.echo("rs-onnx: aborted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as e:
-        click.echo(f"rs-onnx: error: {e.format_message()}", err=True)
-        sys.exit(1)
+        click.echo(f"rs-onnx: error: {escape(e.format_message())}", err=True)
+        return 1
     except RsOnnxError as e:
         if debug:
             raise
-        click.echo(f"rs-onnx: error: {e}", err=True)
-        sys.exit(1)
+        click.echo(f"rs-onnx: error: {escape(e)}", err=True)
+        return 1
+    except OSError as e:  # a path the file system refuses: missing, a directory, too long, no permission, full
+        if debug:
+            raise
+        where = f"{escape(e.filename)}: " if e.filename else ""
+        click.echo(f"rs-onnx: error: {where}{escape(e.strerror or e)}; expected an existing file to read, or a "
+                   "writable path with room to write", err=True)
+        return 1
+    except MemoryError as e:
+        if debug:
+            raise
+        click.echo(f"rs-onnx: error: out of memory ({escape(e)}); expected inputs that fit in memory (try a smaller "
+                   "--batch-size)", err=True)
+        return 1
     except Exception as e:  # last resort: one line, no traceback unless --debug
         if debug:
             raise
-        click.echo(f"rs-onnx: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+        click.echo(f"rs-onnx: internal error: {type(e).__name__}: {escape(e)} (run with --debug for the traceback)",
+                   err=True)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from rs_onnx import graph
 from rs_onnx.errors import ConfigError, DataError, ModelError
+from rs_onnx.guard import escape
 from rs_onnx.preprocess import Preprocessor, PreprocessSpec
 
 logger = logging.getLogger(__name__)
@@ -340,6 +341,8 @@ def compose_files(denoiser_path, classifier_path, out_path, preprocess: Preproce
 
     ``kwargs`` go to :func:`compose` (classifier_input_shape, classifier_input_name, ...).
     """
+    if Path(out_path).is_dir():
+        raise ConfigError(f"output {escape(out_path)}: a directory; expected the path of the .onnx file to write")
     denoiser = graph.load_model(denoiser_path, load_external_data=True)
     classifier = graph.load_model(classifier_path, load_external_data=True)
     composed = compose(denoiser, classifier, preprocess=preprocess, **kwargs)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .guard import check_dtype, check_yaml, escape
 from .preprocess import LAYOUTS, PreprocessSpec
 
 def _load_presets() -> dict[str, dict[str, Any]]:
@@ -133,6 +134,8 @@ class RunConfig:
         for ok, key, value, expected in checks:
             if not ok:
                 raise ConfigError(f"{key}={value}: expected {expected}")
+        if self.dtype is not None:
+            self.dtype = check_dtype(self.dtype)
         self.preprocess_spec()  # checks scale, mean and std
         if self.center_crop is not None:
             from .data import parse_crop
@@ -199,9 +202,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config (safe_load): a mapping of RunConfig keys; unknown keys are rejected."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path}: not found")
+        raise ConfigError(f"config file {escape(path)}: not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        check_yaml(data, path)
+        raw = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if raw is None:

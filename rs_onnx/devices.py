@@ -27,7 +27,9 @@ def _quiet_ort():
     try:
         yield
     finally:
-        ort.set_default_logger_severity(2)  # onnxruntime's default: warnings
+        from .guard import ORT_SEVERITY
+
+        ort.set_default_logger_severity(ORT_SEVERITY)  # back to the level before (2: onnxruntime's default)
 
 
 @functools.lru_cache(maxsize=None)

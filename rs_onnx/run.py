@@ -25,7 +25,8 @@ import numpy as np
 
 from .config import RunConfig
 from .data import Dataset, load_from_config
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, ModelError
+from .guard import escape
 from .preprocess import PreprocessSpec
 from .results import (TsvWriter, answer_row, columns_for, command_line, meta_path, sha256_file, versions,
                       write_json_atomic)
@@ -72,6 +73,11 @@ def composed_model(cfg: RunConfig) -> Path:
     from .compose import compose_files
 
     assert cfg.denoiser is not None and cfg.model is not None  # prepare() checked them
+    for what, value in (("denoiser", cfg.denoiser), ("model", cfg.model)):
+        p = Path(value)
+        if not p.is_file():
+            raise ModelError(f"{what} {escape(value)}: {'a directory' if p.is_dir() else 'no such file'}; "
+                             "expected an .onnx file")
     spec = cfg.preprocess_spec()
     key = hashlib.sha256("|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec),
                                    str(cfg.input_name)]).encode()).hexdigest()[:20]
@@ -91,7 +97,14 @@ def resolve_sigma(cfg: RunConfig, clf) -> float:
         return float(cfg.sigma)
     meta = getattr(clf, "metadata", {}) or {}
     if "rs_onnx.sigma" in meta:
-        sigma = float(meta["rs_onnx.sigma"])
+        text = meta["rs_onnx.sigma"]
+        try:
+            sigma = float(text)
+        except (TypeError, ValueError):
+            sigma = float("nan")
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ConfigError(f"the model's rs_onnx.sigma metadata is {escape(repr(text)[:80])}; expected a positive "
+                              "number (the noise level in [0,1] pixel units), or pass --sigma")
         log.info("no --sigma given: using sigma=%g from the model's metadata (rs_onnx.sigma)", sigma)
         return sigma
     raise ConfigError("no --sigma given and the model has no rs_onnx.sigma metadata; expected --sigma "

@@ -7,7 +7,7 @@ Phi((w.x + b) / (sigma ||w||)), so Cohen's radius sigma Phi^-1(pA) equals the di
 
 import numpy as np
 import pytest
-from scipy.stats import norm
+from scipy.stats import beta, binom, norm
 
 from rs_onnx.classifier import OnnxClassifier
 from rs_onnx.smoothing import SmoothedClassifier
@@ -23,23 +23,32 @@ def linear(tmp_path_factory):
     return OnnxClassifier(path, device="cpu"), w.reshape(1, 4, 5)
 
 
+def _radius_at_count(k: int, n: int, alpha: float, sigma: float) -> float:
+    """sigma Phi^-1(CP_lower(k, n, alpha)) from scipy directly, shrunk by 1e-9 (rs_onnx rounds down by 1e-12)."""
+    p = beta.ppf(alpha, k, n - k + 1) if k > 0 else 0.0
+    return 0.0 if p <= 0.5 else sigma * float(norm.ppf(p)) * (1 - 1e-9)
+
+
 @pytest.mark.parametrize("distance", [0.1, 0.3, 0.6])
 def test_radius_never_exceeds_the_distance_and_approaches_it(linear, distance):
+    """Sound (<= distance) and tight: at each n the radius is at least the one the count's 1e-7 quantile
+    gives (exact binomial tail), so a sound engine fails with probability <= 3e-7 per distance (plus
+    P(wrong selection) < 1e-20 with n0 = 1000); that bound approaches the distance as n grows."""
     clf, w = linear
-    sigma = 0.25
+    sigma, alpha = 0.25, 0.001
     x = (w * distance).astype(np.float32)
-    radii = []
+    p = norm.cdf(distance / sigma)  # the exact pA of class 1
+    floors = []
     for n in (1_000, 10_000, 100_000):
         sc = SmoothedClassifier(clf, sigma=sigma, seed=1, batch_size=10_000)
-        cert = sc.certify(x, n0=100, n=n, alpha=0.001)
+        cert = sc.certify(x, n0=1000, n=n, alpha=alpha)
         assert cert.predict == 1 and cert.radius <= distance
         assert cert.radius_2class <= distance and cert.radius_tv <= cert.radius_2class
-        radii.append(cert.radius)
-    assert radii[0] < radii[1] < radii[2]
-    # At n = 1e5 the estimate of pA = Phi(distance / sigma) is within ~3 standard errors.
-    p = norm.cdf(distance / sigma)
-    slack = 3.2 * np.sqrt(p * (1 - p) / 100_000) + 1e-5
-    assert radii[2] >= sigma * norm.ppf(p - slack)
+        floor = _radius_at_count(int(binom.ppf(1e-7, n, p)), n, alpha, sigma)
+        assert cert.radius >= floor, (n, cert.radius, floor)
+        floors.append(floor)
+    # The guaranteed floor grows with n and ends within 10% of the exact radius (a deterministic check).
+    assert floors[0] < floors[1] < floors[2] and floors[2] >= 0.9 * distance
 
 
 def test_false_certification_rate_stays_below_alpha(linear):
@@ -49,7 +58,8 @@ def test_false_certification_rate_stays_below_alpha(linear):
     x = (w * distance).astype(np.float32)
     sc = SmoothedClassifier(clf, sigma=sigma, seed=123, batch_size=50_000)
     certs = sc.certify_many([x] * trials, n0=20, n=400, alpha=alpha)
+    limit = binom.isf(1e-7, trials, alpha)  # each radius is false w.p. <= alpha: P(sound engine fails) <= 3e-7
     for name in ("radius", "radius_2class", "radius_tv"):
-        wrong = np.mean([getattr(c, name) > distance for c in certs])
-        assert wrong <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials), (name, wrong)
+        wrong = sum(getattr(c, name) > distance for c in certs)
+        assert wrong <= limit, (name, wrong, limit)
     assert np.mean([c.radius > 0 for c in certs]) > 0.5  # not vacuous
