@@ -176,7 +176,7 @@ def _run_options(f):
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
         list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
         list_option("--std", help="Per-channel std, scaled units (0.229,0.224,0.225 or one flag per channel)."),
-        click.option("--dtype", type=Choice(DTYPES),
+        click.option("--dtype",
                      help="Model input dtype (default: the model's; integers are rounded and clipped)."),
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
@@ -511,7 +511,7 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
 @click.option("--scale", type=float, help="Multiply by this first (255 for classifiers taking 0..255).")
 @list_option("--mean", help="Per-channel mean of the classifier (comma-separated or one flag per channel).")
 @list_option("--std", help="Per-channel std of the classifier (comma-separated or one flag per channel).")
-@click.option("--dtype", type=Choice(DTYPES), help="Classifier input dtype (integers are rounded and clipped).")
+@click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
 @click.pass_context
 def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     """Compose DENOISER in front of CLASSIFIER into one ONNX model (Salman et al.'s denoised smoothing).
