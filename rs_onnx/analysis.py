@@ -12,6 +12,8 @@ abstentions (``predict == -1``, ``correct == 0``) count as wrong.
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import io
 from collections.abc import Mapping, Sequence
@@ -25,22 +27,79 @@ from .results import REQUIRED_COLUMNS, Results, read_results
 from .stats import ABSTAIN
 
 __all__ = [
-    "REQUIRED_COLUMNS",
     "DEFAULT_RADII",
+    "OUT_OF_REACH",
+    "REQUIRED_COLUMNS",
     "Results",
-    "read_results",
-    "certified_accuracy",
-    "average_certified_radius",
-    "summary",
     "TableRow",
+    "average_certified_radius",
+    "certified_accuracy",
+    "max_certifiable_radius",
+    "plot_certified_accuracy",
+    "read_results",
+    "read_run",
+    "run_max_radius",
+    "run_title",
+    "summary",
     "table_rows",
-    "to_markdown",
     "to_csv",
     "to_latex",
-    "plot_certified_accuracy",
+    "to_markdown",
 ]
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _optional_meta(path) -> dict | None:
+    """The meta.json next to an rs-onnx TSV (``results.read_meta``), or None when absent or unreadable."""
+    from .results import read_meta
+
+    try:
+        return read_meta(path)
+    except DataError:
+        return None
+
+
+def read_run(path) -> Results:
+    """:func:`read_results` plus the run's meta.json (``Results.meta``; None for Cohen et al.'s files)."""
+    from dataclasses import replace
+
+    return replace(read_results(path), meta=_optional_meta(path))
+
+
+def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius any example can get at ``n`` samples and level ``alpha`` (l2, units of sigma).
+
+    Even with all ``n`` samples on the top class, the one-sided Clopper-Pearson lower bound is
+    ``alpha ** (1 / n)``, so Cohen et al.'s radius is at most ``sigma * Phi^-1(alpha ** (1 / n))``; the
+    two-class bound and sequential looks (smaller alpha, fewer samples) stay below it too.
+    """
+    from statistics import NormalDist
+
+    if not (sigma > 0 and n >= 1 and 0 < alpha < 1):
+        raise ConfigError(f"sigma={sigma}, n={n}, alpha={alpha}: expected sigma > 0, n >= 1, 0 < alpha < 1")
+    p = float(np.exp(np.log(alpha) / n))
+    if p >= 1.0:  # only for astronomically large n
+        return float("inf")
+    return float(sigma * NormalDist().inv_cdf(p))
+
+
+def run_max_radius(results) -> float | None:
+    """Largest radius reachable by the run behind ``results``: 0 for PREDICT runs, from sigma, n and alpha
+    of its meta.json for CERTIFY runs, None when unknown (Cohen et al.'s files)."""
+    if getattr(results, "kind", "certify") == "predict":
+        return 0.0
+    meta = getattr(results, "meta", None) or {}
+    cfg = meta.get("config") or {}
+    noise = meta.get("noise") or {}
+    if noise.get("kind", "gaussian") != "gaussian" or meta.get("radius_norm", "l2") != "l2":
+        return None  # the bound below is Gaussian l2; other noises and norms are not marked
+    try:
+        sigma = noise.get("sigma", cfg.get("sigma"))  # the resolved sigma (the config keeps it as given)
+        return max_certifiable_radius(float(sigma), int(cfg["n"]), float(cfg["alpha"]))
+    except (KeyError, TypeError, ValueError, ConfigError):
+        return None
+
 
 # ------------------------------------------------------------------------------------------- metrics
 
@@ -82,10 +141,10 @@ def average_certified_radius(results, radius_column: str = "radius") -> float:
 
 
 def summary(results, radius_column: str = "radius") -> dict:
-    """n examples, smoothed accuracy, abstention rate (predict == -1), mean time per image (s), ACR."""
+    """Number of examples, smoothed accuracy, abstention rate (predict == -1), mean time per image (s), ACR."""
     predict = _column(results, "predict")
     return {
-        "n": int(predict.size),
+        "examples": int(predict.size),
         "accuracy": float(certified_accuracy(results, 0.0, radius_column)),
         "abstention_rate": float(np.mean(predict == ABSTAIN)),
         "time_per_image": float(np.mean(_column(results, "time"))),
@@ -101,16 +160,23 @@ class TableRow:
     """One run of a table: certified accuracy (fractions) at ``radii`` plus summary columns."""
 
     label: str
-    n: int
+    examples: int
     radii: tuple[float, ...]
     certified: tuple[float, ...]
     acr: float
     abstention_rate: float
     time_per_image: float
+    max_radius: float | None = None
+    """Largest radius reachable at the run's n and alpha (None: unknown); radii beyond it are out of reach."""
+
+    def out_of_reach(self) -> tuple[bool, ...]:
+        """Per radius: True when no example of this run could be certified there (beyond max_radius)."""
+        return tuple(self.max_radius is not None and r > self.max_radius for r in self.radii)
 
 
 def table_rows(runs: Mapping, radii: Sequence[float] = DEFAULT_RADII, radius_column: str = "radius") -> list[TableRow]:
-    """One :class:`TableRow` per run, from a mapping of label to results."""
+    """One :class:`TableRow` per run, from a mapping of label to results (``max_radius`` from
+    :func:`run_max_radius`; the ACR of a PREDICT run is NaN: nothing was certified)."""
     radii = tuple(float(r) for r in radii)
     bad = [r for r in radii if not (np.isfinite(r) and r >= 0)]
     if bad:
@@ -119,9 +185,27 @@ def table_rows(runs: Mapping, radii: Sequence[float] = DEFAULT_RADII, radius_col
     for label, res in runs.items():
         s = summary(res, radius_column)
         acc = certified_accuracy(res, radii, radius_column)
-        rows.append(TableRow(str(label), s["n"], radii, tuple(float(a) for a in acc), s["acr"],
-                             s["abstention_rate"], s["time_per_image"]))
+        acr = float("nan") if getattr(res, "kind", "certify") == "predict" else s["acr"]
+        rows.append(TableRow(str(label), s["examples"], radii, tuple(float(a) for a in acc), acr,
+                             s["abstention_rate"], s["time_per_image"],
+                             run_max_radius(res) if radius_column in _BOUNDED_COLUMNS else None))
     return rows
+
+
+_BOUNDED_COLUMNS = ("radius", "radius_2class")
+"""Radius columns that never exceed :func:`max_certifiable_radius` (Cohen's and the two-class bound)."""
+
+OUT_OF_REACH = "–"
+"""Table cell of a radius beyond the largest certifiable at the run's n and alpha (accuracy there is 0 by construction)."""
+
+
+def _reach_note(rows: list[TableRow]) -> str:
+    if not any(any(r.out_of_reach()) for r in rows):
+        return ""
+    reach = "; ".join(f"{r.label}: {'0 (PREDICT certifies no radius)' if r.max_radius == 0 else f'{r.max_radius:.3f}'}"
+                      for r in rows if any(r.out_of_reach()))
+    return (f"{OUT_OF_REACH} out of reach: beyond the largest radius certifiable at the run's n and alpha "
+            f"(sigma * Phi^-1(alpha^(1/n)); {reach})\n")
 
 
 def _as_rows(rows) -> list[TableRow]:
@@ -150,33 +234,46 @@ def _fmt_fraction(x: float) -> str:
 
 
 def _headers(radii) -> list[str]:
-    return ["run", "n", *(f"r={_fmt_radius(r)}" for r in radii), "ACR", "abstain", "s/img"]
+    return ["run", "examples", *(f"r={_fmt_radius(r)}" for r in radii), "ACR", "abstain", "s/img"]
 
 
 def to_markdown(rows) -> str:
-    """A Markdown table: certified accuracy (%) at each radius, ACR, abstention (%), seconds per image."""
+    """A Markdown table: certified accuracy (%) at each radius, ACR, abstention (%), seconds per image.
+
+    Radii out of reach at a run's n and alpha show :data:`OUT_OF_REACH`, explained under the table."""
     rows = _as_rows(rows)
     head = _headers(rows[0].radii)
     head[2:-3] = [h + " (%)" for h in head[2:-3]]
     head[-2] += " (%)"
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["--:"] * (len(head) - 1)) + "|"]
     for r in rows:
-        cells = [r.label.replace("|", "\\|"), str(r.n), *(f"{100 * a:.1f}" for a in r.certified),
-                 f"{r.acr:.3f}", f"{100 * r.abstention_rate:.1f}", _fmt_time(r.time_per_image)]
+        cells = [r.label.replace("|", "\\|"), str(r.examples), *_accuracy_cells(r), _fmt_acr(r.acr),
+                 f"{100 * r.abstention_rate:.1f}", _fmt_time(r.time_per_image)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _reach_note(rows)
+
+
+def _accuracy_cells(r: TableRow) -> list[str]:
+    return [OUT_OF_REACH if far else f"{100 * a:.1f}" for a, far in zip(r.certified, r.out_of_reach())]
+
+
+def _fmt_acr(acr: float) -> str:
+    return OUT_OF_REACH if np.isnan(acr) else f"{acr:.3f}"
 
 
 def to_csv(rows) -> str:
-    """CSV with fractions (not percentages) to 12 significant digits, seconds per image, one line per run."""
+    """CSV with fractions (not percentages) to 12 significant digits, seconds per image, one line per run.
+
+    Radii out of reach at a run's n and alpha (beyond ``max_radius``) and the ACR of PREDICT runs are empty cells."""
     rows = _as_rows(rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     radii = [f"r={_fmt_radius(r)}" for r in rows[0].radii]
-    w.writerow(["run", "n", *radii, "acr", "abstention_rate", "time_per_image"])
+    w.writerow(["run", "examples", *radii, "acr", "abstention_rate", "time_per_image", "max_radius"])
     for r in rows:
-        w.writerow([r.label, r.n, *(_fmt_fraction(a) for a in r.certified), _fmt_fraction(r.acr),
-                    _fmt_fraction(r.abstention_rate), _fmt_fraction(r.time_per_image)])
+        w.writerow([r.label, r.examples, *("" if far else _fmt_fraction(a) for a, far in zip(r.certified, r.out_of_reach())),
+                    "" if np.isnan(r.acr) else _fmt_fraction(r.acr), _fmt_fraction(r.abstention_rate),
+                    _fmt_fraction(r.time_per_image), "" if r.max_radius is None else _fmt_fraction(r.max_radius)])
     return buf.getvalue()
 
 
@@ -198,12 +295,13 @@ def to_latex(rows) -> str:
         r"\toprule",
         r" & & \multicolumn{" + str(k) + r"}{c}{certified accuracy (\%) at $\ell_2$ radius} & & & \\",
         r"\cmidrule(lr){3-" + str(k + 2) + "}",
-        "run & $n$ & " + " & ".join(f"${_fmt_radius(r)}$" for r in radii) + r" & ACR & abstain (\%) & s/img \\",
+        "run & examples & " + " & ".join(f"${_fmt_radius(r)}$" for r in radii) + r" & ACR & abstain (\%) & s/img \\",
         r"\midrule",
     ]
     for r in rows:
-        cells = [_latex_escape(r.label), str(r.n), *(f"{100 * a:.1f}" for a in r.certified), f"{r.acr:.3f}",
-                 f"{100 * r.abstention_rate:.1f}", _fmt_time(r.time_per_image)]
+        cells = [_latex_escape(r.label), str(r.examples),
+                 *("--" if far else f"{100 * a:.1f}" for a, far in zip(r.certified, r.out_of_reach())),
+                 "--" if np.isnan(r.acr) else f"{r.acr:.3f}", f"{100 * r.abstention_rate:.1f}", _fmt_time(r.time_per_image)]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(out) + "\n"
@@ -223,15 +321,27 @@ def _curve(results, radius_column: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def run_title(results) -> str | None:
+    """"model, sigma=.., n=.., alpha=.." of a run from its meta.json (None without one)."""
+    meta = getattr(results, "meta", None) or {}
+    cfg = meta.get("config") or {}
+    if not cfg:
+        return None
+    model = Path(str((meta.get("model") or {}).get("path") or cfg.get("model") or "?")).name
+    parts = [model] + [f"{k}={cfg[k]:g}" for k in ("sigma", "n", "alpha") if isinstance(cfg.get(k), (int, float))]
+    return ", ".join(parts)
+
+
 def plot_certified_accuracy(runs: Mapping, path, radius_max: float | None = None, *,
                             radius_column: str = "radius", title: str | None = None,
-                            xlabel: str = "radius (l2, [0,1] pixel units)") -> Path:
+                            xlabel: str = "l2 radius ([0,1] pixel units)") -> Path:
     """Plot certified accuracy against radius for several runs, saved as PNG, PDF or SVG by extension.
 
     Each curve is the exact step function r -> fraction of examples with correct and radius >= r (drawn
-    with ``where="post"``, so the drop at a radius shows just after it). The legend gives each run's ACR.
-    matplotlib is imported here, never at import time; the figure is drawn on an Agg canvas without
-    pyplot, so no global backend is changed (in a notebook too).
+    with ``where="post"``, so the drop at a radius shows just after it). The legend, outside the axes,
+    gives each run's model, sigma, n and alpha (from its meta.json) and ACR; a dotted line of the run's
+    colour marks the largest radius certifiable at its n and alpha. matplotlib is imported here, never
+    at import time; the figure is drawn on an Agg canvas without pyplot, so no global backend is changed.
     """
     p = Path(path)
     fmt = p.suffix.lower().lstrip(".")
@@ -250,28 +360,38 @@ def plot_certified_accuracy(runs: Mapping, path, radius_max: float | None = None
 
     curves = {str(label): (_curve(res, radius_column), average_certified_radius(res, radius_column))
               for label, res in runs.items()}
+    reach = {str(label): run_max_radius(res) if radius_column in _BOUNDED_COLUMNS else None
+             for label, res in runs.items()}
+    titles = {str(label): run_title(res) for label, res in runs.items()}
     if radius_max is None:
         top = max((float(x[-1]) for (x, _), _ in curves.values()), default=0.0)
+        top = max([top] + [r for r in reach.values() if r is not None and np.isfinite(r)])
         radius_max = 1.05 * top if top > 0 else 1.0
     elif not float(radius_max) > 0:
         raise ConfigError(f"radius_max={radius_max}: expected a positive number")
 
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    fig = Figure(figsize=(8.8, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for label, ((x, y), acr) in curves.items():
         x = np.append(x, max(radius_max, float(x[-1])))
         y = np.append(y, y[-1])
-        ax.step(x, y, where="post", linewidth=1.8, label=f"{label} (ACR {acr:.3f})")
+        detail = f"\n{titles[label]}" if titles[label] and titles[label] != label else ""
+        (line,) = ax.step(x, y, where="post", linewidth=1.8, label=f"{label} (ACR {acr:.3f}){detail}")
+        r_max = reach[label]
+        if r_max is not None and 0 < r_max <= radius_max:
+            ax.axvline(r_max, color=line.get_color(), linestyle=":", linewidth=1.2,
+                       label=f"largest certifiable radius {r_max:.3f}")
     ax.set_xlim(0.0, radius_max)
     ax.set_ylim(0.0, 1.0)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("certified accuracy")
+    ax.set_ylabel("certified accuracy (% of examples)")
     ax.grid(True, alpha=0.35)
-    ax.legend(loc="upper right", frameon=True)
-    if title:
-        ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize="small")
+    if title is None and len(curves) == 1:
+        title = next(iter(titles.values()))
+    ax.set_title(title or "certified accuracy", fontsize="medium")
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, format=fmt, dpi=150)
     return p
@@ -326,7 +446,11 @@ def select_norm(runs: Mapping, paths: Mapping, norm: str | None = None,
             raise DataError(f"{path}: no {norm} radius (its radius column is {radius_norm(path, 'radius')} and it "
                             f"has no radius_{norm} column); expected a file certified in {norm} or by rs-onnx")
         norms[label] = radius_norm(path, column)
-        out[label] = Results({**res.columns, "radius": res[column]}, res.path)
+        if res.kind == "predict":  # no radii: nothing certified, in any norm
+            out[label] = res
+            continue
+        meta = {**res.meta, "radius_norm": norms[label]} if res.meta is not None else None
+        out[label] = dataclasses.replace(res, columns={**res.columns, "radius": res[column]}, meta=meta)
     if len(set(norms.values())) > 1:
         listing = ", ".join(f"{k}: {v}" for k, v in norms.items())
         raise ConfigError(f"results in different norms ({listing}); expected one norm per table and plot "

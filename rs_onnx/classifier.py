@@ -394,6 +394,10 @@ class OnnxClassifier:
         self._want_cuda = kind == "cuda" or (kind == "auto" and cuda_works(index))
         if self._want_cuda:
             preload_cuda_libraries()
+        if kind == "auto" and not self._want_cuda:
+            from rs_onnx.doctor import warn_if_gpu_unused
+
+            warn_if_gpu_unused()
         self._explicit, self._index = kind == "cuda", index
         self._providers_req = [(_CUDA, {"device_id": str(index)}), _CPU] if self._want_cuda else [_CPU]
         self.device = f"cuda:{index}" if self._want_cuda else "cpu"

@@ -10,10 +10,8 @@ import warnings
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ._version import __version__
-from .config import build_config, load_yaml
 from .errors import RsOnnxError
 from .guard import check_path_name, escape, quiet_onnxruntime, quiet_warnings
 from .outputs import WriteError, check_not_inputs, count_rows
@@ -45,13 +43,92 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
 
 
 def _version_text() -> str:
-    import numpy
-    import onnxruntime
+    """Versions from the installed packages' metadata (nothing heavy is imported: --version stays fast);
+    a warning when several onnxruntime builds clash. ``rs-onnx doctor`` probes the providers."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    from .devices import working_providers
+    from .doctor import onnxruntime_conflict, onnxruntime_distributions
 
-    return (f"rs-onnx {__version__}\nonnxruntime {onnxruntime.__version__}\nnumpy {numpy.__version__}\n"
-            f"providers that work here: {', '.join(working_providers())}")
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    builds = onnxruntime_distributions()
+    ort = ", ".join(f"{n} {ver}" for n, ver in builds) if builds else "onnxruntime not installed"
+    conflict = onnxruntime_conflict()
+    return (f"rs-onnx {__version__}\n{ort}\nnumpy {v('numpy')}\nPython {sys.version.split()[0]}\n"
+            "`rs-onnx doctor` lists the execution providers that really work here"
+            + (f"\nwarning: {conflict}" if conflict else ""))
+
+
+# ------------------------------------------------------------------ conventions shared by every command
+
+GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+"""Flags of the group that are also accepted after the subcommand (``rs-onnx certify ... -q``)."""
+
+
+class RsOnnxGroup(click.Group):
+    """A click group that takes its global flags anywhere on the line (before a ``--``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        head, sep, tail = (args[:args.index("--")], ["--"], args[args.index("--") + 1:]) if "--" in args \
+            else (list(args), [], [])
+        moved = [a for a in head if a in GLOBAL_FLAGS]
+        return super().parse_args(ctx, moved + [a for a in head if a not in GLOBAL_FLAGS] + sep + tail)
+
+
+class Choice(click.Choice):
+    """A case-insensitive choice (``--layout NHWC`` is ``nhwc``); the value is the choice as listed."""
+
+    def __init__(self, choices, case_sensitive: bool = False) -> None:
+        super().__init__(list(choices), case_sensitive=case_sensitive)
+
+
+class NumberList(click.ParamType):
+    """Numbers given as a comma- (or space-) separated list: ``0.485,0.456,0.406``; with ``multiple=True``
+    (see :func:`list_option`) repeated flags and lists mix freely."""
+
+    name = "numbers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return tuple(float(v) for v in value)
+        if isinstance(value, (int, float)):
+            return (float(value),)
+        parts = [t for t in re.split(r"[,\s]+", str(value).strip()) if t]
+        try:
+            numbers = tuple(float(t) for t in parts)
+        except ValueError:
+            numbers = ()
+        if not numbers:
+            self.fail(f"{value!r}: expected numbers, comma-separated (0.5,0.4) or one per repeated flag", param, ctx)
+        return numbers
+
+
+def _flatten(ctx, param, value):
+    return tuple(x for part in value or () for x in part)
+
+
+def list_option(*decls, **kwargs):
+    """An option taking numbers as repeated flags and/or comma-separated lists; its value is a flat tuple."""
+    return click.option(*decls, type=NumberList(), multiple=True, callback=_flatten, **kwargs)
+
+
+DTYPES = ("float32", "float16", "float64", "uint8", "int8", "uint16", "int16", "int32", "int64")
+"""Model input dtypes the preprocessing can cast to (numpy names)."""
+
+
+def _layouts() -> list[str]:
+    return ["auto", "nchw", "nhwc", "flat"]  # rs_onnx.preprocess.LAYOUTS, without importing numpy for --help
+
+
+def _presets() -> list[str]:
+    from importlib import resources
+
+    return sorted(f.name[:-5] for f in resources.files("rs_onnx").joinpath("presets").iterdir()
+                  if f.name.endswith(".yaml"))
 
 
 def _print_version(ctx: click.Context, _param, value: bool) -> None:
@@ -60,16 +137,23 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=RsOnnxGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Versions of rs-onnx, onnxruntime, numpy, and the execution providers that really work.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or info logs.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
 def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
-    """Certify the l2 robustness of any ONNX classifier by randomized smoothing (Cohen et al. 2019)."""
+    """Certify the l2 robustness of any ONNX classifier by randomized smoothing (Cohen et al. 2019).
+
+    -q and --debug go before or after the command; choices are case-insensitive; number lists
+    (--mean, --std, --radii) take repeated flags or commas (--mean 0.485,0.456,0.406); --out - is stdout.
+    """
     ctx.obj = {"quiet": quiet, "debug": debug}
     _setup_logging(quiet, debug)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 def _run_options(f):
@@ -91,12 +175,13 @@ def _run_options(f):
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),
         click.option("--output-name", help="Model output holding the class scores (needed when ambiguous)."),
-        click.option("--preset", help="Normalisation preset: none, mnist, cifar10, cifar10-cohen, imagenet."),
-        click.option("--layout", help="Model input layout: auto, nchw, nhwc, flat."),
+        click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: README, Presets)."),
+        click.option("--layout", type=Choice(_layouts()), help="Model input layout."),
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
-        click.option("--mean", type=float, multiple=True, help="Per-channel mean (repeat per channel), scaled units."),
-        click.option("--std", type=float, multiple=True, help="Per-channel std (repeat per channel), scaled units."),
-        click.option("--dtype", help="Model input dtype (default: the model's; integers are rounded and clipped)."),
+        list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
+        list_option("--std", help="Per-channel std, scaled units (0.229,0.224,0.225 or one flag per channel)."),
+        click.option("--dtype",
+                     help="Model input dtype (default: the model's; integers are rounded and clipped)."),
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
@@ -115,7 +200,7 @@ def _run_options(f):
         click.option("--center-crop", help="Image files: crop N or HxW pixels from the centre, after --resize "
                      "(ImageNet: --resize 256 --center-crop 224)."),
         click.option("--noise-threads", type=int, help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16)."),
-        click.option("--backend", type=click.Choice(["local", "ray"]), help="Where to sample: this process "
+        click.option("--backend", type=Choice(["local", "ray"]), help="Where to sample: this process "
                      "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
         click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),
         click.option("--workers", type=int, help="Ray workers (default: one per GPU, else one per CPU)."),
@@ -133,7 +218,8 @@ def _run_options(f):
                      "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'."),
         click.option("--audit-seed-override", is_flag=True, default=None,
                      help="With --audit: accept --seed, to reproduce an earlier audit from its recorded entropy."),
-        click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); default stdout."),
+        click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); - or none: stdout."),
+        click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout (needs --out)."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
         click.option("--overwrite", is_flag=True, help="Start over on an --out that holds rows (they are replaced "
                      "once the new run has its first row)."),
@@ -145,6 +231,7 @@ def _run_options(f):
 
 
 def _config(ctx: click.Context, mode: str, kwargs: dict):
+    from .config import build_config, load_yaml
     from .run import bundled
 
     for key, what in (("config_path", "--config"), ("model", "MODEL"), ("data", "DATA"), ("denoiser", "--denoiser")):
@@ -152,21 +239,13 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
             check_path_name(kwargs[key], what)
     yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}
     flags = {}
-    if kwargs.get("radii_text"):
-        try:
-            kwargs["radii"] = [float(r) for r in kwargs["radii_text"].replace(" ", ",").split(",") if r]
-        except ValueError:
-            raise click.UsageError(f"--radii {kwargs['radii_text']!r}: expected numbers separated by commas") from None
     if kwargs.get("batch_size") is not None:
         text = kwargs["batch_size"].strip().lower()
         if text != "auto" and not re.fullmatch(r"-?[0-9]{1,30}", text):
             raise click.UsageError(f"--batch-size {kwargs['batch_size']!r}: expected a positive integer or auto")
         kwargs["batch_size"] = None if text == "auto" else int(text)
     for key, value in kwargs.items():
-        if key in ("config_path", "out", "resume", "overwrite", "dump_config", "radii_text"):
-            continue
-        if key == "radii":
-            flags[key] = value
+        if key in ("config_path", "out", "resume", "overwrite", "dump_config", "as_json"):
             continue
         source = ctx.get_parameter_source(key)
         if value not in (None, ()) and source is not click.core.ParameterSource.DEFAULT:
@@ -185,17 +264,25 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
         raise click.UsageError("MODEL given without DATA; expected DATA after the model (an .npz, .npy, "
                                "folder, .csv/.tsv manifest or image file)")
     cfg, _ = build_config(yaml_values, flags)
+    if cfg.alpha > 0.5:
+        log.warning("alpha=%g: each answer may be wrong with probability up to %g; expected a small failure "
+                    "probability such as 0.001", cfg.alpha, cfg.alpha)
     for value, what in ((cfg.model, "model"), (cfg.data, "data"), (cfg.denoiser, "denoiser")):
         if value:  # also when they come from the YAML file
             check_path_name(value, what)
     return cfg, default_run
 
 
-def _progress_bar(ctx: click.Context, total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
-                disable=ctx.obj["quiet"], smoothing=0.05)
+def _done_before(out: Path | None, resume: bool, indices: list[int]) -> int:
+    """Examples of ``indices`` already in ``out`` (complete lines only) when resuming; for the progress."""
+    if not (resume and out and out.is_file()):
+        return 0
+    try:
+        lines = out.read_text(encoding="utf-8").split("\n")[1:-1]
+        done = {int(line.split("\t", 1)[0]) for line in lines if line.strip()}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return 0
+    return len(done & set(indices))
 
 
 def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
@@ -203,25 +290,77 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     from .config import dump_yaml
     from .distributed import backend_from_config
 
-    cfg, default_run = _config(ctx, mode, kwargs)
+    warnings = _WarningCollector()  # from the start: warnings about the configuration are recorded too
+    log.addHandler(warnings)
+    try:
+        cfg, default_run = _config(ctx, mode, kwargs)
+    finally:
+        log.removeHandler(warnings)
     quiet_onnxruntime(ctx.obj["debug"])
-    if kwargs.get("out"):  # room for the sibling files the run writes: <out>.meta.json.tmp
+    if kwargs.get("out") and kwargs["out"] != "-":  # room for the sibling files the run writes: <out>.meta.json.tmp
         check_path_name(kwargs["out"], "--out", reserve=len(".meta.json.tmp"))
     if kwargs["dump_config"]:
         click.echo(dump_yaml(cfg), nl=False)
         return
-    out = Path(kwargs["out"]) if kwargs.get("out") else None
-    if default_run and out is None:
+    to_stdout = kwargs.get("out") == "-"
+    out = Path(kwargs["out"]) if kwargs.get("out") and not to_stdout else None
+    if default_run and out is None and not to_stdout:
         out = Path(f"rs-onnx-default-{mode}.tsv")
         log.info("writing %s (and its .meta.json); `rs-onnx analyze %s` reads it", out, out)
     if kwargs["resume"] and out is None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
     if cfg.backend == "ray" and _ray_missing():  # refused now, before any output file exists
         raise RsOnnxError("--backend ray: Ray is not installed; expected pip install 'rs-onnx[distributed]'")
+    if kwargs.get("as_json") and out is None:
+        raise click.UsageError("--json needs --out FILE: without a file the rows themselves go to stdout")
+    log.addHandler(warnings)
+    try:
+        _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings)
+    finally:
+        log.removeHandler(warnings)
+
+
+class _WarningCollector(logging.Handler):
+    """Keeps the warnings logged during a run, to record them in its meta.json (the report shows them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg not in self.messages:
+            self.messages.append(msg)
+
+    def record(self, out: Path | None) -> None:
+        """Add the warnings to ``out``'s meta.json (atomically), keeping those of earlier runs (--resume)."""
+        if not (out and self.messages):
+            return
+        from .results import meta_path, write_json_atomic
+
+        mp = meta_path(out)
+        try:
+            meta = json.loads(mp.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(meta, dict):
+            old = [str(w) for w in meta.get("warnings") or []]
+            meta["warnings"] = old + [m for m in self.messages if m not in old]
+            write_json_atomic(mp, meta)
+
+
+def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _WarningCollector) -> None:
+    from .progress import Progress
+
     p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
     rows: list[dict] = []
-    bar = _progress_bar(ctx, per_example * len(p.indices), mode)
+    bar = Progress(mode, len(p.indices), _done_before(out, kwargs["resume"], p.indices), enabled=not ctx.obj["quiet"],
+                   samples_per_example=per_example)
+
+    def on_rows(new: list[dict]) -> None:
+        rows.extend(new)
+        bar.examples(len(new))
 
     def resume_hint() -> str:
         if out is None or not out.exists() or count_rows(out) == 0:
@@ -229,11 +368,12 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         return f"; finished rows are in {out}: run the same command with --resume to continue"
 
     try:
-        meta = runmod.execute(p, mode, out, resume=kwargs["resume"], overwrite=kwargs["overwrite"],
-                              on_rows=rows.extend, progress=bar.update, stream=None if out else sys.stdout,
+        meta = runmod.execute(p, mode, out, resume=kwargs["resume"], overwrite=kwargs["overwrite"], on_rows=on_rows,
+                              progress=bar.samples, stream=None if out else sys.stdout,
                               backend=backend_from_config(cfg), inputs={"--config": kwargs.get("config_path")})
     except KeyboardInterrupt as e:
         bar.close()
+        warnings.record(out)
         click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'} after "
                    f"{len(rows)} examples this run{resume_hint()}", err=True)
         ctx.exit(143 if isinstance(e, Terminated) else 130)
@@ -245,19 +385,50 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
                           f"failed; {kept} complete rows are kept in {out}{hint}") from e
     except RsOnnxError:
         bar.close()
+        warnings.record(out)
         raise
     except Exception as e:  # e.g. the execution provider failing mid-run
         bar.close()
+        warnings.record(out)
         raise RsOnnxError(f"the run stopped after {len(rows)} examples: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint()}") from e
     bar.close()
-    if mode == "certify" and (rows or out):
-        table = _accuracy_table(rows, out, meta["timings"]["seconds"])
+    warnings.record(out)
+    if not (rows or out):
+        return
+    results = _run_results(rows, out, mode, cfg)
+    if kwargs.get("as_json"):
+        from .summaries import run_summary
+
+        summary = {**run_summary(results, DEFAULT_RADII), "computed_this_run": len(rows),
+                   "seconds": meta["timings"]["seconds"]}
+        click.echo(json.dumps(summary, indent=2))
+    elif mode == "certify":
+        table = _accuracy_table(results, len(rows), meta["timings"]["seconds"])
         acc = meta.get("clean_accuracy")
         if acc:
             table += (f"\nclean accuracy of the base classifier (no noise) on the first {acc['examples']} labelled "
                       f"examples: {100 * acc['accuracy']:.1f}% (chance {100 * acc['chance']:.1f}%)")
         click.echo(table, err=out is None)
+    else:
+        from .summaries import predict_text
+
+        click.echo(f"{predict_text(results)}; {len(rows)} computed in this run in {meta['timings']['seconds']:.1f} s",
+                   err=out is None)
+
+
+def _run_results(rows: list[dict], out: Path | None, mode: str, cfg):
+    """The whole run as analysis.Results: the file with its meta.json when there is one (a resumed run
+    included), else this run's rows (with sigma, n and alpha for the reach of the radii)."""
+    import numpy as np
+
+    from .analysis import REQUIRED_COLUMNS, Results, read_run
+
+    if out:
+        return read_run(out)
+    columns = {c: np.asarray([r.get(c, 0.0) for r in rows]) for c in REQUIRED_COLUMNS}
+    columns["nonfinite"] = np.asarray([r.get("nonfinite", 0) for r in rows])
+    return Results(columns, None, mode, {"mode": mode, "config": cfg.to_dict()})
 
 
 def _ray_missing() -> bool:
@@ -270,13 +441,14 @@ def _ray_missing() -> bool:
         return True
 
 
-def _accuracy_table(rows: list[dict], out: Path | None, seconds: float) -> str:
-    """Certified accuracy of the whole run: the file when there is one (a resumed run included)."""
-    from .analysis import REQUIRED_COLUMNS, Results, read_results, table_rows, to_markdown
+def _accuracy_table(results, computed: int, seconds: float) -> str:
+    """Certified accuracy of the whole run (radii out of reach at its n and alpha marked)."""
+    from dataclasses import replace
 
-    results = read_results(out) if out else Results({c: np.asarray([r[c] for r in rows]) for c in REQUIRED_COLUMNS})
-    table = to_markdown(table_rows({"certified accuracy": results}, DEFAULT_RADII))
-    return f"{table}\n{len(results)} examples, {len(rows)} computed in this run in {seconds:.1f} s"
+    from .analysis import table_rows, to_markdown
+
+    table = to_markdown(table_rows({"certified accuracy": replace(results, path=None)}, DEFAULT_RADII))
+    return f"{table}{len(results)} examples, {computed} computed in this run in {seconds:.1f} s"
 
 
 @cli.command()
@@ -284,10 +456,10 @@ def _accuracy_table(rows: list[dict], out: Path | None, seconds: float) -> str:
 @click.option("--n0", type=int, help="Selection samples that pick the class to certify (default 100).")
 @click.option("--sequential", is_flag=True, default=None,
               help="Stop sampling each example as soon as --radii are decided (n becomes the budget).")
-@click.option("--radii", "radii_text", help="Sequential: radii to decide, comma-separated (default 0.25,0.5,0.75,1).")
+@list_option("--radii", help="Sequential: radii to decide, comma-separated or repeated (default 0.25,0.5,0.75,1).")
 @click.option("--precision", type=float, help="Sequential: find the radius to within this instead of deciding radii.")
 @click.option("--looks", type=int, help="Sequential: planned looks at the counts (default 8).")
-@click.option("--bound", type=click.Choice(["cohen", "best"]),
+@click.option("--bound", type=Choice(["cohen", "best"]),
               help="radius column: cohen (Cohen et al.'s, default) or best (max of Cohen's and the two-class bound, "
                    "alpha split between them).")
 @click.pass_context
@@ -322,6 +494,7 @@ def predict(ctx: click.Context, **kwargs) -> None:
     """PREDICT each example of DATA: the smoothed class, or -1 (abstain) when unsure at level alpha.
 
     DATA is read as by certify (see rs-onnx certify --help).
+    Ends with a summary: accuracy, abstention rate and time per example.
     """
     _execute(ctx, "predict", kwargs)
 
@@ -346,11 +519,11 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
 @click.option("--denoiser", required=True, help="ONNX denoiser: [N,C,H,W] images in [0,1] -> same shape.")
 @click.option("-o", "--out", required=True, type=click.Path(), help="The composed .onnx to write.")
 @click.option("--input-name", help="Classifier input to feed (needed when it has several).")
-@click.option("--preset", help="Normalisation preset of the classifier: none, mnist, cifar10, cifar10-cohen, imagenet.")
-@click.option("--layout", help="Classifier input layout: auto, nchw, nhwc, flat.")
+@click.option("--preset", type=Choice(_presets()), help="Normalisation preset of the classifier.")
+@click.option("--layout", type=Choice(_layouts()), help="Classifier input layout.")
 @click.option("--scale", type=float, help="Multiply by this first (255 for classifiers taking 0..255).")
-@click.option("--mean", type=float, multiple=True, help="Per-channel mean of the classifier (repeat per channel).")
-@click.option("--std", type=float, multiple=True, help="Per-channel std of the classifier (repeat per channel).")
+@list_option("--mean", help="Per-channel mean of the classifier (comma-separated or one flag per channel).")
+@list_option("--std", help="Per-channel std of the classifier (comma-separated or one flag per channel).")
 @click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
 @click.pass_context
 def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
@@ -360,6 +533,7 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     [0,1] images and sigma keeps its pixel units; certify it with no preprocessing flags.
     """
     from .compose import compose_files
+    from .config import build_config
 
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
              if v not in (None, ()) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
@@ -369,8 +543,7 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
         check_path_name(path, what)
     check_path_name(out, "-o", reserve=len(".data"))
     check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
-    compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)
-    click.echo(f"wrote {out}", err=True)
+    compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)  # logs "wrote"
 
 
 def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list[str], list[float]]:
@@ -389,20 +562,22 @@ def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list
 
 @cli.command()
 @click.argument("results", nargs=-1, required=True)
-@click.option("--radii", type=float, multiple=True, help="Radii for the table (default 0 0.25 0.5 0.75 1).")
+@list_option("--radii", help="Radii for the table, comma-separated or repeated (default 0,0.25,0.5,0.75,1).")
 @click.option("--label", "labels", multiple=True, help="Label per results file (default: file name).")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown",
+@click.option("--format", "fmt", type=Choice(["markdown", "csv", "latex"]), default="markdown",
               show_default=True, help="Table format on stdout.")
 @click.option("--plot", type=click.Path(), help="Write a certified-accuracy step plot (.png or .pdf).")
 @click.option("--radius-column", default="radius", show_default=True,
               help="Radius column to use (e.g. radius_tv, radius_2class).")
-@click.option("--norm", type=click.Choice(["l1", "l2", "linf"]),
+@click.option("--norm", type=Choice(["l1", "l2", "linf"]),
               help="Radii in this norm (each file's radius or radius_<norm> column); without it every file's radius "
                    "column must be in the same norm (meta.json says which).")
-def analyze(results, radii, labels, fmt, plot, radius_column, norm) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per file on stdout instead of the table.")
+def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> None:
     """Certified accuracy at given radii, average certified radius, abstention rate and time per image.
 
-    Reads rs-onnx TSVs and Cohen et al.'s own files; several files make several rows (and curves).
+    Reads rs-onnx TSVs (certify and predict) and Cohen et al.'s own files; several files make several
+    rows (and curves). Radii beyond the largest certifiable at a run's n and alpha are marked out of reach.
     """
     from . import analysis
 
@@ -414,12 +589,21 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm) -> None:
     names = list(labels) if labels else [Path(f).stem for f in files]
     if len(set(names)) != len(names):
         names = [str(f) for f in files]
-    runs = {name: analysis.read_results(f) for name, f in zip(names, files)}
+    runs = {name: analysis.read_run(f) for name, f in zip(names, files)}
     runs, unit = analysis.select_norm(runs, dict(zip(names, files)), norm, radius_column)
     radius_column = "radius"
     if norm or unit != "l2":
         runs = {f"{name} ({unit})": res for name, res in runs.items()}
     log.info("radii in %s, [0,1] pixel units", unit)
+    if as_json:
+        from .summaries import run_summary
+
+        summaries = [run_summary(res, radii or DEFAULT_RADII, name) for name, res in runs.items()]
+        click.echo(json.dumps(summaries, indent=2))
+        if plot:
+            analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column)
+            log.info("wrote %s", plot)
+        return
     rows = analysis.table_rows(runs, radii or DEFAULT_RADII, radius_column)
     render = {"markdown": analysis.to_markdown, "csv": analysis.to_csv, "latex": analysis.to_latex}[fmt]
     text = render(rows)
@@ -428,6 +612,43 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm) -> None:
         analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column,
                                          xlabel=f"radius ({unit}, [0,1] pixel units)")
         log.info("wrote %s", plot)
+
+
+@cli.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check the installation: clashing onnxruntime builds, working providers, why CUDA does not run.
+
+    Exits 1 when a check fails.
+    """
+    from .doctor import report
+
+    text, ok = report()
+    click.echo(text)
+    if not ok:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, type=click.Path(), help="The .html file to write (- for stdout).")
+@click.option("--label", "labels", multiple=True, help="Label per results file (default: file name).")
+@click.option("--title", help="Title of the report (default: from the runs).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+def report(results, out, labels, title, overwrite) -> None:
+    """One self-contained HTML REPORT of certify runs (their TSVs and .meta.json files).
+
+    Provenance, certified-accuracy curves, the table at standard radii, ACR and abstention, accuracy
+    per class, the distribution of radii, the slowest examples and every warning; no network access
+    and no external files are needed to view it.
+    """
+    from .report import write_report
+
+    if labels and len(labels) != len(results):
+        raise click.UsageError(f"{len(labels)} --label values for {len(results)} results files; expected one per file")
+    write_report(list(results), out, labels=list(labels) or None, title=title, overwrite=overwrite)
+    if out != "-":
+        log.info("wrote %s", out)
 
 
 def main(argv: list[str] | None = None) -> None:

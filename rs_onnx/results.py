@@ -219,6 +219,10 @@ class Results:
 
     columns: dict[str, np.ndarray]
     path: str | None = field(default=None, compare=False)
+    kind: str = field(default="certify", compare=False)
+    """"certify", or "predict" for a PREDICT TSV (no radius column: radii read as 0, nothing certified)."""
+    meta: dict | None = field(default=None, compare=False)
+    """The run's ``<file>.meta.json`` when there is one (read by ``analysis.read_run``), else None."""
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -269,8 +273,9 @@ def read_results(path) -> Results:
     """Read a results TSV (Cohen et al.'s columns ``idx label predict radius correct time`` plus extras).
 
     ``time`` may be seconds (``15.4``) or ``h:mm:ss[.ffffff]`` as ``str(datetime.timedelta)`` writes it;
-    it is returned in seconds. Raises :class:`DataError` for a missing or empty file, a missing column,
-    a ragged row or a non-numeric value in a required column.
+    it is returned in seconds. A PREDICT TSV (rs-onnx's ``predict``: no ``radius``, a ``pvalue`` column)
+    reads too, with ``kind == "predict"`` and every radius 0. Raises :class:`DataError` for a missing or
+    empty file, a missing column, a ragged row or a non-numeric value in a required column.
     """
     p = Path(path)
     expected = "a tab-separated file with header " + " ".join(REQUIRED_COLUMNS)
@@ -284,7 +289,8 @@ def read_results(path) -> Results:
     if not lines:
         raise DataError(f"results file {p}: empty; expected {expected}")
     header = [h.strip() for h in lines[0][1].split("\t")]
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    file_kind = "predict" if "radius" not in header and "pvalue" in header else "certify"
+    missing = [c for c in REQUIRED_COLUMNS if c not in header and not (file_kind == "predict" and c == "radius")]
     if missing:
         hint = " (it does not look tab-separated)" if len(header) == 1 else ""
         raise DataError(f"results file {p}: header {' '.join(header)!r} lacks {', '.join(missing)}{hint}; "
@@ -305,6 +311,8 @@ def read_results(path) -> Results:
         cells.append(row)
 
     columns: dict[str, np.ndarray] = {}
+    if file_kind == "predict":  # nothing is certified by PREDICT: radius 0 for every example
+        columns["radius"] = np.zeros(len(cells), dtype=np.float64)
     for j, name in enumerate(header):
         raw = [row[j] for row in cells]
         if name in REQUIRED_COLUMNS:
@@ -335,4 +343,4 @@ def read_results(path) -> Results:
     bad = np.isnan(columns["radius"])
     if bad.any():
         raise DataError(f"results file {p}, line {rows[int(np.argmax(bad))][0]}, column radius: nan; expected a number")
-    return Results(columns, str(p))
+    return Results(columns, str(p), file_kind)

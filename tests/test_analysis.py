@@ -106,7 +106,7 @@ def test_synthetic_hand_computed(synth):
     assert certified_accuracy(synth, [0.0, 0.1, 0.4], radius_column="radius_tv").tolist() == [0.6, 0.4, 0.2]
     assert average_certified_radius(synth, "radius_tv") == pytest.approx(0.5 / 5)
     assert summary(synth) == pytest.approx(
-        {"n": 5, "accuracy": 0.6, "abstention_rate": 0.2, "time_per_image": 3.0, "acr": 0.14})
+        {"examples": 5, "accuracy": 0.6, "abstention_rate": 0.2, "time_per_image": 3.0, "acr": 0.14})
 
 
 def test_certified_accuracy_shapes_and_plain_dicts(synth):
@@ -149,15 +149,16 @@ def test_tables_contain_the_right_numbers(synth, tmp_path):
     md = to_markdown(rows)
     print("\n" + md)
     lines = md.strip().splitlines()
-    assert lines[0].startswith("| run | n | r=0.00 (%) | r=0.25 (%) | r=0.50 (%) | ACR | abstain (%) | s/img |")
+    assert lines[0].startswith("| run | examples | r=0.00 (%) | r=0.25 (%) | r=0.50 (%) | ACR | abstain (%) | s/img |")
     assert lines[2] == "| synth_a & 100% | 5 | 60.0 | 20.0 | 20.0 | 0.140 | 20.0 | 3 |"
     assert lines[3] == "| b\\|c | 2 | 50.0 | 50.0 | 0.0 | 0.150 | 0.0 | 3 |"
 
     parsed = list(csv.reader(io.StringIO(to_csv(rows))))
-    assert parsed[0] == ["run", "n", "r=0.00", "r=0.25", "r=0.50", "acr", "abstention_rate", "time_per_image"]
-    assert parsed[1][0] == "synth_a & 100%"
-    assert [float(v) for v in parsed[1][1:]] == pytest.approx([5, 0.6, 0.2, 0.2, 0.14, 0.2, 3.0])
-    assert [float(v) for v in parsed[2][1:]] == pytest.approx([2, 0.5, 0.5, 0.0, 0.15, 0.0, 3.0])
+    assert parsed[0] == ["run", "examples", "r=0.00", "r=0.25", "r=0.50", "acr", "abstention_rate", "time_per_image",
+                         "max_radius"]
+    assert parsed[1][0] == "synth_a & 100%" and parsed[1][-1] == parsed[2][-1] == ""  # no meta.json: reach unknown
+    assert [float(v) for v in parsed[1][1:-1]] == pytest.approx([5, 0.6, 0.2, 0.2, 0.14, 0.2, 3.0])
+    assert [float(v) for v in parsed[2][1:-1]] == pytest.approx([2, 0.5, 0.5, 0.0, 0.15, 0.0, 3.0])
 
     tex = to_latex(rows)
     print(tex)

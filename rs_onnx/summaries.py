@@ -1,0 +1,63 @@
+"""Summaries of finished runs: the JSON of ``--json`` and the closing line of ``predict``.
+
+Certified accuracy and accuracy are fractions of ALL examples (abstentions count as wrong), radii are
+l2 in [0,1] pixel units, times in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .analysis import (
+    DEFAULT_RADII,
+    Results,
+    certified_accuracy,
+    run_max_radius,
+    summary,
+)
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def run_summary(results: Results, radii: Sequence[float] = DEFAULT_RADII, label: str | None = None) -> dict:
+    """One run as a JSON-ready dict: examples, accuracy, abstention rate, time per example (s) and, for
+    CERTIFY runs, ACR and certified accuracy per radius (None where out of reach: beyond ``max_radius``,
+    the largest radius certifiable at the run's n and alpha), plus the provenance in its meta.json."""
+    s = summary(results)
+    meta = results.meta or {}
+    cfg = meta.get("config") or {}
+    max_radius = run_max_radius(results)
+    out = {
+        "run": label if label is not None else results.path,
+        "file": results.path,
+        "mode": meta.get("mode", results.kind),
+        "status": meta.get("status"),
+        "examples": s["examples"],
+        "accuracy": s["accuracy"],
+        "abstention_rate": s["abstention_rate"],
+        "time_per_example": s["time_per_image"],
+        "sigma": cfg.get("sigma"),
+        "n": cfg.get("n"),
+        "alpha": cfg.get("alpha"),
+        "model_sha256": (meta.get("model") or {}).get("sha256"),
+    }
+    if results.kind != "predict":
+        acc = certified_accuracy(results, list(radii))
+        out["acr"] = s["acr"]
+        out["max_radius"] = _finite(max_radius)
+        out["certified_accuracy"] = {
+            format(float(r), "g"): (None if max_radius is not None and r > max_radius else float(a))
+            for r, a in zip(radii, acc)}
+    if "nonfinite" in results:
+        out["nonfinite_outputs"] = int(results["nonfinite"].sum())
+    return out
+
+
+def predict_text(results: Results) -> str:
+    """``12 examples: accuracy 83.3%, abstained 8.3%, 0.0123 s per example``."""
+    s = summary(results)
+    return (f"{s['examples']} examples: accuracy {100 * s['accuracy']:.1f}%, abstained "
+            f"{100 * s['abstention_rate']:.1f}%, {s['time_per_image']:.3g} s per example")
