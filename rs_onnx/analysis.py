@@ -96,6 +96,8 @@ def run_max_radius(results) -> float | None:
         return None  # the bound below is Gaussian l2; other noises and norms are not marked
     try:
         sigma = noise.get("sigma", cfg.get("sigma"))  # the resolved sigma (the config keeps it as given)
+        if sigma is None:
+            return None
         return max_certifiable_radius(float(sigma), int(cfg["n"]), float(cfg["alpha"]))
     except (KeyError, TypeError, ValueError, ConfigError):
         return None
