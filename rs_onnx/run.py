@@ -85,15 +85,13 @@ def open_smoothed(cfg: RunConfig, clf, spec: PreprocessSpec, sigma: float, seed:
                   audit_seed_override: bool | None = None, noise: str | None = None) -> SmoothedClassifier:
     """THE assembly of the smoothed classifier around :func:`open_classifier`'s result (local and workers).
     ``batch_size``: the resolved batch size (default ``cfg.batch_size``, set in a resolved configuration);
-    ``noise``: the resolved noise kind (default ``cfg.noise``, set in a resolved configuration)."""
+    ``noise``: the resolved noise kind (default: :func:`resolve_noise` of ``cfg`` and ``clf``)."""
     threads = cfg.noise_threads if noise_threads is None else noise_threads
     batch = cfg.batch_size if batch_size is None else batch_size
     if batch is None:
         raise ConfigError("open_smoothed: no batch size; expected a resolved configuration (run.prepare)")
     override = cfg.audit_seed_override if audit_seed_override is None else audit_seed_override
-    kind = noise or cfg.noise
-    if kind is None:
-        raise ConfigError("open_smoothed: no noise kind; expected a resolved configuration (run.prepare)")
+    kind = noise or resolve_noise(cfg, clf)  # the driver passes its resolved kind; a worker resolves it alike
     return SmoothedClassifier(clf, sigma, spec, seed, batch, threads, audit=cfg.audit, audit_seed_override=override,
                               noise=kind)
 
