@@ -47,8 +47,9 @@ def main() -> None:
     print("| model | batch mode | smoothed acc. | certified at r=0.12 | noisy acc. (MODELS.md) | abstain | s/img |")
     print("|---|---|--:|--:|--:|--:|--:|")
     for name, (norm, noisy) in MODELS.items():
-        data = load_npz(shared / "data" / ("mnist_test.npz" if name.startswith("mnist") else
-                                           "cifar10_test_first1017.npz"))
+        data = load_npz(
+            shared / "data" / ("mnist_test.npz" if name.startswith("mnist") else "cifar10_test_first1017.npz")
+        )
         clf = OnnxClassifier(shared / "models" / name, device="cpu")
         spec = PreprocessSpec(mean=tuple(norm.get("mean", (0.0,))), std=tuple(norm.get("std", (1.0,))))
         g = SmoothedClassifier(clf, sigma=args.sigma, preprocess=spec, seed=0, batch_size=1000)
@@ -59,8 +60,11 @@ def main() -> None:
         correct = np.array([c.predict == data.labels[i] for c, i in zip(certs, idx)])
         radius = np.array([c.radius for c in certs])
         abstain = np.mean([c.predict == -1 for c in certs])
-        print(f"| {name} | {clf.batch_mode} | {correct.mean():.2f} | {(correct & (radius >= 0.12)).mean():.2f} | "
-              f"{noisy:.3f} | {abstain:.2f} | {secs:.3f} |", flush=True)
+        print(
+            f"| {name} | {clf.batch_mode} | {correct.mean():.2f} | {(correct & (radius >= 0.12)).mean():.2f} | "
+            f"{noisy:.3f} | {abstain:.2f} | {secs:.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def noise_path(shape: tuple[int, ...], spec: PreprocessSpec, sigma: float = 0.25, rows: int = 256,
-               repeats: int = 41) -> dict:
+def noise_path(
+    shape: tuple[int, ...], spec: PreprocessSpec, sigma: float = 0.25, rows: int = 256, repeats: int = 41
+) -> dict:
     """Median and min microseconds per image of the float and the audit noise path (one thread, float32 input)."""
     pre = Preprocessor(spec, shape, shape, np.float32)
     grid = audit.GridNoise(sigma)
@@ -72,10 +73,13 @@ def noise_path(shape: tuple[int, ...], spec: PreprocessSpec, sigma: float = 0.25
         for a in range(0, rows, step):  # as AuditSampler._fill does
             m = min(step, rows - a)
             u = bits.random_raw(m * buf[0].size).reshape(m, *shape)
-            apre.lookup(grid.shifted(u, bits.random_raw), base, out=buf[a:a + m])
+            apre.lookup(grid.shifted(u, bits.random_raw), base, out=buf[a : a + m])
         times["audit"].append(time.perf_counter() - t)
-    return {f"{k}_{stat}": 1e6 * f(v) / rows for k, v in times.items()
-            for stat, f in (("median", statistics.median), ("min", min))}
+    return {
+        f"{k}_{stat}": 1e6 * f(v) / rows
+        for k, v in times.items()
+        for stat, f in (("median", statistics.median), ("min", min))
+    }
 
 
 def chi_square(draws: int, sigma: float = 0.25) -> dict:
@@ -96,10 +100,18 @@ def chi_square(draws: int, sigma: float = 0.25) -> dict:
     chi2 = float(((obs - exp) ** 2 / exp).sum())
     j = np.arange(-grid.M, grid.M + 1)
     mean = float((counts * j).sum() / draws)
-    var = float((counts * j * j).sum() / draws - mean ** 2)
-    return {"draws": draws, "cells": int(obs.size), "chi2": chi2, "pvalue": float(stats.chi2.sf(chi2, obs.size - 1)),
-            "mean": mean, "variance": var, "expected_variance": (255 * sigma) ** 2 + 1 / 12,
-            "boundary_draws": grid.boundary_draws, "seconds": time.perf_counter() - t}
+    var = float((counts * j * j).sum() / draws - mean**2)
+    return {
+        "draws": draws,
+        "cells": int(obs.size),
+        "chi2": chi2,
+        "pvalue": float(stats.chi2.sf(chi2, obs.size - 1)),
+        "mean": mean,
+        "variance": var,
+        "expected_variance": (255 * sigma) ** 2 + 1 / 12,
+        "boundary_draws": grid.boundary_draws,
+        "seconds": time.perf_counter() - t,
+    }
 
 
 def main() -> None:
@@ -110,31 +122,60 @@ def main() -> None:
     ap.add_argument("--chi2", type=int, default=0, help="draws for the chi-square test (0: skip)")
     ap.add_argument("--out", help="JSON file to write")
     args = ap.parse_args()
-    models = [("digits CNN (bundled)", {"model": run.bundled("digits_cnn.onnx"), "data": run.bundled("digits_eval.npz")},
-               (1, 28, 28), PreprocessSpec())]
+    models = [
+        (
+            "digits CNN (bundled)",
+            {"model": run.bundled("digits_cnn.onnx"), "data": run.bundled("digits_eval.npz")},
+            (1, 28, 28),
+            PreprocessSpec(),
+        )
+    ]
     cifar = SHARED / "models" / "cifar10" / "resnet_4b.onnx"
     if cifar.exists():
         spec = PRESETS["cifar10"]
-        models.append(("CIFAR-10 resnet_4b (../shared, --preset cifar10)",
-                       {"model": str(cifar), "data": str(SHARED / "data" / "cifar10_test_first1017.npz"),
-                        "preset": "cifar10"},
-                       (3, 32, 32), PreprocessSpec(mean=tuple(spec["mean"]), std=tuple(spec["std"]))))
+        models.append(
+            (
+                "CIFAR-10 resnet_4b (../shared, --preset cifar10)",
+                {"model": str(cifar), "data": str(SHARED / "data" / "cifar10_test_first1017.npz"), "preset": "cifar10"},
+                (3, 32, 32),
+                PreprocessSpec(mean=tuple(spec["mean"]), std=tuple(spec["std"])),
+            )
+        )
     else:
         print(f"skipping CIFAR-10: {cifar} not found")
-    report: dict = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-                    "n": args.n, "n0": 100, "alpha": 0.001, "sigma": 0.25, "models": {}}
+    report: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+        "n": args.n,
+        "n0": 100,
+        "alpha": 0.001,
+        "sigma": 0.25,
+        "models": {},
+    }
     for name, values, shape, spec in models:
         step = max(1, 1000 // args.examples) if "digits" not in name else 1
-        base = {**values, "sigma": 0.25, "n0": 100, "n": args.n, "alpha": 0.001, "end": step * args.examples,
-                "skip": step, "batch_size": 1000, "noise_threads": 2}
+        base = {
+            **values,
+            "sigma": 0.25,
+            "n0": 100,
+            "n": args.n,
+            "alpha": 0.001,
+            "end": step * args.examples,
+            "skip": step,
+            "batch_size": 1000,
+            "noise_threads": 2,
+        }
         result: dict = {}
         order = [False, True, True, False] * args.rounds
-        for mode in order[:2 * args.rounds]:  # alternating, so that machine load hits both alike
+        for mode in order[: 2 * args.rounds]:  # alternating, so that machine load hits both alike
             rows, seconds, meta = certify(base, mode)
             key = "audit" if mode else "float"
             if key not in result:
-                result[key] = {**summary(rows), "seconds": seconds, "all_seconds": [],
-                               **({"how": meta["audit"]["how"]} if mode else {})}
+                result[key] = {
+                    **summary(rows),
+                    "seconds": seconds,
+                    "all_seconds": [],
+                    **({"how": meta["audit"]["how"]} if mode else {}),
+                }
             result[key]["all_seconds"].append(seconds)
             result[key]["seconds"] = min(result[key]["all_seconds"])
         result["noise_path_us_per_image"] = noise_path(shape, spec)
@@ -149,9 +190,11 @@ def main() -> None:
         se = [np.sqrt(2 * 0.25 / args.examples)]
         print(f"two-proportion s.e. at most {se[0]:.3f}; audit: {a['how']}")
         npth = result["noise_path_us_per_image"]
-        print(f"noise path, one thread, us/image (median / min of 41 interleaved blocks of 256): float "
-              f"{npth['float_median']:.1f} / {npth['float_min']:.1f}, audit {npth['audit_median']:.1f} / "
-              f"{npth['audit_min']:.1f}")
+        print(
+            f"noise path, one thread, us/image (median / min of 41 interleaved blocks of 256): float "
+            f"{npth['float_median']:.1f} / {npth['float_min']:.1f}, audit {npth['audit_median']:.1f} / "
+            f"{npth['audit_min']:.1f}"
+        )
     if args.chi2:
         report["chi_square"] = chi_square(args.chi2)
         print("\nchi-square:", json.dumps(report["chi_square"]))

@@ -39,13 +39,18 @@ def tiny_imagenet_model(path: Path) -> Path:
 
     rng = np.random.default_rng(0)
     w = (rng.normal(size=(3 * 28 * 28, CLASSES)) * 0.05).astype(np.float32)
-    nodes = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[8, 8], strides=[8, 8]),
-             helper.make_node("Flatten", ["p"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "W", "b"], ["logits"])]
-    graph = helper.make_graph(nodes, "tiny_imagenet", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                       ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
-                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(CLASSES, np.float32), "b")])
+    nodes = [
+        helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[8, 8], strides=[8, 8]),
+        helper.make_node("Flatten", ["p"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "W", "b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_imagenet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(CLASSES, np.float32), "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -90,7 +95,7 @@ def big_npy(path: Path, gib: float) -> tuple[Path, Path, int]:
         rng = np.random.default_rng(0)
         block = rng.integers(0, 256, (256, 3, 224, 224), dtype=np.uint8)
         for s in range(0, n, 256):
-            arr[s:s + 256] = block[: min(256, n - s)]
+            arr[s : s + 256] = block[: min(256, n - s)]
         arr.flush()
         del arr
         labels.write_text("".join(f"{i % CLASSES}\n" for i in range(n)))
@@ -109,20 +114,52 @@ def run_certify(model: Path, data: list[str], out: Path) -> dict:
     """One ``rs-onnx certify --end 10`` in a fresh process: peak RSS (MiB), wall seconds, examples/s."""
     for p in (out, Path(str(out) + ".meta.json")):
         p.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "rs_onnx.cli", "-q", "certify", str(model), *data, "--sigma", "0.25", "--n0", "10",
-           "--n", "100", "--end", "10", "--seed", "0", "--device", "cpu", "--batch-size", "110", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rs_onnx.cli",
+        "-q",
+        "certify",
+        str(model),
+        *data,
+        "--sigma",
+        "0.25",
+        "--n0",
+        "10",
+        "--n",
+        "100",
+        "--end",
+        "10",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "110",
+        "--out",
+        str(out),
+    ]
     t = time.perf_counter()
     # A small wrapper process starts the run: a child forked from this (large) process would inherit its
     # memory high-water mark, and ru_maxrss would report ours.
-    res = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], check=False, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    res = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *cmd],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     seconds = time.perf_counter() - t
     if res.returncode != 0:
         raise SystemExit(f"bench_data: {' '.join(cmd)} failed: {res.stderr.strip().splitlines()[-1:]}")
     maxrss_kib = int(res.stdout.split()[-1])
     times = [float(line.split("\t")[5]) for line in out.read_text().splitlines()[1:]]
-    return {"rss_mib": maxrss_kib / 1024, "seconds": seconds, "examples_per_s": 10 / seconds,
-            "sampling_s_per_example": float(np.mean(times))}
+    return {
+        "rss_mib": maxrss_kib / 1024,
+        "seconds": seconds,
+        "examples_per_s": 10 / seconds,
+        "sampling_s_per_example": float(np.mean(times)),
+    }
 
 
 def decode_rate(folder: Path, count: int, workers: int) -> float:
@@ -133,7 +170,7 @@ def decode_rate(folder: Path, count: int, workers: int) -> float:
     data = load_data(folder, size=(224, 224), channels=3, resize=256, center_crop=224)
     idx = list(range(0, len(data), max(1, len(data) // count)))[:count]
     data.check_selection(idx[:1])
-    groups = [idx[i:i + 8] for i in range(0, len(idx), 8)]
+    groups = [idx[i : i + 8] for i in range(0, len(idx), 8)]
     t = time.perf_counter()
     if workers <= 1:
         for g in groups:
@@ -167,10 +204,12 @@ def main() -> None:
     np.save(base, np.load(npy, mmap_mode="r")[:10])
     (work / "base10.txt").write_text("".join(f"{i}\n" for i in range(10)))
     crop = ["--resize", "256", "--center-crop", "224"]
-    cases = [("model alone: 10-image .npy", [str(base), "--labels", str(work / "base10.txt")]),
-             (f"{npy.stat().st_size / 2**30:.2f} GiB .npy ({n_npy:,} images)", [str(npy), "--labels", str(npy_labels)]),
-             ("(a) 1,000 JPEGs, 1,000 class folders", [str(small), *crop]),
-             (f"(b) {CLASSES * big_per_class:,} JPEGs, 1,000 class folders", [str(big), *crop])]
+    cases = [
+        ("model alone: 10-image .npy", [str(base), "--labels", str(work / "base10.txt")]),
+        (f"{npy.stat().st_size / 2**30:.2f} GiB .npy ({n_npy:,} images)", [str(npy), "--labels", str(npy_labels)]),
+        ("(a) 1,000 JPEGs, 1,000 class folders", [str(small), *crop]),
+        (f"(b) {CLASSES * big_per_class:,} JPEGs, 1,000 class folders", [str(big), *crop]),
+    ]
     results = []
     for name, data in cases:
         print(f"certify --end 10: {name}", file=sys.stderr)
@@ -182,33 +221,43 @@ def main() -> None:
     lines = [
         "# Data sets at ImageNet scale",
         "",
-        (f"Generated by `python -m benchmarks.bench_data{' --quick' if args.quick else ''}` on "
-        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} in {time.perf_counter() - t0:.0f} s "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, possibly shared; python "
-        f"{platform.python_version()}, numpy {np.__version__}). Data generated in {gen_jpeg:.0f} s (JPEGs) and "
-        f"{gen_npy:.0f} s (.npy) under {work}."),
+        (
+            f"Generated by `python -m benchmarks.bench_data{' --quick' if args.quick else ''}` on "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} in {time.perf_counter() - t0:.0f} s "
+            f"({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, possibly shared; python "
+            f"{platform.python_version()}, numpy {np.__version__}). Data generated in {gen_jpeg:.0f} s (JPEGs) and "
+            f"{gen_npy:.0f} s (.npy) under {work}."
+        ),
         "",
-        ("`rs-onnx certify TINY.onnx DATA --end 10 --n0 10 --n 100 --batch-size 110` in a fresh process (JPEG cases "
-        "with `--resize 256 --center-crop 224`); the tiny model is 8x8 average pooling + Gemm to 1000 logits on "
-        "[N,3,224,224]. Peak RSS is the larger of 2 runs, examples/s (wall, start-up included) the faster."),
+        (
+            "`rs-onnx certify TINY.onnx DATA --end 10 --n0 10 --n 100 --batch-size 110` in a fresh process (JPEG cases "
+            "with `--resize 256 --center-crop 224`); the tiny model is 8x8 average pooling + Gemm to 1000 logits on "
+            "[N,3,224,224]. Peak RSS is the larger of 2 runs, examples/s (wall, start-up included) the faster."
+        ),
         "",
         "| data | peak RSS MiB | above the model's own | examples/s (wall) | sampling s per example |",
         "|---|---|---|---|---|",
     ]
     base_rss = results[0][2]
     for name, r, rss in results:
-        lines.append(f"| {name} | {rss:.0f} | {rss - base_rss:+.0f} | {r['examples_per_s']:.2f} | "
-                     f"{r['sampling_s_per_example']:.3f} |")
+        lines.append(
+            f"| {name} | {rss:.0f} | {rss - base_rss:+.0f} | {r['examples_per_s']:.2f} | "
+            f"{r['sampling_s_per_example']:.3f} |"
+        )
     lines += [
         "",
-        (f"Decoding 500x375 JPEGs with `--resize 256 --center-crop 224` (200 images of (b)): **{dec1:.0f} images/s** on "
-        f"one thread, **{decp:.0f} images/s** with the prefetch pool; sampling at n = 100 (n0 = 10) consumes "
-        f"**{consume:.1f} examples/s**: decoding is **{dec1 / consume:.1f}x** (one thread) faster than the model "
-        "consumes examples (target: 4x)."),
+        (
+            f"Decoding 500x375 JPEGs with `--resize 256 --center-crop 224` (200 images of (b)): **{dec1:.0f} images/s** on "
+            f"one thread, **{decp:.0f} images/s** with the prefetch pool; sampling at n = 100 (n0 = 10) consumes "
+            f"**{consume:.1f} examples/s**: decoding is **{dec1 / consume:.1f}x** (one thread) faster than the model "
+            "consumes examples (target: 4x)."
+        ),
         "",
-        ("Targets: the same peak RSS for (a) and (b) (difference: "
-        f"{results[3][2] - results[2][2]:+.0f} MiB), under 300 MiB above the model's own for the .npy "
-        f"({results[1][2] - base_rss:+.0f} MiB)."),
+        (
+            "Targets: the same peak RSS for (a) and (b) (difference: "
+            f"{results[3][2] - results[2][2]:+.0f} MiB), under 300 MiB above the model's own for the .npy "
+            f"({results[1][2] - base_rss:+.0f} MiB)."
+        ),
         "",
     ]
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")

@@ -32,7 +32,7 @@ log = logging.getLogger("benchmarks.bench_distributed")
 def _strip_time(path: Path) -> list[list[str]]:
     lines = [line.split("\t") for line in path.read_text().splitlines()]
     t = lines[0].index("time")
-    return [line[:t] + line[t + 1:] for line in lines]
+    return [line[:t] + line[t + 1 :] for line in lines]
 
 
 def _timed(backend):
@@ -56,8 +56,11 @@ def measure(p, out: Path, backend=None) -> dict:
     t1 = time.perf_counter()
     first, first_n = marks["first"]
     rest = (len(p.indices) - first_n) * per_example
-    return {"seconds": t1 - t0, "rate": len(p.indices) * per_example / (t1 - t0),
-            "steady": rest / (t1 - first) if t1 > first and rest else float("nan")}
+    return {
+        "seconds": t1 - t0,
+        "rate": len(p.indices) * per_example / (t1 - t0),
+        "steady": rest / (t1 - first) if t1 > first and rest else float("nan"),
+    }
 
 
 def main(argv=None) -> None:
@@ -76,8 +79,16 @@ def main(argv=None) -> None:
 
     import ray
 
-    cfg = RunConfig(model=run.bundled("digits_cnn.onnx"), data=run.bundled("digits_eval.npz"), n0=100, n=args.n,
-                    seed=0, end=args.examples, batch_size=args.batch_size, device=args.device).validate()
+    cfg = RunConfig(
+        model=run.bundled("digits_cnn.onnx"),
+        data=run.bundled("digits_eval.npz"),
+        n0=100,
+        n=args.n,
+        seed=0,
+        end=args.examples,
+        batch_size=args.batch_size,
+        device=args.device,
+    ).validate()
     p = run.prepare(cfg)
     samples = len(p.indices) * (cfg.n0 + cfg.n)
     rows = []
@@ -86,14 +97,18 @@ def main(argv=None) -> None:
         r = measure(p, local)
         rows.append(("local (1 process)", r))
         log.info("local: %.1f s", r["seconds"])
-        ray.init(address=args.address, include_dashboard=False if args.address is None else None,
-                 logging_level=logging.WARNING)
+        ray.init(
+            address=args.address,
+            include_dashboard=False if args.address is None else None,
+            logging_level=logging.WARNING,
+        )
         try:
             cluster = ray.cluster_resources()
             for w in args.workers:
                 out = Path(tmp) / f"ray{w}.tsv"
-                backend = ray_backend(workers=w, gpus_per_worker=args.gpus_per_worker,
-                                      cpus_per_worker=args.cpus_per_worker)
+                backend = ray_backend(
+                    workers=w, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker
+                )
                 r = measure(p, out, backend)
                 same = _strip_time(out) == _strip_time(local)
                 r["same"] = same
@@ -102,9 +117,11 @@ def main(argv=None) -> None:
         finally:
             ray.shutdown()
     res = {k: v for k, v in cluster.items() if k in ("CPU", "GPU")}
-    print(f"\nCERTIFY, bundled digits CNN, {len(p.indices)} examples x (n0={cfg.n0} + n={cfg.n}) = {samples} "
-          f"samples, batch {p.batch_size}; driver: {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}; Ray cluster {res}\n")
+    print(
+        f"\nCERTIFY, bundled digits CNN, {len(p.indices)} examples x (n0={cfg.n0} + n={cfg.n}) = {samples} "
+        f"samples, batch {p.batch_size}; driver: {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; Ray cluster {res}\n"
+    )
     print("| run | seconds | samples/s | steady samples/s | TSV identical to local |")
     print("|---|---:|---:|---:|---|")
     for name, r in rows:

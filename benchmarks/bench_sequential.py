@@ -41,9 +41,20 @@ def fixed_power(n: int, alpha: float, sigma: float, r: float, p: float) -> float
     return float(binom.sf(hi - 1, n, p)) if hi <= n else 0.0
 
 
-def sequential_power(n: int, alpha: float, sigma: float, r: float, p: float, *, final_share: float,
-                     calibrate: bool, looks: int = 16, beta: float = 0.01, trials: int = 200_000,
-                     seed: int = 0) -> tuple[float, float]:
+def sequential_power(
+    n: int,
+    alpha: float,
+    sigma: float,
+    r: float,
+    p: float,
+    *,
+    final_share: float,
+    calibrate: bool,
+    looks: int = 16,
+    beta: float = 0.01,
+    trials: int = 200_000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """(P(sequential certifies r), mean estimation samples) when pA = p, by simulating the looks."""
     sched = sq.geometric_schedule(n, alpha, looks, None, final_share)
     plan = sq.make_plan(sched, sigma, RADII, beta, calibrate=calibrate)
@@ -56,8 +67,10 @@ def sequential_power(n: int, alpha: float, sigma: float, r: float, p: float, *, 
 
 def cmd_power(args) -> None:
     n, alpha, sigma = args.n, args.alpha, args.sigma
-    print(f"| radius | pA | fixed n = {n:,} | sequential before: union bound, 8 looks, share 0.5 | now: "
-          f"calibrated, {args.looks} looks, share {args.final_share} | now - fixed |")
+    print(
+        f"| radius | pA | fixed n = {n:,} | sequential before: union bound, 8 looks, share 0.5 | now: "
+        f"calibrated, {args.looks} looks, share {args.final_share} | now - fixed |"
+    )
     print("|---|---|---|---|---|---|")
     worst = 0.0
     for r, p in ((0.75, 0.999), (0.75, 0.9992), (0.5, 0.9785), (0.5, 0.98), (0.25, 0.845), (0.25, 0.85)):
@@ -73,10 +86,19 @@ def _prepare(args):
     from rs_onnx.config import build_config
     from rs_onnx.run import bundled, prepare
 
-    values = {"model": args.model or bundled("digits_cnn.onnx"), "data": args.data or bundled("digits_eval.npz"),
-              "sigma": args.sigma, "n0": 100, "n": args.n, "alpha": args.alpha, "seed": 0,
-              "batch_size": args.batch_size, "start": args.start, "end": args.start + args.count,
-              "noise": args.noise}
+    values = {
+        "model": args.model or bundled("digits_cnn.onnx"),
+        "data": args.data or bundled("digits_eval.npz"),
+        "sigma": args.sigma,
+        "n0": 100,
+        "n": args.n,
+        "alpha": args.alpha,
+        "seed": 0,
+        "batch_size": args.batch_size,
+        "start": args.start,
+        "end": args.start + args.count,
+        "noise": args.noise,
+    }
     if args.mean:
         values["mean"], values["std"] = list(args.mean), list(args.std)
     cfg, _ = build_config({}, values)
@@ -87,11 +109,12 @@ def cmd_run(args) -> None:
     p = _prepare(args)
     rows, t0 = [], time.time()
     for g in range(0, len(p.indices), args.group):
-        group = p.indices[g:g + args.group]
+        group = p.indices[g : g + args.group]
         xs = [p.data.image(i) for i in group]
         if args.mode == "radii":
-            certs = sq.sequential_certify_many(p.smoothed, xs, group, 100, args.n, args.alpha, RADII,
-                                               final_share=args.final_share, looks=args.looks)
+            certs = sq.sequential_certify_many(
+                p.smoothed, xs, group, 100, args.n, args.alpha, RADII, final_share=args.final_share, looks=args.looks
+            )
         else:
             certs = p.smoothed.certify_many(xs, 100, args.n, args.alpha, group)
         for i, c in zip(group, certs):
@@ -100,10 +123,23 @@ def cmd_run(args) -> None:
     label, pred, rad, samples, stopped = map(np.asarray, zip(*rows))
     ok = pred == label
     acc = {str(r): float(np.mean(ok & (rad >= r))) for r in (0.0, *RADII)}
-    print(json.dumps({"mode": args.mode, "model": args.model or "digits_cnn", "start": args.start,
-                      "count": len(rows), "n": args.n, "final_share": args.final_share, "certified_accuracy": acc,
-                      "samples_per_example": float(samples.mean()), "saving": float((100 + args.n) / samples.mean()),
-                      "stopped": dict(collections.Counter(stopped.tolist())), "seconds": time.time() - t0}))
+    print(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "model": args.model or "digits_cnn",
+                "start": args.start,
+                "count": len(rows),
+                "n": args.n,
+                "final_share": args.final_share,
+                "certified_accuracy": acc,
+                "samples_per_example": float(samples.mean()),
+                "saving": float((100 + args.n) / samples.mean()),
+                "stopped": dict(collections.Counter(stopped.tolist())),
+                "seconds": time.time() - t0,
+            }
+        )
+    )
 
 
 def cmd_pilot(args) -> None:
@@ -126,8 +162,10 @@ def cmd_simulate(args) -> None:
             draws = rng.binomial(np.diff(sizes, prepend=0)[None, :], pp[:, None])
             out = sq.run_looks(plan, lambda j, idx, d=draws: d[idx, j], np.arange(len(pp)), len(pp))
             mean = out.n.mean() + 100
-            print(f"looks {args.looks} share {share} calibrated {cal}: samples/example {mean:.0f}, "
-                  f"saving {(args.n + 100) / mean:.2f}x")
+            print(
+                f"looks {args.looks} share {share} calibrated {cal}: samples/example {mean:.0f}, "
+                f"saving {(args.n + 100) / mean:.2f}x"
+            )
 
 
 def main(argv=None) -> None:

@@ -46,21 +46,36 @@ def provider_facts(device: str) -> dict:
     from rs_onnx import OnnxClassifier
     from rs_onnx.devices import working_providers
     from rs_onnx.run import bundled
-    facts: dict = {"onnxruntime": ort.__version__, "numpy": np.__version__, "python": sys.version.split()[0],
-                   "available_providers": ort.get_available_providers(), "working_providers": working_providers()}
+
+    facts: dict = {
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "available_providers": ort.get_available_providers(),
+        "working_providers": working_providers(),
+    }
     try:
         import torch
+
         facts["torch"] = torch.__version__
         facts["torch_cuda"] = torch.version.cuda
         facts["torch_cuda_available"] = torch.cuda.is_available()
     except ImportError:
         facts["torch"] = None
     clf = OnnxClassifier(bundled("digits_cnn.onnx"), device=device)
-    facts.update(device=clf.device, session_providers=clf.providers, device_name=clf.device_name,
-                 cuda_proven=clf.providers[0] == "CUDAExecutionProvider")
+    facts.update(
+        device=clf.device,
+        session_providers=clf.providers,
+        device_name=clf.device_name,
+        cuda_proven=clf.providers[0] == "CUDAExecutionProvider",
+    )
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         facts["nvidia_smi"] = out.stdout.strip().splitlines()
     except (OSError, subprocess.SubprocessError) as err:
         facts["nvidia_smi"] = f"not available ({err})"
@@ -71,14 +86,33 @@ def correctness(out: Path, dry_run: bool, timeout: float) -> dict:
     """``pytest -m gpu``: each test's outcome (passed, failed with its message, skipped with the reason)."""
     xml, facts = out / "gpu-tests.xml", out / "gpu-facts.jsonl"
     facts.unlink(missing_ok=True)
-    env = {**os.environ, "RS_ONNX_GPU_FACTS": str(facts), "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "RS_ONNX_GPU_FACTS": str(facts),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     if dry_run:
         env["RS_ONNX_GPU_DRY_RUN"] = "1"
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           str(ROOT / "tests" / "test_gpu.py"), f"--junitxml={xml}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "test_gpu.py"),
+            f"--junitxml={xml}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     tests = {}
     for case in ET.parse(xml).getroot().iter("testcase"):
         outcome, message = "passed", ""
@@ -88,21 +122,45 @@ def correctness(out: Path, dry_run: bool, timeout: float) -> dict:
                 message = " ".join((child.get("message") or child.text or "").split())[:600]
         tests[case.get("name")] = {"outcome": outcome, "message": message}
     measured = [json.loads(line) for line in facts.read_text().splitlines()] if facts.exists() else []
-    return {"returncode": proc.returncode, "seconds": time.perf_counter() - t, "tests": tests,
-            "measured": measured, "output_tail": proc.stdout[-3000:] + proc.stderr[-2000:]}
+    return {
+        "returncode": proc.returncode,
+        "seconds": time.perf_counter() - t,
+        "tests": tests,
+        "measured": measured,
+        "output_tail": proc.stdout[-3000:] + proc.stderr[-2000:],
+    }
 
 
 def speed(device: str, dry_run: bool, deadline: float) -> dict:
     """:func:`benchmarks.run.bench_model` per model while time remains; the ``res`` of benchmarks.run."""
     from benchmarks import run as bench
-    args = bench.parse_args(["--device", device, "--pairs", "1" if dry_run else "2", "--scaling-model", "none",
-                             "--work-dir", str(ROOT / "benchmarks" / "out")]
-                            + (["--no-ort-defaults", "--no-torch-probe"] if dry_run else []))
+
+    args = bench.parse_args(
+        [
+            "--device",
+            device,
+            "--pairs",
+            "1" if dry_run else "2",
+            "--scaling-model",
+            "none",
+            "--work-dir",
+            str(ROOT / "benchmarks" / "out"),
+        ]
+        + (["--no-ort-defaults", "--no-torch-probe"] if dry_run else [])
+    )
     threads = os.cpu_count() or 1
-    res = {"command": "bash benchmarks/gpu_check.sh" + (" --dry-run" if dry_run else ""),
-           "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "device": device,
-           "quick": dry_run, "threads": threads, "pairs": args.pairs, "machine": bench.machine(), "models": [],
-           "skipped": {}, "errors": {}}
+    res = {
+        "command": "bash benchmarks/gpu_check.sh" + (" --dry-run" if dry_run else ""),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device,
+        "quick": dry_run,
+        "threads": threads,
+        "pairs": args.pairs,
+        "machine": bench.machine(),
+        "models": [],
+        "skipped": {},
+        "errors": {},
+    }
     t0 = time.perf_counter()
     for arch, n, rounds in SPEED[dry_run]:
         if time.time() > deadline:
@@ -124,19 +182,28 @@ def targets(res: dict) -> list[dict]:
     rows = []
     for m in res.get("models", []):
         sps, ratios = m["samples_per_second"], m["ratios"]
-        per_image = {("host" if k == "rs" else k[3:]): (N0 + N_TARGET) / v["median"]
-                     for k, v in sps.items() if k.startswith("rs")}
+        per_image = {
+            ("host" if k == "rs" else k[3:]): (N0 + N_TARGET) / v["median"]
+            for k, v in sps.items()
+            if k.startswith("rs")
+        }
         fastest = min(per_image, key=per_image.__getitem__) if per_image else None
         reproducible = {k: v for k, v in per_image.items() if k != "device-noise"}
         torch_key = "pytorch_best" if "pytorch_best" in sps else "pytorch"
-        row = {"model": m["model"], "n_measured": m["n"], "batch": m["batch"],
-               "rs_over_ceiling_host": ratios.get("rs/ceiling", {}).get("median"),
-               "seconds_per_image_at_100k": per_image, "fastest_mode": fastest,
-               "fastest_reproducible_mode": min(reproducible, key=reproducible.__getitem__) if reproducible else None,
-               "pytorch_seconds_per_image_at_100k": (N0 + N_TARGET) / sps[torch_key]["median"] if torch_key in sps
-               else None,
-               "rs_over_pytorch": {k: v["median"] for k, v in ratios.items() if k.endswith("/" + torch_key)},
-               "variant_errors": m.get("variant_errors", {})}
+        row = {
+            "model": m["model"],
+            "n_measured": m["n"],
+            "batch": m["batch"],
+            "rs_over_ceiling_host": ratios.get("rs/ceiling", {}).get("median"),
+            "seconds_per_image_at_100k": per_image,
+            "fastest_mode": fastest,
+            "fastest_reproducible_mode": min(reproducible, key=reproducible.__getitem__) if reproducible else None,
+            "pytorch_seconds_per_image_at_100k": (N0 + N_TARGET) / sps[torch_key]["median"]
+            if torch_key in sps
+            else None,
+            "rs_over_pytorch": {k: v["median"] for k, v in ratios.items() if k.endswith("/" + torch_key)},
+            "variant_errors": m.get("variant_errors", {}),
+        }
         c = row["rs_over_ceiling_host"]
         row["ceiling_target_met"] = c is not None and c >= 0.9
         if m["model"] in TARGET_SECONDS and fastest:
@@ -150,16 +217,24 @@ def targets(res: dict) -> list[dict]:
 def report(result: dict) -> str:
     """GPU.md: what was proven, checked and measured, with every target's figure."""
     p, c, s = result.get("provider", {}), result.get("correctness", {}), result.get("speed", {})
-    lines = ["# GPU check", "", f"`{result['command']}` on {result['date']}, {result['seconds']:.0f} s in all "
-             f"(git {result.get('git')}).", "", "## 1. Provider", ""]
+    lines = [
+        "# GPU check",
+        "",
+        f"`{result['command']}` on {result['date']}, {result['seconds']:.0f} s in all (git {result.get('git')}).",
+        "",
+        "## 1. Provider",
+        "",
+    ]
     if "error" in p:
         lines.append(f"FAILED: {p['error'][-500:]}")
     else:
-        lines += [f"- device: {p.get('device')} ({p.get('device_name')}); session providers: "
-                  f"{', '.join(p.get('session_providers', []))}; CUDA proven: **{p.get('cuda_proven')}**",
-                  f"- nvidia-smi: {p.get('nvidia_smi')}",
-                  f"- onnxruntime {p.get('onnxruntime')}, numpy {p.get('numpy')}, torch {p.get('torch')} "
-                  f"(CUDA {p.get('torch_cuda')}), Python {p.get('python')}"]
+        lines += [
+            f"- device: {p.get('device')} ({p.get('device_name')}); session providers: "
+            f"{', '.join(p.get('session_providers', []))}; CUDA proven: **{p.get('cuda_proven')}**",
+            f"- nvidia-smi: {p.get('nvidia_smi')}",
+            f"- onnxruntime {p.get('onnxruntime')}, numpy {p.get('numpy')}, torch {p.get('torch')} "
+            f"(CUDA {p.get('torch_cuda')}), Python {p.get('python')}",
+        ]
     lines += ["", "## 2. Correctness (`pytest -m gpu`, tests/test_gpu.py)", ""]
     if "error" in c:
         lines.append(f"FAILED to run: {c['error'][-500:]}")
@@ -173,26 +248,37 @@ def report(result: dict) -> str:
         lines.append(f"FAILED: {s['error'][-800:]}")
     elif s.get("models"):
         from benchmarks.run import markdown
+
         body = markdown({**s, "command": result["command"], "seconds": s.get("seconds", 0.0)})
-        lines += [line.replace("# rs-onnx benchmarks", "### Side by side (benchmarks.run)") for line in
-                  body.splitlines() if not line.startswith("Generated by")]
+        lines += [
+            line.replace("# rs-onnx benchmarks", "### Side by side (benchmarks.run)")
+            for line in body.splitlines()
+            if not line.startswith("Generated by")
+        ]
     for name, why in {**s.get("skipped", {}), **s.get("errors", {})}.items():
         lines.append(f"- {name}: not measured: {why[-600:]}")
-    lines += ["", "## Targets", "",
-              "Seconds per image at n = 100,000 = (n0 + 100,000) / the median rate measured at the shorter n above.", "",
-              "| model | n measured | rs / ceiling, host noise (>= 0.9) | s/img at n = 100k: host, cuda-graph, fp16, "
-              "device-noise | fastest | target | met | vs Cohen et al. | PyTorch s/img | rs / PyTorch |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "Seconds per image at n = 100,000 = (n0 + 100,000) / the median rate measured at the shorter n above.",
+        "",
+        "| model | n measured | rs / ceiling, host noise (>= 0.9) | s/img at n = 100k: host, cuda-graph, fp16, "
+        "device-noise | fastest | target | met | vs Cohen et al. | PyTorch s/img | rs / PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in result.get("targets", []):
         spi = t["seconds_per_image_at_100k"]
         modes = ", ".join(f"{spi[k]:.3g}" if k in spi else "-" for k in ("host", "cuda-graph", "fp16", "device-noise"))
         ratio = ", ".join(f"{k.split('/')[0]}: {v:.2f}" for k, v in t["rs_over_pytorch"].items())
         c = t["rs_over_ceiling_host"]
-        lines.append(f"| {t['model']} | {t['n_measured']:,} | {c if c is None else round(c, 3)} "
-                     f"({'met' if t['ceiling_target_met'] else 'NOT met'}) | {modes} | {t['fastest_mode']} | "
-                     f"{t.get('target_seconds', '-')} s | {'met' if t.get('time_target_met') else 'NOT met'} | "
-                     f"{t.get('speedup_over_cohen', 0):.3g}x | {t['pytorch_seconds_per_image_at_100k'] or 0:.3g} | "
-                     f"{ratio} |")
+        lines.append(
+            f"| {t['model']} | {t['n_measured']:,} | {c if c is None else round(c, 3)} "
+            f"({'met' if t['ceiling_target_met'] else 'NOT met'}) | {modes} | {t['fastest_mode']} | "
+            f"{t.get('target_seconds', '-')} s | {'met' if t.get('time_target_met') else 'NOT met'} | "
+            f"{t.get('speedup_over_cohen', 0):.3g}x | {t['pytorch_seconds_per_image_at_100k'] or 0:.3g} | "
+            f"{ratio} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -208,18 +294,24 @@ def main(argv=None) -> int:
     start, t0 = time.time(), time.perf_counter()
     device = "cpu" if args.dry_run else "cuda"
     from benchmarks.run import _git_commit
-    result: dict = {"command": "bash benchmarks/gpu_check.sh" + (" --dry-run" if args.dry_run else ""),
-                    "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "dry_run": args.dry_run,
-                    "git": _git_commit()}
+
+    result: dict = {
+        "command": "bash benchmarks/gpu_check.sh" + (" --dry-run" if args.dry_run else ""),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "dry_run": args.dry_run,
+        "git": _git_commit(),
+    }
 
     def save() -> None:
         result["seconds"] = time.perf_counter() - t0
         (out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
         (out / "GPU.md").write_text(report(result))
 
-    steps = [("provider", lambda: provider_facts(device)),
-             ("correctness", lambda: correctness(out, args.dry_run, max(60.0, 0.45 * args.budget))),
-             ("speed", lambda: speed(device, args.dry_run, start + args.budget))]
+    steps = [
+        ("provider", lambda: provider_facts(device)),
+        ("correctness", lambda: correctness(out, args.dry_run, max(60.0, 0.45 * args.budget))),
+        ("speed", lambda: speed(device, args.dry_run, start + args.budget)),
+    ]
     for name, step in steps:
         print(f"gpu check: {name} ...", file=sys.stderr, flush=True)
         try:
@@ -231,8 +323,11 @@ def main(argv=None) -> int:
         save()
     ok = result["provider"].get("cuda_proven") or args.dry_run
     ok = ok and result.get("correctness", {}).get("returncode") == 0
-    print(f"gpu check: wrote {out / 'gpu_check.json'} and {out / 'GPU.md'} in {result['seconds']:.0f} s; "
-          f"{'passed' if ok else 'FAILED'}", file=sys.stderr)
+    print(
+        f"gpu check: wrote {out / 'gpu_check.json'} and {out / 'GPU.md'} in {result['seconds']:.0f} s; "
+        f"{'passed' if ok else 'FAILED'}",
+        file=sys.stderr,
+    )
     return 0 if ok else 1
 
 

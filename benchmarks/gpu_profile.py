@@ -57,6 +57,7 @@ def main(argv=None) -> int:
             for _ in range(runs):
                 c.predict(x)
             return runs * batch / (time.perf_counter() - t)
+
         return go
 
     def certify(c, threads):
@@ -65,10 +66,14 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             g.certify_many([image], 100, n, 0.001)
             return (100 + n) / (time.perf_counter() - t)
+
         return go
 
-    providers = [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"] if dev == "cuda" \
+    providers = (
+        [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+        if dev == "cuda"
         else ["CPUExecutionProvider"]
+    )
     ceiling = Ceiling(path, providers, options(True), batch, shape)
     base, nospin = clf(), clf(spin=False)
     methods = {
@@ -88,12 +93,19 @@ def main(argv=None) -> int:
         f()
     res: dict = {k: [] for k in methods}
     for r in range(2):
-        for k in (list(methods) if r == 0 else list(methods)[::-1]):
+        for k in list(methods) if r == 0 else list(methods)[::-1]:
             res[k].append(methods[k]())
             print(f"{k}: {res[k][-1]:.0f}/s", file=sys.stderr, flush=True)
     summary = {k: float(np.median(v)) for k, v in res.items()}
-    out = {"model": args.model, "n": n, "batch": batch, "device": dev, "cores": cores,
-           "samples_per_second": summary, "over_ceiling": {k: v / summary["ceiling"] for k, v in summary.items()}}
+    out = {
+        "model": args.model,
+        "n": n,
+        "batch": batch,
+        "device": dev,
+        "cores": cores,
+        "samples_per_second": summary,
+        "over_ceiling": {k: v / summary["ceiling"] for k, v in summary.items()},
+    }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     for k, v in out["over_ceiling"].items():
         print(f"{v:6.2f}  {summary[k]:9.0f}/s  {k}")

@@ -39,14 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = ("stats.py", "bounds.py", "smoothing.py", "sequential.py")
 
 SOUND = "tests/test_soundness.py::"
-SOUND_TESTS = [SOUND + t for t in (
-    "test_exact_tail_helpers_against_brute_force",
-    "test_certify_guess_comes_from_the_selection_samples[0]",
-    "test_certify_best_bound_is_sound_at_a_tie[0]",
-    "test_predict_tests_at_level_alpha[0]",
-    "test_sequential_looks_spend_their_level[0]",
-    "test_sequential_explicit_schedule_spends_its_levels[0]",
-)]
+SOUND_TESTS = [
+    SOUND + t
+    for t in (
+        "test_exact_tail_helpers_against_brute_force",
+        "test_certify_guess_comes_from_the_selection_samples[0]",
+        "test_certify_best_bound_is_sound_at_a_tie[0]",
+        "test_predict_tests_at_level_alpha[0]",
+        "test_sequential_looks_spend_their_level[0]",
+        "test_sequential_explicit_schedule_spends_its_levels[0]",
+    )
+]
 # The fast tests that exercise each module, cheapest first (pytest -x stops at the first failure); the
 # long statistical tests of test_sequential are left out to keep each mutant to seconds.
 SLOW = "not false_certification_rate and not many_binomial_trials and not spending_alpha and not linear_oracle"
@@ -145,7 +148,11 @@ class _Mutator(ast.NodeTransformer):
             else:
                 f.attr = SWAP[name]
         for i, arg in enumerate(node.args):
-            if isinstance(arg, ast.Name) and arg.id in ("alpha", "a") and self._hit(node, f"{name}(..{arg.id}..) -> 2*{arg.id}"):
+            if (
+                isinstance(arg, ast.Name)
+                and arg.id in ("alpha", "a")
+                and self._hit(node, f"{name}(..{arg.id}..) -> 2*{arg.id}")
+            ):
                 node.args[i] = ast.BinOp(ast.Constant(2), ast.Mult(), arg)
         return node
 
@@ -167,8 +174,9 @@ def mutated_source(file: str, index: int) -> str:
 
 
 def _copy_repo(dest: Path) -> Path:
-    ignore = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "results*",
-                                    ".mypy_cache", ".ruff_cache")
+    ignore = shutil.ignore_patterns(
+        ".git", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "results*", ".mypy_cache", ".ruff_cache"
+    )
     for name in ("rs_onnx", "tests", "benchmarks", "export"):
         if (ROOT / name).exists():
             shutil.copytree(ROOT / name, dest / name, ignore=ignore)
@@ -297,19 +305,36 @@ def report(mutants: list[Mutant], path: Path | None, elapsed: float, workers: in
     """Markdown: the score per file and overall, and every survivor with its line."""
     ran = [m for m in mutants if m.status != "not run"]
     killed = [m for m in ran if m.status in ("killed", "timeout")]
-    lines = ["# Mutation testing", "",
-             (f"`python benchmarks/mutate.py --workers {workers}`: {len(killed)} of {len(ran)} mutants killed"
-              f" ({100 * len(killed) / max(1, len(ran)):.1f}%), {len(mutants) - len(ran)} not run for lack of time;"
-              f" {elapsed / 60:.1f} min."), "",
-             "| file | mutants | run | killed | timeout | survived |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Mutation testing",
+        "",
+        (
+            f"`python benchmarks/mutate.py --workers {workers}`: {len(killed)} of {len(ran)} mutants killed"
+            f" ({100 * len(killed) / max(1, len(ran)):.1f}%), {len(mutants) - len(ran)} not run for lack of time;"
+            f" {elapsed / 60:.1f} min."
+        ),
+        "",
+        "| file | mutants | run | killed | timeout | survived |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in FILES:
         ms = [m for m in mutants if m.file == f]
         if ms:
             c = {s: sum(m.status == s for m in ms) for s in ("killed", "timeout", "survived")}
-            lines.append(f"| {f} | {len(ms)} | {sum(m.status != 'not run' for m in ms)} | {c['killed']} | "
-                         f"{c['timeout']} | {c['survived']} |")
-    lines += ["", "## Survivors", "", ("Each line: file:line, the mutation. Some are equivalent mutants (no "
-                                       "observable change); the others are gaps in the tests."), ""]
+            lines.append(
+                f"| {f} | {len(ms)} | {sum(m.status != 'not run' for m in ms)} | {c['killed']} | "
+                f"{c['timeout']} | {c['survived']} |"
+            )
+    lines += [
+        "",
+        "## Survivors",
+        "",
+        (
+            "Each line: file:line, the mutation. Some are equivalent mutants (no "
+            "observable change); the others are gaps in the tests."
+        ),
+        "",
+    ]
     lines += [f"- `{m.file}:{m.line}` {m.what}" for m in ran if m.status == "survived"] or ["(none)"]
     not_run = [m for m in mutants if m.status == "not run"]
     if not_run:
@@ -325,7 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", nargs="*", default=list(FILES), choices=FILES)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--budget", type=float, default=2400.0, help="seconds for all mutants (default 40 min)")
-    ap.add_argument("--timeout", type=float, default=60.0, help="least seconds per mutant before it counts as timeout (at least 3x the unmutated tests' time)")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="least seconds per mutant before it counts as timeout (at least 3x the unmutated tests' time)",
+    )
     ap.add_argument("--sample", type=int, default=None, help="run a random sample of this many mutants")
     ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")

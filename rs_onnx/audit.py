@@ -148,7 +148,7 @@ class GridNoise:
     def probabilities(self) -> np.ndarray:
         """P(i = j) for j = -M .. M of the 64-bit sampler, float64 [2M + 1] (exactly (T_j - T_{j-1}) / 2^64)."""
         t = [0] + [int(v) + 1 for v in self.tm1] + [1 << 64]
-        return np.array([(b - a) / 2.0 ** 64 for a, b in itertools.pairwise(t)])
+        return np.array([(b - a) / 2.0**64 for a, b in itertools.pairwise(t)])
 
     def shifted(self, u: np.ndarray, extra_bits) -> np.ndarray:
         """i + M = #{j : T_j - 1 < u} (int32, shape of u) for raw words u (uint64, C-contiguous), exact.
@@ -192,8 +192,10 @@ class GridNoise:
             while j < 2 * self.M and int(self.tm1[j]) == w:
                 t = self.t128[j]
                 if v == t - 1:
-                    raise AuditError("a grid-noise draw landed on a 2^-128 boundary cell (probability about "
-                                     "1e-35 per value); nothing was certified: expected to rerun with fresh entropy")
+                    raise AuditError(
+                        "a grid-noise draw landed on a 2^-128 boundary cell (probability about "
+                        "1e-35 per value); nothing was certified: expected to rerun with fresh entropy"
+                    )
                 if v < t:
                     break
                 j += 1
@@ -213,9 +215,11 @@ def to_grid(x: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(v) | (np.abs(v - k) > GRID_TOLERANCE) | (k < 0) | (k > 255)
     if bad.any():
         i = int(np.flatnonzero(bad.reshape(-1))[0])
-        raise DataError(f"audit: input value {float(x.reshape(-1)[i])!r} at flat index {i} ({int(bad.sum())} such "
-                        "values) is not on the 8-bit grid; expected uint8 data or floats k/255 with k in 0..255 "
-                        "(audit mode certifies 8-bit images only; resized float images are refused)")
+        raise DataError(
+            f"audit: input value {float(x.reshape(-1)[i])!r} at flat index {i} ({int(bad.sum())} such "
+            "values) is not on the 8-bit grid; expected uint8 data or floats k/255 with k in 0..255 "
+            "(audit mode certifies 8-bit images only; resized float images are refused)"
+        )
     return k.astype(np.int32)
 
 
@@ -235,8 +239,11 @@ class AuditPreprocessor(Preprocessor):
         channels = max(mean.size, std.size)
         mean, std = mean * np.ones(channels), std * np.ones(channels)
         table = (s[None, :] * (self.spec.scale / 255.0) - mean[:, None]) / std[:, None]  # [C, width], float64
-        self.table = self.cast(table.astype(np.float32).reshape(-1)) if self.dtype.kind != "f" \
+        self.table = (
+            self.cast(table.astype(np.float32).reshape(-1))
+            if self.dtype.kind != "f"
             else table.astype(self.dtype).reshape(-1)
+        )
         chan = np.zeros(self.model_shape, np.int32)
         if channels > 1:
             axis = self._channel_axis()
@@ -276,22 +283,36 @@ class AuditPreprocessor(Preprocessor):
         raise AuditError("audit mode: float noise reached the preprocessor; expected grid noise only")
 
     def describe(self) -> dict:
-        return {**super().describe(), "audit_input": "table of (channel, s) for s = x_u8 + i in "
-                f"[{self.s_min}, {self.s_max}] (x_u8 + i clipped)"}
+        return {
+            **super().describe(),
+            "audit_input": f"table of (channel, s) for s = x_u8 + i in [{self.s_min}, {self.s_max}] (x_u8 + i clipped)",
+        }
 
 
 # --------------------------------------------------------------------------- the sampler
 class AuditSampler(Sampler):
     """:class:`Sampler` whose blocks are exact grid noise added in integers (same per-block streams)."""
 
-    def __init__(self, classifier, preprocessor: AuditPreprocessor, sigma: float, entropy: int,
-                 batch_size: int | None = None, noise_threads: int | None = None, *, pad: bool | None = None,
-                 num_classes: int | None = None) -> None:
+    def __init__(
+        self,
+        classifier,
+        preprocessor: AuditPreprocessor,
+        sigma: float,
+        entropy: int,
+        batch_size: int | None = None,
+        noise_threads: int | None = None,
+        *,
+        pad: bool | None = None,
+        num_classes: int | None = None,
+    ) -> None:
         if getattr(classifier, "device_noise", False):
-            raise ConfigError("--audit with --device-noise: on-device Gaussian noise is float noise the model's "
-                              "arithmetic can read; expected host grid noise (drop --device-noise)")
-        super().__init__(classifier, preprocessor, sigma, entropy, batch_size, noise_threads, pad=pad,
-                         num_classes=num_classes)
+            raise ConfigError(
+                "--audit with --device-noise: on-device Gaussian noise is float noise the model's "
+                "arithmetic can read; expected host grid noise (drop --device-noise)"
+            )
+        super().__init__(
+            classifier, preprocessor, sigma, entropy, batch_size, noise_threads, pad=pad, num_classes=num_classes
+        )
         self.grid = preprocessor.grid
         self.device_noise = False
 
@@ -321,23 +342,105 @@ class AuditSampler(Sampler):
             for a in range(0, take, step):
                 m = min(step, take - a)
                 u = bits.random_raw(m * dim).reshape(m, *shape)
-                pre.lookup(self.grid.shifted(u, extra_bits), base, out=ring[lo + a:lo + a + m])
+                pre.lookup(self.grid.shifted(u, extra_bits), base, out=ring[lo + a : lo + a + m])
             g += take
 
 
 # --------------------------------------------------------------------------- batch independence
 _ELEMENTWISE = {
-    "Abs", "Acos", "Acosh", "Add", "And", "Asin", "Asinh", "Atan", "Atanh", "BitShift", "Cast", "CastLike", "Ceil",
-    "Celu", "Clip", "Cos", "Cosh", "Div", "Elu", "Equal", "Erf", "Exp", "Floor", "Gelu", "Greater", "GreaterOrEqual",
-    "HardSigmoid", "HardSwish", "Identity", "IsInf", "IsNaN", "LeakyRelu", "Less", "LessOrEqual", "Log", "Max",
-    "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "PRelu", "Reciprocal", "Relu", "Round", "Selu",
-    "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign", "Sqrt", "Sub", "Sum", "Tan", "Tanh",
-    "ThresholdedRelu", "Where", "Xor",
+    "Abs",
+    "Acos",
+    "Acosh",
+    "Add",
+    "And",
+    "Asin",
+    "Asinh",
+    "Atan",
+    "Atanh",
+    "BitShift",
+    "Cast",
+    "CastLike",
+    "Ceil",
+    "Celu",
+    "Clip",
+    "Cos",
+    "Cosh",
+    "Div",
+    "Elu",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Floor",
+    "Gelu",
+    "Greater",
+    "GreaterOrEqual",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "IsInf",
+    "IsNaN",
+    "LeakyRelu",
+    "Less",
+    "LessOrEqual",
+    "Log",
+    "Max",
+    "Mean",
+    "Min",
+    "Mish",
+    "Mod",
+    "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "Pow",
+    "PRelu",
+    "Reciprocal",
+    "Relu",
+    "Round",
+    "Selu",
+    "Shrink",
+    "Sigmoid",
+    "Sign",
+    "Sin",
+    "Sinh",
+    "Softplus",
+    "Softsign",
+    "Sqrt",
+    "Sub",
+    "Sum",
+    "Tan",
+    "Tanh",
+    "ThresholdedRelu",
+    "Where",
+    "Xor",
 }
-_PER_SAMPLE = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
-               "GlobalLpPool", "LRN", "InstanceNormalization", "BatchNormalization", "SpaceToDepth", "DepthToSpace"}
-_REDUCE = {"ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
-           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
+_PER_SAMPLE = {
+    "Conv",
+    "ConvTranspose",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "LpPool",
+    "GlobalLpPool",
+    "LRN",
+    "InstanceNormalization",
+    "BatchNormalization",
+    "SpaceToDepth",
+    "DepthToSpace",
+}
+_REDUCE = {
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+}
 
 
 def _attr(node, name, default=None):
@@ -469,8 +572,7 @@ def scan_batch_independence(model) -> tuple[bool, str]:
                     ok = True
                 elif t[0] == -1 and -1 not in t[1:] and all(isinstance(d, int) for d in src[1:]):
                     rest = [src[k] if v == 0 and k < len(src) else v for k, v in enumerate(t)][1:]
-                    ok = all(isinstance(v, int) and v > 0 for v in rest) and \
-                        math.prod(rest) == math.prod(src[1:])
+                    ok = all(isinstance(v, int) and v > 0 for v in rest) and math.prod(rest) == math.prod(src[1:])
             why = "target shape not constant or not row-preserving"
         elif op == "Transpose":
             perm = _attr(node, "perm")
@@ -484,8 +586,11 @@ def scan_batch_independence(model) -> tuple[bool, str]:
             if op in ("ArgMax", "ArgMin"):
                 axes = [int(_attr(node, "axis", 0))]
             else:
-                axes = axes_of(node) if (op == "ReduceSum" and opset >= 13) or opset >= 18 else \
-                    (None if _attr(node, "axes") is None else [int(v) for v in _attr(node, "axes")])
+                axes = (
+                    axes_of(node)
+                    if (op == "ReduceSum" and opset >= 13) or opset >= 18
+                    else (None if _attr(node, "axes") is None else [int(v) for v in _attr(node, "axes")])
+                )
             ok = axes is not None and len(axes) > 0 and r_in is not None and 0 not in [norm(a, r_in) for a in axes]
             why = "reduces over axis 0 (or over all axes)"
         elif op == "Concat":
@@ -497,8 +602,12 @@ def scan_batch_independence(model) -> tuple[bool, str]:
         elif op in ("Squeeze", "Unsqueeze"):
             axes = axes_of(node) if opset >= 13 else _attr(node, "axes")
             r = r_out if op == "Unsqueeze" else r_in
-            ok = axes is not None and r is not None and 0 not in [norm(int(a), r) for a in axes] \
+            ok = (
+                axes is not None
+                and r is not None
+                and 0 not in [norm(int(a), r) for a in axes]
                 and carried == [node.input[0]]
+            )
             why = "touches axis 0 (or axes unknown)"
         elif op == "Slice":
             if opset >= 10:
@@ -506,8 +615,13 @@ def scan_batch_independence(model) -> tuple[bool, str]:
                 consts_ok = all(i in consts for i in ins[1:])
             else:
                 axes, consts_ok = _attr(node, "axes"), True
-            ok = consts_ok and axes is not None and r_in is not None and 0 not in [norm(int(a), r_in) for a in axes] \
+            ok = (
+                consts_ok
+                and axes is not None
+                and r_in is not None
+                and 0 not in [norm(int(a), r_in) for a in axes]
                 and carried == [node.input[0]]
+            )
             why = "slices axis 0 (or axes unknown)"
         elif op == "Gather":
             ok = r_in is not None and norm(int(_attr(node, "axis", 0)), r_in) != 0 and carried == [node.input[0]]
@@ -515,8 +629,14 @@ def scan_batch_independence(model) -> tuple[bool, str]:
         elif op == "Pad":
             pads = const_value(node.input[1]) if opset >= 11 and len(node.input) > 1 else _attr(node, "pads")
             pads = None if pads is None else [int(v) for v in np.asarray(pads).reshape(-1)]
-            ok = pads is not None and r_in is not None and pads[0] == 0 and pads[r_in] == 0 \
-                and carried == [node.input[0]] and len(node.input) <= 3
+            ok = (
+                pads is not None
+                and r_in is not None
+                and pads[0] == 0
+                and pads[r_in] == 0
+                and carried == [node.input[0]]
+                and len(node.input) <= 3
+            )
             why = "pads axis 0"
         if not ok:
             return False, f"{where}: {why}"
@@ -549,8 +669,10 @@ def classifier_batch_independence(classifier) -> dict:
         try:
             model = g.strip_initializer_inputs(onnx.load_model_from_string(data))
         except Exception as err:  # noqa: BLE001 - a graph the scan cannot read is unsafe
-            return {"batched": False, "how": f"one sample per model call: the scan cannot read the graph "
-                                             f"({g.one_line(err)})"}
+            return {
+                "batched": False,
+                "how": f"one sample per model call: the scan cannot read the graph ({g.one_line(err)})",
+            }
         if mode == "rewritten":
             others = [n for n in getattr(classifier, "_extra", {}) or {}]
             model, _ = g.make_batch_dynamic(model, classifier.input_name, other_inputs=others)

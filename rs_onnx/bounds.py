@@ -161,8 +161,7 @@ def _check_counts(counts, top) -> tuple[np.ndarray, np.ndarray]:
     return c, t
 
 
-def two_class_certificate(counts, top, alpha: float, sigma: float, *, alpha_split: float = 0.5,
-                          pb_bound: str = "max"):
+def two_class_certificate(counts, top, alpha: float, sigma: float, *, alpha_split: float = 0.5, pb_bound: str = "max"):
     """Two-class certificate (Cohen et al.'s Theorem 1 with an estimated runner-up bound).
 
     Parameters
@@ -369,4 +368,3 @@ def norm_radii(p_a_lower: float, native_radius: float, noise: str, scale: float,
 
 NATIVE_NORM = {"gaussian": "l2", "uniform": "l1", "laplace": "l1"}
 """The norm in which each noise's certificate is computed (the ``radius`` column's norm)."""
-

@@ -79,8 +79,11 @@ def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = No
     b = int(batch_size or smoothed.batch_size)
     record = {"batch_sizes": [b], "rows_one_by_one": 0, "result": "ok"}
     if b < 2 or getattr(clf, "batch_mode", None) == "per-sample" or getattr(clf, "device_noise", False):
-        record["result"] = "not needed (one sample per run)" if b < 2 or getattr(clf, "batch_mode", None) \
-            == "per-sample" else "not checked (device noise)"
+        record["result"] = (
+            "not needed (one sample per run)"
+            if b < 2 or getattr(clf, "batch_mode", None) == "per-sample"
+            else "not checked (device noise)"
+        )
         return record
     inputs = noisy_inputs(smoothed, x, b)
     while True:  # out of memory: halve, as the sampler does for its model calls, and check that size
@@ -96,32 +99,49 @@ def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = No
     other = max(2, b // 2 + 1) if b > 2 else 1
     m = min(b, SINGLE_ROWS)
     half = _classes_and_scores(clf, inputs[:other])
-    singles = [_classes_and_scores(clf, inputs[i:i + 1]) for i in range(m)]
-    ref = (np.concatenate([s[0] for s in singles]),
-           None if any(s[1] is None for s in singles) else np.concatenate([s[1] for s in singles]))
+    singles = [_classes_and_scores(clf, inputs[i : i + 1]) for i in range(m)]
+    ref = (
+        np.concatenate([s[0] for s in singles]),
+        None if any(s[1] is None for s in singles) else np.concatenate([s[1] for s in singles]),
+    )
     record.update(batch_sizes=[b, other], rows_one_by_one=m)
     rel = 1e-2 if getattr(clf, "float_type", "fp32") == "fp16" else 1e-3
 
     def head(r, k):
         return r[0][:k], None if r[1] is None else r[1][:k]
 
-    reason = next((f"a batch of {size} {why}" for size, why in
-                   ((b, _differs(head(full, m), ref, rel)), (other, _differs(head(half, min(m, other)), head(ref, other),
-                                                                             rel)),
-                    (other, _differs(head(half, other), head(full, other), rel))) if why), None)
+    reason = next(
+        (
+            f"a batch of {size} {why}"
+            for size, why in (
+                (b, _differs(head(full, m), ref, rel)),
+                (other, _differs(head(half, min(m, other)), head(ref, other), rel)),
+                (other, _differs(head(half, other), head(full, other), rel)),
+            )
+            if why
+        ),
+        None,
+    )
     if reason is None:
         return record
     name = getattr(clf, "path", None)
     what = f"model {name.name if name is not None else type(clf).__name__}"
-    can_fall_back = getattr(clf, "batch_mode", None) in ("dynamic", "rewritten") and not getattr(clf, "cuda_graph",
-                                                                                                 False)
+    can_fall_back = getattr(clf, "batch_mode", None) in ("dynamic", "rewritten") and not getattr(
+        clf, "cuda_graph", False
+    )
     if not can_fall_back:
-        raise ModelError(f"{what}: on noisy copies of the first example, {reason}; expected each sample's class not to "
-                         "depend on the others in its batch (pass --batch-size 1, or export the model in eval mode "
-                         "with a dynamic batch)")
+        raise ModelError(
+            f"{what}: on noisy copies of the first example, {reason}; expected each sample's class not to "
+            "depend on the others in its batch (pass --batch-size 1, or export the model in eval mode "
+            "with a dynamic batch)"
+        )
     fall_back_per_sample(clf)
-    log.warning("%s: on noisy copies of the first example, %s; falling back to one sample per run (slower; "
-                "export the model in eval mode with a dynamic batch to avoid this)", what, reason)
+    log.warning(
+        "%s: on noisy copies of the first example, %s; falling back to one sample per run (slower; "
+        "export the model in eval mode with a dynamic batch to avoid this)",
+        what,
+        reason,
+    )
     record["result"] = "per-sample fallback"
     record["reason"] = reason
     return record

@@ -82,8 +82,10 @@ def _random_inputs(shape, dtype: np.dtype, rng) -> np.ndarray:
     try:
         return _random_values(shape, dtype, rng)
     except MemoryError:
-        raise ModelError(f"the load check's random inputs shaped {list(shape)} do not fit in memory; expected "
-                         "a model whose declared input shape fits (or pass input_shape)") from None
+        raise ModelError(
+            f"the load check's random inputs shaped {list(shape)} do not fit in memory; expected "
+            "a model whose declared input shape fits (or pass input_shape)"
+        ) from None
 
 
 def _random_values(shape, dtype: np.dtype, rng) -> np.ndarray:
@@ -158,9 +160,25 @@ class OnnxClassifier:
     For models with external data, ``sess_options`` gets the config entry that locates it.
     """
 
-    def __init__(self, path, *, input_name=None, output_name=None, device="auto", extra_inputs=None,
-                 verify_batch=True, sess_options=None, max_batch=None, input_shape=None, argmax_in_graph=None,
-                 io_binding=None, float_type="fp32", cuda_graph=False, device_noise=False, precision=None):
+    def __init__(
+        self,
+        path,
+        *,
+        input_name=None,
+        output_name=None,
+        device="auto",
+        extra_inputs=None,
+        verify_batch=True,
+        sess_options=None,
+        max_batch=None,
+        input_shape=None,
+        argmax_in_graph=None,
+        io_binding=None,
+        float_type="fp32",
+        cuda_graph=False,
+        device_noise=False,
+        precision=None,
+    ):
         self.path = Path(path)
         self._name = self.path.name
         if precision is not None:  # float_type's earlier name
@@ -168,8 +186,10 @@ class OnnxClassifier:
         if float_type not in FLOAT_TYPES:
             raise ConfigError(f"float type {float_type!r}; expected one of {', '.join(FLOAT_TYPES)}")
         if device_noise and cuda_graph:
-            raise ConfigError("device_noise with cuda_graph: a captured CUDA graph would replay the same noise on "
-                              "every batch; expected one of the two (host noise works with CUDA graphs)")
+            raise ConfigError(
+                "device_noise with cuda_graph: a captured CUDA graph would replay the same noise on "
+                "every batch; expected one of the two (host noise works with CUDA graphs)"
+            )
         if cuda_graph and (max_batch is None or int(max_batch) < 1):
             raise ConfigError("cuda_graph needs a fixed batch size; expected max_batch (the batch size) to be given")
         self._model = graph.strip_initializer_inputs(graph.load_model(self.path))
@@ -189,8 +209,10 @@ class OnnxClassifier:
         if declared is None and input_shape is not None:
             declared = ["", *input_shape]
         if not declared:
-            raise ModelError(f"model {self._name}: input '{self.input_name}' has shape {graph.format_dims(declared)}; "
-                             "expected a declared shape [N, ...] (or pass input_shape)")
+            raise ModelError(
+                f"model {self._name}: input '{self.input_name}' has shape {graph.format_dims(declared)}; "
+                "expected a declared shape [N, ...] (or pass input_shape)"
+            )
         lead = declared[0]
         original = self._new_session(str(self.path))
         self._check_device_options()
@@ -201,8 +223,10 @@ class OnnxClassifier:
             self.input_shape = self._resolve_shape(declared[1:], input_shape)
             self._load_batched(original, lead == 1, output_name, verify_batch)
         if self.device_noise and self.batch_mode not in ("dynamic", "rewritten"):
-            raise ConfigError(f"device_noise with batch mode {self.batch_mode}; expected a model with a batch dim "
-                              "that accepts any batch size")
+            raise ConfigError(
+                f"device_noise with batch mode {self.batch_mode}; expected a model with a batch dim "
+                "that accepts any batch size"
+            )
         self._in_graph = bool(argmax_in_graph if argmax_in_graph is not None else self.device != "cpu")
         self._in_graph = self._in_graph and self.output_kind == "scores" and self._output_dtype.kind == "f"
         self._fetch = [self.output_name]
@@ -223,11 +247,19 @@ class OnnxClassifier:
         self._runner = None
         if self.io_binding:
             kind = "cuda" if self.device.startswith("cuda") else "cpu"
-            self._runner = cuda.BoundRunner(self._session, self.input_name, self._specs, self._extra, kind,
-                                            self._index, fixed_shape=self.cuda_graph)
+            self._runner = cuda.BoundRunner(
+                self._session, self.input_name, self._specs, self._extra, kind, self._index, fixed_shape=self.cuda_graph
+            )
         self._rewritten = self._model = None  # free the protos; sessions hold what they need
-        logger.info("model %s: batch mode %s, output '%s' (%s), providers %s, float type %s", self._name,
-                    self.batch_mode, self.output_name, self.output_kind, self.providers, self.float_type)
+        logger.info(
+            "model %s: batch mode %s, output '%s' (%s), providers %s, float type %s",
+            self._name,
+            self.batch_mode,
+            self.output_name,
+            self.output_kind,
+            self.providers,
+            self.float_type,
+        )
 
     @property
     def prefers_fixed_batch(self) -> bool:
@@ -238,12 +270,15 @@ class OnnxClassifier:
         """CUDA-only options against the device the model really runs on."""
         on_cuda = self.device.startswith("cuda")
         if self.cuda_graph and not on_cuda:
-            raise ConfigError(f"cuda_graph on device '{self.device}' (requested '{self._device_request}'); "
-                              "expected a CUDA device")
+            raise ConfigError(
+                f"cuda_graph on device '{self.device}' (requested '{self._device_request}'); expected a CUDA device"
+            )
         if self.device_noise and not on_cuda:
-            raise ConfigError(f"device_noise on device '{self.device}' (requested '{self._device_request}'): "
-                              "onnxruntime's CPU RandomNormal is a minstd LCG with period 2^31, too short for "
-                              "millions of samples; expected a CUDA device, or host noise (the default)")
+            raise ConfigError(
+                f"device_noise on device '{self.device}' (requested '{self._device_request}'): "
+                "onnxruntime's CPU RandomNormal is a minstd LCG with period 2^31, too short for "
+                "millions of samples; expected a CUDA device, or host noise (the default)"
+            )
 
     def _convert_fp16(self, base: onnx.ModelProto) -> onnx.ModelProto:
         """The fp16 model (float32 I/O), its session in place, and its agreement with fp32 on random inputs."""
@@ -261,15 +296,18 @@ class OnnxClassifier:
                 self.fp16_agreement = float((a == b).mean())
             except Exception as err:  # noqa: BLE001 - an fp16 model that fails is reported at predict time
                 logger.warning("model %s: the fp16 model fails on random inputs (%s)", self._name, _ort_reason(err))
-        logger.info("model %s: fp16 conversion; same class as fp32 on %s of random inputs", self._name,
-                    "?" if self.fp16_agreement is None else f"{self.fp16_agreement:.0%}")
+        logger.info(
+            "model %s: fp16 conversion; same class as fp32 on %s of random inputs",
+            self._name,
+            "?" if self.fp16_agreement is None else f"{self.fp16_agreement:.0%}",
+        )
         return converted
 
     def _classes_of(self, session, x) -> np.ndarray:
         rows = []
         size = 1 if self.batch_mode == "per-sample" else (self._fixed_n or len(x))
         for start in range(0, len(x) - size + 1, size):
-            out = session.run([self.output_name], self._feed(x[start:start + size]), self._options)[0]
+            out = session.run([self.output_name], self._feed(x[start : start + size]), self._options)[0]
             r = _rows(out, size, self.output_kind)
             rows.append(r.argmax(1) if self.output_kind == "scores" else r)
         return np.concatenate(rows)
@@ -285,8 +323,10 @@ class OnnxClassifier:
             self._in_graph = False
             return base
         self._fetch = [graph.CLASS_OUTPUT, graph.FINITE_OUTPUT]
-        self._specs = [cuda.OutputSpec(graph.CLASS_OUTPUT, np.dtype(np.int64), ()),
-                       cuda.OutputSpec(graph.FINITE_OUTPUT, self._output_dtype, ())]
+        self._specs = [
+            cuda.OutputSpec(graph.CLASS_OUTPUT, np.dtype(np.int64), ()),
+            cuda.OutputSpec(graph.FINITE_OUTPUT, self._output_dtype, ()),
+        ]
         return appended
 
     # ------------------------------------------------------------------ inputs and outputs
@@ -299,23 +339,31 @@ class OnnxClassifier:
         if input_name is None:
             free = [n for n in inputs if n not in extra_inputs]
             if len(free) != 1:
-                raise ModelError(f"model {self._name}: has {len(inputs)} inputs ({listing}); expected one input to "
-                                 "perturb: pass input_name and give the others fixed values with extra_inputs")
+                raise ModelError(
+                    f"model {self._name}: has {len(inputs)} inputs ({listing}); expected one input to "
+                    "perturb: pass input_name and give the others fixed values with extra_inputs"
+                )
             input_name = free[0]
         missing = [n for n in inputs if n != input_name and n not in extra_inputs]
         if missing:
-            raise ModelError(f"model {self._name}: inputs {missing} have no value; expected fixed values for "
-                             f"every input but '{input_name}' in extra_inputs (inputs: {listing})")
+            raise ModelError(
+                f"model {self._name}: inputs {missing} have no value; expected fixed values for "
+                f"every input but '{input_name}' in extra_inputs (inputs: {listing})"
+            )
         self.input_name, self._input_vi = input_name, inputs[input_name]
         dtype = graph.np_dtype(self._input_vi)
         if dtype is None or dtype.kind not in "fiub":
-            raise ModelError(f"model {self._name}: input '{input_name}' has type "
-                             f"{self._input_vi.type.WhichOneof('value')}; expected a numeric tensor")
+            raise ModelError(
+                f"model {self._name}: input '{input_name}' has type "
+                f"{self._input_vi.type.WhichOneof('value')}; expected a numeric tensor"
+            )
         self.input_dtype: np.dtype = dtype
         self._extra = {}
         for name, value in extra_inputs.items():
             if name == input_name:
-                raise ConfigError(f"extra_inputs gives a value for '{name}', the input to perturb; expected only others")
+                raise ConfigError(
+                    f"extra_inputs gives a value for '{name}', the input to perturb; expected only others"
+                )
             dt = graph.np_dtype(inputs[name])
             value = np.asarray(value)
             if dt is not None and value.dtype != dt:
@@ -324,8 +372,13 @@ class OnnxClassifier:
                 value = value.astype(dt)
             decl = graph.dims(inputs[name])
             batched = decl is not None and len(decl) == value.ndim + 1
-            if decl is not None and len(decl) == value.ndim and value.ndim and value.shape[0] == 1 \
-                    and (decl[0] == 1 or isinstance(decl[0], str)):
+            if (
+                decl is not None
+                and len(decl) == value.ndim
+                and value.ndim
+                and value.shape[0] == 1
+                and (decl[0] == 1 or isinstance(decl[0], str))
+            ):
                 value, batched = value[0], True
             self._extra[name] = (np.ascontiguousarray(value), batched)
 
@@ -333,13 +386,17 @@ class OnnxClassifier:
         if override is not None:
             override = tuple(int(v) for v in override)
             if len(override) != len(rest) or any(isinstance(d, int) and d != o for d, o in zip(rest, override)):
-                raise ConfigError(f"input_shape {list(override)}; expected a per-example shape matching "
-                                  f"{graph.format_dims(rest)} of input '{self.input_name}'")
+                raise ConfigError(
+                    f"input_shape {list(override)}; expected a per-example shape matching "
+                    f"{graph.format_dims(rest)} of input '{self.input_name}'"
+                )
             guard.check_example_size(override, self._name, self.input_name)
             return override
         if any(not isinstance(d, int) or d <= 0 for d in rest):
-            raise ModelError(f"model {self._name}: input '{self.input_name}' has per-example dims "
-                             f"{graph.format_dims(rest)}; expected fixed sizes: pass input_shape")
+            raise ModelError(
+                f"model {self._name}: input '{self.input_name}' has per-example dims "
+                f"{graph.format_dims(rest)}; expected fixed sizes: pass input_shape"
+            )
         guard.check_example_size(rest, self._name, self.input_name)
         return tuple(rest)
 
@@ -373,12 +430,15 @@ class OnnxClassifier:
         if len(names) == 1 and not found:
             raise ModelError(f"model {self._name}: output {describe(names[0])}; {expected}")
         if not found:
-            raise ModelError(f"model {self._name}: no output looks like classes: "
-                             f"{'; '.join(describe(n) for n in names)}; {expected}")
+            raise ModelError(
+                f"model {self._name}: no output looks like classes: {'; '.join(describe(n) for n in names)}; {expected}"
+            )
         if len(found) > 1:
-            raise ModelError(f"model {self._name}: {len(found)} outputs could be the classes: "
-                             f"{'; '.join(describe(n) for n in found)}; expected one: pass output_name")
-        (name, (kind, k)), = found.items()
+            raise ModelError(
+                f"model {self._name}: {len(found)} outputs could be the classes: "
+                f"{'; '.join(describe(n) for n in found)}; expected one: pass output_name"
+            )
+        ((name, (kind, k)),) = found.items()
         self._output_dtype = outs[name].dtype
         shape = outs[name].shape
         self._output_tail = tuple(shape[1:]) if len(shape) >= 1 and shape[0] == b else None
@@ -389,8 +449,10 @@ class OnnxClassifier:
         kind, index = parse_device(device)
         self._device_request = str(device)
         if kind == "cuda" and _CUDA not in ort.get_available_providers():
-            raise DeviceError(f"device '{device}' requested, but this onnxruntime {ort.__version__} has providers "
-                              f"{ort.get_available_providers()}; expected CUDAExecutionProvider (install onnxruntime-gpu)")
+            raise DeviceError(
+                f"device '{device}' requested, but this onnxruntime {ort.__version__} has providers "
+                f"{ort.get_available_providers()}; expected CUDAExecutionProvider (install onnxruntime-gpu)"
+            )
         self._want_cuda = kind == "cuda" or (kind == "auto" and cuda_works(index))
         if self._want_cuda:
             preload_cuda_libraries()
@@ -405,7 +467,8 @@ class OnnxClassifier:
         self._sess_options = sess_options or default_session_options(self.device)
         if graph.has_external_data(self._model):
             self._sess_options.add_session_config_entry(
-                "session.model_external_initializers_file_folder_path", str(self.path.resolve().parent))
+                "session.model_external_initializers_file_folder_path", str(self.path.resolve().parent)
+            )
 
     def _new_session(self, source, cuda_graph: bool = False) -> ort.InferenceSession:
         """Session for a path (str) or a ModelProto; the first one settles the device."""
@@ -418,13 +481,19 @@ class OnnxClassifier:
         except Exception as err:  # onnxruntime raises its own exception types
             msg = _ort_reason(err)
             if cuda_graph:
-                raise ConfigError(f"model {self._name}: onnxruntime cannot capture it as a CUDA graph ({msg}); "
-                                  "expected every node on the CUDA provider, or run without cuda_graph") from err
+                raise ConfigError(
+                    f"model {self._name}: onnxruntime cannot capture it as a CUDA graph ({msg}); "
+                    "expected every node on the CUDA provider, or run without cuda_graph"
+                ) from err
             if self._want_cuda and "cuda" in msg.lower():
-                raise DeviceError(f"device '{self._device_request}': onnxruntime failed to start CUDA ({msg}); "
-                                  "expected a working CUDA GPU, or pass device 'cpu'") from err
-            raise ModelError(f"model {self._name}: onnxruntime {ort.__version__} cannot load it ({msg}); expected "
-                             "a model it can run with its built-in ops (custom-op libraries are never loaded)") from err
+                raise DeviceError(
+                    f"device '{self._device_request}': onnxruntime failed to start CUDA ({msg}); "
+                    "expected a working CUDA GPU, or pass device 'cpu'"
+                ) from err
+            raise ModelError(
+                f"model {self._name}: onnxruntime {ort.__version__} cannot load it ({msg}); expected "
+                "a model it can run with its built-in ops (custom-op libraries are never loaded)"
+            ) from err
         if not self._checked:
             self._checked = True
             if session.get_providers()[0] != _CUDA:
@@ -432,7 +501,8 @@ class OnnxClassifier:
                     raise DeviceError(
                         f"device '{self._device_request}' requested, but onnxruntime fell back to "
                         f"{session.get_providers()} (CUDA/cuDNN libraries missing or no GPU; see onnxruntime's log); "
-                        "expected a working CUDA GPU, or pass device 'cpu'")
+                        "expected a working CUDA GPU, or pass device 'cpu'"
+                    )
                 logger.debug("device auto: the session fell back to %s; using CPU", session.get_providers())
                 self._want_cuda, self._providers_req, self.device = False, [_CPU], "cpu"
         self.providers = session.get_providers()
@@ -466,9 +536,11 @@ class OnnxClassifier:
                 return session.run(fetch, feed, options)
             except Exception as err:  # onnxruntime raises its own types
                 if state["expired"]:
-                    raise ModelError(f"model {self._name}: one run on a random input did not finish within {limit:g} s "
-                                     "at load time; expected a model that finishes (set RS_ONNX_LOAD_TIME_LIMIT="
-                                     "seconds to allow longer)") from err
+                    raise ModelError(
+                        f"model {self._name}: one run on a random input did not finish within {limit:g} s "
+                        "at load time; expected a model that finishes (set RS_ONNX_LOAD_TIME_LIMIT="
+                        "seconds to allow longer)"
+                    ) from err
                 raise
 
     # ------------------------------------------------------------------ batch handling at load
@@ -481,13 +553,15 @@ class OnnxClassifier:
         for i in range(k):
             t0 = time.perf_counter()
             try:
-                outs = self._load_run(original, None, self._feed(x[i:i + 1]))
+                outs = self._load_run(original, None, self._feed(x[i : i + 1]))
             except ModelError:
                 raise
             except Exception as err:
-                raise ModelError(f"model {self._name}: onnxruntime fails on a random example shaped "
-                                 f"{[1, *self.input_shape]} ({_ort_reason(err)}); expected it to run on inputs "
-                                 "of its declared shape") from err
+                raise ModelError(
+                    f"model {self._name}: onnxruntime fails on a random example shaped "
+                    f"{[1, *self.input_shape]} ({_ort_reason(err)}); expected it to run on inputs "
+                    "of its declared shape"
+                ) from err
             seconds.append(time.perf_counter() - t0)
             singles.append(dict(zip(names, outs)))
         self.output_name, self.output_kind, self.num_classes = self._choose_output(singles[0], 1, requested)
@@ -509,10 +583,20 @@ class OnnxClassifier:
             return
         self.batch_mode, self._session, self._rewritten = "per-sample", original, None
         single, multi = self.load_timings["per_sample_ms"], self.load_timings.get("batched_ms")
-        cost = (f"about {single / multi:.1f}x slower than batched runs ({single:.3g} vs {multi:.3g} ms per example)"
-                if multi else f"{single:.3g} ms per example (no batched timing: the batched run failed)")
-        logger.warning("model %s: the %s model on a batch of %d random inputs %s; falling back to per-sample runs "
-                       "of the original model (one example per run), %s", self._name, mode, k, reason, cost)
+        cost = (
+            f"about {single / multi:.1f}x slower than batched runs ({single:.3g} vs {multi:.3g} ms per example)"
+            if multi
+            else f"{single:.3g} ms per example (no batched timing: the batched run failed)"
+        )
+        logger.warning(
+            "model %s: the %s model on a batch of %d random inputs %s; falling back to per-sample runs "
+            "of the original model (one example per run), %s",
+            self._name,
+            mode,
+            k,
+            reason,
+            cost,
+        )
 
     def _verify(self, session, x: np.ndarray, ref: np.ndarray) -> str | None:
         """None when a batched run of x agrees with ``ref`` (one-by-one rows), else the reason."""
@@ -542,13 +626,16 @@ class OnnxClassifier:
         self._unbatched = True  # the probe feeds the whole input as is
         x = _random_inputs(full, self.input_dtype, np.random.default_rng(0))
         try:
-            outs = dict(zip([o.name for o in original.get_outputs()],
-                            self._load_run(original, None, self._feed(x[None]))))
+            outs = dict(
+                zip([o.name for o in original.get_outputs()], self._load_run(original, None, self._feed(x[None])))
+            )
         except ModelError:
             raise
         except Exception as err:
-            raise ModelError(f"model {self._name}: onnxruntime fails on a random input shaped {list(full)} "
-                             f"({_ort_reason(err)}); expected it to run on inputs of its declared shape") from err
+            raise ModelError(
+                f"model {self._name}: onnxruntime fails on a random input shaped {list(full)} "
+                f"({_ort_reason(err)}); expected it to run on inputs of its declared shape"
+            ) from err
         try:
             self.output_name, self.output_kind, self.num_classes = self._choose_output(outs, n, requested)
             self.input_shape, self._unbatched, self._fixed_n, self.batch_mode = full[1:], False, n, "fixed"
@@ -567,12 +654,15 @@ class OnnxClassifier:
         x = np.asarray(x)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             expected = "[" + ", ".join(["B", *map(str, self.input_shape)]) + "]"
-            raise DataError(f"model {self._name}: x has shape {list(x.shape)}; expected {expected} "
-                            f"for input '{self.input_name}'")
+            raise DataError(
+                f"model {self._name}: x has shape {list(x.shape)}; expected {expected} for input '{self.input_name}'"
+            )
         if x.dtype != self.input_dtype:
             if not np.can_cast(x.dtype, self.input_dtype, "same_kind"):
-                raise DataError(f"model {self._name}: x has dtype {x.dtype}; expected {self.input_dtype} "
-                                f"for input '{self.input_name}'")
+                raise DataError(
+                    f"model {self._name}: x has dtype {x.dtype}; expected {self.input_dtype} "
+                    f"for input '{self.input_name}'"
+                )
             x = x.astype(self.input_dtype)
         return x
 
@@ -585,7 +675,7 @@ class OnnxClassifier:
             size = self._fixed_n or self.max_batch or max(n, 1)
         pad_to = self._fixed_n or (size if self.cuda_graph else None)
         for start in range(0, n, size):
-            xb = x[start:start + size]
+            xb = x[start : start + size]
             b = len(xb)
             if pad_to and b < pad_to:
                 xb = np.concatenate([xb, np.repeat(xb[-1:], pad_to - b, axis=0)])
@@ -596,8 +686,10 @@ class OnnxClassifier:
         if self._runner is not None and fetch == self._fetch:
             return self._runner.run(xb)
         if self.cuda_graph:
-            raise ConfigError(f"model {self._name}: only classes come out of a CUDA-graph session; expected "
-                              "cuda_graph off for scores()")
+            raise ConfigError(
+                f"model {self._name}: only classes come out of a CUDA-graph session; expected "
+                "cuda_graph off for scores()"
+            )
         return self._session.run(fetch, self._feed(xb), self._options)
 
     def _decode(self, outs, b: int):
@@ -607,8 +699,10 @@ class OnnxClassifier:
             rows = _rows(outs[0], b, self.output_kind)
         except _NotClasses:
             expected = f"[{b}, {self.num_classes}]" if self.output_kind == "scores" else f"[{b}]"
-            raise ModelError(f"model {self._name}: output '{self._fetch[0]}' has shape {list(np.shape(outs[0]))} "
-                             f"for a batch of {b}; expected {expected}") from None
+            raise ModelError(
+                f"model {self._name}: output '{self._fetch[0]}' has shape {list(np.shape(outs[0]))} "
+                f"for a batch of {b}; expected {expected}"
+            ) from None
         if self.output_kind == "indices":
             return rows.astype(np.int64), np.ones(b, bool)
         return rows.argmax(axis=1).astype(np.int64), np.isfinite(rows).all(axis=1)
@@ -633,7 +727,7 @@ class OnnxClassifier:
         classes, finite = np.empty(len(x), np.int64), np.ones(len(x), bool)
         for start, b, outs, rows in self._run_chunks(x, self._fetch):
             c, f = self._decode(outs, rows)
-            classes[start:start + b], finite[start:start + b] = c[:b], f[:b]
+            classes[start : start + b], finite[start : start + b] = c[:b], f[:b]
         return classes, finite
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -666,25 +760,27 @@ class OnnxClassifier:
         size = self.max_batch or max(n, 1)
         classes, finite = np.empty(n, np.int64), np.ones(n, bool)
         for start in range(0, n, size):
-            idx = index[start:start + size]
+            idx = index[start : start + size]
             b = len(idx)
             feed = {graph.CLEAN_INPUT: clean, graph.INDEX_INPUT: idx, graph.GAIN_INPUT: gain}
             for name, (value, batched) in self._extra.items():
                 feed[name] = np.ascontiguousarray(np.broadcast_to(value, (b, *value.shape))) if batched else value
             c, f = self._decode(self._noise_session.run(self._fetch, feed, self._options), b)
-            classes[start:start + b], finite[start:start + b] = c, f
+            classes[start : start + b], finite[start : start + b] = c, f
         classes[~finite] = -1
         return classes
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Raw class scores [B, K] (logits or probabilities, as the model gives them)."""
         if self.output_kind != "scores":
-            raise ModelError(f"model {self._name}: output '{self.output_name}' holds class indices; "
-                             "expected class scores for scores()")
+            raise ModelError(
+                f"model {self._name}: output '{self.output_name}' holds class indices; "
+                "expected class scores for scores()"
+            )
         x = self._check_x(x)
         out = np.empty((len(x), self.num_classes), np.float64)
         for start, b, outs, rows in self._run_chunks(x, [self.output_name]):
-            out[start:start + b] = _rows(outs[0], rows, "scores")[:b]
+            out[start : start + b] = _rows(outs[0], rows, "scores")[:b]
         return out
 
     def signature(self) -> dict:
@@ -704,20 +800,33 @@ class OnnxClassifier:
             "device": self.device,
             "device_name": self.device_name,
             "precision": self.float_type,  # meta.json's key since 0.1.0
-            "certified_model": (f"fp16 conversion of {self._name} (onnxruntime.transformers.float16, keep_io_types): "
-                                "the certificate covers the fp16 model" if self.float_type == "fp16" else self._name),
-            **({"fp16_sha256": self._converted_sha256, "fp16_agreement_random_inputs": self.fp16_agreement}
-               if self.float_type == "fp16" else {}),
+            "certified_model": (
+                f"fp16 conversion of {self._name} (onnxruntime.transformers.float16, keep_io_types): "
+                "the certificate covers the fp16 model"
+                if self.float_type == "fp16"
+                else self._name
+            ),
+            **(
+                {"fp16_sha256": self._converted_sha256, "fp16_agreement_random_inputs": self.fp16_agreement}
+                if self.float_type == "fp16"
+                else {}
+            ),
             "io_binding": self.io_binding,
             "cuda_graph": self.cuda_graph,
-            "noise": ("device: onnxruntime RandomNormalLike (Philox on CUDA), seeded per session; not reproducible "
-                      "per (seed, example, phase, block)" if self.device_noise else "host"),
+            "noise": (
+                "device: onnxruntime RandomNormalLike (Philox on CUDA), seeded per session; not reproducible "
+                "per (seed, example, phase, block)"
+                if self.device_noise
+                else "host"
+            ),
         }
 
     def __repr__(self) -> str:
-        return (f"OnnxClassifier({self._name!r}, input={self.input_name!r} {list(self.input_shape)} "
-                f"{self.input_dtype}, output={self.output_name!r} ({self.output_kind}, K={self.num_classes}), "
-                f"batch_mode={self.batch_mode!r}, device={self.device!r})")
+        return (
+            f"OnnxClassifier({self._name!r}, input={self.input_name!r} {list(self.input_shape)} "
+            f"{self.input_dtype}, output={self.output_name!r} ({self.output_kind}, K={self.num_classes}), "
+            f"batch_mode={self.batch_mode!r}, device={self.device!r})"
+        )
 
 
 def _disagreement(rows: np.ndarray, ref: np.ndarray, kind: str) -> str | None:

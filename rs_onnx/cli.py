@@ -58,9 +58,11 @@ def _version_text() -> str:
     builds = onnxruntime_distributions()
     ort = ", ".join(f"{n} {ver}" for n, ver in builds) if builds else "onnxruntime not installed"
     conflict = onnxruntime_conflict()
-    return (f"rs-onnx {__version__}\n{ort}\nnumpy {v('numpy')}\nPython {sys.version.split()[0]}\n"
-            "`rs-onnx doctor` lists the execution providers that really work here"
-            + (f"\nwarning: {conflict}" if conflict else ""))
+    return (
+        f"rs-onnx {__version__}\n{ort}\nnumpy {v('numpy')}\nPython {sys.version.split()[0]}\n"
+        "`rs-onnx doctor` lists the execution providers that really work here"
+        + (f"\nwarning: {conflict}" if conflict else "")
+    )
 
 
 # ------------------------------------------------------------------ conventions shared by every command
@@ -73,8 +75,9 @@ class RsOnnxGroup(click.Group):
     """A click group that takes its global flags anywhere on the line (before a ``--``)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        head, sep, tail = (args[:args.index("--")], ["--"], args[args.index("--") + 1:]) if "--" in args \
-            else (list(args), [], [])
+        head, sep, tail = (
+            (args[: args.index("--")], ["--"], args[args.index("--") + 1 :]) if "--" in args else (list(args), [], [])
+        )
         moved = [a for a in head if a in GLOBAL_FLAGS]
         return super().parse_args(ctx, moved + [a for a in head if a not in GLOBAL_FLAGS] + sep + tail)
 
@@ -127,8 +130,9 @@ def _layouts() -> list[str]:
 def _presets() -> list[str]:
     from importlib import resources
 
-    return sorted(f.name[:-5] for f in resources.files("rs_onnx").joinpath("presets").iterdir()
-                  if f.name.endswith(".yaml"))
+    return sorted(
+        f.name[:-5] for f in resources.files("rs_onnx").joinpath("presets").iterdir() if f.name.endswith(".yaml")
+    )
 
 
 def _print_version(ctx: click.Context, _param, value: bool) -> None:
@@ -137,10 +141,19 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit()
 
 
-@click.group(cls=RsOnnxGroup, invoke_without_command=True,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
-              help="Versions of rs-onnx, onnxruntime, numpy, and the execution providers that really work.")
+@click.group(
+    cls=RsOnnxGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Versions of rs-onnx, onnxruntime, numpy, and the execution providers that really work.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or info logs.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
@@ -162,15 +175,25 @@ def _run_options(f):
         click.argument("model", required=False),
         click.argument("data", required=False),
         click.option("--config", "config_path", type=click.Path(), help="YAML file with any of these options."),
-        click.option("--sigma", type=float, help="Noise scale in [0,1] pixel units: the std (gaussian), the half-width "
-                     "lambda (uniform), the scale lambda (laplace) (default: the model's rs_onnx.sigma)."),
-        click.option("--noise", type=click.Choice(["gaussian", "uniform", "laplace"]),
-                     help="Smoothing noise (default: the model's rs_onnx.noise, else gaussian); gaussian certifies l2, "
-                     "uniform and laplace l1 (column radius; radius_l1/_l2/_linf in every norm)."),
+        click.option(
+            "--sigma",
+            type=float,
+            help="Noise scale in [0,1] pixel units: the std (gaussian), the half-width "
+            "lambda (uniform), the scale lambda (laplace) (default: the model's rs_onnx.sigma).",
+        ),
+        click.option(
+            "--noise",
+            type=click.Choice(["gaussian", "uniform", "laplace"]),
+            help="Smoothing noise (default: the model's rs_onnx.noise, else gaussian); gaussian certifies l2, "
+            "uniform and laplace l1 (column radius; radius_l1/_l2/_linf in every norm).",
+        ),
         click.option("--n", "n", type=int, help="Samples for the estimate (default 100000)."),
         click.option("--alpha", type=float, help="Failure probability of each answer (default 0.001)."),
-        click.option("--batch-size", help="Noisy samples per model call, or auto (default: the fastest size from "
-                     "a short probe, on runs of 200,000 samples or more; else 1000, fewer for inputs over 64 KiB)."),
+        click.option(
+            "--batch-size",
+            help="Noisy samples per model call, or auto (default: the fastest size from "
+            "a short probe, on runs of 200,000 samples or more; else 1000, fewer for inputs over 64 KiB).",
+        ),
         click.option("--seed", type=int, help="Seed of all noise; without it fresh entropy is drawn and recorded."),
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),
@@ -180,49 +203,98 @@ def _run_options(f):
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
         list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
         list_option("--std", help="Per-channel std, scaled units (0.229,0.224,0.225 or one flag per channel)."),
-        click.option("--dtype",
-                     help="Model input dtype (default: the model's; integers are rounded and clipped)."),
+        click.option("--dtype", help="Model input dtype (default: the model's; integers are rounded and clipped)."),
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
-        click.option("--label", type=int, help="Label of a single image file given as DATA (or of every image "
-                     "at the top of a folder)."),
-        click.option("--labels", help="Labels of an .npy DATA or of the images at the top of a folder: an .npy of "
-                     "integers or a text file with one integer per line."),
-        click.option("--classes", help="Class names, one per line (line number = the model's class index): names "
-                     "the class subfolders of a folder, or the labels of a manifest (e.g. ImageNet's synset list)."),
+        click.option(
+            "--label",
+            type=int,
+            help="Label of a single image file given as DATA (or of every image at the top of a folder).",
+        ),
+        click.option(
+            "--labels",
+            help="Labels of an .npy DATA or of the images at the top of a folder: an .npy of "
+            "integers or a text file with one integer per line.",
+        ),
+        click.option(
+            "--classes",
+            help="Class names, one per line (line number = the model's class index): names "
+            "the class subfolders of a folder, or the labels of a manifest (e.g. ImageNet's synset list).",
+        ),
         click.option("--path-column", help="Manifest column holding image paths (default path)."),
         click.option("--label-column", help="Manifest column holding labels (default label)."),
-        click.option("--label-from-filename", is_flag=True, default=None,
-                     help="Images at the top of a folder: label from a trailing _<digits> in the file name."),
-        click.option("--resize", type=int, help="Image files: shorter side to N pixels, aspect kept (bilinear, "
-                     "antialiased, as torchvision's Resize)."),
-        click.option("--center-crop", help="Image files: crop N or HxW pixels from the centre, after --resize "
-                     "(ImageNet: --resize 256 --center-crop 224)."),
-        click.option("--noise-threads", type=int, help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16)."),
-        click.option("--backend", type=Choice(["local", "ray"]), help="Where to sample: this process "
-                     "(default) or Ray workers (pip install 'rs-onnx[distributed]')."),
+        click.option(
+            "--label-from-filename",
+            is_flag=True,
+            default=None,
+            help="Images at the top of a folder: label from a trailing _<digits> in the file name.",
+        ),
+        click.option(
+            "--resize",
+            type=int,
+            help="Image files: shorter side to N pixels, aspect kept (bilinear, antialiased, as torchvision's Resize).",
+        ),
+        click.option(
+            "--center-crop",
+            help="Image files: crop N or HxW pixels from the centre, after --resize "
+            "(ImageNet: --resize 256 --center-crop 224).",
+        ),
+        click.option(
+            "--noise-threads",
+            type=int,
+            help="Threads drawing noise (default: CPU model, a quarter of the cores, 2 to 8; CUDA, all cores but one, at most 16).",
+        ),
+        click.option(
+            "--backend",
+            type=Choice(["local", "ray"]),
+            help="Where to sample: this process (default) or Ray workers (pip install 'rs-onnx[distributed]').",
+        ),
         click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),
         click.option("--workers", type=int, help="Ray workers (default: one per GPU, else one per CPU)."),
         click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (fractions share a GPU)."),
         click.option("--cpus-per-worker", type=float, help="CPUs per Ray worker."),
-        click.option("--fp16", is_flag=True, default=None,
-                     help="Run a float16 conversion of the model (float32 I/O); the certificate covers that model."),
+        click.option(
+            "--fp16",
+            is_flag=True,
+            default=None,
+            help="Run a float16 conversion of the model (float32 I/O); the certificate covers that model.",
+        ),
         click.option("--cuda-graph", is_flag=True, default=None, help="CUDA: replay the model as a CUDA graph."),
-        click.option("--device-noise", is_flag=True, default=None,
-                     help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU."),
-        click.option("--denoiser", help="An ONNX denoiser to compose in front of MODEL (denoised smoothing); "
-                     "the preprocessing flags then describe MODEL's input."),
-        click.option("--audit", is_flag=True, default=None,
-                     help="Sound against an adversarial model: 8-bit inputs, exact grid noise added in integers, "
-                     "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'."),
-        click.option("--audit-seed-override", is_flag=True, default=None,
-                     help="With --audit: accept --seed, to reproduce an earlier audit from its recorded entropy."),
+        click.option(
+            "--device-noise",
+            is_flag=True,
+            default=None,
+            help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU.",
+        ),
+        click.option(
+            "--denoiser",
+            help="An ONNX denoiser to compose in front of MODEL (denoised smoothing); "
+            "the preprocessing flags then describe MODEL's input.",
+        ),
+        click.option(
+            "--audit",
+            is_flag=True,
+            default=None,
+            help="Sound against an adversarial model: 8-bit inputs, exact grid noise added in integers, "
+            "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'.",
+        ),
+        click.option(
+            "--audit-seed-override",
+            is_flag=True,
+            default=None,
+            help="With --audit: accept --seed, to reproduce an earlier audit from its recorded entropy.",
+        ),
         click.option("--out", type=click.Path(), help="TSV to write (and <out>.meta.json); - or none: stdout."),
-        click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout (needs --out)."),
+        click.option(
+            "--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout (needs --out)."
+        ),
         click.option("--resume", is_flag=True, help="Continue an interrupted run into the same --out."),
-        click.option("--overwrite", is_flag=True, help="Start over on an --out that holds rows (they are replaced "
-                     "once the new run has its first row)."),
+        click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Start over on an --out that holds rows (they are replaced once the new run has its first row).",
+        ),
         click.option("--dump-config", is_flag=True, help="Print the resolved configuration as YAML and exit."),
     ]
     for option in reversed(options):
@@ -254,19 +326,30 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     if default_run:
         if flags.get("data") or yaml_values.get("data"):
             raise click.UsageError("DATA given without MODEL; expected both, or neither for the bundled default")
-        yaml_values = {**DEFAULT_RUN, **yaml_values, "model": bundled("digits_cnn.onnx"),
-                       "data": bundled("digits_eval.npz")}
+        yaml_values = {
+            **DEFAULT_RUN,
+            **yaml_values,
+            "model": bundled("digits_cnn.onnx"),
+            "data": bundled("digits_eval.npz"),
+        }
         if (flags.get("audit") or yaml_values.get("audit")) and "seed" not in flags:
             yaml_values.pop("seed")  # audit draws fresh entropy: the default run's seed 0 is not used
-        log.info("no model given: certifying the bundled digits model on every 10th bundled digit (n=%d)",
-                 yaml_values["n"])
+        log.info(
+            "no model given: certifying the bundled digits model on every 10th bundled digit (n=%d)", yaml_values["n"]
+        )
     elif not (flags.get("data") or yaml_values.get("data")):
-        raise click.UsageError("MODEL given without DATA; expected DATA after the model (an .npz, .npy, "
-                               "folder, .csv/.tsv manifest or image file)")
+        raise click.UsageError(
+            "MODEL given without DATA; expected DATA after the model (an .npz, .npy, "
+            "folder, .csv/.tsv manifest or image file)"
+        )
     cfg, _ = build_config(yaml_values, flags)
     if cfg.alpha > 0.5:
-        log.warning("alpha=%g: each answer may be wrong with probability up to %g; expected a small failure "
-                    "probability such as 0.001", cfg.alpha, cfg.alpha)
+        log.warning(
+            "alpha=%g: each answer may be wrong with probability up to %g; expected a small failure "
+            "probability such as 0.001",
+            cfg.alpha,
+            cfg.alpha,
+        )
     for value, what in ((cfg.model, "model"), (cfg.data, "data"), (cfg.denoiser, "denoiser")):
         if value:  # also when they come from the YAML file
             check_path_name(value, what)
@@ -355,8 +438,13 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _Wa
     p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
     rows: list[dict] = []
-    bar = Progress(mode, len(p.indices), _done_before(out, kwargs["resume"], p.indices), enabled=not ctx.obj["quiet"],
-                   samples_per_example=per_example)
+    bar = Progress(
+        mode,
+        len(p.indices),
+        _done_before(out, kwargs["resume"], p.indices),
+        enabled=not ctx.obj["quiet"],
+        samples_per_example=per_example,
+    )
 
     def on_rows(new: list[dict]) -> None:
         rows.extend(new)
@@ -368,21 +456,35 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _Wa
         return f"; finished rows are in {out}: run the same command with --resume to continue"
 
     try:
-        meta = runmod.execute(p, mode, out, resume=kwargs["resume"], overwrite=kwargs["overwrite"], on_rows=on_rows,
-                              progress=bar.samples, stream=None if out else sys.stdout,
-                              backend=backend_from_config(cfg), inputs={"--config": kwargs.get("config_path")})
+        meta = runmod.execute(
+            p,
+            mode,
+            out,
+            resume=kwargs["resume"],
+            overwrite=kwargs["overwrite"],
+            on_rows=on_rows,
+            progress=bar.samples,
+            stream=None if out else sys.stdout,
+            backend=backend_from_config(cfg),
+            inputs={"--config": kwargs.get("config_path")},
+        )
     except KeyboardInterrupt as e:
         bar.close()
         warnings.record(out)
-        click.echo(f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'} after "
-                   f"{len(rows)} examples this run{resume_hint()}", err=True)
+        click.echo(
+            f"rs-onnx: {'terminated' if isinstance(e, Terminated) else 'interrupted'} after "
+            f"{len(rows)} examples this run{resume_hint()}",
+            err=True,
+        )
         ctx.exit(143 if isinstance(e, Terminated) else 130)
     except WriteError as e:
         bar.close()
         kept = count_rows(out) if out is not None and out.exists() else 0
         hint = " (once the cause is fixed, run the same command with --resume to continue)" if kept else ""
-        raise WriteError(f"{e}; the run stopped after {len(rows)} examples this run and {out}.meta.json says "
-                          f"failed; {kept} complete rows are kept in {out}{hint}") from e
+        raise WriteError(
+            f"{e}; the run stopped after {len(rows)} examples this run and {out}.meta.json says "
+            f"failed; {kept} complete rows are kept in {out}{hint}"
+        ) from e
     except RsOnnxError:
         bar.close()
         warnings.record(out)
@@ -390,8 +492,10 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _Wa
     except Exception as e:  # e.g. the execution provider failing mid-run
         bar.close()
         warnings.record(out)
-        raise RsOnnxError(f"the run stopped after {len(rows)} examples: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint()}") from e
+        raise RsOnnxError(
+            f"the run stopped after {len(rows)} examples: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{resume_hint()}"
+        ) from e
     bar.close()
     warnings.record(out)
     if not (rows or out):
@@ -400,21 +504,28 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _Wa
     if kwargs.get("as_json"):
         from .summaries import run_summary
 
-        summary = {**run_summary(results, DEFAULT_RADII), "computed_this_run": len(rows),
-                   "seconds": meta["timings"]["seconds"]}
+        summary = {
+            **run_summary(results, DEFAULT_RADII),
+            "computed_this_run": len(rows),
+            "seconds": meta["timings"]["seconds"],
+        }
         click.echo(json.dumps(summary, indent=2))
     elif mode == "certify":
         table = _accuracy_table(results, len(rows), meta["timings"]["seconds"])
         acc = meta.get("clean_accuracy")
         if acc:
-            table += (f"\nclean accuracy of the base classifier (no noise) on the first {acc['examples']} labelled "
-                      f"examples: {100 * acc['accuracy']:.1f}% (chance {100 * acc['chance']:.1f}%)")
+            table += (
+                f"\nclean accuracy of the base classifier (no noise) on the first {acc['examples']} labelled "
+                f"examples: {100 * acc['accuracy']:.1f}% (chance {100 * acc['chance']:.1f}%)"
+            )
         click.echo(table, err=out is None)
     else:
         from .summaries import predict_text
 
-        click.echo(f"{predict_text(results)}; {len(rows)} computed in this run in {meta['timings']['seconds']:.1f} s",
-                   err=out is None)
+        click.echo(
+            f"{predict_text(results)}; {len(rows)} computed in this run in {meta['timings']['seconds']:.1f} s",
+            err=out is None,
+        )
 
 
 def _run_results(rows: list[dict], out: Path | None, mode: str, cfg):
@@ -454,14 +565,21 @@ def _accuracy_table(results, computed: int, seconds: float) -> str:
 @cli.command()
 @_run_options
 @click.option("--n0", type=int, help="Selection samples that pick the class to certify (default 100).")
-@click.option("--sequential", is_flag=True, default=None,
-              help="Stop sampling each example as soon as --radii are decided (n becomes the budget).")
+@click.option(
+    "--sequential",
+    is_flag=True,
+    default=None,
+    help="Stop sampling each example as soon as --radii are decided (n becomes the budget).",
+)
 @list_option("--radii", help="Sequential: radii to decide, comma-separated or repeated (default 0.25,0.5,0.75,1).")
 @click.option("--precision", type=float, help="Sequential: find the radius to within this instead of deciding radii.")
 @click.option("--looks", type=int, help="Sequential: planned looks at the counts (default 8).")
-@click.option("--bound", type=Choice(["cohen", "best"]),
-              help="radius column: cohen (Cohen et al.'s, default) or best (max of Cohen's and the two-class bound, "
-                   "alpha split between them).")
+@click.option(
+    "--bound",
+    type=Choice(["cohen", "best"]),
+    help="radius column: cohen (Cohen et al.'s, default) or best (max of Cohen's and the two-class bound, "
+    "alpha split between them).",
+)
 @click.pass_context
 def certify(ctx: click.Context, **kwargs) -> None:
     """CERTIFY each example of DATA with the ONNX model MODEL.
@@ -535,8 +653,11 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     from .compose import compose_files
     from .config import build_config
 
-    flags = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()
-             if v not in (None, ()) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    flags = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in kwargs.items()
+        if v not in (None, ()) and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
+    }
     cfg, _ = build_config({}, flags)
     quiet_onnxruntime(ctx.obj["debug"])
     for path, what in ((classifier, "CLASSIFIER"), (denoiser, "--denoiser")):
@@ -564,14 +685,24 @@ def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list
 @click.argument("results", nargs=-1, required=True)
 @list_option("--radii", help="Radii for the table, comma-separated or repeated (default 0,0.25,0.5,0.75,1).")
 @click.option("--label", "labels", multiple=True, help="Label per results file (default: file name).")
-@click.option("--format", "fmt", type=Choice(["markdown", "csv", "latex"]), default="markdown",
-              show_default=True, help="Table format on stdout.")
+@click.option(
+    "--format",
+    "fmt",
+    type=Choice(["markdown", "csv", "latex"]),
+    default="markdown",
+    show_default=True,
+    help="Table format on stdout.",
+)
 @click.option("--plot", type=click.Path(), help="Write a certified-accuracy step plot (.png or .pdf).")
-@click.option("--radius-column", default="radius", show_default=True,
-              help="Radius column to use (e.g. radius_tv, radius_2class).")
-@click.option("--norm", type=Choice(["l1", "l2", "linf"]),
-              help="Radii in this norm (each file's radius or radius_<norm> column); without it every file's radius "
-                   "column must be in the same norm (meta.json says which).")
+@click.option(
+    "--radius-column", default="radius", show_default=True, help="Radius column to use (e.g. radius_tv, radius_2class)."
+)
+@click.option(
+    "--norm",
+    type=Choice(["l1", "l2", "linf"]),
+    help="Radii in this norm (each file's radius or radius_<norm> column); without it every file's radius "
+    "column must be in the same norm (meta.json says which).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per file on stdout instead of the table.")
 def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> None:
     """Certified accuracy at given radii, average certified radius, abstention rate and time per image.
@@ -609,8 +740,9 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> 
     text = render(rows)
     click.echo(text, nl=not text.endswith("\n"))
     if plot:
-        analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column,
-                                         xlabel=f"radius ({unit}, [0,1] pixel units)")
+        analysis.plot_certified_accuracy(
+            runs, plot, radius_column=radius_column, xlabel=f"radius ({unit}, [0,1] pixel units)"
+        )
         log.info("wrote %s", plot)
 
 
@@ -688,20 +820,27 @@ def _main(args: list[str], debug: bool) -> int:
         if debug:
             raise
         where = f"{escape(e.filename)}: " if e.filename else ""
-        click.echo(f"rs-onnx: error: {where}{escape(e.strerror or e)}; expected an existing file to read, or a "
-                   "writable path with room to write", err=True)
+        click.echo(
+            f"rs-onnx: error: {where}{escape(e.strerror or e)}; expected an existing file to read, or a "
+            "writable path with room to write",
+            err=True,
+        )
         return 1
     except MemoryError as e:
         if debug:
             raise
-        click.echo(f"rs-onnx: error: out of memory ({escape(e)}); expected inputs that fit in memory (try a smaller "
-                   "--batch-size)", err=True)
+        click.echo(
+            f"rs-onnx: error: out of memory ({escape(e)}); expected inputs that fit in memory (try a smaller "
+            "--batch-size)",
+            err=True,
+        )
         return 1
     except Exception as e:  # last resort: one line, no traceback unless --debug
         if debug:
             raise
-        click.echo(f"rs-onnx: internal error: {type(e).__name__}: {escape(e)} (run with --debug for the traceback)",
-                   err=True)
+        click.echo(
+            f"rs-onnx: internal error: {type(e).__name__}: {escape(e)} (run with --debug for the traceback)", err=True
+        )
         return 1
     return code if isinstance(code, int) else 0
 

@@ -58,8 +58,9 @@ def _pick(values, name, what: str, model_name: str):
 
 def _fixed(shape, what: str) -> tuple[int, ...]:
     if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape):
-        raise ModelError(f"{what} has per-example dims {graph.format_dims(shape)}; expected fixed sizes "
-                         "(pass the shape explicitly)")
+        raise ModelError(
+            f"{what} has per-example dims {graph.format_dims(shape)}; expected fixed sizes (pass the shape explicitly)"
+        )
     return tuple(shape)
 
 
@@ -68,8 +69,9 @@ def _batched_input(model: onnx.ModelProto, name, what: str) -> tuple[onnx.ModelP
     value = _pick(graph.real_inputs(model), name, "input", what)
     shape = graph.dims(value)
     if not shape:
-        raise ModelError(f"{what}: input '{value.name}' has shape {graph.format_dims(shape)}; "
-                         "expected [N, ...] with a batch dim")
+        raise ModelError(
+            f"{what}: input '{value.name}' has shape {graph.format_dims(shape)}; expected [N, ...] with a batch dim"
+        )
     if isinstance(shape[0], int) and shape[0] > 1:
         raise ModelError(f"{what}: input '{value.name}' has its batch fixed at {shape[0]}; expected 1 or dynamic")
     model, changed = graph.make_batch_dynamic(model, value.name)
@@ -91,8 +93,10 @@ def _convert(model: onnx.ModelProto, target: int, what: str) -> onnx.ModelProto:
     try:
         out = version_converter.convert_version(model, target)
     except Exception as err:  # the converter raises C++ errors of any kind
-        raise ModelError(f"{what}: onnx.version_converter cannot convert opset {current} to {target} "
-                         f"({graph.one_line(err)}); expected models whose opsets can be aligned") from err
+        raise ModelError(
+            f"{what}: onnx.version_converter cannot convert opset {current} to {target} "
+            f"({graph.one_line(err)}); expected models whose opsets can be aligned"
+        ) from err
     logger.info("%s: converted from opset %d to %d", what, current, target)
     return out
 
@@ -105,11 +109,12 @@ def _align(models: list[onnx.ModelProto], names: list[str], min_opset: int) -> t
     for m, n in zip(models, names):
         for domain, version in _domains(m).items():
             if domain and domain in seen and seen[domain][0] != version:
-                raise ModelError(f"{n}: imports opset {version} of domain '{domain}' and {seen[domain][1]} imports "
-                                 f"{seen[domain][0]}; expected the same version in both")
+                raise ModelError(
+                    f"{n}: imports opset {version} of domain '{domain}' and {seen[domain][1]} imports "
+                    f"{seen[domain][0]}; expected the same version in both"
+                )
             seen.setdefault(domain, (version, n))
-    ir = max([int(m.ir_version) for m in models] + [helper.find_min_ir_version_for(
-        [helper.make_opsetid("", target)])])
+    ir = max([int(m.ir_version) for m in models] + [helper.find_min_ir_version_for([helper.make_opsetid("", target)])])
     for m in models:
         m.ir_version = ir
     return models, target, ir
@@ -129,8 +134,9 @@ def _affine(spec: PreprocessSpec, layout: str, model_shape: tuple[int, ...]) -> 
     return gain, offset
 
 
-def preprocessing_model(pre: Preprocessor, *, opset: int, ir_version: int, input_name: str = "image",
-                        output_name: str = "model_input") -> onnx.ModelProto:
+def preprocessing_model(
+    pre: Preprocessor, *, opset: int, ir_version: int, input_name: str = "image", output_name: str = "model_input"
+) -> onnx.ModelProto:
     """The preprocessing of ``pre`` as an ONNX model: [N, *image_shape] float in [0,1] -> the model input.
 
     Nodes: Transpose (nhwc), Reshape to [-1, *model_shape] (when the shape changes), Mul by scale/std,
@@ -174,23 +180,29 @@ def preprocessing_model(pre: Preprocessor, *, opset: int, ir_version: int, input
         add("Cast", [], to=helper.np_dtype_to_tensor_dtype(dtype))
     nodes.append(helper.make_node("Identity", [current], [output_name], name=output_name))
     x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [graph.BATCH_DIM, *pre.image_shape])
-    y = helper.make_tensor_value_info(output_name, helper.np_dtype_to_tensor_dtype(dtype),
-                                      [graph.BATCH_DIM, *pre.model_shape])
-    model = helper.make_model(helper.make_graph(nodes, "rs_onnx_preprocess", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", opset)], producer_name="rs-onnx")
+    y = helper.make_tensor_value_info(
+        output_name, helper.np_dtype_to_tensor_dtype(dtype), [graph.BATCH_DIM, *pre.model_shape]
+    )
+    model = helper.make_model(
+        helper.make_graph(nodes, "rs_onnx_preprocess", [x], [y], inits),
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="rs-onnx",
+    )
     model.ir_version = ir_version
     return model
 
 
-def _merge(first: onnx.ModelProto, second: onnx.ModelProto, out_name: str, in_name: str,
-           outputs: list[str] | None = None) -> onnx.ModelProto:
+def _merge(
+    first: onnx.ModelProto, second: onnx.ModelProto, out_name: str, in_name: str, outputs: list[str] | None = None
+) -> onnx.ModelProto:
     for m in (first, second):
         del m.metadata_props[:]  # merged by hand afterwards; merge_models refuses differing values
     try:
         out = onnx.compose.merge_models(first, second, io_map=[(out_name, in_name)], outputs=outputs)
     except ValueError as err:
-        raise ModelError(f"cannot merge the graphs ({graph.one_line(err)}); expected disjoint names "
-                         "after prefixing") from err
+        raise ModelError(
+            f"cannot merge the graphs ({graph.one_line(err)}); expected disjoint names after prefixing"
+        ) from err
     opsets: dict[str, int] = {}  # merge_models lists a domain once per model
     for op in out.opset_import:
         opsets.setdefault("" if op.domain == "ai.onnx" else op.domain, op.version)
@@ -199,9 +211,16 @@ def _merge(first: onnx.ModelProto, second: onnx.ModelProto, out_name: str, in_na
     return out
 
 
-def prepend_preprocessing(classifier: onnx.ModelProto, preprocess: PreprocessSpec | None, image_shape, *,
-                          classifier_input_shape=None, classifier_input_name: str | None = None,
-                          image_name: str = "image", opset: int | None = None) -> onnx.ModelProto:
+def prepend_preprocessing(
+    classifier: onnx.ModelProto,
+    preprocess: PreprocessSpec | None,
+    image_shape,
+    *,
+    classifier_input_shape=None,
+    classifier_input_name: str | None = None,
+    image_name: str = "image",
+    opset: int | None = None,
+) -> onnx.ModelProto:
     """The classifier as a model of [0,1] images: ``image_name`` float [N, *image_shape] -> its outputs.
 
     Parameters
@@ -223,15 +242,19 @@ def prepend_preprocessing(classifier: onnx.ModelProto, preprocess: PreprocessSpe
     what = "classifier"
     clf, value = _batched_input(graph.strip_initializer_inputs(classifier), classifier_input_name, what)
     declared_dims = graph.dims(value)
-    model_shape = _fixed(classifier_input_shape or (declared_dims[1:] if declared_dims is not None else None),
-                         f"{what} input '{value.name}'")
+    model_shape = _fixed(
+        classifier_input_shape or (declared_dims[1:] if declared_dims is not None else None),
+        f"{what} input '{value.name}'",
+    )
     dtype = graph.np_dtype(value)
     if dtype is None:
         raise ModelError(f"{what}: input '{value.name}' is not a tensor; expected a numeric tensor input")
     pre = Preprocessor(preprocess or PreprocessSpec(), tuple(int(d) for d in image_shape), model_shape, dtype)
     if pre.dtype != dtype:
-        raise ConfigError(f"preprocess dtype {pre.dtype} for a classifier input of dtype {dtype}; expected the "
-                          "classifier's own input dtype (the cast is part of the composed graph)")
+        raise ConfigError(
+            f"preprocess dtype {pre.dtype} for a classifier input of dtype {dtype}; expected the "
+            "classifier's own input dtype (the cast is part of the composed graph)"
+        )
     need = _ROUND_OPSET if pre.dtype.kind in "iu" else _MIN_OPSET
     (clf,), target, ir = _align([clf], [what], max(need, opset or 0))
     if image_name in {v.name for v in clf.graph.output}:
@@ -246,10 +269,17 @@ def prepend_preprocessing(classifier: onnx.ModelProto, preprocess: PreprocessSpe
 
 
 # --------------------------------------------------------------------------- composition
-def compose(denoiser: onnx.ModelProto, classifier: onnx.ModelProto, *, preprocess: PreprocessSpec | None = None,
-            classifier_input_shape=None, classifier_input_name: str | None = None,
-            denoiser_input_name: str | None = None, denoiser_output_name: str | None = None,
-            image_shape=None) -> onnx.ModelProto:
+def compose(
+    denoiser: onnx.ModelProto,
+    classifier: onnx.ModelProto,
+    *,
+    preprocess: PreprocessSpec | None = None,
+    classifier_input_shape=None,
+    classifier_input_name: str | None = None,
+    denoiser_input_name: str | None = None,
+    denoiser_output_name: str | None = None,
+    image_shape=None,
+) -> onnx.ModelProto:
     """One ONNX model computing classifier(preprocess(denoiser(x))) for images x in [0,1].
 
     Parameters
@@ -282,61 +312,91 @@ def compose(denoiser: onnx.ModelProto, classifier: onnx.ModelProto, *, preproces
     den, d_in = _batched_input(den, denoiser_input_name, what)
     d_out = _pick(list(den.graph.output), denoiser_output_name, "output", what)
     if graph.np_dtype(d_in) != np.float32 or graph.np_dtype(d_out) != np.float32:
-        raise ModelError(f"{what}: input '{d_in.name}' is {graph.np_dtype(d_in)} and output '{d_out.name}' is "
-                         f"{graph.np_dtype(d_out)}; expected float32 images in [0,1]")
+        raise ModelError(
+            f"{what}: input '{d_in.name}' is {graph.np_dtype(d_in)} and output '{d_out.name}' is "
+            f"{graph.np_dtype(d_out)}; expected float32 images in [0,1]"
+        )
     declared = (graph.dims(d_in) or [""])[1:]
-    if image_shape is not None and (len(declared) != len(image_shape) or any(
-            isinstance(a, int) and a != int(b) for a, b in zip(declared, image_shape))):
-        raise ModelError(f"{what}: input '{d_in.name}' is {graph.format_dims(graph.dims(d_in))} for images shaped "
-                         f"{list(image_shape)}; expected [N, {', '.join(map(str, image_shape))}]")
+    if image_shape is not None and (
+        len(declared) != len(image_shape)
+        or any(isinstance(a, int) and a != int(b) for a, b in zip(declared, image_shape))
+    ):
+        raise ModelError(
+            f"{what}: input '{d_in.name}' is {graph.format_dims(graph.dims(d_in))} for images shaped "
+            f"{list(image_shape)}; expected [N, {', '.join(map(str, image_shape))}]"
+        )
     image_shape = _fixed(tuple(image_shape) if image_shape is not None else declared, f"{what} input '{d_in.name}'")
     out_shape = graph.dims(d_out)
-    if out_shape and len(out_shape) == len(image_shape) + 1 and any(
-            isinstance(a, int) and a != b for a, b in zip(out_shape[1:], image_shape)):
-        raise ModelError(f"{what}: output '{d_out.name}' is {graph.format_dims(out_shape)} for input "
-                         f"{graph.format_dims(graph.dims(d_in))}; expected the input's shape")
+    if (
+        out_shape
+        and len(out_shape) == len(image_shape) + 1
+        and any(isinstance(a, int) and a != b for a, b in zip(out_shape[1:], image_shape))
+    ):
+        raise ModelError(
+            f"{what}: output '{d_out.name}' is {graph.format_dims(out_shape)} for input "
+            f"{graph.format_dims(graph.dims(d_in))}; expected the input's shape"
+        )
     try:
-        clf = prepend_preprocessing(classifier, preprocess, image_shape, classifier_input_shape=classifier_input_shape,
-                                    classifier_input_name=classifier_input_name, image_name=_IMAGE,
-                                    opset=graph.opset_version(den))
+        clf = prepend_preprocessing(
+            classifier,
+            preprocess,
+            image_shape,
+            classifier_input_shape=classifier_input_shape,
+            classifier_input_name=classifier_input_name,
+            image_name=_IMAGE,
+            opset=graph.opset_version(den),
+        )
     except DataError as err:  # the denoiser's images do not fit the classifier: a model mismatch
         raise ModelError(f"denoiser output '{d_out.name}': {err}") from err
     (den, clf), opset, ir = _align([den, clf], [what, "classifier"], _MIN_OPSET)
     clashes = {d_in.name} & {v.name for v in clf.graph.output}
     if clashes:
-        raise ModelError(f"the denoiser's input and a classifier output are both named '{clashes.pop()}'; "
-                         "expected distinct names")
+        raise ModelError(
+            f"the denoiser's input and a classifier output are both named '{clashes.pop()}'; expected distinct names"
+        )
     den = onnx.compose.add_prefix(den, PREFIX_DENOISER, rename_inputs=False)
     den_out = PREFIX_DENOISER + d_out.name
     extra = len(den.graph.output) > 1
     props = {p.key: p.value for p in classifier.metadata_props}
     pre_json = next((p.value for p in clf.metadata_props if p.key == PREPROCESS_KEY), "{}")
-    out = _merge(den, clf, den_out, _IMAGE,
-                 outputs=[v.name for v in clf.graph.output] if extra else None)
+    out = _merge(den, clf, den_out, _IMAGE, outputs=[v.name for v in clf.graph.output] if extra else None)
     den_props = {p.key: p.value for p in denoiser.metadata_props}
     props[PREPROCESS_KEY] = pre_json
     if DENOISER_SIGMA_KEY in den_props:
         props[DENOISER_SIGMA_KEY] = den_props[DENOISER_SIGMA_KEY]
         props[SIGMA_KEY] = den_props[DENOISER_SIGMA_KEY]
-    props[COMPOSED_KEY] = json.dumps({"denoiser": {"graph": denoiser.graph.name, "input": d_in.name,
-                                                   "output": d_out.name},
-                                      "classifier": {"graph": classifier.graph.name},
-                                      "preprocess": json.loads(pre_json), "opset": opset, "ir_version": ir})
+    props[COMPOSED_KEY] = json.dumps(
+        {
+            "denoiser": {"graph": denoiser.graph.name, "input": d_in.name, "output": d_out.name},
+            "classifier": {"graph": classifier.graph.name},
+            "preprocess": json.loads(pre_json),
+            "opset": opset,
+            "ir_version": ir,
+        }
+    )
     helper.set_model_props(out, props)
     out.producer_name, out.producer_version = "rs-onnx compose", ""
     try:  # the in-memory checker is limited to 2 GB protos; larger ones are checked when loaded from disk
         if out.ByteSize() < 2**31 - 2**20:
             onnx.checker.check_model(out, full_check=True)
     except Exception as err:  # checker and shape inference raise several kinds
-        raise ModelError(f"the composed model fails onnx.checker ({graph.one_line(err)}); expected a valid "
-                         "model: check the classifier input shape and the preprocessing") from err
-    logger.info("composed denoiser '%s' and classifier '%s': input '%s' %s, opset %d, IR %d", denoiser.graph.name,
-                classifier.graph.name, d_in.name, graph.format_dims(graph.dims(out.graph.input[0])), opset, ir)
+        raise ModelError(
+            f"the composed model fails onnx.checker ({graph.one_line(err)}); expected a valid "
+            "model: check the classifier input shape and the preprocessing"
+        ) from err
+    logger.info(
+        "composed denoiser '%s' and classifier '%s': input '%s' %s, opset %d, IR %d",
+        denoiser.graph.name,
+        classifier.graph.name,
+        d_in.name,
+        graph.format_dims(graph.dims(out.graph.input[0])),
+        opset,
+        ir,
+    )
     return out
 
 
-def compose_files(denoiser_path, classifier_path, out_path, preprocess: PreprocessSpec | None = None,
-                  **kwargs) -> Path:
+def compose_files(denoiser_path, classifier_path, out_path, preprocess: PreprocessSpec | None = None, **kwargs) -> Path:
     """Load two .onnx files, :func:`compose` them, write ``out_path`` (parents created) and return it.
 
     ``kwargs`` go to :func:`compose` (classifier_input_shape, classifier_input_name, ...).

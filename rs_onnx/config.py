@@ -21,6 +21,7 @@ from .guard import check_dtype, check_yaml, escape
 from .noise import KINDS as NOISE_KINDS
 from .preprocess import LAYOUTS, PreprocessSpec
 
+
 def _load_presets() -> dict[str, dict[str, Any]]:
     """Normalisation presets (scale, mean, std) from the commented example configs in rs_onnx/presets/."""
     presets = {}
@@ -90,25 +91,46 @@ class RunConfig:
     audit_seed_override: bool = False  # audit with a given seed (only to reproduce an earlier audit; recorded)
 
     def preprocess_spec(self) -> PreprocessSpec:
-        return PreprocessSpec(self.layout, float(self.scale), tuple(map(float, self.mean)),
-                              tuple(map(float, self.std)), self.dtype)
+        return PreprocessSpec(
+            self.layout, float(self.scale), tuple(map(float, self.mean)), tuple(map(float, self.std)), self.dtype
+        )
 
     def validate(self) -> "RunConfig":
         """Range checks shared by flags and YAML; raises ConfigError naming the key."""
         from .inputs import MAX_SIGMA, as_int
 
-        for key in ("n0", "n", "batch_size", "seed", "start", "end", "skip", "label", "noise_threads", "looks",
-                    "n_first", "workers"):
+        for key in (
+            "n0",
+            "n",
+            "batch_size",
+            "seed",
+            "start",
+            "end",
+            "skip",
+            "label",
+            "noise_threads",
+            "looks",
+            "n_first",
+            "workers",
+        ):
             if getattr(self, key) is not None:
                 setattr(self, key, as_int(key, getattr(self, key)))  # 1.5 is refused, never truncated
         checks = [
-            (self.sigma is None or 0 < self.sigma <= MAX_SIGMA, "sigma", self.sigma,
-             f"a positive noise level in [0,1] pixel units, at most {MAX_SIGMA:g}"),
+            (
+                self.sigma is None or 0 < self.sigma <= MAX_SIGMA,
+                "sigma",
+                self.sigma,
+                f"a positive noise level in [0,1] pixel units, at most {MAX_SIGMA:g}",
+            ),
             (self.n0 >= 1, "n0", self.n0, "at least 1"),
             (self.n >= 1, "n", self.n, "at least 1"),
             (0 < self.alpha < 1, "alpha", self.alpha, "0 < alpha < 1"),
-            (self.batch_size is None or 1 <= self.batch_size <= 10_000_000, "batch_size", self.batch_size,
-             "auto or 1 to 10,000,000"),
+            (
+                self.batch_size is None or 1 <= self.batch_size <= 10_000_000,
+                "batch_size",
+                self.batch_size,
+                "auto or 1 to 10,000,000",
+            ),
             (self.seed is None or self.seed >= 0, "seed", self.seed, "a non-negative integer"),
             (self.start >= 0, "start", self.start, "a non-negative index"),
             (self.end is None or self.end >= self.start, "end", self.end, f"an index >= start ({self.start})"),
@@ -122,27 +144,57 @@ class RunConfig:
             (self.looks >= 1, "looks", self.looks, "at least 1"),
             (0 < self.final_share < 1, "final_share", self.final_share, "0 < final_share < 1"),
             (0 < self.futility_beta < 1, "futility_beta", self.futility_beta, "0 < futility_beta < 1"),
-            (all(np.isfinite(r) and r >= 0 for r in self.radii) and len(self.radii) > 0, "radii", self.radii,
-             "non-negative radii in [0,1] pixel units"),
+            (
+                all(np.isfinite(r) and r >= 0 for r in self.radii) and len(self.radii) > 0,
+                "radii",
+                self.radii,
+                "non-negative radii in [0,1] pixel units",
+            ),
             (self.workers is None or self.workers >= 1, "workers", self.workers, "at least 1"),
-            (self.gpus_per_worker is None or self.gpus_per_worker >= 0, "gpus_per_worker", self.gpus_per_worker,
-             "0 or more (fractions share a GPU)"),
-            (self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker,
-             "a positive number"),
+            (
+                self.gpus_per_worker is None or self.gpus_per_worker >= 0,
+                "gpus_per_worker",
+                self.gpus_per_worker,
+                "0 or more (fractions share a GPU)",
+            ),
+            (
+                self.cpus_per_worker is None or self.cpus_per_worker > 0,
+                "cpus_per_worker",
+                self.cpus_per_worker,
+                "a positive number",
+            ),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
             (self.noise is None or self.noise in NOISE_KINDS, "noise", self.noise, "one of " + ", ".join(NOISE_KINDS)),
             (self.resize is None or 1 <= self.resize <= 65535, "resize", self.resize, "a size in pixels, 1 to 65535"),
         ]
         checks += [
-            (not (self.audit and self.seed is not None and not self.audit_seed_override), "seed", self.seed,
-             ("no seed with audit (a model can memorise a published seed's noise; fresh entropy is drawn after "
-              "the model is loaded and recorded), or --audit-seed-override to reproduce an earlier audit")),
-            (not (self.audit_seed_override and not self.audit), "audit_seed_override", self.audit_seed_override,
-             "false without audit"),
-            (not (self.audit and self.device_noise), "device_noise", self.device_noise,
-             "false with audit (on-device float noise is readable by the model's arithmetic)"),
-            (not (self.audit and self.noise not in (None, "gaussian")), "noise", self.noise,
-             "gaussian with audit (the audit's exact grid noise is Gaussian)"),
+            (
+                not (self.audit and self.seed is not None and not self.audit_seed_override),
+                "seed",
+                self.seed,
+                (
+                    "no seed with audit (a model can memorise a published seed's noise; fresh entropy is drawn after "
+                    "the model is loaded and recorded), or --audit-seed-override to reproduce an earlier audit"
+                ),
+            ),
+            (
+                not (self.audit_seed_override and not self.audit),
+                "audit_seed_override",
+                self.audit_seed_override,
+                "false without audit",
+            ),
+            (
+                not (self.audit and self.device_noise),
+                "device_noise",
+                self.device_noise,
+                "false with audit (on-device float noise is readable by the model's arithmetic)",
+            ),
+            (
+                not (self.audit and self.noise not in (None, "gaussian")),
+                "noise",
+                self.noise,
+                "gaussian with audit (the audit's exact grid noise is Gaussian)",
+            ),
         ]
         for ok, key, value, expected in checks:
             if not ok:

@@ -57,8 +57,16 @@ class BoundRunner:
     without a copy and the outputs are numpy arrays that ORT writes into.
     """
 
-    def __init__(self, session: ort.InferenceSession, input_name: str, outputs: Sequence[OutputSpec],
-                 extra: dict | None = None, device: str = "cpu", device_id: int = 0, fixed_shape: bool = False):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        input_name: str,
+        outputs: Sequence[OutputSpec],
+        extra: dict | None = None,
+        device: str = "cpu",
+        device_id: int = 0,
+        fixed_shape: bool = False,
+    ):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device {device!r}; expected 'cpu' or 'cuda'")
         self.session, self.input_name, self.outputs = session, input_name, list(outputs)
@@ -102,8 +110,9 @@ class BoundRunner:
                 self.binding.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy(host))
                 self._outs.append(host)
             else:
-                ov = ort.OrtValue.ortvalue_from_shape_and_type([b, *o.tail], np.dtype(o.dtype).type, "cuda",
-                                                               self.device_id)
+                ov = ort.OrtValue.ortvalue_from_shape_and_type(
+                    [b, *o.tail], np.dtype(o.dtype).type, "cuda", self.device_id
+                )
                 self.binding.bind_ortvalue_output(o.name, ov)
                 self._outs.append(ov)
         self.batch = b

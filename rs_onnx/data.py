@@ -127,12 +127,19 @@ class Dataset:
         with np.errstate(over="ignore", invalid="ignore"):  # 1e300 becomes inf, refused below
             x = x.astype(np.float32)
         if not np.isfinite(x).all():
-            raise DataError(f"{_show(self.source)}: example {i} holds NaN, Inf or values beyond float32; "
-                            "expected finite values in [0,1]")
+            raise DataError(
+                f"{_show(self.source)}: example {i} holds NaN, Inf or values beyond float32; "
+                "expected finite values in [0,1]"
+            )
         if not self._range_warned and (x.min() < 0 or x.max() > 1):
             self._range_warned = True
-            log.warning("%s: float example %d ranges over [%g, %g], not [0,1]; sigma is in the units of these values",
-                        _show(self.source), i, float(x.min()), float(x.max()))
+            log.warning(
+                "%s: float example %d ranges over [%g, %g], not [0,1]; sigma is in the units of these values",
+                _show(self.source),
+                i,
+                float(x.min()),
+                float(x.max()),
+            )
         return x
 
     def check_labels(self, num_classes: int | None) -> None:
@@ -141,8 +148,10 @@ class Dataset:
             return
         lo, hi = int(self.labels.min()), int(self.labels.max())
         if lo < 0 or (num_classes and hi >= num_classes):
-            raise DataError(f"{_show(self.source)}: labels range over [{lo}, {hi}]; expected classes "
-                            f"0..{(num_classes or 0) - 1} of the model")
+            raise DataError(
+                f"{_show(self.source)}: labels range over [{lo}, {hi}]; expected classes "
+                f"0..{(num_classes or 0) - 1} of the model"
+            )
 
     def check_selection(self, indices: Sequence[int]) -> None:
         """Checks the selected examples before any result is written: float rows finite (read in chunks)."""
@@ -151,21 +160,28 @@ class Dataset:
             return
         lo, hi, step = float("inf"), float("-inf"), max(1, (16 << 20) // max(1, _row_bytes(self._images)))
         for s in range(0, len(indices), step):
-            chunk = [int(i) for i in indices[s:s + step]]
+            chunk = [int(i) for i in indices[s : s + step]]
             with np.errstate(over="ignore", invalid="ignore"):
                 rows = np.asarray(self._images[chunk]).astype(np.float32).reshape(len(chunk), -1)
             bad = ~np.isfinite(rows).all(axis=1)
             if bad.any():
-                raise DataError(f"{_show(self.source)}: example {chunk[int(np.argmax(bad))]} holds NaN, Inf or values "
-                                "beyond float32; expected finite values in [0,1]")
+                raise DataError(
+                    f"{_show(self.source)}: example {chunk[int(np.argmax(bad))]} holds NaN, Inf or values "
+                    "beyond float32; expected finite values in [0,1]"
+                )
             lo, hi = min(lo, float(rows.min())), max(hi, float(rows.max()))
         if lo < 0 or hi > 1:
             self._range_warned = True
-            log.warning("%s: float images range over [%g, %g], not [0,1]; sigma is in the units of these values",
-                        _show(self.source), lo, hi)
+            log.warning(
+                "%s: float images range over [%g, %g], not [0,1]; sigma is in the units of these values",
+                _show(self.source),
+                lo,
+                hi,
+            )
 
-    def iter_groups(self, groups: Sequence[Sequence[int]], workers: int | None = None,
-                    ahead: int = 2) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    def iter_groups(
+        self, groups: Sequence[Sequence[int]], workers: int | None = None, ahead: int = 2
+    ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
         """Yields (group, [image(i) for i in group]) in order; image files are decoded by ``workers`` threads
         up to ``ahead`` groups in advance, so decoding overlaps sampling."""
         for group in groups:
@@ -217,8 +233,10 @@ class NpyFile:
             raise IndexError(f"row {i} of {self.shape[0]}")
         buf = os.pread(self._file.fileno(), self.row_bytes, self.offset + i * self.row_bytes)
         if len(buf) != self.row_bytes:
-            raise DataError(f"{_show(self.source)}: row {i} is cut short (the file shrank while in use); "
-                            "expected a file that stays as it was")
+            raise DataError(
+                f"{_show(self.source)}: row {i} is cut short (the file shrank while in use); "
+                "expected a file that stays as it was"
+            )
         return np.frombuffer(buf, self.dtype).reshape(self.shape[1:]).copy()
 
     def __getitem__(self, idx):
@@ -240,11 +258,15 @@ def _npy_header(f, what: str) -> tuple[tuple[int, ...], np.dtype, int]:
         else:
             raise ValueError(f"format version {version}")
     except (ValueError, EOFError, OSError, struct.error) as e:
-        raise DataError(f"{what}: not a readable .npy array ({_show(str(e).splitlines()[0] if str(e) else e)}); "
-                        "expected an array saved with numpy.save") from e
+        raise DataError(
+            f"{what}: not a readable .npy array ({_show(str(e).splitlines()[0] if str(e) else e)}); "
+            "expected an array saved with numpy.save"
+        ) from e
     if dtype.hasobject:
-        raise DataError(f"{what}: holds Python objects (dtype {dtype}), which would have to be unpickled; pickled data "
-                        "is never loaded: expected numeric arrays")
+        raise DataError(
+            f"{what}: holds Python objects (dtype {dtype}), which would have to be unpickled; pickled data "
+            "is never loaded: expected numeric arrays"
+        )
     if fortran and len(shape) > 1:
         raise DataError(f"{what}: stored in Fortran order; expected C order (numpy.save(np.ascontiguousarray(x)))")
     return tuple(int(d) for d in shape), np.dtype(dtype), f.tell()
@@ -256,8 +278,10 @@ def _check_declared(shape: tuple[int, ...], dtype: np.dtype, available: int, wha
     if shape and shape[0] > MAX_EXAMPLES:
         raise DataError(f"{what}: header declares {shape[0]:,} examples; expected at most {MAX_EXAMPLES:,}")
     if declared != available:
-        raise DataError(f"{what}: header declares shape {list(shape)} of {dtype} ({declared:,} bytes) but the file holds "
-                        f"{available:,} bytes of data; expected a complete array")
+        raise DataError(
+            f"{what}: header declares shape {list(shape)} of {dtype} ({declared:,} bytes) but the file holds "
+            f"{available:,} bytes of data; expected a complete array"
+        )
     return declared
 
 
@@ -294,8 +318,9 @@ def load_npy(path: str | Path, labels: str | Path | None) -> Dataset:
     _check_declared(shape, dtype, os.fstat(f.fileno()).st_size - header, what)
     _check_images_array(shape, dtype, what)
     images = NpyFile(f, header, shape, dtype, str(path))
-    return Dataset(images, read_labels(labels, shape[0]), str(path),
-                   {"format": "npy", "labels_from": f"labels file {labels}"})
+    return Dataset(
+        images, read_labels(labels, shape[0]), str(path), {"format": "npy", "labels_from": f"labels file {labels}"}
+    )
 
 
 def _open_file(path: Path, expected: str):
@@ -321,7 +346,9 @@ def read_labels(path: str | Path, n: int) -> np.ndarray:
             _check_declared(shape, dtype, os.fstat(f.fileno()).st_size - header, what)
             return as_labels(np.frombuffer(f.read(shape[0] * dtype.itemsize), dtype), n, what)
         if os.fstat(f.fileno()).st_size > 24 * (n + 1):
-            raise DataError(f"{what}: {os.fstat(f.fileno()).st_size:,} bytes for {n} labels; expected one integer per line")
+            raise DataError(
+                f"{what}: {os.fstat(f.fileno()).st_size:,} bytes for {n} labels; expected one integer per line"
+            )
         f.seek(0)
         text = f.read().decode("utf-8", errors="replace")
     lines = text.splitlines()
@@ -337,7 +364,9 @@ def _int_label(text: str, where: str) -> int:
     try:
         value = int(text.strip())
     except ValueError:
-        raise DataError(f"{where}: label {_show(text.strip()[:40])!r} is not an integer; expected a class index") from None
+        raise DataError(
+            f"{where}: label {_show(text.strip()[:40])!r} is not an integer; expected a class index"
+        ) from None
     if not -INT64_MAX - 1 <= value <= INT64_MAX:
         raise DataError(f"{where}: label {value} exceeds int64; expected a class index")
     return value
@@ -392,10 +421,15 @@ def load_npz(path: str | Path) -> Dataset:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError) as e:
         f.close()
-        raise DataError(f"{what}: not a readable .npz file ({_show(e)}); expected an .npz with 'images' and "
-                        "'labels'") from e
-    return Dataset(images, labels, str(path), {"format": "npz", "labels_from": "npz 'labels'",
-                                               "compressed": img.compress_type != zipfile.ZIP_STORED})
+        raise DataError(
+            f"{what}: not a readable .npz file ({_show(e)}); expected an .npz with 'images' and 'labels'"
+        ) from e
+    return Dataset(
+        images,
+        labels,
+        str(path),
+        {"format": "npz", "labels_from": "npz 'labels'", "compressed": img.compress_type != zipfile.ZIP_STORED},
+    )
 
 
 def _decompress(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: int, what: str):
@@ -404,8 +438,10 @@ def _decompress(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: int, what: s
     tmpdir = tempfile.gettempdir()
     free = shutil.disk_usage(tmpdir).free
     if size > free - (256 << 20):
-        raise DataError(f"{what}: 'images' is compressed and unpacks to {size:,} bytes; {tmpdir} has {free:,} bytes "
-                        "free; expected room to decompress it once (set TMPDIR, or save with numpy.savez)")
+        raise DataError(
+            f"{what}: 'images' is compressed and unpacks to {size:,} bytes; {tmpdir} has {free:,} bytes "
+            "free; expected room to decompress it once (set TMPDIR, or save with numpy.savez)"
+        )
     log.info("%s: decompressing 'images' (%.1f MB) to a temporary file", what, size / 2**20)
     out = tempfile.TemporaryFile(dir=tmpdir)  # kept open by the data set; gone when closed
     try:
@@ -415,15 +451,17 @@ def _decompress(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: int, what: s
             while left > 0:
                 chunk = src.read(min(left, 8 << 20))
                 if not chunk:
-                    raise DataError(f"{what}: 'images' ends after {size - left:,} of {size:,} bytes; expected a "
-                                    "complete .npz")
+                    raise DataError(
+                        f"{what}: 'images' ends after {size - left:,} of {size:,} bytes; expected a complete .npz"
+                    )
                 out.write(chunk)
                 left -= len(chunk)
         out.flush()
     except OSError as e:
         out.close()
-        raise DataError(f"{what}: decompressing 'images' to {tmpdir} failed ({e.strerror or e}); expected room for "
-                        f"{size:,} bytes") from e
+        raise DataError(
+            f"{what}: decompressing 'images' to {tmpdir} failed ({e.strerror or e}); expected room for {size:,} bytes"
+        ) from e
     except BaseException:
         out.close()
         raise
@@ -471,8 +509,10 @@ class ImageTransform:
         if self.crop:
             ch, cw = self.crop
             if ch > height or cw > width:
-                raise DataError(f"--center-crop {ch}x{cw} is larger than the image ({height}x{width} after resizing); "
-                                "expected a crop within the image (or a larger --resize)")
+                raise DataError(
+                    f"--center-crop {ch}x{cw} is larger than the image ({height}x{width} after resizing); "
+                    "expected a crop within the image (or a larger --resize)"
+                )
             width, height = cw, ch
         return width, height
 
@@ -496,9 +536,12 @@ class ImageTransform:
         return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
     def describe(self) -> dict:
-        return {"convert": self.mode("RGB") if self.channels else "grey files L, others RGB",
-                "resize": self.resize, "resize_method": "PIL bilinear, antialiased (torchvision Resize on PIL)"
-                if self.resize else None, "center_crop": list(self.crop) if self.crop else None}
+        return {
+            "convert": self.mode("RGB") if self.channels else "grey files L, others RGB",
+            "resize": self.resize,
+            "resize_method": "PIL bilinear, antialiased (torchvision Resize on PIL)" if self.resize else None,
+            "center_crop": list(self.crop) if self.crop else None,
+        }
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -519,15 +562,18 @@ def _open_image(path: str):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{_show(path)}: image too large ({_show(e)}); expected at most {MAX_PIXELS:,} pixels") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{_show(path)}: not a readable image ({_show(e)}); expected PNG, JPEG or another image "
-                        "format Pillow reads") from e
+        raise DataError(
+            f"{_show(path)}: not a readable image ({_show(e)}); expected PNG, JPEG or another image format Pillow reads"
+        ) from e
     if im.width * im.height > MAX_PIXELS or im.width < 1 or im.height < 1:
         im.close()
         raise DataError(f"{_show(path)}: image of {im.width}x{im.height} pixels; expected 1 to {MAX_PIXELS:,} pixels")
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F") or im.mode.startswith("I;"):
         im.close()
-        raise DataError(f"{_show(path)}: {im.mode} image (16-bit or float pixels); expected 8-bit images "
-                        "(convert it, or save the pixels in an .npy)")
+        raise DataError(
+            f"{_show(path)}: {im.mode} image (16-bit or float pixels); expected 8-bit images "
+            "(convert it, or save the pixels in an .npy)"
+        )
     return im
 
 
@@ -547,8 +593,15 @@ class ImageFiles(Dataset):
     """Image files decoded on demand. ``files`` [N] paths, ``labels`` int64 [N]; ``size`` (height, width) of
     the model's input when known (then every transformed image must have it)."""
 
-    def __init__(self, files: list[str], labels: np.ndarray, source: str, transform: ImageTransform,
-                 size: tuple[int, int] | None, info: dict) -> None:
+    def __init__(
+        self,
+        files: list[str],
+        labels: np.ndarray,
+        source: str,
+        transform: ImageTransform,
+        size: tuple[int, int] | None,
+        info: dict,
+    ) -> None:
         super().__init__(None, labels, source, {**info, "transform": transform.describe()})
         self.files, self.transform, self.size = files, transform, size
         self._shape: tuple[int, ...] | None = None
@@ -563,8 +616,10 @@ class ImageFiles(Dataset):
     def raw(self, i: int) -> np.ndarray:
         x = decode(self.files[i], self.transform)
         if self._shape is not None and x.shape != self._shape:
-            raise DataError(f"{_show(self.files[i])}: image is {x.shape[2]}x{x.shape[1]} with {x.shape[0]} channels "
-                            f"after the transform; expected {self._shape[2]}x{self._shape[1]} with {self._shape[0]}")
+            raise DataError(
+                f"{_show(self.files[i])}: image is {x.shape[2]}x{x.shape[1]} with {x.shape[0]} channels "
+                f"after the transform; expected {self._shape[2]}x{self._shape[1]} with {self._shape[0]}"
+            )
         return x
 
     def check_selection(self, indices: Sequence[int]) -> None:
@@ -581,17 +636,21 @@ class ImageFiles(Dataset):
                 first[(c, h, w)] = int(i)
                 if len(first) > 1:
                     (s1, i1), (s2, i2) = list(first.items())[:2]
-                    raise DataError(f"images of different sizes: {_show(self.files[i1])} is {s1[2]}x{s1[1]} "
-                                    f"({s1[0]} channels), {_show(self.files[i2])} is {s2[2]}x{s2[1]} ({s2[0]} channels)"
-                                    f" after the transform; expected one size: give --resize N and --center-crop HxW")
+                    raise DataError(
+                        f"images of different sizes: {_show(self.files[i1])} is {s1[2]}x{s1[1]} "
+                        f"({s1[0]} channels), {_show(self.files[i2])} is {s2[2]}x{s2[1]} ({s2[0]} channels)"
+                        f" after the transform; expected one size: give --resize N and --center-crop HxW"
+                    )
         if not first:
             return
         (c, h, w), i = next(iter(first.items()))
         if self.size is not None and (h, w) != tuple(self.size):
             mh, mw = self.size
-            raise DataError(f"{_show(self.files[i])}: image is {h}x{w} (height x width) after the transform but the "
-                            f"model takes {mh}x{mw}; expected --resize N --center-crop {mh}x{mw} (ImageNet's evaluation "
-                            "transform is --resize 256 --center-crop 224), or images of the model's size")
+            raise DataError(
+                f"{_show(self.files[i])}: image is {h}x{w} (height x width) after the transform but the "
+                f"model takes {mh}x{mw}; expected --resize N --center-crop {mh}x{mw} (ImageNet's evaluation "
+                "transform is --resize 256 --center-crop 224), or images of the model's size"
+            )
         self._shape = (c, h, w)
 
     def iter_groups(self, groups, workers=None, ahead=2):
@@ -616,6 +675,7 @@ class ImageFiles(Dataset):
 
 def _images_under(folder: str) -> list[str]:
     """Image files below ``folder``, in torchvision's order: sorted os.walk (following links), sorted names."""
+
     def walk():
         seen: set[tuple[int, int]] = set()
         for root, dirs, names in os.walk(folder, followlinks=True):
@@ -629,8 +689,9 @@ def _images_under(folder: str) -> list[str]:
 
     out: list[str] = []
     for root, names in sorted(walk()):
-        out.extend(os.path.join(root, n) for n in sorted(names)
-                   if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith("."))
+        out.extend(
+            os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".")
+        )
     return out
 
 
@@ -662,9 +723,16 @@ def read_classes(path: str | Path) -> list[str]:
 _TRAILING_LABEL = re.compile(r"_(\d+)$")
 
 
-def load_folder(path: str | Path, transform: ImageTransform, size: tuple[int, int] | None = None, *,
-                labels: str | Path | None = None, label: int | None = None, classes: str | Path | None = None,
-                label_from_filename: bool = False) -> Dataset:
+def load_folder(
+    path: str | Path,
+    transform: ImageTransform,
+    size: tuple[int, int] | None = None,
+    *,
+    labels: str | Path | None = None,
+    label: int | None = None,
+    classes: str | Path | None = None,
+    label_from_filename: bool = False,
+) -> Dataset:
     """A folder of images: class subfolders (ImageFolder), or images at its top with explicit labels."""
     root = str(path)
     what = f"folder {_show(root)}"
@@ -673,27 +741,38 @@ def load_folder(path: str | Path, transform: ImageTransform, size: tuple[int, in
     except OSError as e:
         raise DataError(f"{what}: cannot be listed ({e.strerror}); expected a folder of images") from e
     subdirs = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    top = [os.path.join(root, e.name) for e in entries
-           if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith(".")]
+    top = [
+        os.path.join(root, e.name)
+        for e in entries
+        if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith(".")
+    ]
     per_class = {d: _images_under(os.path.join(root, d)) for d in subdirs}
     n_sub = sum(len(v) for v in per_class.values())
     if top and n_sub:
-        raise DataError(f"{what}: holds images both at its top ({_show(os.path.basename(top[0]))}) and in class "
-                        "subfolders; expected one layout (class subfolders, or images at the top with --labels)")
+        raise DataError(
+            f"{what}: holds images both at its top ({_show(os.path.basename(top[0]))}) and in class "
+            "subfolders; expected one layout (class subfolders, or images at the top with --labels)"
+        )
     if not top and not n_sub:
-        raise DataError(f"{what}: holds no images; expected class subfolders of images ({', '.join(IMAGE_SUFFIXES)}) "
-                        "or images at its top")
+        raise DataError(
+            f"{what}: holds no images; expected class subfolders of images ({', '.join(IMAGE_SUFFIXES)}) "
+            "or images at its top"
+        )
     if n_sub:
         if labels is not None or label is not None or label_from_filename:
-            raise DataError(f"{what}: has class subfolders, which give the labels; expected no --labels, --label or "
-                            "--label-from-filename")
+            raise DataError(
+                f"{what}: has class subfolders, which give the labels; expected no --labels, --label or "
+                "--label-from-filename"
+            )
         if classes is not None:
             names = read_classes(classes)
             index = {n: k for k, n in enumerate(names)}
             for d in subdirs:
                 if d not in index:
-                    raise DataError(f"{what}: class folder {_show(d)!r} is not in --classes {_show(classes)} "
-                                    f"({len(names)} names, e.g. {_show(names[0])!r}); expected every folder listed")
+                    raise DataError(
+                        f"{what}: class folder {_show(d)!r} is not in --classes {_show(classes)} "
+                        f"({len(names)} names, e.g. {_show(names[0])!r}); expected every folder listed"
+                    )
             how = f"class folders, indices from --classes {classes}"
         elif all(d.isdigit() for d in subdirs):
             index = {d: int(d) for d in subdirs}
@@ -707,15 +786,19 @@ def load_folder(path: str | Path, transform: ImageTransform, size: tuple[int, in
     else:
         files = top
         if classes is not None:
-            raise DataError(f"{what}: --classes names class subfolders, and this folder has none; expected class "
-                            "subfolders, or --labels FILE")
+            raise DataError(
+                f"{what}: --classes names class subfolders, and this folder has none; expected class "
+                "subfolders, or --labels FILE"
+            )
         given = [k for k, v in (("--labels", labels), ("--label", label)) if v is not None]
         if label_from_filename:
             given.append("--label-from-filename")
         if len(given) != 1:
-            raise DataError(f"{what}: images at its top {'with ' + ' and '.join(given) if given else 'with no labels'}; "
-                            "expected exactly one of --labels FILE (one per image, in sorted name order), --label N "
-                            "(all images), --label-from-filename (a trailing _<digits>), or class subfolders")
+            raise DataError(
+                f"{what}: images at its top {'with ' + ' and '.join(given) if given else 'with no labels'}; "
+                "expected exactly one of --labels FILE (one per image, in sorted name order), --label N "
+                "(all images), --label-from-filename (a trailing _<digits>), or class subfolders"
+            )
         if labels is not None:
             lab = read_labels(labels, len(files))
             how = f"labels file {labels} (sorted file names)"
@@ -727,8 +810,10 @@ def load_folder(path: str | Path, transform: ImageTransform, size: tuple[int, in
             for f in files:
                 m = _TRAILING_LABEL.search(Path(f).stem)
                 if not m:
-                    raise DataError(f"{_show(f)}: no trailing _<digits> label in the file name; expected every file "
-                                    "named like NAME_<label>.png with --label-from-filename")
+                    raise DataError(
+                        f"{_show(f)}: no trailing _<digits> label in the file name; expected every file "
+                        "named like NAME_<label>.png with --label-from-filename"
+                    )
                 found.append(_int_label(m.group(1), _show(f)))
             lab = np.array(found, np.int64)
             how = "file names (trailing _<digits>, --label-from-filename)"
@@ -738,9 +823,15 @@ def load_folder(path: str | Path, transform: ImageTransform, size: tuple[int, in
     return ImageFiles(files, lab, root, transform, size, info)
 
 
-def load_manifest(path: str | Path, transform: ImageTransform, size: tuple[int, int] | None = None, *,
-                  path_column: str = "path", label_column: str = "label",
-                  classes: str | Path | None = None) -> Dataset:
+def load_manifest(
+    path: str | Path,
+    transform: ImageTransform,
+    size: tuple[int, int] | None = None,
+    *,
+    path_column: str = "path",
+    label_column: str = "label",
+    classes: str | Path | None = None,
+) -> Dataset:
     """A CSV (``.csv``) or TSV (``.tsv``) manifest with a header row; ``path_column`` holds image paths
     (relative to the manifest's folder), ``label_column`` integer labels (class names with ``classes``)."""
     path = Path(path)
@@ -757,13 +848,16 @@ def load_manifest(path: str | Path, transform: ImageTransform, size: tuple[int, 
             reader = csv.reader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             header = next(reader, None)
             if not header:
-                raise DataError(f"{what}: is empty; expected a header row naming the {path_column!r} and "
-                                f"{label_column!r} columns")
+                raise DataError(
+                    f"{what}: is empty; expected a header row naming the {path_column!r} and {label_column!r} columns"
+                )
             header = [h.strip() for h in header]
             for col, flag in ((path_column, "--path-column"), (label_column, "--label-column")):
                 if col not in header:
-                    raise DataError(f"{what}: no column {_show(col)!r} (columns: {', '.join(_show(h) for h in header)}); "
-                                    f"expected {flag} NAME to choose one")
+                    raise DataError(
+                        f"{what}: no column {_show(col)!r} (columns: {', '.join(_show(h) for h in header)}); "
+                        f"expected {flag} NAME to choose one"
+                    )
             pi, li = header.index(path_column), header.index(label_column)
             for row_no, row in enumerate(reader, start=2):
                 if not row or all(not c.strip() for c in row):
@@ -773,12 +867,16 @@ def load_manifest(path: str | Path, transform: ImageTransform, size: tuple[int, 
                 rel, lab = row[pi].strip(), row[li].strip()
                 file = rel if os.path.isabs(rel) else os.path.join(base, rel)
                 if not rel or not os.path.isfile(file):
-                    raise DataError(f"{what} line {row_no}: {_show(rel)!r} is not a file (looked for {_show(file)}); "
-                                    "expected paths relative to the manifest")
+                    raise DataError(
+                        f"{what} line {row_no}: {_show(rel)!r} is not a file (looked for {_show(file)}); "
+                        "expected paths relative to the manifest"
+                    )
                 if index is not None:
                     if lab not in index:
-                        raise DataError(f"{what} line {row_no}: label {_show(lab)!r} is not in --classes {_show(classes)}"
-                                        f" ({len(index)} names); expected one of its names")
+                        raise DataError(
+                            f"{what} line {row_no}: label {_show(lab)!r} is not in --classes {_show(classes)}"
+                            f" ({len(index)} names); expected one of its names"
+                        )
                     labels.append(index[lab])
                 else:
                     labels.append(_int_label(lab, f"{what} line {row_no}"))
@@ -791,13 +889,17 @@ def load_manifest(path: str | Path, transform: ImageTransform, size: tuple[int, 
         raise DataError(f"{what}: not a readable CSV/TSV ({_show(e)})") from e
     if not files:
         raise DataError(f"{what}: lists no images; expected one row per image")
-    info = {"format": "manifest", "labels_from": f"column {label_column}" + (f" via --classes {classes}" if names else ""),
-            "path_column": path_column}
+    info = {
+        "format": "manifest",
+        "labels_from": f"column {label_column}" + (f" via --classes {classes}" if names else ""),
+        "path_column": path_column,
+    }
     return ImageFiles(files, np.array(labels, np.int64), str(path), transform, size, info)
 
 
-def load_image(path: str | Path, label: int | None, transform: ImageTransform | None = None,
-               size: tuple[int, int] | None = None) -> Dataset:
+def load_image(
+    path: str | Path, label: int | None, transform: ImageTransform | None = None, size: tuple[int, int] | None = None
+) -> Dataset:
     """One image file with its ``label``."""
     path = Path(path)
     if not path.is_file():
@@ -805,14 +907,30 @@ def load_image(path: str | Path, label: int | None, transform: ImageTransform | 
     if label is None:
         raise DataError(f"image {_show(path)}: no label; expected --label N (its class index)")
     label = _int_label(str(label), "--label")
-    return ImageFiles([str(path)], np.array([label], np.int64), str(path), transform or ImageTransform(), size,
-                      {"format": "image", "labels_from": "--label"})
+    return ImageFiles(
+        [str(path)],
+        np.array([label], np.int64),
+        str(path),
+        transform or ImageTransform(),
+        size,
+        {"format": "image", "labels_from": "--label"},
+    )
 
 
-def load_data(path: str | Path, label: int | None = None, size: tuple[int, int] | None = None,
-              channels: int | None = None, *, labels: str | Path | None = None, classes: str | Path | None = None,
-              path_column: str | None = None, label_column: str | None = None, label_from_filename: bool = False,
-              resize: int | None = None, center_crop: str | int | None = None) -> Dataset:
+def load_data(
+    path: str | Path,
+    label: int | None = None,
+    size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    *,
+    labels: str | Path | None = None,
+    classes: str | Path | None = None,
+    path_column: str | None = None,
+    label_column: str | None = None,
+    label_from_filename: bool = False,
+    resize: int | None = None,
+    center_crop: str | int | None = None,
+) -> Dataset:
     """The data set at ``path``, by what it is: folder, image file, .csv/.tsv manifest, .npy or .npz.
 
     ``size`` (height, width) and ``channels`` describe the model's image input (None when unknown or flat);
@@ -820,49 +938,88 @@ def load_data(path: str | Path, label: int | None = None, size: tuple[int, int] 
     """
     p = Path(path)
     suffix = p.suffix.lower()
-    kind = ("folder" if p.is_dir() else "image" if suffix in IMAGE_SUFFIXES else "manifest" if suffix in (".csv", ".tsv")
-            else "npy" if suffix == ".npy" else "npz")
+    kind = (
+        "folder"
+        if p.is_dir()
+        else "image"
+        if suffix in IMAGE_SUFFIXES
+        else "manifest"
+        if suffix in (".csv", ".tsv")
+        else "npy"
+        if suffix == ".npy"
+        else "npz"
+    )
     if resize is not None and (isinstance(resize, bool) or not 1 <= int(resize) <= 65535):
         raise DataError(f"--resize {resize}: expected a size in pixels, 1 to 65535")
     transform = ImageTransform(int(resize) if resize else None, parse_crop(center_crop), channels)
-    given = {"--labels": labels is not None, "--classes": classes is not None, "--label": label is not None,
-             "--path-column": path_column is not None, "--label-column": label_column is not None,
-             "--label-from-filename": bool(label_from_filename), "--resize": resize is not None,
-             "--center-crop": center_crop is not None}
-    allowed = {"folder": {"--labels", "--classes", "--label", "--label-from-filename", "--resize", "--center-crop"},
-               "image": {"--label", "--resize", "--center-crop"},
-               "manifest": {"--classes", "--path-column", "--label-column", "--resize", "--center-crop"},
-               "npy": {"--labels"}, "npz": set()}[kind]
+    given = {
+        "--labels": labels is not None,
+        "--classes": classes is not None,
+        "--label": label is not None,
+        "--path-column": path_column is not None,
+        "--label-column": label_column is not None,
+        "--label-from-filename": bool(label_from_filename),
+        "--resize": resize is not None,
+        "--center-crop": center_crop is not None,
+    }
+    allowed = {
+        "folder": {"--labels", "--classes", "--label", "--label-from-filename", "--resize", "--center-crop"},
+        "image": {"--label", "--resize", "--center-crop"},
+        "manifest": {"--classes", "--path-column", "--label-column", "--resize", "--center-crop"},
+        "npy": {"--labels"},
+        "npz": set(),
+    }[kind]
     wrong = [k for k, v in given.items() if v and k not in allowed]
     if wrong:
-        raise DataError(f"{', '.join(wrong)} given, but DATA {_show(p)} is {'an' if kind[0] in 'aeinou' else 'a'} "
-                        f"{kind}; expected {', '.join(sorted(allowed)) or 'no data options'} for this layout "
-                        "(see rs-onnx certify --help)")
+        raise DataError(
+            f"{', '.join(wrong)} given, but DATA {_show(p)} is {'an' if kind[0] in 'aeinou' else 'a'} "
+            f"{kind}; expected {', '.join(sorted(allowed)) or 'no data options'} for this layout "
+            "(see rs-onnx certify --help)"
+        )
     if kind == "folder":
-        return load_folder(p, transform, size, labels=labels, label=label, classes=classes,
-                           label_from_filename=label_from_filename)
+        return load_folder(
+            p, transform, size, labels=labels, label=label, classes=classes, label_from_filename=label_from_filename
+        )
     if kind == "image":
         return load_image(p, label, transform, size)
     if kind == "manifest":
-        return load_manifest(p, transform, size, path_column=path_column or "path",
-                             label_column=label_column or "label", classes=classes)
+        return load_manifest(
+            p, transform, size, path_column=path_column or "path", label_column=label_column or "label", classes=classes
+        )
     if kind == "npy":
         return load_npy(p, labels)
     if not p.exists():
         raise DataError(f"data {_show(p)}: not found; expected an .npz, .npy, .csv/.tsv manifest, image file or folder")
     if suffix != ".npz":
-        raise DataError(f"data {_show(p)}: a {_show(suffix) or 'file without a suffix'} is none of the layouts; expected "
-                        f"an .npz, .npy, .csv/.tsv manifest, image file ({', '.join(IMAGE_SUFFIXES)}) or folder")
+        raise DataError(
+            f"data {_show(p)}: a {_show(suffix) or 'file without a suffix'} is none of the layouts; expected "
+            f"an .npz, .npy, .csv/.tsv manifest, image file ({', '.join(IMAGE_SUFFIXES)}) or folder"
+        )
     return load_npz(p)
 
 
 def load_from_config(cfg, size: tuple[int, int] | None, channels: int | None) -> Dataset:
     """:func:`load_data` with the data options of a RunConfig."""
-    data = load_data(cfg.data, cfg.label, size, channels, labels=cfg.labels, classes=cfg.classes,
-                     path_column=cfg.path_column, label_column=cfg.label_column,
-                     label_from_filename=cfg.label_from_filename, resize=cfg.resize, center_crop=cfg.center_crop)
+    data = load_data(
+        cfg.data,
+        cfg.label,
+        size,
+        channels,
+        labels=cfg.labels,
+        classes=cfg.classes,
+        path_column=cfg.path_column,
+        label_column=cfg.label_column,
+        label_from_filename=cfg.label_from_filename,
+        resize=cfg.resize,
+        center_crop=cfg.center_crop,
+    )
     info = data.describe()
     transform = info.get("transform")
-    log.info("data: %s, %d examples, labels from %s%s", info.get("format"), len(data), _show(info.get("labels_from")),
-             f", resize {transform['resize']}, center crop {transform['center_crop']}" if transform else "")
+    log.info(
+        "data: %s, %d examples, labels from %s%s",
+        info.get("format"),
+        len(data),
+        _show(info.get("labels_from")),
+        f", resize {transform['resize']}, center crop {transform['center_crop']}" if transform else "",
+    )
     return data

@@ -56,15 +56,18 @@ def _cuda_works(index: int = 0) -> bool:
     preload_cuda_libraries()
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
-    probe = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
-                                   opset_imports=[onnx.helper.make_opsetid("", 13)])
+    probe = onnx.helper.make_model(
+        onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
+        opset_imports=[onnx.helper.make_opsetid("", 13)],
+    )
     probe.ir_version = 8
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
         with _quiet_ort():
-            session = ort.InferenceSession(probe.SerializeToString(), options,
-                                           providers=[(_CUDA, {"device_id": str(index)}), _CPU])
+            session = ort.InferenceSession(
+                probe.SerializeToString(), options, providers=[(_CUDA, {"device_id": str(index)}), _CPU]
+            )
             if session.get_providers()[0] != _CUDA:
                 return False
             session.run(None, {"x": np.ones(1, np.float32)})
@@ -121,7 +124,10 @@ def _gpu_name(index: int) -> str:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", str(index)],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):

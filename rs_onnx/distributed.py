@@ -129,8 +129,17 @@ class Worker:
         makes the worker run one sample per session run too.
     """
 
-    def __init__(self, cfg: dict, sha256: str, sigma: float, entropy: int, device: str, threads: int,
-                 fault_dir: str | None = None, batch_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: dict,
+        sha256: str,
+        sigma: float,
+        entropy: int,
+        device: str,
+        threads: int,
+        fault_dir: str | None = None,
+        batch_mode: str | None = None,
+    ) -> None:
         self._args = (cfg, sha256, sigma, entropy, device, threads)
         self._fault_dir = fault_dir
         self._batch_mode = batch_mode
@@ -163,16 +172,19 @@ class Worker:
         opts.intra_op_num_threads = max(1, int(threads))
         self.classifier, spec = open_classifier(self.cfg, device=device, sess_options=opts)
         if self.classifier.sha256 != sha256:
-            raise WorkerError(f"model {self.cfg.model}: sha256 {self.classifier.sha256[:12]} on this worker; "
-                              f"expected the driver's {sha256[:12]} (a different file under the same path?)")
+            raise WorkerError(
+                f"model {self.cfg.model}: sha256 {self.classifier.sha256[:12]} on this worker; "
+                f"expected the driver's {sha256[:12]} (a different file under the same path?)"
+            )
         if self._batch_mode == "per-sample" and self.classifier.batch_mode != "per-sample":
             from .checks import fall_back_per_sample
 
             fall_back_per_sample(self.classifier)  # as the driver's batch check decided
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
         assert self.cfg.batch_size is not None  # the driver's resolved configuration
-        smoothed = open_smoothed(self.cfg, self.classifier, spec, sigma, entropy, noise_threads,
-                                 audit_seed_override=True)  # the driver's entropy
+        smoothed = open_smoothed(
+            self.cfg, self.classifier, spec, sigma, entropy, noise_threads, audit_seed_override=True
+        )  # the driver's entropy
         smoothed.batch_check = {"result": "checked by the driver"}  # its decision came as batch_mode
         self.smoothed = smoothed
 
@@ -184,8 +196,13 @@ class Worker:
 
         self._setup(model)
         c = self.classifier
-        return {"host": platform.node(), "pid": os.getpid(), "device": c.device, "providers": list(c.providers),
-                "versions": versions()}
+        return {
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "device": c.device,
+            "providers": list(c.providers),
+            "versions": versions(),
+        }
 
     def answers(self, model, mode: str, group: list[int], images: np.ndarray) -> tuple[list, float]:
         """Answers for the examples ``group`` (rows ``images`` of the data set), and seconds per example."""
@@ -236,15 +253,28 @@ def _plan(ray, workers, gpus_per_worker, cpus_per_worker, device: str, groups: i
     need = {"GPU": workers * gpus, "CPU": workers * cpus}
     short = [f"{need[k]:g} {k}s" for k in need if need[k] > float(res.get(k, 0)) + 1e-9]
     if short:
-        log.warning("%d workers need %s; the cluster has %s now: some start only when resources appear",
-                    workers, " and ".join(short), {k: res.get(k, 0) for k in need})
+        log.warning(
+            "%d workers need %s; the cluster has %s now: some start only when resources appear",
+            workers,
+            " and ".join(short),
+            {k: res.get(k, 0) for k in need},
+        )
     return workers, gpus, cpus
 
 
-def ray_backend(address: str | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
-                cpus_per_worker: float | None = None, *, tasks_per_worker: int = 2, max_restarts: int = 3,
-                max_attempts: int = 4, ship_model: bool = True, init_kwargs: dict | None = None,
-                _fault_dir: str | None = None) -> Callable:
+def ray_backend(
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    cpus_per_worker: float | None = None,
+    *,
+    tasks_per_worker: int = 2,
+    max_restarts: int = 3,
+    max_attempts: int = 4,
+    ship_model: bool = True,
+    init_kwargs: dict | None = None,
+    _fault_dir: str | None = None,
+) -> Callable:
     """A backend for :func:`rs_onnx.run.execute` that runs on a Ray cluster.
 
     Parameters
@@ -286,8 +316,21 @@ def ray_backend(address: str | None = None, workers: int | None = None, gpus_per
                 kwargs.setdefault("include_dashboard", False)
             ray.init(**kwargs)
         try:
-            yield from _run(ray, p, mode, todo, progress, workers, gpus_per_worker, cpus_per_worker,
-                            tasks_per_worker, max_restarts, max_attempts, ship_model, _fault_dir)
+            yield from _run(
+                ray,
+                p,
+                mode,
+                todo,
+                progress,
+                workers,
+                gpus_per_worker,
+                cpus_per_worker,
+                tasks_per_worker,
+                max_restarts,
+                max_attempts,
+                ship_model,
+                _fault_dir,
+            )
         finally:
             if own:
                 ray.shutdown()
@@ -303,8 +346,12 @@ def backend_from_config(cfg) -> Callable | None:
         return None
     if name != "ray":
         raise ConfigError(f"backend={name!r}: expected 'local' or 'ray'")
-    return ray_backend(getattr(cfg, "address", None), getattr(cfg, "workers", None),
-                       getattr(cfg, "gpus_per_worker", None), getattr(cfg, "cpus_per_worker", None))
+    return ray_backend(
+        getattr(cfg, "address", None),
+        getattr(cfg, "workers", None),
+        getattr(cfg, "gpus_per_worker", None),
+        getattr(cfg, "cpus_per_worker", None),
+    )
 
 
 def _raise_task_error(e) -> None:
@@ -315,8 +362,21 @@ def _raise_task_error(e) -> None:
     raise e
 
 
-def _run(ray, p, mode, todo, progress, workers, gpus_per_worker, cpus_per_worker, tasks_per_worker,
-         max_restarts, max_attempts, ship_model, fault_dir):
+def _run(
+    ray,
+    p,
+    mode,
+    todo,
+    progress,
+    workers,
+    gpus_per_worker,
+    cpus_per_worker,
+    tasks_per_worker,
+    max_restarts,
+    max_attempts,
+    ship_model,
+    fault_dir,
+):
     from ray.exceptions import RayActorError, RayTaskError
 
     from .results import versions
@@ -324,21 +384,43 @@ def _run(ray, p, mode, todo, progress, workers, gpus_per_worker, cpus_per_worker
 
     cfg = p.cfg
     size = group_size(cfg)
-    groups = [todo[g:g + size] for g in range(0, len(todo), size)]
+    groups = [todo[g : g + size] for g in range(0, len(todo), size)]
     per_example = cfg.n0 + cfg.n if mode == "certify" else cfg.n
     n_workers, gpus, cpus = _plan(ray, workers, gpus_per_worker, cpus_per_worker, cfg.device, len(groups))
     sha = p.classifier.sha256
     # held until the end, for restarts; the denoiser travels too: workers compose it like a local run
-    model = ([ray.put(model_bundle(cfg.model))] + ([ray.put(model_bundle(cfg.denoiser))] if cfg.denoiser else [])
-             if ship_model else None)
-    remote = ray.remote(Worker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts,
-                                        max_task_retries=max_restarts, scheduling_strategy="SPREAD")
+    model = (
+        [ray.put(model_bundle(cfg.model))] + ([ray.put(model_bundle(cfg.denoiser))] if cfg.denoiser else [])
+        if ship_model
+        else None
+    )
+    remote = ray.remote(Worker).options(
+        num_cpus=cpus,
+        num_gpus=gpus,
+        max_restarts=max_restarts,
+        max_task_retries=max_restarts,
+        scheduling_strategy="SPREAD",
+    )
     # the driver's resolved noise kind (from --noise or the model's metadata) travels like sigma
-    args = ({**cfg.to_dict(), "noise": p.smoothed.noise}, sha, p.smoothed.sigma, p.smoothed.entropy, _worker_device(cfg.device, gpus),
-            max(1, math.floor(cpus)), fault_dir, getattr(p.classifier, "batch_mode", None))
+    args = (
+        {**cfg.to_dict(), "noise": p.smoothed.noise},
+        sha,
+        p.smoothed.sigma,
+        p.smoothed.entropy,
+        _worker_device(cfg.device, gpus),
+        max(1, math.floor(cpus)),
+        fault_dir,
+        getattr(p.classifier, "batch_mode", None),
+    )
     actors = [remote.remote(*args) for _ in range(n_workers)]
-    log.info("ray: %d groups of up to %d examples on %d workers (%g GPU, %g CPU each)", len(groups), size,
-             n_workers, gpus, cpus)
+    log.info(
+        "ray: %d groups of up to %d examples on %d workers (%g GPU, %g CPU each)",
+        len(groups),
+        size,
+        n_workers,
+        gpus,
+        cpus,
+    )
     starting = {a.ready.remote(model): a for a in actors}
     live: dict = {}  # actor -> groups in flight on it
     in_flight: dict = {}  # ref -> (actor, group number)
@@ -358,13 +440,20 @@ def _run(ray, p, mode, todo, progress, workers, gpus_per_worker, cpus_per_worker
                     live[actor].add(g)
             refs = list(in_flight) + list(starting)
             if not refs:
-                raise WorkerError(f"all {n_workers} Ray workers died with {len(groups) - next_out} groups of "
-                                  "examples left; expected at least one live worker (see the Ray logs)")
+                raise WorkerError(
+                    f"all {n_workers} Ray workers died with {len(groups) - next_out} groups of "
+                    "examples left; expected at least one live worker (see the Ray logs)"
+                )
             finished, _ = ray.wait(refs, num_returns=1, timeout=30.0)
             if not finished and time.time() - last > 60:
                 last = time.time()
-                log.warning("ray: %d of %d workers started, %d groups in flight; waiting (cluster resources %s)",
-                            len(live), n_workers, len(in_flight), ray.available_resources())
+                log.warning(
+                    "ray: %d of %d workers started, %d groups in flight; waiting (cluster resources %s)",
+                    len(live),
+                    n_workers,
+                    len(in_flight),
+                    ray.available_resources(),
+                )
             for ref in finished:
                 if ref in starting:
                     actor = starting.pop(ref)
@@ -389,8 +478,10 @@ def _run(ray, p, mode, todo, progress, workers, gpus_per_worker, cpus_per_worker
                 except RayActorError as e:
                     attempts[g] += 1
                     if attempts[g] >= max_attempts:
-                        raise WorkerError(f"examples {groups[g][0]}..{groups[g][-1]}: lost with {attempts[g]} "
-                                          "workers; expected them to finish (do they crash the worker?)") from e
+                        raise WorkerError(
+                            f"examples {groups[g][0]}..{groups[g][-1]}: lost with {attempts[g]} "
+                            "workers; expected them to finish (do they crash the worker?)"
+                        ) from e
                     dead = not isinstance(e, getattr(ray.exceptions, "ActorUnavailableError", ()))
                     if dead and actor in live:
                         log.warning("ray: a worker died (%s); its groups go to the others", type(e).__name__)
@@ -425,5 +516,8 @@ def _check_versions(mine: dict, info: dict) -> None:
     theirs = info.get("versions", {})
     diff = [f"{k} {theirs.get(k)} (driver {mine.get(k)})" for k in VERSION_KEYS if theirs.get(k) != mine.get(k)]
     if diff:
-        log.warning("ray: worker %s has %s; expected the same versions on every node for identical results",
-                    info.get("host"), ", ".join(diff))
+        log.warning(
+            "ray: worker %s has %s; expected the same versions on every node for identical results",
+            info.get("host"),
+            ", ".join(diff),
+        )

@@ -17,8 +17,18 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ORT_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
-              "onnxruntime-silicon", "onnxruntime-rocm", "onnxruntime-training", "ort-nightly", "ort-nightly-gpu")
+ORT_BUILDS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-qnn",
+    "onnxruntime-silicon",
+    "onnxruntime-rocm",
+    "onnxruntime-training",
+    "ort-nightly",
+    "ort-nightly-gpu",
+)
 """Distributions that all provide the ``onnxruntime`` import package."""
 
 
@@ -48,15 +58,20 @@ def onnxruntime_conflict(dists: Iterable | None = None) -> str | None:
         return None
     listed = " and ".join(f"{name} {version}" for name, version in builds)
     names = " ".join(sorted({name for name, _ in builds}))
-    return (f"{listed} are installed side by side; they overwrite each other's files, so which one runs is an "
-            f"accident. Fix: pip uninstall -y {names}, then pip install onnxruntime-gpu (NVIDIA GPU) or "
-            "onnxruntime (CPU only)")
+    return (
+        f"{listed} are installed side by side; they overwrite each other's files, so which one runs is an "
+        f"accident. Fix: pip uninstall -y {names}, then pip install onnxruntime-gpu (NVIDIA GPU) or "
+        "onnxruntime (CPU only)"
+    )
 
 
 def has_nvidia_gpu() -> bool:
     """An NVIDIA driver is loaded here (Linux /proc or /dev entries, or nvidia-smi on the PATH)."""
-    return (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
-            or shutil.which("nvidia-smi") is not None)
+    return (
+        Path("/proc/driver/nvidia/version").exists()
+        or Path("/dev/nvidiactl").exists()
+        or shutil.which("nvidia-smi") is not None
+    )
 
 
 _MISSING_LIB = re.compile(r"([\w.+-]+\.(?:so(?:\.\d+)*|dll|dylib))\s*:\s*cannot open shared object file", re.IGNORECASE)
@@ -77,7 +92,7 @@ def library_load_error(path: str | Path) -> str | None:
 
 
 def _needs(why: str) -> str:
-    """": this onnxruntime needs CUDA 13" from a missing library's soname (libcublas.so.13, libcudnn.so.9)."""
+    """ ": this onnxruntime needs CUDA 13" from a missing library's soname (libcublas.so.13, libcudnn.so.9)."""
     m = re.search(r"lib(cublasLt|cublas|cudart|curand|cufft)\.so\.(\d+)", why)
     if m:
         return f": this onnxruntime needs CUDA {m.group(2)}"
@@ -96,8 +111,9 @@ def cuda_provider_library() -> Path | None:
     return None
 
 
-def cuda_unavailable_reason(providers: list[str] | None = None, library: Path | None = None,
-                            gpu: bool | None = None) -> str | None:
+def cuda_unavailable_reason(
+    providers: list[str] | None = None, library: Path | None = None, gpu: bool | None = None
+) -> str | None:
     """Why CUDA does not run on a machine with an NVIDIA GPU (None without a GPU).
 
     ``providers`` (default: onnxruntime's available providers), ``library`` (default: the CUDA provider
@@ -109,8 +125,10 @@ def cuda_unavailable_reason(providers: list[str] | None = None, library: Path | 
 
     providers = ort.get_available_providers() if providers is None else providers
     if "CUDAExecutionProvider" not in providers:
-        return (f"this onnxruntime {ort.__version__} is a CPU build (providers: {', '.join(providers)}); "
-                "expected onnxruntime-gpu: pip uninstall -y onnxruntime && pip install 'rs-onnx[cuda]'")
+        return (
+            f"this onnxruntime {ort.__version__} is a CPU build (providers: {', '.join(providers)}); "
+            "expected onnxruntime-gpu: pip uninstall -y onnxruntime && pip install 'rs-onnx[cuda]'"
+        )
     if library is None:  # as the classifier does: pip's nvidia-* libraries first, then the provider
         from .devices import preload_cuda_libraries
 
@@ -118,9 +136,11 @@ def cuda_unavailable_reason(providers: list[str] | None = None, library: Path | 
         library = cuda_provider_library()
     why = library_load_error(library) if library is not None else None
     if why:
-        return (f"onnxruntime's CUDA provider does not load ({why}{_needs(why)}); expected the CUDA and cuDNN "
-                "libraries it was built for: pip install 'rs-onnx[cuda]' installs them as wheels, or add their "
-                "folder to LD_LIBRARY_PATH")
+        return (
+            f"onnxruntime's CUDA provider does not load ({why}{_needs(why)}); expected the CUDA and cuDNN "
+            "libraries it was built for: pip install 'rs-onnx[cuda]' installs them as wheels, or add their "
+            "folder to LD_LIBRARY_PATH"
+        )
     return "onnxruntime's CUDA provider loads but a session on the GPU fails (driver or GPU problem; see nvidia-smi)"
 
 
@@ -133,8 +153,11 @@ def warn_if_gpu_unused() -> None:
     except Exception as err:  # noqa: BLE001 - a diagnosis must never stop the run
         reason = f"{type(err).__name__}: {err}"
     if reason:
-        log.warning("device auto: running on CPU although an NVIDIA GPU is present: %s (--device cpu to choose "
-                    "the CPU knowingly)", reason)
+        log.warning(
+            "device auto: running on CPU although an NVIDIA GPU is present: %s (--device cpu to choose "
+            "the CPU knowingly)",
+            reason,
+        )
 
 
 def report() -> tuple[str, bool]:

@@ -79,7 +79,9 @@ def load_model(path, *, load_external_data: bool = False) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(str(path))
     except Exception as err:  # ValidationError, or a C++ error for odd files
-        raise ModelError(f"model {name}: onnx.checker rejects it: {one_line(err)}; expected a valid ONNX model") from err
+        raise ModelError(
+            f"model {name}: onnx.checker rejects it: {one_line(err)}; expected a valid ONNX model"
+        ) from err
     if load_external_data and has_external_data(model):
         onnx.load_external_data_for_model(model, str(path.parent))
     return model
@@ -201,7 +203,9 @@ def make_batch_dynamic(model: onnx.ModelProto, input_name: str, *, other_inputs=
     """
     value = next((v for v in real_inputs(model) if v.name == input_name), None)
     if value is None:
-        raise ModelError(f"model: no input named {input_name!r}; expected one of {[v.name for v in real_inputs(model)]}")
+        raise ModelError(
+            f"model: no input named {input_name!r}; expected one of {[v.name for v in real_inputs(model)]}"
+        )
     shape = dims(value)
     if not shape or shape[0] != 1:
         return model, False
@@ -394,8 +398,10 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
             logging.getLogger("onnxruntime.transformers.float16").setLevel(logging.ERROR)
             return convert_float_to_float16(copy, keep_io_types=True)
     except Exception as err:  # the converter raises assorted types
-        raise ModelError(f"model: the fp16 conversion failed ({one_line(err)}); expected a float32 model "
-                         "that onnxruntime.transformers.float16 can convert (or run the fp32 model: no --fp16)") from err
+        raise ModelError(
+            f"model: the fp16 conversion failed ({one_line(err)}); expected a float32 model "
+            "that onnxruntime.transformers.float16 can convert (or run the fp32 model: no --fp16)"
+        ) from err
 
 
 # --------------------------------------------------------------------------- on-device noise
@@ -421,22 +427,34 @@ def prepend_noise(model: onnx.ModelProto, input_name: str, *, gain_shape, seed: 
     shape = dims(value)
     dtype = np_dtype(value)
     if not shape or dtype is None or dtype.kind not in "fiu":
-        raise ModelError(f"model: input {input_name!r} {format_dims(shape)} ({dtype}); expected a numeric "
-                         "tensor [N, ...] for on-device noise")
+        raise ModelError(
+            f"model: input {input_name!r} {format_dims(shape)} ({dtype}); expected a numeric "
+            "tensor [N, ...] for on-device noise"
+        )
     taken = _all_names(graph)
     for fixed in (CLEAN_INPUT, INDEX_INPUT, GAIN_INPUT):
         if fixed in taken:
             raise ModelError(f"model: already has a value named {fixed!r}; expected the name to be free for rs-onnx")
     opset = opset_version(out) or 1
     if dtype.kind in "iu" and opset < 11:
-        raise ModelError(f"model: integer input {input_name!r} with opset {opset}; on-device noise needs opset >= 11 "
-                         "(Round, Clip) for integer inputs")
+        raise ModelError(
+            f"model: integer input {input_name!r} with opset {opset}; on-device noise needs opset >= 11 "
+            "(Round, Clip) for integer inputs"
+        )
     rows, z, delta = (_unique(f"rs_onnx_{n}", taken) for n in ("rows", "z", "delta"))
     noisy = input_name if dtype == np.float32 else _unique("rs_onnx_noisy", taken)
     nodes = [
         helper.make_node("Gather", [CLEAN_INPUT, INDEX_INPUT], [rows], name=rows, axis=0),
-        helper.make_node("RandomNormalLike", [rows], [z], name=z, dtype=onnx.TensorProto.FLOAT, mean=0.0, scale=1.0,
-                         seed=float(int(seed) % (1 << 24))),
+        helper.make_node(
+            "RandomNormalLike",
+            [rows],
+            [z],
+            name=z,
+            dtype=onnx.TensorProto.FLOAT,
+            mean=0.0,
+            scale=1.0,
+            seed=float(int(seed) % (1 << 24)),
+        ),
         helper.make_node("Mul", [z, GAIN_INPUT], [delta], name=delta),
         helper.make_node("Add", [rows, delta], [noisy], name=_unique("rs_onnx_add", taken)),
     ]
@@ -445,11 +463,17 @@ def prepend_noise(model: onnx.ModelProto, input_name: str, *, gain_shape, seed: 
         info = np.iinfo(dtype)
         rounded, clipped = _unique("rs_onnx_rounded", taken), _unique("rs_onnx_clipped", taken)
         lo, hi = _unique("rs_onnx_min", taken), _unique("rs_onnx_max", taken)
-        graph.initializer.extend([numpy_helper.from_array(np.array(info.min, np.float32), lo),
-                                  numpy_helper.from_array(np.array(info.max, np.float32), hi)])
-        nodes += [helper.make_node("Round", [noisy], [rounded], name=rounded),
-                  helper.make_node("Clip", [rounded, lo, hi], [clipped], name=clipped),
-                  helper.make_node("Cast", [clipped], [input_name], name=_unique("rs_onnx_cast", taken), to=elem)]
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(info.min, np.float32), lo),
+                numpy_helper.from_array(np.array(info.max, np.float32), hi),
+            ]
+        )
+        nodes += [
+            helper.make_node("Round", [noisy], [rounded], name=rounded),
+            helper.make_node("Clip", [rounded, lo, hi], [clipped], name=clipped),
+            helper.make_node("Cast", [clipped], [input_name], name=_unique("rs_onnx_cast", taken), to=elem),
+        ]
     elif dtype != np.float32:
         nodes.append(helper.make_node("Cast", [noisy], [input_name], name=_unique("rs_onnx_cast", taken), to=elem))
     old = list(graph.node)
@@ -458,12 +482,14 @@ def prepend_noise(model: onnx.ModelProto, input_name: str, *, gain_shape, seed: 
     keep = [v for v in graph.input if v.name != input_name]
     del graph.input[:]
     batch = shape[0] if isinstance(shape[0], str) and shape[0] else BATCH_DIM
-    graph.input.extend([
-        helper.make_tensor_value_info(CLEAN_INPUT, onnx.TensorProto.FLOAT, ["rs_onnx_examples", *shape[1:]]),
-        helper.make_tensor_value_info(INDEX_INPUT, onnx.TensorProto.INT64, [batch]),
-        helper.make_tensor_value_info(GAIN_INPUT, onnx.TensorProto.FLOAT, [int(d) for d in gain_shape]),
-        *keep,
-    ])
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info(CLEAN_INPUT, onnx.TensorProto.FLOAT, ["rs_onnx_examples", *shape[1:]]),
+            helper.make_tensor_value_info(INDEX_INPUT, onnx.TensorProto.INT64, [batch]),
+            helper.make_tensor_value_info(GAIN_INPUT, onnx.TensorProto.FLOAT, [int(d) for d in gain_shape]),
+            *keep,
+        ]
+    )
     return out
 
 

@@ -26,9 +26,12 @@ def escape(text: object) -> str:
     Untrusted strings (model input/output names, metadata, file names) go through this before they reach
     stderr, so they can neither split a message nor forge an ``rs-onnx: error:`` line.
     """
+
     def sub(m: re.Match) -> str:
         c = m.group(0)
-        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (
+            f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+        )
 
     return _CONTROL.sub(sub, str(text))
 
@@ -55,8 +58,10 @@ def check_yaml(data: bytes, path: Path) -> None:
             if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
                 depth += 1
                 if depth > MAX_YAML_DEPTH:
-                    raise ConfigError(f"config file {escape(path)}: nested more than {MAX_YAML_DEPTH} levels deep; "
-                                      "expected a flat mapping of keys to values")
+                    raise ConfigError(
+                        f"config file {escape(path)}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                        "expected a flat mapping of keys to values"
+                    )
             elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
                 depth -= 1
         node = yaml.compose(data, Loader=yaml.SafeLoader)  # depth is bounded: recursion is safe
@@ -78,8 +83,10 @@ def check_yaml(data: bytes, path: Path) -> None:
         return total
 
     if node is not None and size(node) > MAX_YAML_NODES:
-        raise ConfigError(f"config file {escape(path)}: expands to more than {MAX_YAML_NODES} values (aliases); "
-                          "expected a small mapping of keys to values")
+        raise ConfigError(
+            f"config file {escape(path)}: expands to more than {MAX_YAML_NODES} values (aliases); "
+            "expected a small mapping of keys to values"
+        )
 
 
 # ----------------------------------------------------------------------------------------- file names
@@ -99,8 +106,10 @@ def check_path_name(path: str | os.PathLike, what: str, reserve: int = 0) -> Pat
     for part in p.parts:
         n = len(os.fsencode(part)) + (reserve if part == p.name else 0)
         if n > name_max:
-            raise ConfigError(f"{what} {escape(path)}: a file name of {n} bytes; expected at most {name_max}"
-                              + (f" (including the {reserve} bytes of suffix added to it)" if reserve else ""))
+            raise ConfigError(
+                f"{what} {escape(path)}: a file name of {n} bytes; expected at most {name_max}"
+                + (f" (including the {reserve} bytes of suffix added to it)" if reserve else "")
+            )
     if len(os.fsencode(str(p))) + reserve > path_max:
         raise ConfigError(f"{what}: a path of {len(os.fsencode(str(p)))} bytes; expected at most {path_max}")
     return p
@@ -131,13 +140,17 @@ def check_example_size(shape, model: str, input_name: str) -> None:
     for d in shape:
         values *= int(d)
     if values * 8 > MAX_EXAMPLE_BYTES:
-        raise ModelError(f"model {escape(model)}: input '{escape(input_name)}' declares per-example shape "
-                         f"{[int(d) for d in shape]} = {values:,} values; expected at most "
-                         f"{MAX_EXAMPLE_BYTES // 8:,} ({MAX_EXAMPLE_BYTES >> 30} GiB as float64)")
+        raise ModelError(
+            f"model {escape(model)}: input '{escape(input_name)}' declares per-example shape "
+            f"{[int(d) for d in shape]} = {values:,} values; expected at most "
+            f"{MAX_EXAMPLE_BYTES // 8:,} ({MAX_EXAMPLE_BYTES >> 30} GiB as float64)"
+        )
 
 
 # ------------------------------------------------------------------------------- third-party chatter
 ORT_SEVERITY = 2  # onnxruntime's default logger level (2: warnings); 3 (errors) once quieted
+
+
 def quiet_onnxruntime(debug: bool) -> None:
     """Unless ``debug``: onnxruntime's C++ logger (which writes to fd 2 itself) only reports errors."""
     global ORT_SEVERITY

@@ -61,13 +61,17 @@ def check_alpha(alpha) -> float:
 def check_magnitude(max_abs: float, sigma: float, what: str) -> None:
     """Refuse inputs so large that float32 cannot hold them or loses noise of size sigma around them."""
     if not np.isfinite(max_abs) or max_abs > float(np.finfo(np.float32).max):
-        raise DataError(f"{what} holds a value of magnitude {max_abs:.3g}; expected finite pixel values in [0,1] "
-                        "(float32 overflows)")
+        raise DataError(
+            f"{what} holds a value of magnitude {max_abs:.3g}; expected finite pixel values in [0,1] "
+            "(float32 overflows)"
+        )
     step = float(np.spacing(np.float32(max_abs)))
     if step > RESOLUTION * sigma:
-        raise DataError(f"{what}: noise of sigma={sigma:g} would be lost in float32 rounding at values up to "
-                        f"{max_abs:.3g} (steps of {step:.3g} there); expected pixel values in [0,1] (or features of "
-                        f"moderate size) and sigma of at least {step / RESOLUTION:.3g}")
+        raise DataError(
+            f"{what}: noise of sigma={sigma:g} would be lost in float32 rounding at values up to "
+            f"{max_abs:.3g} (steps of {step:.3g} there); expected pixel values in [0,1] (or features of "
+            f"moderate size) and sigma of at least {step / RESOLUTION:.3g}"
+        )
 
 
 def pixels(x, what: str = "x") -> np.ndarray:
@@ -78,14 +82,18 @@ def pixels(x, what: str = "x") -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind in "iu":
         if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
-            raise DataError(f"{what}: integer image with values in [{int(x.min())}, {int(x.max())}]; expected "
-                            "0..255 (divided by 255, as the CLI does), or floats in [0,1]")
+            raise DataError(
+                f"{what}: integer image with values in [{int(x.min())}, {int(x.max())}]; expected "
+                "0..255 (divided by 255, as the CLI does), or floats in [0,1]"
+            )
         return x.astype(np.float32) / np.float32(255.0)
     if x.dtype.kind != "f":
         raise DataError(f"{what}: dtype {x.dtype}; expected uint8 (0..255) or float ([0,1] pixel units)")
     finite = np.isfinite(x)
     if not finite.all():
-        raise DataError(f"{what}: holds {int((~finite).sum())} NaN or Inf values; expected finite pixel values in [0,1]")
+        raise DataError(
+            f"{what}: holds {int((~finite).sum())} NaN or Inf values; expected finite pixel values in [0,1]"
+        )
     return x.astype(np.float32, copy=False) if x.dtype.itemsize <= 4 else _float32(x, what)
 
 

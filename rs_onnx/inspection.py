@@ -59,34 +59,53 @@ def inspect_model(path, *, input_name=None, output_name=None, device="auto") -> 
     steps = [s for s in facts["normalization"] if not _identity_step(s)]
     if steps:
         consts = ", ".join(f"{s['op']} {s['constant']}" for s in steps)
-        warnings.append(f"the graph starts with what looks like normalisation ({consts}): declare no mean/std "
-                        "(preset none) unless you know it is something else, so it is not applied twice")
+        warnings.append(
+            f"the graph starts with what looks like normalisation ({consts}): declare no mean/std "
+            "(preset none) unless you know it is something else, so it is not applied twice"
+        )
     if facts["ends_with"]:
         warnings.append(f"the graph ends in {facts['ends_with']}: outputs are probabilities, fine for argmax")
     if facts["integer_input"]:
-        warnings.append("integer input: x + delta is scaled, rounded and clipped to the input dtype; "
-                        "declare --scale 255 if it takes 0..255 (quantisation is part of the certified classifier)")
+        warnings.append(
+            "integer input: x + delta is scaled, rounded and clipped to the input dtype; "
+            "declare --scale 255 if it takes 0..255 (quantisation is part of the certified classifier)"
+        )
     if facts["custom_ops"]:
-        warnings.append(f"ops from other domains: {facts['custom_ops']} (ai.onnx.ml runs in onnxruntime; "
-                        "custom-op libraries are never loaded)")
+        warnings.append(
+            f"ops from other domains: {facts['custom_ops']} (ai.onnx.ml runs in onnxruntime; "
+            "custom-op libraries are never loaded)"
+        )
     try:
         clf = OnnxClassifier(path, input_name=input_name, output_name=output_name, device=device)
     except RsOnnxError as e:
         report["problem"] = str(e)
         return report
     report["reading"] = {
-        "input": clf.input_name, "input_shape": list(clf.input_shape), "input_dtype": str(clf.input_dtype),
-        "output": clf.output_name, "output_kind": clf.output_kind, "num_classes": clf.num_classes,
-        "batch_mode": clf.batch_mode, "providers": list(clf.providers), "device": clf.device,
+        "input": clf.input_name,
+        "input_shape": list(clf.input_shape),
+        "input_dtype": str(clf.input_dtype),
+        "output": clf.output_name,
+        "output_kind": clf.output_kind,
+        "num_classes": clf.num_classes,
+        "batch_mode": clf.batch_mode,
+        "providers": list(clf.providers),
+        "device": clf.device,
     }
     if len(facts["outputs"]) > 1:
-        report["reading"]["output_choice"] = (f"'{clf.output_name}' is the only output shaped like class scores "
-                                              "[N, K] or indices [N]; pass --output-name to choose another")
+        report["reading"]["output_choice"] = (
+            f"'{clf.output_name}' is the only output shaped like class scores "
+            "[N, K] or indices [N]; pass --output-name to choose another"
+        )
     if clf.batch_mode == "per-sample":
         warnings.append("batch verification failed: rs-onnx runs one sample at a time (slow); see the log above")
     report["probe"] = _probe(clf)
-    config = {"model": str(path), "input_name": clf.input_name, "output_name": clf.output_name,
-              "layout": _layout(tuple(clf.input_shape)), "scale": 255.0 if facts["integer_input"] else 1.0}
+    config = {
+        "model": str(path),
+        "input_name": clf.input_name,
+        "output_name": clf.output_name,
+        "layout": _layout(tuple(clf.input_shape)),
+        "scale": 255.0 if facts["integer_input"] else 1.0,
+    }
     preset = _guess_preset(tuple(clf.input_shape), bool(steps))
     if preset:
         config["preset"] = preset
@@ -101,28 +120,37 @@ def _identity_step(step: dict) -> bool:
     if "constant" not in step:
         return True
     const = np.asarray(step["constant"], dtype=float)
-    return bool((step["op"] in ("Sub", "Add") and np.all(const == 0)) or (step["op"] in ("Div", "Mul") and np.all(const == 1)))
+    return bool(
+        (step["op"] in ("Sub", "Add") and np.all(const == 0)) or (step["op"] in ("Div", "Mul") and np.all(const == 1))
+    )
 
 
 def render(report: dict) -> str:
     """Human-readable text of :func:`inspect_model`'s report."""
-    lines = [f"model      {report['model']} ({report['size_bytes'] / 1e6:.2f} MB)",
-             f"producer   {report['producer']['name']} {report['producer']['version']}".rstrip(),
-             f"opsets     {', '.join(f'{d} {v}' for d, v in report['opsets'].items())}; IR {report['ir_version']}; "
-             f"{report['node_count']} nodes"]
+    lines = [
+        f"model      {report['model']} ({report['size_bytes'] / 1e6:.2f} MB)",
+        f"producer   {report['producer']['name']} {report['producer']['version']}".rstrip(),
+        f"opsets     {', '.join(f'{d} {v}' for d, v in report['opsets'].items())}; IR {report['ir_version']}; "
+        f"{report['node_count']} nodes",
+    ]
     for kind in ("inputs", "outputs"):
         for v in report[kind]:
             lines.append(f"{kind[:-1]:<10} {v['name']}: {graph.format_dims(v['shape'])} {v['dtype']}")
     if report["initializers_listed_as_inputs"]:
-        lines.append(f"note       {report['initializers_listed_as_inputs']} initializers are listed as graph inputs "
-                     "(old IR); they are not fed")
+        lines.append(
+            f"note       {report['initializers_listed_as_inputs']} initializers are listed as graph inputs "
+            "(old IR); they are not fed"
+        )
     if "problem" in report:
         lines.append(f"PROBLEM    {report['problem']}")
     if "reading" in report:
         r = report["reading"]
-        lines += [f"reads      input '{r['input']}' {r['input_shape']} {r['input_dtype']} -> output '{r['output']}' "
-                  f"({r['output_kind']}, {r['num_classes']} classes)",
-                  f"batch      {r['batch_mode']}", f"runs on    {', '.join(r['providers'])}"]
+        lines += [
+            f"reads      input '{r['input']}' {r['input_shape']} {r['input_dtype']} -> output '{r['output']}' "
+            f"({r['output_kind']}, {r['num_classes']} classes)",
+            f"batch      {r['batch_mode']}",
+            f"runs on    {', '.join(r['providers'])}",
+        ]
         if "output_choice" in r:
             lines.append(f"why        {r['output_choice']}")
         p = report["probe"]
@@ -130,6 +158,9 @@ def render(report: dict) -> str:
     for w in report["warnings"]:
         lines.append(f"warning    {w}")
     if "suggested_config" in report:
-        lines += ["", "# suggested config (check mean/std against the model's documentation):",
-                  yaml.safe_dump(report["suggested_config"], sort_keys=False).rstrip()]
+        lines += [
+            "",
+            "# suggested config (check mean/std against the model's documentation):",
+            yaml.safe_dump(report["suggested_config"], sort_keys=False).rstrip(),
+        ]
     return "\n".join(lines)

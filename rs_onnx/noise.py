@@ -88,7 +88,7 @@ def draw(entropy: int, block: Block, shape: tuple[int, ...], kind: str = "gaussi
 
 # ------------------------------------------------------------------------------------------ noise kinds
 
-_HALF_ULP = np.float32(2.0 ** -24)
+_HALF_ULP = np.float32(2.0**-24)
 
 
 def fill_uniform(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:

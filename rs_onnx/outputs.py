@@ -66,8 +66,13 @@ def data_identity(path: str | Path, start: int = 0, end: int | None = None, skip
     else:
         kind = "file"
         _sha256_into(h, p)
-    return {"sha256": h.hexdigest(), "kind": kind, "start": int(start), "end": None if end is None else int(end),
-            "skip": int(skip)}
+    return {
+        "sha256": h.hexdigest(),
+        "kind": kind,
+        "start": int(start),
+        "end": None if end is None else int(end),
+        "skip": int(skip),
+    }
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -92,16 +97,20 @@ def check_not_inputs(outputs: dict[str, str | Path], inputs: dict[str, str | Pat
     for k, (out_label, out) in enumerate(outputs.items()):
         out = Path(out)
         if k == 0 and out.name.endswith(".meta.json"):
-            raise OutputError(f"{out_label} {out}: that is a run's meta file; expected a new path for the results "
-                              "(the meta file is written next to it)")
+            raise OutputError(
+                f"{out_label} {out}: that is a run's meta file; expected a new path for the results "
+                "(the meta file is written next to it)"
+            )
         for in_label, src in inputs.items():
             if not src:
                 continue
             src = Path(src)
             if _same(out, src) or _inside(out, src):
                 where = "is" if _same(out, src) else "lies inside"
-                raise OutputError(f"{out_label} {out} {where} the {in_label} {src}; expected an output path that is "
-                                  "not an input (the input was left untouched)")
+                raise OutputError(
+                    f"{out_label} {out} {where} the {in_label} {src}; expected an output path that is "
+                    "not an input (the input was left untouched)"
+                )
 
 
 def count_rows(out: Path) -> int:
@@ -131,8 +140,10 @@ def check_output(out: Path, inputs: dict, *, resume: bool, overwrite: bool) -> N
         status = "unknown"
         with contextlib.suppress(OSError, ValueError, AttributeError):
             status = json.loads(mp.read_text(encoding="utf-8")).get("status", "unknown")
-        raise OutputError(f"--out {out} already holds {count_rows(out)} rows (status {status}); expected a new path, "
-                          "--resume to continue that run, or --overwrite to start over")
+        raise OutputError(
+            f"--out {out} already holds {count_rows(out)} rows (status {status}); expected a new path, "
+            "--resume to continue that run, or --overwrite to start over"
+        )
 
 
 class RunLock:
@@ -160,8 +171,10 @@ class RunLock:
             except OSError:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
                 os.close(fd)
-                raise OutputError(f"--out {self.out} is in use by another rs-onnx run ({holder}); expected one run "
-                                  "per --out: wait for it to end, or choose another --out") from None
+                raise OutputError(
+                    f"--out {self.out} is in use by another rs-onnx run ({holder}); expected one run "
+                    "per --out: wait for it to end, or choose another --out"
+                ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -169,8 +182,10 @@ class RunLock:
             if same:  # not a file its last holder removed while we waited for it
                 break
             os.close(fd)
-        holder = (f"pid {os.getpid()} on {socket.gethostname()}, since "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(results.command_line())}")
+        holder = (
+            f"pid {os.getpid()} on {socket.gethostname()}, since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(results.command_line())}"
+        )
         os.ftruncate(fd, 0)
         with contextlib.suppress(OSError):  # a full disk: the lock holds, without its holder's name
             results.write_all(fd, " ".join(holder.split())[:1000].encode("utf-8", "replace") + b"\n")
@@ -184,8 +199,10 @@ class RunLock:
         try:
             lock.acquire()
         except Timeout:
-            raise OutputError(f"--out {self.out} is in use by another rs-onnx run (it holds {self.path}); expected "
-                              "one run per --out: wait for it to end, or choose another --out") from None
+            raise OutputError(
+                f"--out {self.out} is in use by another rs-onnx run (it holds {self.path}); expected "
+                "one run per --out: wait for it to end, or choose another --out"
+            ) from None
         self._other = lock
         return self
 
@@ -228,11 +245,14 @@ def read_rows(out: Path, columns: tuple[str, ...], mode: str) -> list[int]:
                 raise ValueError
             done.append(int(cells[0]))
         except ValueError:
-            raise OutputError(f"--resume: {out} line {k} is not a complete {mode} row ({line[:60]!r}); expected "
-                              f"{len(columns)} tab-separated cells") from None
+            raise OutputError(
+                f"--resume: {out} line {k} is not a complete {mode} row ({line[:60]!r}); expected "
+                f"{len(columns)} tab-separated cells"
+            ) from None
     if good < len(data):
-        log.info("--resume: %s ends with a row cut short by a crash (%d bytes); it is recomputed", out,
-                 len(data) - good)
+        log.info(
+            "--resume: %s ends with a row cut short by a crash (%d bytes); it is recomputed", out, len(data) - good
+        )
         os.truncate(out, good)
     return done
 

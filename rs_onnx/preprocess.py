@@ -42,11 +42,15 @@ class PreprocessSpec:
             raise ConfigError(f"mean {list(self.mean)}: expected finite numbers")
         gains = [self.scale / s for s in self.std] + [abs(m) / s for m in self.mean for s in self.std]
         if max(gains, default=0.0) > MAX_GAIN:
-            raise ConfigError(f"scale {self.scale:g}, mean {list(self.mean)}, std {list(self.std)}: (x * scale - mean) / "
-                              f"std multiplies or shifts by up to {max(gains):.3g}; expected at most {MAX_GAIN:g} "
-                              "(a std of ordinary size, e.g. 0.2-0.3 for images in [0,1], or 50-70 with --scale 255)")
+            raise ConfigError(
+                f"scale {self.scale:g}, mean {list(self.mean)}, std {list(self.std)}: (x * scale - mean) / "
+                f"std multiplies or shifts by up to {max(gains):.3g}; expected at most {MAX_GAIN:g} "
+                "(a std of ordinary size, e.g. 0.2-0.3 for images in [0,1], or 50-70 with --scale 255)"
+            )
         if len(self.mean) != len(self.std) and 1 not in (len(self.mean), len(self.std)):
-            raise ConfigError(f"mean has {len(self.mean)} values and std {len(self.std)}: expected the same count, or one")
+            raise ConfigError(
+                f"mean has {len(self.mean)} values and std {len(self.std)}: expected the same count, or one"
+            )
 
 
 def _resolve_layout(layout: str, image_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str:

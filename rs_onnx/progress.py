@@ -39,9 +39,19 @@ class Progress:
 
     TTY_INTERVAL = 0.2
 
-    def __init__(self, desc: str, total: int, done: int = 0, *, stream: TextIO | None = None,
-                 enabled: bool = True, tty: bool | None = None, interval: float = 30.0,
-                 samples_per_example: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        desc: str,
+        total: int,
+        done: int = 0,
+        *,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        tty: bool | None = None,
+        interval: float = 30.0,
+        samples_per_example: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.desc, self.total, self.done, self.done_before = desc, int(total), int(done), int(done)
         self.samples_drawn = 0
         self.enabled = enabled

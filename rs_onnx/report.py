@@ -56,22 +56,30 @@ def run_warnings(res: Results) -> list[str]:
         meta = {}
     status = meta.get("status")
     if meta and status != "complete":
-        out.append(f"status {status!r}: the run did not finish; these are partial results "
-                   f"({meta.get('examples_done', '?')} of {(meta.get('data') or {}).get('selected', '?')} examples)")
+        out.append(
+            f"status {status!r}: the run did not finish; these are partial results "
+            f"({meta.get('examples_done', '?')} of {(meta.get('data') or {}).get('selected', '?')} examples)"
+        )
     s = summary(res)
     nonfinite = int(res["nonfinite"].sum()) if "nonfinite" in res else int(meta.get("nonfinite_outputs") or 0)
     if nonfinite:
-        out.append(f"{nonfinite} noisy samples gave NaN/Inf model outputs (counted as their own outcome, never for a class)")
+        out.append(
+            f"{nonfinite} noisy samples gave NaN/Inf model outputs (counted as their own outcome, never for a class)"
+        )
     signature = (meta.get("model") or {}).get("signature") or {}
     classes = signature.get("num_classes")
     if not isinstance(classes, int) or classes < 2:
         classes = int(max(res.label.max(initial=0), res.predict.max(initial=0))) + 1
     if classes >= 2 and s["accuracy"] <= CHANCE_MARGIN / classes:
-        out.append(f"accuracy {100 * s['accuracy']:.1f}% is near chance ({100 / classes:.1f}% for {classes} classes): "
-                   "check preprocessing (--preset, --layout, --scale) and sigma")
+        out.append(
+            f"accuracy {100 * s['accuracy']:.1f}% is near chance ({100 / classes:.1f}% for {classes} classes): "
+            "check preprocessing (--preset, --layout, --scale) and sigma"
+        )
     if s["abstention_rate"] > 0.5:
-        out.append(f"{100 * s['abstention_rate']:.1f}% of examples abstained: sigma may be too large for this model, "
-                   "or n too small")
+        out.append(
+            f"{100 * s['abstention_rate']:.1f}% of examples abstained: sigma may be too large for this model, "
+            "or n too small"
+        )
     if signature.get("batch_mode") == "per-sample":
         out.append("the model could not run batches: samples were run one at a time (per-sample fallback, slow)")
     for w in meta.get("warnings") or []:
@@ -96,8 +104,10 @@ def curves_svg(runs: dict[str, Results], width: int = 860, height: int = 380) ->
     left, right, top, bottom = 58, 330, 16, 48
     pw, ph = width - left - right, height - top - bottom
     reach = {k: run_max_radius(r) for k, r in runs.items()}
-    xmax = max([float(r.radius[r.correct == 1].max(initial=0.0)) for r in runs.values()]
-               + [v for v in reach.values() if v is not None and np.isfinite(v)])
+    xmax = max(
+        [float(r.radius[r.correct == 1].max(initial=0.0)) for r in runs.values()]
+        + [v for v in reach.values() if v is not None and np.isfinite(v)]
+    )
     xmax = 1.05 * xmax if xmax > 0 else 1.0
 
     def sx(x: float) -> float:
@@ -106,18 +116,28 @@ def curves_svg(runs: dict[str, Results], width: int = 860, height: int = 380) ->
     def sy(y: float) -> float:
         return top + ph * (1 - y)
 
-    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} '
-             f'{height}" role="img" aria-label="certified accuracy against radius" font-family="sans-serif" font-size="12">'),
-             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>']
+    parts = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} '
+            f'{height}" role="img" aria-label="certified accuracy against radius" font-family="sans-serif" font-size="12">'
+        ),
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>',
+    ]
     for t in _ticks(xmax):
-        parts.append(f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{top + ph}" stroke="#eee"/>'
-                     f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{t:g}</text>')
+        parts.append(
+            f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{top + ph}" stroke="#eee"/>'
+            f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{t:g}</text>'
+        )
     for t in (0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(f'<line x1="{left}" y1="{sy(t):.1f}" x2="{left + pw}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                     f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{100 * t:.0f}%</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 10}" text-anchor="middle">l2 radius ([0,1] pixel units)</text>'
-                 f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">certified accuracy '
-                 '(% of examples)</text>')
+        parts.append(
+            f'<line x1="{left}" y1="{sy(t):.1f}" x2="{left + pw}" y2="{sy(t):.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{100 * t:.0f}%</text>'
+        )
+    parts.append(
+        f'<text x="{left + pw / 2}" y="{height - 10}" text-anchor="middle">l2 radius ([0,1] pixel units)</text>'
+        f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">certified accuracy '
+        "(% of examples)</text>"
+    )
     ly = top + 8
     for i, (label, res) in enumerate(runs.items()):
         colour = COLOURS[i % len(COLOURS)]
@@ -133,16 +153,20 @@ def curves_svg(runs: dict[str, Results], width: int = 860, height: int = 380) ->
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
         r_max = reach[label]
         if r_max is not None and 0 < r_max <= xmax:
-            parts.append(f'<line x1="{sx(r_max):.1f}" y1="{top}" x2="{sx(r_max):.1f}" y2="{top + ph}" stroke="{colour}" '
-                         'stroke-dasharray="3 3"/>')
+            parts.append(
+                f'<line x1="{sx(r_max):.1f}" y1="{top}" x2="{sx(r_max):.1f}" y2="{top + ph}" stroke="{colour}" '
+                'stroke-dasharray="3 3"/>'
+            )
         legend = [f"{label} (ACR {float(np.mean(np.where(correct, res.radius, 0.0))):.3f})"]
         if run_title(res):
             model, _, settings = str(run_title(res)).partition(", ")
             legend += [model, settings] if settings else [model]
         if r_max is not None and np.isfinite(r_max):
             legend.append(f"┆ largest certifiable radius {r_max:.3f}")
-        parts.append(f'<line x1="{left + pw + 14}" y1="{ly}" x2="{left + pw + 34}" y2="{ly}" stroke="{colour}" '
-                     'stroke-width="3"/>')
+        parts.append(
+            f'<line x1="{left + pw + 14}" y1="{ly}" x2="{left + pw + 34}" y2="{ly}" stroke="{colour}" '
+            'stroke-width="3"/>'
+        )
         for j, text in enumerate(legend):
             short = text if len(text) <= 50 else text[:49] + "…"
             parts.append(f'<text x="{left + pw + 40}" y="{ly + 4 + 15 * j}">{_e(short)}</text>')
@@ -161,17 +185,25 @@ def histogram_svg(res: Results, width: int = 420, height: int = 180, bins: int =
     counts, edges = np.histogram(rad, bins=bins, range=(0.0, float(rad.max()) * 1.0001))
     peak = max(1, int(counts.max()))
     bw = pw / bins
-    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             'font-size="11" role="img" aria-label="distribution of certified radii">')]
+    parts = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+            'font-size="11" role="img" aria-label="distribution of certified radii">'
+        )
+    ]
     for k, c in enumerate(counts):
         h = ph * c / peak
-        parts.append(f'<rect x="{left + k * bw + 1:.1f}" y="{top + ph - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" '
-                     f'fill="#1f77b4"><title>{edges[k]:.3f}–{edges[k + 1]:.3f}: {c}</title></rect>')
-    parts.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>'
-                 f'<text x="{left}" y="{height - 8}">0</text>'
-                 f'<text x="{left + pw}" y="{height - 8}" text-anchor="end">{edges[-1]:.3f}</text>'
-                 f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">radius</text>'
-                 f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{peak}</text></svg>')
+        parts.append(
+            f'<rect x="{left + k * bw + 1:.1f}" y="{top + ph - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" '
+            f'fill="#1f77b4"><title>{edges[k]:.3f}–{edges[k + 1]:.3f}: {c}</title></rect>'
+        )
+    parts.append(
+        f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>'
+        f'<text x="{left}" y="{height - 8}">0</text>'
+        f'<text x="{left + pw}" y="{height - 8}" text-anchor="end">{edges[-1]:.3f}</text>'
+        f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">radius</text>'
+        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{peak}</text></svg>'
+    )
     return "".join(parts)
 
 
@@ -189,8 +221,12 @@ code{font-size:.9em;word-break:break-all}.runs{display:flex;flex-wrap:wrap;gap:2
 
 def _table(head: Sequence[str], rows: Sequence[Sequence], left: int = 1) -> str:
     th = "".join(f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(head))
-    body = "".join("<tr>" + "".join(f'<td class="l">{_e(c)}</td>' if i < left else f"<td>{_e(c)}</td>"
-                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="l">{_e(c)}</td>' if i < left else f"<td>{_e(c)}</td>" for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
@@ -217,13 +253,21 @@ def _provenance(label: str, res: Results) -> str:
         ("model path", model.get("path")),
         ("model sha256", model.get("sha256")),
         ("certified model", (model.get("signature") or {}).get("certified_model")),
-        ("data", (f"{(meta.get('data') or {}).get('path')} ({(meta.get('data') or {}).get('selected')} of "
-                 f"{(meta.get('data') or {}).get('examples')} examples selected)")),
+        (
+            "data",
+            (
+                f"{(meta.get('data') or {}).get('path')} ({(meta.get('data') or {}).get('selected')} of "
+                f"{(meta.get('data') or {}).get('examples')} examples selected)"
+            ),
+        ),
         ("sigma, n0, n, alpha", f"{cfg.get('sigma')}, {cfg.get('n0')}, {cfg.get('n')}, {cfg.get('alpha')}"),
         ("bound", cfg.get("bound")),
         ("sequential", cfg.get("sequential")),
         ("preprocessing", meta.get("preprocess")),
-        ("noise", f"seed {seed}" if seed is not None else f"no seed: entropy {meta.get('entropy')} (recorded, reproducible)"),
+        (
+            "noise",
+            f"seed {seed}" if seed is not None else f"no seed: entropy {meta.get('entropy')} (recorded, reproducible)",
+        ),
         ("device", f"{meta.get('device')} ({meta.get('device_name')})"),
         ("providers", ", ".join(map(str, meta.get("providers") or []))),
         ("batch size, noise threads", f"{meta.get('batch_size')}, {meta.get('noise_threads')}"),
@@ -244,18 +288,28 @@ def _per_class(res: Results, radii: Sequence[float]) -> str:
         sel = res.label == c
         sub = Results({k: v[sel] for k, v in res.columns.items()}, kind=res.kind)
         acc = certified_accuracy(sub, list(radii))
-        rows.append([int(c), int(sel.sum())] + [OUT_OF_REACH if reach is not None and r > reach else f"{100 * a:.1f}"
-                                                for r, a in zip(radii, acc)])
-    note = (f"<p class='muted'>first {MAX_CLASSES} of {len(labels)} classes</p>" if len(labels) > MAX_CLASSES else "")
+        rows.append(
+            [int(c), int(sel.sum())]
+            + [OUT_OF_REACH if reach is not None and r > reach else f"{100 * a:.1f}" for r, a in zip(radii, acc)]
+        )
+    note = f"<p class='muted'>first {MAX_CLASSES} of {len(labels)} classes</p>" if len(labels) > MAX_CLASSES else ""
     return _table(["class", "examples", *(f"r={r:g} (%)" for r in radii)], rows, left=1) + note
 
 
 def _slowest(res: Results) -> str:
     order = np.argsort(-res.time, kind="stable")[:SLOWEST]
     extra = [c for c in ("n", "nA", "nonfinite") if c in res]
-    rows = [[int(res.idx[i]), int(res.label[i]), int(res.predict[i]),
-             f"{res.radius[i]:.4f}" if res.kind != "predict" else "", f"{res.time[i]:.4g}",
-             *(format(res[c][i], "g") for c in extra)] for i in order]
+    rows = [
+        [
+            int(res.idx[i]),
+            int(res.label[i]),
+            int(res.predict[i]),
+            f"{res.radius[i]:.4f}" if res.kind != "predict" else "",
+            f"{res.time[i]:.4g}",
+            *(format(res[c][i], "g") for c in extra),
+        ]
+        for i in order
+    ]
     return _table(["idx", "label", "predict", "radius", "seconds", *extra], rows, left=0)
 
 
@@ -265,8 +319,12 @@ def render(runs: dict[str, Results], title: str | None = None, radii: Sequence[f
         raise ConfigError("report of 0 runs: expected at least one results file")
     title = title or "rs-onnx certification report: " + ", ".join(runs)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = [(f"<h1>{_e(title)}</h1><p class='muted'>made by rs-onnx {_e(__version__)} on {now}; randomized smoothing "
-            "(Cohen et al. 2019): each answer holds with probability at least 1 - alpha</p>")]
+    body = [
+        (
+            f"<h1>{_e(title)}</h1><p class='muted'>made by rs-onnx {_e(__version__)} on {now}; randomized smoothing "
+            "(Cohen et al. 2019): each answer holds with probability at least 1 - alpha</p>"
+        )
+    ]
     body.append("<h2>Warnings</h2>")
     any_warning = False
     for label, res in runs.items():
@@ -274,44 +332,68 @@ def render(runs: dict[str, Results], title: str | None = None, radii: Sequence[f
             any_warning = True
             body.append(f"<div class='warn'><b>{_e(label)}</b>: {_e(w)}</div>")
     if not any_warning:
-        body.append("<div class='ok'>none: every run is complete, with provenance, finite model outputs and accuracy "
-                    "above chance</div>")
+        body.append(
+            "<div class='ok'>none: every run is complete, with provenance, finite model outputs and accuracy "
+            "above chance</div>"
+        )
     body.append("<h2>Certified accuracy</h2>" + curves_svg(runs))
     rows = table_rows(runs, radii)
     head = ["run", "examples", *(f"r={r:g} (%)" for r in radii), "ACR", "abstain (%)", "s/example"]
-    cells = [[r.label, r.examples, *(OUT_OF_REACH if far else f"{100 * a:.1f}" for a, far in zip(r.certified, r.out_of_reach())),
-              OUT_OF_REACH if np.isnan(r.acr) else f"{r.acr:.3f}", f"{100 * r.abstention_rate:.1f}",
-              f"{r.time_per_image:.3g}"] for r in rows]
+    cells = [
+        [
+            r.label,
+            r.examples,
+            *(OUT_OF_REACH if far else f"{100 * a:.1f}" for a, far in zip(r.certified, r.out_of_reach())),
+            OUT_OF_REACH if np.isnan(r.acr) else f"{r.acr:.3f}",
+            f"{100 * r.abstention_rate:.1f}",
+            f"{r.time_per_image:.3g}",
+        ]
+        for r in rows
+    ]
     body.append(_table(head, cells))
     if any(any(r.out_of_reach()) for r in rows):
-        body.append(f"<p class='muted'>{OUT_OF_REACH}: out of reach, beyond the largest radius certifiable at the run's "
-                    "n and alpha, sigma &middot; &Phi;<sup>-1</sup>(alpha<sup>1/n</sup>); certified accuracy there is 0 "
-                    "whatever the model.</p>")
-    body.append("<p class='muted'>Certified accuracy at r: share of ALL examples classified correctly with radius &ge; r "
-                "(abstentions count as wrong). ACR: mean of radius over correct examples, 0 otherwise.</p>")
+        body.append(
+            f"<p class='muted'>{OUT_OF_REACH}: out of reach, beyond the largest radius certifiable at the run's "
+            "n and alpha, sigma &middot; &Phi;<sup>-1</sup>(alpha<sup>1/n</sup>); certified accuracy there is 0 "
+            "whatever the model.</p>"
+        )
+    body.append(
+        "<p class='muted'>Certified accuracy at r: share of ALL examples classified correctly with radius &ge; r "
+        "(abstentions count as wrong). ACR: mean of radius over correct examples, 0 otherwise.</p>"
+    )
     body.append("<h2>Certified accuracy per class</h2><div class='runs'>")
     for label, res in runs.items():
         body.append(f"<div><h3>{_e(label)}</h3>{_per_class(res, radii)}</div>")
     body.append("</div><h2>Distribution of certified radii</h2><div class='runs'>")
     for label, res in runs.items():
         s = summary(res)
-        body.append(f"<div><h3>{_e(label)}</h3>{histogram_svg(res)}<p class='muted'>{s['examples']} examples: "
-                    f"{int((res.correct == 1).sum())} correct, {int((res.predict == -1).sum())} abstained, "
-                    f"{int(((res.correct == 0) & (res.predict != -1)).sum())} wrong</p></div>")
+        body.append(
+            f"<div><h3>{_e(label)}</h3>{histogram_svg(res)}<p class='muted'>{s['examples']} examples: "
+            f"{int((res.correct == 1).sum())} correct, {int((res.predict == -1).sum())} abstained, "
+            f"{int(((res.correct == 0) & (res.predict != -1)).sum())} wrong</p></div>"
+        )
     body.append("</div><h2>Slowest examples</h2><div class='runs'>")
     for label, res in runs.items():
         body.append(f"<div><h3>{_e(label)}</h3>{_slowest(res)}</div>")
     body.append("</div><h2>Provenance</h2>")
     for label, res in runs.items():
         body.append(_provenance(label, res))
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
-            "img-src data:\">"
-            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
+        'img-src data:">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path, *, labels: Sequence[str] | None = None,
-                 title: str | None = None, overwrite: bool = False) -> str:
+def write_report(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    overwrite: bool = False,
+) -> str:
     """Read the runs at ``paths`` (TSV + meta.json), render :func:`render` and write it to ``out``
     atomically (``"-"``: stdout). Refuses an existing ``out`` without ``overwrite``, and always an
     ``out`` that is one of the inputs or their meta files. Returns the HTML."""

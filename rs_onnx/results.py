@@ -26,8 +26,20 @@ from ._version import __version__
 from .errors import DataError
 
 COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-CERTIFY_COLUMNS = COHEN_COLUMNS + ("pA_lower", "nA", "n", "n0", "nonfinite", "pB_upper", "radius_2class", "radius_tv",
-                                   "radius_l1", "radius_l2", "radius_linf", "alpha_pA")
+CERTIFY_COLUMNS = COHEN_COLUMNS + (
+    "pA_lower",
+    "nA",
+    "n",
+    "n0",
+    "nonfinite",
+    "pB_upper",
+    "radius_2class",
+    "radius_tv",
+    "radius_l1",
+    "radius_l2",
+    "radius_linf",
+    "alpha_pA",
+)
 """alpha_pA: the level of pA_lower (alpha; alpha/2 with --bound best; the deciding look's level in sequential runs)."""
 SEQUENTIAL_COLUMNS = CERTIFY_COLUMNS + ("look", "look_n", "look_nA")
 """Sequential CERTIFY: pA_lower = Clopper-Pearson lower bound of look_nA in look_n at level alpha_pA, from look
@@ -38,8 +50,16 @@ def radius_norms(noise: str) -> dict[str, str]:
     """The norm of each radius column of a certify TSV made with ``noise`` (recorded in meta.json)."""
     from .bounds import NATIVE_NORM
 
-    return {"radius": NATIVE_NORM[noise], "radius_2class": "l2", "radius_tv": "l2", "radius_l1": "l1",
-            "radius_l2": "l2", "radius_linf": "linf"}
+    return {
+        "radius": NATIVE_NORM[noise],
+        "radius_2class": "l2",
+        "radius_tv": "l2",
+        "radius_l1": "l1",
+        "radius_l2": "l2",
+        "radius_linf": "linf",
+    }
+
+
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "pvalue", "count_a", "count_b", "n", "nonfinite")
 REQUIRED_COLUMNS = COHEN_COLUMNS
 """The columns every results file read by :func:`read_results` must have."""
@@ -60,13 +80,30 @@ def answer_row(mode: str, idx: int, label: int, a, seconds: float) -> dict:
 
     ``correct`` is 1 when the prediction equals a known label (>= 0); ``time`` is seconds, rounded to 0.1 ms.
     """
-    common = {"idx": idx, "label": label, "predict": a.predict, "correct": int(a.predict == label and label >= 0),
-              "time": round(seconds, 4), "n": a.n, "nonfinite": a.nonfinite}
+    common = {
+        "idx": idx,
+        "label": label,
+        "predict": a.predict,
+        "correct": int(a.predict == label and label >= 0),
+        "time": round(seconds, 4),
+        "n": a.n,
+        "nonfinite": a.nonfinite,
+    }
     if mode == "certify":
-        row = {**common, "radius": float(a.radius), "pA_lower": float(a.p_a_lower), "nA": a.n_a, "n0": a.n0,
-               "pB_upper": float(a.p_b_upper), "radius_2class": float(a.radius_2class), "radius_tv": float(a.radius_tv),
-               "radius_l1": float(a.radius_l1), "radius_l2": float(a.radius_l2), "radius_linf": float(a.radius_linf),
-               "alpha_pA": float(a.alpha_p_a) if a.alpha_p_a is not None else float("nan")}
+        row = {
+            **common,
+            "radius": float(a.radius),
+            "pA_lower": float(a.p_a_lower),
+            "nA": a.n_a,
+            "n0": a.n0,
+            "pB_upper": float(a.p_b_upper),
+            "radius_2class": float(a.radius_2class),
+            "radius_tv": float(a.radius_tv),
+            "radius_l1": float(a.radius_l1),
+            "radius_l2": float(a.radius_l2),
+            "radius_linf": float(a.radius_linf),
+            "alpha_pA": float(a.alpha_p_a) if a.alpha_p_a is not None else float("nan"),
+        }
         if hasattr(a, "look_n"):  # sequential: the look whose bound is pA_lower
             row.update(look=a.look, look_n=a.look_n, look_nA=a.look_n_a)
         return row
@@ -293,8 +330,9 @@ def read_results(path) -> Results:
     missing = [c for c in REQUIRED_COLUMNS if c not in header and not (file_kind == "predict" and c == "radius")]
     if missing:
         hint = " (it does not look tab-separated)" if len(header) == 1 else ""
-        raise DataError(f"results file {p}: header {' '.join(header)!r} lacks {', '.join(missing)}{hint}; "
-                        f"expected {expected}")
+        raise DataError(
+            f"results file {p}: header {' '.join(header)!r} lacks {', '.join(missing)}{hint}; expected {expected}"
+        )
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise DataError(f"results file {p}: duplicate columns {', '.join(dupes)}; expected unique column names")
@@ -306,8 +344,9 @@ def read_results(path) -> Results:
     for lineno, line in rows:
         row = [c.strip() for c in line.split("\t")]
         if len(row) != len(header):
-            raise DataError(f"results file {p}, line {lineno}: {len(row)} fields; "
-                            f"expected {len(header)} as in the header")
+            raise DataError(
+                f"results file {p}, line {lineno}: {len(row)} fields; expected {len(header)} as in the header"
+            )
         cells.append(row)
 
     columns: dict[str, np.ndarray] = {}
@@ -326,8 +365,9 @@ def read_results(path) -> Results:
                 try:
                     values.append(parse(value))
                 except ValueError:
-                    raise DataError(f"results file {p}, line {lineno}, column {name}: {value!r}; "
-                                    f"expected {kind}") from None
+                    raise DataError(
+                        f"results file {p}, line {lineno}, column {name}: {value!r}; expected {kind}"
+                    ) from None
             columns[name] = np.asarray(values, dtype=dtype)
         else:
             try:
@@ -338,8 +378,9 @@ def read_results(path) -> Results:
     bad = ~np.isin(columns["correct"], (0, 1))
     if bad.any():
         lineno = rows[int(np.argmax(bad))][0]
-        raise DataError(f"results file {p}, line {lineno}, column correct: {columns['correct'][bad][0]}; "
-                        "expected 0 or 1")
+        raise DataError(
+            f"results file {p}, line {lineno}, column correct: {columns['correct'][bad][0]}; expected 0 or 1"
+        )
     bad = np.isnan(columns["radius"])
     if bad.any():
         raise DataError(f"results file {p}, line {rows[int(np.argmax(bad))][0]}, column radius: nan; expected a number")

@@ -40,10 +40,42 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Keys that must match for --resume to continue a run.
-RESUME_KEYS = ("sigma", "n0", "n", "alpha", "seed", "input_name", "output_name", "layout", "scale", "mean", "std",
-               "dtype", "label", "bound", "extra_inputs", "sequential", "radii", "precision", "looks", "n_first",
-               "final_share", "futility_beta", "denoiser", "fp16", "device_noise", "audit", "labels", "classes",
-               "path_column", "label_column", "label_from_filename", "resize", "center_crop", "noise")
+RESUME_KEYS = (
+    "sigma",
+    "n0",
+    "n",
+    "alpha",
+    "seed",
+    "input_name",
+    "output_name",
+    "layout",
+    "scale",
+    "mean",
+    "std",
+    "dtype",
+    "label",
+    "bound",
+    "extra_inputs",
+    "sequential",
+    "radii",
+    "precision",
+    "looks",
+    "n_first",
+    "final_share",
+    "futility_beta",
+    "denoiser",
+    "fp16",
+    "device_noise",
+    "audit",
+    "labels",
+    "classes",
+    "path_column",
+    "label_column",
+    "label_from_filename",
+    "resize",
+    "center_crop",
+    "noise",
+)
 
 
 def bundled(name: str) -> str:
@@ -69,20 +101,37 @@ def open_classifier(cfg: RunConfig, *, device: str | None = None, sess_options=N
         except ValueError as e:
             raise ConfigError(f"extra_inputs: {e}; expected a number or a nested list per input") from e
     if cfg.denoiser and extra:
-        raise ConfigError(f"extra_inputs {sorted(extra)} with --denoiser: the composed model feeds only the image; "
-                          "expected a classifier with one input, or no denoiser")
+        raise ConfigError(
+            f"extra_inputs {sorted(extra)} with --denoiser: the composed model feeds only the image; "
+            "expected a classifier with one input, or no denoiser"
+        )
     path, input_name = (composed_model(cfg), None) if cfg.denoiser else (cfg.model, cfg.input_name)
-    clf = OnnxClassifier(path, input_name=input_name, output_name=cfg.output_name,
-                         device=cfg.device if device is None else device, extra_inputs=extra,
-                         float_type="fp16" if cfg.fp16 else "fp32", cuda_graph=cfg.cuda_graph,
-                         device_noise=cfg.device_noise, max_batch=cfg.batch_size if cfg.cuda_graph else None,
-                         sess_options=sess_options)
+    clf = OnnxClassifier(
+        path,
+        input_name=input_name,
+        output_name=cfg.output_name,
+        device=cfg.device if device is None else device,
+        extra_inputs=extra,
+        float_type="fp16" if cfg.fp16 else "fp32",
+        cuda_graph=cfg.cuda_graph,
+        device_noise=cfg.device_noise,
+        max_batch=cfg.batch_size if cfg.cuda_graph else None,
+        sess_options=sess_options,
+    )
     return clf, (PreprocessSpec() if cfg.denoiser else cfg.preprocess_spec())
 
 
-def open_smoothed(cfg: RunConfig, clf, spec: PreprocessSpec, sigma: float, seed: int | None,
-                  noise_threads: int | None = None, batch_size: int | None = None,
-                  audit_seed_override: bool | None = None, noise: str | None = None) -> SmoothedClassifier:
+def open_smoothed(
+    cfg: RunConfig,
+    clf,
+    spec: PreprocessSpec,
+    sigma: float,
+    seed: int | None,
+    noise_threads: int | None = None,
+    batch_size: int | None = None,
+    audit_seed_override: bool | None = None,
+    noise: str | None = None,
+) -> SmoothedClassifier:
     """THE assembly of the smoothed classifier around :func:`open_classifier`'s result (local and workers).
     ``batch_size``: the resolved batch size (default ``cfg.batch_size``, set in a resolved configuration);
     ``noise``: the resolved noise kind (default: :func:`resolve_noise` of ``cfg`` and ``clf``)."""
@@ -92,8 +141,9 @@ def open_smoothed(cfg: RunConfig, clf, spec: PreprocessSpec, sigma: float, seed:
         raise ConfigError("open_smoothed: no batch size; expected a resolved configuration (run.prepare)")
     override = cfg.audit_seed_override if audit_seed_override is None else audit_seed_override
     kind = noise or resolve_noise(cfg, clf)  # the driver passes its resolved kind; a worker resolves it alike
-    return SmoothedClassifier(clf, sigma, spec, seed, batch, threads, audit=cfg.audit, audit_seed_override=override,
-                              noise=kind)
+    return SmoothedClassifier(
+        clf, sigma, spec, seed, batch, threads, audit=cfg.audit, audit_seed_override=override, noise=kind
+    )
 
 
 def cache_dir() -> Path | None:
@@ -133,11 +183,13 @@ def composed_model(cfg: RunConfig) -> Path:
     for what, value in (("denoiser", cfg.denoiser), ("model", cfg.model)):
         p = Path(value)
         if not p.is_file():
-            raise ModelError(f"{what} {escape(value)}: {'a directory' if p.is_dir() else 'no such file'}; "
-                             "expected an .onnx file")
+            raise ModelError(
+                f"{what} {escape(value)}: {'a directory' if p.is_dir() else 'no such file'}; expected an .onnx file"
+            )
     spec = cfg.preprocess_spec()
-    key = hashlib.sha256("|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec),
-                                   str(cfg.input_name)]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        "|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec), str(cfg.input_name)]).encode()
+    ).hexdigest()[:20]
     folder = cache_dir()
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="rs-onnx-composed-"))  # mode 0700, this process only
@@ -182,12 +234,16 @@ def resolve_sigma(cfg: RunConfig, clf) -> float:
         except (TypeError, ValueError):
             sigma = float("nan")
         if not (np.isfinite(sigma) and sigma > 0):
-            raise ConfigError(f"the model's rs_onnx.sigma metadata is {escape(repr(text)[:80])}; expected a positive "
-                              "number (the noise level in [0,1] pixel units), or pass --sigma")
+            raise ConfigError(
+                f"the model's rs_onnx.sigma metadata is {escape(repr(text)[:80])}; expected a positive "
+                "number (the noise level in [0,1] pixel units), or pass --sigma"
+            )
         log.info("no --sigma given: using sigma=%g from the model's metadata (rs_onnx.sigma)", sigma)
         return sigma
-    raise ConfigError("no --sigma given and the model has no rs_onnx.sigma metadata; expected --sigma "
-                      "(noise level in [0,1] pixel units)")
+    raise ConfigError(
+        "no --sigma given and the model has no rs_onnx.sigma metadata; expected --sigma "
+        "(noise level in [0,1] pixel units)"
+    )
 
 
 def resolve_noise(cfg: RunConfig, clf) -> str:
@@ -207,8 +263,11 @@ def resolve_noise(cfg: RunConfig, clf) -> str:
         log.info("no --noise given: using noise=%s from the model's metadata (rs_onnx.noise)", kind)
         return kind
     if trained is not None and str(trained) != cfg.noise:
-        log.warning("--noise %s, but the model's metadata says it was trained with %s noise (rs_onnx.noise)",
-                    cfg.noise, str(trained)[:40])
+        log.warning(
+            "--noise %s, but the model's metadata says it was trained with %s noise (rs_onnx.noise)",
+            cfg.noise,
+            str(trained)[:40],
+        )
     return get_kind(cfg.noise).name
 
 
@@ -277,9 +336,18 @@ class Prepared:
             return self
         old = self.smoothed
         # An audit resumed adopts the earlier audit's recorded entropy: an explicit, recorded override.
-        smoothed = SmoothedClassifier(self.classifier, self.sigma, old.spec, entropy, self.batch_size,
-                                      old.noise_threads, old.num_classes, audit=old.audit,
-                                      audit_seed_override=old.audit, noise=old.noise)
+        smoothed = SmoothedClassifier(
+            self.classifier,
+            self.sigma,
+            old.spec,
+            entropy,
+            self.batch_size,
+            old.noise_threads,
+            old.num_classes,
+            audit=old.audit,
+            audit_seed_override=old.audit,
+            noise=old.noise,
+        )
         if old.audit_info is not None:
             smoothed.audit_info = {**old.audit_info, "entropy": "adopted from the run resumed (--resume)"}
         smoothed.preprocessor(self.data.image_shape)
@@ -296,11 +364,14 @@ def prepare(cfg: RunConfig) -> Prepared:
     sigma = resolve_sigma(cfg, clf)
     noise_kind = resolve_noise(cfg, clf)
     if cfg.bound != "cohen" and noise_kind != "gaussian":
-        raise ConfigError(f"bound={cfg.bound} with noise={noise_kind}: the two-class bound is Gaussian only; "
-                          "expected bound=cohen")
+        raise ConfigError(
+            f"bound={cfg.bound} with noise={noise_kind}: the two-class bound is Gaussian only; expected bound=cohen"
+        )
     if cfg.device_noise and noise_kind != "gaussian":
-        raise ConfigError(f"device_noise with noise={noise_kind}: the GPU draws Gaussian noise only; expected "
-                          "noise=gaussian or no device_noise")
+        raise ConfigError(
+            f"device_noise with noise={noise_kind}: the GPU draws Gaussian noise only; expected "
+            "noise=gaussian or no device_noise"
+        )
     channels, size = image_geometry(clf, cfg.layout)
     data = load_from_config(cfg, size, channels)
     data.check_labels(clf.num_classes)
@@ -312,8 +383,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     end = len(data) if cfg.end is None else min(cfg.end, len(data))
     indices = list(range(cfg.start, end, cfg.skip))
     if not indices:
-        raise DataError(f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
-                        f"among {len(data)}; expected at least one")
+        raise DataError(
+            f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
+            f"among {len(data)}; expected at least one"
+        )
     data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
     probe = None
     if cfg.batch_size is None:
@@ -327,25 +400,42 @@ def prepare(cfg: RunConfig) -> Prepared:
 
         for i in indices:  # refuse off-grid images before any file is written
             to_grid(data.image(i))
-        smoothed.audit_info["entropy"] = ("given with --audit-seed-override" if cfg.seed is not None else
-                                          f"fresh, drawn after loading the model with sha256 {clf.sha256}")
+        smoothed.audit_info["entropy"] = (
+            "given with --audit-seed-override"
+            if cfg.seed is not None
+            else f"fresh, drawn after loading the model with sha256 {clf.sha256}"
+        )
         smoothed.audit_info["model_batch"] = batch_size if smoothed.audit_info["batched"] else 1
         log.info("audit mode: %s", smoothed.audit_info["how"])
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     # The caller's cfg is never written to: the resolved values go into a copy (given values kept as given,
     # so that meta.json's "config" is byte for byte what it always was).
-    resolved = dataclasses.replace(cfg, sigma=sigma if cfg.sigma is None else cfg.sigma,
-                                   batch_size=batch_size if cfg.batch_size is None else cfg.batch_size)
-    return Prepared(resolved, clf, smoothed, data, indices, sigma, batch_size, smoothed.entropy, probe,
-                    run_checks(resolved, smoothed, data, indices, batch_size))
+    resolved = dataclasses.replace(
+        cfg,
+        sigma=sigma if cfg.sigma is None else cfg.sigma,
+        batch_size=batch_size if cfg.batch_size is None else cfg.batch_size,
+    )
+    return Prepared(
+        resolved,
+        clf,
+        smoothed,
+        data,
+        indices,
+        sigma,
+        batch_size,
+        smoothed.entropy,
+        probe,
+        run_checks(resolved, smoothed, data, indices, batch_size),
+    )
 
 
 CLEAN_EXAMPLES = 100
 """Examples whose clean accuracy is measured before certifying (one forward pass each)."""
 
 
-def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indices: list[int],
-               batch_size: int) -> dict:
+def run_checks(
+    cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indices: list[int], batch_size: int
+) -> dict:
     """Before the first sample: batch equivalence at the batch size used (rs_onnx.checks; may switch the
     classifier to one sample per run, or refuse) and the clean accuracy on the first selected examples
     (a warning when near chance). Returns the records for meta.json."""
@@ -354,24 +444,35 @@ def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indi
     batch = int(batch_size)
     if not getattr(smoothed.classifier, "prefers_fixed_batch", False):  # padded (CUDA): always full batches
         batch = min(batch, len(indices) * (cfg.n0 + cfg.n))
-    checks: dict = {"batch_check": None if smoothed.audit else  # audit mode: its graph scan decides batching
-                    check_batch_equivalence(smoothed, data.image(indices[0]), batch)}
+    checks: dict = {
+        "batch_check": None
+        if smoothed.audit
+        # audit mode: its graph scan decides batching
+        else check_batch_equivalence(smoothed, data.image(indices[0]), batch)
+    }
     smoothed.batch_check = checks["batch_check"]  # checked once, here (Ray workers follow via batch_mode)
     first = indices[:CLEAN_EXAMPLES]
-    acc = clean_accuracy(smoothed.classifier, smoothed, [data.image(i) for i in first],
-                         [int(data.labels[i]) for i in first])
+    acc = clean_accuracy(
+        smoothed.classifier, smoothed, [data.image(i) for i in first], [int(data.labels[i]) for i in first]
+    )
     checks["clean_accuracy"] = acc
     if near_chance(acc):
         assert acc is not None
-        log.warning("the base classifier is right on only %d of %d clean examples (%.0f%%, chance %.0f%%): the "
-                    "preprocessing is likely wrong: check the mean/std (--mean/--std or --preset), the layout "
-                    "(--layout nchw/nhwc), the scale (--scale 255 for models that take 0..255) and the labels",
-                    acc["correct"], acc["examples"], 100 * acc["accuracy"], 100 * acc["chance"])
+        log.warning(
+            "the base classifier is right on only %d of %d clean examples (%.0f%%, chance %.0f%%): the "
+            "preprocessing is likely wrong: check the mean/std (--mean/--std or --preset), the layout "
+            "(--layout nchw/nhwc), the scale (--scale 255 for models that take 0..255) and the labels",
+            acc["correct"],
+            acc["examples"],
+            100 * acc["accuracy"],
+            100 * acc["chance"],
+        )
     return checks
 
 
-def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict,
-          data_extra: dict | None = None) -> dict:
+def _meta(
+    p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict, data_extra: dict | None = None
+) -> dict:
     clf = p.classifier
     return {
         "status": status,
@@ -379,8 +480,12 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "config": p.cfg.to_dict(),
         "seed": p.cfg.seed,
         "entropy": str(p.smoothed.entropy),
-        "noise": {"kind": p.smoothed.noise, "sigma": p.smoothed.sigma, "sigma_means": _sigma_means(p.smoothed.noise),
-                  "dim": p.smoothed.dim(p.data.image_shape)},
+        "noise": {
+            "kind": p.smoothed.noise,
+            "sigma": p.smoothed.sigma,
+            "sigma_means": _sigma_means(p.smoothed.noise),
+            "dim": p.smoothed.dim(p.data.image_shape),
+        },
         **({"radius_norms": radius_norms(p.smoothed.noise)} if mode == "certify" else {}),
         "preprocess": p.smoothed.preprocessor(p.data.image_shape).describe(),
         "batch_size": p.smoothed.batch_size,
@@ -390,8 +495,13 @@ def _meta(p: Prepared, mode: str, out: Path | None, status: str, timings: dict, 
         "providers": list(clf.providers),
         "device": getattr(clf, "device", None),
         "device_name": getattr(clf, "device_name", None),
-        "data": {"path": str(p.cfg.data), "examples": len(p.data), "selected": len(p.indices), **p.data.describe(),
-                 **(data_extra or {})},
+        "data": {
+            "path": str(p.cfg.data),
+            "examples": len(p.data),
+            "selected": len(p.indices),
+            **p.data.describe(),
+            **(data_extra or {}),
+        },
         "versions": versions(),
         "command": command_line(),
         "timings": timings,
@@ -409,8 +519,9 @@ def _sigma_means(kind: str) -> str:
     return get_kind(kind).scale
 
 
-def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...],
-            identity: dict | None) -> tuple[set[int], Prepared]:
+def _resume(
+    out: Path, p: Prepared, mode: str, columns: tuple[str, ...], identity: dict | None
+) -> tuple[set[int], Prepared]:
     """Indices already in ``out`` from an earlier run of the same model, configuration and data.
 
     Checks the meta file (configuration, model hash, data identity and selection), adopts the earlier
@@ -446,8 +557,10 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...],
         if what:
             changed.append("data (" + ", ".join("contents" if k == "sha256" else k for k in what) + ")")
     if changed:
-        raise ConfigError(f"--resume: {out} was made with a different {', '.join(changed)}; expected the same "
-                          "model, configuration and data (or start a new --out)")
+        raise ConfigError(
+            f"--resume: {out} was made with a different {', '.join(changed)}; expected the same "
+            "model, configuration and data (or start a new --out)"
+        )
     if p.cfg.seed is None:
         p = p.with_entropy(entropy)
     if not out.exists():
@@ -459,8 +572,10 @@ def _resume(out: Path, p: Prepared, mode: str, columns: tuple[str, ...],
         raise ConfigError(f"--resume: {out} holds examples {twice} more than once; expected each example once")
     foreign = sorted(done - set(p.indices))[:5]
     if foreign:
-        raise ConfigError(f"--resume: {out} holds examples {foreign} outside this run's selection; expected the "
-                          "same data and start/end/skip")
+        raise ConfigError(
+            f"--resume: {out} holds examples {foreign} outside this run's selection; expected the "
+            "same data and start/end/skip"
+        )
     return done, p
 
 
@@ -471,8 +586,15 @@ def preflight(p: Prepared, mode: str) -> None:
         from .sequential import geometric_schedule, make_plan
 
         schedule = geometric_schedule(p.cfg.n, p.cfg.alpha, p.cfg.looks, p.cfg.n_first, p.cfg.final_share)
-        make_plan(schedule, p.smoothed.sigma, () if p.cfg.precision else (p.cfg.radii or ()), p.cfg.futility_beta,
-                  p.cfg.precision, p.smoothed.noise, calibrate=not p.cfg.precision)
+        make_plan(
+            schedule,
+            p.smoothed.sigma,
+            () if p.cfg.precision else (p.cfg.radii or ()),
+            p.cfg.futility_beta,
+            p.cfg.precision,
+            p.smoothed.noise,
+            calibrate=not p.cfg.precision,
+        )
 
 
 def group_size(cfg: RunConfig) -> int:
@@ -490,27 +612,47 @@ def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, gr
     if cfg.sequential:
         from .sequential import sequential_certify_many
 
-        return sequential_certify_many(smoothed, xs, group, cfg.n0, cfg.n, cfg.alpha,
-                                       None if cfg.precision else cfg.radii, eps=cfg.precision, looks=cfg.looks,
-                                       n_first=cfg.n_first, final_share=cfg.final_share,
-                                       futility_beta=cfg.futility_beta, progress=progress)
+        return sequential_certify_many(
+            smoothed,
+            xs,
+            group,
+            cfg.n0,
+            cfg.n,
+            cfg.alpha,
+            None if cfg.precision else cfg.radii,
+            eps=cfg.precision,
+            looks=cfg.looks,
+            n_first=cfg.n_first,
+            final_share=cfg.final_share,
+            futility_beta=cfg.futility_beta,
+            progress=progress,
+        )
     return smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, progress, cfg.bound)
 
 
 def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
     """Yields (example indices, answers, seconds per example), group by group, computed in this process."""
     size = group_size(p.cfg)
-    groups = [todo[g:g + size] for g in range(0, len(todo), size)]
+    groups = [todo[g : g + size] for g in range(0, len(todo), size)]
     for group, xs in p.data.iter_groups(groups):  # image files are decoded ahead, while sampling
         t = time.time()
         answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress)
         yield group, answers, (time.time() - t) / len(group)
 
 
-def execute(p: Prepared, mode: str, out: Path | None, *, resume: bool = False, overwrite: bool = False,
-            on_rows: Callable[[list[dict]], None] | None = None,
-            progress: Callable[[int], None] | None = None, stream=None, backend=None,
-            inputs: dict | None = None) -> dict:
+def execute(
+    p: Prepared,
+    mode: str,
+    out: Path | None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_rows: Callable[[list[dict]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    stream=None,
+    backend=None,
+    inputs: dict | None = None,
+) -> dict:
     """Run CERTIFY (mode "certify") or PREDICT ("predict") over the selected examples.
 
     Rows go to ``out`` (and its meta.json, under an exclusive lock; see :mod:`rs_onnx.outputs`) or,
@@ -582,7 +724,9 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
         if files is not None:
             files.finish(meta)
     if extra["nonfinite_outputs"]:
-        log.warning("%d noisy samples gave NaN/Inf model outputs or class indices out of range; they were counted "
-                    "as their own outcome, never for a class (column 'nonfinite')", extra["nonfinite_outputs"])
+        log.warning(
+            "%d noisy samples gave NaN/Inf model outputs or class indices out of range; they were counted "
+            "as their own outcome, never for a class (column 'nonfinite')",
+            extra["nonfinite_outputs"],
+        )
     return meta
-

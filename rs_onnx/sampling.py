@@ -98,15 +98,25 @@ class HostClassifier:
 
 def check_classifier(classifier) -> None:
     """Raise ConfigError naming the :class:`Classifier` members that ``classifier`` lacks."""
-    members = ["input_shape", "input_dtype", "num_classes", "device", "prefers_fixed_batch", "device_noise",
-               "cuda_graph", "predict"]
+    members = [
+        "input_shape",
+        "input_dtype",
+        "num_classes",
+        "device",
+        "prefers_fixed_batch",
+        "device_noise",
+        "cuda_graph",
+        "predict",
+    ]
     missing = [m for m in members if not hasattr(classifier, m)]
     if not missing and classifier.device_noise and not hasattr(classifier, "predict_noisy"):
         missing = ["predict_noisy"]
     if missing:
-        raise ConfigError(f"base classifier {type(classifier).__name__} lacks {', '.join(missing)}; expected every "
-                          "member of rs_onnx.sampling.Classifier (subclass rs_onnx.sampling.HostClassifier for the "
-                          "defaults of a host-side model)")
+        raise ConfigError(
+            f"base classifier {type(classifier).__name__} lacks {', '.join(missing)}; expected every "
+            "member of rs_onnx.sampling.Classifier (subclass rs_onnx.sampling.HostClassifier for the "
+            "defaults of a host-side model)"
+        )
 
 
 @dataclass(frozen=True)
@@ -149,9 +159,15 @@ def _random_batch(shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarra
     return rng.random(shape) < 0.5
 
 
-def probe_batch_size(classifier: Classifier, candidates: Sequence[int] | None = None, *,
-                     max_bytes: int | None = None, min_seconds: float = 0.2, max_run_seconds: float | None = None,
-                     budget_seconds: float = 30.0) -> dict[str, Any]:
+def probe_batch_size(
+    classifier: Classifier,
+    candidates: Sequence[int] | None = None,
+    *,
+    max_bytes: int | None = None,
+    min_seconds: float = 0.2,
+    max_run_seconds: float | None = None,
+    budget_seconds: float = 30.0,
+) -> dict[str, Any]:
     """The fastest batch size per sample for ``classifier``, from a short probe on random inputs.
 
     Tries ``candidates`` in increasing order (default :data:`CPU_BATCH_CANDIDATES` or
@@ -217,10 +233,18 @@ def probe_batch_size(classifier: Classifier, candidates: Sequence[int] | None = 
     # of a short probe, and a smaller batch needs less memory and picks the same size from run to run.
     fastest = min(per_sample.values())
     best = min(b for b, t in per_sample.items() if t <= (1 + BATCH_TIE) * fastest)
-    logger.info("automatic batch size %d (%s); %s", best, stop or "all candidates tried",
-                ", ".join(f"{k}: {1e6 * v:.3g} us" for k, v in per_sample.items()))
-    return {"batch_size": int(best), "seconds_per_sample": {str(k): v for k, v in per_sample.items()},
-            "stopped": stop or "all candidates tried", "probe_seconds": time.perf_counter() - start}
+    logger.info(
+        "automatic batch size %d (%s); %s",
+        best,
+        stop or "all candidates tried",
+        ", ".join(f"{k}: {1e6 * v:.3g} us" for k, v in per_sample.items()),
+    )
+    return {
+        "batch_size": int(best),
+        "seconds_per_sample": {str(k): v for k, v in per_sample.items()},
+        "stopped": stop or "all candidates tried",
+        "probe_seconds": time.perf_counter() - start,
+    }
 
 
 def auto_batch_size(classifier: Classifier, candidates: Sequence[int] | None = None, **options: Any) -> int:
@@ -246,7 +270,7 @@ class _Planned:
     block: noise.Block
     start: int
     first: int  # first batch it writes to
-    last: int   # last batch it writes to
+    last: int  # last batch it writes to
 
 
 class Sampler:
@@ -272,9 +296,19 @@ class Sampler:
         as "no class", never as a class.
     """
 
-    def __init__(self, classifier: Classifier, preprocessor: Preprocessor, sigma: float, entropy: int,
-                 batch_size: int | None = None, noise_threads: int | None = None, *, pad: bool | None = None,
-                 noise_kind: str = "gaussian", num_classes: int | None = None) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        preprocessor: Preprocessor,
+        sigma: float,
+        entropy: int,
+        batch_size: int | None = None,
+        noise_threads: int | None = None,
+        *,
+        pad: bool | None = None,
+        noise_kind: str = "gaussian",
+        num_classes: int | None = None,
+    ) -> None:
         self.kind = noise.get_kind(noise_kind)
         check_classifier(classifier)
         self.classifier = classifier
@@ -290,8 +324,10 @@ class Sampler:
         self.pad = bool(classifier.prefers_fixed_batch if pad is None else pad)
         self.device_noise = bool(classifier.device_noise)
         if self.device_noise and self.kind.name != "gaussian":
-            raise ConfigError(f"device noise with noise={self.kind.name}: the GPU draws Gaussian noise only; expected "
-                              "--noise gaussian or host noise (no --device-noise)")
+            raise ConfigError(
+                f"device noise with noise={self.kind.name}: the GPU draws Gaussian noise only; expected "
+                "--noise gaussian or host noise (no --device-noise)"
+            )
         self.block_size = noise.block_size_for(int(np.prod(preprocessor.model_shape)))
         self.num_classes = int(num_classes or classifier.num_classes or DEFAULT_INDEX_CLASSES)
         if self.num_classes < 1:
@@ -308,13 +344,17 @@ class Sampler:
             try:
                 if chunk >= len(x):
                     return self.classifier.predict(x)
-                return np.concatenate([self.classifier.predict(x[s:s + chunk]) for s in range(0, len(x), chunk)])
+                return np.concatenate([self.classifier.predict(x[s : s + chunk]) for s in range(0, len(x), chunk)])
             except Exception as err:  # onnxruntime raises its own types
                 if chunk <= 1 or not is_out_of_memory(err) or self.classifier.cuda_graph:
                     raise
                 self._chunk = max(1, min(chunk, len(x)) // 2)
-                logger.warning("out of memory at %d samples per model call (%s); going on with %d",
-                               chunk, " ".join(str(err).split())[:200], self._chunk)
+                logger.warning(
+                    "out of memory at %d samples per model call (%s); going on with %d",
+                    chunk,
+                    " ".join(str(err).split())[:200],
+                    self._chunk,
+                )
 
     # ------------------------------------------------------------------ noise
     def _scratch(self, rows: int) -> np.ndarray:
@@ -335,11 +375,11 @@ class Sampler:
             take = min(end, (j + 1) * batch) - g
             lo = (j % slots) * batch + (g - j * batch)
             if direct:
-                view = self.kind.fill(rng, ring[lo:lo + take])
+                view = self.kind.fill(rng, ring[lo : lo + take])
                 self.pre.noisy(clean, view, self.sigma)  # in place for float32
             else:
                 eps = self.kind.fill(rng, self._scratch(take))
-                ring[lo:lo + take] = self.pre.noisy(clean, eps, self.sigma)
+                ring[lo : lo + take] = self.pre.noisy(clean, eps, self.sigma)
             g += take
 
     def _plan(self, tasks: Sequence[Task], batch: int) -> list[_Planned]:
@@ -392,9 +432,12 @@ class Sampler:
 
     def _note_out_of_range(self, beyond: np.ndarray) -> None:
         if not self.out_of_range:
-            logger.warning("the model returned class index %d, outside 0..%d: such samples count as no class "
-                           "(column nonfinite), never for a class; give num_classes if the model has more classes",
-                           int(beyond.max()), self.num_classes - 1)
+            logger.warning(
+                "the model returned class index %d, outside 0..%d: such samples count as no class "
+                "(column nonfinite), never for a class; give num_classes if the model has more classes",
+                int(beyond.max()),
+                self.num_classes - 1,
+            )
         self.out_of_range += int(beyond.size)
 
     def _count_host(self, tasks, batch: int, nbatches: int, total: int, add) -> None:
@@ -425,7 +468,7 @@ class Sampler:
                     pending.popleft()
                 lo = (i % slots) * batch
                 rows = min(batch, total - i * batch)
-                add(i, self._predict(ring[lo:lo + (batch if self.pad else rows)]))
+                add(i, self._predict(ring[lo : lo + (batch if self.pad else rows)]))
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -433,15 +476,20 @@ class Sampler:
     def _count_on_device(self, tasks, batch: int, nbatches: int, total: int, ends, add) -> None:
         """Noise drawn by the model's own graph: only clean examples and row indices leave the host."""
         clean = np.stack([np.asarray(t.clean, np.float32) for t in tasks])
-        gain = self.pre.noisy(np.zeros(self.pre.model_shape, np.float32),
-                              np.ones((1, *self.pre.model_shape), np.float32), self.sigma)[0] \
-            if self.pre.dtype == np.float32 else self.pre.noise_gain(self.sigma)
+        gain = (
+            self.pre.noisy(
+                np.zeros(self.pre.model_shape, np.float32), np.ones((1, *self.pre.model_shape), np.float32), self.sigma
+            )[0]
+            if self.pre.dtype == np.float32
+            else self.pre.noise_gain(self.sigma)
+        )
         for i in range(nbatches):
             g0 = i * batch
             rows = min(batch, total - g0)
             n = batch if self.pad else rows
             index = np.searchsorted(ends, np.minimum(np.arange(g0, g0 + n), total - 1), side="right")
             lo, hi = int(index[0]), int(index[-1]) + 1
-            classes = self.classifier.predict_noisy(clean[lo:hi], index - lo, np.asarray(gain, np.float32),
-                                                    self.entropy)
+            classes = self.classifier.predict_noisy(
+                clean[lo:hi], index - lo, np.asarray(gain, np.float32), self.entropy
+            )
             add(i, classes)

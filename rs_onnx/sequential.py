@@ -75,8 +75,9 @@ class Schedule:
         return float(sum(self.alphas))
 
 
-def geometric_schedule(n_max: int, alpha: float, looks: int = 8, n_first: int | None = None,
-                       final_share: float | None = 0.5) -> Schedule:
+def geometric_schedule(
+    n_max: int, alpha: float, looks: int = 8, n_first: int | None = None, final_share: float | None = 0.5
+) -> Schedule:
     """L = ``looks`` looks at sizes geometric from ``n_first`` (default n_max / 100, at least 100) to n_max.
 
     ``final_share`` = s spends s alpha at the last look and (1 - s) alpha / (L - 1) at each earlier one
@@ -157,8 +158,7 @@ class Plan:
     def max_radius(self) -> float:
         """The largest radius any look can certify (when every sample is A)."""
         n = np.asarray(self.schedule.sizes)
-        return float(np.max(_radius(stats.cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma,
-                                    self.noise)))
+        return float(np.max(_radius(stats.cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma, self.noise)))
 
 
 # Binomial increments are truncated where the pmf is below this (each tail); the mass dropped is counted as
@@ -201,8 +201,8 @@ def calibrated_cutoff(sizes: tuple[int, ...], early: tuple[int, ...], t: float, 
         if keep.size == 0:
             dist = np.zeros(1)
             continue
-        crossed += float(dist[:keep[0]].sum())  # (denormal dust) counted as crossed
-        dist, lo = dist[keep[0]:keep[-1] + 1], lo + int(keep[0])
+        crossed += float(dist[: keep[0]].sum())  # (denormal dust) counted as crossed
+        dist, lo = dist[keep[0] : keep[-1] + 1], lo + int(keep[0])
     m = n_last - prev
     s = lo + np.arange(len(dist))
     goal = alpha * (1.0 - _MARGIN)
@@ -230,8 +230,15 @@ def calibration_threshold(r: float, sigma: float, noise_kind: str = "gaussian") 
     return min(1.0, t * (1.0 + stats.SAFETY) + stats.SAFETY)
 
 
-def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), futility_beta: float = 0.01,
-              eps: float | None = None, noise_kind: str = "gaussian", calibrate: bool = False) -> Plan:
+def make_plan(
+    schedule: Schedule,
+    sigma: float,
+    radii: Sequence[float] = (),
+    futility_beta: float = 0.01,
+    eps: float | None = None,
+    noise_kind: str = "gaussian",
+    calibrate: bool = False,
+) -> Plan:
     """Decision tables for ``radii`` (sorted; 0 added: the predict-or-abstain decision).
 
     A radius r > 0 is certified at look j iff cohen_radius(CP_lower(n_A, N_j, alpha_j)) >= r, and r = 0
@@ -273,8 +280,18 @@ def make_plan(schedule: Schedule, sigma: float, radii: Sequence[float] = (), fut
         k_fail = _first_true(lambda k: stats.cp_upper(k, n, b) >= target, n) - 1
     else:
         k_fail = np.full(n.shape, -1, np.int64)
-    return Plan(schedule, float(sigma), tuple(rs), float(futility_beta), k_cert, slack, k_fail,
-                None if eps is None else float(eps), noise_kind, bool(calibrate))
+    return Plan(
+        schedule,
+        float(sigma),
+        tuple(rs),
+        float(futility_beta),
+        k_cert,
+        slack,
+        k_fail,
+        None if eps is None else float(eps),
+        noise_kind,
+        bool(calibrate),
+    )
 
 
 @dataclass
@@ -296,13 +313,14 @@ def _settled(plan: Plan, j: int, k: np.ndarray, best: np.ndarray) -> tuple[np.nd
     Safe: even with every remaining sample A no later look reaches radius(best) + eps. Fail-fast: the
     (1 - beta / L) upper confidence bound on the radius, sigma Phi^-1(CP_upper), is within eps of it.
     """
-    sizes, alphas = np.asarray(plan.schedule.sizes[j + 1:]), np.asarray(plan.schedule.alphas[j + 1:])
+    sizes, alphas = np.asarray(plan.schedule.sizes[j + 1 :]), np.asarray(plan.schedule.alphas[j + 1 :])
     goal = _radius(best, plan.sigma, plan.noise) + plan.eps
     n_j = plan.schedule.sizes[j]
     if sizes.size:
         kk = k[:, None] + sizes[None, :] - n_j
-        reach = _radius(stats.cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma,
-                        plan.noise).max(axis=1)
+        reach = _radius(stats.cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma, plan.noise).max(
+            axis=1
+        )
     else:
         reach = np.zeros(len(k))
     safe = reach <= goal
@@ -323,8 +341,15 @@ def run_looks(plan: Plan, sample: Callable[[int, np.ndarray], np.ndarray], activ
     """
     sizes, alphas = plan.schedule.sizes, plan.schedule.alphas
     m, last = len(plan.radii), len(sizes) - 1
-    out = Outcome(np.zeros(size, np.int64), np.zeros(size, np.int64), np.zeros(size, np.int64),
-                  np.full(size, -1, np.int64), np.zeros(size, np.int64), np.zeros(size, np.int64), ["none"] * size)
+    out = Outcome(
+        np.zeros(size, np.int64),
+        np.zeros(size, np.int64),
+        np.zeros(size, np.int64),
+        np.full(size, -1, np.int64),
+        np.zeros(size, np.int64),
+        np.zeros(size, np.int64),
+        ["none"] * size,
+    )
     best = np.full(size, -1.0)
     active = np.asarray(active, np.int64)
     if not (plan.k_cert[:, 0] <= np.asarray(sizes)).any():  # even radius 0 is out of reach: sample nothing
@@ -351,8 +376,17 @@ def run_looks(plan: Plan, sample: Callable[[int, np.ndarray], np.ndarray], activ
             futile, fail, done = futile | (done & safe), fail | (done & precise), np.zeros_like(done)
         stop = done | futile | fail | (j == last)
         for i, d, f in zip(active[stop], done[stop], futile[stop]):
-            out.stopped[i] = ("certified" if d else "n_max" if j == last else "futile" if f
-                              else "precision" if plan.eps is not None and out.certified[i] else "fail-fast")
+            out.stopped[i] = (
+                "certified"
+                if d
+                else "n_max"
+                if j == last
+                else "futile"
+                if f
+                else "precision"
+                if plan.eps is not None and out.certified[i]
+                else "fail-fast"
+            )
         active = active[~stop]
     return out
 
@@ -379,12 +413,24 @@ class SequentialCertificate(Certificate):
     look_n_a: int = 0  # count of the guess at that look: p_a_lower = CP_lower(look_n_a, look_n, alpha_p_a)
 
 
-def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequence[int] | None, n0: int,
-                            n_max: int, alpha: float, radii: Sequence[float] | None = None, *,
-                            eps: float | None = None, looks: int = 16, n_first: int | None = None,
-                            final_share: float | None = 0.9, schedule: Schedule | None = None,
-                            futility_beta: float = 0.01, calibrate: bool | None = None,
-                            progress: Callable[[int], None] | None = None) -> list[SequentialCertificate]:
+def sequential_certify_many(
+    smoothed,
+    xs: Sequence[np.ndarray],
+    examples: Sequence[int] | None,
+    n0: int,
+    n_max: int,
+    alpha: float,
+    radii: Sequence[float] | None = None,
+    *,
+    eps: float | None = None,
+    looks: int = 16,
+    n_first: int | None = None,
+    final_share: float | None = 0.9,
+    schedule: Schedule | None = None,
+    futility_beta: float = 0.01,
+    calibrate: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[SequentialCertificate]:
     """Sequential CERTIFY of several images (same shape, in [0,1]) packed into shared batches.
 
     Parameters
@@ -408,8 +454,10 @@ def sequential_certify_many(smoothed, xs: Sequence[np.ndarray], examples: Sequen
         raise ConfigError("expected exactly one of radii (decide these radii) or eps (radius to precision eps)")
     schedule = schedule or geometric_schedule(n_max, alpha, looks, n_first, final_share)
     if schedule.n_max != n_max or schedule.alpha > alpha:
-        raise ConfigError(f"schedule ends at {schedule.n_max} and spends {schedule.alpha:.6g}; expected n_max={n_max} "
-                          f"and at most alpha={alpha}")
+        raise ConfigError(
+            f"schedule ends at {schedule.n_max} and spends {schedule.alpha:.6g}; expected n_max={n_max} "
+            f"and at most alpha={alpha}"
+        )
     noise_kind = smoothed.noise
     calibrate = eps is None if calibrate is None else bool(calibrate)
     plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps, noise_kind, calibrate)
@@ -446,15 +494,16 @@ class _Growable:
         k = max(self.array.shape[1], counts.shape[1]) - 1
         if self.array.shape[1] - 1 < k:
             grown = np.zeros((len(self.array), k + 1), np.int64)
-            grown[:, :self.array.shape[1] - 1] = self.array[:, :-1]
+            grown[:, : self.array.shape[1] - 1] = self.array[:, :-1]
             grown[:, -1] = self.array[:, -1]
             self.array = grown
-        self.array[idx, :counts.shape[1] - 1] += counts[:, :-1]
+        self.array[idx, : counts.shape[1] - 1] += counts[:, :-1]
         self.array[idx, -1] += counts[:, -1]
 
 
-def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.ndarray,
-                 counts: np.ndarray, dim: int = 1) -> SequentialCertificate:
+def _certificate(
+    plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.ndarray, counts: np.ndarray, dim: int = 1
+) -> SequentialCertificate:
     sigma, sched = plan.sigma, plan.schedule
     n, n_a, look = int(out.n[i]), int(out.n_a[i]), int(out.best_look[i])
     stopped = out.stopped[i] if guess != ABSTAIN else "no-class"
@@ -481,15 +530,32 @@ def _certificate(plan: Plan, out: Outcome, i: int, guess: int, n0: int, sel: np.
     if plan.calibrated:  # p_lower is the threshold nudged up: its radii equal `radius` up to rounding
         r_two, r_tv = min(r_two, radius), min(r_tv, radius)
     lp = bounds.norm_radii(p_lower, radius, plan.noise, sigma, dim)
-    return SequentialCertificate(predict=predict, radius=radius, p_a_lower=p_lower, n_a=n_a, n=n, n0=n0, guess=guess,
-                                 nonfinite=int(sel[-1] + counts[-1]), p_b_upper=p_b, radius_2class=r_two,
-                                 radius_tv=r_tv, counts=counts.copy(), noise=plan.noise, radius_l1=lp["l1"],
-                                 radius_l2=lp["l2"], radius_linf=lp["linf"],
-                                 decided_radius=decided[-1] if decided else 0.0, decided_radii=decided,
-                                 looks=int(out.looks[i]), stopped=stopped, n_max=sched.n_max,
-                                 # calibrated: the level is the plan's whole alpha (pA_lower is a threshold,
-                                 # not the bound of one look); union bound: the deciding look's share
-                                 alpha_p_a=(float(sched.alpha) if plan.calibrated else float(sched.alphas[look]))
-                                 if look >= 0 else 0.0, look=look + 1,
-                                 look_n=sched.sizes[look] if look >= 0 else 0,
-                                 look_n_a=int(out.best_n_a[i]) if look >= 0 else 0)
+    return SequentialCertificate(
+        predict=predict,
+        radius=radius,
+        p_a_lower=p_lower,
+        n_a=n_a,
+        n=n,
+        n0=n0,
+        guess=guess,
+        nonfinite=int(sel[-1] + counts[-1]),
+        p_b_upper=p_b,
+        radius_2class=r_two,
+        radius_tv=r_tv,
+        counts=counts.copy(),
+        noise=plan.noise,
+        radius_l1=lp["l1"],
+        radius_l2=lp["l2"],
+        radius_linf=lp["linf"],
+        decided_radius=decided[-1] if decided else 0.0,
+        decided_radii=decided,
+        looks=int(out.looks[i]),
+        stopped=stopped,
+        n_max=sched.n_max,
+        # calibrated: the level is the plan's whole alpha (pA_lower is a threshold,
+        # not the bound of one look); union bound: the deciding look's share
+        alpha_p_a=(float(sched.alpha) if plan.calibrated else float(sched.alphas[look])) if look >= 0 else 0.0,
+        look=look + 1,
+        look_n=sched.sizes[look] if look >= 0 else 0,
+        look_n_a=int(out.best_n_a[i]) if look >= 0 else 0,
+    )

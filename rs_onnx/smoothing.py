@@ -108,22 +108,36 @@ class SmoothedClassifier:
         (reproducing an earlier audit from its recorded entropy).
     """
 
-    def __init__(self, classifier, sigma: float, preprocess: PreprocessSpec | None = None, seed: int | None = None,
-                 batch_size: int = 1000, noise_threads: int | None = None, num_classes: int | None = None, *,
-                 audit: bool = False, audit_seed_override: bool = False, noise: str = "gaussian") -> None:
+    def __init__(
+        self,
+        classifier,
+        sigma: float,
+        preprocess: PreprocessSpec | None = None,
+        seed: int | None = None,
+        batch_size: int = 1000,
+        noise_threads: int | None = None,
+        num_classes: int | None = None,
+        *,
+        audit: bool = False,
+        audit_seed_override: bool = False,
+        noise: str = "gaussian",
+    ) -> None:
         self.noise = _get_kind(noise).name
         if audit and self.noise != "gaussian":
-            raise ConfigError(f"audit with noise={self.noise}: the audit's exact grid noise is Gaussian; expected "
-                              "noise='gaussian'")
+            raise ConfigError(
+                f"audit with noise={self.noise}: the audit's exact grid noise is Gaussian; expected noise='gaussian'"
+            )
         sigma = check_sigma(sigma)
         batch_size = as_int("batch_size", batch_size, 1)
         seed = None if seed is None else as_int("seed", seed, 0)
         noise_threads = None if noise_threads is None else as_int("noise_threads", noise_threads, 0)
         self.num_classes = None if num_classes is None else as_int("num_classes", num_classes, 1)
         if audit and seed is not None and not audit_seed_override:
-            raise ConfigError(f"seed {seed} with audit: a model can be built to memorise a published seed's noise; "
-                              "expected no seed (fresh entropy is drawn and recorded), or the explicit override "
-                              "(audit_seed_override / --audit-seed-override) to reproduce an earlier audit")
+            raise ConfigError(
+                f"seed {seed} with audit: a model can be built to memorise a published seed's noise; "
+                "expected no seed (fresh entropy is drawn and recorded), or the explicit override "
+                "(audit_seed_override / --audit-seed-override) to reproduce an earlier audit"
+            )
         check_classifier(classifier)
         self.classifier = classifier
         self.sigma = float(sigma)
@@ -134,8 +148,13 @@ class SmoothedClassifier:
 
             self._grid = GridNoise(self.sigma)
             scan = classifier_batch_independence(classifier)
-            self.audit_info = {"sigma_exact": self._grid.sigma_text, "grid_k": self._grid.k, "grid_M": self._grid.M,
-                               "seed_override": seed is not None, **scan}
+            self.audit_info = {
+                "sigma_exact": self._grid.sigma_text,
+                "grid_k": self._grid.k,
+                "grid_M": self._grid.M,
+                "seed_override": seed is not None,
+                **scan,
+            }
         self.spec = preprocess or PreprocessSpec()
         self._entropy = _new_entropy() if seed is None else int(seed)
         self.batch_size = int(batch_size)
@@ -157,16 +176,22 @@ class SmoothedClassifier:
         else:
             examples = [as_int("example index", e, 0) for e in examples]
             if len(examples) != len(xs):
-                raise ConfigError(f"{len(examples)} examples for {len(xs)} images; expected one example index "
-                                  "per image")
+                raise ConfigError(
+                    f"{len(examples)} examples for {len(xs)} images; expected one example index per image"
+                )
         out: list[np.ndarray] = []
         for i, x in enumerate(xs):
             raw = np.asarray(x)
             if not self._warned_0_255 and looks_like_0_255(raw):
                 self._warned_0_255 = True
-                logger.warning("image %d is float with values up to %g: it looks like 0..255 data, but floats are "
-                               "taken as [0,1] pixel units (sigma=%g is in those units); pass uint8 images (divided "
-                               "by 255) or divide by 255 yourself", i, float(raw.max()), self.sigma)
+                logger.warning(
+                    "image %d is float with values up to %g: it looks like 0..255 data, but floats are "
+                    "taken as [0,1] pixel units (sigma=%g is in those units); pass uint8 images (divided "
+                    "by 255) or divide by 255 yourself",
+                    i,
+                    float(raw.max()),
+                    self.sigma,
+                )
             px = pixels(raw, f"image {i}")
             if out and px.shape != out[0].shape:
                 raise DataError(f"image {i} has shape {list(px.shape)}; expected {list(out[0].shape)} like image 0")
@@ -201,11 +226,25 @@ class SmoothedClassifier:
             from .audit import AuditSampler
 
             batched = bool(self.audit_info and self.audit_info["batched"])
-            return AuditSampler(self.classifier, self.preprocessor(image_shape), self.sigma,  # type: ignore[arg-type]
-                                self.entropy, self.batch_size if batched else 1, self.noise_threads,
-                                num_classes=self.num_classes)
-        return Sampler(self.classifier, self.preprocessor(image_shape), self.sigma, self.entropy,
-                       self.batch_size, self.noise_threads, noise_kind=self.noise, num_classes=self.num_classes)
+            return AuditSampler(
+                self.classifier,
+                self.preprocessor(image_shape),  # type: ignore[arg-type]
+                self.sigma,
+                self.entropy,
+                self.batch_size if batched else 1,
+                self.noise_threads,
+                num_classes=self.num_classes,
+            )
+        return Sampler(
+            self.classifier,
+            self.preprocessor(image_shape),
+            self.sigma,
+            self.entropy,
+            self.batch_size,
+            self.noise_threads,
+            noise_kind=self.noise,
+            num_classes=self.num_classes,
+        )
 
     def dim(self, image_shape) -> int:
         """Number of noisy values per input (the d of the l1/linf conversions)."""
@@ -227,8 +266,14 @@ class SmoothedClassifier:
             self.batch_check = check_batches_once(self, x, samples)
         return self.batch_check
 
-    def count(self, xs: Sequence[np.ndarray], examples: Sequence[int], phase: int, n: int,
-              progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def count(
+        self,
+        xs: Sequence[np.ndarray],
+        examples: Sequence[int],
+        phase: int,
+        n: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
         """Counts of ``n`` noisy samples of each image of ``xs`` (one shape; floats in [0,1], or uint8 0..255,
         divided by 255: see :meth:`images`) under noise ``phase``.
 
@@ -238,16 +283,24 @@ class SmoothedClassifier:
         n = as_int("n", n, 0)
         xs, examples = self.images(xs, examples)
         if not xs:
-            return np.zeros((0, (self.num_classes or self.classifier.num_classes or DEFAULT_INDEX_CLASSES) + 1),
-                            np.int64)
+            return np.zeros(
+                (0, (self.num_classes or self.classifier.num_classes or DEFAULT_INDEX_CLASSES) + 1), np.int64
+            )
         self.verify_batches(xs[0], n * len(xs))
         sampler = self.sampler(np.shape(xs[0]))
         tasks = [Task(sampler.pre.clean(x), int(e), phase, n) for x, e in zip(xs, examples)]
         return sampler.count(tasks, progress)
 
-    def certify_many(self, xs: Sequence[np.ndarray], n0: int, n: int, alpha: float,
-                     examples: Sequence[int] | None = None,
-                     progress: Callable[[int], None] | None = None, bound: str = "cohen") -> list[Certificate]:
+    def certify_many(
+        self,
+        xs: Sequence[np.ndarray],
+        n0: int,
+        n: int,
+        alpha: float,
+        examples: Sequence[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+        bound: str = "cohen",
+    ) -> list[Certificate]:
         """CERTIFY for several images at once, packed into shared batches.
 
         xs : images of one shape (e.g. [C,H,W]): floats in [0,1] pixel units, or uint8 0..255 (divided by
@@ -258,8 +311,9 @@ class SmoothedClassifier:
         if bound not in ("cohen", "best"):
             raise ConfigError(f"bound={bound!r}: expected 'cohen' or 'best'")
         if bound == "best" and self.noise != "gaussian":
-            raise ConfigError(f"bound='best' with noise={self.noise}: the two-class bound is Gaussian only; expected "
-                              "bound='cohen'")
+            raise ConfigError(
+                f"bound='best' with noise={self.noise}: the two-class bound is Gaussian only; expected bound='cohen'"
+            )
         xs, examples = self.images(xs, examples)
         if len(xs) == 0:
             return []
@@ -280,8 +334,11 @@ class SmoothedClassifier:
                 p_a_split, p_b, r_two = map(float, bounds.two_class_certificate(c1, guess, alpha, self.sigma))
                 r_tv = float(bounds.tv_radius(p_a_split, p_b, self.sigma))
             if bound == "best":
-                radius = (float(bounds.best_radius(c1, guess, alpha, self.sigma, alpha_split=BEST_ALPHA_SPLIT))
-                          if guess != ABSTAIN else 0.0)
+                radius = (
+                    float(bounds.best_radius(c1, guess, alpha, self.sigma, alpha_split=BEST_ALPHA_SPLIT))
+                    if guess != ABSTAIN
+                    else 0.0
+                )
                 pred = guess if radius > 0 else ABSTAIN
             elif p_lower < 0.5:
                 pred, radius = ABSTAIN, 0.0
@@ -291,17 +348,41 @@ class SmoothedClassifier:
                 p_b = float(min(1.0, np.nextafter(1.0 - p_lower, 2.0)))
             nonfinite = int(c0[-1] + c1[-1])
             lp = bounds.norm_radii(p_lower, radius, self.noise, self.sigma, dim)
-            out.append(Certificate(pred, radius, p_lower, n_a, n, n0, guess, nonfinite, p_b, r_two, r_tv, c1,
-                                   self.noise, lp["l1"], lp["l2"], lp["linf"], alpha_a))
+            out.append(
+                Certificate(
+                    pred,
+                    radius,
+                    p_lower,
+                    n_a,
+                    n,
+                    n0,
+                    guess,
+                    nonfinite,
+                    p_b,
+                    r_two,
+                    r_tv,
+                    c1,
+                    self.noise,
+                    lp["l1"],
+                    lp["l2"],
+                    lp["linf"],
+                    alpha_a,
+                )
+            )
         return out
 
     def certify(self, x: np.ndarray, n0: int, n: int, alpha: float, example: int = 0) -> Certificate:
         """CERTIFY (Cohen et al. 2019, Algorithm CERTIFY) for one image x: floats in [0,1], or uint8 0..255 (/255)."""
         return self.certify_many([x], n0, n, alpha, [example])[0]
 
-    def predict_many(self, xs: Sequence[np.ndarray], n: int, alpha: float,
-                     examples: Sequence[int] | None = None,
-                     progress: Callable[[int], None] | None = None) -> list[Prediction]:
+    def predict_many(
+        self,
+        xs: Sequence[np.ndarray],
+        n: int,
+        alpha: float,
+        examples: Sequence[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Prediction]:
         """PREDICT for several images: abstain unless the top two counts differ at level alpha."""
         _, n, alpha = _check_args(None, n, alpha)
         xs, examples = self.images(xs, examples)

@@ -50,7 +50,8 @@ def run_summary(results: Results, radii: Sequence[float] = DEFAULT_RADII, label:
         out["max_radius"] = _finite(max_radius)
         out["certified_accuracy"] = {
             format(float(r), "g"): (None if max_radius is not None and r > max_radius else float(a))
-            for r, a in zip(radii, acc)}
+            for r, a in zip(radii, acc)
+        }
     if "nonfinite" in results:
         out["nonfinite_outputs"] = int(results["nonfinite"].sum())
     return out
@@ -59,5 +60,7 @@ def run_summary(results: Results, radii: Sequence[float] = DEFAULT_RADII, label:
 def predict_text(results: Results) -> str:
     """``12 examples: accuracy 83.3%, abstained 8.3%, 0.0123 s per example``."""
     s = summary(results)
-    return (f"{s['examples']} examples: accuracy {100 * s['accuracy']:.1f}%, abstained "
-            f"{100 * s['abstention_rate']:.1f}%, {s['time_per_image']:.3g} s per example")
+    return (
+        f"{s['examples']} examples: accuracy {100 * s['accuracy']:.1f}%, abstained "
+        f"{100 * s['abstention_rate']:.1f}%, {s['time_per_image']:.3g} s per example"
+    )

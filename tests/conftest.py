@@ -20,8 +20,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 def needs_shared(*parts: str):
     """A skipif marker for tests that need ``SHARED / parts`` (a file or folder)."""
     path = SHARED.joinpath(*parts)
-    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent: third-party files live in ../shared, "
-                                                        "outside the repository")
+    return pytest.mark.skipif(
+        not path.exists(), reason=f"{path} is absent: third-party files live in ../shared, outside the repository"
+    )
 
 
 @pytest.fixture

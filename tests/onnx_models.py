@@ -223,20 +223,39 @@ def sklearn_like_model(w, b=None, zipmap=True, batch="N") -> onnx.ModelProto:
     w, b = _weights(w, b)
     k = w.shape[0]
     probs = "probs_tensor" if zipmap else "probabilities"
-    nodes = [helper.make_node("LinearClassifier", ["x"], ["label", probs], domain="ai.onnx.ml",
-                              coefficients=w.ravel().tolist(), intercepts=b.tolist(),
-                              classlabels_ints=list(range(k)), post_transform="SOFTMAX")]
+    nodes = [
+        helper.make_node(
+            "LinearClassifier",
+            ["x"],
+            ["label", probs],
+            domain="ai.onnx.ml",
+            coefficients=w.ravel().tolist(),
+            intercepts=b.tolist(),
+            classlabels_ints=list(range(k)),
+            post_transform="SOFTMAX",
+        )
+    ]
     label = helper.make_tensor_value_info("label", TensorProto.INT64, [batch])
     if zipmap:
-        nodes.append(helper.make_node("ZipMap", [probs], ["probabilities"], domain="ai.onnx.ml",
-                                      classlabels_int64s=list(range(k))))
-        out = helper.make_value_info("probabilities", helper.make_sequence_type_proto(
-            helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))))
+        nodes.append(
+            helper.make_node(
+                "ZipMap", [probs], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=list(range(k))
+            )
+        )
+        out = helper.make_value_info(
+            "probabilities",
+            helper.make_sequence_type_proto(
+                helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+            ),
+        )
     else:
         out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, k])
     graph = helper.make_graph(nodes, "sklearn_like", [_x((w.shape[1],), batch)], [label, out])
-    model = helper.make_model(graph, producer_name="rs-onnx-tests", opset_imports=[
-        helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", 1)])
+    model = helper.make_model(
+        graph,
+        producer_name="rs-onnx-tests",
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", 1)],
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
@@ -278,10 +297,12 @@ def low_bits_detector_model(shape=(3, 32, 32), batch="N") -> onnx.ModelProto:
         helper.make_node("Sub", ["one", "hit2"], ["miss2"]),
         helper.make_node("Concat", ["hit2", "miss2"], ["scores"], axis=1),
     ]
-    inits = [numpy_helper.from_array(np.array(1 / 510, np.float32), "small"),
-             numpy_helper.from_array(np.array(2.0 ** 32, np.float32), "two32"),
-             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    inits = [
+        numpy_helper.from_array(np.array(1 / 510, np.float32), "small"),
+        numpy_helper.from_array(np.array(2.0**32, np.float32), "two32"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
     out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 2])
     return _model(nodes, [_x(shape, batch)], [out], inits)
 
@@ -294,7 +315,9 @@ def threshold_model(t: float, batch="N") -> onnx.ModelProto:
         helper.make_node("Sub", ["one", "s1"], ["s0"]),
         helper.make_node("Concat", ["s0", "s1"], ["scores"], axis=1),
     ]
-    inits = [numpy_helper.from_array(np.array(t, np.float32), "t"),
-             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    inits = [
+        numpy_helper.from_array(np.array(t, np.float32), "t"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
     out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 2])
     return _model(nodes, [_x((1,), batch)], [out], inits)

@@ -26,6 +26,7 @@ from rs_onnx.analysis import (
 from rs_onnx.errors import ConfigError, DataError, RsOnnxError
 
 from tests.conftest import SHARED
+
 COHEN = SHARED / "data" / "reference" / "cohen2019_certify_cifar10"
 COHEN_025 = COHEN / "noise_0.25_sigma_0.25.tsv"
 needs_cohen = pytest.mark.skipif(not COHEN_025.is_file(), reason=f"Cohen et al.'s reference logs not found at {COHEN}")
@@ -106,7 +107,8 @@ def test_synthetic_hand_computed(synth):
     assert certified_accuracy(synth, [0.0, 0.1, 0.4], radius_column="radius_tv").tolist() == [0.6, 0.4, 0.2]
     assert average_certified_radius(synth, "radius_tv") == pytest.approx(0.5 / 5)
     assert summary(synth) == pytest.approx(
-        {"examples": 5, "accuracy": 0.6, "abstention_rate": 0.2, "time_per_image": 3.0, "acr": 0.14})
+        {"examples": 5, "accuracy": 0.6, "abstention_rate": 0.2, "time_per_image": 3.0, "acr": 0.14}
+    )
 
 
 def test_certified_accuracy_shapes_and_plain_dicts(synth):
@@ -140,8 +142,9 @@ def test_extra_columns_and_crlf_and_trailing_blank_lines(tmp_path):
 
 
 def test_tables_contain_the_right_numbers(synth, tmp_path):
-    other = read_results(write(tmp_path, HEADER + "0\t1\t1\t0.3\t1\t2\t0.9\t0.2\tx\n1\t1\t2\t0\t0\t4\t0.1\t0\ty\n",
-                               name="b.tsv"))
+    other = read_results(
+        write(tmp_path, HEADER + "0\t1\t1\t0.3\t1\t2\t0.9\t0.2\tx\n1\t1\t2\t0\t0\t4\t0.1\t0\ty\n", name="b.tsv")
+    )
     runs = {"synth_a & 100%": synth, "b|c": other}
     rows = table_rows(runs, radii=(0.0, 0.25, 0.5))
     assert rows[0].certified == (0.6, 0.2, 0.2) and rows[1].certified == (0.5, 0.5, 0.0)
@@ -154,8 +157,17 @@ def test_tables_contain_the_right_numbers(synth, tmp_path):
     assert lines[3] == "| b\\|c | 2 | 50.0 | 50.0 | 0.0 | 0.150 | 0.0 | 3 |"
 
     parsed = list(csv.reader(io.StringIO(to_csv(rows))))
-    assert parsed[0] == ["run", "examples", "r=0.00", "r=0.25", "r=0.50", "acr", "abstention_rate", "time_per_image",
-                         "max_radius"]
+    assert parsed[0] == [
+        "run",
+        "examples",
+        "r=0.00",
+        "r=0.25",
+        "r=0.50",
+        "acr",
+        "abstention_rate",
+        "time_per_image",
+        "max_radius",
+    ]
     assert parsed[1][0] == "synth_a & 100%" and parsed[1][-1] == parsed[2][-1] == ""  # no meta.json: reach unknown
     assert [float(v) for v in parsed[1][1:-1]] == pytest.approx([5, 0.6, 0.2, 0.2, 0.14, 0.2, 3.0])
     assert [float(v) for v in parsed[2][1:-1]] == pytest.approx([2, 0.5, 0.5, 0.0, 0.15, 0.0, 3.0])

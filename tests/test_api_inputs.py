@@ -75,19 +75,25 @@ def test_uint8_certificate_is_not_the_unscaled_one(clf, image):
     assert key(g.certify(image, 20, 500, 0.01)) != key(unscaled)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (np.full((1, 4, 4), 300, np.int64), "0..255"),
-    (np.full((1, 4, 4), -1, np.int32), "0..255"),
-    (np.ones((1, 4, 4), bool), "dtype bool"),
-    (np.full((1, 4, 4), np.nan, np.float32), "NaN or Inf"),
-    (np.full((1, 4, 4), np.inf), "NaN or Inf"),
-    (np.full((1, 4, 4), 1e300), "magnitude"),
-    (np.full((1, 4, 4), 1e8, np.float32), "lost in float32 rounding"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.full((1, 4, 4), 300, np.int64), "0..255"),
+        (np.full((1, 4, 4), -1, np.int32), "0..255"),
+        (np.ones((1, 4, 4), bool), "dtype bool"),
+        (np.full((1, 4, 4), np.nan, np.float32), "NaN or Inf"),
+        (np.full((1, 4, 4), np.inf), "NaN or Inf"),
+        (np.full((1, 4, 4), 1e300), "magnitude"),
+        (np.full((1, 4, 4), 1e8, np.float32), "lost in float32 rounding"),
+    ],
+)
 def test_bad_pixels_are_refused(clf, bad, match):
     g = smoothed(clf)
-    for call in (lambda: g.certify(bad, 5, 10, 0.01), lambda: g.predict(bad, 10, 0.01),
-                 lambda: sequential_certify_many(g, [bad], None, 5, 200, 0.01, [0.25])):
+    for call in (
+        lambda: g.certify(bad, 5, 10, 0.01),
+        lambda: g.predict(bad, 10, 0.01),
+        lambda: sequential_certify_many(g, [bad], None, 5, 200, 0.01, [0.25]),
+    ):
         with pytest.raises(DataError, match=match):
             call()
 
@@ -106,12 +112,21 @@ def test_float_outside_0_1_is_allowed_with_one_warning_for_image_shaped_0_255(cl
     assert not [r for r in caplog.records if "0..255" in r.getMessage()]
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"sigma": 1e308}, "sigma"), ({"sigma": 0.0}, "sigma"), ({"sigma": -0.5}, "sigma"),
-    ({"sigma": float("nan")}, "sigma"), ({"sigma": float("inf")}, "sigma"),
-    ({"seed": 1.5}, "seed"), ({"batch_size": 2.5}, "batch_size"), ({"batch_size": 0}, "batch_size"),
-    ({"seed": True}, "seed"), ({"noise_threads": 1.5}, "noise_threads"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"sigma": 1e308}, "sigma"),
+        ({"sigma": 0.0}, "sigma"),
+        ({"sigma": -0.5}, "sigma"),
+        ({"sigma": float("nan")}, "sigma"),
+        ({"sigma": float("inf")}, "sigma"),
+        ({"seed": 1.5}, "seed"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"seed": True}, "seed"),
+        ({"noise_threads": 1.5}, "noise_threads"),
+    ],
+)
 def test_smoothed_classifier_refuses_bad_parameters(clf, kw, match):
     with pytest.raises(ConfigError, match=match):
         smoothed(clf, **kw)
@@ -119,16 +134,18 @@ def test_smoothed_classifier_refuses_bad_parameters(clf, kw, match):
 
 def test_calls_refuse_non_integers_and_missing_example_indices(clf, image):
     g = smoothed(clf)
-    for call, match in [(lambda: g.certify(image, 20, 100.5, 0.01), "n=100.5"),
-                        (lambda: g.certify(image, 2.5, 100, 0.01), "n0=2.5"),
-                        (lambda: g.predict(image, 50.5, 0.01), "n=50.5"),
-                        (lambda: g.certify(image, 20, 100, float("nan")), "alpha"),
-                        (lambda: g.certify_many([image, image, image], 5, 50, 0.01, [0, 1]), "2 examples for 3"),
-                        (lambda: g.predict_many([image, image], 50, 0.01, [0, 1, 2]), "3 examples for 2"),
-                        (lambda: g.certify_many([image], 5, 50, 0.01, [-1]), "example index"),
-                        (lambda: g.certify_many([image], 5, 50, 0.01, [0.5]), "example index"),
-                        (lambda: sequential_certify_many(g, [image, image], [0], 5, 200, 0.01, [0.25]), "1 examples"),
-                        (lambda: sequential_certify_many(g, [image], [0], 5.5, 200, 0.01, [0.25]), "n0=5.5")]:
+    for call, match in [
+        (lambda: g.certify(image, 20, 100.5, 0.01), "n=100.5"),
+        (lambda: g.certify(image, 2.5, 100, 0.01), "n0=2.5"),
+        (lambda: g.predict(image, 50.5, 0.01), "n=50.5"),
+        (lambda: g.certify(image, 20, 100, float("nan")), "alpha"),
+        (lambda: g.certify_many([image, image, image], 5, 50, 0.01, [0, 1]), "2 examples for 3"),
+        (lambda: g.predict_many([image, image], 50, 0.01, [0, 1, 2]), "3 examples for 2"),
+        (lambda: g.certify_many([image], 5, 50, 0.01, [-1]), "example index"),
+        (lambda: g.certify_many([image], 5, 50, 0.01, [0.5]), "example index"),
+        (lambda: sequential_certify_many(g, [image, image], [0], 5, 200, 0.01, [0.25]), "1 examples"),
+        (lambda: sequential_certify_many(g, [image], [0], 5.5, 200, 0.01, [0.25]), "n0=5.5"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             call()
     assert g.certify(image, 20.0, 1e2, 0.01).n == 100  # exact integers written as floats are fine
@@ -145,15 +162,32 @@ def test_max_batch_must_be_a_positive_integer(clf):
             OnnxClassifier(clf.path, device="cpu", max_batch=bad)
 
 
-@pytest.mark.parametrize("kw,match", [({"mean": (float("nan"),)}, "mean"), ({"std": (1e-45,)}, "std"),
-                                      ({"mean": (1e300,), "std": (1.0,)}, "mean"), ({"scale": 1e30}, "scale")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"mean": (float("nan"),)}, "mean"),
+        ({"std": (1e-45,)}, "std"),
+        ({"mean": (1e300,), "std": (1.0,)}, "mean"),
+        ({"scale": 1e30}, "scale"),
+    ],
+)
 def test_preprocessing_refuses_nonsense(kw, match):
     with pytest.raises(ConfigError, match=match):
         PreprocessSpec(**kw)
 
 
-@pytest.mark.parametrize("kw", [{"n": 1.5}, {"seed": 2.5}, {"batch_size": 7.5}, {"n0": "10"}, {"sigma": 1e308},
-                                {"radii": [float("nan")]}, {"skip": True}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n": 1.5},
+        {"seed": 2.5},
+        {"batch_size": 7.5},
+        {"n0": "10"},
+        {"sigma": 1e308},
+        {"radii": [float("nan")]},
+        {"skip": True},
+    ],
+)
 def test_run_config_refuses_nonsense(kw):
     with pytest.raises(ConfigError):
         RunConfig(**{"sigma": 0.25, **kw}).validate()
@@ -168,18 +202,39 @@ def cli_files(tmp_path_factory):
     return tmp
 
 
-@pytest.mark.parametrize("args", [
-    ["--sigma", "0.25", "--mean", "nan"], ["--sigma", "0.25", "--std", "1e-45"], ["--sigma", "1e308"],
-    ["--sigma", "0"], ["--sigma", "-1"], ["--sigma", "nan"], ["--sigma", "0.25", "--data-is-huge"],
-    ["--sigma", "1e-300"],
-], ids=["mean-nan", "std-1e-45", "sigma-1e308", "sigma-0", "sigma-neg", "sigma-nan", "pixels-1e300", "sigma-1e-300"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--sigma", "0.25", "--mean", "nan"],
+        ["--sigma", "0.25", "--std", "1e-45"],
+        ["--sigma", "1e308"],
+        ["--sigma", "0"],
+        ["--sigma", "-1"],
+        ["--sigma", "nan"],
+        ["--sigma", "0.25", "--data-is-huge"],
+        ["--sigma", "1e-300"],
+    ],
+    ids=["mean-nan", "std-1e-45", "sigma-1e308", "sigma-0", "sigma-neg", "sigma-nan", "pixels-1e300", "sigma-1e-300"],
+)
 def test_cli_refuses_in_one_line_and_writes_nothing(cli_files, capsys, args):
     data = "huge.npz" if "--data-is-huge" in args else "ok.npz"
     args = [a for a in args if a != "--data-is-huge"]
     out = cli_files / "out.tsv"
     with pytest.raises(SystemExit) as e:
-        main(["certify", str(cli_files / "m.onnx"), str(cli_files / data), "--n0", "5", "--n", "20", *args,
-              "--out", str(out)])
+        main(
+            [
+                "certify",
+                str(cli_files / "m.onnx"),
+                str(cli_files / data),
+                "--n0",
+                "5",
+                "--n",
+                "20",
+                *args,
+                "--out",
+                str(out),
+            ]
+        )
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("rs-onnx: error:")]
     assert e.value.code == 1 and len(errors) == 1 and "Traceback" not in err, err

@@ -54,8 +54,9 @@ def test_scalar_and_vectorised_bounds_are_one_implementation(alpha):
         assert up[i] == stats.clopper_pearson_upper(i, n, alpha)
     # broadcasting over levels (the sequential schedule's looks)
     alphas = np.array([1e-4, 1e-3, 1e-2])
-    np.testing.assert_array_equal(stats.cp_lower(150, n, alphas),
-                                  [stats.clopper_pearson_lower(150, n, a) for a in alphas])
+    np.testing.assert_array_equal(
+        stats.cp_lower(150, n, alphas), [stats.clopper_pearson_lower(150, n, a) for a in alphas]
+    )
 
 
 def test_cohen_radii_match_the_scalar_radius_and_round_down():
@@ -72,8 +73,7 @@ def test_cohen_radii_match_the_scalar_radius_and_round_down():
 def test_selection_rule():
     assert stats.select(np.array([3, 7, 7, 0, 99])) == 1  # ties to the lower index; last column: non-finite
     assert stats.select(np.array([0, 0, 0, 12])) == stats.ABSTAIN  # only non-finite outputs: no class
-    np.testing.assert_array_equal(stats.select_many(np.array([[0, 5, 0], [4, 1, 0], [0, 0, 3]])),
-                                  [1, 0, stats.ABSTAIN])
+    np.testing.assert_array_equal(stats.select_many(np.array([[0, 5, 0], [4, 1, 0], [0, 0, 3]])), [1, 0, stats.ABSTAIN])
     assert stats.select_many(np.zeros((0, 3), np.int64)).shape == (0,)
 
 
@@ -83,10 +83,17 @@ def _private_imports():
     for f in sorted(PACKAGE.glob("*.py")):
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("rs_onnx")):
-                found += [f"{f.name}:{node.lineno} {a.name}" for a in node.names
-                          if a.name.startswith("_") and not a.name.startswith("__")]
-            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and isinstance(node.value, (ast.Name, ast.Attribute))):
+                found += [
+                    f"{f.name}:{node.lineno} {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, (ast.Name, ast.Attribute))
+            ):
                 owner = ast.unparse(node.value)
                 if owner not in ("self", "cls", "os", "sys"):
                     found.append(f"{f.name}:{node.lineno} {owner}.{node.attr}")
@@ -145,8 +152,12 @@ def test_probe_is_returned_not_stored(monkeypatch):
     assert probe["batch_size"] == 64 and set(probe["seconds_per_sample"]) == {"16", "32", "64", "128"}
     assert not hasattr(clf, "batch_probe")
     clf.batch_probe = {"batch_size": 7}  # a stale attribute is never read back
-    assert sampling.Sampler(clf, sampling.Preprocessor(sampling_spec(), (3,), (3,), np.float32), 0.5, 0,
-                            None, 0).batch_size == 64
+    assert (
+        sampling.Sampler(
+            clf, sampling.Preprocessor(sampling_spec(), (3,), (3,), np.float32), 0.5, 0, None, 0
+        ).batch_size
+        == 64
+    )
 
 
 def sampling_spec():
@@ -156,9 +167,32 @@ def sampling_spec():
 
 
 # ------------------------------------------------------------------ values flow down: no write-back
-META_KEYS = ["status", "mode", "config", "seed", "entropy", "noise", "radius_norms", "preprocess", "batch_size", "noise_threads",
-             "batch_probe", "model", "providers", "device", "device_name", "data", "versions", "command", "timings",
-             "out", "examples_done", "nonfinite_outputs", "clean_accuracy", "batch_check"]
+META_KEYS = [
+    "status",
+    "mode",
+    "config",
+    "seed",
+    "entropy",
+    "noise",
+    "radius_norms",
+    "preprocess",
+    "batch_size",
+    "noise_threads",
+    "batch_probe",
+    "model",
+    "providers",
+    "device",
+    "device_name",
+    "data",
+    "versions",
+    "command",
+    "timings",
+    "out",
+    "examples_done",
+    "nonfinite_outputs",
+    "clean_accuracy",
+    "batch_check",
+]
 
 
 def _config(model, data, **kw):
@@ -329,8 +363,12 @@ def test_architecture_note_lists_every_module_and_nothing_imports_upwards():
     layers = _layers()
     modules = {f.stem for f in PACKAGE.glob("*.py")}
     assert set(layers) == modules, "ARCHITECTURE.md's table must list exactly the modules of rs_onnx/"
-    upward = [f"{m} (layer {layers[m]}) imports {d} (layer {layers[d]})"
-              for m in modules for d in _imports(PACKAGE / f"{m}.py") if d in layers and layers[d] > layers[m]]
+    upward = [
+        f"{m} (layer {layers[m]}) imports {d} (layer {layers[d]})"
+        for m in modules
+        for d in _imports(PACKAGE / f"{m}.py")
+        if d in layers and layers[d] > layers[m]
+    ]
     assert upward == []
 
 

@@ -46,12 +46,12 @@ def test_thresholds_same_at_two_precisions_and_symmetric(sigma):
         t = audit.thresholds(sigma, audit.DIGITS, bits)
         assert t == audit.thresholds(sigma, 140, bits)
         assert len(t) == 2 * m
-        assert all(a <= b for a, b in itertools.pairwise(t)) and 1 <= t[0] and t[-1] <= 2 ** bits
-        assert all(t[j] + t[2 * m - 1 - j] == 2 ** bits + 1 for j in range(2 * m))  # T_j + T_{-j-1}
+        assert all(a <= b for a, b in itertools.pairwise(t)) and 1 <= t[0] and t[-1] <= 2**bits
+        assert all(t[j] + t[2 * m - 1 - j] == 2**bits + 1 for j in range(2 * m))  # T_j + T_{-j-1}
     t64, t128 = audit.thresholds(sigma), audit.thresholds(sigma, bits=128)
-    assert all((b + 2 ** 64 - 1) >> 64 == a for a, b in zip(t64, t128))  # ceil(2^64 p) = ceil(ceil(2^128 p) / 2^64)
+    assert all((b + 2**64 - 1) >> 64 == a for a, b in zip(t64, t128))  # ceil(2^64 p) = ceil(ceil(2^128 p) / 2^64)
     j = np.arange(-m, m)
-    assert np.allclose(np.array(t64, float) / 2.0 ** 64, ndtr((j + 0.5) / (255 * sigma)), rtol=0, atol=1e-15)
+    assert np.allclose(np.array(t64, float) / 2.0**64, ndtr((j + 0.5) / (255 * sigma)), rtol=0, atol=1e-15)
 
 
 def test_phi_decimal_against_mpmath():
@@ -67,8 +67,9 @@ def test_sigma_is_taken_as_written():
     # 0.12 as a float is 0.11999999999999999556; the thresholds use the decimal 0.12 exactly
     t = audit.thresholds(0.12)
     x = Decimal(1) / 2 / (255 * Decimal("0.12"))
-    assert t[audit.grid_extent(0.12)[1]] == int((Decimal(2) ** 64 * audit.phi_decimal(x)).to_integral_value(
-        rounding="ROUND_CEILING"))
+    assert t[audit.grid_extent(0.12)[1]] == int(
+        (Decimal(2) ** 64 * audit.phi_decimal(x)).to_integral_value(rounding="ROUND_CEILING")
+    )
 
 
 # ------------------------------------------------------------------------------------------- the sampler
@@ -137,8 +138,8 @@ def test_table_lookup_equals_binary_search(grid):
     u = np.random.SFC64(7).random_raw(200_000)
     m = grid.tm1.size
     u[:m] = grid.tm1  # words on and next to the thresholds
-    u[m:2 * m] = grid.tm1 + np.uint64(1)
-    u[2 * m:3 * m] = grid.tm1 - np.uint64(1)
+    u[m : 2 * m] = grid.tm1 + np.uint64(1)
+    u[2 * m : 3 * m] = grid.tm1 - np.uint64(1)
     want = np.searchsorted(grid.tm1, u, side="left")
     # words on a threshold's cell are refined with 64 more bits; zeros keep them below T128_j
     assert np.array_equal(grid.shifted(u.copy(), lambda m: np.zeros(m, np.uint64)), want)
@@ -152,13 +153,14 @@ def test_boundary_cell_draws_64_more_bits():
     u = int(g.tm1[j])  # the boundary cell: u = T_j - 1 holds 2^64 Phi exactly
     t128 = g.t128[j]
     low = t128 - (u << 64)  # V = u 2^64 + w < T128_j  <=>  w < low
-    assert 0 < low < 2 ** 64
+    assert 0 < low < 2**64
     calls = []
 
     def extra(values):
         def f(m):
             calls.append(m)
             return np.array(values[:m], np.uint64)
+
         return f
 
     words = np.array([u, u, u + 1, u - 1], np.uint64)
@@ -218,10 +220,15 @@ def _sampler_for(x, batch=8, spec=None, shape=None, dtype=np.float32):
     return sampler.pre, sampler, sampler.pre.clean(x)
 
 
-@pytest.mark.parametrize("spec,dtype", [(PreprocessSpec(), np.float32),
-                                         (PreprocessSpec(mean=(0.4914, 0.4822, 0.4465), std=(0.2, 0.3, 0.4)), np.float32),
-                                         (PreprocessSpec(layout="nhwc", scale=255.0), np.uint8),
-                                         (PreprocessSpec(), np.float16)])
+@pytest.mark.parametrize(
+    "spec,dtype",
+    [
+        (PreprocessSpec(), np.float32),
+        (PreprocessSpec(mean=(0.4914, 0.4822, 0.4465), std=(0.2, 0.3, 0.4)), np.float32),
+        (PreprocessSpec(layout="nhwc", scale=255.0), np.uint8),
+        (PreprocessSpec(), np.float16),
+    ],
+)
 def test_model_input_depends_on_x_plus_i_only(spec, dtype):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (3, 4, 5)).astype(np.uint8)
@@ -266,8 +273,22 @@ def test_scan_accepts_row_separable_graphs():
     assert _scan(om.threshold_model(0.5))[0]
 
 
-@pytest.mark.parametrize("case", ["reduce_batch", "softmax_batch", "shape", "custom", "transpose", "concat_const",
-                                  "reshape_mix", "random", "broadcast_up", "lying_value_info", "if_capture"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "reduce_batch",
+        "softmax_batch",
+        "shape",
+        "custom",
+        "transpose",
+        "concat_const",
+        "reshape_mix",
+        "random",
+        "broadcast_up",
+        "lying_value_info",
+        "if_capture",
+    ],
+)
 def test_scan_refuses_batch_mixing(case):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
@@ -292,13 +313,20 @@ def test_scan_refuses_batch_mixing(case):
         nodes = [helper.make_node("RandomNormalLike", ["x"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])]
     elif case in ("broadcast_up", "lying_value_info"):  # [N,4] + [3,1,4] -> [3,N,4]: the batch moves to axis 1
         inits = [numpy_helper.from_array(np.zeros((3, 1, 4), np.float32), "c")]
-        nodes = [helper.make_node("Add", ["x", "c"], ["z"]), helper.make_node("ReduceSum", ["z"], ["y"], keepdims=0,
-                                                                               axes=[1]) if opset < 13 else
-                 helper.make_node("ReduceMax", ["z"], ["y"], axes=[1], keepdims=0)]
+        nodes = [
+            helper.make_node("Add", ["x", "c"], ["z"]),
+            helper.make_node("ReduceSum", ["z"], ["y"], keepdims=0, axes=[1])
+            if opset < 13
+            else helper.make_node("ReduceMax", ["z"], ["y"], axes=[1], keepdims=0),
+        ]
     elif case == "if_capture":  # the branch reads x from the outer scope: no node input carries the batch
         inits = [numpy_helper.from_array(np.array(True), "cond")]
-        branch = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1)], "b", [],
-                                   [helper.make_tensor_value_info("m", TensorProto.FLOAT, None)])
+        branch = helper.make_graph(
+            [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1)],
+            "b",
+            [],
+            [helper.make_tensor_value_info("m", TensorProto.FLOAT, None)],
+        )
         nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)]
     graph = helper.make_graph(nodes, "g", [x], [y], inits)
     if case == "lying_value_info":  # the supplier claims z is [N, 4]; the scan must not believe it
@@ -344,8 +372,9 @@ def test_onnx_batch_mixing_model_is_not_batched(tmp_path):
     else:
         assert info["batched"] is False and "ReduceMean" in info["how"]
     sc = SmoothedClassifier(clf, SIGMA, batch_size=64, noise_threads=0, audit=True)
-    ref = SmoothedClassifier(clf, SIGMA, batch_size=1, noise_threads=0, audit=True, seed=sc.entropy,
-                             audit_seed_override=True)
+    ref = SmoothedClassifier(
+        clf, SIGMA, batch_size=1, noise_threads=0, audit=True, seed=sc.entropy, audit_seed_override=True
+    )
     x = np.array([0.2, 0.4, 0.6, 0.8], np.float32)
     assert np.array_equal(sc.certify(x, 5, 300, 0.01).counts, ref.certify(x, 5, 300, 0.01).counts)
 
@@ -396,8 +425,7 @@ def test_counts_follow_the_exact_grid_distribution(threshold_clf):
     with a half-pixel shift) moves p by ~0.078 at sigma 0.02, 30 standard errors."""
     clf, c = threshold_clf
     sigma, k = 0.02, 130
-    sc = SmoothedClassifier(clf, sigma, batch_size=1000, noise_threads=0, audit=True, seed=11,
-                            audit_seed_override=True)
+    sc = SmoothedClassifier(clf, sigma, batch_size=1000, noise_threads=0, audit=True, seed=11, audit_seed_override=True)
     xs = [np.array([k / 255], np.float32)] * 40
     certs = sc.certify_many(xs, 1, 1000, 0.001)
     ones = sum(int(cert.counts[1]) for cert in certs)
@@ -413,8 +441,7 @@ def test_clopper_pearson_coverage_under_grid_noise(threshold_clf):
     (deterministic seed; the allowance is the 1e-4 upper quantile of Binomial(300, alpha))."""
     clf, c = threshold_clf
     k, alpha = 127, 0.05
-    sc = SmoothedClassifier(clf, SIGMA, batch_size=2000, noise_threads=0, audit=True, seed=5,
-                            audit_seed_override=True)
+    sc = SmoothedClassifier(clf, SIGMA, batch_size=2000, noise_threads=0, audit=True, seed=5, audit_seed_override=True)
     certs = sc.certify_many([np.array([k / 255], np.float32)] * 300, 10, 100, alpha)
     p_true = _exact_p_above(c, k, SIGMA)
     p_a = {0: 1 - p_true, 1: p_true}
@@ -429,8 +456,9 @@ def test_results_do_not_depend_on_batching(threshold_clf):
     xs = [np.array([v / 255], np.float32) for v in (120, 128, 131, 140)]
     runs = []
     for batch, threads in ((7, 0), (1000, 2), (64, 1)):
-        sc = SmoothedClassifier(clf, SIGMA, batch_size=batch, noise_threads=threads, audit=True, seed=9,
-                                audit_seed_override=True)
+        sc = SmoothedClassifier(
+            clf, SIGMA, batch_size=batch, noise_threads=threads, audit=True, seed=9, audit_seed_override=True
+        )
         runs.append([cert.counts.tolist() for cert in sc.certify_many(xs, 10, 500, 0.001)])
     assert runs[0] == runs[1] == runs[2]
 
@@ -477,8 +505,28 @@ def test_cli_audit_certifies_and_records(digits, tmp_path):
     assert len(rows) == 5
     # the same entropy through the override reproduces the rows (here in sequential-free, batch-1 form)
     out2 = tmp_path / "b.tsv"
-    r = _invoke(["-q", "certify", model, data, "--audit", "--audit-seed-override", "--seed", meta["entropy"],
-                 "--n0", "10", "--n", "200", "--end", "4", "--batch-size", "3", "--out", str(out2)])
+    r = _invoke(
+        [
+            "-q",
+            "certify",
+            model,
+            data,
+            "--audit",
+            "--audit-seed-override",
+            "--seed",
+            meta["entropy"],
+            "--n0",
+            "10",
+            "--n",
+            "200",
+            "--end",
+            "4",
+            "--batch-size",
+            "3",
+            "--out",
+            str(out2),
+        ]
+    )
     assert r.exit_code == 0, r.output
     t = rows[0].split("\t").index("time")
     strip = [[c for i, c in enumerate(line.split("\t")) if i != t] for line in rows]
@@ -502,8 +550,9 @@ def test_cli_audit_refuses_seed_and_off_grid_data(digits, tmp_path, capsys):
     assert code == 1 and "expected no seed with audit" in err and not out.exists()
     imgs = np.full((2, 28, 28), 0.5, np.float32)  # 0.5 = 127.5 / 255: off the grid
     np.savez(tmp_path / "f.npz", images=imgs, labels=np.zeros(2, np.uint8))
-    code, err = _main_error(["certify", model, str(tmp_path / "f.npz"), "--audit", "--n", "50", "--out", str(out)],
-                            capsys)
+    code, err = _main_error(
+        ["certify", model, str(tmp_path / "f.npz"), "--audit", "--n", "50", "--out", str(out)], capsys
+    )
     assert code == 1 and "8-bit grid" in err and "Traceback" not in err and not out.exists()
     assert [line for line in err.splitlines() if line.startswith("rs-onnx: error:")] == [err.strip().splitlines()[-1]]
     code, err = _main_error(["certify", model, data, "--audit-seed-override", "--seed", "1", "--out", str(out)], capsys)
@@ -520,11 +569,15 @@ def test_default_run_with_audit_drops_the_default_seed(monkeypatch, tmp_path):
 
 def test_sequential_mode_with_audit(digits):
     _, model, data = digits
-    p = run.prepare(RunConfig(model=model, data=data, sigma=0.25, n0=10, n=400, end=3, audit=True,
-                              sequential=True, batch_size=128).validate())
+    p = run.prepare(
+        RunConfig(
+            model=model, data=data, sigma=0.25, n0=10, n=400, end=3, audit=True, sequential=True, batch_size=128
+        ).validate()
+    )
     assert p.smoothed.audit
-    certs = sequential_certify_many(p.smoothed, [p.data.image(i) for i in range(3)], [0, 1, 2], 10, 400, 0.001,
-                                    (0.25, 0.5))
+    certs = sequential_certify_many(
+        p.smoothed, [p.data.image(i) for i in range(3)], [0, 1, 2], 10, 400, 0.001, (0.25, 0.5)
+    )
     assert all(c.n <= 400 for c in certs) and any(c.predict == p.data.labels[i] for i, c in enumerate(certs))
 
 
@@ -540,19 +593,28 @@ def test_ray_audit_matches_local(ray_cluster, digits, tmp_path):
     from rs_onnx.distributed import ray_backend
 
     _, model, data = digits
-    values = {"model": model, "data": data, "sigma": 0.25, "n0": 10, "n": 150, "end": 6, "audit": True,
-              "batch_size": 200}
+    values = {
+        "model": model,
+        "data": data,
+        "sigma": 0.25,
+        "n0": 10,
+        "n": 150,
+        "end": 6,
+        "audit": True,
+        "batch_size": 200,
+    }
     local = run.prepare(RunConfig(**values).validate())
     run.execute(local, "certify", tmp_path / "local.tsv")
     seeded = dict(values, seed=local.smoothed.entropy, audit_seed_override=True)
-    meta = run.execute(run.prepare(RunConfig(**seeded).validate()), "certify", tmp_path / "ray.tsv",
-                       backend=ray_backend(workers=2))
+    meta = run.execute(
+        run.prepare(RunConfig(**seeded).validate()), "certify", tmp_path / "ray.tsv", backend=ray_backend(workers=2)
+    )
     assert meta["status"] == "complete" and meta["audit"]["batched"] is True
 
     def strip(path):
         lines = [line.split("\t") for line in path.read_text().splitlines()]
         t = lines[0].index("time")
-        return [line[:t] + line[t + 1:] for line in lines]
+        return [line[:t] + line[t + 1 :] for line in lines]
 
     assert strip(tmp_path / "ray.tsv") == strip(tmp_path / "local.tsv")
 
@@ -592,5 +654,22 @@ def test_predict_and_resume_with_audit(digits, tmp_path):
     assert json.loads(Path(str(cert) + ".meta.json").read_text())["entropy"] == entropy
     # a resume without --audit is refused: the audit flag decides the results
     with pytest.raises(ConfigError, match="audit"):
-        _invoke(["-q", "certify", model, data, "--seed", "0", "--n0", "10", "--n", "100", "--end", "5", "--out",
-                 str(cert), "--resume"])
+        _invoke(
+            [
+                "-q",
+                "certify",
+                model,
+                data,
+                "--seed",
+                "0",
+                "--n0",
+                "10",
+                "--n",
+                "100",
+                "--end",
+                "5",
+                "--out",
+                str(cert),
+                "--resume",
+            ]
+        )

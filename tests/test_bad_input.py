@@ -24,8 +24,9 @@ from tests.onnx_models import linear_model, save
 
 W = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
 # 700 generated inputs per run (200 YAML files, 200 .npz files, 100 model files, 200 sets of numbers).
-SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                           HealthCheck.too_slow], derandomize=True)
+SETTINGS = settings(
+    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], derandomize=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +56,35 @@ def run_cli(capsys, argv, out: Path):
 
 BASE = ["--sigma", "0.25", "--n0", "5", "--n", "20", "--seed", "0"]
 
-yaml_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
-                           max_leaves=6)
-keys = st.sampled_from(["sigma", "n", "n0", "alpha", "batch_size", "seed", "mean", "std", "layout", "scale", "preset",
-                        "skip", "start", "end", "device", "bound", "sigmaa", "batch", "dtype", "noise_threads"])
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+    max_leaves=6,
+)
+keys = st.sampled_from(
+    [
+        "sigma",
+        "n",
+        "n0",
+        "alpha",
+        "batch_size",
+        "seed",
+        "mean",
+        "std",
+        "layout",
+        "scale",
+        "preset",
+        "skip",
+        "start",
+        "end",
+        "device",
+        "bound",
+        "sigmaa",
+        "batch",
+        "dtype",
+        "noise_threads",
+    ]
+)
 
 
 @settings(SETTINGS, max_examples=200)
@@ -68,18 +93,36 @@ def test_any_yaml_config_is_accepted_or_refused_in_one_line(files, capsys, doc):
     tmp, model = files
     cfg = tmp / "c.yaml"
     cfg.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
-    run_cli(capsys, ["certify", str(model), str(tmp / "good.npz"), "--config", str(cfg), "--n", "20", "--n0", "5",
-                     "--device", "cpu"], tmp / "o.tsv")
+    run_cli(
+        capsys,
+        [
+            "certify",
+            str(model),
+            str(tmp / "good.npz"),
+            "--config",
+            str(cfg),
+            "--n",
+            "20",
+            "--n0",
+            "5",
+            "--device",
+            "cpu",
+        ],
+        tmp / "o.tsv",
+    )
 
 
 dtypes = st.sampled_from([np.uint8, np.int8, np.int64, np.float32, np.float64, np.bool_, np.complex64, np.float16])
 
 
 @settings(SETTINGS, max_examples=200)
-@given(images=hnp.arrays(dtypes, hnp.array_shapes(min_dims=0, max_dims=4, max_side=5)),
-       labels=hnp.arrays(st.sampled_from([np.uint8, np.int64, np.float32, np.int8]),
-                         hnp.array_shapes(min_dims=0, max_dims=2, max_side=5)),
-       keys=st.sampled_from([("images", "labels"), ("image", "labels"), ("images", "label"), ("x", "y")]))
+@given(
+    images=hnp.arrays(dtypes, hnp.array_shapes(min_dims=0, max_dims=4, max_side=5)),
+    labels=hnp.arrays(
+        st.sampled_from([np.uint8, np.int64, np.float32, np.int8]), hnp.array_shapes(min_dims=0, max_dims=2, max_side=5)
+    ),
+    keys=st.sampled_from([("images", "labels"), ("image", "labels"), ("images", "label"), ("x", "y")]),
+)
 def test_any_npz_is_accepted_or_refused_in_one_line(files, capsys, images, labels, keys):
     tmp, model = files
     data = tmp / "d.npz"
@@ -99,12 +142,32 @@ def test_truncated_or_corrupt_models_are_refused(files, capsys, cut, junk):
 
 
 @settings(SETTINGS, max_examples=200)
-@given(n=st.integers(-5, 10**12), n0=st.integers(-5, 10**12), batch=st.integers(-5, 10**9),
-       alpha=st.floats(allow_nan=True, allow_infinity=True), sigma=st.floats(allow_nan=True, allow_infinity=True))
+@given(
+    n=st.integers(-5, 10**12),
+    n0=st.integers(-5, 10**12),
+    batch=st.integers(-5, 10**9),
+    alpha=st.floats(allow_nan=True, allow_infinity=True),
+    sigma=st.floats(allow_nan=True, allow_infinity=True),
+)
 def test_absurd_numbers_are_refused_before_any_work(files, capsys, n, n0, batch, alpha, sigma):
     tmp, model = files
-    argv = ["certify", str(model), str(tmp / "good.npz"), "--n", str(n), "--n0", str(n0), "--batch-size", str(batch),
-            "--alpha", repr(alpha), "--sigma", repr(sigma), "--seed", "0"]
+    argv = [
+        "certify",
+        str(model),
+        str(tmp / "good.npz"),
+        "--n",
+        str(n),
+        "--n0",
+        str(n0),
+        "--batch-size",
+        str(batch),
+        "--alpha",
+        repr(alpha),
+        "--sigma",
+        repr(sigma),
+        "--seed",
+        "0",
+    ]
     # sigma: at most MAX_SIGMA, and large enough for float32 to hold noise of that size at the data's zeros
     tiny = float(np.spacing(np.float32(0))) / RESOLUTION
     valid = n >= 1 and n0 >= 1 and 1 <= batch <= 10**7 and 0 < alpha < 1 and tiny <= sigma <= MAX_SIGMA
@@ -121,14 +184,24 @@ def test_empty_files_and_missing_external_data(files, capsys, tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     (tmp_path / "empty.npz").write_bytes(b"")
     (tmp_path / "empty.yaml").write_text("")
-    for argv in (["certify", str(tmp_path / "empty.onnx"), str(tmp / "good.npz"), *BASE],
-                 ["certify", str(model), str(tmp_path / "empty.npz"), *BASE]):
+    for argv in (
+        ["certify", str(tmp_path / "empty.onnx"), str(tmp / "good.npz"), *BASE],
+        ["certify", str(model), str(tmp_path / "empty.npz"), *BASE],
+    ):
         assert run_cli(capsys, argv, tmp_path / "o.tsv")[0] == 1
     m = onnx.load(str(model))
-    onnx.save_model(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="ext.bin", size_threshold=0)
+    onnx.save_model(
+        m,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.bin",
+        size_threshold=0,
+    )
     (tmp_path / "ext.bin").unlink()
-    code, err = run_cli(capsys, ["certify", str(tmp_path / "ext.onnx"), str(tmp / "good.npz"), *BASE], tmp_path / "o.tsv")
+    code, err = run_cli(
+        capsys, ["certify", str(tmp_path / "ext.onnx"), str(tmp / "good.npz"), *BASE], tmp_path / "o.tsv"
+    )
     assert code == 1 and "ext.bin" in err
 
 
@@ -144,8 +217,9 @@ def test_pickled_npz_is_never_unpickled(files, capsys, tmp_path):
 # huge declared shapes, --denoiser and compose -o paths, third-party chatter on stderr)
 
 # Control characters and line breaks an attacker could put into a name to split or forge a message.
-nasty = st.lists(st.sampled_from(list("ab.-_ \n\r\t\x1b\x85\u2028\u2029é") + ["\nrs-onnx: error: forged"]),
-                 min_size=1, max_size=8).map("".join)
+nasty = st.lists(
+    st.sampled_from(list("ab.-_ \n\r\t\x1b\x85\u2028\u2029é") + ["\nrs-onnx: error: forged"]), min_size=1, max_size=8
+).map("".join)
 
 
 def only_rs_onnx_lines(err: str) -> None:
@@ -155,22 +229,33 @@ def only_rs_onnx_lines(err: str) -> None:
 
 
 @settings(SETTINGS, max_examples=60)
-@given(text=st.one_of(st.text(max_size=12), st.sampled_from(["auto", " AUTO ", "--5", "-0", "0", "²", "١٢", "1e3",
-                                                              "64", "0x10", "1_000", "10000001", "9" * 40])))
+@given(
+    text=st.one_of(
+        st.text(max_size=12),
+        st.sampled_from(
+            ["auto", " AUTO ", "--5", "-0", "0", "²", "١٢", "1e3", "64", "0x10", "1_000", "10000001", "9" * 40]
+        ),
+    )
+)
 def test_any_batch_size_text_is_accepted_or_refused_in_one_line(files, capsys, text):
     tmp, model = files
     if text.startswith("-") and not text.startswith("--"):
         text = " " + text  # click would read "-5" as an option: the value arrives with a leading space
-    code, err = run_cli(capsys, ["certify", str(model), str(tmp / "good.npz"), *BASE, "--batch-size=" + text],
-                        tmp / "o.tsv")
+    code, err = run_cli(
+        capsys, ["certify", str(model), str(tmp / "good.npz"), *BASE, "--batch-size=" + text], tmp / "o.tsv"
+    )
     t = text.strip().lower()
     valid = t == "auto" or (re.fullmatch(r"[0-9]+", t) is not None and 1 <= int(t) <= 10_000_000)
     assert code == (0 if valid else 1), (text, err)
 
 
 @settings(SETTINGS, max_examples=40)
-@given(name=st.one_of(st.sampled_from([*DTYPES, "float", "double", "bool", "complex64", "object", "U8", "foo",
-                                       "", " ", "float32\n"]), st.text(max_size=10)))
+@given(
+    name=st.one_of(
+        st.sampled_from([*DTYPES, "float", "double", "bool", "complex64", "object", "U8", "foo", "", " ", "float32\n"]),
+        st.text(max_size=10),
+    )
+)
 def test_any_dtype_is_accepted_or_refused_in_one_line(files, capsys, name):
     tmp, model = files
     code, err = run_cli(capsys, ["certify", str(model), str(tmp / "good.npz"), *BASE, "--dtype=" + name], tmp / "o.tsv")
@@ -190,8 +275,9 @@ def test_any_sigma_metadata_is_used_or_refused_in_one_line(files, capsys, value)
     m = linear_model(W, input_shape=(1, 4, 4), batch=1)
     helper.set_model_props(m, {"rs_onnx.sigma": value})
     path = save(m, tmp / "meta.onnx")
-    code, err = run_cli(capsys, ["certify", str(path), str(tmp / "good.npz"), "--n0", "5", "--n", "20", "--seed", "0"],
-                        tmp / "o.tsv")
+    code, err = run_cli(
+        capsys, ["certify", str(path), str(tmp / "good.npz"), "--n0", "5", "--n", "20", "--seed", "0"], tmp / "o.tsv"
+    )
     try:
         sigma = float(value)
     except ValueError:
@@ -233,8 +319,9 @@ def test_a_model_whose_output_name_holds_a_newline_cannot_forge_a_line(files, ca
         node.output[:] = [forged if o == "scores" else o for o in node.output]
     m.graph.output[0].name = forged
     path = save(m, tmp_path / "nl.onnx")
-    code, err = run_cli(capsys, ["certify", str(path), str(tmp / "good.npz"), *BASE, "--output-name", "nope"],
-                        tmp_path / "o.tsv")
+    code, err = run_cli(
+        capsys, ["certify", str(path), str(tmp / "good.npz"), *BASE, "--output-name", "nope"], tmp_path / "o.tsv"
+    )
     assert code == 1 and "forged" in err
     only_rs_onnx_lines(err)
 
@@ -261,8 +348,9 @@ def test_over_long_file_names_are_refused_in_one_line(files, capsys, tmp_path, w
 def _yaml_files(tmp: Path) -> dict[str, Path]:
     deep = tmp / "deep.yaml"
     deep.write_text("sigma: " + "[" * 50_000 + "]" * 50_000 + "\n")
-    anchors = "".join(f"  {chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]\n"
-                      for i in range(9))
+    anchors = "".join(
+        f"  {chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]\n" for i in range(9)
+    )
     bomb = tmp / "bomb.yaml"
     bomb.write_text("extra_inputs:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n" + anchors + "sigma: *j\n")
     big = tmp / "big.yaml"
@@ -275,8 +363,11 @@ def test_yaml_bombs_are_refused_quickly_in_one_line(files, capsys, tmp_path, kin
     tmp, model = files
     cfg = _yaml_files(tmp_path)[kind]
     t0 = time.perf_counter()
-    code, err = run_cli(capsys, ["certify", str(model), str(tmp / "good.npz"), "--config", str(cfg), "--n", "20",
-                                 "--n0", "5"], tmp / "o.tsv")
+    code, err = run_cli(
+        capsys,
+        ["certify", str(model), str(tmp / "good.npz"), "--config", str(cfg), "--n", "20", "--n0", "5"],
+        tmp / "o.tsv",
+    )
     assert code == 1 and "config file" in err and time.perf_counter() - t0 < 10
 
 
@@ -290,10 +381,12 @@ def _huge_input_model(dims) -> onnx.ModelProto:
     """Input x [1, *dims] -> scores [1, 2] (mean and minus mean): runs for any declared shape."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *dims])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
-    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
-             helper.make_node("ReduceMean", ["f"], ["m"], axes=[1], keepdims=1),
-             helper.make_node("Neg", ["m"], ["n"]),
-             helper.make_node("Concat", ["m", "n"], ["y"], axis=1)]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("ReduceMean", ["f"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Neg", ["m"], ["n"]),
+        helper.make_node("Concat", ["m", "n"], ["y"], axis=1),
+    ]
     model = helper.make_model(helper.make_graph(nodes, "huge", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
@@ -311,8 +404,11 @@ def test_huge_declared_shapes_are_refused_before_allocating(files, capsys, dims)
 def test_missing_or_directory_denoiser_is_one_line(files, capsys, tmp_path):
     tmp, model = files
     for denoiser in (tmp_path / "nothere.onnx", tmp_path):
-        code, err = run_cli(capsys, ["certify", str(model), str(tmp / "good.npz"), *BASE, "--denoiser", str(denoiser)],
-                            tmp_path / "o.tsv")
+        code, err = run_cli(
+            capsys,
+            ["certify", str(model), str(tmp / "good.npz"), *BASE, "--denoiser", str(denoiser)],
+            tmp_path / "o.tsv",
+        )
         assert code == 1 and "denoiser" in err
 
 
@@ -323,7 +419,8 @@ def test_compose_onto_a_directory_is_one_line_and_touches_nothing(files, capsys,
         main(["compose", str(model), "--denoiser", str(model), "-o", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 1 and [ln for ln in err.splitlines() if ln.startswith("rs-onnx: error:")] == [
-        f"rs-onnx: error: output {tmp_path}: a directory; expected the path of the .onnx file to write"]
+        f"rs-onnx: error: output {tmp_path}: a directory; expected the path of the .onnx file to write"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
 
 
@@ -351,14 +448,23 @@ def test_onnxruntime_log_lines_are_silenced_unless_debug(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
     w = numpy_helper.from_array(np.zeros((4, 2), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [x, helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 2])], [y], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [x, helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 2])],
+        [y],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     path = save(model, tmp_path / "warns.onnx")  # "Initializer w appears in graph inputs": an ORT warning
-    code = ("import sys, onnxruntime as ort; from rs_onnx.guard import quiet_onnxruntime; "
-            "quiet_onnxruntime(sys.argv[1] == 'debug'); ort.InferenceSession(sys.argv[2], providers=['CPUExecutionProvider'])")
-    quiet = subprocess.run([sys.executable, "-c", code, "quiet", str(path)], capture_output=True, text=True, check=False)
+    code = (
+        "import sys, onnxruntime as ort; from rs_onnx.guard import quiet_onnxruntime; "
+        "quiet_onnxruntime(sys.argv[1] == 'debug'); ort.InferenceSession(sys.argv[2], providers=['CPUExecutionProvider'])"
+    )
+    quiet = subprocess.run(
+        [sys.executable, "-c", code, "quiet", str(path)], capture_output=True, text=True, check=False
+    )
     loud = subprocess.run([sys.executable, "-c", code, "debug", str(path)], capture_output=True, text=True, check=False)
     assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
     assert "appears in graph inputs" in loud.stderr  # the check can fail: the warning exists

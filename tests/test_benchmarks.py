@@ -14,10 +14,34 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_benchmark_command_writes_json_and_markdown(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--models", "digits_cnn", "--n", "300",
-           "--rounds", "2", "--batch", "64", "--scaling-ns", "200", "600", "--threads-n", "300",
-           "--thread-counts", "0", "1", "--threads-rounds", "1", "--out-dir", str(out),
-           "--work-dir", str(tmp_path / "work")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--quick",
+        "--models",
+        "digits_cnn",
+        "--n",
+        "300",
+        "--rounds",
+        "2",
+        "--batch",
+        "64",
+        "--scaling-ns",
+        "200",
+        "600",
+        "--threads-n",
+        "300",
+        "--thread-counts",
+        "0",
+        "1",
+        "--threads-rounds",
+        "1",
+        "--out-dir",
+        str(out),
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
@@ -50,22 +74,50 @@ def test_benchmark_command_writes_json_and_markdown(tmp_path):
 def _model(name, n, rates, ceiling):
     """A results.json model entry as a GPU run writes it (samples/s medians by method)."""
     sps = {k: {"median": v, "min": v, "max": v, "all": [v]} for k, v in rates.items()}
-    ratios = {f"{k}/ceiling": {"median": v / ceiling, "min": v / ceiling, "max": v / ceiling}
-              for k, v in rates.items() if k.startswith("rs")}
+    ratios = {
+        f"{k}/ceiling": {"median": v / ceiling, "min": v / ceiling, "max": v / ceiling}
+        for k, v in rates.items()
+        if k.startswith("rs")
+    }
     sps["ceiling"] = {"median": ceiling, "min": ceiling, "max": ceiling, "all": [ceiling]}
-    return {"model": name, "params": 1, "batch": 1024, "n": n, "rounds": 1, "macs_per_sample": 10 ** 6,
-            "samples_per_second": sps, "ratios": ratios, "variant_errors": {"cuda-graph": "refused"},
-            "seconds_per_image": {k: (100 + n) / v for k, v in rates.items()}}
+    return {
+        "model": name,
+        "params": 1,
+        "batch": 1024,
+        "n": n,
+        "rounds": 1,
+        "macs_per_sample": 10**6,
+        "samples_per_second": sps,
+        "ratios": ratios,
+        "variant_errors": {"cuda-graph": "refused"},
+        "seconds_per_image": {k: (100 + n) / v for k, v in rates.items()},
+    }
 
 
 def test_gpu_report_names_the_fastest_mode_and_compares_with_cohen():
     from benchmarks.run import markdown
-    res = {"command": "python -m benchmarks.run --device cuda", "date": "today", "seconds": 1.0, "device": "cuda",
-           "threads": 16, "pairs": 2, "models": [
-               _model("resnet110", 100_000, {"rs": 20_000.0, "rs_fp16": 50_000.0}, 21_000.0),
-               _model("resnet50", 10_000, {"rs": 2_000.0, "rs_device-noise": 2_100.0}, 2_500.0)],
-           "machine": {"cpu": "x", "cores": 16, "cores_usable": 16, "gpus": ["NVIDIA H100"], "versions": {},
-                       "providers": ["CUDAExecutionProvider"], "git": None}}
+
+    res = {
+        "command": "python -m benchmarks.run --device cuda",
+        "date": "today",
+        "seconds": 1.0,
+        "device": "cuda",
+        "threads": 16,
+        "pairs": 2,
+        "models": [
+            _model("resnet110", 100_000, {"rs": 20_000.0, "rs_fp16": 50_000.0}, 21_000.0),
+            _model("resnet50", 10_000, {"rs": 2_000.0, "rs_device-noise": 2_100.0}, 2_500.0),
+        ],
+        "machine": {
+            "cpu": "x",
+            "cores": 16,
+            "cores_usable": 16,
+            "gpus": ["NVIDIA H100"],
+            "versions": {},
+            "providers": ["CUDAExecutionProvider"],
+            "git": None,
+        },
+    }
     md = markdown(res)
     assert "benchmarks/gpu_check.sh" not in md and "Targets (CPU)" not in md
     line110 = next(x for x in md.splitlines() if x.startswith("- resnet110: rs / ceiling"))

@@ -170,8 +170,10 @@ def test_two_class_certificate_is_sound_by_simulation(p, n):
     tol = 3 * np.sqrt(alpha * (1 - alpha) / trials)
     for pb_bound in ("max", "bonferroni"):
         wrong, certified, fail_a, fail_b = _simulate(p, n, 50, trials, alpha, 0.25, seed=1, pb_bound=pb_bound)
-        print(f"\np={p} n={n} {pb_bound}: wrong {wrong:.4f} (alpha {alpha}), certified {certified:.3f}, "
-              f"pA fails {fail_a:.4f}, pB fails {fail_b:.4f}")
+        print(
+            f"\np={p} n={n} {pb_bound}: wrong {wrong:.4f} (alpha {alpha}), certified {certified:.3f}, "
+            f"pA fails {fail_a:.4f}, pB fails {fail_b:.4f}"
+        )
         assert wrong <= alpha + tol
         assert fail_a <= alpha / 2 + tol and fail_b <= alpha / 2 + tol
         assert certified > 0.8  # not vacuous
@@ -187,8 +189,10 @@ def test_selecting_top_from_the_certification_counts_is_what_breaks_soundness():
     same = two_class_certificate(counts, counts.argmax(axis=1), 2 * alpha, 0.25, pb_bound="max")[2]
     separate = two_class_certificate(counts, rng.integers(0, 2, size=trials), 2 * alpha, 0.25)[2]
     # alpha_split 1/2 of 2 alpha: p_a_lower at alpha; with K = 2 the radius is Cohen's at alpha.
-    print(f"\ntied classes: wrong with top from same counts {np.mean(same > 0):.4f}, "
-          f"from separate samples {np.mean(separate > 0):.4f}, alpha {alpha}")
+    print(
+        f"\ntied classes: wrong with top from same counts {np.mean(same > 0):.4f}, "
+        f"from separate samples {np.mean(separate > 0):.4f}, alpha {alpha}"
+    )
     assert np.mean(separate > 0) <= alpha + 0.01
     assert np.mean(same > 0) > 1.4 * np.mean(separate > 0)
 

@@ -51,11 +51,13 @@ def test_nothing_left_to_spend_gives_no_cutoff():
 def test_simulated_false_certification_at_the_threshold(r):
     """60,000 runs of the looks with pA exactly at Phi(r / sigma): r is certified at most alpha of the time."""
     sigma, alpha, trials = 0.25, 0.05, 60_000
-    plan = sq.make_plan(sq.geometric_schedule(5_000, alpha, looks=6, final_share=0.9), sigma, (0.25, 0.5),
-                        calibrate=True)
+    plan = sq.make_plan(
+        sq.geometric_schedule(5_000, alpha, looks=6, final_share=0.9), sigma, (0.25, 0.5), calibrate=True
+    )
     sizes = np.asarray(plan.schedule.sizes)
-    draws = np.random.default_rng(int(r * 100)).binomial(np.diff(sizes, prepend=0), sq.calibration_threshold(r, sigma),
-                                                         (trials, len(sizes)))
+    draws = np.random.default_rng(int(r * 100)).binomial(
+        np.diff(sizes, prepend=0), sq.calibration_threshold(r, sigma), (trials, len(sizes))
+    )
     out = sq.run_looks(plan, lambda j, idx: draws[idx, j], np.arange(trials), trials)
     rate = np.mean(out.certified > plan.radii.index(r))
     assert rate <= alpha + 3 * np.sqrt(alpha / trials)

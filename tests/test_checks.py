@@ -44,13 +44,17 @@ def mixes_above_8(w: np.ndarray) -> onnx.ModelProto:
         helper.make_node("Mul", ["mf", "four"], ["m4"]),
         helper.make_node("Sub", ["s", "m4"], ["logits"]),
     ]
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(0, np.int64), "zero"),
-             numpy_helper.from_array(np.array(8, np.int64), "eight"),
-             numpy_helper.from_array(np.array(4.0, np.float32), "four")]
+    inits = [
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array(8, np.int64), "eight"),
+        numpy_helper.from_array(np.array(4.0, np.float32), "four"),
+    ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])
-    model = helper.make_model(helper.make_graph(nodes, "mix8", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "mix8", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -72,19 +76,20 @@ def test_the_mixing_model_passes_the_load_check(files):
     clf = OnnxClassifier(files / "mix.onnx", device="cpu")
     assert clf.batch_mode == "dynamic"
     x = np.random.default_rng(0).random((20, 1, 4, 4), dtype=np.float32)
-    assert (clf.predict(x[:8]) == np.concatenate([clf.predict(x[i:i + 1]) for i in range(8)])).all()
-    assert (clf.predict(x) != np.concatenate([clf.predict(x[i:i + 1]) for i in range(20)])).any()
+    assert (clf.predict(x[:8]) == np.concatenate([clf.predict(x[i : i + 1]) for i in range(8)])).all()
+    assert (clf.predict(x) != np.concatenate([clf.predict(x[i : i + 1]) for i in range(20)])).any()
 
 
 def _rows(files, tmp_path, batch_size, model="mix.onnx"):
-    cfg = RunConfig(model=str(files / model), data=str(files / "d.npz"), sigma=0.3, n0=20, n=200, seed=1,
-                    batch_size=batch_size).validate()
+    cfg = RunConfig(
+        model=str(files / model), data=str(files / "d.npz"), sigma=0.3, n0=20, n=200, seed=1, batch_size=batch_size
+    ).validate()
     p = run.prepare(cfg)
     out = tmp_path / f"b{batch_size}.tsv"
     meta = run.execute(p, "certify", out)
     lines = [line.split("\t") for line in out.read_text().splitlines()]
     t = lines[0].index("time")
-    return p, meta, [line[:t] + line[t + 1:] for line in lines]
+    return p, meta, [line[:t] + line[t + 1 :] for line in lines]
 
 
 def test_results_do_not_depend_on_the_batch_size(files, tmp_path, caplog):
@@ -106,11 +111,20 @@ def test_a_clean_model_keeps_its_batches(files, tmp_path):
 
 
 def test_the_worker_follows_the_drivers_fallback(files):
-    cfg = RunConfig(model=str(files / "mix.onnx"), data=str(files / "d.npz"), sigma=0.3, n0=20, n=200, seed=1,
-                    batch_size=100).validate()
+    cfg = RunConfig(
+        model=str(files / "mix.onnx"), data=str(files / "d.npz"), sigma=0.3, n0=20, n=200, seed=1, batch_size=100
+    ).validate()
     p = run.prepare(cfg)
-    w = Worker(p.cfg.to_dict(), p.classifier.sha256, p.smoothed.sigma, p.smoothed.entropy, "cpu", 1, None,
-               p.classifier.batch_mode)
+    w = Worker(
+        p.cfg.to_dict(),
+        p.classifier.sha256,
+        p.smoothed.sigma,
+        p.smoothed.entropy,
+        "cpu",
+        1,
+        None,
+        p.classifier.batch_mode,
+    )
     w.ready(None)
     assert w.classifier.signature() == p.classifier.signature()
     got, _ = w.answers(None, "certify", [0, 1], p.data.images[[0, 1]])
@@ -155,8 +169,23 @@ def test_clean_accuracy_and_the_near_chance_rule():
 def test_wrong_preprocessing_warns_and_is_recorded(files, tmp_path, capsys):
     """The bundled digits model read with a wrong mean/std: near chance, one warning line naming the causes."""
     out = tmp_path / "c.tsv"
-    base = ["certify", run.bundled("digits_cnn.onnx"), run.bundled("digits_eval.npz"), "--sigma", "0.25",
-            "--n0", "10", "--n", "20", "--seed", "0", "--end", "40", "--out", str(out)]
+    base = [
+        "certify",
+        run.bundled("digits_cnn.onnx"),
+        run.bundled("digits_eval.npz"),
+        "--sigma",
+        "0.25",
+        "--n0",
+        "10",
+        "--n",
+        "20",
+        "--seed",
+        "0",
+        "--end",
+        "40",
+        "--out",
+        str(out),
+    ]
     with pytest.raises(SystemExit) as e:
         main(base + ["--mean", "0.9", "--std", "0.05"])
     assert e.value.code == 0

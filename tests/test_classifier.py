@@ -31,7 +31,7 @@ def load(tmp_path, model, name="m.onnx", **kw):
 
 
 def one_by_one(clf, x):
-    return np.concatenate([clf.predict(x[i:i + 1]) for i in range(len(x))])
+    return np.concatenate([clf.predict(x[i : i + 1]) for i in range(len(x))])
 
 
 # ------------------------------------------------------------------ batch handling
@@ -62,10 +62,13 @@ def test_initializers_listed_as_inputs(tmp_path):
     np.testing.assert_array_equal(clf.predict(x), expected(x))
 
 
-@pytest.mark.parametrize("builder", [
-    lambda: om.reshape_model(W, B, batch="N"),  # Reshape to a hard-coded [1, D] behind a dynamic input: fails
-    lambda: om.batch_mixing_model(W, B),  # ReduceMean over the batch axis: runs, disagrees
-])
+@pytest.mark.parametrize(
+    "builder",
+    [
+        lambda: om.reshape_model(W, B, batch="N"),  # Reshape to a hard-coded [1, D] behind a dynamic input: fails
+        lambda: om.batch_mixing_model(W, B),  # ReduceMean over the batch axis: runs, disagrees
+    ],
+)
 def test_dynamic_batch_that_lies_falls_back(tmp_path, caplog, builder):
     with caplog.at_level(logging.WARNING, logger="rs_onnx.classifier"):
         clf = load(tmp_path, builder())
@@ -88,10 +91,17 @@ def test_rewrite_that_still_fails_falls_back(tmp_path, caplog):
 def test_external_data(tmp_path, batch, mode):
     path = tmp_path / "sub" / "ext.onnx"
     path.parent.mkdir()
-    onnx.save(om.reshape_model(W, B, batch=batch, shape=[1, -1] if batch == 1 else [-1, 12]), str(path),
-              save_as_external_data=True, location="ext.bin", size_threshold=64)
-    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(path), load_external_data=False)
-               .graph.initializer)
+    onnx.save(
+        om.reshape_model(W, B, batch=batch, shape=[1, -1] if batch == 1 else [-1, 12]),
+        str(path),
+        save_as_external_data=True,
+        location="ext.bin",
+        size_threshold=64,
+    )
+    assert any(
+        t.data_location == onnx.TensorProto.EXTERNAL
+        for t in onnx.load(str(path), load_external_data=False).graph.initializer
+    )
     clf = OnnxClassifier(path, device="cpu")
     assert clf.batch_mode == mode
     x = rand(30, 12)
@@ -302,6 +312,7 @@ def test_signature_and_metadata(tmp_path):
 
 # ------------------------------------------------------------------ real models
 from tests.conftest import SHARED  # noqa: E402 - ../shared, found in one place
+
 REAL = sorted((SHARED / "models").glob("*/*.onnx"))
 SKIP_REAL = pytest.mark.skip(reason=f"{SHARED / 'models'} is absent: third-party models live outside the repo")
 MODES = {"vit_pgd_2_3_16.onnx": "dynamic"}  # every other shared model has its batch fixed at 1
@@ -353,5 +364,5 @@ def test_mnist8_at_batch_1000():
     pred = clf.predict(x)
     assert (pred == y).mean() >= 0.97
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ref = [int(original.run(None, {"Input3": x[i:i + 1]})[0].argmax()) for i in range(1000)]
+    ref = [int(original.run(None, {"Input3": x[i : i + 1]})[0].argmax()) for i in range(1000)]
     np.testing.assert_array_equal(pred, ref)

@@ -36,8 +36,28 @@ def read_tsv(path):
 def test_certify_writes_cohen_columns_and_meta(linear):
     model, data, tmp = linear
     out = tmp / "r.tsv"
-    res = run(["-q", "certify", model, data, "--sigma", "0.25", "--n0", "50", "--n", "500", "--alpha", "0.001",
-               "--batch-size", "128", "--seed", "0", "--out", str(out)])
+    res = run(
+        [
+            "-q",
+            "certify",
+            model,
+            data,
+            "--sigma",
+            "0.25",
+            "--n0",
+            "50",
+            "--n",
+            "500",
+            "--alpha",
+            "0.001",
+            "--batch-size",
+            "128",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 0, res.output
     header = out.read_text().splitlines()[0].split("\t")
     assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
@@ -79,7 +99,22 @@ def test_predict_and_stdout_output(linear):
 def test_resume_continues_and_refuses_changed_config(linear):
     model, data, tmp = linear
     out = tmp / "r.tsv"
-    base = ["-q", "certify", model, data, "--sigma", "0.5", "--n0", "20", "--n", "300", "--seed", "3", "--out", str(out)]
+    base = [
+        "-q",
+        "certify",
+        model,
+        data,
+        "--sigma",
+        "0.5",
+        "--n0",
+        "20",
+        "--n",
+        "300",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    ]
     assert run(base + ["--end", "4"]).exit_code == 0
     full = tmp / "full.tsv"
     assert run(base[:-1] + [str(full)]).exit_code == 0
@@ -105,33 +140,39 @@ def bad_inputs(linear, tmp_path):
     return model, data, tmp
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["{tmp}/missing.onnx", "{data}"], "missing.onnx"),
-    (["{tmp}/trunc.onnx", "{data}"], "trunc.onnx"),
-    (["{tmp}/text.onnx", "{data}"], "text.onnx"),
-    (["{model}", "{tmp}/keys.npz"], "expected 'images' and 'labels'"),
-    (["{model}", "{tmp}/shape.npz"], "do not fit the model input"),
-    (["{model}", "{tmp}/nan.npz"], "NaN"),
-    (["{model}", "{tmp}/label.npz"], "labels range over [0, 7]"),
-    (["{model}", "{tmp}/none.npz"], "not found"),
-    (["{model}", "{data}", "--sigma", "0"], "sigma"),
-    (["{model}", "{data}", "--sigma", "-1"], "sigma"),
-    (["{model}", "{data}", "--n", "0"], "n=0"),
-    (["{model}", "{data}", "--n0", "0"], "n0=0"),
-    (["{model}", "{data}", "--alpha", "1.5"], "alpha"),
-    (["{model}", "{data}", "--alpha", "0"], "alpha"),
-    (["{model}", "{data}", "--batch-size", "0"], "batch_size"),
-    (["{model}", "{data}", "--device", "cuda"], "cuda"),
-    (["{model}", "{data}", "--config", "{tmp}/none.yaml"], "not found"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["{tmp}/missing.onnx", "{data}"], "missing.onnx"),
+        (["{tmp}/trunc.onnx", "{data}"], "trunc.onnx"),
+        (["{tmp}/text.onnx", "{data}"], "text.onnx"),
+        (["{model}", "{tmp}/keys.npz"], "expected 'images' and 'labels'"),
+        (["{model}", "{tmp}/shape.npz"], "do not fit the model input"),
+        (["{model}", "{tmp}/nan.npz"], "NaN"),
+        (["{model}", "{tmp}/label.npz"], "labels range over [0, 7]"),
+        (["{model}", "{tmp}/none.npz"], "not found"),
+        (["{model}", "{data}", "--sigma", "0"], "sigma"),
+        (["{model}", "{data}", "--sigma", "-1"], "sigma"),
+        (["{model}", "{data}", "--n", "0"], "n=0"),
+        (["{model}", "{data}", "--n0", "0"], "n0=0"),
+        (["{model}", "{data}", "--alpha", "1.5"], "alpha"),
+        (["{model}", "{data}", "--alpha", "0"], "alpha"),
+        (["{model}", "{data}", "--batch-size", "0"], "batch_size"),
+        (["{model}", "{data}", "--device", "cuda"], "cuda"),
+        (["{model}", "{data}", "--config", "{tmp}/none.yaml"], "not found"),
+    ],
+)
 def test_errors_are_one_line_with_exit_code_1(bad_inputs, capsys, args, expected):
     model, data, tmp = bad_inputs
     if expected == "cuda":
         from rs_onnx.classifier import working_providers
+
         if "CUDAExecutionProvider" in working_providers():
             pytest.skip("a GPU works here, so --device cuda is not an error")
     args = [a.format(model=model, data=data, tmp=tmp) for a in args]
-    argv = ["certify", *args, "--n", "10", "--n0", "5"] if "--n" not in args and "--n0" not in args else ["certify", *args]
+    argv = (
+        ["certify", *args, "--n", "10", "--n0", "5"] if "--n" not in args and "--n0" not in args else ["certify", *args]
+    )
     if "--sigma" not in args:
         argv += ["--sigma", "0.25"]
     with pytest.raises(SystemExit) as e:
@@ -147,6 +188,7 @@ def test_errors_are_one_line_with_exit_code_1(bad_inputs, capsys, args, expected
 def test_debug_shows_the_traceback(bad_inputs):
     model, data, tmp = bad_inputs
     from rs_onnx.errors import RsOnnxError
+
     with pytest.raises(RsOnnxError):
         main(["--debug", "certify", model, data, "--sigma", "0"])
 
@@ -188,8 +230,22 @@ def test_several_inputs_need_fixed_values_from_the_config(tmp_path):
     w = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
     model = save(two_input_model(w), tmp_path / "two.onnx")
     np.savez(tmp_path / "d.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.array([2, 2], np.uint8))
-    args = ["-q", "certify", str(model), str(tmp_path / "d.npz"), "--input-name", "x", "--sigma", "0.25",
-            "--n0", "10", "--n", "100", "--seed", "0"]
+    args = [
+        "-q",
+        "certify",
+        str(model),
+        str(tmp_path / "d.npz"),
+        "--input-name",
+        "x",
+        "--sigma",
+        "0.25",
+        "--n0",
+        "10",
+        "--n",
+        "100",
+        "--seed",
+        "0",
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 1 and "offset" in str(res.exception)
     cfg = tmp_path / "c.yaml"
@@ -202,8 +258,27 @@ def test_several_inputs_need_fixed_values_from_the_config(tmp_path):
 def test_sequential_certify_uses_fewer_samples_and_stays_below_the_budget(linear):
     model, data, tmp = linear
     out = tmp / "seq.tsv"
-    res = run(["-q", "certify", model, data, "--sigma", "0.5", "--n0", "50", "--n", "20000", "--seed", "0",
-               "--sequential", "--radii", "0.1,0.2", "--out", str(out)])
+    res = run(
+        [
+            "-q",
+            "certify",
+            model,
+            data,
+            "--sigma",
+            "0.5",
+            "--n0",
+            "50",
+            "--n",
+            "20000",
+            "--seed",
+            "0",
+            "--sequential",
+            "--radii",
+            "0.1,0.2",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 0, res.output
     rows = read_tsv(out)
     used = [int(r["n"]) for r in rows]
@@ -237,8 +312,25 @@ def test_compose_and_certify_with_a_denoiser(tmp_path):
 def test_fp16_is_recorded_and_device_noise_refused_on_cpu(linear):
     model, data, tmp = linear
     out = tmp / "h.tsv"
-    res = run(["-q", "certify", model, data, "--sigma", "0.25", "--n0", "10", "--n", "100", "--seed", "0", "--fp16",
-               "--out", str(out)])
+    res = run(
+        [
+            "-q",
+            "certify",
+            model,
+            data,
+            "--sigma",
+            "0.25",
+            "--n0",
+            "10",
+            "--n",
+            "100",
+            "--seed",
+            "0",
+            "--fp16",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp / "h.tsv.meta.json").read_text())["model"]["signature"]["precision"] == "fp16"
     res = CliRunner().invoke(cli, ["certify", model, data, "--sigma", "0.25", "--device", "cpu", "--device-noise"])

@@ -79,8 +79,22 @@ def test_quiet_and_debug_work_after_the_subcommand(linear):
 
 def test_choices_are_case_insensitive(linear):
     model, data, _ = linear
-    res = invoke(["certify", model, data, "--layout", "NCHW", "--preset", "MNIST", "--bound", "BEST",
-                  "--backend", "Local", "--dump-config"])
+    res = invoke(
+        [
+            "certify",
+            model,
+            data,
+            "--layout",
+            "NCHW",
+            "--preset",
+            "MNIST",
+            "--bound",
+            "BEST",
+            "--backend",
+            "Local",
+            "--dump-config",
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert "layout: nchw" in res.output and "preset: mnist" in res.output and "bound: best" in res.output
     bad = invoke(["certify", model, data, "--layout", "NCWH", "--dump-config"])
@@ -109,8 +123,11 @@ def test_radii_take_both_forms_in_certify_and_analyze(linear):
     assert a.exit_code == b.exit_code == 0 and a.output == b.output and "radii:\n- 0.1\n- 0.2\n" in a.output
     out = tmp / "r.tsv"
     assert invoke(["-q", "certify", model, data, *BASE, "--out", str(out)]).exit_code == 0
-    forms = [["--radii", "0,0.25,0.5"], ["--radii", "0", "--radii", "0.25", "--radii", "0.5"],
-             ["--radii", "0", "0.25", "0.5"]]  # the last: Cohen-style space-separated, still accepted
+    forms = [
+        ["--radii", "0,0.25,0.5"],
+        ["--radii", "0", "--radii", "0.25", "--radii", "0.5"],
+        ["--radii", "0", "0.25", "0.5"],
+    ]  # the last: Cohen-style space-separated, still accepted
     outputs = [invoke(["analyze", str(out), *f]).output for f in forms]
     assert outputs[0] == outputs[1] == outputs[2] and "r=0.50" in outputs[0] and "r=0.75" not in outputs[0]
 
@@ -150,8 +167,14 @@ def test_compose_says_wrote_once(tmp_path):
 def _imported(args: list[str]) -> set[str]:
     """Modules imported by `rs-onnx ARGS` in a fresh interpreter (python -X importtime)."""
     code = f"from rs_onnx.cli import main; main({args!r})"
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], check=False, capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
 
@@ -184,8 +207,28 @@ def test_max_certifiable_radius_is_the_exact_clopper_pearson_bound(n, alpha):
 def test_radii_reach_exactly_the_bound_and_beyond_it_are_marked(constant, bound):
     model, data, tmp = constant
     out = tmp / f"{bound}.tsv"
-    res = invoke(["-q", "certify", model, data, "--sigma", "0.25", "--n0", "10", "--n", "100", "--alpha", "0.001",
-                  "--seed", "0", "--bound", bound, "--out", str(out)])
+    res = invoke(
+        [
+            "-q",
+            "certify",
+            model,
+            data,
+            "--sigma",
+            "0.25",
+            "--n0",
+            "10",
+            "--n",
+            "100",
+            "--alpha",
+            "0.001",
+            "--seed",
+            "0",
+            "--bound",
+            bound,
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 0, res.output
     r_max = 0.25 * norm.ppf(0.001 ** (1 / 100))  # 0.375
     radii = analysis.read_results(out).radius
@@ -203,8 +246,25 @@ def test_radii_reach_exactly_the_bound_and_beyond_it_are_marked(constant, bound)
 def test_json_summaries_of_certify_predict_and_analyze(constant):
     model, data, tmp = constant
     out = tmp / "c.tsv"
-    res = invoke(["-q", "certify", model, data, "--sigma", "0.25", "--n0", "10", "--n", "100", "--seed", "0",
-                  "--out", str(out), "--json"])
+    res = invoke(
+        [
+            "-q",
+            "certify",
+            model,
+            data,
+            "--sigma",
+            "0.25",
+            "--n0",
+            "10",
+            "--n",
+            "100",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     r_max = 0.25 * norm.ppf(0.001 ** (1 / 100))
@@ -212,8 +272,9 @@ def test_json_summaries_of_certify_predict_and_analyze(constant):
     assert s["max_radius"] == pytest.approx(r_max) and s["acr"] == pytest.approx(r_max)
     assert s["certified_accuracy"] == {"0": 1.0, "0.25": 1.0, "0.5": None, "0.75": None, "1": None}
     pout = tmp / "p.tsv"
-    res = invoke(["-q", "predict", model, data, "--sigma", "0.25", "--n", "100", "--seed", "0", "--out", str(pout),
-                  "--json"])
+    res = invoke(
+        ["-q", "predict", model, data, "--sigma", "0.25", "--n", "100", "--seed", "0", "--out", str(pout), "--json"]
+    )
     p = json.loads(res.stdout)
     assert p["mode"] == "predict" and p["examples"] == 5 and p["accuracy"] == 1.0 and p["abstention_rate"] == 0.0
     res = invoke(["analyze", str(out), str(pout), "--json"])
@@ -226,8 +287,24 @@ def test_json_summaries_of_certify_predict_and_analyze(constant):
 def test_predict_summary_and_analyze_reads_predict_tsvs(linear):
     model, data, tmp = linear
     out = tmp / "p.tsv"
-    res = invoke(["-q", "predict", model, data, "--sigma", "0.5", "--n", "60", "--alpha", "0.01", "--seed", "2",
-                  "--out", str(out)])
+    res = invoke(
+        [
+            "-q",
+            "predict",
+            model,
+            data,
+            "--sigma",
+            "0.5",
+            "--n",
+            "60",
+            "--alpha",
+            "0.01",
+            "--seed",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 0
     rows = [line.split("\t") for line in out.read_text().splitlines()]
     head, rows = rows[0], rows[1:]
@@ -299,11 +376,26 @@ def test_progress_ends_at_total_after_resume_and_in_sequential_runs(linear):
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.stderr.splitlines() if " examples (" in ln]
     assert lines[-1].startswith("rs-onnx: certify 12/12 examples (100%)") and "\r" not in res.stderr
-    seq = invoke(["certify", model, data, "--sigma", "0.25", "--n", "20000", "--seed", "0", "--sequential",
-                  "--out", str(tmp / "s.tsv")])
+    seq = invoke(
+        [
+            "certify",
+            model,
+            data,
+            "--sigma",
+            "0.25",
+            "--n",
+            "20000",
+            "--seed",
+            "0",
+            "--sequential",
+            "--out",
+            str(tmp / "s.tsv"),
+        ]
+    )
     assert seq.exit_code == 0, seq.output
     assert [ln for ln in seq.stderr.splitlines() if " examples (" in ln][-1].startswith(
-        "rs-onnx: certify 12/12 examples (100%)")
+        "rs-onnx: certify 12/12 examples (100%)"
+    )
 
 
 # --------------------------------------------------------------------------------------------- doctor
@@ -351,13 +443,25 @@ def test_cuda_reason_names_a_cpu_build_and_a_missing_library(tmp_path):
         pytest.skip("no gcc to build a library with a missing dependency")
     (tmp_path / "dep.c").write_text("int dep(void){return 1;}\n")
     (tmp_path / "lib.c").write_text("int dep(void); int f(void){return dep();}\n")
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libcudnn_adv.so.9"), str(tmp_path / "dep.c")],
-                   check=True)
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libprov.so"), str(tmp_path / "lib.c"),
-                    str(tmp_path / "libcudnn_adv.so.9")], check=True)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libcudnn_adv.so.9"), str(tmp_path / "dep.c")], check=True
+    )
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-o",
+            str(tmp_path / "libprov.so"),
+            str(tmp_path / "lib.c"),
+            str(tmp_path / "libcudnn_adv.so.9"),
+        ],
+        check=True,
+    )
     (tmp_path / "libcudnn_adv.so.9").unlink()
-    why = doctor.cuda_unavailable_reason(providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                                         library=tmp_path / "libprov.so", gpu=True)
+    why = doctor.cuda_unavailable_reason(
+        providers=["CUDAExecutionProvider", "CPUExecutionProvider"], library=tmp_path / "libprov.so", gpu=True
+    )
     assert "libcudnn_adv.so.9 is missing: this onnxruntime needs cuDNN 9" in why and "rs-onnx[cuda]" in why
 
 
@@ -386,8 +490,27 @@ def test_plot_names_each_run_marks_its_reach_and_keeps_the_legend_outside(consta
 
     model, data, tmp = constant
     out = tmp / "c.tsv"
-    assert invoke(["-q", "certify", model, data, "--sigma", "0.25", "--n0", "10", "--n", "100", "--seed", "0",
-                   "--out", str(out)]).exit_code == 0
+    assert (
+        invoke(
+            [
+                "-q",
+                "certify",
+                model,
+                data,
+                "--sigma",
+                "0.25",
+                "--n0",
+                "10",
+                "--n",
+                "100",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        ).exit_code
+        == 0
+    )
     figures = []
     save_fig = Figure.savefig
 
@@ -401,7 +524,12 @@ def test_plot_names_each_run_marks_its_reach_and_keeps_the_legend_outside(consta
     fig = figures[-1]
     ax = fig.axes[0]
     assert "c.onnx" in ax.get_title() and "sigma=0.25" in ax.get_title() and "n=100" in ax.get_title()
-    assert "l2" in ax.get_xlabel() and "radius" in ax.get_xlabel() and "pixel units" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    assert (
+        "l2" in ax.get_xlabel()
+        and "radius" in ax.get_xlabel()
+        and "pixel units" in ax.get_xlabel()
+        and "%" in ax.get_ylabel()
+    )
     r_max = 0.25 * norm.ppf(0.001 ** (1 / 100))
     marks = [line for line in ax.get_lines() if "largest certifiable radius" in str(line.get_label())]
     assert len(marks) == 1 and marks[0].get_xdata()[0] == pytest.approx(r_max)

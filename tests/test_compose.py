@@ -17,6 +17,7 @@ from rs_onnx.preprocess import Preprocessor, PreprocessSpec
 from tests import onnx_models as om
 
 from tests.conftest import SHARED
+
 MNIST_MODELS = SHARED / "models" / "mnist"
 MNIST_TEST = SHARED / "data" / "mnist_test.npz"
 
@@ -30,8 +31,9 @@ def denoiser(image_shape, *, gain=None, opset=17, ir_version=8, sigma=None, batc
     else:
         nodes = [helper.make_node("Mul", [in_name, "gain"], [out_name])]
         inits = [numpy_helper.from_array(np.array(gain, np.float32), "gain")]
-    model = helper.make_model(helper.make_graph(nodes, "denoiser", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "denoiser", [x], [y], inits), opset_imports=[helper.make_opsetid("", opset)]
+    )
     model.ir_version = ir_version
     if sigma is not None:
         helper.set_model_props(model, {"rs_onnx.denoiser_sigma": str(sigma)})
@@ -60,15 +62,26 @@ def images(shape, n=6, seed=0):
 RNG = np.random.default_rng(1)
 CASES = {
     # name: (classifier, image shape, preprocessing)
-    "nchw_mean_std": (om.linear_model(RNG.normal(size=(3, 16)), input_shape=(1, 4, 4), batch="N"), (1, 4, 4),
-                      PreprocessSpec(mean=(0.1307,), std=(0.3081,))),
-    "nhwc_per_channel": (om.linear_model(RNG.normal(size=(4, 48)), RNG.normal(size=4), input_shape=(4, 4, 3)),
-                         (3, 4, 4), PreprocessSpec(layout="nhwc", mean=(0.4914, 0.4822, 0.4465),
-                                                   std=(0.2471, 0.2435, 0.2616))),
-    "nhwc_auto_scale": (om.linear_model(RNG.normal(size=(4, 48)), input_shape=(4, 4, 3)), (3, 4, 4),
-                        PreprocessSpec(scale=255.0, mean=(125.0, 120.0, 110.0), std=(60.0, 61.0, 62.0))),
-    "flat_batch1": (om.reshape_model(RNG.normal(size=(5, 16)), input_shape=(16, 1), batch=1, shape=[1, 16]),
-                    (1, 4, 4), PreprocessSpec()),
+    "nchw_mean_std": (
+        om.linear_model(RNG.normal(size=(3, 16)), input_shape=(1, 4, 4), batch="N"),
+        (1, 4, 4),
+        PreprocessSpec(mean=(0.1307,), std=(0.3081,)),
+    ),
+    "nhwc_per_channel": (
+        om.linear_model(RNG.normal(size=(4, 48)), RNG.normal(size=4), input_shape=(4, 4, 3)),
+        (3, 4, 4),
+        PreprocessSpec(layout="nhwc", mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
+    ),
+    "nhwc_auto_scale": (
+        om.linear_model(RNG.normal(size=(4, 48)), input_shape=(4, 4, 3)),
+        (3, 4, 4),
+        PreprocessSpec(scale=255.0, mean=(125.0, 120.0, 110.0), std=(60.0, 61.0, 62.0)),
+    ),
+    "flat_batch1": (
+        om.reshape_model(RNG.normal(size=(5, 16)), input_shape=(16, 1), batch=1, shape=[1, 16]),
+        (1, 4, 4),
+        PreprocessSpec(),
+    ),
     "batch1_opset8_init_inputs": (om.ir3_model(RNG.normal(size=(3, 16))), (1, 4, 4), PreprocessSpec(layout="flat")),
     "uint8_input": (om.uint8_model(RNG.normal(size=(3, 16))), (1, 4, 4), PreprocessSpec(scale=255.0)),
 }
@@ -140,8 +153,11 @@ def test_composed_model_certifies(tmp_path):
     # class 1 iff the mean pixel exceeds 0.5; bright and dark images are far from the boundary
     w = np.full(16, 1.0 / 16, np.float32)
     classifier = om.reshape_model(w, b=-0.5, input_shape=(16, 1), batch=1, shape=[1, 16])
-    path = compose_files(om.save(denoiser((1, 4, 4), sigma=0.25), tmp_path / "d.onnx"),
-                         om.save(classifier, tmp_path / "c.onnx"), tmp_path / "out" / "dc.onnx")
+    path = compose_files(
+        om.save(denoiser((1, 4, 4), sigma=0.25), tmp_path / "d.onnx"),
+        om.save(classifier, tmp_path / "c.onnx"),
+        tmp_path / "out" / "dc.onnx",
+    )
     clf = OnnxClassifier(path, device="cpu")
     assert clf.batch_mode == "dynamic" and clf.input_shape == (1, 4, 4)
     xs = [np.full((1, 4, 4), 0.9, np.float32), np.full((1, 4, 4), 0.1, np.float32)]
@@ -190,14 +206,16 @@ def _mnist():
         return f["images"][:20].astype(np.float32)[:, None] / 255.0, f["labels"][:20].astype(np.int64)
 
 
-@pytest.mark.parametrize("name", ["convnet_avgpool.onnx", "mnist-8.onnx", "mnist-net_256x2.onnx",
-                                  "mnist_relu_9_200.onnx"])
+@pytest.mark.parametrize(
+    "name", ["convnet_avgpool.onnx", "mnist-8.onnx", "mnist-net_256x2.onnx", "mnist_relu_9_200.onnx"]
+)
 def test_real_mnist_models_keep_their_predictions(name, tmp_path):
     x, labels = _mnist()
     if not (MNIST_MODELS / name).is_file():
         pytest.skip(f"{MNIST_MODELS / name} not found")
-    path = compose_files(om.save(denoiser((1, 28, 28), sigma=0.5), tmp_path / "id.onnx"), MNIST_MODELS / name,
-                         tmp_path / f"id_{name}")
+    path = compose_files(
+        om.save(denoiser((1, 28, 28), sigma=0.5), tmp_path / "id.onnx"), MNIST_MODELS / name, tmp_path / f"id_{name}"
+    )
     original = graph.load_model(MNIST_MODELS / name)
     want = reference(original, PreprocessSpec(), x).argmax(1)
     clf = OnnxClassifier(path, device="cpu")

@@ -24,22 +24,33 @@ def test_unknown_key_gets_a_suggestion(tmp_path):
         load_yaml(write(tmp_path, "sigm: 0.5\n"))
 
 
-@pytest.mark.parametrize("text,match", [
-    ("n: many\n", "expected an integer"),
-    ("sigma: [1, 2]\n", "expected a number"),
-    ("- 1\n- 2\n", "expected a mapping"),
-    ("sigma: 0.5: 3\n", "not valid YAML"),
-    ("mean: [a, b]\n", "list of numbers"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("n: many\n", "expected an integer"),
+        ("sigma: [1, 2]\n", "expected a number"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("sigma: 0.5: 3\n", "not valid YAML"),
+        ("mean: [a, b]\n", "list of numbers"),
+    ],
+)
 def test_bad_yaml(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
         load_yaml(write(tmp_path, text))
 
 
-@pytest.mark.parametrize("flags,match", [
-    ({"sigma": 0.0}, "sigma"), ({"n": 0}, "n=0"), ({"n0": -1}, "n0"), ({"alpha": 1.0}, "alpha"),
-    ({"batch_size": 0}, "batch_size"), ({"preset": "svhn"}, "preset"), ({"std": [0.0]}, "std"),
-])
+@pytest.mark.parametrize(
+    "flags,match",
+    [
+        ({"sigma": 0.0}, "sigma"),
+        ({"n": 0}, "n=0"),
+        ({"n0": -1}, "n0"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"preset": "svhn"}, "preset"),
+        ({"std": [0.0]}, "std"),
+    ],
+)
 def test_ranges(flags, match):
     with pytest.raises(ConfigError, match=match):
         build_config({}, flags)

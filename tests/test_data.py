@@ -71,9 +71,28 @@ def test_real_cifar10_pngs_certify_through_the_cli(tmp_path):
     folder.mkdir()
     for f in sorted((SHARED / "data" / "foolbox_samples").glob("cifar10_*.png"))[:4]:
         shutil.copy(f, folder / f.name)
-    res = CliRunner().invoke(cli, ["-q", "certify", str(SHARED / "models/cifar10/resnet_4b.onnx"), str(folder),
-                                   "--preset", "cifar10", "--label-from-filename", "--sigma", "0.12", "--n0", "20", "--n", "200", "--seed", "0",
-                                   "--out", str(tmp_path / "r.tsv")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "-q",
+            "certify",
+            str(SHARED / "models/cifar10/resnet_4b.onnx"),
+            str(folder),
+            "--preset",
+            "cifar10",
+            "--label-from-filename",
+            "--sigma",
+            "0.12",
+            "--n0",
+            "20",
+            "--n",
+            "200",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "r.tsv"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = (tmp_path / "r.tsv").read_text().splitlines()[1:]
     assert [r.split("\t")[1] for r in rows] == ["3", "8", "8", "0"]  # labels from the file names, as asked

@@ -74,9 +74,12 @@ def test_npy_with_labels_npy_or_text_certifies_and_matches_npz(capsys, tmp_path,
     np.savez(tmp_path / "d.npz", images=x, labels=y)
     np.savez_compressed(tmp_path / "c.npz", images=x, labels=y)
     got = {}
-    for name, argv in {"npy": [str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")],
-                       "txt": [str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.txt")],
-                       "npz": [str(tmp_path / "d.npz")], "npzc": [str(tmp_path / "c.npz")]}.items():
+    for name, argv in {
+        "npy": [str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")],
+        "txt": [str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.txt")],
+        "npz": [str(tmp_path / "d.npz")],
+        "npzc": [str(tmp_path / "c.npz")],
+    }.items():
         out = tmp_path / f"{name}.tsv"
         assert cli(capsys, ["certify", str(model), *argv, *FAST], out)[0] == 0
         got[name] = [{k: v for k, v in r.items() if k != "time"} for r in rows(out)]
@@ -91,13 +94,17 @@ def test_rows_read_in_place_equal_np_load(tmp_path, layout):
     rng = np.random.default_rng(2)
     shape = {"nchw": (7, 3, 5, 6), "nhwc": (7, 5, 6, 3), "grey": (7, 5, 6), "flat": (7, 11)}[layout]
     x = rng.random(shape).astype(np.float32)
-    want = {"nchw": lambda: x, "nhwc": lambda: x.transpose(0, 3, 1, 2), "grey": lambda: x[:, None],
-            "flat": lambda: x}[layout]()
+    want = {"nchw": lambda: x, "nhwc": lambda: x.transpose(0, 3, 1, 2), "grey": lambda: x[:, None], "flat": lambda: x}[
+        layout
+    ]()
     np.save(tmp_path / "x.npy", x)
     np.savez(tmp_path / "s.npz", images=x, labels=np.arange(7))
     np.savez_compressed(tmp_path / "c.npz", images=x, labels=np.arange(7))
-    for data in (load_data(tmp_path / "x.npy", labels=_labels(tmp_path, 7)), load_data(tmp_path / "s.npz"),
-                 load_data(tmp_path / "c.npz")):
+    for data in (
+        load_data(tmp_path / "x.npy", labels=_labels(tmp_path, 7)),
+        load_data(tmp_path / "s.npz"),
+        load_data(tmp_path / "c.npz"),
+    ):
         assert data.image_shape == want.shape[1:] and len(data) == 7
         for i in (6, 0, 3):
             np.testing.assert_array_equal(data.image(i), want[i])
@@ -155,8 +162,11 @@ def test_headers_declaring_huge_arrays_are_refused_before_allocating(capsys, tmp
         z.writestr("labels.npy", _npy_bytes((10**6,), "<i8", payload=b"\0" * 8))
     labels = tmp_path / "l.txt"
     labels.write_text("0\n")
-    for argv, msg in ([str(tmp_path / "big.npy"), "--labels", str(labels)], "declares"), \
-                     ([str(tmp_path / "big.npz")], "declares"), ([str(tmp_path / "bomb.npz")], "declares"):
+    for argv, msg in (
+        ([str(tmp_path / "big.npy"), "--labels", str(labels)], "declares"),
+        ([str(tmp_path / "big.npz")], "declares"),
+        ([str(tmp_path / "bomb.npz")], "declares"),
+    ):
         code, err = cli(capsys, ["certify", str(model), *argv, *FAST], tmp_path / "o.tsv")
         assert code == 1 and msg in err, err
 
@@ -197,14 +207,16 @@ def test_labels_beyond_int64_and_bad_labels_files(capsys, tmp_path, model):
     (tmp_path / "short.txt").write_text("0\n")
     (tmp_path / "word.txt").write_text("0\ncat\n")
     np.save(tmp_path / "f.npy", np.zeros(2, np.float32))
-    cases = [([str(tmp_path / "u.npz")], "exceeds int64"),
-             ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "big.txt")], "exceeds int64"),
-             ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "short.txt")], "1 lines for 2 images"),
-             ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "word.txt")], "not an integer"),
-             ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "f.npy")], "expected integers"),
-             ([str(tmp_path / "x.npy")], "expected --labels"),
-             ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "nope.txt")], "not found"),
-             ([str(tmp_path / "u.npz"), "--resize", "8"], "--resize given")]
+    cases = [
+        ([str(tmp_path / "u.npz")], "exceeds int64"),
+        ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "big.txt")], "exceeds int64"),
+        ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "short.txt")], "1 lines for 2 images"),
+        ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "word.txt")], "not an integer"),
+        ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "f.npy")], "expected integers"),
+        ([str(tmp_path / "x.npy")], "expected --labels"),
+        ([str(tmp_path / "x.npy"), "--labels", str(tmp_path / "nope.txt")], "not found"),
+        ([str(tmp_path / "u.npz"), "--resize", "8"], "--resize given"),
+    ]
     for argv, msg in cases:
         code, err = cli(capsys, ["certify", str(model), *argv, *FAST], tmp_path / "o.tsv")
         assert code == 1 and msg in err, (argv, err)
@@ -256,7 +268,16 @@ def test_folder_order_and_labels_follow_imagefolder(tmp_path):
     data = load_data(tmp_path / "f", size=(8, 8), channels=3)
     rel = [os.path.relpath(f, tmp_path / "f") for f in data.files]
     assert rel == ["a/10.png", "a/2.png", "b/z.png", "b/sub/a.png"]  # sorted os.walk, as torchvision
-    assert list(data.labels) == [0, 0, 1, 1, ] and data.info["classes"] == 3  # empty 'c' keeps its index
+    assert (
+        list(data.labels)
+        == [
+            0,
+            0,
+            1,
+            1,
+        ]
+        and data.info["classes"] == 3
+    )  # empty 'c' keeps its index
     os.symlink(tmp_path / "f" / "b", tmp_path / "f" / "b" / "sub" / "loop")  # a link cycle ends, once
     jpeg(tmp_path / "f" / "b" / ".hidden" / "h.png", 8, 8)
     assert load_data(tmp_path / "f").files == data.files
@@ -285,7 +306,8 @@ def test_folder_layouts_that_are_refused(tmp_path):
         load_data(tmp_path / "empty")
     with pytest.raises(DataError, match="class subfolders, which give the labels"):
         load_data(tmp_path / "mix" / "..", label_from_filename=True) if False else load_data(
-            _only_classes(tmp_path), label_from_filename=True)
+            _only_classes(tmp_path), label_from_filename=True
+        )
 
 
 def _only_classes(tmp_path: Path) -> Path:
@@ -414,12 +436,14 @@ def _reference_transform(im: Image.Image, size: int, crop: int) -> np.ndarray:
     if (new_w, new_h) != (w, h):
         im = im.resize((new_w, new_h), Image.BILINEAR)
     top, left = round((new_h - crop) / 2.0), round((new_w - crop) / 2.0)
-    return np.asarray(im, np.uint8)[top:top + crop, left:left + crop].transpose(2, 0, 1)
+    return np.asarray(im, np.uint8)[top : top + crop, left : left + crop].transpose(2, 0, 1)
 
 
 def _imagenet_like(tmp_path: Path) -> list[Path]:
-    files = [jpeg(tmp_path / f"g{w}x{h}.jpg", w, h, w) for w, h in [(500, 375), (375, 500), (333, 500), (256, 256),
-                                                                    (1024, 257), (339, 256), (300, 451)]]
+    files = [
+        jpeg(tmp_path / f"g{w}x{h}.jpg", w, h, w)
+        for w, h in [(500, 375), (375, 500), (333, 500), (256, 256), (1024, 257), (339, 256), (300, 451)]
+    ]
     samples = sorted((SHARED / "data" / "foolbox_samples").glob("imagenet_*.jpg"))[:4]
     return files + samples
 
@@ -448,7 +472,7 @@ def test_resize_and_center_crop_match_torch_antialiased_interpolation(tmp_path):
         y = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
         y = y[0].round().clamp(0, 255).numpy()
         top, left = round((nh - 224) / 2.0), round((nw - 224) / 2.0)
-        want = y[:, top:top + 224, left:left + 224]
+        want = y[:, top : top + 224, left : left + 224]
         got = load_data(path, label=0, resize=256, center_crop=224, channels=3).raw(0).astype(np.float32)
         diff = np.abs(got - want)
         assert diff.max() <= 2 and diff.mean() < 0.2, (path.name, diff.max(), diff.mean())
@@ -489,8 +513,10 @@ def test_resize_and_center_crop_match_torchvision_itself(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     tv = _torchvision_transforms(monkeypatch)
     if tv is None:
-        pytest.skip("torchvision is not installed (PyPI's 0.29 does not import beside torch 2.13; with it "
-                    "installed, this test imports its transforms past the broken C++ ops)")
+        pytest.skip(
+            "torchvision is not installed (PyPI's 0.29 does not import beside torch 2.13; with it "
+            "installed, this test imports its transforms past the broken C++ ops)"
+        )
     transform = tv.Compose([tv.Resize(256), tv.CenterCrop(224), tv.PILToTensor()])
     for path in _imagenet_like(tmp_path):
         want = transform(Image.open(path).convert("RGB")).numpy()
@@ -499,8 +525,12 @@ def test_resize_and_center_crop_match_torchvision_itself(tmp_path, monkeypatch):
 
 def test_crop_larger_than_the_image_and_bad_sizes_are_refused(capsys, tmp_path, model):
     jpeg(tmp_path / "f" / "0" / "a.png", 12, 9)
-    for extra, msg in [(["--center-crop", "10"], "larger than the image"), (["--center-crop", "8x"], "center_crop"),
-                       (["--resize", "0"], "resize=0"), (["--center-crop", "0"], "center_crop")]:
+    for extra, msg in [
+        (["--center-crop", "10"], "larger than the image"),
+        (["--center-crop", "8x"], "center_crop"),
+        (["--resize", "0"], "resize=0"),
+        (["--center-crop", "0"], "center_crop"),
+    ]:
         code, err = cli(capsys, ["certify", str(model), str(tmp_path / "f"), *FAST, *extra], tmp_path / "o.tsv")
         assert code == 1 and msg in err, (extra, err)
 
@@ -509,8 +539,18 @@ def test_help_lists_what_data_may_be(capsys):
     with pytest.raises(SystemExit):
         main(["certify", "--help"])
     text = capsys.readouterr().out
-    for word in [".npz", ".npy", "--labels", "ImageFolder", "--classes", "manifest", "--path-column", "--label N",
-                 "--resize 256 --center-crop 224", "--label-from-filename"]:
+    for word in [
+        ".npz",
+        ".npy",
+        "--labels",
+        "ImageFolder",
+        "--classes",
+        "manifest",
+        "--path-column",
+        "--label N",
+        "--resize 256 --center-crop 224",
+        "--label-from-filename",
+    ]:
         assert word in text, word
 
 
@@ -523,9 +563,11 @@ def _valid_files() -> dict[str, bytes]:
     """One valid file per format (built once): .npy, stored and compressed .npz, PNG, JPEG."""
     if not _FILES:
         x = np.random.default_rng(0).integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
-        for name, save_fn in (("npy", lambda b: np.save(b, x)),
-                              ("npz", lambda b: np.savez(b, images=x, labels=np.arange(3))),
-                              ("cnpz", lambda b: np.savez_compressed(b, images=x, labels=np.arange(3)))):
+        for name, save_fn in (
+            ("npy", lambda b: np.save(b, x)),
+            ("npz", lambda b: np.savez(b, images=x, labels=np.arange(3))),
+            ("cnpz", lambda b: np.savez_compressed(b, images=x, labels=np.arange(3))),
+        ):
             buf = io.BytesIO()
             save_fn(buf)
             _FILES[name] = buf.getvalue()
@@ -537,12 +579,16 @@ def _valid_files() -> dict[str, bytes]:
 
 
 @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["npy", "npz", "cnpz", "png", "jpeg"]), cut=st.floats(0, 1),
-       pos=st.floats(0, 1), junk=st.binary(min_size=0, max_size=8))
+@given(
+    kind=st.sampled_from(["npy", "npz", "cnpz", "png", "jpeg"]),
+    cut=st.floats(0, 1),
+    pos=st.floats(0, 1),
+    junk=st.binary(min_size=0, max_size=8),
+)
 def test_any_corrupted_data_file_is_read_or_refused_with_a_data_error(tmp_path_factory, kind, cut, pos, junk):
     raw = bytearray(_valid_files()[kind])
     at = int(pos * len(raw))
-    raw[at:at + len(junk)] = junk  # overwrite a few bytes somewhere
+    raw[at : at + len(junk)] = junk  # overwrite a few bytes somewhere
     raw = raw[: max(1, int(len(raw) * cut))] if cut < 0.98 else raw
     d = tmp_path_factory.mktemp("c")
     suffix = {"npy": ".npy", "npz": ".npz", "cnpz": ".npz", "png": ".png", "jpeg": ".jpg"}[kind]
@@ -550,8 +596,9 @@ def test_any_corrupted_data_file_is_read_or_refused_with_a_data_error(tmp_path_f
     path.write_bytes(bytes(raw))
     (d / "l.txt").write_text("0\n1\n2\n")
     try:
-        data = load_data(path, **({"labels": d / "l.txt"} if kind == "npy" else {"label": 0} if kind in ("png", "jpeg")
-                                  else {}))
+        data = load_data(
+            path, **({"labels": d / "l.txt"} if kind == "npy" else {"label": 0} if kind in ("png", "jpeg") else {})
+        )
         data.check_selection(range(len(data)))
         for _, xs in data.iter_groups([[i] for i in range(len(data))]):
             assert all(np.isfinite(x).all() and x.dtype == np.float32 for x in xs)
@@ -572,8 +619,9 @@ def test_reading_every_row_keeps_memory_flat(tmp_path):
     x[:] = np.arange(128, dtype=np.uint8)[None, None, None, :]
     x.flush()
     del x
-    np.savez_compressed(tmp_path / "c.npz", images=np.load(tmp_path / "x.npy", mmap_mode="r"),
-                        labels=np.zeros(2048, np.int64))
+    np.savez_compressed(
+        tmp_path / "c.npz", images=np.load(tmp_path / "x.npy", mmap_mode="r"), labels=np.zeros(2048, np.int64)
+    )
     for path in (tmp_path / "x.npy", tmp_path / "c.npz"):
         before = _rss_mib()
         data = load_data(path, labels=_labels(tmp_path, 2048) if path.suffix == ".npy" else None)

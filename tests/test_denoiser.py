@@ -30,17 +30,27 @@ def digits(tmp_path_factory):
     for img, label in zip(images, labels):
         col = rng.integers(8, 20)
         if label:
-            img[4:24, col:col + 3] = 255  # vertical bar
+            img[4:24, col : col + 3] = 255  # vertical bar
         else:
-            img[col:col + 3, 4:24] = 255  # horizontal bar
+            img[col : col + 3, 4:24] = 255  # horizontal bar
     path = tmp_path_factory.mktemp("data") / "bars.npz"
     np.savez(path, images=images, labels=labels.astype(np.uint8))
     return path
 
 
 def config(tmp_path, data, **kw):
-    base = dict(out=str(tmp_path / "den.onnx"), sigma=0.5, data=str(data), depth=3, width=4, epochs=1,
-                batch_size=8, holdout_per_class=2, max_steps=3, threads=1)
+    base = dict(
+        out=str(tmp_path / "den.onnx"),
+        sigma=0.5,
+        data=str(data),
+        depth=3,
+        width=4,
+        epochs=1,
+        batch_size=8,
+        holdout_per_class=2,
+        max_steps=3,
+        threads=1,
+    )
     return td.DenoiserConfig(**{**base, **kw})
 
 
@@ -73,12 +83,15 @@ def test_mse_training_exports_a_dynamic_batch_onnx_denoiser(tmp_path, digits):
 
 def test_trained_denoiser_composes_and_certifies(tmp_path, digits):
     td.train(config(tmp_path, digits))
-    classifier = om.save(om.linear_model(np.full(784, 1 / 784, np.float32), b=-0.05, input_shape=(1, 28, 28),
-                                         batch=1), tmp_path / "clf.onnx")
+    classifier = om.save(
+        om.linear_model(np.full(784, 1 / 784, np.float32), b=-0.05, input_shape=(1, 28, 28), batch=1),
+        tmp_path / "clf.onnx",
+    )
     path = compose_files(tmp_path / "den.onnx", classifier, tmp_path / "dc.onnx")
     clf = OnnxClassifier(path, device="cpu")
     cert = SmoothedClassifier(clf, sigma=0.5, seed=0, batch_size=100).certify(
-        np.zeros((1, 28, 28), np.float32), n0=10, n=100, alpha=0.01)
+        np.zeros((1, 28, 28), np.float32), n0=10, n=100, alpha=0.01
+    )
     assert cert.n == 100 and cert.predict in (-1, 0, 1)
 
 
@@ -87,17 +100,23 @@ def test_explicit_pads_match_same_upper():
 
     w = np.random.default_rng(0).normal(size=(2, 1, 4, 4)).astype(np.float32)
     node = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[4, 4], strides=[2, 2])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 9, 9])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w, "w")])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     fixed = td.explicit_pads(model)
     attrs = {a.name: helper.get_attribute_value(a) for a in fixed.graph.node[0].attribute}
     assert "auto_pad" not in attrs and attrs["pads"] == [1, 1, 2, 2]
     x = np.random.default_rng(1).random((1, 1, 9, 9), dtype=np.float32)
-    outs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-            for m in (model, fixed)]
+    outs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for m in (model, fixed)
+    ]
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-6)
 
 
@@ -106,8 +125,17 @@ def test_stability_objective_trains_through_an_onnx_classifier(tmp_path, digits)
     td.train(config(tmp_path, digits, out=str(tmp_path / "mse.onnx")))
     w = np.random.default_rng(0).normal(size=(2, 784)).astype(np.float32) / 28
     classifier = om.save(om.reshape_model(w, input_shape=(784, 1), batch=1, shape=[1, 784]), tmp_path / "flat.onnx")
-    _, summary = td.train(config(tmp_path, digits, objective="stability", classifier=str(classifier), mse_weight=0.1,
-                                 init=str(tmp_path / "mse.pt"), out=str(tmp_path / "stab.onnx")))
+    _, summary = td.train(
+        config(
+            tmp_path,
+            digits,
+            objective="stability",
+            classifier=str(classifier),
+            mse_weight=0.1,
+            init=str(tmp_path / "mse.pt"),
+            out=str(tmp_path / "stab.onnx"),
+        )
+    )
     assert np.isfinite(summary["history"][0]["loss"])
     assert "acc_denoised" in summary["history"][0]
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "stab.onnx")).metadata_props}
@@ -116,8 +144,28 @@ def test_stability_objective_trains_through_an_onnx_classifier(tmp_path, digits)
 
 def test_cli(tmp_path, digits):
     out = tmp_path / "cli.onnx"
-    args = ["--sigma", "0.25", "--out", str(out), "--data", str(digits), "--depth", "2", "--width", "2",
-            "--epochs", "1", "--batch-size", "8", "--holdout-per-class", "2", "--max-steps", "2", "--threads", "1"]
+    args = [
+        "--sigma",
+        "0.25",
+        "--out",
+        str(out),
+        "--data",
+        str(digits),
+        "--depth",
+        "2",
+        "--width",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--holdout-per-class",
+        "2",
+        "--max-steps",
+        "2",
+        "--threads",
+        "1",
+    ]
     result = CliRunner().invoke(td.main, args)
     assert result.exit_code == 0, result.output
     assert out.is_file()

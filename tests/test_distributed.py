@@ -45,7 +45,7 @@ def strip_time(path):
     """TSV lines without the time column."""
     lines = [line.split("\t") for line in Path(path).read_text().splitlines()]
     t = lines[0].index("time")
-    return [line[:t] + line[t + 1:] for line in lines]
+    return [line[:t] + line[t + 1 :] for line in lines]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,14 @@ def test_bundle_ships_external_data(tmp_path):
     w = np.arange(3 * 400, dtype=np.float32).reshape(3, 400) / 1000
     m = linear_model(w, input_shape=(400,), batch="N")
     (tmp_path / "src").mkdir()
-    onnx.save_model(m, tmp_path / "src" / "big.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="big.bin", size_threshold=0)
+    onnx.save_model(
+        m,
+        tmp_path / "src" / "big.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="big.bin",
+        size_threshold=0,
+    )
     bundle = model_bundle(tmp_path / "src" / "big.onnx")
     assert list(bundle) == ["big.onnx", "big.bin"]
     path = unpack_bundle(bundle, "abc", root=str(tmp_path / "cache"))
@@ -158,8 +164,15 @@ def test_dead_worker_loses_and_duplicates_nothing(ray_cluster, linear, local_tsv
 @pytest.mark.slow  # a CNN on Ray workers
 def test_same_tsv_for_a_cnn_with_other_thread_counts(ray_cluster, tmp_path):
     """The bundled digits CNN: workers run onnxruntime on 1 thread, the local run on its default."""
-    cfg = RunConfig(model=run.bundled("digits_cnn.onnx"), data=run.bundled("digits_eval.npz"), n0=50, n=400,
-                    seed=1, end=12, batch_size=500).validate()
+    cfg = RunConfig(
+        model=run.bundled("digits_cnn.onnx"),
+        data=run.bundled("digits_eval.npz"),
+        n0=50,
+        n=400,
+        seed=1,
+        end=12,
+        batch_size=500,
+    ).validate()
     local, ray_out = tmp_path / "local.tsv", tmp_path / "ray.tsv"
     run.execute(run.prepare(cfg), "certify", local)
     run.execute(run.prepare(cfg), "certify", ray_out, backend=ray_backend(workers=2))

@@ -26,8 +26,11 @@ def conv_model(hw=6, channels=4, classes=3, seed=0, sqrt=False, batch="N"):
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(channels, 1, 3, 3)).astype(np.float32)
     fc = rng.normal(size=(channels * hw * hw, classes)).astype(np.float32) * 0.3
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc"),
-             numpy_helper.from_array(rng.normal(size=classes).astype(np.float32), "b")]
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(fc, "fc"),
+        numpy_helper.from_array(rng.normal(size=classes).astype(np.float32), "b"),
+    ]
     nodes = [helper.make_node("Sqrt", ["x"], ["xs"])] if sqrt else []
     nodes += [
         helper.make_node("Conv", ["xs" if sqrt else "x", "w"], ["c"], pads=[1, 1, 1, 1]),
@@ -69,10 +72,17 @@ def preprocessor(clf, spec=None, image_shape=None):
 
 
 # ------------------------------------------------------------------ the engine against the reference loop
-@pytest.mark.parametrize("batch,threads,pad,io_binding", [
-    (7, 0, False, False), (64, 2, True, False), (1000, 1, False, True), (333, 3, True, True),
-    (5000, 2, False, False), (1, 1, True, True),
-])
+@pytest.mark.parametrize(
+    "batch,threads,pad,io_binding",
+    [
+        (7, 0, False, False),
+        (64, 2, True, False),
+        (1000, 1, False, True),
+        (333, 3, True, True),
+        (5000, 2, False, False),
+        (1, 1, True, True),
+    ],
+)
 def test_engine_matches_reference_loop(conv_path, batch, threads, pad, io_binding):
     clf = OnnxClassifier(conv_path, device="cpu", io_binding=io_binding)
     pre = preprocessor(clf)
@@ -85,8 +95,9 @@ def test_engine_matches_reference_loop(conv_path, batch, threads, pad, io_bindin
 
 
 def test_engine_counts_nonfinite_rows_like_the_reference(tmp_path):
-    clf = OnnxClassifier(om.save(conv_model(sqrt=True), tmp_path / "sqrt.onnx"), device="cpu", io_binding=True,
-                         argmax_in_graph=True)
+    clf = OnnxClassifier(
+        om.save(conv_model(sqrt=True), tmp_path / "sqrt.onnx"), device="cpu", io_binding=True, argmax_in_graph=True
+    )
     pre = preprocessor(clf)
     tasks = tasks_for(pre, (1500, 300), (3, 4))
     got = Sampler(clf, pre, 0.05, SEED, 256, 2).count(tasks)
@@ -101,8 +112,9 @@ def test_engine_with_integer_inputs_matches_reference(tmp_path):
     assert pre.dtype == np.uint8
     tasks = tasks_for(pre, (2100, 450), (1, 2))
     for batch, threads in [(100, 0), (777, 2)]:
-        np.testing.assert_array_equal(Sampler(clf, pre, 0.2, SEED, batch, threads).count(tasks),
-                                      reference_counts(clf, pre, tasks, sigma=0.2))
+        np.testing.assert_array_equal(
+            Sampler(clf, pre, 0.2, SEED, batch, threads).count(tasks), reference_counts(clf, pre, tasks, sigma=0.2)
+        )
 
 
 def test_engine_on_a_fixed_batch_model(tmp_path):
@@ -111,8 +123,9 @@ def test_engine_on_a_fixed_batch_model(tmp_path):
     assert clf.batch_mode == "fixed"
     pre = preprocessor(clf)
     tasks = tasks_for(pre, (1234, 56), (0, 1))
-    np.testing.assert_array_equal(Sampler(clf, pre, SIGMA, SEED, 64, 1, pad=True).count(tasks),
-                                  reference_counts(clf, pre, tasks))
+    np.testing.assert_array_equal(
+        Sampler(clf, pre, SIGMA, SEED, 64, 1, pad=True).count(tasks), reference_counts(clf, pre, tasks)
+    )
 
 
 def test_noise_drawn_in_pieces_equals_one_draw():
@@ -184,8 +197,9 @@ def test_fp16_model_loads_agrees_with_fp32_and_says_so(conv_path):
     assert any(t.data_type == TensorProto.FLOAT16 for t in converted.graph.initializer)
     pre = preprocessor(fp16)
     tasks = tasks_for(pre, (500,), (0,))
-    np.testing.assert_array_equal(Sampler(fp16, pre, SIGMA, SEED, 64, 2).count(tasks),
-                                  reference_counts(fp16, pre, tasks))
+    np.testing.assert_array_equal(
+        Sampler(fp16, pre, SIGMA, SEED, 64, 2).count(tasks), reference_counts(fp16, pre, tasks)
+    )
 
 
 def test_float_type_is_checked_and_its_earlier_name_still_works(conv_path):
@@ -229,8 +243,9 @@ def test_noise_prefix_graph_draws_gaussian_noise_on_cpu_session():
     delta = out.reshape(-1, 2, 3) - clean[index]
     assert abs(delta.mean()) < 0.02
     assert delta[:, 0].std() == pytest.approx(0.5, rel=0.03) and delta[:, 1].std() == pytest.approx(2.0, rel=0.03)
-    zero = session.run(None, {graph.CLEAN_INPUT: clean, graph.INDEX_INPUT: index[:5],
-                              graph.GAIN_INPUT: np.zeros((2, 1), np.float32)})[0]
+    zero = session.run(
+        None, {graph.CLEAN_INPUT: clean, graph.INDEX_INPUT: index[:5], graph.GAIN_INPUT: np.zeros((2, 1), np.float32)}
+    )[0]
     np.testing.assert_array_equal(zero, np.tile(clean[0].reshape(1, 6), (5, 1)))
 
 
@@ -241,8 +256,14 @@ def test_noise_prefix_rounds_and_clips_integer_inputs():
     noisy = graph.prepend_noise(model, "x", gain_shape=(4,), seed=1)
     session = ort.InferenceSession(noisy.SerializeToString(), providers=["CPUExecutionProvider"])
     clean = np.array([[250.0, 3.0, 100.0, 100.0]], np.float32)
-    out = session.run(None, {graph.CLEAN_INPUT: clean, graph.INDEX_INPUT: np.zeros(2000, np.int64),
-                             graph.GAIN_INPUT: np.array([20.0, 20.0, 0.0, 0.2], np.float32)})[0]
+    out = session.run(
+        None,
+        {
+            graph.CLEAN_INPUT: clean,
+            graph.INDEX_INPUT: np.zeros(2000, np.int64),
+            graph.GAIN_INPUT: np.array([20.0, 20.0, 0.0, 0.2], np.float32),
+        },
+    )[0]
     assert out.dtype == np.uint8 and out[:, 0].max() == 255 and out[:, 1].min() == 0
     assert (out[:, 2] == 100).all() and set(np.unique(out[:, 3])) <= {99, 100, 101}
 
@@ -308,6 +329,7 @@ class Timed(HostClassifier):
 
 def test_auto_batch_size_takes_the_smallest_size_within_3_percent_of_the_fastest(monkeypatch):
     import rs_onnx.sampling as sampling
+
     clf = Timed({16: 1.02, 32: 1.05, 64: 1.00, 128: 1.01, 256: 1.2, 512: 1.3, 1024: 0.5})
     monkeypatch.setattr(sampling, "time", clf)
     assert auto_batch_size(clf, candidates=(16, 32, 64, 128, 256, 512, 1024), min_seconds=0) == 16
@@ -329,16 +351,20 @@ class Budgeted(HostClassifier):
     def predict(self, x):
         self.sizes.append(len(x))
         if len(x) > self.limit:
-            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory ; "
-                               "GPU=0 ; expr=cudaMalloc(&p, size);")
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory ; "
+                "GPU=0 ; expr=cudaMalloc(&p, size);"
+            )
         return (x[:, 0] > 0).astype(np.int64)
 
 
 def test_auto_batch_size_stops_at_out_of_memory_and_at_the_byte_limit():
     clf = Budgeted(limit=64)
     assert auto_batch_size(clf, candidates=(16, 32, 64, 128, 256), min_seconds=0.001) <= 64
-    assert "out of memory" in clf.batch_probe["stopped"] and 128 not in [int(k) for k in clf.batch_probe["seconds_per_sample"]]
-    big = Budgeted(limit=10 ** 9, dim=1000)
+    assert "out of memory" in clf.batch_probe["stopped"] and 128 not in [
+        int(k) for k in clf.batch_probe["seconds_per_sample"]
+    ]
+    big = Budgeted(limit=10**9, dim=1000)
     assert auto_batch_size(big, candidates=(16, 32, 64, 128), max_bytes=4000 * 32, min_seconds=0.001) <= 32
     with pytest.raises(RuntimeError, match="out of memory"):
         auto_batch_size(Budgeted(limit=4), candidates=(16, 32), min_seconds=0.001)
@@ -347,7 +373,7 @@ def test_auto_batch_size_stops_at_out_of_memory_and_at_the_byte_limit():
 def test_out_of_memory_halves_the_batch_and_keeps_the_counts():
     pre = Preprocessor(PreprocessSpec(), (10,), (10,), np.float32)
     tasks = [Task(np.full(10, 0.1, np.float32), 0, 1, 1234), Task(np.zeros(10, np.float32), 1, 1, 99)]
-    ref = Sampler(Budgeted(limit=10 ** 9), pre, 1.0, SEED, 50, 0).count(tasks)
+    ref = Sampler(Budgeted(limit=10**9), pre, 1.0, SEED, 50, 0).count(tasks)
     clf = Budgeted(limit=50)
     sampler = Sampler(clf, pre, 1.0, SEED, 400, 2)
     np.testing.assert_array_equal(sampler.count(tasks), ref)
@@ -358,6 +384,7 @@ def test_other_errors_propagate():
     class Broken(Budgeted):
         def predict(self, x):
             raise RuntimeError("shape mismatch")
+
     pre = Preprocessor(PreprocessSpec(), (10,), (10,), np.float32)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         Sampler(Broken(0), pre, 1.0, SEED, 64, 1).count([Task(np.zeros(10, np.float32), 0, 1, 500)])
@@ -365,7 +392,9 @@ def test_other_errors_propagate():
 
 def test_out_of_memory_detection_and_thread_defaults():
     assert is_out_of_memory(RuntimeError("CUDA failure 2: out of memory"))
-    assert is_out_of_memory(RuntimeError("BFCArena::AllocateRawInternal Failed to allocate memory for requested buffer"))
+    assert is_out_of_memory(
+        RuntimeError("BFCArena::AllocateRawInternal Failed to allocate memory for requested buffer")
+    )
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("Invalid rank for input"))
     assert 1 <= default_noise_threads("cpu") <= 8 and 1 <= default_noise_threads("cuda:0") <= 16

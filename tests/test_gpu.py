@@ -29,8 +29,22 @@ from tests.onnx_models import linear_model, save
 pytestmark = pytest.mark.gpu
 
 MODEL, DATA = bundled("digits_cnn.onnx"), bundled("digits_eval.npz")
-RUN = ["--sigma", "0.25", "--seed", "0", "--n0", "64", "--n", "2000", "--alpha", "0.001", "--skip", "50",
-       "--batch-size", "500"]
+RUN = [
+    "--sigma",
+    "0.25",
+    "--seed",
+    "0",
+    "--n0",
+    "64",
+    "--n",
+    "2000",
+    "--alpha",
+    "0.001",
+    "--skip",
+    "50",
+    "--batch-size",
+    "500",
+]
 
 
 def _cuda() -> bool:
@@ -63,8 +77,9 @@ def record(test: str, **facts) -> None:
 def certify_cli(tmp_path: Path, name: str, *extra: str) -> tuple[list[dict], dict]:
     """Rows (without the time column) and meta.json of one seeded CLI run of the bundled digits model."""
     out = tmp_path / f"{name}.tsv"
-    res = CliRunner().invoke(cli, ["-q", "certify", MODEL, DATA, *RUN, *extra, "--out", str(out)],
-                             catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli, ["-q", "certify", MODEL, DATA, *RUN, *extra, "--out", str(out)], catch_exceptions=False
+    )
     assert res.exit_code == 0, res.output
     with open(out, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
@@ -113,8 +128,11 @@ class _Padding:
 def test_io_binding_fixed_batch_and_cuda_graph_give_identical_counts(device):
     base = OnnxClassifier(MODEL, device=device, io_binding=False)
     ref = _counts(base)
-    variants = {"io_binding": OnnxClassifier(MODEL, device=device, io_binding=True),
-                "fixed_batch": _Padding(base, True), "unfixed_batch": _Padding(base, False)}
+    variants = {
+        "io_binding": OnnxClassifier(MODEL, device=device, io_binding=True),
+        "fixed_batch": _Padding(base, True),
+        "unfixed_batch": _Padding(base, False),
+    }
     if device == "cuda":
         variants["cuda_graph"] = OnnxClassifier(MODEL, device=device, cuda_graph=True, max_batch=700)
     same = {name: bool((_counts(clf) == ref).all()) for name, clf in variants.items()}
@@ -126,7 +144,7 @@ def _bucket_model(tmp_path, sigma, centers):
     """Class k = the center nearest to x[0] (scores 2 c_k x0 - c_k^2), on 4 flat inputs."""
     w = np.zeros((len(centers), 4), np.float32)
     w[:, 0] = 2 * centers
-    return save(linear_model(w, -(centers ** 2).astype(np.float32), input_shape=(4,)), tmp_path / "buckets.onnx")
+    return save(linear_model(w, -(centers**2).astype(np.float32), input_shape=(4,)), tmp_path / "buckets.onnx")
 
 
 def _check_gaussian(classes: np.ndarray, centers: np.ndarray, sigma: float) -> dict:
@@ -192,8 +210,10 @@ class _MemoryLimited(OnnxClassifier):
     def _setup_device(self, device, sess_options):
         super()._setup_device(device, sess_options)
         if self._want_cuda:
-            self._providers_req = [(self._providers_req[0][0], {**self._providers_req[0][1],
-                                                                "gpu_mem_limit": str(self.LIMIT)}), "CPUExecutionProvider"]
+            self._providers_req = [
+                (self._providers_req[0][0], {**self._providers_req[0][1], "gpu_mem_limit": str(self.LIMIT)}),
+                "CPUExecutionProvider",
+            ]
 
 
 class _FailsAbove:
@@ -214,8 +234,11 @@ class _FailsAbove:
 def test_out_of_memory_halves_and_gives_the_same_counts(device, caplog):
     batch = 16_000
     ref = _counts(OnnxClassifier(MODEL, device=device), n=batch, batch=batch, examples=2)
-    limited = (_MemoryLimited(MODEL, device=device) if device == "cuda"
-               else _FailsAbove(OnnxClassifier(MODEL, device=device), 5_000))
+    limited = (
+        _MemoryLimited(MODEL, device=device)
+        if device == "cuda"
+        else _FailsAbove(OnnxClassifier(MODEL, device=device), 5_000)
+    )
     with caplog.at_level("WARNING", logger="rs_onnx"):
         got = _counts(limited, n=batch, batch=batch, examples=2)
     halvings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]

@@ -1,6 +1,5 @@
 """Tests of rs_onnx.graph: loading, initializer inputs, batch rewrites, appended ArgMax, describe."""
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -12,6 +11,7 @@ from rs_onnx import graph
 from rs_onnx.errors import ModelError
 
 from tests.conftest import SHARED
+
 MNIST8 = SHARED / "models" / "mnist" / "mnist-8.onnx"
 RNG = np.random.default_rng(0)
 W = RNG.normal(size=(3, 12)).astype(np.float32)
@@ -33,11 +33,14 @@ def test_load_model_ok(tmp_path):
     assert [v.name for v in graph.real_inputs(model)] == ["x"]
 
 
-@pytest.mark.parametrize("content, match", [
-    (None, "no such file"),
-    (b"", "empty"),
-    (b"this is not an onnx model at all, just some text\n" * 3, "ONNX"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "no such file"),
+        (b"", "empty"),
+        (b"this is not an onnx model at all, just some text\n" * 3, "ONNX"),
+    ],
+)
 def test_load_model_bad_files(tmp_path, content, match):
     path = tmp_path / "bad.onnx"
     if content is not None:
@@ -57,8 +60,12 @@ def test_load_model_truncated(tmp_path):
 
 def test_load_model_checker_failure(tmp_path):
     node = helper.make_node("Relu", ["undefined"], ["y"])
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     path = tmp_path / "invalid.onnx"
@@ -69,8 +76,13 @@ def test_load_model_checker_failure(tmp_path):
 
 def test_load_model_external_data(tmp_path):
     path = tmp_path / "ext.onnx"
-    onnx.save(om.linear_model(RNG.normal(size=(10, 300)), None), str(path), save_as_external_data=True,
-              location="ext.weights", size_threshold=0)
+    onnx.save(
+        om.linear_model(RNG.normal(size=(10, 300)), None),
+        str(path),
+        save_as_external_data=True,
+        location="ext.weights",
+        size_threshold=0,
+    )
     model = graph.load_model(path)
     assert graph.has_external_data(model)
     (tmp_path / "ext.weights").rename(tmp_path / "moved.weights")
@@ -123,13 +135,22 @@ def test_make_batch_dynamic_allowzero():
 def test_make_batch_dynamic_copies_shared_constant():
     """One shape constant [1, K] feeds the input's Reshape and a weight's Reshape: only the first changes."""
     k = 4
-    inits = [numpy_helper.from_array(np.array([1, k], np.int64), "shape"),
-             numpy_helper.from_array(np.arange(k, dtype=np.float32), "bias")]
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["xr"]),
-             helper.make_node("Reshape", ["bias", "shape"], ["b2"]),
-             helper.make_node("Add", ["xr", "b2"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, k])], inits)
+    inits = [
+        numpy_helper.from_array(np.array([1, k], np.int64), "shape"),
+        numpy_helper.from_array(np.arange(k, dtype=np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["xr"]),
+        helper.make_node("Reshape", ["bias", "shape"], ["b2"]),
+        helper.make_node("Add", ["xr", "b2"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, k])],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     new, changed = graph.make_batch_dynamic(model, "x")
@@ -166,7 +187,7 @@ def test_make_batch_dynamic_mnist8():
     x = RNG.random((1000, 1, 28, 28), dtype=np.float32)
     batched = run(new, {"Input3": x})[0]
     orig = ort.InferenceSession(str(MNIST8), providers=["CPUExecutionProvider"])
-    singles = np.concatenate([orig.run(None, {"Input3": x[i:i + 1]})[0] for i in range(0, 1000, 50)])
+    singles = np.concatenate([orig.run(None, {"Input3": x[i : i + 1]})[0] for i in range(0, 1000, 50)])
     np.testing.assert_allclose(batched[::50], singles, rtol=1e-4, atol=1e-4)
 
 
@@ -214,8 +235,12 @@ def test_describe_facts():
 
 def test_describe_custom_domain():
     node = helper.make_node("Scaler", ["x"], ["y"], domain="ai.onnx.ml", offset=[0.0], scale=[2.0])
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 3)])
     info = graph.describe(model)
     assert info["custom_ops"] == {"ai.onnx.ml": ["Scaler"]} and info["opsets"]["ai.onnx.ml"] == 3

@@ -62,9 +62,10 @@ class Fixed(HostClassifier):
 
 @pytest.mark.parametrize("num_classes", [3, None])
 def test_out_of_range_indices_are_their_own_outcome(num_classes):
-    big = 2 ** 40 if num_classes is None else 3
-    g = SmoothedClassifier(Fixed([0, 0, 0, 0, 0, 1, big, -5, -1, 2 ** 62], num_classes), sigma=0.5, seed=0,
-                           batch_size=100)
+    big = 2**40 if num_classes is None else 3
+    g = SmoothedClassifier(
+        Fixed([0, 0, 0, 0, 0, 1, big, -5, -1, 2**62], num_classes), sigma=0.5, seed=0, batch_size=100
+    )
     cert = g.certify(np.zeros(4, np.float32), n0=10, n=1000, alpha=0.001)
     k = num_classes or 1000
     assert cert.counts.shape == (k + 1,)
@@ -80,8 +81,9 @@ def test_index_output_model_certifies_like_its_score_model(tmp_path):
     index = OnnxClassifier(om.save(om.index_model(w), tmp_path / "i.onnx"), device="cpu")
     assert index.output_kind == "indices" and index.num_classes is None
     x = np.random.default_rng(5).random(16, dtype=np.float32)
-    a, b = (SmoothedClassifier(c, sigma=0.3, seed=2, batch_size=500).certify(x, 50, 2000, 0.001)
-            for c in (scores, index))
+    a, b = (
+        SmoothedClassifier(c, sigma=0.3, seed=2, batch_size=500).certify(x, 50, 2000, 0.001) for c in (scores, index)
+    )
     assert (a.predict, a.n_a, a.radius, a.nonfinite) == (b.predict, b.n_a, b.radius, b.nonfinite)
     assert b.counts.shape == (1001,) and a.counts.shape == (6,)
     c = SmoothedClassifier(index, sigma=0.3, seed=2, batch_size=500, num_classes=5).certify(x, 50, 2000, 0.001)

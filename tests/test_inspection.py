@@ -16,10 +16,15 @@ W = np.random.default_rng(0).normal(size=(10, 784)).astype(np.float32)
 
 def normalised_model():
     """Sub mean / Div std by constants right after the input, then a linear head."""
-    inits = [numpy_helper.from_array(np.array([0.1307], np.float32), "mean"),
-             numpy_helper.from_array(np.array([0.3081], np.float32), "std")]
-    nodes = [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Div", ["c", "std"], ["n"]),
-             helper.make_node("Flatten", ["n"], ["x_flat"], axis=1)]
+    inits = [
+        numpy_helper.from_array(np.array([0.1307], np.float32), "mean"),
+        numpy_helper.from_array(np.array([0.3081], np.float32), "std"),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["c"]),
+        helper.make_node("Div", ["c", "std"], ["n"]),
+        helper.make_node("Flatten", ["n"], ["x_flat"], axis=1),
+    ]
     out = om._head(nodes, inits, "x_flat", W, np.zeros(10, np.float32), "probs", 1)
     return om._model(nodes, [om._x((1, 28, 28), 1)], [out], inits)
 
@@ -57,6 +62,21 @@ def test_cli_json_and_yaml_config_roundtrip(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(report["suggested_config"]))
     np.savez(tmp_path / "d.npz", images=np.zeros((2, 28, 28), np.uint8), labels=np.zeros(2, np.uint8))
-    res = CliRunner().invoke(cli, ["-q", "certify", str(path), str(tmp_path / "d.npz"), "--config", str(cfg),
-                                   "--n0", "10", "--n", "50", "--seed", "0"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "-q",
+            "certify",
+            str(path),
+            str(tmp_path / "d.npz"),
+            "--config",
+            str(cfg),
+            "--n0",
+            "10",
+            "--n",
+            "50",
+            "--seed",
+            "0",
+        ],
+    )
     assert res.exit_code == 0, res.output  # the suggested config is a valid config

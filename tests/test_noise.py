@@ -8,7 +8,7 @@ from rs_onnx import noise
 def test_block_size_depends_on_dimension_only():
     assert noise.block_size_for(784) == 1000
     assert noise.block_size_for(3 * 224 * 224) == (1 << 20) // (3 * 224 * 224)
-    assert noise.block_size_for(10 ** 9) == 1
+    assert noise.block_size_for(10**9) == 1
 
 
 def test_split_covers_n_exactly():

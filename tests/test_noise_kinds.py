@@ -62,7 +62,7 @@ def test_unit_scale_distribution_and_symmetry(kind, dist):
         out[:] = u
         v = noise.fill_uniform(np.random.Generator(np.random.SFC64(1)), out.copy())
         assert np.all(np.abs(v) < 1)
-        grid = np.arange(2 ** 24, dtype=np.float64) / 2 ** 24 * 2 - 1 + 2.0 ** -24
+        grid = np.arange(2**24, dtype=np.float64) / 2**24 * 2 - 1 + 2.0**-24
         assert grid[0] == -grid[-1]
 
 
@@ -88,8 +88,9 @@ class Recorder(HostClassifier):
 def test_sigma_means_what_train_py_means(kind):
     """gaussian: std sigma; uniform: U[-sigma, sigma] (half-width lambda); laplace: scale lambda (mean |d| = lambda)."""
     clf = Recorder()
-    SmoothedClassifier(clf, sigma=0.3, seed=0, noise=kind, noise_threads=0).certify(np.zeros(3, np.float32), 10,
-                                                                                     20_000, 0.01)
+    SmoothedClassifier(clf, sigma=0.3, seed=0, noise=kind, noise_threads=0).certify(
+        np.zeros(3, np.float32), 10, 20_000, 0.01
+    )
     d = np.concatenate(clf.rows).ravel().astype(np.float64)
     if kind == "gaussian":
         assert abs(d.std() - 0.3) < 0.005
@@ -126,9 +127,16 @@ def _configs():
 
 
 # (noise, norm, config) where the certificate is tight: best certified / exact distance must exceed 0.8.
-TIGHT = {("gaussian", "l2", c) for c in _configs()} | {("gaussian", "linf", "ones-d6"), ("gaussian", "l1", "axis-d6"),
-         ("uniform", "l1", "axis-d6"), ("laplace", "l1", "axis-d6")} | {
-         (k, p, "axis-d1") for k in KINDS for p in DUAL}
+TIGHT = (
+    {("gaussian", "l2", c) for c in _configs()}
+    | {
+        ("gaussian", "linf", "ones-d6"),
+        ("gaussian", "l1", "axis-d6"),
+        ("uniform", "l1", "axis-d6"),
+        ("laplace", "l1", "axis-d6"),
+    }
+    | {(k, p, "axis-d1") for k in KINDS for p in DUAL}
+)
 
 
 @pytest.fixture(scope="module")
@@ -237,27 +245,66 @@ def test_cli_certify_sequential_and_predict(files, kind):
         assert float(r["radius_l2"]) <= float(r["radius_l1"]) and float(r["radius_linf"]) <= float(r["radius_l2"])
     api = SmoothedClassifier(OnnxClassifier(model, device="cpu"), 0.5, seed=1, batch_size=300, noise=kind)
     from rs_onnx.data import load_data
+
     ds = load_data(data, None, (4, 4), 1)
     certs = api.certify_many([ds.image(i) for i in range(6)], 20, 2000, 0.001)
     assert [float(r["radius"]) for r in rows] == [c.radius for c in certs]  # CLI rows = API
     seq = tmp / "s.tsv"
-    res = CliRunner().invoke(cli, ["-q", "certify", *common, "--n0", "20", "--n", "5000", "--sequential",
-                                   "--radii", "0.05,0.1", "--out", str(seq)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "-q",
+            "certify",
+            *common,
+            "--n0",
+            "20",
+            "--n",
+            "5000",
+            "--sequential",
+            "--radii",
+            "0.05,0.1",
+            "--out",
+            str(seq),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert {float(r["radius"]) for r in _rows(seq)} <= {0.0, 0.05, 0.1}
     pred = tmp / "p.tsv"
     res = CliRunner().invoke(cli, ["-q", "predict", *common, "--n", "500", "--out", str(pred)])
     assert res.exit_code == 0 and json.loads((tmp / "p.tsv.meta.json").read_text())["noise"]["kind"] == kind
     # resuming with another noise is refused
-    res = CliRunner().invoke(cli, ["-q", "certify", model, data, "--sigma", "0.5", "--seed", "1", "--n0", "20",
-                                   "--n", "2000", "--batch-size", "300", "--out", str(out), "--resume"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "-q",
+            "certify",
+            model,
+            data,
+            "--sigma",
+            "0.5",
+            "--seed",
+            "1",
+            "--n0",
+            "20",
+            "--n",
+            "2000",
+            "--batch-size",
+            "300",
+            "--out",
+            str(out),
+            "--resume",
+        ],
+    )
     assert res.exit_code == 1 and "different noise" in str(res.exception)
 
 
-@pytest.mark.parametrize("extra,expected", [
-    (["--noise", "cauchy"], "cauchy"),
-    (["--noise", "uniform", "--bound", "best"], "gaussian only"),
-])
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--noise", "cauchy"], "cauchy"),
+        (["--noise", "uniform", "--bound", "best"], "gaussian only"),
+    ],
+)
 def test_cli_noise_errors(files, capsys, extra, expected):
     model, data, tmp = files
     with pytest.raises(SystemExit) as e:
@@ -277,25 +324,56 @@ def test_ray_rows_equal_local_rows_for_uniform(files, tmp_path):
     from rs_onnx.distributed import ray_backend
 
     model, data, _ = files
-    cfg = {"model": model, "data": data, "sigma": 0.5, "n0": 20, "n": 500, "seed": 3, "batch_size": 400,
-           "noise": "uniform"}
+    cfg = {
+        "model": model,
+        "data": data,
+        "sigma": 0.5,
+        "n0": 20,
+        "n": 500,
+        "seed": 3,
+        "batch_size": 400,
+        "noise": "uniform",
+    }
     run.execute(run.prepare(RunConfig(**cfg).validate()), "certify", tmp_path / "local.tsv")
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
-        run.execute(run.prepare(RunConfig(**cfg).validate()), "certify", tmp_path / "ray.tsv",
-                    backend=ray_backend(workers=2))
+        run.execute(
+            run.prepare(RunConfig(**cfg).validate()), "certify", tmp_path / "ray.tsv", backend=ray_backend(workers=2)
+        )
     finally:
         ray.shutdown()
-    strip = [[{k: v for k, v in r.items() if k != "time"} for r in _rows(tmp_path / f)] for f in ("local.tsv",
-                                                                                               "ray.tsv")]
+    strip = [
+        [{k: v for k, v in r.items() if k != "time"} for r in _rows(tmp_path / f)] for f in ("local.tsv", "ray.tsv")
+    ]
     assert strip[0] == strip[1] and any(float(r["radius"]) > 0 for r in strip[0])
 
 
 def test_analyze_tabulates_by_norm_and_never_mixes_norms(files, capsys):
     model, data, tmp = files
     for kind in ("gaussian", "uniform"):
-        res = CliRunner().invoke(cli, ["-q", "certify", model, data, "--sigma", "0.5", "--seed", "1", "--noise", kind,
-                                       "--n0", "20", "--n", "1000", "--batch-size", "500", "--out", str(tmp / f"{kind}.tsv")])
+        res = CliRunner().invoke(
+            cli,
+            [
+                "-q",
+                "certify",
+                model,
+                data,
+                "--sigma",
+                "0.5",
+                "--seed",
+                "1",
+                "--noise",
+                kind,
+                "--n0",
+                "20",
+                "--n",
+                "1000",
+                "--batch-size",
+                "500",
+                "--out",
+                str(tmp / f"{kind}.tsv"),
+            ],
+        )
         assert res.exit_code == 0, res.output
     g, u = str(tmp / "gaussian.tsv"), str(tmp / "uniform.tsv")
     with pytest.raises(SystemExit) as e:
@@ -308,6 +386,7 @@ def test_analyze_tabulates_by_norm_and_never_mixes_norms(files, capsys):
     res = CliRunner().invoke(cli, ["analyze", u])  # one file: its own norm, said in the label
     assert res.exit_code == 0 and "uniform (l1)" in res.output
     from rs_onnx import analysis
+
     rows = {name: analysis.read_results(p) for name, p in (("g", g), ("u", u))}
     picked, unit = analysis.select_norm(rows, {"g": g, "u": u}, "linf")
     assert unit == "linf" and np.array_equal(picked["u"].radius, rows["u"]["radius_linf"])

@@ -36,8 +36,12 @@ def files(tmp_path_factory):
 
 CASES = {
     "fp16": {"model": "lin.onnx", "data": "d.npz", "fp16": True},
-    "extra_inputs": {"model": "two.onnx", "data": "flat.npz", "input_name": "x",
-                     "extra_inputs": {"offset": [0.4, -0.3, 0.1]}},
+    "extra_inputs": {
+        "model": "two.onnx",
+        "data": "flat.npz",
+        "input_name": "x",
+        "extra_inputs": {"offset": [0.4, -0.3, 0.1]},
+    },
     "denoiser": {"model": "lin.onnx", "data": "d.npz", "denoiser": "den.onnx", "mean": [0.5], "std": [0.5]},
 }
 
@@ -73,8 +77,10 @@ def test_worker_assembles_like_a_local_run(files, tmp_path, case, mode, shipped)
     group = list(range(N))
     answers, seconds = w.answers(model, mode, group, p.data.images[group])
     columns = CERTIFY_COLUMNS if mode == "certify" else PREDICT_COLUMNS
-    got = [{c: format_value(v) for c, v in answer_row(mode, i, int(p.data.labels[i]), a, seconds).items()
-            if c in columns} for i, a in zip(group, answers)]
+    got = [
+        {c: format_value(v) for c, v in answer_row(mode, i, int(p.data.labels[i]), a, seconds).items() if c in columns}
+        for i, a in zip(group, answers)
+    ]
     for g, r in zip(got, want):
         g.pop("time"), r.pop("time")
     assert got == [{c: r[c] for c in g} for g, r in zip(got, want)]

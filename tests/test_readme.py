@@ -31,8 +31,11 @@ def test_presets_table_lists_the_preset_values():
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[0] in PRESETS:
-            rows[cells[0]] = (float(cells[1]), [float(v) for v in cells[2].split(",")],
-                              [float(v) for v in cells[3].split(",")])
+            rows[cells[0]] = (
+                float(cells[1]),
+                [float(v) for v in cells[2].split(",")],
+                [float(v) for v in cells[3].split(",")],
+            )
     assert set(rows) == set(PRESETS)
     for name, (scale, mean, std) in rows.items():
         assert scale == pytest.approx(PRESETS[name]["scale"])

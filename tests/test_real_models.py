@@ -1,6 +1,5 @@
 """The real third-party models in ../shared/models, with the preprocessing MODELS.md gives, certify test images."""
 
-
 import numpy as np
 import pytest
 
@@ -9,8 +8,10 @@ from rs_onnx.config import PRESETS
 from rs_onnx.data import load_npz
 
 from tests.conftest import SHARED
-pytestmark = pytest.mark.skipif(not (SHARED / "models").is_dir(),
-                                reason=f"third-party models not found at {SHARED}/models (../shared is absent)")
+
+pytestmark = pytest.mark.skipif(
+    not (SHARED / "models").is_dir(), reason=f"third-party models not found at {SHARED}/models (../shared is absent)"
+)
 
 CIFAR_COHEN = dict(mean=tuple(PRESETS["cifar10-cohen"]["mean"]), std=tuple(PRESETS["cifar10-cohen"]["std"]))
 MODELS = {

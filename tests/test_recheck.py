@@ -23,8 +23,25 @@ SIGMA, ALPHA = 0.5, 0.01
 
 def _rows(tmp_path, *opts):
     out = tmp_path / "r.tsv"
-    args = ["-q", "certify", bundled("digits_cnn.onnx"), bundled("digits_eval.npz"), "--sigma", str(SIGMA),
-            "--seed", "0", "--skip", "60", "--n0", "32", "--alpha", str(ALPHA), *opts, "--out", str(out)]
+    args = [
+        "-q",
+        "certify",
+        bundled("digits_cnn.onnx"),
+        bundled("digits_eval.npz"),
+        "--sigma",
+        str(SIGMA),
+        "--seed",
+        "0",
+        "--skip",
+        "60",
+        "--n0",
+        "32",
+        "--alpha",
+        str(ALPHA),
+        *opts,
+        "--out",
+        str(out),
+    ]
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     with open(out, encoding="utf-8", newline="") as f:
@@ -45,8 +62,9 @@ def test_fixed_n_rows_recompute(tmp_path, bound):
         elif bound == "cohen":
             assert float(r["radius"]) == stats.cohen_radius(p, SIGMA)
         else:  # the larger of Cohen's radius at alpha/2 and the two-class radius at the same split
-            assert float(r["radius"]) == pytest.approx(max(stats.cohen_radius(p, SIGMA), float(r["radius_2class"])),
-                                                       rel=1e-9, abs=1e-12)
+            assert float(r["radius"]) == pytest.approx(
+                max(stats.cohen_radius(p, SIGMA), float(r["radius_2class"])), rel=1e-9, abs=1e-12
+            )
     assert any(int(r["predict"]) >= 0 for r in rows) and any(int(r["nA"]) < int(r["n"]) for r in rows)
 
 

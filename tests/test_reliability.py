@@ -23,8 +23,27 @@ def job(tmp_path_factory):
     images = rng.integers(0, 256, size=(EXAMPLES, 28, 28), dtype=np.uint8)
     labels = (images.reshape(EXAMPLES, -1) / 255 @ w.T).argmax(1).astype(np.uint8)
     np.savez(tmp / "d.npz", images=images, labels=labels)
-    args = [sys.executable, "-m", "rs_onnx.cli", "-q", "certify", str(model), str(tmp / "d.npz"), "--sigma", "0.5",
-            "--n0", "100", "--n", "30000", "--batch-size", "5000", "--seed", "7", "--noise-threads", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "rs_onnx.cli",
+        "-q",
+        "certify",
+        str(model),
+        str(tmp / "d.npz"),
+        "--sigma",
+        "0.5",
+        "--n0",
+        "100",
+        "--n",
+        "30000",
+        "--batch-size",
+        "5000",
+        "--seed",
+        "7",
+        "--noise-threads",
+        "1",
+    ]
     return args, tmp
 
 

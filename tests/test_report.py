@@ -43,7 +43,9 @@ def runs(tmp_path_factory):
 
 def _external_references(text: str) -> list[str]:
     """Anything that would make a browser fetch: src/href attributes, url(), @import, scripts."""
-    found = re.findall(r"""(?:src|href)\s*=\s*["'][^"']*|url\(|@import|<script|<link|<iframe|<img""", text, re.IGNORECASE)
+    found = re.findall(
+        r"""(?:src|href)\s*=\s*["'][^"']*|url\(|@import|<script|<link|<iframe|<img""", text, re.IGNORECASE
+    )
     return found
 
 
@@ -56,9 +58,22 @@ def test_report_is_one_self_contained_file_with_every_section(runs):
     assert _external_references(text) == []
     assert re.findall(r"https?://[^\s\"'<>]+", text) == ["http://www.w3.org/2000/svg"] * text.count("<svg")
     meta = json.loads((tmp / "cert.tsv.meta.json").read_text())
-    for needed in (meta["model"]["sha256"], "lin.onnx", meta["versions"]["onnxruntime"], "CPUExecutionProvider",
-                   "seed 0", "certify", "Certified accuracy per class", "Distribution of certified radii",
-                   "Slowest examples", "Warnings", "largest certifiable radius", "ACR", "abstain", "<svg"):
+    for needed in (
+        meta["model"]["sha256"],
+        "lin.onnx",
+        meta["versions"]["onnxruntime"],
+        "CPUExecutionProvider",
+        "seed 0",
+        "certify",
+        "Certified accuracy per class",
+        "Distribution of certified radii",
+        "Slowest examples",
+        "Warnings",
+        "largest certifiable radius",
+        "ACR",
+        "abstain",
+        "<svg",
+    ):
         assert needed in text, needed
     # the table's numbers are the analysis module's
     res_ = analysis.read_run(cert)
@@ -103,8 +118,11 @@ def test_report_refuses_to_overwrite_or_clobber_an_input(runs, tmp_path, capsys)
     _, cert, _ = runs
     existing = tmp_path / "r.html"
     existing.write_text("keep me")
-    for target, needle in [(existing, "exists"), (cert, "is one of the inputs"),
-                           (Path(str(cert) + ".meta.json"), "is one of the inputs")]:
+    for target, needle in [
+        (existing, "exists"),
+        (cert, "is one of the inputs"),
+        (Path(str(cert) + ".meta.json"), "is one of the inputs"),
+    ]:
         before = Path(target).read_bytes()
         with pytest.raises(SystemExit) as e:
             main(["report", str(cert), "-o", str(target)])
@@ -136,14 +154,28 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     _, cert, pred = runs
     html = tmp_path / "report.html"
     assert invoke(["report", str(cert), str(pred), "-o", str(html)]).exit_code == 0
-    flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--dump-dom", html.as_uri()], check=False, capture_output=True, text=True, timeout=120)
+    flags = [
+        browser,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", html.as_uri()], check=False, capture_output=True, text=True, timeout=120
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "Certified accuracy per class" in dom.stdout and "<polyline" in dom.stdout
     png = tmp_path / "report.png"
-    shot = subprocess.run([*flags, "--window-size=1200,1600", f"--screenshot={png}", html.as_uri()],
-                          check=False, capture_output=True, text=True, timeout=120)
+    shot = subprocess.run(
+        [*flags, "--window-size=1200,1600", f"--screenshot={png}", html.as_uri()],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.returncode == 0 and png.exists(), shot.stderr[-2000:]
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -155,11 +187,30 @@ def test_warnings_logged_by_a_run_are_recorded_and_reported(tmp_path):
     rng = np.random.default_rng(3)
     w = rng.normal(size=(3, 16)).astype(np.float32)
     model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4)), tmp_path / "m.onnx")
-    np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, size=(4, 4, 4), dtype=np.uint8),
-             labels=np.zeros(4, np.uint8))
+    np.savez(
+        tmp_path / "d.npz", images=rng.integers(0, 256, size=(4, 4, 4), dtype=np.uint8), labels=np.zeros(4, np.uint8)
+    )
     out = tmp_path / "a.tsv"
-    res = invoke(["-q", "certify", str(model), str(tmp_path / "d.npz"), "--sigma", "0.25", "--n0", "10", "--n", "50",
-                  "--alpha", "0.6", "--seed", "0", "--out", str(out)])
+    res = invoke(
+        [
+            "-q",
+            "certify",
+            str(model),
+            str(tmp_path / "d.npz"),
+            "--sigma",
+            "0.25",
+            "--n0",
+            "10",
+            "--n",
+            "50",
+            "--alpha",
+            "0.6",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "a.tsv.meta.json").read_text())
     assert meta["status"] == "complete" and any("alpha=0.6" in w for w in meta["warnings"])

@@ -22,6 +22,7 @@ def test_short_runs_use_the_default_capped_by_input_bytes_and_by_the_run():
 
 def test_long_runs_probe(monkeypatch):
     import rs_onnx.sampling as sampling
+
     probe = {"batch_size": 48, "seconds_per_sample": {"48": 1e-5}, "stopped": "test", "probe_seconds": 0.1}
     monkeypatch.setattr(sampling, "probe_batch_size", lambda clf: probe)
     assert resolve_batch_size(_clf((1, 28, 28)), PROBE_MIN_SAMPLES) == 48

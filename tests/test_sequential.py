@@ -9,8 +9,15 @@ from scipy.stats import norm
 
 from rs_onnx import stats
 from rs_onnx.errors import ConfigError
-from rs_onnx.sequential import (ABSTAIN, Schedule, SequentialCertificate, geometric_schedule, make_plan, run_looks,
-                                sequential_certify_many)
+from rs_onnx.sequential import (
+    ABSTAIN,
+    Schedule,
+    SequentialCertificate,
+    geometric_schedule,
+    make_plan,
+    run_looks,
+    sequential_certify_many,
+)
 from rs_onnx.sampling import HostClassifier
 from rs_onnx.smoothing import Certificate, SmoothedClassifier
 
@@ -64,19 +71,23 @@ def _false_rate(certs, d):
 # ------------------------------------------------------------------------------------------ soundness
 
 
-@pytest.mark.parametrize("d,kwargs", [
-    (0.49, dict(radii=(0.25, 0.5))),            # just below a requested radius: certifying 0.5 is false
-    (0.51, dict(radii=(0.25, 0.5, 0.75))),      # just above: certifying 0.75 is false
-    (0.49, dict(radii=(0.25, 0.5), calibrate=False)),        # union bound over the looks, continuous radius
-    (0.51, dict(radii=(0.25, 0.5, 0.75), calibrate=False)),  # ... a continuous radius beyond 0.51 is false
-    (0.30, dict(eps=0.02, futility_beta=0.0)),  # precision mode, safe futility only: every look is made
-])
+@pytest.mark.parametrize(
+    "d,kwargs",
+    [
+        (0.49, dict(radii=(0.25, 0.5))),  # just below a requested radius: certifying 0.5 is false
+        (0.51, dict(radii=(0.25, 0.5, 0.75))),  # just above: certifying 0.75 is false
+        (0.49, dict(radii=(0.25, 0.5), calibrate=False)),  # union bound over the looks, continuous radius
+        (0.51, dict(radii=(0.25, 0.5, 0.75), calibrate=False)),  # ... a continuous radius beyond 0.51 is false
+        (0.30, dict(eps=0.02, futility_beta=0.0)),  # precision mode, safe futility only: every look is made
+    ],
+)
 def test_false_certification_rate_stays_below_alpha(d, kwargs):
     """2,000 independent sequential certificates of a point whose true radius is d."""
     sigma, alpha, trials = 0.5, 0.1, 2000
     sc = _smoothed(Threshold(d), sigma, seed=7)
-    certs = sequential_certify_many(sc, [np.zeros(4, np.float32)] * trials, None, n0=10, n_max=2000, alpha=alpha,
-                                    looks=6, n_first=60, **kwargs)
+    certs = sequential_certify_many(
+        sc, [np.zeros(4, np.float32)] * trials, None, n0=10, n_max=2000, alpha=alpha, looks=6, n_first=60, **kwargs
+    )
     rate = _false_rate(certs, d)
     assert rate <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials), rate
     assert np.mean([c.predict == 1 and c.radius > 0.45 * d for c in certs]) > 0.5  # not vacuous
@@ -90,8 +101,9 @@ def test_spending_alpha_at_every_look_would_be_caught():
     sched = geometric_schedule(2000, alpha, looks=6, n_first=60)
     naive = Schedule(sched.sizes, (alpha,) * len(sched.sizes))
     sc = _smoothed(Threshold(d), sigma, seed=8)
-    certs = sequential_certify_many(sc, [np.zeros(4, np.float32)] * trials, None, 10, 2000, naive.alpha, eps=0.02,
-                                    schedule=naive, futility_beta=0.0)
+    certs = sequential_certify_many(
+        sc, [np.zeros(4, np.float32)] * trials, None, 10, 2000, naive.alpha, eps=0.02, schedule=naive, futility_beta=0.0
+    )
     assert _false_rate(certs, d) > alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
 
 
@@ -135,8 +147,9 @@ def test_one_look_is_exactly_cohens_certify():
     xs = [rng.normal(size=4).astype(np.float32) * 0.3 for _ in range(5)]
     sc = _smoothed(Threshold(0.1), 0.3, seed=11)
     cohen = sc.certify_many(xs, 50, 3000, 0.01, examples=[4, 5, 6, 7, 8])
-    seq = sequential_certify_many(sc, xs, [4, 5, 6, 7, 8], 50, 3000, 0.01, (0.1,),
-                                  schedule=Schedule((3000,), (0.01,)), calibrate=False)
+    seq = sequential_certify_many(
+        sc, xs, [4, 5, 6, 7, 8], 50, 3000, 0.01, (0.1,), schedule=Schedule((3000,), (0.01,)), calibrate=False
+    )
     for c, s in zip(cohen, seq):
         assert (c.predict, c.n_a, c.n, c.p_a_lower, c.radius) == (s.predict, s.n_a, s.n, s.p_a_lower, s.radius)
     # calibrated, one look: the exact binomial test at Phi(r / sigma) is Clopper-Pearson's, same decisions
@@ -147,8 +160,18 @@ def test_one_look_is_exactly_cohens_certify():
 
 def test_each_stage_draws_fresh_noise():
     clf = Recording(0.2)
-    sequential_certify_many(_smoothed(clf, 0.5), [np.zeros(4, np.float32)], None, 20, 4000, 0.01, (2.0,),
-                            looks=4, n_first=200, futility_beta=0.0)
+    sequential_certify_many(
+        _smoothed(clf, 0.5),
+        [np.zeros(4, np.float32)],
+        None,
+        20,
+        4000,
+        0.01,
+        (2.0,),
+        looks=4,
+        n_first=200,
+        futility_beta=0.0,
+    )
     rows = np.concatenate(clf.rows)
     assert len(rows) == 20 + 4000 and len(np.unique(rows, axis=0)) == len(rows)
 
@@ -163,8 +186,18 @@ def test_a_clear_example_stops_once_every_reachable_radius_is_certified():
     # 16 looks, 0.9 of alpha at the last: the early looks (alpha / 150 each) certify 0.75 at 11,659 samples
     assert c.n == 11659 and c.n_a == c.n and c.decided_radius == 0.75 == c.radius
     assert stats.clopper_pearson_lower(11659, 11659, sched.alphas[8]) >= c.p_a_lower >= norm.cdf(0.75 / 0.25)
-    (u,) = sequential_certify_many(sc, [np.zeros(4, np.float32)], None, 100, 100_000, 0.001, (0.25, 0.5, 0.75, 1.0),
-                                   calibrate=False, final_share=0.5, looks=8)
+    (u,) = sequential_certify_many(
+        sc,
+        [np.zeros(4, np.float32)],
+        None,
+        100,
+        100_000,
+        0.001,
+        (0.25, 0.5, 0.75, 1.0),
+        calibrate=False,
+        final_share=0.5,
+        looks=8,
+    )
     assert u.n == 7197 and 0.75 <= u.radius < 1.0
     assert u.p_a_lower == stats.clopper_pearson_lower(7197, 7197, geometric_schedule(100_000, 0.001).alphas[3])
 
@@ -179,8 +212,16 @@ def test_an_unclear_example_abstains_after_the_first_look():
 def test_precision_mode_stops_when_the_radius_cannot_grow_by_eps(d):
     sigma, eps, beta, alpha = 0.5, 0.1, 0.01, 0.001
     sched = geometric_schedule(50_000, alpha, looks=16, final_share=0.9)
-    certs = sequential_certify_many(_smoothed(Threshold(d), sigma), [np.zeros(4, np.float32)] * 20, None, 100,
-                                    50_000, alpha, eps=eps, futility_beta=beta)
+    certs = sequential_certify_many(
+        _smoothed(Threshold(d), sigma),
+        [np.zeros(4, np.float32)] * 20,
+        None,
+        100,
+        50_000,
+        alpha,
+        eps=eps,
+        futility_beta=beta,
+    )
     for c in certs:
         if c.guess == 0:  # the selection picked the minority class: g abstains
             assert c.predict == ABSTAIN and c.stopped == "fail-fast"
@@ -188,8 +229,10 @@ def test_precision_mode_stops_when_the_radius_cannot_grow_by_eps(d):
         assert c.predict == 1 and c.radius <= d and c.decided_radii == ()
         look = sched.sizes.index(c.n)
         if c.stopped == "futile":  # even if every remaining sample were A, no later look gains eps
-            best = max(stats.clopper_pearson_lower(c.n_a + m - c.n, m, a)
-                       for m, a in zip(sched.sizes[look + 1:], sched.alphas[look + 1:]))
+            best = max(
+                stats.clopper_pearson_lower(c.n_a + m - c.n, m, a)
+                for m, a in zip(sched.sizes[look + 1 :], sched.alphas[look + 1 :])
+            )
             assert stats.cohen_radius(best, sigma) <= c.radius + eps + 1e-9
         elif c.stopped == "precision":  # the (1 - beta / L) upper bound on the radius is within eps
             upper = stats.clopper_pearson_upper(c.n_a, c.n, beta / len(sched.sizes))
@@ -203,15 +246,25 @@ def test_precision_mode_stops_when_the_radius_cannot_grow_by_eps(d):
 def test_certificate_has_the_certify_columns():
     names = {f.name for f in dataclasses.fields(Certificate)}
     assert names <= {f.name for f in dataclasses.fields(SequentialCertificate)}
-    (c,) = sequential_certify_many(_smoothed(Threshold(0.3), 0.25), [np.zeros(4, np.float32)], [9], 50, 10_000, 0.01,
-                                   (0.25,))
+    (c,) = sequential_certify_many(
+        _smoothed(Threshold(0.3), 0.25), [np.zeros(4, np.float32)], [9], 50, 10_000, 0.01, (0.25,)
+    )
     assert c.predict == 1 and c.p_b_upper >= 1 - c.p_a_lower and c.radius_tv <= c.radius_2class <= c.radius
     assert c.counts.sum() == c.n and c.n_max == 10_000
 
 
-@pytest.mark.parametrize("kwargs", [dict(radii=(0.25,), eps=0.1), dict(), dict(radii=(-1.0,)),
-                                    dict(radii=(0.25,), schedule=Schedule((10, 100), (0.01, 0.01))),
-                                    dict(eps=0.0), dict(radii=(0.25,), futility_beta=1.0), dict(radii=(0.25,), n0=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(radii=(0.25,), eps=0.1),
+        dict(),
+        dict(radii=(-1.0,)),
+        dict(radii=(0.25,), schedule=Schedule((10, 100), (0.01, 0.01))),
+        dict(eps=0.0),
+        dict(radii=(0.25,), futility_beta=1.0),
+        dict(radii=(0.25,), n0=0),
+    ],
+)
 def test_argument_checks(kwargs):
     args = dict(n0=10, n_max=100, alpha=0.01) | kwargs
     with pytest.raises(ConfigError):

@@ -75,8 +75,10 @@ def test_results_do_not_depend_on_how_examples_are_split():
     rng = np.random.default_rng(5)
     w, xs = rng.normal(size=16), [rng.normal(size=16).astype(np.float32) * 0.1 for _ in range(3)]
     full = SmoothedClassifier(LinearTwoClass(w, 0.0), **sc_args).certify_many(xs, 20, 999, 0.01, examples=[10, 11, 12])
-    parts = [SmoothedClassifier(LinearTwoClass(w, 0.0), **sc_args).certify(x, 20, 999, 0.01, example=e)
-             for x, e in zip(xs, [10, 11, 12])]
+    parts = [
+        SmoothedClassifier(LinearTwoClass(w, 0.0), **sc_args).certify(x, 20, 999, 0.01, example=e)
+        for x, e in zip(xs, [10, 11, 12])
+    ]
     assert [(c.n_a, c.radius) for c in full] == [(c.n_a, c.radius) for c in parts]
 
 

@@ -95,7 +95,8 @@ def test_certify_guess_comes_from_the_selection_samples(tie, seed):
     q = q_certify(n, alpha)
     t = threshold(trials, q, min(1.0, 2 * q))
     certs = SmoothedClassifier(clf, sigma=0.5, seed=seed, batch_size=20_000).certify_many(
-        [x] * trials, n0=1, n=n, alpha=alpha)
+        [x] * trials, n0=1, n=n, alpha=alpha
+    )
     false = sum(c.predict != ABSTAIN for c in certs)
     assert false <= t, f"{false} of {trials} certificates at a tie predict a class; a sound engine: <= {t}"
     # The two-class and TV radii each hold at level alpha on their own: a positive one at a tie is false.
@@ -117,7 +118,8 @@ def test_certify_best_bound_is_sound_at_a_tie(tie, seed):
     trials, n, alpha = 2000, 60, 0.2
     t = threshold(trials, q_certify(n, alpha / 2), q_certify(n, alpha))
     certs = SmoothedClassifier(clf, sigma=0.5, seed=seed, batch_size=20_000).certify_many(
-        [x] * trials, n0=1, n=n, alpha=alpha, bound="best")
+        [x] * trials, n0=1, n=n, alpha=alpha, bound="best"
+    )
     false = sum(c.predict != ABSTAIN for c in certs)
     assert false <= t, f"{false} of {trials} best-bound certificates at a tie predict; a sound engine: <= {t}"
 
@@ -132,7 +134,9 @@ def test_predict_tests_at_level_alpha(tie, seed):
     trials, n, alpha = 2000, 60, 0.2
     q = q_predict(n, alpha)
     t = threshold(trials, q, q_predict(n, 2 * alpha))
-    preds = SmoothedClassifier(clf, sigma=0.5, seed=seed, batch_size=20_000).predict_many([x] * trials, n=n, alpha=alpha)
+    preds = SmoothedClassifier(clf, sigma=0.5, seed=seed, batch_size=20_000).predict_many(
+        [x] * trials, n=n, alpha=alpha
+    )
     answered = sum(p.predict != ABSTAIN for p in preds)
     assert answered <= t, f"PREDICT answered {answered} of {trials} times at a tie; a sound engine: <= {t}"
     assert answered >= binom.ppf(FALSE_FAILURE, trials, q)  # not vacuous
@@ -140,8 +144,18 @@ def test_predict_tests_at_level_alpha(tie, seed):
 
 def _sequential_false(clf, x, seed, trials, schedule: Schedule, alpha: float) -> int:
     sc = SmoothedClassifier(clf, sigma=0.5, seed=seed, batch_size=20_000)
-    certs = sequential_certify_many(sc, [x] * trials, None, 1, schedule.n_max, alpha, radii=[], schedule=schedule,
-                                    futility_beta=0.0, calibrate=False)  # union-bound design
+    certs = sequential_certify_many(
+        sc,
+        [x] * trials,
+        None,
+        1,
+        schedule.n_max,
+        alpha,
+        radii=[],
+        schedule=schedule,
+        futility_beta=0.0,
+        calibrate=False,
+    )  # union-bound design
     return sum(c.predict != ABSTAIN for c in certs)
 
 
