@@ -214,7 +214,7 @@ def _reach_note(rows: list[TableRow]) -> str:
     if not any(any(r.out_of_reach()) for r in rows):
         return ""
     reach = "; ".join(
-        f"{r.label}: {'0 (PREDICT certifies no radius)' if r.max_radius == 0 else f'{r.max_radius:.3f}'}"
+        f"{r.label}: R_max = {'0 (PREDICT certifies no radius)' if r.max_radius == 0 else f'{r.max_radius:.3f}'}"
         for r in rows
         if any(r.out_of_reach())
     )
