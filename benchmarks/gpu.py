@@ -247,7 +247,7 @@ def report(result: dict) -> str:
     if "error" in s:
         lines.append(f"FAILED: {s['error'][-800:]}")
     elif s.get("models"):
-        from benchmarks.run import markdown
+        from benchmarks.report import markdown
 
         body = markdown({**s, "command": result["command"], "seconds": s.get("seconds", 0.0)})
         lines += [
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     start, t0 = time.time(), time.perf_counter()
     device = "cpu" if args.dry_run else "cuda"
-    from benchmarks.run import _git_commit
+    from benchmarks.machine import _git_commit
 
     result: dict = {
         "command": "bash benchmarks/gpu_check.sh" + (" --dry-run" if args.dry_run else ""),

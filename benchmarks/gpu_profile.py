@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from benchmarks.run import Ceiling, prepare_model
+    from benchmarks.methods import Ceiling
+    from benchmarks.models import prepare_model
     from export.models import INPUT_SHAPES
     from rs_onnx import OnnxClassifier, SmoothedClassifier
     from rs_onnx.devices import default_session_options

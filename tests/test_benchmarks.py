@@ -95,7 +95,7 @@ def _model(name, n, rates, ceiling):
 
 
 def test_gpu_report_names_the_fastest_mode_and_compares_with_cohen():
-    from benchmarks.run import markdown
+    from benchmarks.report import markdown
 
     res = {
         "command": "python -m benchmarks.run --device cuda",
