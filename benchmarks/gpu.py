@@ -43,6 +43,7 @@ def provider_facts(device: str) -> dict:
     import numpy as np
     import onnxruntime as ort
 
+    from benchmarks.machine import gpu_query
     from rs_onnx import OnnxClassifier
     from rs_onnx.devices import working_providers
     from rs_onnx.run import bundled
@@ -69,16 +70,7 @@ def provider_facts(device: str) -> dict:
         device_name=clf.device_name,
         cuda_proven=clf.providers[0] == "CUDAExecutionProvider",
     )
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        facts["nvidia_smi"] = out.stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError) as err:
-        facts["nvidia_smi"] = f"not available ({err})"
+    facts["nvidia_smi"] = gpu_query("name,memory.total,driver_version") or "not available (no nvidia-smi)"
     return facts
 
 

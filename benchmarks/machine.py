@@ -22,13 +22,14 @@ def _cpu_model() -> str:
     return cpu_name()
 
 
-def _gpu_names() -> list[str]:
+def gpu_query(fields: str = "name,memory.total") -> list[str]:
+    """One line per GPU of ``nvidia-smi --query-gpu=<fields>`` (CSV, no header); [] where nvidia-smi is absent."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
-            timeout=10,
+            timeout=20,
             check=True,
         )
         return [line.strip() for line in out.stdout.splitlines() if line.strip()]
@@ -59,7 +60,7 @@ def machine() -> dict:
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "gpus": _gpu_names(),
+        "gpus": gpu_query(),
         "platform": platform.platform(),
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": {

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -31,7 +30,17 @@ from .errors import ConfigError, DataError, ModelError
 from .guard import escape
 from .outputs import RunFiles, RunLock, check_output, data_identity, read_rows
 from .preprocess import PreprocessSpec
-from .results import TsvWriter, answer_row, columns_for, command_line, meta_path, radius_norms, sha256_file, versions
+from .results import (
+    TsvWriter,
+    answer_row,
+    columns_for,
+    command_line,
+    meta_path,
+    radius_norms,
+    read_meta,
+    sha256_file,
+    versions,
+)
 from .smoothing import SmoothedClassifier
 
 if TYPE_CHECKING:
@@ -536,9 +545,9 @@ def _resume(
         log.info("--resume: no earlier run at %s; starting one", out)
         return set(), p
     try:
-        meta = json.loads(mp.read_text(encoding="utf-8"))
+        meta = read_meta(out)  # a JSON object, or DataError
         entropy = int(meta["entropy"])
-    except (ValueError, KeyError, TypeError, OSError) as e:
+    except (DataError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--resume: {mp} is not a readable rs-onnx meta file ({e})") from e
     old = meta.get("config", {})
     defaults = RunConfig().to_dict()  # keys an older meta file lacks had their default value

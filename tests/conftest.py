@@ -44,14 +44,25 @@ def bundled_digits() -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def linear3(tmp_path_factory) -> tuple[str, str]:
     """(model, data): a 3-class linear ONNX model on 1x4x4 float32 images and 12 uint8 images with labels."""
+    return write_linear3(tmp_path_factory.mktemp("linear3"))
+
+
+@pytest.fixture()
+def linear(tmp_path) -> tuple[str, str, Path]:
+    """(model, data, tmp_path): :func:`write_linear3`'s files in this test's own folder (lin.onnx, d.npz)."""
+    return (*write_linear3(tmp_path, "lin.onnx", "d.npz"), tmp_path)
+
+
+def write_linear3(folder: Path, model_name: str = "linear3.onnx", data_name: str = "linear3.npz") -> tuple[str, str]:
+    """Write a 3-class linear ONNX model on 1x4x4 float32 images, and 12 uint8 images labelled with its clean
+    class, into ``folder``; returns their paths (model, data)."""
     from tests.onnx_models import linear_model, save
 
-    tmp = tmp_path_factory.mktemp("linear3")
     rng = np.random.default_rng(0)
     w = rng.normal(size=(3, 16)).astype(np.float32)
-    model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4), batch=1), tmp / "linear3.onnx")
+    model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4), batch=1), folder / model_name)
     images = rng.integers(0, 256, size=(12, 4, 4), dtype=np.uint8)
     scores = images.reshape(12, -1).astype(np.float32) / 255 @ w.T
-    data = tmp / "linear3.npz"
+    data = folder / data_name
     np.savez(data, images=images, labels=scores.argmax(1).astype(np.uint8))
     return str(model), str(data)

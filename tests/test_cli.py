@@ -11,19 +11,6 @@ from rs_onnx.cli import cli, main
 from tests.onnx_models import linear_model, save
 
 
-@pytest.fixture()
-def linear(tmp_path):
-    """A 3-class linear model on 1x4x4 images, and 12 uint8 images with labels."""
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(3, 16)).astype(np.float32)
-    model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4), batch=1), tmp_path / "lin.onnx")
-    images = rng.integers(0, 256, size=(12, 4, 4), dtype=np.uint8)
-    scores = images.reshape(12, -1).astype(np.float32) / 255 @ w.T
-    data = tmp_path / "d.npz"
-    np.savez(data, images=images, labels=scores.argmax(1).astype(np.uint8))
-    return str(model), str(data), tmp_path
-
-
 def run(args):
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 

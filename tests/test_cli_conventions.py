@@ -19,19 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def linear(tmp_path):
-    """A 3-class linear model on 1x4x4 images, and 12 uint8 images labelled with its clean class."""
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(3, 16)).astype(np.float32)
-    model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4), batch=1), tmp_path / "lin.onnx")
-    images = rng.integers(0, 256, size=(12, 4, 4), dtype=np.uint8)
-    scores = images.reshape(12, -1).astype(np.float32) / 255 @ w.T
-    data = tmp_path / "d.npz"
-    np.savez(data, images=images, labels=scores.argmax(1).astype(np.uint8))
-    return str(model), str(data), tmp_path
-
-
-@pytest.fixture()
 def constant(tmp_path):
     """A model that answers class 0 whatever the input, and 5 images of class 0: every sample votes for
     the label, so each radius is exactly the largest certifiable at n and alpha."""
