@@ -192,7 +192,8 @@ def _run_options(f):
         click.option(
             "--batch-size",
             help="Noisy samples per model call, or auto (default: the fastest size from "
-            "a short probe, on runs of 200,000 samples or more; else 1000, fewer for inputs over 64 KiB).",
+            "a short probe, on runs of 200,000 samples or more; else 1000, fewer for inputs over 64 KiB; "
+            "always within the memory available).",
         ),
         click.option("--seed", type=int, help="Seed of all noise; without it fresh entropy is drawn and recorded."),
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
@@ -250,7 +251,11 @@ def _run_options(f):
             type=Choice(["local", "ray"]),
             help="Where to sample: this process (default) or Ray workers (pip install 'rs-onnx[distributed]').",
         ),
-        click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),
+        click.option(
+            "--address",
+            help="Ray cluster: auto, host:6379, ray://host:10001, or none for a local Ray instance "
+            "(joined before any file is written; refused if unreachable).",
+        ),
         click.option("--workers", type=int, help="Ray workers (default: one per GPU, else one per CPU)."),
         click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (fractions share a GPU)."),
         click.option("--cpus-per-worker", type=float, help="CPUs per Ray worker."),
@@ -394,11 +399,14 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
     if cfg.backend == "ray" and _ray_missing():  # refused now, before any output file exists
         raise RsOnnxError("--backend ray: Ray is not installed; expected pip install 'rs-onnx[distributed]'")
+    backend = backend_from_config(cfg)
+    if backend is not None:  # a wrong --address is refused now, in seconds, before the model is even loaded
+        backend.check_reachable()
     if kwargs.get("as_json") and out is None:
         raise click.UsageError("--json needs --out FILE: without a file the rows themselves go to stdout")
     log.addHandler(warnings)
     try:
-        _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings)
+        _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings)
     finally:
         log.removeHandler(warnings)
 
@@ -432,7 +440,7 @@ class _WarningCollector(logging.Handler):
             write_json_atomic(mp, meta)
 
 
-def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _WarningCollector) -> None:
+def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollector) -> None:
     from .progress import Progress
 
     p = runmod.prepare(cfg)
@@ -465,7 +473,7 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _Wa
             on_rows=on_rows,
             progress=bar.samples,
             stream=None if out else sys.stdout,
-            backend=backend_from_config(cfg),
+            backend=backend,
             inputs={"--config": kwargs.get("config_path")},
         )
     except KeyboardInterrupt as e:

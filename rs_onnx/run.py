@@ -29,7 +29,7 @@ from .data import Dataset, load_from_config
 from .errors import ConfigError, DataError, ModelError
 from .guard import escape
 from .outputs import RunFiles, RunLock, check_output, data_identity, read_rows
-from .preprocess import PreprocessSpec
+from .preprocess import Preprocessor, PreprocessSpec
 from .results import (
     TsvWriter,
     answer_row,
@@ -297,16 +297,19 @@ DEFAULT_BATCH_BYTES = 64 << 20
 """The default batch holds at most this many input bytes (ImageNet-size inputs: ~110 images, not 1000)."""
 
 
-def resolve_batch(clf, total_samples: int) -> tuple[int, dict | None]:
+def resolve_batch(clf, total_samples: int, fits: Callable[[int], bool] | None = None) -> tuple[int, dict | None]:
     """(batch size, probe): from a short probe (:func:`~rs_onnx.sampling.probe_batch_size`, a few seconds)
     when the run of ``total_samples`` noisy samples is long enough to repay it, the probe then returned
-    too; else (:data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run, None)."""
-    from .sampling import probe_batch_size
+    too; else (:data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run, None).
+    ``fits(b)``: whether batch size b fits in host memory (:func:`memory_check`); a size that does not is
+    never chosen (unless none does, not even 1: the check then refuses the run)."""
+    from .sampling import largest_fitting, probe_batch_size
 
     if total_samples < PROBE_MIN_SAMPLES:
         row_bytes = int(np.prod(clf.input_shape)) * np.dtype(clf.input_dtype).itemsize
-        return int(max(1, min(DEFAULT_BATCH, total_samples, DEFAULT_BATCH_BYTES // max(1, row_bytes)))), None
-    probe = probe_batch_size(clf)
+        batch = int(max(1, min(DEFAULT_BATCH, total_samples, DEFAULT_BATCH_BYTES // max(1, row_bytes))))
+        return (batch if fits is None else largest_fitting(batch, fits)), None
+    probe = probe_batch_size(clf, fits=fits)
     log.info("automatic batch size: %d (from a short probe; --batch-size N to choose)", probe["batch_size"])
     return int(probe["batch_size"]), probe
 
@@ -314,6 +317,74 @@ def resolve_batch(clf, total_samples: int) -> tuple[int, dict | None]:
 def resolve_batch_size(clf, total_samples: int) -> int:
     """The batch size of :func:`resolve_batch`."""
     return resolve_batch(clf, total_samples)[0]
+
+
+GROUPS_HELD = 4
+"""Groups of examples in memory at once at most: the one sampled and three decoded ahead (image files)."""
+
+
+def memory_need(cfg: RunConfig, clf, pre, batch: int) -> int:
+    """Host bytes a run at ``batch`` samples per batch holds at its peak, as far as rs-onnx allocates them:
+    the sampler's buffers for its largest count (:func:`largest_count`; :func:`rs_onnx.sampling.host_bytes`)
+    and the examples in flight (:data:`GROUPS_HELD` groups as float32 images, one as model inputs).
+    ``pre``: the run's Preprocessor (model shape and dtype). The model's own working memory is not included."""
+    from .sampling import DEFAULT_INDEX_CLASSES, default_noise_threads, host_bytes
+
+    group = group_size(cfg, batch)
+    threads = cfg.noise_threads if cfg.noise_threads is not None else default_noise_threads(clf.device)
+    sampler = host_bytes(
+        batch,
+        largest_count(cfg, batch),
+        pre.model_shape,
+        pre.dtype,
+        noise_threads=threads,
+        num_classes=int(clf.num_classes or DEFAULT_INDEX_CLASSES),
+        pad=bool(getattr(clf, "prefers_fixed_batch", False)),
+        device_noise=bool(getattr(clf, "device_noise", False)),
+    )
+    values = int(np.prod(pre.image_shape)) * GROUPS_HELD + int(np.prod(pre.model_shape))
+    return sampler + group * 4 * values
+
+
+def memory_fits(cfg: RunConfig, clf, pre) -> Callable[[int], bool] | None:
+    """``fits(batch)``: :func:`memory_need` at most the host memory available now
+    (:func:`rs_onnx.devices.available_memory`); None where that is unknown (nothing is checked)."""
+    from . import devices
+
+    available = devices.available_memory()
+    if available is None:
+        return None
+    return lambda batch: memory_need(cfg, clf, pre, batch) <= available
+
+
+def memory_check(cfg: RunConfig, clf, pre, batch: int) -> None:
+    """Refuse (ConfigError, one line) a batch size whose :func:`memory_need` exceeds the host memory available,
+    before any file is written: both figures in GiB, and the largest batch size that fits."""
+    from . import devices
+    from .sampling import largest_fitting
+
+    available = devices.available_memory()
+    if available is None:
+        log.info("host memory available unknown here: the batch size's memory is not checked")
+        return
+    need = memory_need(cfg, clf, pre, batch)
+    if need <= available:
+        return
+    fitting = largest_fitting(batch, lambda b: memory_need(cfg, clf, pre, b) <= available)
+    if memory_need(cfg, clf, pre, fitting) <= available:
+        todo = f"expected a smaller --batch-size (at most {fitting:,} fits now)"
+    else:
+        todo = "expected a machine with more free memory (not even a batch of 1 fits)"
+    raise ConfigError(
+        f"batch size {batch:,}: the run needs {_gib(need)} GiB of host memory for its batches of "
+        f"{'x'.join(map(str, pre.model_shape))} {pre.dtype} inputs (noise, model inputs and outputs) and the "
+        f"examples in flight, more than the {_gib(available)} GiB available; {todo}, or --batch-size auto"
+    )
+
+
+def _gib(nbytes: int) -> str:
+    value = nbytes / 2**30
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
 
 
 @dataclass(frozen=True)
@@ -397,11 +468,15 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"among {len(data)}; expected at least one"
         )
     data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
+    pre = Preprocessor(spec, data.image_shape, clf.input_shape, clf.input_dtype)  # model shape and dtype
+    local = (cfg.backend or "local") == "local"  # Ray workers hold their batches on their own nodes
     probe = None
-    if cfg.batch_size is None:
-        batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n))
+    if cfg.batch_size is None:  # never a size that the memory check below would refuse
+        batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n), memory_fits(cfg, clf, pre))
     else:
         batch_size = int(cfg.batch_size)
+    if local:
+        memory_check(cfg, clf, pre, batch_size)  # before the batch check allocates a batch, before any file
     # In audit mode the entropy is drawn here, after the model (and its sha256) is fixed.
     smoothed = open_smoothed(cfg, clf, spec, sigma, cfg.seed, batch_size=batch_size, noise=noise_kind)
     if smoothed.audit_info is not None:
@@ -452,7 +527,7 @@ def run_checks(
 
     batch = int(batch_size)
     if not getattr(smoothed.classifier, "prefers_fixed_batch", False):  # padded (CUDA): always full batches
-        batch = min(batch, len(indices) * (cfg.n0 + cfg.n))
+        batch = min(batch, len(indices) * (cfg.n0 + cfg.n), largest_count(cfg, batch))  # the largest used
     checks: dict = {
         "batch_check": None
         if smoothed.audit
@@ -606,12 +681,19 @@ def preflight(p: Prepared, mode: str) -> None:
         )
 
 
-def group_size(cfg: RunConfig) -> int:
-    """Examples sampled together: several when n is small next to the batch, so that batches stay full
-    (and 32 in sequential mode, where examples drop out between looks)."""
+def group_size(cfg: RunConfig, batch_size: int | None = None) -> int:
+    """Examples sampled together: several when n is small next to the batch (``batch_size``, default
+    ``cfg.batch_size``), so that batches stay full (and 32 in sequential mode, where examples drop out
+    between looks)."""
     if cfg.sequential:
         return 32
-    return max(1, min(64, math.ceil((cfg.batch_size or DEFAULT_BATCH) / cfg.n)))
+    return max(1, min(64, math.ceil((batch_size or cfg.batch_size or DEFAULT_BATCH) / cfg.n)))
+
+
+def largest_count(cfg: RunConfig, batch_size: int | None = None) -> int:
+    """Samples in the largest count the sampler makes: a group of examples at max(n0, n) samples each (its
+    batches hold at most this many rows)."""
+    return group_size(cfg, batch_size) * max(cfg.n0, cfg.n)
 
 
 def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, group: list[int], progress=None):
@@ -669,8 +751,10 @@ def execute(
     ``resume`` (continue it) or ``overwrite`` (replace it once this run has its first row); an ``out``
     that is an input (model, data, denoiser, and ``inputs``: label -> path) is refused. ``backend(p, mode,
     todo, progress)`` computes the answers (default :func:`local_answers`); it must yield groups in the
-    order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after recording the
-    interruption; a write error ends the run with status ``failed`` and an OutputError.
+    order of ``todo``; one with ``connect()`` and ``close()`` (the Ray backend) is connected before any
+    output file is created (an unreachable cluster is refused with nothing written) and closed at the end.
+    Returns the final meta dict; re-raises KeyboardInterrupt after recording the interruption; a write
+    error ends the run with status ``failed`` and an OutputError.
     """
     columns = columns_for(mode, p.cfg.sequential)
     if resume and out is None:
@@ -684,6 +768,9 @@ def execute(
     if out is not None:
         identity = data_identity(str(p.cfg.data), p.cfg.start, p.cfg.end, p.cfg.skip)
     with contextlib.ExitStack() as stack:
+        connect = getattr(backend, "connect", None)  # a Ray backend: join the cluster before any file exists
+        if connect is not None and connect():
+            stack.callback(backend.close)
         files = None
         todo = list(p.indices)
         if out is not None:

@@ -238,7 +238,7 @@ def test_a_long_run_records_the_probe_that_chose_its_batch(linear3, monkeypatch,
     from rs_onnx import run
 
     probe = {"batch_size": 33, "seconds_per_sample": {"16": 2e-6, "33": 1e-6}, "stopped": "test", "probe_seconds": 0.5}
-    monkeypatch.setattr(sampling, "probe_batch_size", lambda clf: probe)
+    monkeypatch.setattr(sampling, "probe_batch_size", lambda clf, fits=None: probe)
     monkeypatch.setattr(run, "PROBE_MIN_SAMPLES", 10)
     cfg = _config(*linear3, sigma=0.5, seed=0)
     p = run.prepare(cfg)

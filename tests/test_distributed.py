@@ -5,6 +5,7 @@ are skipped when Ray is not installed (``pip install 'rs-onnx[distributed]'``).
 """
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -104,6 +105,59 @@ def test_options_are_checked():
     cfg.backend = "dask"
     with pytest.raises(ConfigError, match="'local' or 'ray'"):
         backend_from_config(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- joining
+def test_a_cluster_that_never_answers_is_refused_within_the_timeout(tmp_path):
+    """A port that accepts connections and says nothing (not a Ray GCS): ray.init would wait for minutes;
+    the backend gives up after connect_timeout with one ConfigError. In a subprocess, since the abandoned
+    ray.init keeps retrying in the background until that process exits."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as server:
+        server.bind(("0.0.0.0", 0))  # every interface: Ray turns 127.0.0.1 into this node's address
+        server.listen(16)
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        code = (
+            "from rs_onnx.distributed import ray_backend\n"
+            "from rs_onnx.errors import ConfigError\n"
+            "try:\n"
+            f"    ray_backend({address!r}, connect_timeout=3).connect()\n"
+            "except ConfigError as e:\n"
+            "    print('refused:', e)\n"
+        )
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False
+        )
+        seconds = time.perf_counter() - t0
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"refused: Ray address {address}: ray.init did not return within 3 s"), done
+    assert seconds < 30 and os.listdir(tmp_path) == []
+
+
+def test_a_local_ray_starts_before_any_file_and_stops_at_the_end(linear, local_tsvs, tmp_path, monkeypatch):
+    """No address: run.execute starts a local Ray instance (before creating any file), uses it, and stops it."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process (this test must run before the shared instance)")
+    files_at_init = []
+    init = ray.init
+
+    def watched_init(*args, **kwargs):
+        files_at_init.append(sorted(os.listdir(tmp_path)))
+        return init(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "init", watched_init)
+    out = tmp_path / "ray.tsv"
+    backend = ray_backend(workers=1, init_kwargs={"num_cpus": 2, "log_to_driver": False})
+    meta = run.execute(prepared(linear, end=6), "certify", out, backend=backend)
+    assert files_at_init == [[]] and not ray.is_initialized()
+    assert meta["status"] == "complete" and strip_time(out) == strip_time(local_tsvs["certify"])[:7]
 
 
 # ---------------------------------------------------------------------------------------------- on Ray

@@ -153,6 +153,32 @@ def test_memory_is_bounded_by_the_ring_not_by_n(conv_path):
     assert large < small + 512 * 1024, (small, large)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint8])
+@pytest.mark.parametrize("batch,n,threads", [(256, 5000, 2), (2048, 6000, 2), (1000, 3000, 0), (50, 20_000, 3)])
+def test_host_bytes_is_what_the_sampler_allocates(dtype, batch, n, threads):
+    """The memory check's estimate (sampling.host_bytes) against the peak numpy allocations of a count,
+    measured: within 2% for float32 (noise drawn in the ring), an overestimate of at most 30% otherwise
+    (the per-thread noise buffer and the block's cast are counted as if all were held at once)."""
+    from rs_onnx.sampling import host_bytes
+
+    class Stand(HostClassifier):
+        input_shape, input_dtype, num_classes = (3, 32, 32), np.dtype(dtype), 10
+
+        def predict(self, x):
+            return np.zeros(len(x), np.int64)
+
+    clf = Stand()
+    pre = Preprocessor(PreprocessSpec(), clf.input_shape, clf.input_shape, dtype)
+    sampler = Sampler(clf, pre, SIGMA, SEED, batch, threads)
+    tasks = [Task(pre.clean(np.full(clf.input_shape, 0.5, np.float32)), 0, 1, n)]
+    tracemalloc.start()
+    sampler.count(tasks)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    estimate = host_bytes(batch, n, clf.input_shape, dtype, noise_threads=threads, num_classes=10)
+    assert 0.98 * peak <= estimate <= (1.02 if dtype == np.float32 else 1.3) * peak, (estimate, peak)
+
+
 # ------------------------------------------------------------------ IO binding
 def test_bound_runner_reuses_buffers_and_matches_plain_runs(conv_path):
     session = ort.InferenceSession(str(conv_path), providers=["CPUExecutionProvider"])
