@@ -169,6 +169,11 @@ class OnnxClassifier:
         """True when every run should have one shape (CUDA: cuDNN plans, CUDA graphs): pad the last batch."""
         return self.device.startswith("cuda")
 
+    def fall_back_per_sample(self) -> None:
+        """Run one example per session run from now on (:func:`rs_onnx.checks.check_batch_equivalence` found
+        that batched runs change the classes); ``batch_mode`` becomes "per-sample"."""
+        self.batch_mode = "per-sample"
+
     @functools.cached_property
     def device_name(self) -> str:
         """CPU model name, or the GPU's name from nvidia-smi (best effort)."""
