@@ -229,7 +229,7 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
     providers = (
         clf.providers
         if device == "cpu"
-        else [("CUDAExecutionProvider", {"device_id": str(clf._index)}), "CPUExecutionProvider"]
+        else [("CUDAExecutionProvider", {"device_id": str(clf.device_index)}), "CPUExecutionProvider"]
     )
     methods = {
         "ceiling": lambda c=Ceiling(path, providers, default_session_options(clf.device, threads), batch, shape): c(

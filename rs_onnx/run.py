@@ -407,8 +407,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     if smoothed.audit_info is not None:
         from .audit import to_grid
 
-        for i in indices:  # refuse off-grid images before any file is written
-            to_grid(data.image(i))
+        # Refuse off-grid images before any file is written. uint8 data (image files, uint8 arrays) is on
+        # the grid by construction and is not decoded here; the sampler checks every image again (to_grid).
+        if not data.uint8_pixels:
+            for i in indices:
+                to_grid(data.image(i))
         smoothed.audit_info["entropy"] = (
             "given with --audit-seed-override"
             if cfg.seed is not None
