@@ -157,12 +157,11 @@ class Batching:
     symbolic by :func:`rs_onnx.graph.make_batch_dynamic`, verified), "per-sample" (verification failed,
     or the input has no batch dim: the original model runs one example at a time), "fixed" (leading dim
     fixed at ``fixed_n`` > 1 with that many output rows: chunks of ``fixed_n``, the last one padded).
-    ``session``: the session of that mode. ``unbatched``: the input has no batch dim (fed one example as
+    ``unbatched``: the input has no batch dim (fed one example as
     is). ``timings``: ms per example measured at load ("per_sample_ms", "batched_ms"; may be empty).
     """
 
     mode: str
-    session: ort.InferenceSession
     input_shape: tuple[int, ...]
     output: ClassOutput
     timings: Mapping[str, float]
@@ -179,10 +178,10 @@ def load_batched(
     fixed_one: bool,
     requested: str | None,
     verify: bool,
-) -> tuple[Batching, onnx.ModelProto]:
+) -> tuple[Batching, ort.InferenceSession, onnx.ModelProto]:
     """Dynamic batch, or fixed at 1 and rewritten; verified against one-by-one runs of the original.
 
-    Returns the batching and the model its session runs (the rewritten one, or ``model``).
+    Returns the batching, its session and the model that session runs (the rewritten one, or ``model``).
     """
     name, k = placement.model_name, VERIFY_EXAMPLES
     x = random_inputs((k, *input_shape), inp.dtype, np.random.default_rng(0))
@@ -218,7 +217,7 @@ def load_batched(
             timings["batched_ms"] = batched_ms
     if reason is None:
         logger.debug("model %s: batch mode %s verified=%s", name, mode, verify)
-        return Batching(mode, batched, input_shape, output, timings), rewritten
+        return Batching(mode, input_shape, output, timings), batched, rewritten
     single, multi = timings["per_sample_ms"], timings.get("batched_ms")
     cost = (
         f"about {single / multi:.1f}x slower than batched runs ({single:.3g} vs {multi:.3g} ms per example)"
@@ -234,7 +233,7 @@ def load_batched(
         reason,
         cost,
     )
-    return Batching("per-sample", original, input_shape, output, timings), model
+    return Batching("per-sample", input_shape, output, timings), original, model
 
 
 def verify_batch(
@@ -292,9 +291,9 @@ def load_fixed(
         except ModelError:
             raise err from None
         logger.info("model %s: input %s has no batch dim; one example per run", model_name, list(full))
-        return Batching("per-sample", original, tuple(full), output, {}, unbatched=True)
+        return Batching("per-sample", tuple(full), output, {}, unbatched=True)
     logger.info("model %s: batch fixed at %d; runs chunks of %d, padding the last one", model_name, n, n)
-    return Batching("fixed", original, tuple(full[1:]), output, {}, fixed_n=n)
+    return Batching("fixed", tuple(full[1:]), output, {}, fixed_n=n)
 
 
 # ------------------------------------------------------------------ the session predictions run
@@ -311,9 +310,15 @@ def classes_of(session: ort.InferenceSession, x: np.ndarray, inp: ModelInput, ba
 
 
 def convert_fp16(
-    placement: Placement, base: onnx.ModelProto, path: Path, inp: ModelInput, batching: Batching
+    placement: Placement,
+    base: onnx.ModelProto,
+    fp32: ort.InferenceSession,
+    path: Path,
+    inp: ModelInput,
+    batching: Batching,
 ) -> tuple[onnx.ModelProto, ort.InferenceSession, str, float | None]:
-    """(fp16 model with float32 I/O, its session, its sha256, share of random inputs classed as by fp32)."""
+    """(fp16 model with float32 I/O, its session, its sha256, share of random inputs it classes as ``fp32``
+    does); ``fp32`` is the session of ``base``."""
     if graph.has_external_data(base):
         onnx.load_external_data_for_model(base, str(path.resolve().parent))
     converted = graph.to_float16(base)
@@ -323,7 +328,7 @@ def convert_fp16(
     if not batching.unbatched:
         x = random_inputs((VERIFY_EXAMPLES * 4, *batching.input_shape), inp.dtype, np.random.default_rng(1))
         try:
-            a, b = classes_of(batching.session, x, inp, batching), classes_of(session, x, inp, batching)
+            a, b = classes_of(fp32, x, inp, batching), classes_of(session, x, inp, batching)
             agreement = float((a == b).mean())
         except Exception as err:  # noqa: BLE001 - an fp16 model that fails is reported at predict time
             logger.warning(
@@ -426,10 +431,13 @@ def load(
     _check_device_options(placement, cuda_graph, device_noise)
     lead = declared[0]
     if isinstance(lead, int) and lead > 1:
-        batching, base = load_fixed(model, original, inp, declared, input_shape, output_name, name), model
+        batching = load_fixed(model, original, inp, declared, input_shape, output_name, name)
+        session, base = original, model
     else:
         shape = resolve_shape(declared[1:], input_shape, name, inp.name)
-        batching, base = load_batched(placement, model, original, inp, shape, lead == 1, output_name, verify_batch)
+        batching, session, base = load_batched(
+            placement, model, original, inp, shape, lead == 1, output_name, verify_batch
+        )
     if device_noise and batching.mode not in ("dynamic", "rewritten"):
         raise ConfigError(
             f"device_noise with batch mode {batching.mode}; expected a model with a batch dim "
@@ -438,9 +446,9 @@ def load(
     out = batching.output
     in_graph = bool(argmax_in_graph if argmax_in_graph is not None else placement.on_cuda)
     in_graph = in_graph and out.kind == "scores" and out.dtype.kind == "f"
-    session, fp16_sha256, fp16_agreement = batching.session, None, None
+    fp16_sha256, fp16_agreement = None, None
     if float_type == "fp16":
-        base, session, fp16_sha256, fp16_agreement = convert_fp16(placement, base, path, inp, batching)
+        base, session, fp16_sha256, fp16_agreement = convert_fp16(placement, base, session, path, inp, batching)
     if in_graph:
         try:
             appended = graph.append_argmax(base, out.name, num_classes=out.num_classes)
