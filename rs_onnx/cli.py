@@ -12,9 +12,10 @@ from pathlib import Path
 import click
 
 from ._version import __version__
-from .errors import RsOnnxError
+from .errors import OutputError, RsOnnxError
 from .guard import check_path_name, escape, quiet_onnxruntime, quiet_warnings
-from .outputs import WriteError, check_not_inputs, count_rows
+from .outputs import WriteError, check_not_inputs, count_rows, finished_rows
+from .results import columns_for
 from .stopping import Terminated, signals_stop_runs
 
 log = logging.getLogger("rs_onnx")
@@ -361,16 +362,16 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     return cfg, default_run
 
 
-def _done_before(out: Path | None, resume: bool, indices: list[int]) -> int:
-    """Examples of ``indices`` already in ``out`` (complete lines only) when resuming; for the progress."""
+def _done_before(out: Path | None, resume: bool, indices: list[int], mode: str, sequential: bool) -> int:
+    """Examples of ``indices`` already in ``out`` (complete rows) when resuming; for the progress. Read before
+    the run takes its lock, so without changing the file; a file the run will refuse counts 0."""
     if not (resume and out and out.is_file()):
         return 0
     try:
-        lines = out.read_text(encoding="utf-8").split("\n")[1:-1]
-        done = {int(line.split("\t", 1)[0]) for line in lines if line.strip()}
-    except (OSError, UnicodeDecodeError, ValueError):
+        done = finished_rows(out, columns_for(mode, sequential), mode)
+    except (OSError, OutputError):
         return 0
-    return len(done & set(indices))
+    return len(set(done) & set(indices))
 
 
 def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
@@ -449,7 +450,7 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
     bar = Progress(
         mode,
         len(p.indices),
-        _done_before(out, kwargs["resume"], p.indices),
+        _done_before(out, kwargs["resume"], p.indices, mode, p.cfg.sequential),
         enabled=not ctx.obj["quiet"],
         samples_per_example=per_example,
     )

@@ -178,16 +178,19 @@ class Worker:
                 f"expected the driver's {sha256[:12]} (a different file under the same path?)"
             )
         if self._batch_mode == "per-sample" and self.classifier.batch_mode != "per-sample":
-            from .checks import fall_back_per_sample
-
-            fall_back_per_sample(self.classifier)  # as the driver's batch check decided
+            self.classifier.fall_back_per_sample()  # as the driver's batch check decided
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
         assert self.cfg.batch_size is not None  # the driver's resolved configuration
-        smoothed = open_smoothed(
-            self.cfg, self.classifier, spec, sigma, entropy, noise_threads, audit_seed_override=True
-        )  # the driver's entropy
-        smoothed.batch_check = {"result": "checked by the driver"}  # its decision came as batch_mode
-        self.smoothed = smoothed
+        self.smoothed = open_smoothed(  # the driver's entropy; its batch check's decision came as batch_mode
+            self.cfg,
+            self.classifier,
+            spec,
+            sigma,
+            entropy,
+            noise_threads,
+            audit_seed_override=True,
+            batch_check={"result": "checked by the driver"},
+        )
 
     def ready(self, model) -> dict:
         """Build the session; returns where this worker runs and with which versions."""

@@ -140,10 +140,12 @@ def open_smoothed(
     batch_size: int | None = None,
     audit_seed_override: bool | None = None,
     noise: str | None = None,
+    batch_check: dict | None = None,
 ) -> SmoothedClassifier:
     """THE assembly of the smoothed classifier around :func:`open_classifier`'s result (local and workers).
     ``batch_size``: the resolved batch size (default ``cfg.batch_size``, set in a resolved configuration);
-    ``noise``: the resolved noise kind (default: :func:`resolve_noise` of ``cfg`` and ``clf``)."""
+    ``noise``: the resolved noise kind (default: :func:`resolve_noise` of ``cfg`` and ``clf``);
+    ``batch_check``: the record of a batch check already made (None: checked before the first count)."""
     threads = cfg.noise_threads if noise_threads is None else noise_threads
     batch = cfg.batch_size if batch_size is None else batch_size
     if batch is None:
@@ -151,7 +153,16 @@ def open_smoothed(
     override = cfg.audit_seed_override if audit_seed_override is None else audit_seed_override
     kind = noise or resolve_noise(cfg, clf)  # the driver passes its resolved kind; a worker resolves it alike
     return SmoothedClassifier(
-        clf, sigma, spec, seed, batch, threads, audit=cfg.audit, audit_seed_override=override, noise=kind
+        clf,
+        sigma,
+        spec,
+        seed,
+        batch,
+        threads,
+        audit=cfg.audit,
+        audit_seed_override=override,
+        noise=kind,
+        batch_check=batch_check,
     )
 
 
@@ -408,6 +419,7 @@ class Prepared:
     entropy: int
     batch_probe: dict | None = None
     checks: dict = field(default_factory=dict)  # batch_check and clean_accuracy (rs_onnx.checks)
+    audit: dict | None = None  # audit mode's record for meta.json: the graph scan, the grid, the entropy's origin
 
     def with_entropy(self, entropy: int) -> Prepared:
         """The same run with the noise streams seeded by ``entropy`` (--resume adopting an earlier run's
@@ -427,12 +439,11 @@ class Prepared:
             audit=old.audit,
             audit_seed_override=old.audit,
             noise=old.noise,
+            batch_check=old.batch_check,  # checked once, in prepare
         )
-        if old.audit_info is not None:
-            smoothed.audit_info = {**old.audit_info, "entropy": "adopted from the run resumed (--resume)"}
         smoothed.preprocessor(self.data.image_shape)
-        smoothed.batch_check = old.batch_check  # checked once, in prepare
-        return dataclasses.replace(self, smoothed=smoothed, entropy=int(entropy))
+        audit = None if self.audit is None else {**self.audit, "entropy": "adopted from the run resumed (--resume)"}
+        return dataclasses.replace(self, smoothed=smoothed, entropy=int(entropy), audit=audit)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -479,18 +490,25 @@ def prepare(cfg: RunConfig) -> Prepared:
         memory_check(cfg, clf, pre, batch_size)  # before the batch check allocates a batch, before any file
     # In audit mode the entropy is drawn here, after the model (and its sha256) is fixed.
     smoothed = open_smoothed(cfg, clf, spec, sigma, cfg.seed, batch_size=batch_size, noise=noise_kind)
+    audit = None
     if smoothed.audit_info is not None:
         from .audit import to_grid
 
-        for i in indices:  # refuse off-grid images before any file is written
-            to_grid(data.image(i))
-        smoothed.audit_info["entropy"] = (
-            "given with --audit-seed-override"
-            if cfg.seed is not None
-            else f"fresh, drawn after loading the model with sha256 {clf.sha256}"
-        )
-        smoothed.audit_info["model_batch"] = batch_size if smoothed.audit_info["batched"] else 1
-        log.info("audit mode: %s", smoothed.audit_info["how"])
+        # Refuse off-grid images before any file is written. uint8 data (image files, uint8 arrays) is on
+        # the grid by construction and is not decoded here; the sampler checks every image again (to_grid).
+        if not data.uint8_pixels:
+            for i in indices:
+                to_grid(data.image(i))
+        audit = {
+            **smoothed.audit_info,
+            "entropy": (
+                "given with --audit-seed-override"
+                if cfg.seed is not None
+                else f"fresh, drawn after loading the model with sha256 {clf.sha256}"
+            ),
+            "model_batch": batch_size if smoothed.audit_info["batched"] else 1,
+        }
+        log.info("audit mode: %s", audit["how"])
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     # The caller's cfg is never written to: the resolved values go into a copy (given values kept as given,
     # so that meta.json's "config" is byte for byte what it always was).
@@ -509,7 +527,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         batch_size,
         smoothed.entropy,
         probe,
-        run_checks(resolved, smoothed, data, indices, batch_size),
+        run_checks(resolved, smoothed, data, indices),
+        audit,
     )
 
 
@@ -517,24 +536,17 @@ CLEAN_EXAMPLES = 100
 """Examples whose clean accuracy is measured before certifying (one forward pass each)."""
 
 
-def run_checks(
-    cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indices: list[int], batch_size: int
-) -> dict:
+def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indices: list[int]) -> dict:
     """Before the first sample: batch equivalence at the batch size used (rs_onnx.checks; may switch the
     classifier to one sample per run, or refuse) and the clean accuracy on the first selected examples
     (a warning when near chance). Returns the records for meta.json."""
-    from .checks import check_batch_equivalence, clean_accuracy, near_chance
+    from .checks import clean_accuracy, near_chance
 
-    batch = int(batch_size)
-    if not getattr(smoothed.classifier, "prefers_fixed_batch", False):  # padded (CUDA): always full batches
-        batch = min(batch, len(indices) * (cfg.n0 + cfg.n), largest_count(cfg, batch))  # the largest used
-    checks: dict = {
-        "batch_check": None
-        if smoothed.audit
-        # audit mode: its graph scan decides batching
-        else check_batch_equivalence(smoothed, data.image(indices[0]), batch)
-    }
-    smoothed.batch_check = checks["batch_check"]  # checked once, here (Ray workers follow via batch_mode)
+    # checked once, here, at the largest batch the run uses (a count of one group at max(n0, n) samples;
+    # None in audit mode: its graph scan decides batching); the smoothed classifier keeps the record, and
+    # Ray workers follow via batch_mode
+    samples = min(len(indices) * (cfg.n0 + cfg.n), largest_count(cfg, smoothed.batch_size))
+    checks: dict = {"batch_check": None if smoothed.audit else smoothed.verify_batches(data.image(indices[0]), samples)}
     first = indices[:CLEAN_EXAMPLES]
     acc = clean_accuracy(
         smoothed.classifier, smoothed, [data.image(i) for i in first], [int(data.labels[i]) for i in first]
@@ -590,7 +602,7 @@ def _meta(
         "command": command_line(),
         "timings": timings,
         "out": str(out) if out else None,
-        **({"audit": p.smoothed.audit_info} if p.smoothed.audit_info is not None else {}),
+        **({"audit": p.audit} if p.audit is not None else {}),
         **extra,
         "clean_accuracy": p.checks.get("clean_accuracy"),  # rs_onnx.checks, before the first sample
         "batch_check": p.checks.get("batch_check"),

@@ -307,18 +307,9 @@ def probe_batch_size(
 
 
 def auto_batch_size(classifier: Classifier, candidates: Sequence[int] | None = None, **options: Any) -> int:
-    """The batch size that :func:`probe_batch_size` picks (same arguments).
-
-    Compatibility: the probe is also left in ``classifier.batch_probe`` when that attribute can be set,
-    because benchmarks/run.py reads it there; rs-onnx itself never reads it back (use
-    :func:`probe_batch_size`, which returns it).
-    """
-    probe = probe_batch_size(classifier, candidates, **options)
-    try:
-        classifier.batch_probe = probe  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
-    return int(probe["batch_size"])
+    """The batch size that :func:`probe_batch_size` picks (same arguments); the probe's record is
+    :func:`probe_batch_size`'s return value (nothing is stored on the classifier)."""
+    return int(probe_batch_size(classifier, candidates, **options)["batch_size"])
 
 
 @dataclass(frozen=True)

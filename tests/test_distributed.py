@@ -18,22 +18,16 @@ from rs_onnx import run
 from rs_onnx.config import RunConfig
 from rs_onnx.distributed import Worker, backend_from_config, model_bundle, ray_backend, unpack_bundle
 from rs_onnx.errors import ConfigError
-from tests.onnx_models import linear_model, save
+from tests.conftest import write_linear3
+from tests.onnx_models import linear_model
 
 N_EXAMPLES = 30
 
 
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
-    """A 3-class linear model on 1x4x4 images and 30 uint8 images with labels."""
-    tmp = tmp_path_factory.mktemp("dist")
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(3, 16)).astype(np.float32)
-    model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4), batch=1), tmp / "lin.onnx")
-    images = rng.integers(0, 256, size=(N_EXAMPLES, 4, 4), dtype=np.uint8)
-    labels = (images.reshape(N_EXAMPLES, -1).astype(np.float32) / 255 @ w.T).argmax(1).astype(np.uint8)
-    np.savez(tmp / "d.npz", images=images, labels=labels)
-    return str(model), str(tmp / "d.npz")
+    """conftest's 3-class linear model on 1x4x4 images, with 30 uint8 images (module-scoped: one Ray cluster)."""
+    return write_linear3(tmp_path_factory.mktemp("dist"), "lin.onnx", "d.npz", count=N_EXAMPLES)
 
 
 def prepared(linear, **kw):

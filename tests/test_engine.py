@@ -359,7 +359,10 @@ def test_auto_batch_size_takes_the_smallest_size_within_3_percent_of_the_fastest
     clf = Timed({16: 1.02, 32: 1.05, 64: 1.00, 128: 1.01, 256: 1.2, 512: 1.3, 1024: 0.5})
     monkeypatch.setattr(sampling, "time", clf)
     assert auto_batch_size(clf, candidates=(16, 32, 64, 128, 256, 512, 1024), min_seconds=0) == 16
-    assert clf.batch_probe["stopped"] == "past the fastest size" and "1024" not in clf.batch_probe["seconds_per_sample"]
+    clf.now = 0.0
+    probe = sampling.probe_batch_size(clf, candidates=(16, 32, 64, 128, 256, 512, 1024), min_seconds=0)
+    assert probe["stopped"] == "past the fastest size" and "1024" not in probe["seconds_per_sample"]
+    assert not hasattr(clf, "batch_probe")  # returned, never stored on the classifier
     clf = Timed({16: 1.5, 32: 1.04, 64: 1.00, 128: 1.01})
     monkeypatch.setattr(sampling, "time", clf)
     assert auto_batch_size(clf, candidates=(16, 32, 64, 128), min_seconds=0) == 64
@@ -385,11 +388,11 @@ class Budgeted(HostClassifier):
 
 
 def test_auto_batch_size_stops_at_out_of_memory_and_at_the_byte_limit():
-    clf = Budgeted(limit=64)
-    assert auto_batch_size(clf, candidates=(16, 32, 64, 128, 256), min_seconds=0.001) <= 64
-    assert "out of memory" in clf.batch_probe["stopped"] and 128 not in [
-        int(k) for k in clf.batch_probe["seconds_per_sample"]
-    ]
+    from rs_onnx.sampling import probe_batch_size
+
+    assert auto_batch_size(Budgeted(limit=64), candidates=(16, 32, 64, 128, 256), min_seconds=0.001) <= 64
+    probe = probe_batch_size(Budgeted(limit=64), candidates=(16, 32, 64, 128, 256), min_seconds=0.001)
+    assert "out of memory" in probe["stopped"] and 128 not in [int(k) for k in probe["seconds_per_sample"]]
     big = Budgeted(limit=10**9, dim=1000)
     assert auto_batch_size(big, candidates=(16, 32, 64, 128), max_bytes=4000 * 32, min_seconds=0.001) <= 32
     with pytest.raises(RuntimeError, match="out of memory"):

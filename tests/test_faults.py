@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rs_onnx import results, run
+from rs_onnx import outputs, results, run
 from rs_onnx.cli import main
 from rs_onnx.config import RunConfig
 from rs_onnx.errors import OutputError
@@ -562,6 +562,53 @@ def test_resume_truncates_a_cut_row_in_place_and_never_rewrites(prepared, refere
     run.execute(prepared, "certify", out, resume=True)
     assert all(not (f & os.O_TRUNC) for f in opened) and opened
     assert rows_of(out) == reference
+
+
+def test_finished_rows_reads_a_torn_file_without_changing_it(tmp_path, monkeypatch):
+    """outputs.finished_rows (the CLI's count of examples already done, read before the lock) and read_rows
+    (--resume, under the lock) parse the same rows; only read_rows cuts the torn tail."""
+    columns = results.columns_for("certify")
+    out = tmp_path / "r.tsv"
+    row = {c: 0 for c in columns}
+    lines = ["\t".join(columns)] + [
+        "\t".join(results.format_value((row | {"idx": i})[c]) for c in columns) for i in (5, 2, 7)
+    ]
+    torn = ("\n".join(lines) + "\n9\t1\t1\t0.3").encode("utf-8")  # three complete rows and half a row
+    out.write_bytes(torn)
+    before = out.stat()
+    touched = []
+    monkeypatch.setattr(os, "truncate", lambda *a: touched.append(a))
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, flags, *a: touched.append(flags) or real_open(path, flags, *a))
+    assert outputs.finished_rows(out, columns, "certify") == [5, 2, 7]
+    assert not touched and out.read_bytes() == torn and out.stat().st_mtime_ns == before.st_mtime_ns
+    monkeypatch.undo()
+    assert outputs.read_rows(out, columns, "certify") == [5, 2, 7]
+    assert out.read_bytes() == torn[: torn.rfind(b"\n") + 1]  # read_rows cut the torn tail
+    # the same refusals (one parser): another header, a short row; an empty file holds no rows
+    for bad in (b"idx\tlabel\n1\t2\n", ("\t".join(columns) + "\n1\t2\n").encode("utf-8")):
+        out.write_bytes(bad)
+        for read in (outputs.finished_rows, outputs.read_rows):
+            with pytest.raises(OutputError):
+                read(out, columns, "certify")
+    out.write_bytes(b"idx\tla")
+    assert outputs.finished_rows(out, columns, "certify") == [] and out.read_bytes() == b"idx\tla"
+    assert outputs.read_rows(out, columns, "certify") == [] and out.read_bytes() == b""
+
+
+def test_progress_after_resume_counts_the_complete_rows_only(tmp_path, capsys):
+    """A torn tail is not an example done: the progress line of the resumed run ends at 8/8, not beyond."""
+    out = tmp_path / "r.tsv"
+    code, err = cli([*BASE, "--end", "5", "--out", str(out)], capsys)
+    assert code == 0, err
+    with open(out, "ab") as f:
+        f.write(b"5\t1\t1\t0.3")  # half of example 5's row, as a crash leaves it
+    assert outputs.finished_rows(out, results.columns_for("certify"), "certify") == [0, 1, 2, 3, 4]
+    code, err = cli([a for a in BASE if a != "-q"] + ["--resume", "--out", str(out)], capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if " examples (" in ln]
+    assert lines and lines[-1].startswith(f"rs-onnx: certify {EXAMPLES}/{EXAMPLES} examples (100%)"), err
+    assert len(rows_of(out)) == EXAMPLES
 
 
 def test_meta_temp_files_are_unique_per_writer(tmp_path):
