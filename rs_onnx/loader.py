@@ -419,13 +419,11 @@ def load(
         max_batch = as_int("max_batch", max_batch, 1)  # -1 once returned uninitialised memory as classes
     inp = choose_input(model, name, input_name, extra_inputs or {})
     placement = place(model, path, device, sess_options)
-    declared = inp.dims
-    if declared is None and input_shape is not None:
-        declared = ["", *input_shape]
+    declared = inp.dims  # never None: onnx.checker (graph.load_model) refuses a graph input without a shape
     if not declared:
         raise ModelError(
             f"model {name}: input '{inp.name}' has shape {graph.format_dims(declared)}; "
-            "expected a declared shape [N, ...] (or pass input_shape)"
+            "expected a tensor with a batch dim [N, ...]"
         )
     original, placement = open_first(placement, path)
     _check_device_options(placement, cuda_graph, device_noise)

@@ -44,6 +44,7 @@ def test_rows_reads_scores_and_indices_and_refuses_the_rest():
         (np.zeros(4, bool), 4, None),
         (np.array(["a"] * 4), 4, None),
         (np.zeros((3, 5)), 4, None),
+        (np.zeros((4, 1, 3), np.int64), 4, None),  # integers, neither one index per row nor K >= 2 scores
     ],
 )
 def test_classify(arr, b, want):
