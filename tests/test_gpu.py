@@ -161,8 +161,12 @@ def _check_gaussian(classes: np.ndarray, centers: np.ndarray, sigma: float) -> d
 
 
 def test_device_noise_is_gaussian_and_fresh_per_phase(device, tmp_path):
-    """The on-device noise, read through a model that buckets x[0]: N(0, sigma^2) (chi-square at 1e-4), and
-    the selection and estimation draws are different draws. On CPU (dry run) NumPy noise takes its place."""
+    """The on-device noise, read through a model that buckets x[0]: N(0, sigma^2) (chi-square at 1e-9), and
+    the selection and estimation draws are different draws. On CPU (dry run) NumPy noise takes its place.
+
+    The chi-square level is 1e-9, not 1e-4: the device stream (Philox) changes with the onnxruntime version and
+    the device, so 1e-4 would fail one correct stream in 10,000. At 1e-9 (29 buckets kept, 200,000 draws) it still
+    catches a sigma 2% off with probability 0.99993 (noncentral chi-square), and the std check catches 4%."""
     sigma, draws = 0.5, 200_000
     centers = sigma * np.arange(-4, 4.01, 0.25)
     clf = OnnxClassifier(_bucket_model(tmp_path, sigma, centers), device=device, device_noise=device == "cuda")
@@ -176,7 +180,7 @@ def test_device_noise_is_gaussian_and_fresh_per_phase(device, tmp_path):
     facts = _check_gaussian(first, centers, sigma)
     differ = float(np.mean(first != second))
     record("device_noise", draws=draws, sigma=sigma, share_of_draws_that_differ=differ, **facts)
-    assert facts["chi2_p"] > 1e-4
+    assert facts["chi2_p"] > 1e-9
     assert abs(facts["mean"]) < 5 * sigma / np.sqrt(draws) + 0.01 and abs(facts["std"] - sigma) < 0.02
     assert differ > 0.5, "the second call replayed the first call's noise"
 
