@@ -134,13 +134,16 @@ def test_a_cluster_that_never_answers_is_refused_within_the_timeout(tmp_path):
     assert seconds < 30 and os.listdir(tmp_path) == []
 
 
-def test_a_local_ray_starts_before_any_file_and_stops_at_the_end(linear, local_tsvs, tmp_path, monkeypatch):
+def test_a_local_ray_starts_before_any_file_and_stops_at_the_end(linear, local_tsvs, tmp_path, monkeypatch, request):
     """No address: run.execute starts a local Ray instance (before creating any file), uses it, and stops it."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
-    if ray.is_initialized():
-        pytest.skip("Ray is already initialised in this process (this test must run before the shared instance)")
-    files_at_init = []
     init = ray.init
+    if ray.is_initialized():  # the shared instance, when tests run in another order: stopped here, started after
+        ray.shutdown()
+        request.addfinalizer(
+            lambda: init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        )
+    files_at_init = []
 
     def watched_init(*args, **kwargs):
         files_at_init.append(sorted(os.listdir(tmp_path)))
