@@ -174,9 +174,15 @@ def mutated_source(file: str, index: int) -> str:
 
 
 def _copy_repo(dest: Path) -> Path:
-    ignore = shutil.ignore_patterns(
-        ".git", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "results*", ".mypy_cache", ".ruff_cache"
+    caches = shutil.ignore_patterns(
+        ".git", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache"
     )
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # run output folders (results*/) are left behind, but never a module such as rs_onnx/results.py
+        runs = {n for n in names if n.startswith("results") and (Path(folder) / n).is_dir()}
+        return set(caches(folder, names)) | runs
+
     for name in ("rs_onnx", "tests", "benchmarks", "export"):
         if (ROOT / name).exists():
             shutil.copytree(ROOT / name, dest / name, ignore=ignore)
