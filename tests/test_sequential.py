@@ -291,3 +291,81 @@ def test_onnx_linear_oracle(tmp_path):
     certs = sequential_certify_many(sc, [x] * trials, None, 20, 4000, alpha, (0.1, 0.2, 0.3), looks=5, n_first=250)
     assert _false_rate(certs, distance) <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
     assert np.mean([c.decided_radius == 0.1 for c in certs]) > 0.5 and np.mean([c.n for c in certs]) < 4000
+
+
+# ------------------------------------------------------------------------------------------ boundaries
+
+
+def test_geometric_schedule_sizes_and_levels():
+    """L looks from n_first (default n_max / 100, at least 100, at most n_max) to n_max; levels rounded down."""
+    assert geometric_schedule(2000, 0.1).sizes[0] == 100  # n_max / 100 = 20: at least 100
+    assert geometric_schedule(10**6, 0.1, looks=3).sizes == (10_000, 100_000, 10**6)  # n_max / 100
+    assert geometric_schedule(50, 0.1).sizes == (50,)  # at most n_max: one look
+    assert geometric_schedule(1, 0.1).sizes == (1,)  # n_max = 1 is a (tiny) valid run
+    assert geometric_schedule(1000, 0.1, looks=4, n_first=1).sizes == (1, 10, 100, 1000)
+    assert geometric_schedule(1000, 0.1, looks=4, n_first=1000).sizes == (1000,)
+    # one look is Cohen's CERTIFY at n_max with the whole level (not n_first and n_max at alpha / 2 each)
+    one = geometric_schedule(1000, 0.1, looks=1, n_first=10)
+    assert one.sizes == (1000,) and one.alphas == (float(np.nextafter(0.1, 0.0)),)
+    assert geometric_schedule(1000, 0.1, looks=2).sizes == (100, 1000)
+    s = geometric_schedule(1000, 0.1, looks=4, n_first=10, final_share=0.7)
+    assert s.sizes == (10, 46, 215, 1000)
+    assert s.alphas == pytest.approx([0.01, 0.01, 0.01, 0.07], rel=1e-12) and s.alpha <= 0.1
+    even = geometric_schedule(1000, 0.1, looks=4, n_first=10, final_share=None)
+    assert even.alphas == pytest.approx([0.025] * 4, rel=1e-12) and even.alpha <= 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(final_share=0.0), "final_share"),  # nothing left for the last look
+        (dict(final_share=1.0), "final_share"),  # nothing left for the early looks
+        (dict(final_share=1.0, looks=1), "final_share"),
+        (dict(final_share=-0.5), "final_share"),
+        (dict(n_max=0), "n_max"),
+        (dict(looks=0), "looks"),
+        (dict(alpha=0.0), "alpha"),
+        (dict(alpha=1.0), "alpha"),
+        (dict(n_first=0), "n_first"),
+        (dict(n_first=1001), "n_first"),
+    ],
+)
+def test_geometric_schedule_refuses_the_open_ends(kwargs, name):
+    args = dict(n_max=1000, alpha=0.1, looks=4) | kwargs
+    with pytest.raises(ConfigError, match=name):
+        geometric_schedule(**args)
+
+
+def test_radius_zero_may_be_requested():
+    """Radius 0 (predict or abstain) is always decided; asking for it explicitly changes nothing."""
+    sched = geometric_schedule(5000, 0.01, looks=4)
+    plan = make_plan(sched, 0.25, (0.0, 0.25, 0.25), calibrate=True)
+    ref = make_plan(sched, 0.25, (0.25,), calibrate=True)
+    assert plan.radii == ref.radii == (0.0, 0.25)
+    for table in ("k_cert", "slack", "k_fail"):
+        assert np.array_equal(getattr(plan, table), getattr(ref, table)), table
+    for bad in (-1e-9, float("nan"), float("inf")):
+        with pytest.raises(ConfigError):
+            make_plan(sched, 0.25, (bad,))
+
+
+def test_counts_widen_when_more_classes_appear():
+    """_Growable: class counts keep their columns and the no-class column stays last when counts widen."""
+    from rs_onnx.sequential import _Growable
+
+    g = _Growable(np.array([[1, 2, 5], [3, 4, 6]], np.int64))  # K = 2: classes 0, 1, then no-class
+    g.add(np.array([1]), np.array([[10, 20, 30, 40, 7]], np.int64))  # K = 4
+    assert g.array.tolist() == [[1, 2, 0, 0, 5], [13, 24, 30, 40, 13]]
+    g.add(np.array([0]), np.array([[1, 1, 1]], np.int64))  # narrower counts land in their own columns
+    assert g.array.tolist() == [[2, 3, 0, 0, 6], [13, 24, 30, 40, 13]]
+
+
+def test_no_class_in_the_selection_samples_nothing_more():
+    """Every selection output non-finite: no guess (not class 0), no estimation sample drawn, abstain."""
+    clf = Recording(0.0)
+    clf.predict = lambda x: (clf.rows.append(np.array(x)), np.full(len(x), -1, np.int64))[1]
+    certs = sequential_certify_many(_smoothed(clf, 0.25), [np.zeros(4, np.float32)] * 2, None, 30, 1000, 0.01, (0.25,))
+    for c in certs:
+        assert (c.guess, c.predict, c.stopped, c.n, c.looks, c.radius) == (ABSTAIN, ABSTAIN, "no-class", 0, 0, 0.0)
+        assert c.nonfinite == 30 and c.decided_radii == () and c.p_a_lower == 0.0
+    assert sum(len(r) for r in clf.rows) == 2 * 30  # the selection only
