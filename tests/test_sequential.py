@@ -369,3 +369,108 @@ def test_no_class_in_the_selection_samples_nothing_more():
         assert (c.guess, c.predict, c.stopped, c.n, c.looks, c.radius) == (ABSTAIN, ABSTAIN, "no-class", 0, 0, 0.0)
         assert c.nonfinite == 30 and c.decided_radii == () and c.p_a_lower == 0.0
     assert sum(len(r) for r in clf.rows) == 2 * 30  # the selection only
+
+
+# ------------------------------------------------------------------------------------------ exact helpers
+
+
+def _crossing_error_brute_force(sizes, early, t):
+    """P(S_j >= early[j] for some earlier look, or S_L >= c) for every c in 0..N_L + 1, by enumerating every
+    0/1 sequence of length N_L (weights t^ones (1 - t)^zeros): independent of the dynamic programme."""
+    n = sizes[-1]
+    bits = (np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1
+    cum = np.cumsum(bits, axis=1)
+    weight = t ** cum[:, -1] * (1 - t) ** (n - cum[:, -1])
+    early_cross = np.zeros(len(bits), bool)
+    for n_j, c_j in zip(sizes[:-1], early):
+        early_cross |= cum[:, n_j - 1] >= c_j
+    return np.array([weight[early_cross | (cum[:, -1] >= c)].sum() for c in range(n + 2)])
+
+
+@pytest.mark.parametrize(
+    "sizes,early,t,alpha",
+    [
+        ((4, 8, 12), (4, 7), 0.5, 0.2),
+        ((4, 8, 12), (4, 7), 0.7, 0.4),
+        ((4, 8, 12), (5, 9), 0.3, 0.05),  # early cutoffs beyond N_j: those looks never certify
+        ((3, 7, 12), (3, 5), 0.8, 0.45),
+        ((12,), (), 0.6, 0.1),  # one look: the exact binomial test
+        ((4, 8, 12), (1, 2), 0.5, 0.2),  # the early looks alone already exceed alpha: no cutoff works
+    ],
+)
+def test_calibrated_cutoff_against_enumeration(sizes, early, t, alpha):
+    from rs_onnx.sequential import calibrated_cutoff
+
+    error = _crossing_error_brute_force(sizes, early, t)
+    goal = alpha * (1 - 1e-9)
+    ok = np.flatnonzero(error <= goal)
+    expected = int(ok[0]) if ok.size else sizes[-1] + 1
+    assert calibrated_cutoff(sizes, early, t, alpha) == expected
+    if expected <= sizes[-1]:  # the smallest that holds: one count less misses the level
+        assert error[expected] <= goal and (expected == 0 or error[expected - 1] > goal)
+
+
+def test_calibrated_cutoff_on_long_looks_against_a_plain_dynamic_programme():
+    """Sizes where the binomial tails are truncated (below 1e-22): same cutoff as an untruncated DP."""
+    from scipy.stats import binom
+
+    from rs_onnx.sequential import calibrated_cutoff
+
+    sizes, early, t, alpha = (400, 1000, 3000), (300, 720), 0.66, 0.02
+    dist, prev, crossed = np.array([1.0]), 0, 0.0
+    for n_j, c_j in zip(sizes[:-1], early):
+        dist = np.convolve(dist, binom.pmf(np.arange(n_j - prev + 1), n_j - prev, t))
+        prev = n_j
+        crossed += dist[c_j:].sum()
+        dist = dist[:c_j]
+    last = np.convolve(dist, binom.pmf(np.arange(sizes[-1] - prev + 1), sizes[-1] - prev, t))
+    error = crossed + np.concatenate([np.cumsum(last[::-1])[::-1], [0.0]])  # error[c] = crossed + P(S_L >= c)
+    expected = int(np.flatnonzero(error <= alpha * (1 - 1e-9))[0])
+    assert 0 < expected < sizes[-1] and error[expected - 1] - alpha > 1e-6 * alpha  # no float coin-toss
+    assert calibrated_cutoff(sizes, early, t, alpha) == expected
+
+
+@pytest.mark.parametrize("noise_kind", ["gaussian", "uniform", "laplace"])
+def test_threshold_inverts_the_native_radius(noise_kind):
+    from rs_onnx.sequential import _radius, _threshold, calibration_threshold
+
+    sigma, r = 0.5, np.array([0.05, 0.1, 0.2, 0.4])  # uniform: r < sigma (r = sigma needs pA = 1)
+    t = _threshold(r, sigma, noise_kind)
+    assert np.all((0.5 < t) & (t < 1.0))
+    assert _radius(t, sigma, noise_kind) == pytest.approx(r, rel=1e-9)
+    for ri, ti in zip(r, t):
+        c = calibration_threshold(float(ri), sigma, noise_kind)
+        assert ti < c <= ti * (1 + 1e-11) + 1e-11  # nudged up, by about 1e-12
+    assert calibration_threshold(0.0, sigma, noise_kind) == 0.5
+
+
+def test_first_true_finds_the_smallest_count():
+    from rs_onnx.sequential import _first_true
+
+    n = np.array([0, 1, 2, 3, 10, 10])
+    need = np.array([0, 1, 3, 3, 4, 11])  # pred(k): k >= need; none in [0, n] gives n + 1
+    assert _first_true(lambda k: k >= need, n).tolist() == [0, 1, 3, 3, 4, 11]
+
+
+def test_schedule_level_one_is_refused():
+    with pytest.raises(ConfigError):
+        Schedule((10,), (1.0,))
+
+
+def test_nonfinite_counts_selection_and_estimation_samples():
+    """``nonfinite`` adds the no-class samples of the selection and of every estimation stage."""
+
+    class HalfNaN(Recording):
+        def predict(self, x):
+            self.rows.append(np.array(x))
+            return np.where(x[:, 0] > 0, 1, -1).astype(np.int64)
+
+    clf = HalfNaN(0.0)
+    (c,) = sequential_certify_many(
+        _smoothed(clf, 0.5), [np.zeros(4, np.float32)], None, 50, 2000, 0.01, (0.25,), looks=3, futility_beta=0.0
+    )
+    rows = np.concatenate(clf.rows)
+    assert c.guess == 1 and len(rows) == 50 + c.n
+    est = rows[50:]
+    assert c.counts[-1] == int((est[:, 0] <= 0).sum()) and c.counts[1] == c.n_a == int((est[:, 0] > 0).sum())
+    assert c.nonfinite == int((rows[:, 0] <= 0).sum()) > c.counts[-1] > 0  # selection no-class samples too

@@ -139,3 +139,18 @@ def test_predict_answers_when_the_p_value_equals_alpha():
     p = 2 / 2**10
     assert sc.predict(x, n=10, alpha=p).predict == 3
     assert sc.predict(x, n=10, alpha=float(np.nextafter(p, 0.0))).predict == ABSTAIN
+
+
+def test_a_one_class_model_predicts_its_class():
+    """num_classes = 1 is valid: PREDICT's top two is the one class against none (p-value of n of n)."""
+    sc = SmoothedClassifier(Constant(0, k=1), sigma=0.25, seed=0, num_classes=1)
+    pred = sc.predict(np.zeros(4, np.float32), n=20, alpha=0.01)
+    assert (pred.predict, pred.count_a, pred.count_b) == (0, 20, 0)
+    assert pred.p_value == stats.binomial_pvalue(20, 20)
+    with pytest.raises(ConfigError):
+        SmoothedClassifier(Constant(0, k=1), sigma=0.25, num_classes=0)
+
+
+def test_counting_no_images_gives_an_empty_table_of_the_right_width():
+    assert SmoothedClassifier(Constant(0), sigma=0.25).count([], [], 0, 10).shape == (0, 10 + 1)
+    assert SmoothedClassifier(Constant(0), sigma=0.25, num_classes=3).count([], [], 0, 10).shape == (0, 3 + 1)

@@ -192,3 +192,7 @@ def test_select_abstains_when_no_sample_gave_a_class():
     assert stats.select(np.array([0, 1, 0, 7])) == 1  # one class sample outweighs any number of non-finite
     assert stats.select(np.array([2, 2, 0, 0])) == 0
     assert list(stats.select_many(np.array([[0, 0, 3], [1, 2, 0]]))) == [stats.ABSTAIN, 1]
+
+
+def test_top_two_of_a_single_class():
+    assert stats.top_two(np.array([7])) == (0, 7, -1, 0)  # no runner-up: class -1 with count 0
