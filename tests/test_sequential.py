@@ -474,3 +474,12 @@ def test_nonfinite_counts_selection_and_estimation_samples():
     est = rows[50:]
     assert c.counts[-1] == int((est[:, 0] <= 0).sum()) and c.counts[1] == c.n_a == int((est[:, 0] > 0).sum())
     assert c.nonfinite == int((rows[:, 0] <= 0).sum()) > c.counts[-1] > 0  # selection no-class samples too
+
+
+def test_a_radius_that_needs_every_sample_to_be_a_is_reachable():
+    """reachable() counts a radius certified only when all N_j samples are A (k_cert == N_j)."""
+    sched = Schedule((100,), (0.01,))
+    top = stats.cohen_radius(stats.clopper_pearson_lower(100, 100, 0.01), 0.25)  # 100 of 100, the largest
+    plan = make_plan(sched, 0.25, (top * (1 - 1e-6), top * (1 + 1e-6)))
+    assert plan.k_cert[0].tolist() == [plan.k_cert[0, 0], 100, 101]
+    assert plan.reachable() == (0.0, top * (1 - 1e-6)) and plan.max_radius() == top
