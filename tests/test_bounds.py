@@ -333,3 +333,20 @@ def test_radius_errors():
     # l1 from Gaussian and l1 from l1 noises need no dim
     assert radius(0.9, "gaussian", 0.25, "l1") == radius(0.9, "gaussian", 0.25, "l2")
     assert radius(0.9, "uniform", 0.25, "l1") == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "uniform", "laplace"])
+def test_norm_radii_conversions(noise):
+    """The native radius restated in each norm for d values: l2 noise: l1 <= l2 ball, linf r / sqrt(d); l1 noise:
+    l2 r / sqrt(d), linf r / d (uniform: or its own linf bound, if larger); rounded down; zeros on abstain."""
+    d, r, p = 16, 0.3, 0.9
+    got = bounds.norm_radii(p, r, noise, 0.5, d)
+    if noise == "gaussian":
+        want = {"l1": r, "l2": r, "linf": r / np.sqrt(d)}
+    else:
+        want = {"l1": r, "l2": r / np.sqrt(d), "linf": r / d}
+        if noise == "uniform":
+            want["linf"] = max(want["linf"], float(bounds.uniform_linf_radius(p, 0.5, d)))
+    assert got == pytest.approx(want, rel=1e-9)
+    assert all(got[k] <= want[k] for k in want)
+    assert bounds.norm_radii(p, 0.0, noise, 0.5, d) == {"l1": 0.0, "l2": 0.0, "linf": 0.0}

@@ -483,3 +483,52 @@ def test_a_radius_that_needs_every_sample_to_be_a_is_reachable():
     plan = make_plan(sched, 0.25, (top * (1 - 1e-6), top * (1 + 1e-6)))
     assert plan.k_cert[0].tolist() == [plan.k_cert[0, 0], 100, 101]
     assert plan.reachable() == (0.0, top * (1 - 1e-6)) and plan.max_radius() == top
+
+
+def _crossing_probability(sizes, cutoffs, t):
+    """P(S_j >= cutoffs[j] for some look j), S_j ~ Bin(N_j, t) cumulative: a plain DP with untruncated pmfs."""
+    from scipy.stats import binom
+
+    dist, prev, total = np.array([1.0]), 0, 0.0
+    for n_j, c_j in zip(sizes, cutoffs):
+        dist = np.convolve(dist, binom.pmf(np.arange(n_j - prev + 1), n_j - prev, t))
+        prev = n_j
+        total += dist[c_j:].sum()
+        dist = dist[:c_j]
+    return float(total)
+
+
+def test_a_calibrated_plan_certifies_each_radius_wrongly_with_probability_at_most_alpha():
+    """At pA = the threshold of radius r, the chance that some look certifies r (the early looks' Clopper-Pearson
+    cutoffs or the calibrated last one) is at most alpha, and the calibration spends most of it."""
+    from rs_onnx.sequential import calibration_threshold
+
+    alpha, sigma = 0.05, 0.25
+    sched = geometric_schedule(2000, alpha, looks=5, n_first=100)
+    plan = make_plan(sched, sigma, (0.1, 0.25, 0.5), calibrate=True)
+    uncal = make_plan(sched, sigma, (0.1, 0.25, 0.5))
+    for i, r in enumerate(plan.radii):
+        t = calibration_threshold(r, sigma)
+        error = _crossing_probability(sched.sizes, plan.k_cert[:, i], t)
+        assert 0.5 * alpha < error <= alpha, (r, error)
+        assert error > _crossing_probability(sched.sizes, uncal.k_cert[:, i], t)  # it gains over the union bound
+
+
+def test_calibrated_cutoff_outside_zero_one_is_none():
+    from rs_onnx.sequential import calibrated_cutoff
+
+    for t in (0.0, 1.0):  # a threshold of 1 (a radius no pA < 1 reaches) is never certified
+        assert calibrated_cutoff((10, 20), (11,), t, 0.1) == 21
+    sched = geometric_schedule(1000, 0.01, looks=3)
+    plan = make_plan(sched, 0.25, (0.25, 3.0), calibrate=True)  # Phi(3.0 / 0.25) = 1 - 2e-33 rounds to 1
+    assert plan.k_cert[-1, -1] == 1001 and plan.reachable() == (0.0, 0.25)
+
+
+def test_radius_zero_reachable_only_when_every_sample_is_a_is_still_sampled():
+    """2 of 2 at alpha = 0.3 gives CP_lower = 0.548 >= 1/2 (1 of 2 does not): the look must still be made."""
+    sched = Schedule((2,), (0.3,))
+    assert make_plan(sched, 0.25).k_cert[0, 0] == 2
+    (c,) = sequential_certify_many(
+        _smoothed(Constant(3), 0.25), [np.zeros(4, np.float32)], None, 10, 2, 0.3, (), schedule=sched
+    )
+    assert (c.predict, c.n, c.n_a, c.stopped) == (3, 2, 2, "certified")
