@@ -6,12 +6,15 @@
     python -m benchmarks.bench_sequential run --model M.onnx --data D.npz --mean .. --std .. --count 50
     python -m benchmarks.bench_sequential pilot --start 500 --count 100 --n 2000 > P.json  # other images
     python -m benchmarks.bench_sequential simulate P.json --final-share 0.5 0.9  # designs on pilot pA
+    python -m benchmarks.bench_sequential plan --count 100              # make_plan per run: cached or not
 
 ``power`` compares the probability of certifying radius r when pA is just above Phi(r / sigma): fixed n
 (exact binomial tail at the Clopper-Pearson cutoff) against the sequential design (run_looks on simulated
 binomial stages, 200,000 trials, standard error <= 0.0011). ``run`` prints one JSON line: certified
 accuracy at the radii (Cohen's convention), samples per example (n0 + n) and the stop reasons. ``pilot``
-and ``simulate`` tune the design on images disjoint from the measured ones. Not part of the package.
+and ``simulate`` tune the design on images disjoint from the measured ones. ``plan`` times the make_plan
+calls of one CLI run of ``--count`` examples (its preflight and one per group), computed afresh at every call
+(as before the plan cache; calibrated_cutoff's own cache kept) against the cached plan. Not part of the package.
 """
 
 from __future__ import annotations
@@ -168,10 +171,44 @@ def cmd_simulate(args) -> None:
             )
 
 
+def cmd_plan(args) -> None:
+    from rs_onnx.config import RunConfig
+    from rs_onnx.run import group_size
+
+    calls = 1 + -(-args.count // group_size(RunConfig(sequential=True)))  # preflight + one per group
+    sched = sq.geometric_schedule(args.n, args.alpha, args.looks, None, args.final_share)
+    modes = {
+        "radii": dict(radii=RADII, eps=None, calibrate=True),
+        f"precision {args.eps}": dict(radii=(), eps=args.eps, calibrate=False),
+    }
+    for name, kw in modes.items():
+        seconds: dict[str, list[float]] = {"afresh": [], "cached": []}
+        for _ in range(args.repeat):
+            for how in ("afresh", "cached"):
+                sq.calibrated_cutoff.cache_clear()
+                sq.clear_plan_cache()
+                t0 = time.perf_counter()
+                plans = []
+                for _ in range(calls):
+                    if how == "afresh":
+                        sq.clear_plan_cache()
+                    plans.append(
+                        sq.make_plan(sched, args.sigma, kw["radii"], 0.01, kw["eps"], "gaussian", kw["calibrate"])
+                    )
+                seconds[how].append(time.perf_counter() - t0)
+                assert all(np.array_equal(a.k_cert, plans[0].k_cert) for a in plans)
+        fresh, cached = (float(np.median(seconds[h])) for h in ("afresh", "cached"))
+        print(
+            f"{name}: {calls} calls per run of {args.count} examples (n {args.n:,}, {len(sched.sizes)} looks): "
+            f"afresh {fresh * 1e3:.1f} ms, cached {cached * 1e3:.1f} ms, saved {(fresh - cached) * 1e3:.1f} ms "
+            f"({fresh / cached:.1f}x; median of {args.repeat})"
+        )
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("power", "run", "pilot", "simulate"):
+    for name in ("power", "run", "pilot", "simulate", "plan"):
         s = sub.add_parser(name)
         s.add_argument("--n", type=int, default=100_000)
         s.add_argument("--alpha", type=float, default=0.001)
@@ -193,8 +230,13 @@ def main(argv=None) -> None:
             s.add_argument("--batch-size", type=int, default=1000)
             s.add_argument("--noise", default="gaussian")
             s.add_argument("--mode", choices=["radii", "fixed"], default="radii")
+        if name == "plan":
+            s.add_argument("--count", type=int, default=100)
+            s.add_argument("--eps", type=float, default=0.05)
+            s.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
-    {"power": cmd_power, "run": cmd_run, "pilot": cmd_pilot, "simulate": cmd_simulate}[args.cmd](args)
+    commands = {"power": cmd_power, "run": cmd_run, "pilot": cmd_pilot, "simulate": cmd_simulate, "plan": cmd_plan}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

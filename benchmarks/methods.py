@@ -118,17 +118,16 @@ class CohenTorch:
 
     def best_batch(self) -> dict:
         """PyTorch's own fastest batch size, found by rs-onnx's own batch probe
-        (:func:`rs_onnx.sampling.auto_batch_size`) over :data:`TORCH_BATCH_CANDIDATES`."""
-        from rs_onnx.sampling import auto_batch_size
+        (:func:`rs_onnx.sampling.probe_batch_size`) over :data:`TORCH_BATCH_CANDIDATES`."""
+        from rs_onnx.sampling import probe_batch_size
 
-        saved, probe = self.batch, _TorchAsClassifier(self)
+        saved = self.batch
         try:
-            auto_batch_size(probe, TORCH_BATCH_CANDIDATES[self.device])
+            return probe_batch_size(_TorchAsClassifier(self), TORCH_BATCH_CANDIDATES[self.device])
         finally:
             self.batch = saved
             if self.device == "cuda":
                 self.torch.cuda.empty_cache()
-        return probe.batch_probe
 
 
 class _TorchAsClassifier:
@@ -139,7 +138,6 @@ class _TorchAsClassifier:
 
     def __init__(self, cohen: CohenTorch):
         self.cohen, self.device, self.input_shape = cohen, cohen.device, tuple(cohen.x.shape)
-        self.batch_probe: dict | None = None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         self.cohen.batch = len(x)
@@ -181,13 +179,12 @@ _PROBES: dict[str, dict] = {}
 
 def _batch_for(arch: str, clf, args) -> tuple[int, dict | None]:
     """--batch, or the automatic probe's pick (probed once per model per run, so all sections agree)."""
-    from rs_onnx.sampling import auto_batch_size
+    from rs_onnx.sampling import probe_batch_size
 
     if args.batch:
         return args.batch, None
     if arch not in _PROBES:
-        auto_batch_size(clf)
-        _PROBES[arch] = clf.batch_probe
+        _PROBES[arch] = probe_batch_size(clf)
     return _PROBES[arch]["batch_size"], _PROBES[arch]
 
 
@@ -229,7 +226,7 @@ def bench_model(arch: str, args, setting: Setting, threads: int) -> dict:
     providers = (
         clf.providers
         if device == "cpu"
-        else [("CUDAExecutionProvider", {"device_id": str(clf._index)}), "CPUExecutionProvider"]
+        else [("CUDAExecutionProvider", {"device_id": str(clf.device_index)}), "CPUExecutionProvider"]
     )
     methods = {
         "ceiling": lambda c=Ceiling(path, providers, default_session_options(clf.device, threads), batch, shape): c(

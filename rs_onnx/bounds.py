@@ -21,6 +21,7 @@ import numpy as np
 from scipy.stats import norm as _gauss  # `norm` is a parameter name below
 
 from .errors import ConfigError, DataError
+from .inputs import check_alpha
 from .stats import cohen_radii, cp_lower, cp_upper, round_down
 
 __all__ = [
@@ -64,16 +65,6 @@ def _positive(x: float, name: str) -> float:
     if not np.isfinite(x) or x <= 0.0:
         raise ConfigError(f"{name}={x}: expected a positive finite number")
     return x
-
-
-def _alpha(alpha: float) -> float:
-    try:
-        alpha = float(alpha)
-    except (TypeError, ValueError):
-        raise ConfigError(f"alpha={alpha!r}: expected a number in (0, 1)") from None
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha={alpha}: expected a number in (0, 1)")
-    return alpha
 
 
 # ------------------------------------------------------------------------------- total variation (l2)
@@ -209,7 +200,7 @@ def two_class_certificate(counts, top, alpha: float, sigma: float, *, alpha_spli
     p_j <= 1 - p_top <= 1 - p_a_lower, so the cap costs no extra alpha. With the cap the radius is never
     smaller than Cohen's sigma Phi^-1(p_a_lower) at the same alpha_a.
     """
-    alpha = _alpha(alpha)
+    alpha = check_alpha(alpha)
     sigma = _positive(sigma, "sigma")
     if not 0.0 < float(alpha_split) < 1.0:
         raise ConfigError(f"alpha_split={alpha_split}: expected a number in (0, 1)")

@@ -135,7 +135,7 @@ def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = No
             "depend on the others in its batch (pass --batch-size 1, or export the model in eval mode "
             "with a dynamic batch)"
         )
-    fall_back_per_sample(clf)
+    clf.fall_back_per_sample()
     log.warning(
         "%s: on noisy copies of the first example, %s; falling back to one sample per run (slower; "
         "export the model in eval mode with a dynamic batch to avoid this)",
@@ -156,11 +156,6 @@ def check_batches_once(smoothed, x: np.ndarray, samples: int) -> dict | None:
     padded = clf.prefers_fixed_batch
     batch = smoothed.batch_size if padded else min(smoothed.batch_size, max(1, int(samples)))
     return check_batch_equivalence(smoothed, x, batch)
-
-
-def fall_back_per_sample(clf) -> None:
-    """Make an OnnxClassifier run one sample per session run (its batch mode becomes "per-sample")."""
-    clf.batch_mode = "per-sample"
 
 
 def clean_accuracy(clf, smoothed, images: list[np.ndarray], labels: list[int]) -> dict | None:

@@ -12,9 +12,10 @@ from pathlib import Path
 import click
 
 from ._version import __version__
-from .errors import RsOnnxError
+from .errors import OutputError, RsOnnxError
 from .guard import check_path_name, escape, quiet_onnxruntime, quiet_warnings
-from .outputs import WriteError, check_not_inputs, count_rows
+from .outputs import WriteError, check_not_inputs, count_rows, finished_rows
+from .results import columns_for
 from .stopping import Terminated, signals_stop_runs
 
 log = logging.getLogger("rs_onnx")
@@ -192,7 +193,8 @@ def _run_options(f):
         click.option(
             "--batch-size",
             help="Noisy samples per model call, or auto (default: the fastest size from "
-            "a short probe, on runs of 200,000 samples or more; else 1000, fewer for inputs over 64 KiB).",
+            "a short probe, on runs of 200,000 samples or more; else 1000, fewer for inputs over 64 KiB; "
+            "always within the memory available).",
         ),
         click.option("--seed", type=int, help="Seed of all noise; without it fresh entropy is drawn and recorded."),
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
@@ -250,7 +252,11 @@ def _run_options(f):
             type=Choice(["local", "ray"]),
             help="Where to sample: this process (default) or Ray workers (pip install 'rs-onnx[distributed]').",
         ),
-        click.option("--address", help="Ray cluster: auto, ray://host:10001, or none for a local Ray instance."),
+        click.option(
+            "--address",
+            help="Ray cluster: auto, host:6379, ray://host:10001, or none for a local Ray instance "
+            "(joined before any file is written; refused if unreachable).",
+        ),
         click.option("--workers", type=int, help="Ray workers (default: one per GPU, else one per CPU)."),
         click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (fractions share a GPU)."),
         click.option("--cpus-per-worker", type=float, help="CPUs per Ray worker."),
@@ -356,16 +362,16 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     return cfg, default_run
 
 
-def _done_before(out: Path | None, resume: bool, indices: list[int]) -> int:
-    """Examples of ``indices`` already in ``out`` (complete lines only) when resuming; for the progress."""
+def _done_before(out: Path | None, resume: bool, indices: list[int], mode: str, sequential: bool) -> int:
+    """Examples of ``indices`` already in ``out`` (complete rows) when resuming; for the progress. Read before
+    the run takes its lock, so without changing the file; a file the run will refuse counts 0."""
     if not (resume and out and out.is_file()):
         return 0
     try:
-        lines = out.read_text(encoding="utf-8").split("\n")[1:-1]
-        done = {int(line.split("\t", 1)[0]) for line in lines if line.strip()}
-    except (OSError, UnicodeDecodeError, ValueError):
+        done = finished_rows(out, columns_for(mode, sequential), mode)
+    except (OSError, OutputError):
         return 0
-    return len(done & set(indices))
+    return len(set(done) & set(indices))
 
 
 def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
@@ -394,11 +400,14 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
         raise click.UsageError("--resume needs --out (the TSV of the run to continue)")
     if cfg.backend == "ray" and _ray_missing():  # refused now, before any output file exists
         raise RsOnnxError("--backend ray: Ray is not installed; expected pip install 'rs-onnx[distributed]'")
+    backend = backend_from_config(cfg)
+    if backend is not None:  # a wrong --address is refused now, in seconds, before the model is even loaded
+        backend.check_reachable()
     if kwargs.get("as_json") and out is None:
         raise click.UsageError("--json needs --out FILE: without a file the rows themselves go to stdout")
     log.addHandler(warnings)
     try:
-        _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings)
+        _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings)
     finally:
         log.removeHandler(warnings)
 
@@ -432,7 +441,7 @@ class _WarningCollector(logging.Handler):
             write_json_atomic(mp, meta)
 
 
-def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _WarningCollector) -> None:
+def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollector) -> None:
     from .progress import Progress
 
     p = runmod.prepare(cfg)
@@ -441,7 +450,7 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _Wa
     bar = Progress(
         mode,
         len(p.indices),
-        _done_before(out, kwargs["resume"], p.indices),
+        _done_before(out, kwargs["resume"], p.indices, mode, p.cfg.sequential),
         enabled=not ctx.obj["quiet"],
         samples_per_example=per_example,
     )
@@ -465,7 +474,7 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend_from_config, warnings: _Wa
             on_rows=on_rows,
             progress=bar.samples,
             stream=None if out else sys.stdout,
-            backend=backend_from_config(cfg),
+            backend=backend,
             inputs={"--config": kwargs.get("config_path")},
         )
     except KeyboardInterrupt as e:

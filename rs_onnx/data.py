@@ -119,6 +119,14 @@ class Dataset:
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x)
 
+    @property
+    def uint8_pixels(self) -> bool:
+        """Whether every example is uint8 by construction: :meth:`raw` returns uint8 whatever the bytes read,
+        so :meth:`image` is k/255 (on the 8-bit grid) without any pixel being looked at. True for uint8 arrays
+        (the dtype is the header's; rows are read as that dtype) and for image files (:class:`ImageFiles`);
+        False for float arrays, whose values must be read to be checked."""
+        return bool(self._images.dtype == np.uint8)
+
     def image(self, i: int) -> np.ndarray:
         """Example i as float32 in [0,1] pixel units (uint8 / 255; floats must be finite)."""
         x = self.raw(i)
@@ -612,6 +620,13 @@ class ImageFiles(Dataset):
             self.check_selection([0])
         assert self._shape is not None
         return self._shape
+
+    @property
+    def uint8_pixels(self) -> bool:
+        """True: :func:`decode` ends every file in ``np.asarray(im, dtype=np.uint8)`` of an L, RGB or RGBA
+        image (the transform converts every mode to one of them, resizes and crops within it; 16-bit and
+        float files are refused on opening; 16-bit RGB(A) PNGs are reduced to 8 bits by Pillow)."""
+        return True
 
     def raw(self, i: int) -> np.ndarray:
         x = decode(self.files[i], self.transform)

@@ -1,4 +1,4 @@
-"""Execution providers and devices: which ones really work here, session options, device names."""
+"""Execution providers and devices: which ones really work here, session options, device names, host memory."""
 
 from __future__ import annotations
 
@@ -118,6 +118,21 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "CPU"
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory a run can still allocate without swapping: Linux's ``MemAvailable`` (from
+    /proc/meminfo); None where unknown (no /proc, an older kernel), and then no memory check is made.
+    The one place rs-onnx reads it (tests patch this function)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    value, *unit = line.split(":", 1)[1].split()
+                    return int(value) * (1024 if unit == ["kB"] else 1)
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    return None
 
 
 def _gpu_name(index: int) -> str:

@@ -20,11 +20,12 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator, NoReturn
 
 import numpy as np
 
 from .errors import ConfigError, RsOnnxError
+from .guard import escape
 
 if TYPE_CHECKING:
     from .smoothing import SmoothedClassifier
@@ -177,16 +178,19 @@ class Worker:
                 f"expected the driver's {sha256[:12]} (a different file under the same path?)"
             )
         if self._batch_mode == "per-sample" and self.classifier.batch_mode != "per-sample":
-            from .checks import fall_back_per_sample
-
-            fall_back_per_sample(self.classifier)  # as the driver's batch check decided
+            self.classifier.fall_back_per_sample()  # as the driver's batch check decided
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
         assert self.cfg.batch_size is not None  # the driver's resolved configuration
-        smoothed = open_smoothed(
-            self.cfg, self.classifier, spec, sigma, entropy, noise_threads, audit_seed_override=True
-        )  # the driver's entropy
-        smoothed.batch_check = {"result": "checked by the driver"}  # its decision came as batch_mode
-        self.smoothed = smoothed
+        self.smoothed = open_smoothed(  # the driver's entropy; its batch check's decision came as batch_mode
+            self.cfg,
+            self.classifier,
+            spec,
+            sigma,
+            entropy,
+            noise_threads,
+            audit_seed_override=True,
+            batch_check={"result": "checked by the driver"},
+        )
 
     def ready(self, model) -> dict:
         """Build the session; returns where this worker runs and with which versions."""
@@ -262,6 +266,190 @@ def _plan(ray, workers, gpus_per_worker, cpus_per_worker, device: str, groups: i
     return workers, gpus, cpus
 
 
+RAY_REACH_TIMEOUT_S = 10.0
+"""Seconds a TCP connection to a Ray cluster's address may take before the address is refused."""
+RAY_CONNECT_TIMEOUT_S = 120.0
+"""Seconds ``ray.init`` may take to join a cluster that answers on its address (Ray's own wait for a slow
+GCS is about as long); then the run is refused. A local Ray instance starts without this limit."""
+
+
+def _target(address: str) -> tuple[str, int] | None:
+    """(host, port) that joining ``address`` ("auto", "host:port", "ray://host:port") connects to first, as Ray
+    resolves it (localhost becomes the node's address; "auto" is RAY_ADDRESS or the cluster started on this
+    node); None when Ray's resolver is unavailable for "auto". ConfigError when "auto" finds no cluster."""
+    if address.startswith("ray://"):  # Ray Client: the client server's host and port, as given
+        text = address[len("ray://") :].split("/", 1)[0]
+    else:
+        text = address
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            text = canonicalize_bootstrap_address(address) or address
+        except ImportError:  # a Ray without this helper: the address as given ("auto": no TCP check)
+            pass
+        except ConnectionError as e:  # "auto" and no cluster recorded on this node
+            raise ConfigError(
+                f"Ray address {escape(address)}: {escape(' '.join(str(e).split())[:200])}; expected a running "
+                "Ray cluster (ray start --head), or no --address for a local Ray instance"
+            ) from None
+        except Exception:  # noqa: BLE001 - an unparsable address: the checks below refuse it
+            pass
+    host, sep, port = text.rpartition(":")
+    if address == "auto" and not sep:
+        return None
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        _bad_address(address)
+    return host.strip("[]"), int(port)
+
+
+def _bad_address(address: str) -> NoReturn:
+    raise ConfigError(f"Ray address {escape(address)}: expected 'auto', 'host:port' or 'ray://host:port'")
+
+
+def check_reachable(address: str, timeout: float = RAY_REACH_TIMEOUT_S) -> None:
+    """Refuse (ConfigError, one line) a Ray ``address`` where nothing accepts a TCP connection within
+    ``timeout`` seconds: a wrong host or port fails here, quickly, instead of ``ray.init`` retrying for
+    minutes. Creates nothing; a cluster that accepts the connection is joined later by ``ray.init``."""
+    import socket
+
+    target = _target(address)
+    if target is None:
+        return
+    host, port = target
+    t0 = time.monotonic()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or type(e).__name__).lower()
+        raise ConfigError(
+            f"Ray address {escape(address)}: nothing accepts a connection at {escape(host)}:{port} "
+            f"({why} after {time.monotonic() - t0:.1f} s); expected the address of a running Ray cluster's "
+            "head node (ray start --head prints it), or no --address for a local Ray instance"
+        ) from None
+
+
+class _QuietThreadWarning(logging.Filter):
+    """Drops Ray's note that it set no SIGTERM handler (ray.init off the main thread): rs-onnx keeps its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+class RayBackend:
+    """A backend for :func:`rs_onnx.run.execute` that runs on a Ray cluster (built by :func:`ray_backend`).
+
+    ``connect()`` joins the cluster (or starts a local Ray instance) and ``close()`` leaves what it joined;
+    :func:`rs_onnx.run.execute` connects before it creates any output file, so that an unreachable
+    cluster is refused with nothing written. Calling the backend connects too when it is not connected.
+    """
+
+    def __init__(self, address, workers, gpus_per_worker, cpus_per_worker, **options) -> None:
+        self.address = address
+        self.workers, self.gpus_per_worker, self.cpus_per_worker = workers, gpus_per_worker, cpus_per_worker
+        self.options = options
+        self._own = False  # this backend called ray.init (and so calls ray.shutdown)
+
+    def _joined_address(self) -> str | None:
+        """The cluster ray.init joins: ``address``, else RAY_ADDRESS (Ray reads it), else None (start locally)."""
+        return self.address if self.address is not None else (os.environ.get("RAY_ADDRESS") or None)
+
+    def check_reachable(self) -> None:
+        """:func:`check_reachable` for the cluster this backend joins (nothing for a local instance)."""
+        address = self._joined_address()
+        if address is not None and not _import_ray().is_initialized():
+            check_reachable(address, min(RAY_REACH_TIMEOUT_S, self.options["connect_timeout"]))
+
+    def connect(self) -> bool:
+        """Join the cluster (or start a local Ray instance) unless Ray is already initialised in this process;
+        True when this call did (then :meth:`close` leaves it). A remote address must accept a TCP connection
+        within 10 s and ``ray.init`` must return within ``connect_timeout`` seconds, else ConfigError (one line).
+        """
+        ray = _import_ray()
+        if ray.is_initialized():
+            return False
+        address = self._joined_address()
+        kwargs = {"address": self.address, "logging_level": logging.WARNING, **(self.options["init_kwargs"] or {})}
+        if address is None:
+            # A local instance, started on this thread: Ray ties the processes it starts to the thread that
+            # starts them (they die with it), and no network is waited for.
+            kwargs.setdefault("include_dashboard", False)
+            ray.init(**kwargs)
+        else:
+            self.check_reachable()
+            self._join(ray, address, kwargs)
+        self._own = True
+        return True
+
+    def _join(self, ray, address: str, kwargs: dict) -> None:
+        """ray.init on a helper thread, waited for at most ``connect_timeout`` seconds."""
+        import threading
+
+        outcome: dict = {}
+
+        def join() -> None:
+            try:
+                ray.init(**kwargs)
+                outcome["ok"] = True
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                outcome["error"] = e
+
+        timeout = float(self.options["connect_timeout"])
+        quiet = _QuietThreadWarning()
+        ray_log = logging.getLogger("ray._private.worker")
+        ray_log.addFilter(quiet)
+        try:
+            thread = threading.Thread(target=join, name="rs-onnx-ray-connect", daemon=True)
+            thread.start()
+            thread.join(timeout)
+        finally:
+            ray_log.removeFilter(quiet)
+        if "ok" in outcome:
+            return
+        error = outcome.get("error")
+        why = (
+            f"ray.init failed: {escape(' '.join(str(error).split())[:200])}"
+            if error is not None
+            else f"ray.init did not return within {timeout:g} s"
+        )
+        raise ConfigError(
+            f"Ray address {escape(address)}: {why}; expected a running Ray cluster of the same Ray version "
+            "that accepts this driver, or no --address for a local Ray instance"
+        )
+
+    def close(self) -> None:
+        """Leave the cluster (stop the local instance) when :meth:`connect` joined it; else nothing."""
+        if self._own:
+            self._own = False
+            _import_ray().shutdown()
+
+    def __call__(self, p, mode: str, todo: list[int], progress=None) -> Iterator[tuple[list[int], list, float]]:
+        """Yields (example indices, answers, seconds per example) in the order of ``todo``."""
+        if not todo:
+            return
+        ray = _import_ray()
+        opened = self.connect()
+        o = self.options
+        try:
+            yield from _run(
+                ray,
+                p,
+                mode,
+                todo,
+                progress,
+                self.workers,
+                self.gpus_per_worker,
+                self.cpus_per_worker,
+                o["tasks_per_worker"],
+                o["max_restarts"],
+                o["max_attempts"],
+                o["ship_model"],
+                o["fault_dir"],
+            )
+        finally:
+            if opened:
+                self.close()
+
+
 def ray_backend(
     address: str | None = None,
     workers: int | None = None,
@@ -273,14 +461,16 @@ def ray_backend(
     max_attempts: int = 4,
     ship_model: bool = True,
     init_kwargs: dict | None = None,
+    connect_timeout: float = RAY_CONNECT_TIMEOUT_S,
     _fault_dir: str | None = None,
-) -> Callable:
+) -> RayBackend:
     """A backend for :func:`rs_onnx.run.execute` that runs on a Ray cluster.
 
     Parameters
     ----------
-    address : None (start a local Ray instance), "auto" (the cluster this node belongs to) or "ray://host:10001".
-        Ignored when Ray is already initialised in this process.
+    address : None (start a local Ray instance, or join RAY_ADDRESS when set), "auto" (the cluster this
+        node belongs to) or "host:port" / "ray://host:10001". Ignored when Ray is already initialised in
+        this process.
     workers : number of actors (default: one per GPU when GPUs are used, else one per CPU).
     gpus_per_worker : GPUs per actor, fractions allowed (default: 1 when the cluster has GPUs and the
         device is not "cpu", else 0).
@@ -290,11 +480,14 @@ def ray_backend(
     max_attempts : times a group may be lost with its actor before the run fails.
     ship_model : send the model's bytes through the object store (False: workers open the same path).
     init_kwargs : more arguments for ``ray.init`` (e.g. ``runtime_env``, ``num_cpus``).
+    connect_timeout : seconds ``ray.init`` may take to join a remote cluster (after its address accepted a
+        TCP connection within 10 s); then ConfigError.
 
     Returns
     -------
-    ``backend(p, mode, todo, progress)``: yields (example indices, answers, seconds per example) in the
-    order of ``todo``; calls ``progress(samples)`` as each group finishes.
+    A :class:`RayBackend`: ``backend(p, mode, todo, progress)`` yields (example indices, answers, seconds
+    per example) in the order of ``todo`` and calls ``progress(samples)`` as each group finishes;
+    ``connect()`` / ``close()`` join and leave the cluster (run.execute connects before writing anything).
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers}: expected at least 1")
@@ -304,41 +497,24 @@ def ray_backend(
         raise ConfigError(f"cpus_per_worker={cpus_per_worker}: expected more than 0")
     if address is not None and not (address == "auto" or ":" in address):
         raise ConfigError(f"address={address!r}: expected 'auto', 'host:port' or 'ray://host:port'")
-
-    def backend(p, mode: str, todo: list[int], progress=None) -> Iterator[tuple[list[int], list, float]]:
-        if not todo:
-            return
-        ray = _import_ray()
-        own = not ray.is_initialized()
-        if own:
-            kwargs = {"address": address, "logging_level": logging.WARNING, **(init_kwargs or {})}
-            if address is None:
-                kwargs.setdefault("include_dashboard", False)
-            ray.init(**kwargs)
-        try:
-            yield from _run(
-                ray,
-                p,
-                mode,
-                todo,
-                progress,
-                workers,
-                gpus_per_worker,
-                cpus_per_worker,
-                tasks_per_worker,
-                max_restarts,
-                max_attempts,
-                ship_model,
-                _fault_dir,
-            )
-        finally:
-            if own:
-                ray.shutdown()
-
-    return backend
+    if not connect_timeout > 0:
+        raise ConfigError(f"connect_timeout={connect_timeout}: expected more than 0 seconds")
+    return RayBackend(
+        address,
+        workers,
+        gpus_per_worker,
+        cpus_per_worker,
+        tasks_per_worker=tasks_per_worker,
+        max_restarts=max_restarts,
+        max_attempts=max_attempts,
+        ship_model=ship_model,
+        init_kwargs=init_kwargs,
+        connect_timeout=connect_timeout,
+        fault_dir=_fault_dir,
+    )
 
 
-def backend_from_config(cfg) -> Callable | None:
+def backend_from_config(cfg) -> RayBackend | None:
     """The backend a RunConfig asks for: None (local) or :func:`ray_backend` from its ``backend``,
     ``address``, ``workers``, ``gpus_per_worker`` and ``cpus_per_worker`` keys (absent keys: defaults)."""
     name = getattr(cfg, "backend", "local") or "local"

@@ -9,7 +9,8 @@
   (ENOSPC, EFBIG, EIO) cuts the file back to its last complete row and raises :class:`OutputError`.
   ``--overwrite`` writes to a temporary file and replaces the old files only once the new run has its
   first finished row.
-- :func:`read_rows` reads an earlier run for ``--resume`` and cuts a tail cut short by a crash with
+- :func:`finished_rows` reads the example indices of an earlier run's complete rows without changing the
+  file; :func:`read_rows` does the same for ``--resume`` and cuts a tail cut short by a crash with
   ``truncate`` at the last complete row (never a rewrite).
 - :func:`data_identity` is the sha256 of a data file or folder and the selection, recorded in meta.json.
 """
@@ -223,18 +224,13 @@ class RunLock:
         self.release()
 
 
-def read_rows(out: Path, columns: tuple[str, ...], mode: str) -> list[int]:
-    """Example indices of the complete rows of an earlier run's TSV, in file order; cuts a last line left
-    without its newline by a crash (``truncate`` at the last complete row; the file is never rewritten)."""
-    with open(out, "rb") as f:
-        data = f.read()
+def _complete_rows(out: Path, data: bytes, columns: tuple[str, ...], mode: str) -> tuple[list[int], int]:
+    """(example indices of the complete rows of a TSV's bytes, in file order; bytes up to the last newline).
+    The one parser of a run's own rows; OutputError for another header or a row that is not complete."""
     good = data.rfind(b"\n") + 1
     lines = data[:good].decode("utf-8", "replace").split("\n")[:-1]
     if not lines:
-        if data:
-            log.info("--resume: %s holds no complete line; starting it again", out)
-            os.truncate(out, 0)
-        return []
+        return [], good
     if lines[0] != "\t".join(columns):
         raise OutputError(f"--resume: {out} starts with {lines[0][:60]!r}; expected the header of a {mode} TSV")
     done = []
@@ -249,7 +245,27 @@ def read_rows(out: Path, columns: tuple[str, ...], mode: str) -> list[int]:
                 f"--resume: {out} line {k} is not a complete {mode} row ({line[:60]!r}); expected "
                 f"{len(columns)} tab-separated cells"
             ) from None
-    if good < len(data):
+    return done, good
+
+
+def finished_rows(out: Path, columns: tuple[str, ...], mode: str) -> list[int]:
+    """Example indices of the complete rows of an earlier run's TSV, in file order (a last line without its
+    newline is not one). Read only: the file is never changed, so it may be called before the run's lock
+    (the progress line's count of examples already done). OSError, or OutputError as :func:`read_rows`."""
+    with open(out, "rb") as f:
+        return _complete_rows(out, f.read(), columns, mode)[0]
+
+
+def read_rows(out: Path, columns: tuple[str, ...], mode: str) -> list[int]:
+    """:func:`finished_rows` for ``--resume`` under the run's lock; cuts a last line left without its newline
+    by a crash (``truncate`` at the last complete row; the file is never rewritten)."""
+    with open(out, "rb") as f:
+        data = f.read()
+    done, good = _complete_rows(out, data, columns, mode)
+    if good == 0 and data:
+        log.info("--resume: %s holds no complete line; starting it again", out)
+        os.truncate(out, 0)
+    elif good < len(data):
         log.info(
             "--resume: %s ends with a row cut short by a crash (%d bytes); it is recomputed", out, len(data) - good
         )

@@ -29,7 +29,7 @@ from .data import Dataset, load_from_config
 from .errors import ConfigError, DataError, ModelError
 from .guard import escape
 from .outputs import RunFiles, RunLock, check_output, data_identity, read_rows
-from .preprocess import PreprocessSpec
+from .preprocess import Preprocessor, PreprocessSpec
 from .results import (
     TsvWriter,
     answer_row,
@@ -140,10 +140,12 @@ def open_smoothed(
     batch_size: int | None = None,
     audit_seed_override: bool | None = None,
     noise: str | None = None,
+    batch_check: dict | None = None,
 ) -> SmoothedClassifier:
     """THE assembly of the smoothed classifier around :func:`open_classifier`'s result (local and workers).
     ``batch_size``: the resolved batch size (default ``cfg.batch_size``, set in a resolved configuration);
-    ``noise``: the resolved noise kind (default: :func:`resolve_noise` of ``cfg`` and ``clf``)."""
+    ``noise``: the resolved noise kind (default: :func:`resolve_noise` of ``cfg`` and ``clf``);
+    ``batch_check``: the record of a batch check already made (None: checked before the first count)."""
     threads = cfg.noise_threads if noise_threads is None else noise_threads
     batch = cfg.batch_size if batch_size is None else batch_size
     if batch is None:
@@ -151,7 +153,16 @@ def open_smoothed(
     override = cfg.audit_seed_override if audit_seed_override is None else audit_seed_override
     kind = noise or resolve_noise(cfg, clf)  # the driver passes its resolved kind; a worker resolves it alike
     return SmoothedClassifier(
-        clf, sigma, spec, seed, batch, threads, audit=cfg.audit, audit_seed_override=override, noise=kind
+        clf,
+        sigma,
+        spec,
+        seed,
+        batch,
+        threads,
+        audit=cfg.audit,
+        audit_seed_override=override,
+        noise=kind,
+        batch_check=batch_check,
     )
 
 
@@ -297,16 +308,19 @@ DEFAULT_BATCH_BYTES = 64 << 20
 """The default batch holds at most this many input bytes (ImageNet-size inputs: ~110 images, not 1000)."""
 
 
-def resolve_batch(clf, total_samples: int) -> tuple[int, dict | None]:
+def resolve_batch(clf, total_samples: int, fits: Callable[[int], bool] | None = None) -> tuple[int, dict | None]:
     """(batch size, probe): from a short probe (:func:`~rs_onnx.sampling.probe_batch_size`, a few seconds)
     when the run of ``total_samples`` noisy samples is long enough to repay it, the probe then returned
-    too; else (:data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run, None)."""
-    from .sampling import probe_batch_size
+    too; else (:data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run, None).
+    ``fits(b)``: whether batch size b fits in host memory (:func:`memory_check`); a size that does not is
+    never chosen (unless none does, not even 1: the check then refuses the run)."""
+    from .sampling import largest_fitting, probe_batch_size
 
     if total_samples < PROBE_MIN_SAMPLES:
         row_bytes = int(np.prod(clf.input_shape)) * np.dtype(clf.input_dtype).itemsize
-        return int(max(1, min(DEFAULT_BATCH, total_samples, DEFAULT_BATCH_BYTES // max(1, row_bytes)))), None
-    probe = probe_batch_size(clf)
+        batch = int(max(1, min(DEFAULT_BATCH, total_samples, DEFAULT_BATCH_BYTES // max(1, row_bytes))))
+        return (batch if fits is None else largest_fitting(batch, fits)), None
+    probe = probe_batch_size(clf, fits=fits)
     log.info("automatic batch size: %d (from a short probe; --batch-size N to choose)", probe["batch_size"])
     return int(probe["batch_size"]), probe
 
@@ -314,6 +328,74 @@ def resolve_batch(clf, total_samples: int) -> tuple[int, dict | None]:
 def resolve_batch_size(clf, total_samples: int) -> int:
     """The batch size of :func:`resolve_batch`."""
     return resolve_batch(clf, total_samples)[0]
+
+
+GROUPS_HELD = 4
+"""Groups of examples in memory at once at most: the one sampled and three decoded ahead (image files)."""
+
+
+def memory_need(cfg: RunConfig, clf, pre, batch: int) -> int:
+    """Host bytes a run at ``batch`` samples per batch holds at its peak, as far as rs-onnx allocates them:
+    the sampler's buffers for its largest count (:func:`largest_count`; :func:`rs_onnx.sampling.host_bytes`)
+    and the examples in flight (:data:`GROUPS_HELD` groups as float32 images, one as model inputs).
+    ``pre``: the run's Preprocessor (model shape and dtype). The model's own working memory is not included."""
+    from .sampling import DEFAULT_INDEX_CLASSES, default_noise_threads, host_bytes
+
+    group = group_size(cfg, batch)
+    threads = cfg.noise_threads if cfg.noise_threads is not None else default_noise_threads(clf.device)
+    sampler = host_bytes(
+        batch,
+        largest_count(cfg, batch),
+        pre.model_shape,
+        pre.dtype,
+        noise_threads=threads,
+        num_classes=int(clf.num_classes or DEFAULT_INDEX_CLASSES),
+        pad=bool(getattr(clf, "prefers_fixed_batch", False)),
+        device_noise=bool(getattr(clf, "device_noise", False)),
+    )
+    values = int(np.prod(pre.image_shape)) * GROUPS_HELD + int(np.prod(pre.model_shape))
+    return sampler + group * 4 * values
+
+
+def memory_fits(cfg: RunConfig, clf, pre) -> Callable[[int], bool] | None:
+    """``fits(batch)``: :func:`memory_need` at most the host memory available now
+    (:func:`rs_onnx.devices.available_memory`); None where that is unknown (nothing is checked)."""
+    from . import devices
+
+    available = devices.available_memory()
+    if available is None:
+        return None
+    return lambda batch: memory_need(cfg, clf, pre, batch) <= available
+
+
+def memory_check(cfg: RunConfig, clf, pre, batch: int) -> None:
+    """Refuse (ConfigError, one line) a batch size whose :func:`memory_need` exceeds the host memory available,
+    before any file is written: both figures in GiB, and the largest batch size that fits."""
+    from . import devices
+    from .sampling import largest_fitting
+
+    available = devices.available_memory()
+    if available is None:
+        log.info("host memory available unknown here: the batch size's memory is not checked")
+        return
+    need = memory_need(cfg, clf, pre, batch)
+    if need <= available:
+        return
+    fitting = largest_fitting(batch, lambda b: memory_need(cfg, clf, pre, b) <= available)
+    if memory_need(cfg, clf, pre, fitting) <= available:
+        todo = f"expected a smaller --batch-size (at most {fitting:,} fits now)"
+    else:
+        todo = "expected a machine with more free memory (not even a batch of 1 fits)"
+    raise ConfigError(
+        f"batch size {batch:,}: the run needs {_gib(need)} GiB of host memory for its batches of "
+        f"{'x'.join(map(str, pre.model_shape))} {pre.dtype} inputs (noise, model inputs and outputs) and the "
+        f"examples in flight, more than the {_gib(available)} GiB available; {todo}, or --batch-size auto"
+    )
+
+
+def _gib(nbytes: int) -> str:
+    value = nbytes / 2**30
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
 
 
 @dataclass(frozen=True)
@@ -337,6 +419,7 @@ class Prepared:
     entropy: int
     batch_probe: dict | None = None
     checks: dict = field(default_factory=dict)  # batch_check and clean_accuracy (rs_onnx.checks)
+    audit: dict | None = None  # audit mode's record for meta.json: the graph scan, the grid, the entropy's origin
 
     def with_entropy(self, entropy: int) -> Prepared:
         """The same run with the noise streams seeded by ``entropy`` (--resume adopting an earlier run's
@@ -356,12 +439,11 @@ class Prepared:
             audit=old.audit,
             audit_seed_override=old.audit,
             noise=old.noise,
+            batch_check=old.batch_check,  # checked once, in prepare
         )
-        if old.audit_info is not None:
-            smoothed.audit_info = {**old.audit_info, "entropy": "adopted from the run resumed (--resume)"}
         smoothed.preprocessor(self.data.image_shape)
-        smoothed.batch_check = old.batch_check  # checked once, in prepare
-        return dataclasses.replace(self, smoothed=smoothed, entropy=int(entropy))
+        audit = None if self.audit is None else {**self.audit, "entropy": "adopted from the run resumed (--resume)"}
+        return dataclasses.replace(self, smoothed=smoothed, entropy=int(entropy), audit=audit)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -397,25 +479,36 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"among {len(data)}; expected at least one"
         )
     data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
+    pre = Preprocessor(spec, data.image_shape, clf.input_shape, clf.input_dtype)  # model shape and dtype
+    local = (cfg.backend or "local") == "local"  # Ray workers hold their batches on their own nodes
     probe = None
-    if cfg.batch_size is None:
-        batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n))
+    if cfg.batch_size is None:  # never a size that the memory check below would refuse
+        batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n), memory_fits(cfg, clf, pre))
     else:
         batch_size = int(cfg.batch_size)
+    if local:
+        memory_check(cfg, clf, pre, batch_size)  # before the batch check allocates a batch, before any file
     # In audit mode the entropy is drawn here, after the model (and its sha256) is fixed.
     smoothed = open_smoothed(cfg, clf, spec, sigma, cfg.seed, batch_size=batch_size, noise=noise_kind)
+    audit = None
     if smoothed.audit_info is not None:
         from .audit import to_grid
 
-        for i in indices:  # refuse off-grid images before any file is written
-            to_grid(data.image(i))
-        smoothed.audit_info["entropy"] = (
-            "given with --audit-seed-override"
-            if cfg.seed is not None
-            else f"fresh, drawn after loading the model with sha256 {clf.sha256}"
-        )
-        smoothed.audit_info["model_batch"] = batch_size if smoothed.audit_info["batched"] else 1
-        log.info("audit mode: %s", smoothed.audit_info["how"])
+        # Refuse off-grid images before any file is written. uint8 data (image files, uint8 arrays) is on
+        # the grid by construction and is not decoded here; the sampler checks every image again (to_grid).
+        if not data.uint8_pixels:
+            for i in indices:
+                to_grid(data.image(i))
+        audit = {
+            **smoothed.audit_info,
+            "entropy": (
+                "given with --audit-seed-override"
+                if cfg.seed is not None
+                else f"fresh, drawn after loading the model with sha256 {clf.sha256}"
+            ),
+            "model_batch": batch_size if smoothed.audit_info["batched"] else 1,
+        }
+        log.info("audit mode: %s", audit["how"])
     smoothed.preprocessor(data.image_shape)  # checks that the images fit the model input
     # The caller's cfg is never written to: the resolved values go into a copy (given values kept as given,
     # so that meta.json's "config" is byte for byte what it always was).
@@ -434,7 +527,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         batch_size,
         smoothed.entropy,
         probe,
-        run_checks(resolved, smoothed, data, indices, batch_size),
+        run_checks(resolved, smoothed, data, indices),
+        audit,
     )
 
 
@@ -442,24 +536,17 @@ CLEAN_EXAMPLES = 100
 """Examples whose clean accuracy is measured before certifying (one forward pass each)."""
 
 
-def run_checks(
-    cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indices: list[int], batch_size: int
-) -> dict:
+def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indices: list[int]) -> dict:
     """Before the first sample: batch equivalence at the batch size used (rs_onnx.checks; may switch the
     classifier to one sample per run, or refuse) and the clean accuracy on the first selected examples
     (a warning when near chance). Returns the records for meta.json."""
-    from .checks import check_batch_equivalence, clean_accuracy, near_chance
+    from .checks import clean_accuracy, near_chance
 
-    batch = int(batch_size)
-    if not getattr(smoothed.classifier, "prefers_fixed_batch", False):  # padded (CUDA): always full batches
-        batch = min(batch, len(indices) * (cfg.n0 + cfg.n))
-    checks: dict = {
-        "batch_check": None
-        if smoothed.audit
-        # audit mode: its graph scan decides batching
-        else check_batch_equivalence(smoothed, data.image(indices[0]), batch)
-    }
-    smoothed.batch_check = checks["batch_check"]  # checked once, here (Ray workers follow via batch_mode)
+    # checked once, here, at the largest batch the run uses (a count of one group at max(n0, n) samples;
+    # None in audit mode: its graph scan decides batching); the smoothed classifier keeps the record, and
+    # Ray workers follow via batch_mode
+    samples = min(len(indices) * (cfg.n0 + cfg.n), largest_count(cfg, smoothed.batch_size))
+    checks: dict = {"batch_check": None if smoothed.audit else smoothed.verify_batches(data.image(indices[0]), samples)}
     first = indices[:CLEAN_EXAMPLES]
     acc = clean_accuracy(
         smoothed.classifier, smoothed, [data.image(i) for i in first], [int(data.labels[i]) for i in first]
@@ -515,7 +602,7 @@ def _meta(
         "command": command_line(),
         "timings": timings,
         "out": str(out) if out else None,
-        **({"audit": p.smoothed.audit_info} if p.smoothed.audit_info is not None else {}),
+        **({"audit": p.audit} if p.audit is not None else {}),
         **extra,
         "clean_accuracy": p.checks.get("clean_accuracy"),  # rs_onnx.checks, before the first sample
         "batch_check": p.checks.get("batch_check"),
@@ -606,12 +693,19 @@ def preflight(p: Prepared, mode: str) -> None:
         )
 
 
-def group_size(cfg: RunConfig) -> int:
-    """Examples sampled together: several when n is small next to the batch, so that batches stay full
-    (and 32 in sequential mode, where examples drop out between looks)."""
+def group_size(cfg: RunConfig, batch_size: int | None = None) -> int:
+    """Examples sampled together: several when n is small next to the batch (``batch_size``, default
+    ``cfg.batch_size``), so that batches stay full (and 32 in sequential mode, where examples drop out
+    between looks)."""
     if cfg.sequential:
         return 32
-    return max(1, min(64, math.ceil((cfg.batch_size or DEFAULT_BATCH) / cfg.n)))
+    return max(1, min(64, math.ceil((batch_size or cfg.batch_size or DEFAULT_BATCH) / cfg.n)))
+
+
+def largest_count(cfg: RunConfig, batch_size: int | None = None) -> int:
+    """Samples in the largest count the sampler makes: a group of examples at max(n0, n) samples each (its
+    batches hold at most this many rows)."""
+    return group_size(cfg, batch_size) * max(cfg.n0, cfg.n)
 
 
 def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, group: list[int], progress=None):
@@ -669,8 +763,10 @@ def execute(
     ``resume`` (continue it) or ``overwrite`` (replace it once this run has its first row); an ``out``
     that is an input (model, data, denoiser, and ``inputs``: label -> path) is refused. ``backend(p, mode,
     todo, progress)`` computes the answers (default :func:`local_answers`); it must yield groups in the
-    order of ``todo``. Returns the final meta dict; re-raises KeyboardInterrupt after recording the
-    interruption; a write error ends the run with status ``failed`` and an OutputError.
+    order of ``todo``; one with ``connect()`` and ``close()`` (the Ray backend) is connected before any
+    output file is created (an unreachable cluster is refused with nothing written) and closed at the end.
+    Returns the final meta dict; re-raises KeyboardInterrupt after recording the interruption; a write
+    error ends the run with status ``failed`` and an OutputError.
     """
     columns = columns_for(mode, p.cfg.sequential)
     if resume and out is None:
@@ -684,6 +780,9 @@ def execute(
     if out is not None:
         identity = data_identity(str(p.cfg.data), p.cfg.start, p.cfg.end, p.cfg.skip)
     with contextlib.ExitStack() as stack:
+        connect = getattr(backend, "connect", None)  # a Ray backend: join the cluster before any file exists
+        if connect is not None and connect():
+            stack.callback(backend.close)
         files = None
         todo = list(p.indices)
         if out is not None:

@@ -150,6 +150,58 @@ def default_noise_threads(device: str | None = "cpu") -> int:
     return max(2, min(8, cores // 4))
 
 
+def ring_slots(batch: int, total: int, block_size: int, noise_threads: int) -> int:
+    """Batches in the sampler's ring for a count of ``total`` samples at ``batch`` rows per batch: those one
+    block writes to, plus enough for every noise thread to draw a block ahead (never more than the count's)."""
+    span = (min(block_size, total) - 1) // batch + 2  # most batches one block writes to
+    ahead = max(1, math.ceil(noise_threads * block_size / batch))
+    return min(-(-total // batch), span + ahead)
+
+
+def host_bytes(
+    batch: int,
+    total: int,
+    model_shape: Sequence[int],
+    dtype,
+    *,
+    noise_threads: int,
+    num_classes: int,
+    pad: bool = False,
+    device_noise: bool = False,
+) -> int:
+    """Host bytes :meth:`Sampler.count` holds at its peak for ``total`` samples at ``batch`` rows per batch.
+
+    Counted from what the sampler allocates: the ring (:func:`ring_slots` batches of model inputs, in which
+    the noise is drawn in place when the model takes float32), for other dtypes one float32 noise buffer of
+    a block and the block's cast per noise thread, and per batch the model's float32 scores ([batch, K]),
+    classes, validity and the counting indices. Not counted: the model's own working memory (onnxruntime's
+    activations and arena), which only the model knows. With ``device_noise`` no noise is on the host.
+    """
+    rows = batch if pad else max(1, min(batch, total))  # the batch count() really uses
+    dim = int(np.prod(tuple(model_shape), dtype=np.int64))
+    item = np.dtype(dtype).itemsize
+    per_row = 4 * int(num_classes) + 8 + 1 + 3 * 8  # scores, classes, validity, counting indices
+    if device_noise:
+        return rows * (per_row + 8)  # the example index of each row
+    block = noise.block_size_for(dim)
+    ring = ring_slots(rows, total, block, noise_threads) * rows * dim * item
+    scratch = 0 if np.dtype(dtype) == np.float32 else max(1, noise_threads) * block * dim * (4 + item)
+    return ring + scratch + rows * per_row
+
+
+def largest_fitting(limit: int, fits: Callable[[int], bool]) -> int:
+    """The largest batch size b <= ``limit`` with ``fits(b)``, by bisection (``fits`` need not be monotone:
+    the answer is always one that fits), or 1 when none does (the caller's check then refuses it)."""
+    limit = max(1, int(limit))
+    if fits(limit) or not fits(1):
+        return limit if fits(limit) else 1
+    lo, hi = 1, limit  # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def _random_batch(shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
     if dtype.kind == "f":
         return rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
@@ -167,6 +219,7 @@ def probe_batch_size(
     min_seconds: float = 0.2,
     max_run_seconds: float | None = None,
     budget_seconds: float = 30.0,
+    fits: Callable[[int], bool] | None = None,
 ) -> dict[str, Any]:
     """The fastest batch size per sample for ``classifier``, from a short probe on random inputs.
 
@@ -176,7 +229,9 @@ def probe_batch_size(
     shared machine). Stops at a batch over ``max_bytes`` of input, an out-of-memory error, a run longer
     than ``max_run_seconds`` (2 s on CPU, 1 s on CUDA), two sizes in a row more than 5% slower per
     sample than the best, or ``budget_seconds`` of probing. Returns the smallest size within
-    :data:`BATCH_TIE` (3%) of the fastest per sample.
+    :data:`BATCH_TIE` (3%) of the fastest per sample. ``fits(b)``: False for a batch size the run cannot
+    hold in host memory (run.prepare's check); such sizes are never tried nor chosen (when no candidate
+    fits, the largest smaller size that does, by :func:`largest_fitting`, is the only one tried).
 
     Returns the probe: {"batch_size": int, "seconds_per_sample": {str(size): seconds}, "stopped": why the
     probe stopped, "probe_seconds": seconds spent}; run.py records it in meta.json as ``batch_probe``.
@@ -185,6 +240,10 @@ def probe_batch_size(
     sizes = sorted({int(c) for c in (candidates or (CUDA_BATCH_CANDIDATES if gpu else CPU_BATCH_CANDIDATES))})
     if not sizes or sizes[0] < 1:
         raise ConfigError(f"batch size candidates {list(candidates or [])}: expected positive integers")
+    everything = "all candidates tried"
+    if fits is not None and not all(fits(b) for b in sizes):
+        sizes = [b for b in sizes if fits(b)] or [largest_fitting(sizes[0] - 1, fits)]
+        everything = f"larger sizes than {sizes[-1]} do not fit in host memory"
     dtype = np.dtype(classifier.input_dtype)
     row_bytes = int(np.prod(classifier.input_shape)) * dtype.itemsize
     max_bytes = HOST_BATCH_BYTES if max_bytes is None else int(max_bytes)
@@ -236,30 +295,21 @@ def probe_batch_size(
     logger.info(
         "automatic batch size %d (%s); %s",
         best,
-        stop or "all candidates tried",
+        stop or everything,
         ", ".join(f"{k}: {1e6 * v:.3g} us" for k, v in per_sample.items()),
     )
     return {
         "batch_size": int(best),
         "seconds_per_sample": {str(k): v for k, v in per_sample.items()},
-        "stopped": stop or "all candidates tried",
+        "stopped": stop or everything,
         "probe_seconds": time.perf_counter() - start,
     }
 
 
 def auto_batch_size(classifier: Classifier, candidates: Sequence[int] | None = None, **options: Any) -> int:
-    """The batch size that :func:`probe_batch_size` picks (same arguments).
-
-    Compatibility: the probe is also left in ``classifier.batch_probe`` when that attribute can be set,
-    because benchmarks/run.py reads it there; rs-onnx itself never reads it back (use
-    :func:`probe_batch_size`, which returns it).
-    """
-    probe = probe_batch_size(classifier, candidates, **options)
-    try:
-        classifier.batch_probe = probe  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
-    return int(probe["batch_size"])
+    """The batch size that :func:`probe_batch_size` picks (same arguments); the probe's record is
+    :func:`probe_batch_size`'s return value (nothing is stored on the classifier)."""
+    return int(probe_batch_size(classifier, candidates, **options)["batch_size"])
 
 
 @dataclass(frozen=True)
@@ -442,9 +492,7 @@ class Sampler:
 
     def _count_host(self, tasks, batch: int, nbatches: int, total: int, add) -> None:
         plans = self._plan_iter(tasks, batch)
-        span = (min(self.block_size, total) - 1) // batch + 2  # most batches one block writes to
-        ahead = max(1, math.ceil(self.noise_threads * self.block_size / batch))
-        slots = min(nbatches, span + ahead)
+        slots = ring_slots(batch, total, self.block_size, self.noise_threads)
         ring = np.zeros((slots * batch, *self.pre.model_shape), dtype=self.pre.dtype)
         threads = self.noise_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-onnx-noise") if threads > 0 else None

@@ -152,6 +152,14 @@ class Plan:
     noise: str = "gaussian"
     calibrated: bool = False
 
+    def __post_init__(self) -> None:
+        # read-only copies: make_plan hands out one cached Plan to every caller, so no caller may change it
+        # (backed by immutable bytes, so that the flag cannot be set back either)
+        for name in ("k_cert", "slack", "k_fail"):
+            table = np.asarray(getattr(self, name))
+            frozen = np.frombuffer(table.tobytes(), dtype=table.dtype).reshape(table.shape)
+            object.__setattr__(self, name, frozen)
+
     def reachable(self) -> tuple[float, ...]:
         """Radii that some look can certify (when every sample is A)."""
         n = np.asarray(self.schedule.sizes)[:, None]
@@ -246,6 +254,9 @@ def make_plan(
     A radius r > 0 is certified at look j iff cohen_radius(CP_lower(n_A, N_j, alpha_j)) >= r, and r = 0
     iff CP_lower >= 1/2, exactly as the reported bound is turned into a radius. With ``eps`` (precision
     mode) an example that predicts stops once its radius cannot grow by more than eps (see run_looks).
+
+    The plan is computed once per distinct set of arguments (as float64 values) and the same read-only
+    Plan is returned to every later call: a run plans in its preflight and again for every group.
     """
     if not (np.isfinite(sigma) and sigma > 0):
         raise ConfigError(f"sigma={sigma}: expected a positive noise level")
@@ -255,7 +266,36 @@ def make_plan(
         raise ConfigError(f"eps={eps}: expected a positive radius precision")
     if any(not np.isfinite(r) or r < 0 for r in radii):
         raise ConfigError(f"radii {list(radii)}: expected finite radii >= 0")
-    rs = sorted({0.0} | {float(r) for r in radii})
+    if calibrate and eps is not None:
+        raise ConfigError("calibrate with eps (precision mode): expected one or the other")
+    rs = tuple(sorted({0.0} | {float(r) for r in radii}))
+    return _cached_plan(
+        schedule,
+        float(sigma),
+        rs,
+        float(futility_beta),
+        None if eps is None else float(eps),
+        str(noise_kind),
+        bool(calibrate),
+    )
+
+
+def clear_plan_cache() -> None:
+    """Forget the plans make_plan has cached (for measurements: the next call computes afresh)."""
+    _cached_plan.cache_clear()
+
+
+@lru_cache(maxsize=64)
+def _cached_plan(
+    schedule: Schedule,
+    sigma: float,
+    rs: tuple[float, ...],
+    futility_beta: float,
+    eps: float | None,
+    noise_kind: str,
+    calibrate: bool,
+) -> Plan:
+    """make_plan's tables for checked, hashable arguments (``rs``: sorted, 0 included)."""
     t = np.array(rs)[None, :]
     n = np.asarray(schedule.sizes, np.int64)[:, None] + np.zeros_like(t, np.int64)
     a = np.asarray(schedule.alphas)[:, None]
@@ -266,8 +306,6 @@ def make_plan(
 
     k_cert = _first_true(certifies, n)
     if calibrate:  # the last look's cutoffs, calibrated exactly at each threshold (see calibrated_cutoff)
-        if eps is not None:
-            raise ConfigError("calibrate with eps (precision mode): expected one or the other")
         sizes = tuple(int(v) for v in schedule.sizes)
         for i, r in enumerate(rs):
             p_r = calibration_threshold(r, sigma, noise_kind)
@@ -282,18 +320,7 @@ def make_plan(
         k_fail = _first_true(lambda k: stats.cp_upper(k, n, b) >= target, n) - 1
     else:
         k_fail = np.full(n.shape, -1, np.int64)
-    return Plan(
-        schedule,
-        float(sigma),
-        tuple(rs),
-        float(futility_beta),
-        k_cert,
-        slack,
-        k_fail,
-        None if eps is None else float(eps),
-        noise_kind,
-        bool(calibrate),
-    )
+    return Plan(schedule, sigma, rs, futility_beta, k_cert, slack, k_fail, eps, noise_kind, calibrate)
 
 
 @dataclass

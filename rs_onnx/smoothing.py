@@ -121,6 +121,7 @@ class SmoothedClassifier:
         audit: bool = False,
         audit_seed_override: bool = False,
         noise: str = "gaussian",
+        batch_check: dict | None = None,
     ) -> None:
         self.noise = _get_kind(noise).name
         if audit and self.noise != "gaussian":
@@ -161,7 +162,7 @@ class SmoothedClassifier:
         self.noise_threads = default_noise_threads(classifier.device) if noise_threads is None else int(noise_threads)
         self._pre: Preprocessor | None = None
         self._warned_0_255 = False
-        self.batch_check: dict | None = None  # set by verify_batches before the first count
+        self.batch_check = batch_check  # None: verify_batches checks before the first count
 
     def images(self, xs, examples=None) -> tuple[list[np.ndarray], list[int]]:
         """Checked images in [0,1] pixel units and their example indices (see :func:`rs_onnx.inputs.pixels`).

@@ -53,16 +53,19 @@ def linear(tmp_path) -> tuple[str, str, Path]:
     return (*write_linear3(tmp_path, "lin.onnx", "d.npz"), tmp_path)
 
 
-def write_linear3(folder: Path, model_name: str = "linear3.onnx", data_name: str = "linear3.npz") -> tuple[str, str]:
-    """Write a 3-class linear ONNX model on 1x4x4 float32 images, and 12 uint8 images labelled with its clean
-    class, into ``folder``; returns their paths (model, data)."""
+def write_linear3(
+    folder: Path, model_name: str = "linear3.onnx", data_name: str = "linear3.npz", count: int = 12
+) -> tuple[str, str]:
+    """Write a 3-class linear ONNX model on 1x4x4 float32 images, and ``count`` uint8 images labelled with its
+    clean class, into ``folder``; returns their paths (model, data). The first 12 images do not depend on
+    ``count``."""
     from tests.onnx_models import linear_model, save
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(3, 16)).astype(np.float32)
     model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4), batch=1), folder / model_name)
-    images = rng.integers(0, 256, size=(12, 4, 4), dtype=np.uint8)
-    scores = images.reshape(12, -1).astype(np.float32) / 255 @ w.T
+    images = rng.integers(0, 256, size=(count, 4, 4), dtype=np.uint8)
+    scores = images.reshape(count, -1).astype(np.float32) / 255 @ w.T
     data = folder / data_name
     np.savez(data, images=images, labels=scores.argmax(1).astype(np.uint8))
     return str(model), str(data)

@@ -238,7 +238,7 @@ def test_a_long_run_records_the_probe_that_chose_its_batch(linear3, monkeypatch,
     from rs_onnx import run
 
     probe = {"batch_size": 33, "seconds_per_sample": {"16": 2e-6, "33": 1e-6}, "stopped": "test", "probe_seconds": 0.5}
-    monkeypatch.setattr(sampling, "probe_batch_size", lambda clf: probe)
+    monkeypatch.setattr(sampling, "probe_batch_size", lambda clf, fits=None: probe)
     monkeypatch.setattr(run, "PROBE_MIN_SAMPLES", 10)
     cfg = _config(*linear3, sigma=0.5, seed=0)
     p = run.prepare(cfg)
@@ -391,3 +391,33 @@ def test_a_classifier_missing_protocol_members_is_refused_with_their_names():
 
     cert = SmoothedClassifier(Host(), sigma=0.5, seed=0, batch_size=64).certify(np.zeros(3, np.float32), 10, 100, 0.01)
     assert cert.predict == 0 and cert.n_a == 100
+
+
+# ------------------------------------------------------------------ no write-back
+BUILT = {"cfg", "clf", "classifier", "smoothed", "sc", "p", "prepared", "old", "resolved", "loaded"}
+
+
+def _written_back():
+    """Assignments to an attribute (or an item of one) of an object built elsewhere: a configuration, a
+    classifier, a smoothed classifier, a prepared run (by the names the package gives them)."""
+    found = []
+    for f in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            for target in targets:
+                for sub in ast.walk(target):
+                    base, through_attribute = sub, False
+                    while isinstance(base, (ast.Attribute, ast.Subscript)):
+                        through_attribute |= isinstance(base, ast.Attribute)
+                        base = base.value
+                    if through_attribute and isinstance(base, ast.Name) and base.id in BUILT:
+                        found.append(f"{f.name}:{node.lineno} {ast.unparse(target)}")
+    return sorted(set(found))
+
+
+def test_nothing_resolved_later_is_written_into_objects_built_earlier():
+    # The batch check's record and the audit record travel in constructors and in Prepared; a classifier's
+    # fallback to one sample per run is its own method (fall_back_per_sample), not an outside assignment.
+    assert _written_back() == []

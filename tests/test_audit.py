@@ -194,8 +194,14 @@ def test_boundary_cell_uses_its_own_stream(monkeypatch):
         rings.append(ring)
     assert g.boundary_draws == 32
     assert rings[0].tobytes() == rings[1].tobytes()
-    s = np.rint(rings[0] * 255)
-    assert set(np.unique(s)) == {0.0, 1.0}  # both sides of the cell occur (16 fair-ish coin flips)
+    # Exact: the word (w << 64) | e falls below T128 (noise 0) iff e < T128 - (w << 64), e the block's extra
+    # stream. (The cell splits 0.79 / 0.21 at sigma 0.25: "both sides occur" failed 2% of runs; this never does.)
+    b = plan.block
+    seq = np.random.SeedSequence(sampler.entropy, spawn_key=(b.example, b.phase, b.block, audit.EXTRA_KEY))
+    e = noise.BIT_GENERATOR(seq).random_raw(16).astype(object)
+    cut = int(g.t128[g.M]) - (int(g.tm1[g.M]) << 64)
+    want = np.array([0.0 if int(v) < cut else 1.0 for v in e])
+    np.testing.assert_array_equal(np.rint(rings[0] * 255).reshape(-1), want)
 
 
 # ------------------------------------------------------------------------------------------- integers
@@ -557,6 +563,145 @@ def test_cli_audit_refuses_seed_and_off_grid_data(digits, tmp_path, capsys):
     assert [line for line in err.splitlines() if line.startswith("rs-onnx: error:")] == [err.strip().splitlines()[-1]]
     code, err = _main_error(["certify", model, data, "--audit-seed-override", "--seed", "1", "--out", str(out)], capsys)
     assert code == 1 and "audit_seed_override" in err
+
+
+# ------------------------------------------------------------------------- the grid check before any file
+def _png_folder(root: Path, count: int) -> Path:
+    """``count`` random 28x28 grey PNGs in class folders 0..9 (the digits CNN's input)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        (root / str(k % 10)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(root / str(k % 10) / f"{k:04d}.png")
+    return root
+
+
+def test_prepare_does_not_decode_image_files_for_the_grid_check(digits, tmp_path, monkeypatch):
+    """Image files are uint8 by construction: audit's prepare decodes only the first image (magnitude check)
+    and the clean-accuracy ones, not every selected image; forcing the check decodes all of them again."""
+    from rs_onnx import data
+
+    _, model, _ = digits
+    count = run.CLEAN_EXAMPLES + 30
+    folder = _png_folder(tmp_path / "f", count)
+    decode, calls = data.decode, []
+    monkeypatch.setattr(data, "decode", lambda *a, **k: calls.append(a[0]) or decode(*a, **k))
+    cfg = RunConfig(model=model, data=str(folder), audit=True, n0=10, n=100, batch_size=110).validate()
+    p = run.prepare(cfg)
+    assert p.data.uint8_pixels and len(p.indices) == count
+    assert len(calls) == 1 + run.CLEAN_EXAMPLES < count
+    calls.clear()
+    monkeypatch.setattr(data.ImageFiles, "uint8_pixels", property(lambda self: False))  # the float path
+    run.prepare(cfg)
+    assert len(calls) == 1 + run.CLEAN_EXAMPLES + count
+
+
+@pytest.mark.parametrize("layout", ["npz", "npz-compressed", "npy"])
+def test_off_grid_float_arrays_are_refused_before_any_file(digits, tmp_path, capsys, layout):
+    """Float arrays are still read for the grid check: one value off the grid in an example that neither the
+    magnitude check (the first) nor the clean accuracy (the first 100) reads is refused, and no file exists."""
+    _, model, _ = digits
+    n = run.CLEAN_EXAMPLES + 20
+    imgs = np.random.default_rng(0).integers(0, 256, (n, 28, 28)).astype(np.float32) / 255
+    imgs[n - 5, 3, 7] += 0.3 / 255
+    labels = np.zeros(n, np.int64)
+    if layout == "npy":
+        np.save(tmp_path / "x.npy", imgs)
+        np.save(tmp_path / "y.npy", labels)
+        argv = [str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
+    else:
+        (np.savez_compressed if layout == "npz-compressed" else np.savez)(
+            tmp_path / "x.npz", images=imgs, labels=labels
+        )
+        argv = [str(tmp_path / "x.npz")]
+    out = tmp_path / "o.tsv"
+    code, err = _main_error(["certify", model, *argv, "--audit", "--n0", "10", "--n", "50", "--out", str(out)], capsys)
+    assert code == 1 and "8-bit grid" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        Path(a).name for a in argv if a.startswith(str(tmp_path))
+    )
+
+
+def _png16(path: Path, pixels: np.ndarray) -> Path:
+    """A 16-bit PNG (grey [H,W], RGB [H,W,3] or RGBA [H,W,4]) written by hand: Pillow writes 16-bit grey only."""
+    import struct
+    import zlib
+
+    h, w = pixels.shape[:2]
+    color = {2: 0, 3: 2, 4: 6}[pixels.ndim if pixels.ndim == 2 else pixels.shape[2]]
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_image_files_are_on_the_grid_by_construction(tmp_path):
+    """Every mode and format Pillow opens, resized and cropped, decodes to uint8 (so image(i) = k/255 passes
+    to_grid exactly); 16-bit grey and float files are refused on opening; float32 k/255 is on the grid."""
+    from PIL import Image
+
+    from rs_onnx import data
+
+    k = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(audit.to_grid(k.astype(np.float32) / 255.0), k)
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (13, 11, 3), dtype=np.uint8))
+    folder = tmp_path / "ok"
+    folder.mkdir()
+    modes = {"1": "png", "L": "png", "LA": "png", "P": "gif", "PA": "tiff", "RGBA": "png", "CMYK": "jpg"}
+    modes |= {"YCbCr": "tiff", "RGBX": "tiff", "HSV": "webp", "I": "webp", "F": "gif"}
+    for mode, ext in modes.items():
+        rgb.convert(mode).save(folder / f"{mode}.{ext}")
+    palette = rgb.convert("P")
+    palette.info["transparency"] = 0
+    palette.save(folder / "P-transparent.png", transparency=0)
+    _png16(folder / "rgb16.png", rng.integers(0, 65536, (13, 11, 3)))
+    _png16(folder / "rgba16.png", rng.integers(0, 65536, (13, 11, 4)))
+    for channels in (None, 1, 3, 4):
+        ds = data.load_data(folder, label=0, channels=channels, resize=9, center_crop="7x8")
+        assert isinstance(ds, data.ImageFiles) and ds.uint8_pixels and len(ds) == len(modes) + 3
+        for i in range(len(ds)):
+            x = ds.raw(i)
+            assert x.dtype == np.uint8 and x.shape[1:] == (7, 8), ds.files[i]
+            assert np.array_equal(audit.to_grid(ds.image(i)), x)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _png16(bad / "grey16.png", rng.integers(0, 65536, (13, 11)))
+    Image.fromarray(rng.random((13, 11)).astype(np.float32)).save(bad / "float.tiff")
+    Image.fromarray(rng.integers(0, 1 << 20, (13, 11), dtype=np.int32)).save(bad / "int32.tiff")
+    for name in ("grey16.png", "float.tiff", "int32.tiff"):
+        with pytest.raises(DataError, match="16-bit or float pixels"):
+            data.load_data(bad / name, label=0).raw(0)
+    # arrays: uint8 by their dtype, floats never (they are read to be checked)
+    assert data.Dataset(np.zeros((2, 4, 4), np.uint8), np.zeros(2, np.int64), "u8").uint8_pixels
+    assert not data.Dataset(np.zeros((2, 4, 4), np.float32), np.zeros(2, np.int64), "f32").uint8_pixels
+
+
+def test_off_grid_images_never_reach_audit_sampling(digits, tmp_path, monkeypatch):
+    """Even if prepare's check were skipped (a data set wrongly claiming uint8 pixels), the sampler turns every
+    image into grid values first (to_grid) and refuses an off-grid one: no sample is drawn for it."""
+    from rs_onnx import data
+
+    _, model, _ = digits
+    n = run.CLEAN_EXAMPLES + 5
+    imgs = np.random.default_rng(0).integers(0, 256, (n, 28, 28)).astype(np.float32) / 255
+    imgs[n - 1, 0, 0] = 0.5  # 127.5 / 255
+    np.savez(tmp_path / "x.npz", images=imgs, labels=np.zeros(n, np.int64))
+    monkeypatch.setattr(data.Dataset, "uint8_pixels", property(lambda self: True))
+    p = run.prepare(RunConfig(model=model, data=str(tmp_path / "x.npz"), audit=True, n0=10, n=50).validate())
+    x = p.data.image(n - 1)
+    for draw in (lambda: p.smoothed.certify(x, 10, 50, 0.001), lambda: p.smoothed.predict(x, 50, 0.001)):
+        with pytest.raises(DataError, match="8-bit grid"):
+            draw()
+    with pytest.raises(DataError, match="8-bit grid"):
+        sequential_certify_many(p.smoothed, [x], [n - 1], 10, 50, 0.001, (0.25,))
 
 
 def test_default_run_with_audit_drops_the_default_seed(monkeypatch, tmp_path):

@@ -70,7 +70,7 @@ def test_initializers_listed_as_inputs(tmp_path):
     ],
 )
 def test_dynamic_batch_that_lies_falls_back(tmp_path, caplog, builder):
-    with caplog.at_level(logging.WARNING, logger="rs_onnx.classifier"):
+    with caplog.at_level(logging.WARNING, logger="rs_onnx.loader"):
         clf = load(tmp_path, builder())
     assert clf.batch_mode == "per-sample"
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -80,7 +80,7 @@ def test_dynamic_batch_that_lies_falls_back(tmp_path, caplog, builder):
 
 
 def test_rewrite_that_still_fails_falls_back(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="rs_onnx.classifier"):
+    with caplog.at_level(logging.WARNING, logger="rs_onnx.loader"):
         clf = load(tmp_path, om.concat_model(W, B, batch=1))
     assert clf.batch_mode == "per-sample" and "rewritten model" in caplog.text
     x = rand(20, 12)
@@ -109,7 +109,7 @@ def test_external_data(tmp_path, batch, mode):
 
 
 def test_batch_mixing_warning_says_how_much_slower(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="rs_onnx.classifier"):
+    with caplog.at_level(logging.WARNING, logger="rs_onnx.loader"):
         load(tmp_path, om.batch_mixing_model(W, B))
     assert "x slower" in caplog.text and "\n" not in caplog.records[-1].getMessage()
 
@@ -366,3 +366,21 @@ def test_mnist8_at_batch_1000():
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ref = [int(original.run(None, {"Input3": x[i : i + 1]})[0].argmax()) for i in range(1000)]
     np.testing.assert_array_equal(pred, ref)
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_a_stop_request_ends_every_model_call(tmp_path, monkeypatch, io_binding):
+    # Ctrl-C / SIGTERM set the terminate flag of the run options rs_onnx.stopping hands out; the IO-binding
+    # runner (the default on CUDA) once ran without them, so a signal could not stop a long bound run.
+    import rs_onnx.stopping as stopping
+
+    clf = load(tmp_path, om.reshape_model(W, B, batch=1), io_binding=io_binding)
+
+    def stopped(log_severity_level=None):
+        options = ort.RunOptions()
+        options.terminate = True
+        return options
+
+    monkeypatch.setattr(stopping, "run_options", stopped)
+    with pytest.raises(Exception, match="(?i)terminat"):
+        clf.predict(rand(4, 12))

@@ -458,7 +458,7 @@ def test_device_auto_with_an_unusable_gpu_says_why(linear, monkeypatch, caplog):
 
     model, _, _ = linear
     monkeypatch.setattr(doctor, "has_nvidia_gpu", lambda: True)
-    monkeypatch.setattr("rs_onnx.classifier.cuda_works", lambda index=0: False)
+    monkeypatch.setattr("rs_onnx.loader.cuda_works", lambda index=0: False)
     doctor.warn_if_gpu_unused.cache_clear()
     with caplog.at_level("WARNING", logger="rs_onnx"):
         OnnxClassifier(model, device="auto")

@@ -5,6 +5,7 @@ are skipped when Ray is not installed (``pip install 'rs-onnx[distributed]'``).
 """
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,22 +18,16 @@ from rs_onnx import run
 from rs_onnx.config import RunConfig
 from rs_onnx.distributed import Worker, backend_from_config, model_bundle, ray_backend, unpack_bundle
 from rs_onnx.errors import ConfigError
-from tests.onnx_models import linear_model, save
+from tests.conftest import write_linear3
+from tests.onnx_models import linear_model
 
 N_EXAMPLES = 30
 
 
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
-    """A 3-class linear model on 1x4x4 images and 30 uint8 images with labels."""
-    tmp = tmp_path_factory.mktemp("dist")
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(3, 16)).astype(np.float32)
-    model = save(linear_model(w, np.zeros(3, np.float32), input_shape=(1, 4, 4), batch=1), tmp / "lin.onnx")
-    images = rng.integers(0, 256, size=(N_EXAMPLES, 4, 4), dtype=np.uint8)
-    labels = (images.reshape(N_EXAMPLES, -1).astype(np.float32) / 255 @ w.T).argmax(1).astype(np.uint8)
-    np.savez(tmp / "d.npz", images=images, labels=labels)
-    return str(model), str(tmp / "d.npz")
+    """conftest's 3-class linear model on 1x4x4 images, with 30 uint8 images (module-scoped: one Ray cluster)."""
+    return write_linear3(tmp_path_factory.mktemp("dist"), "lin.onnx", "d.npz", count=N_EXAMPLES)
 
 
 def prepared(linear, **kw):
@@ -104,6 +99,59 @@ def test_options_are_checked():
     cfg.backend = "dask"
     with pytest.raises(ConfigError, match="'local' or 'ray'"):
         backend_from_config(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- joining
+def test_a_cluster_that_never_answers_is_refused_within_the_timeout(tmp_path):
+    """A port that accepts connections and says nothing (not a Ray GCS): ray.init would wait for minutes;
+    the backend gives up after connect_timeout with one ConfigError. In a subprocess, since the abandoned
+    ray.init keeps retrying in the background until that process exits."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as server:
+        server.bind(("0.0.0.0", 0))  # every interface: Ray turns 127.0.0.1 into this node's address
+        server.listen(16)
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        code = (
+            "from rs_onnx.distributed import ray_backend\n"
+            "from rs_onnx.errors import ConfigError\n"
+            "try:\n"
+            f"    ray_backend({address!r}, connect_timeout=3).connect()\n"
+            "except ConfigError as e:\n"
+            "    print('refused:', e)\n"
+        )
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False
+        )
+        seconds = time.perf_counter() - t0
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"refused: Ray address {address}: ray.init did not return within 3 s"), done
+    assert seconds < 30 and os.listdir(tmp_path) == []
+
+
+def test_a_local_ray_starts_before_any_file_and_stops_at_the_end(linear, local_tsvs, tmp_path, monkeypatch):
+    """No address: run.execute starts a local Ray instance (before creating any file), uses it, and stops it."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process (this test must run before the shared instance)")
+    files_at_init = []
+    init = ray.init
+
+    def watched_init(*args, **kwargs):
+        files_at_init.append(sorted(os.listdir(tmp_path)))
+        return init(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "init", watched_init)
+    out = tmp_path / "ray.tsv"
+    backend = ray_backend(workers=1, init_kwargs={"num_cpus": 2, "log_to_driver": False})
+    meta = run.execute(prepared(linear, end=6), "certify", out, backend=backend)
+    assert files_at_init == [[]] and not ray.is_initialized()
+    assert meta["status"] == "complete" and strip_time(out) == strip_time(local_tsvs["certify"])[:7]
 
 
 # ---------------------------------------------------------------------------------------------- on Ray

@@ -153,6 +153,32 @@ def test_memory_is_bounded_by_the_ring_not_by_n(conv_path):
     assert large < small + 512 * 1024, (small, large)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint8])
+@pytest.mark.parametrize("batch,n,threads", [(256, 5000, 2), (2048, 6000, 2), (1000, 3000, 0), (50, 20_000, 3)])
+def test_host_bytes_is_what_the_sampler_allocates(dtype, batch, n, threads):
+    """The memory check's estimate (sampling.host_bytes) against the peak numpy allocations of a count,
+    measured: within 2% for float32 (noise drawn in the ring), an overestimate of at most 30% otherwise
+    (the per-thread noise buffer and the block's cast are counted as if all were held at once)."""
+    from rs_onnx.sampling import host_bytes
+
+    class Stand(HostClassifier):
+        input_shape, input_dtype, num_classes = (3, 32, 32), np.dtype(dtype), 10
+
+        def predict(self, x):
+            return np.zeros(len(x), np.int64)
+
+    clf = Stand()
+    pre = Preprocessor(PreprocessSpec(), clf.input_shape, clf.input_shape, dtype)
+    sampler = Sampler(clf, pre, SIGMA, SEED, batch, threads)
+    tasks = [Task(pre.clean(np.full(clf.input_shape, 0.5, np.float32)), 0, 1, n)]
+    tracemalloc.start()
+    sampler.count(tasks)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    estimate = host_bytes(batch, n, clf.input_shape, dtype, noise_threads=threads, num_classes=10)
+    assert 0.98 * peak <= estimate <= (1.02 if dtype == np.float32 else 1.3) * peak, (estimate, peak)
+
+
 # ------------------------------------------------------------------ IO binding
 def test_bound_runner_reuses_buffers_and_matches_plain_runs(conv_path):
     session = ort.InferenceSession(str(conv_path), providers=["CPUExecutionProvider"])
@@ -333,7 +359,10 @@ def test_auto_batch_size_takes_the_smallest_size_within_3_percent_of_the_fastest
     clf = Timed({16: 1.02, 32: 1.05, 64: 1.00, 128: 1.01, 256: 1.2, 512: 1.3, 1024: 0.5})
     monkeypatch.setattr(sampling, "time", clf)
     assert auto_batch_size(clf, candidates=(16, 32, 64, 128, 256, 512, 1024), min_seconds=0) == 16
-    assert clf.batch_probe["stopped"] == "past the fastest size" and "1024" not in clf.batch_probe["seconds_per_sample"]
+    clf.now = 0.0
+    probe = sampling.probe_batch_size(clf, candidates=(16, 32, 64, 128, 256, 512, 1024), min_seconds=0)
+    assert probe["stopped"] == "past the fastest size" and "1024" not in probe["seconds_per_sample"]
+    assert not hasattr(clf, "batch_probe")  # returned, never stored on the classifier
     clf = Timed({16: 1.5, 32: 1.04, 64: 1.00, 128: 1.01})
     monkeypatch.setattr(sampling, "time", clf)
     assert auto_batch_size(clf, candidates=(16, 32, 64, 128), min_seconds=0) == 64
@@ -359,11 +388,11 @@ class Budgeted(HostClassifier):
 
 
 def test_auto_batch_size_stops_at_out_of_memory_and_at_the_byte_limit():
-    clf = Budgeted(limit=64)
-    assert auto_batch_size(clf, candidates=(16, 32, 64, 128, 256), min_seconds=0.001) <= 64
-    assert "out of memory" in clf.batch_probe["stopped"] and 128 not in [
-        int(k) for k in clf.batch_probe["seconds_per_sample"]
-    ]
+    from rs_onnx.sampling import probe_batch_size
+
+    assert auto_batch_size(Budgeted(limit=64), candidates=(16, 32, 64, 128, 256), min_seconds=0.001) <= 64
+    probe = probe_batch_size(Budgeted(limit=64), candidates=(16, 32, 64, 128, 256), min_seconds=0.001)
+    assert "out of memory" in probe["stopped"] and 128 not in [int(k) for k in probe["seconds_per_sample"]]
     big = Budgeted(limit=10**9, dim=1000)
     assert auto_batch_size(big, candidates=(16, 32, 64, 128), max_bytes=4000 * 32, min_seconds=0.001) <= 32
     with pytest.raises(RuntimeError, match="out of memory"):

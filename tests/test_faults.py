@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rs_onnx import results, run
+from rs_onnx import outputs, results, run
 from rs_onnx.cli import main
 from rs_onnx.config import RunConfig
 from rs_onnx.errors import OutputError
@@ -195,6 +195,98 @@ def test_ray_missing_is_refused_before_any_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # imports of ray fail, as without it
     code, err = cli([*BASE, "--out", str(tmp_path / "r.tsv"), "--backend", "ray"], capsys)
     assert code == 1 and "Ray is not installed" in err and os.listdir(tmp_path) == []
+
+
+def free_port() -> int:
+    """A TCP port on this machine with nothing listening on it (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_ray_cluster_is_refused_at_once_before_any_file(tmp_path, capsys):
+    """--address where no Ray cluster listens: one line naming it, exit 1, no file, in seconds (ray.init
+    alone would retry for many minutes); run.execute, for library callers, joins before creating anything."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
+    from rs_onnx.distributed import ray_backend
+    from rs_onnx.errors import ConfigError
+
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process: the address would be ignored")
+    address = f"127.0.0.1:{free_port()}"
+    with Tally("unreachable Ray cluster (--address)") as t:
+        t0 = time.perf_counter()
+        code, err = cli([*BASE, "--out", str(tmp_path / "r.tsv"), "--backend", "ray", "--address", address], capsys)
+        seconds = time.perf_counter() - t0
+        t.faults += 1
+        assert code == 1
+        assert_one_error_line(err, f"Ray address {address}", "nothing accepts a connection", "expected")
+        assert os.listdir(tmp_path) == [], "a refused command created files"
+        assert seconds < 20, f"the refusal took {seconds:.1f} s"
+        p = run.prepare(RunConfig(model=MODEL, data=DATA, sigma=0.25, n0=20, n=100, seed=0, end=2).validate())
+        t.faults += 1
+        with pytest.raises(ConfigError, match=f"Ray address {address}"):
+            run.execute(p, "certify", tmp_path / "r.tsv", backend=ray_backend(address, workers=1))
+        assert os.listdir(tmp_path) == [] and not ray.is_initialized()
+
+
+BIG = ["--n", "100000", "--end", "2"]  # one example's estimation count: 100,000 samples of 1x28x28 float32
+
+
+def test_a_batch_too_large_for_the_memory_is_refused_before_any_file(tmp_path, capsys, monkeypatch):
+    """MemAvailable patched to 100 MiB: a batch of 100,000 digits (the count of 100,000 samples is one
+    batch: 0.30 GiB) is refused with both figures in GiB and the largest batch size that fits, which
+    the check then accepts."""
+    from rs_onnx import devices
+
+    monkeypatch.setattr(devices, "available_memory", lambda: 100 << 20)
+    with Tally("batch too large for the memory available") as t:
+        t0 = time.perf_counter()
+        code, err = cli([*BASE, *BIG, "--out", str(tmp_path / "r.tsv"), "--batch-size", "100000"], capsys)
+        t.faults += 1
+        assert code == 1 and os.listdir(tmp_path) == []
+        assert_one_error_line(err, "batch size 100,000", "0.30 GiB", "0.098 GiB available", "--batch-size")
+        assert time.perf_counter() - t0 < 30
+    fitting = int(err.split("at most ")[1].split(" ")[0].replace(",", ""))
+    cfg = RunConfig(model=MODEL, data=DATA, sigma=0.25, n0=20, n=100_000, seed=0, end=2, batch_size=fitting)
+    p = run.prepare(cfg.validate())  # accepted at the size the refusal named
+    assert run.memory_need(p.cfg, p.classifier, p.smoothed.preprocessor(p.data.image_shape), fitting) <= 100 << 20
+
+
+@pytest.mark.parametrize("n,end", [(100_000, 2), (100, 1000)], ids=["probed", "default"])
+def test_the_automatic_batch_size_fits_in_the_memory(monkeypatch, n, end):
+    """With 12 MiB available the batch probe tries, and a short run's default takes, only batch sizes the
+    check accepts (unpatched: the probe would try up to 4096, the default here would be 21,399)."""
+    from rs_onnx import devices
+    from rs_onnx.sampling import CPU_BATCH_CANDIDATES
+
+    available = 12 << 20
+    monkeypatch.setattr(devices, "available_memory", lambda: available)
+    monkeypatch.setattr(run, "DEFAULT_BATCH", 100_000)  # capped by DEFAULT_BATCH_BYTES alone: 21,399 digits
+    p = run.prepare(RunConfig(model=MODEL, data=DATA, sigma=0.25, n0=20, n=n, seed=0, end=end).validate())
+    pre = p.smoothed.preprocessor(p.data.image_shape)
+
+    def fits(b):
+        return run.memory_need(p.cfg, p.classifier, pre, b) <= available
+
+    assert (p.batch_probe is not None) == (n > 1000)
+    if p.batch_probe is not None:
+        tried = [int(b) for b in p.batch_probe["seconds_per_sample"]]
+        assert tried and all(fits(b) for b in tried) and p.batch_size in tried
+        assert not all(fits(b) for b in CPU_BATCH_CANDIDATES)  # the memory, not the probe, stopped it
+    else:
+        assert fits(p.batch_size) and 1 < p.batch_size < 21_399 and not fits(21_399)
+
+
+def test_nothing_fits_is_refused_with_the_automatic_batch_size(tmp_path, capsys, monkeypatch):
+    from rs_onnx import devices
+
+    monkeypatch.setattr(devices, "available_memory", lambda: 1 << 10)  # 1 KiB: not one sample fits
+    code, err = cli([*BASE[:-2], "--out", str(tmp_path / "r.tsv")], capsys)  # BASE without --batch-size
+    assert code == 1 and os.listdir(tmp_path) == []
+    assert_one_error_line(err, "batch size 1:", "GiB", "not even a batch of 1 fits")
 
 
 def test_default_run_does_not_overwrite_its_earlier_file(tmp_path, capsys, monkeypatch):
@@ -470,6 +562,53 @@ def test_resume_truncates_a_cut_row_in_place_and_never_rewrites(prepared, refere
     run.execute(prepared, "certify", out, resume=True)
     assert all(not (f & os.O_TRUNC) for f in opened) and opened
     assert rows_of(out) == reference
+
+
+def test_finished_rows_reads_a_torn_file_without_changing_it(tmp_path, monkeypatch):
+    """outputs.finished_rows (the CLI's count of examples already done, read before the lock) and read_rows
+    (--resume, under the lock) parse the same rows; only read_rows cuts the torn tail."""
+    columns = results.columns_for("certify")
+    out = tmp_path / "r.tsv"
+    row = {c: 0 for c in columns}
+    lines = ["\t".join(columns)] + [
+        "\t".join(results.format_value((row | {"idx": i})[c]) for c in columns) for i in (5, 2, 7)
+    ]
+    torn = ("\n".join(lines) + "\n9\t1\t1\t0.3").encode("utf-8")  # three complete rows and half a row
+    out.write_bytes(torn)
+    before = out.stat()
+    touched = []
+    monkeypatch.setattr(os, "truncate", lambda *a: touched.append(a))
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, flags, *a: touched.append(flags) or real_open(path, flags, *a))
+    assert outputs.finished_rows(out, columns, "certify") == [5, 2, 7]
+    assert not touched and out.read_bytes() == torn and out.stat().st_mtime_ns == before.st_mtime_ns
+    monkeypatch.undo()
+    assert outputs.read_rows(out, columns, "certify") == [5, 2, 7]
+    assert out.read_bytes() == torn[: torn.rfind(b"\n") + 1]  # read_rows cut the torn tail
+    # the same refusals (one parser): another header, a short row; an empty file holds no rows
+    for bad in (b"idx\tlabel\n1\t2\n", ("\t".join(columns) + "\n1\t2\n").encode("utf-8")):
+        out.write_bytes(bad)
+        for read in (outputs.finished_rows, outputs.read_rows):
+            with pytest.raises(OutputError):
+                read(out, columns, "certify")
+    out.write_bytes(b"idx\tla")
+    assert outputs.finished_rows(out, columns, "certify") == [] and out.read_bytes() == b"idx\tla"
+    assert outputs.read_rows(out, columns, "certify") == [] and out.read_bytes() == b""
+
+
+def test_progress_after_resume_counts_the_complete_rows_only(tmp_path, capsys):
+    """A torn tail is not an example done: the progress line of the resumed run ends at 8/8, not beyond."""
+    out = tmp_path / "r.tsv"
+    code, err = cli([*BASE, "--end", "5", "--out", str(out)], capsys)
+    assert code == 0, err
+    with open(out, "ab") as f:
+        f.write(b"5\t1\t1\t0.3")  # half of example 5's row, as a crash leaves it
+    assert outputs.finished_rows(out, results.columns_for("certify"), "certify") == [0, 1, 2, 3, 4]
+    code, err = cli([a for a in BASE if a != "-q"] + ["--resume", "--out", str(out)], capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if " examples (" in ln]
+    assert lines and lines[-1].startswith(f"rs-onnx: certify {EXAMPLES}/{EXAMPLES} examples (100%)"), err
+    assert len(rows_of(out)) == EXAMPLES
 
 
 def test_meta_temp_files_are_unique_per_writer(tmp_path):

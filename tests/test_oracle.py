@@ -15,7 +15,8 @@ from tests.onnx_models import linear_model, save
 
 
 @pytest.fixture(scope="module")
-def linear(tmp_path_factory):
+def halfspace(tmp_path_factory):
+    """(classifier, w [1, 4, 5]): f(x) = 1[w.x > 0] with ||w|| = 1, so the distance to its boundary is w.x."""
     d = 20
     w = np.random.default_rng(0).normal(size=d).astype(np.float32)
     w /= np.linalg.norm(w)
@@ -30,11 +31,11 @@ def _radius_at_count(k: int, n: int, alpha: float, sigma: float) -> float:
 
 
 @pytest.mark.parametrize("distance", [0.1, 0.3, 0.6])
-def test_radius_never_exceeds_the_distance_and_approaches_it(linear, distance):
+def test_radius_never_exceeds_the_distance_and_approaches_it(halfspace, distance):
     """Sound (<= distance) and tight: at each n the radius is at least the one the count's 1e-7 quantile
     gives (exact binomial tail), so a sound engine fails with probability <= 3e-7 per distance (plus
     P(wrong selection) < 1e-20 with n0 = 1000); that bound approaches the distance as n grows."""
-    clf, w = linear
+    clf, w = halfspace
     sigma, alpha = 0.25, 0.001
     x = (w * distance).astype(np.float32)
     p = norm.cdf(distance / sigma)  # the exact pA of class 1
@@ -51,9 +52,9 @@ def test_radius_never_exceeds_the_distance_and_approaches_it(linear, distance):
     assert floors[0] < floors[1] < floors[2] and floors[2] >= 0.9 * distance
 
 
-def test_false_certification_rate_stays_below_alpha(linear):
+def test_false_certification_rate_stays_below_alpha(halfspace):
     """Hundreds of independent certificates of a point at distance 0.2: at most alpha exceed 0.2."""
-    clf, w = linear
+    clf, w = halfspace
     sigma, alpha, distance, trials = 0.5, 0.05, 0.2, 800
     x = (w * distance).astype(np.float32)
     sc = SmoothedClassifier(clf, sigma=sigma, seed=123, batch_size=50_000)

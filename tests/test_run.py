@@ -24,7 +24,7 @@ def test_long_runs_probe(monkeypatch):
     import rs_onnx.sampling as sampling
 
     probe = {"batch_size": 48, "seconds_per_sample": {"48": 1e-5}, "stopped": "test", "probe_seconds": 0.1}
-    monkeypatch.setattr(sampling, "probe_batch_size", lambda clf: probe)
+    monkeypatch.setattr(sampling, "probe_batch_size", lambda clf, fits=None: probe)
     assert resolve_batch_size(_clf((1, 28, 28)), PROBE_MIN_SAMPLES) == 48
     assert resolve_batch(_clf((1, 28, 28)), PROBE_MIN_SAMPLES) == (48, probe)  # returned, for meta.json
     assert resolve_batch(_clf((1, 28, 28)), PROBE_MIN_SAMPLES - 1) == (DEFAULT_BATCH, None)

@@ -253,6 +253,70 @@ def test_certificate_has_the_certify_columns():
     assert c.counts.sum() == c.n and c.n_max == 10_000
 
 
+# ------------------------------------------------------------------------------------------ the plan, once
+
+
+def _counting(monkeypatch, name):
+    """Count the calls of stats.<name> (make_plan's tables are built from cp_lower and cp_upper)."""
+    calls = [0]
+    real = getattr(stats, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stats, name, counted)
+    return calls
+
+
+def test_the_plan_is_computed_once_per_distinct_arguments(monkeypatch):
+    calls = _counting(monkeypatch, "cp_lower")
+    sched = geometric_schedule(50_000, 0.001, looks=16, final_share=0.9)
+    first = make_plan(sched, 0.2371, [0.5, 0.25], 0.01, calibrate=True)  # arguments no other test uses
+    made = calls[0]
+    assert made > 0
+    # the same arguments, spelled differently (a list, another order, 0 given, numpy floats): the same plan
+    again = make_plan(sched, np.float64(0.2371), (0.0, 0.25, np.float64(0.5)), 0.01, None, "gaussian", True)
+    assert again is first and calls[0] == made
+    assert make_plan(sched, 0.2371, (0.25, 0.5), 0.02, calibrate=True) is not first  # another beta: replanned
+    assert calls[0] > made
+    uncached = dataclasses.replace(first)  # a fresh Plan from the cached one's fields: the same tables
+    for name in ("k_cert", "slack", "k_fail"):
+        np.testing.assert_array_equal(getattr(uncached, name), getattr(first, name))
+
+
+def test_a_run_of_several_groups_plans_once(monkeypatch):
+    """sequential_certify_many plans for every group; only the first call computes (radii mode: cp_upper is
+    called by make_plan's fail-fast table alone)."""
+    calls = _counting(monkeypatch, "cp_upper")
+    sc = _smoothed(Threshold(0.3), 0.2372)  # a sigma no other test uses
+    args = ([np.zeros(4, np.float32)] * 2, None, 20, 3000, 0.01, [0.25, 0.5])
+    a = sequential_certify_many(sc, *args)
+    made = calls[0]
+    assert made > 0
+    b = sequential_certify_many(sc, *args)
+    assert calls[0] == made and a == b
+
+
+def test_a_cached_plan_cannot_be_changed_by_a_caller():
+    plan = make_plan(geometric_schedule(20_000, 0.01, looks=6), 0.25, (0.25, 0.5))
+    for name in ("k_cert", "slack", "k_fail"):
+        table = getattr(plan, name)
+        assert not table.flags.writeable
+        with pytest.raises(ValueError):
+            table[0, 0] = 7
+        with pytest.raises(ValueError):
+            table.flags.writeable = True  # backed by immutable bytes: the flag cannot be set back
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.sigma = 0.5  # type: ignore[misc]
+    assert isinstance(plan.radii, tuple) and isinstance(plan.schedule.sizes, tuple)
+    # a table handed to a Plan is copied, so the caller's own array stays writable and cannot reach the plan
+    own = np.full_like(plan.slack, 10**9)
+    full = dataclasses.replace(plan, slack=own)
+    own[0, 0] = 0
+    assert full.slack[0, 0] == 10**9 and not full.slack.flags.writeable
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -1,0 +1,266 @@
+"""How rs-onnx reads a model's inputs and outputs: pure functions of ONNX protos and numpy arrays.
+
+No session runs here. :mod:`rs_onnx.loader` feeds these functions what a session returned;
+:class:`rs_onnx.classifier.OnnxClassifier` uses them to build feeds and decode every batch.
+Shapes: ``b`` is the number of examples a run was given; scores are [b, K], class indices [b].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rs_onnx import graph, guard
+from rs_onnx.errors import ConfigError, ModelError
+
+EXPECTED_CLASSES = "expected class scores shaped [N, K] with K >= 2 or class indices shaped [N]"
+
+
+class NotClasses(Exception):  # noqa: N818 - control flow between this module and its callers, never shown to users
+    """An output array cannot be read as scores [b, K] or indices [b]."""
+
+
+def rows(arr: Any, b: int, kind: str) -> np.ndarray:
+    """View an output as scores [b, K] (``kind`` "scores") or indices [b] ("indices"); raises NotClasses."""
+    if not isinstance(arr, np.ndarray):
+        raise NotClasses
+    if kind == "scores":
+        if arr.ndim >= 2 and arr.shape[0] == b and all(s == 1 for s in arr.shape[2:]):
+            return arr.reshape(b, arr.shape[1])
+        if arr.ndim == 1 and b == 1:
+            return arr.reshape(1, -1)
+    elif arr.size == b and arr.ndim <= 2 and (arr.ndim < 2 or arr.shape[1] == 1):
+        return arr.reshape(b)
+    raise NotClasses
+
+
+def classify(arr: Any, b: int) -> tuple[str, int | None] | None:
+    """("scores", K) or ("indices", None) for an output of a run on b examples; None if neither."""
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        return None
+    if arr.dtype.kind in "iu" and not (arr.ndim >= 2 and arr.shape[1] >= 2):
+        try:
+            rows(arr, b, "indices")
+        except NotClasses:
+            return None
+        return "indices", None
+    try:
+        k = rows(arr, b, "scores").shape[1]
+    except NotClasses:
+        return None
+    return ("scores", k) if k >= 2 else None
+
+
+def random_inputs(shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
+    """Random values of the right dtype: floats in [0, 1), uint8 in [0, 255], bool, other ints in {0, 1}."""
+    try:
+        if dtype.kind == "f":
+            return rng.random(shape).astype(dtype)
+        if dtype == np.uint8:
+            return rng.integers(0, 256, shape).astype(dtype)
+        if dtype.kind == "b":
+            return rng.random(shape) < 0.5
+        return rng.integers(0, 2, shape).astype(dtype)
+    except (MemoryError, ValueError):  # numpy: ValueError when the byte count overflows
+        raise ModelError(
+            f"the load check's random inputs shaped {list(shape)} do not fit in memory; expected "
+            "a model whose declared input shape fits (or pass input_shape)"
+        ) from None
+
+
+# ------------------------------------------------------------------ the input
+@dataclass(frozen=True)
+class ModelInput:
+    """The input to perturb and fixed values for the others.
+
+    ``dims``: its declared dims (ints and symbolic names; None when undeclared). ``extra``: name ->
+    (value, batched): one example's value, broadcast over the batch when ``batched``, else fed as is.
+    """
+
+    name: str
+    dtype: np.dtype
+    dims: list | None
+    extra: Mapping[str, tuple[np.ndarray, bool]]
+
+
+def choose_input(model: onnx.ModelProto, model_name: str, input_name: str | None, extra_inputs: Mapping) -> ModelInput:
+    """The input to perturb (``input_name``, or the one real input without a value in ``extra_inputs``)."""
+    inputs = {v.name: v for v in graph.real_inputs(model)}
+    listing = ", ".join(f"'{n}' {graph.format_dims(graph.dims(v))}" for n, v in inputs.items())
+    unknown = [n for n in list(extra_inputs) + ([input_name] if input_name else []) if n not in inputs]
+    if unknown:
+        raise ConfigError(f"model {model_name}: no input named '{unknown[0]}'; inputs are {listing}")
+    if input_name is None:
+        free = [n for n in inputs if n not in extra_inputs]
+        if len(free) != 1:
+            raise ModelError(
+                f"model {model_name}: has {len(inputs)} inputs ({listing}); expected one input to "
+                "perturb: pass input_name and give the others fixed values with extra_inputs"
+            )
+        input_name = free[0]
+    missing = [n for n in inputs if n != input_name and n not in extra_inputs]
+    if missing:
+        raise ModelError(
+            f"model {model_name}: inputs {missing} have no value; expected fixed values for "
+            f"every input but '{input_name}' in extra_inputs (inputs: {listing})"
+        )
+    vi = inputs[input_name]
+    dtype = graph.np_dtype(vi)
+    if dtype is None or dtype.kind not in "fiub":
+        raise ModelError(
+            f"model {model_name}: input '{input_name}' has type {vi.type.WhichOneof('value')}; expected a numeric tensor"
+        )
+    extra = {}
+    for name, value in extra_inputs.items():
+        if name == input_name:
+            raise ConfigError(f"extra_inputs gives a value for '{name}', the input to perturb; expected only others")
+        extra[name] = _extra_value(name, value, inputs[name])
+    return ModelInput(input_name, dtype, graph.dims(vi), extra)
+
+
+def _extra_value(name: str, value, vi) -> tuple[np.ndarray, bool]:
+    """(value cast to the input's dtype, broadcast over the batch?) for a fixed extra input."""
+    dt = graph.np_dtype(vi)
+    value = np.asarray(value)
+    if dt is not None and value.dtype != dt:
+        if not np.can_cast(value.dtype, dt, "same_kind"):
+            raise ConfigError(f"extra input '{name}' has dtype {value.dtype}; expected {dt}")
+        value = value.astype(dt)
+    decl = graph.dims(vi)
+    batched = decl is not None and len(decl) == value.ndim + 1
+    if (
+        decl is not None
+        and len(decl) == value.ndim
+        and value.ndim
+        and value.shape[0] == 1
+        and (decl[0] == 1 or isinstance(decl[0], str))
+    ):
+        value, batched = value[0], True
+    return np.ascontiguousarray(value), batched
+
+
+def resolve_shape(rest, override, model_name: str, input_name: str) -> tuple[int, ...]:
+    """Per-example shape from the declared dims ``rest`` and the user's ``override`` (needed for symbolic dims)."""
+    if override is not None:
+        override = tuple(int(v) for v in override)
+        if len(override) != len(rest) or any(isinstance(d, int) and d != o for d, o in zip(rest, override)):
+            raise ConfigError(
+                f"input_shape {list(override)}; expected a per-example shape matching "
+                f"{graph.format_dims(rest)} of input '{input_name}'"
+            )
+        guard.check_example_size(override, model_name, input_name)
+        return override
+    if any(not isinstance(d, int) or d <= 0 for d in rest):
+        raise ModelError(
+            f"model {model_name}: input '{input_name}' has per-example dims "
+            f"{graph.format_dims(rest)}; expected fixed sizes: pass input_shape"
+        )
+    guard.check_example_size(rest, model_name, input_name)
+    return tuple(rest)
+
+
+def feed(inp: ModelInput, xb: np.ndarray, unbatched: bool = False) -> dict[str, np.ndarray]:
+    """The session feed for a batch ``xb`` [b, *shape] (``unbatched``: the model takes ``xb[0]`` alone)."""
+    out = {inp.name: np.ascontiguousarray(xb[0] if unbatched else xb)}
+    for name, (value, batched) in inp.extra.items():
+        if batched and not unbatched:
+            value = np.ascontiguousarray(np.broadcast_to(value, (len(xb), *value.shape)))
+        out[name] = value
+    return out
+
+
+# ------------------------------------------------------------------ the output
+@dataclass(frozen=True)
+class ClassOutput:
+    """The output that holds the classes: ``kind`` "scores" (K = ``num_classes``) or "indices" (K unknown).
+
+    ``dtype``: its element type. ``tail``: its shape after the batch dim, None when its first dim is not b.
+    """
+
+    name: str
+    kind: str
+    num_classes: int | None
+    dtype: np.dtype
+    tail: tuple[int, ...] | None
+
+
+def choose_output(model: onnx.ModelProto, outs: Mapping, b: int, requested: str | None, model_name: str) -> ClassOutput:
+    """Pick the class output among ``outs`` (name -> array) of a run on b examples (``requested`` if given)."""
+    decl = {v.name: v for v in model.graph.output}
+
+    def describe(name):
+        v, arr = decl.get(name), outs[name]
+        shape = graph.dims(v) if v is not None else None
+        shape = shape if shape is not None else (list(arr.shape) if isinstance(arr, np.ndarray) else None)
+        kind = str(arr.dtype) if isinstance(arr, np.ndarray) else type(arr).__name__
+        return f"'{name}' has shape {graph.format_dims(shape)} ({kind})"
+
+    if requested is not None:
+        if requested not in outs:
+            raise ConfigError(f"model {model_name}: no output named '{requested}'; outputs are {list(outs)}")
+        names = [requested]
+    else:
+        names = list(outs)
+    found = {n: c for n in names if (c := classify(outs[n], b)) is not None}
+    if len(names) == 1 and not found:
+        raise ModelError(f"model {model_name}: output {describe(names[0])}; {EXPECTED_CLASSES}")
+    if not found:
+        raise ModelError(
+            f"model {model_name}: no output looks like classes: {'; '.join(describe(n) for n in names)}; "
+            f"{EXPECTED_CLASSES}"
+        )
+    if len(found) > 1:
+        raise ModelError(
+            f"model {model_name}: {len(found)} outputs could be the classes: "
+            f"{'; '.join(describe(n) for n in found)}; expected one: pass output_name"
+        )
+    ((name, (kind, k)),) = found.items()
+    shape = outs[name].shape
+    tail = tuple(shape[1:]) if len(shape) >= 1 and shape[0] == b else None
+    return ClassOutput(name, kind, k, outs[name].dtype, tail)
+
+
+def decode(outs, b: int, output: ClassOutput, in_graph: bool, model_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(classes int64 [b], finite bool [b]) from a run's fetched outputs.
+
+    ``in_graph``: ``outs`` are the appended ArgMax's (classes, a float whose non-finiteness marks a row
+    with a non-finite score); else ``outs[0]`` is ``output`` itself. Argmax takes the first index on ties.
+    """
+    try:
+        if in_graph:
+            return rows(outs[0], b, "indices").astype(np.int64), np.isfinite(rows(outs[1], b, "indices"))
+        r = rows(outs[0], b, output.kind)
+    except NotClasses:
+        fetched = graph.CLASS_OUTPUT if in_graph else output.name
+        expected = f"[{b}, {output.num_classes}]" if output.kind == "scores" else f"[{b}]"
+        raise ModelError(
+            f"model {model_name}: output '{fetched}' has shape {list(np.shape(outs[0]))} "
+            f"for a batch of {b}; expected {expected}"
+        ) from None
+    if output.kind == "indices":
+        return r.astype(np.int64), np.ones(b, bool)
+    return r.argmax(axis=1).astype(np.int64), np.isfinite(r).all(axis=1)
+
+
+def disagreement(got_rows: np.ndarray, ref: np.ndarray, kind: str) -> str | None:
+    """None when batched rows match one-by-one rows ``ref`` (same kind and shape), else what differs."""
+    k = len(ref)
+    if kind == "indices":
+        bad = int((got_rows != ref).sum())
+        return f"gives {bad} of {k} classes different from one-by-one runs" if bad else None
+    got, want = got_rows.astype(np.float64), ref.astype(np.float64)
+    finite = np.isfinite(want)
+    if not np.array_equal(np.isfinite(got), finite):
+        return "gives non-finite scores where one-by-one runs do not, or vice versa"
+    diff = float(np.abs(got - want)[finite].max(initial=0.0))
+    scale = float(np.abs(want[finite]).max(initial=0.0))
+    tol = (1e-2 if got_rows.dtype.itemsize <= 2 else 1e-3) * max(scale, 1e-3)
+    if diff > tol:
+        return f"gives scores up to {diff:.3g} away from one-by-one runs (tolerance {tol:.3g})"
+    top2 = np.sort(np.where(finite, want, -np.inf), axis=1)[:, -2:]
+    bad = (got.argmax(1) != want.argmax(1)) & (top2[:, 1] - top2[:, 0] > 2 * tol)
+    return f"gives {int(bad.sum())} of {k} classes different from one-by-one runs" if bad.any() else None
