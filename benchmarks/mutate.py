@@ -165,18 +165,27 @@ def mutants_of(file: str) -> list[Mutant]:
     return [Mutant(file, i, line, what) for i, (line, what) in enumerate(m.found)]
 
 
-def mutated_source(file: str, index: int) -> str:
-    """The source of rs_onnx/<file> with candidate ``index`` applied (comments are lost: ast.unparse)."""
-    tree = ast.parse((ROOT / "rs_onnx" / file).read_text())
+def mutated_source(file: str, index: int, source: str | None = None, expect: Mutant | None = None) -> str:
+    """The source of rs_onnx/<file> (or ``source``, its text) with candidate ``index`` applied (comments are
+    lost: ast.unparse). With ``expect``, checks that candidate ``index`` is still that mutant."""
+    tree = ast.parse((ROOT / "rs_onnx" / file).read_text() if source is None else source)
     m = _Mutator(_protected(tree), index)
     tree = ast.fix_missing_locations(m.visit(tree))
+    if expect is not None and m.found[index] != (expect.line, expect.what):
+        raise RuntimeError(f"{file} changed during the run: candidate {index} is {m.found[index]}, not {expect}")
     return ast.unparse(tree)
 
 
 def _copy_repo(dest: Path) -> Path:
-    ignore = shutil.ignore_patterns(
-        ".git", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "results*", ".mypy_cache", ".ruff_cache"
+    caches = shutil.ignore_patterns(
+        ".git", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache"
     )
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # run output folders (results*/) are left behind, but never a module such as rs_onnx/results.py
+        runs = {n for n in names if n.startswith("results") and (Path(folder) / n).is_dir()}
+        return set(caches(folder, names)) | runs
+
     for name in ("rs_onnx", "tests", "benchmarks", "export"):
         if (ROOT / name).exists():
             shutil.copytree(ROOT / name, dest / name, ignore=ignore)
@@ -235,7 +244,8 @@ def _worker(mutants: list[Mutant], deadline: float, timeouts: dict[str, float], 
                 break
             target = copy / "rs_onnx" / m.file
             original = target.read_text()
-            target.write_text(mutated_source(m.file, m.index))
+            # from the copy's own text, so that editing the working tree during a run cannot shift the mutants
+            target.write_text(mutated_source(m.file, m.index, original, expect=m))
             try:
                 m.status, m.seconds = _run_tests(copy, TESTS[m.file], timeouts[m.file])
             finally:

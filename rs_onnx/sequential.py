@@ -94,7 +94,9 @@ def geometric_schedule(
     first = min(n_max, max(100, n_max // 100)) if n_first is None else int(n_first)
     if not 1 <= first <= n_max:
         raise ConfigError(f"n_first={first}: expected 1 <= n_first <= n_max={n_max}")
-    sizes = sorted({int(round(v)) for v in np.geomspace(first, n_max, looks)} | {int(n_max)})
+    # one look is n_max itself (np.geomspace(first, n_max, 1) would be [first], then n_max made it two)
+    points = np.geomspace(first, n_max, looks) if looks > 1 else np.empty(0)
+    sizes = sorted({int(round(v)) for v in points} | {int(n_max)})
     count = len(sizes)
     if final_share is None or count == 1:
         shares = [1.0 / count] * count

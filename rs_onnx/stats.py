@@ -68,8 +68,9 @@ def cp_upper(k, n, alpha) -> np.ndarray:
     """Vectorised one-sided (1 - alpha) Clopper-Pearson upper bound on p; 1 where k = n. Rounded up.
 
     Equals ``beta.ppf(1 - alpha, k + 1, n - k)`` nudged up; wherever that misses its level (tiny alpha:
-    1 - alpha is rounded), the nudged ``beta.isf(alpha, ...)`` is taken instead, and if that misses too,
-    P(Beta(k+1, n-k) >= p) <= alpha is restored by bisection (the same guard as :func:`cp_lower`).
+    1 - alpha is rounded) or is vacuous (alpha < 2**-53: 1 - alpha == 1), the nudged ``beta.isf(alpha, ...)``
+    is taken instead, and if that misses too, P(Beta(k+1, n-k) >= p) <= alpha is restored by bisection
+    (the same guard as :func:`cp_lower`).
     """
     k, n, a = np.broadcast_arrays(np.asarray(k, np.int64), np.asarray(n, np.int64), np.asarray(alpha, np.float64))
     shape = k.shape
@@ -80,7 +81,10 @@ def cp_upper(k, n, alpha) -> np.ndarray:
     with np.errstate(all="ignore"):
         p = np.minimum(1.0, beta.ppf(1.0 - a, a1, b) * (1.0 + SAFETY) + SAFETY)
         bad = ~full & (~np.isfinite(p) | (beta.sf(np.where(np.isfinite(p), p, 1.0), a1, b) > a))
-    if np.any(bad):  # 1 - alpha loses alpha's low digits when alpha is tiny: try the survival quantile first
+    # 1 - alpha loses alpha's low digits when alpha is tiny, and all of them below 2**-53 (1 - alpha == 1):
+    # ppf(1) = 1 holds but is vacuous. There, and wherever ppf missed, try the survival quantile first.
+    bad |= ~full & (1.0 - a == 1.0)
+    if np.any(bad):
         with np.errstate(all="ignore"):
             q = np.minimum(1.0, beta.isf(a[bad], a1[bad], b[bad]) * (1.0 + SAFETY) + SAFETY)
             good = np.isfinite(q) & (beta.sf(np.where(np.isfinite(q), q, 1.0), a1[bad], b[bad]) <= a[bad])
@@ -89,8 +93,8 @@ def cp_upper(k, n, alpha) -> np.ndarray:
         bad[np.flatnonzero(bad)[good]] = False
     if np.any(bad):
         ab_, bb, al = a1[bad], b[bad], a[bad]
-        lo = np.where(np.isfinite(p[bad]), p[bad], 0.0)
-        hi = np.ones(ab_.shape)
+        # from [0, 1]: p[bad] may hold (1 when 1 - alpha == 1), so it cannot serve as the failing end
+        lo, hi = np.zeros(ab_.shape), np.ones(ab_.shape)
         for _ in range(_BISECTIONS):
             mid = (lo + hi) / 2
             ok = beta.sf(mid, ab_, bb) <= al

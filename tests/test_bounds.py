@@ -127,6 +127,23 @@ def test_two_class_certificate_gains_when_mass_is_spread():
     print(f"\nspread counts: Cohen {cohen_full_alpha:.4f}, two-class max {r:.4f}, bonferroni {r_bonf:.4f}")
 
 
+def test_two_class_certificate_levels_and_cap_exactly():
+    """p_b_upper: Clopper-Pearson at alpha_b on the runner-up ("max") or at alpha_b / (K - 1) ("bonferroni"),
+    capped by 1 - p_a_lower; with most of alpha on p_a_lower the cap binds and keeps Cohen's radius."""
+    from rs_onnx import stats
+
+    counts = np.array([700] + [30] * 10)  # K = 11
+    pa, pb, _ = two_class_certificate(counts, 0, 0.001, 0.5)
+    _, pb_bonf, _ = two_class_certificate(counts, 0, 0.001, 0.5, pb_bound="bonferroni")
+    assert pa == stats.clopper_pearson_lower(700, 1000, 0.0005)
+    assert pb == stats.clopper_pearson_upper(30, 1000, 0.0005)
+    assert pb_bonf == stats.clopper_pearson_upper(30, 1000, 0.0005 / 10)
+    two = np.array([912, 88])
+    pa, pb, r = two_class_certificate(two, 0, 0.001, 0.25, alpha_split=0.9)  # p_b_upper at alpha / 10 only
+    assert pb == 1.0 - pa < stats.clopper_pearson_upper(88, 1000, 0.0001)  # the cap binds
+    assert r >= stats.cohen_radius(pa, 0.25)
+
+
 def test_two_class_never_below_cohen_at_split_alpha_and_batched():
     stats = pytest.importorskip("rs_onnx.stats")
     rng = np.random.default_rng(0)
@@ -316,3 +333,20 @@ def test_radius_errors():
     # l1 from Gaussian and l1 from l1 noises need no dim
     assert radius(0.9, "gaussian", 0.25, "l1") == radius(0.9, "gaussian", 0.25, "l2")
     assert radius(0.9, "uniform", 0.25, "l1") == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "uniform", "laplace"])
+def test_norm_radii_conversions(noise):
+    """The native radius restated in each norm for d values: l2 noise: l1 <= l2 ball, linf r / sqrt(d); l1 noise:
+    l2 r / sqrt(d), linf r / d (uniform: or its own linf bound, if larger); rounded down; zeros on abstain."""
+    d, r, p = 16, 0.3, 0.9
+    got = bounds.norm_radii(p, r, noise, 0.5, d)
+    if noise == "gaussian":
+        want = {"l1": r, "l2": r, "linf": r / np.sqrt(d)}
+    else:
+        want = {"l1": r, "l2": r / np.sqrt(d), "linf": r / d}
+        if noise == "uniform":
+            want["linf"] = max(want["linf"], float(bounds.uniform_linf_radius(p, 0.5, d)))
+    assert got == pytest.approx(want, rel=1e-9)
+    assert all(got[k] <= want[k] for k in want)
+    assert bounds.norm_radii(p, 0.0, noise, 0.5, d) == {"l1": 0.0, "l2": 0.0, "linf": 0.0}

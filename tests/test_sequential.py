@@ -355,3 +355,244 @@ def test_onnx_linear_oracle(tmp_path):
     certs = sequential_certify_many(sc, [x] * trials, None, 20, 4000, alpha, (0.1, 0.2, 0.3), looks=5, n_first=250)
     assert _false_rate(certs, distance) <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
     assert np.mean([c.decided_radius == 0.1 for c in certs]) > 0.5 and np.mean([c.n for c in certs]) < 4000
+
+
+# ------------------------------------------------------------------------------------------ boundaries
+
+
+def test_geometric_schedule_sizes_and_levels():
+    """L looks from n_first (default n_max / 100, at least 100, at most n_max) to n_max; levels rounded down."""
+    assert geometric_schedule(2000, 0.1).sizes[0] == 100  # n_max / 100 = 20: at least 100
+    assert geometric_schedule(10**6, 0.1, looks=3).sizes == (10_000, 100_000, 10**6)  # n_max / 100
+    assert geometric_schedule(50, 0.1).sizes == (50,)  # at most n_max: one look
+    assert geometric_schedule(1, 0.1).sizes == (1,)  # n_max = 1 is a (tiny) valid run
+    assert geometric_schedule(1000, 0.1, looks=4, n_first=1).sizes == (1, 10, 100, 1000)
+    assert geometric_schedule(1000, 0.1, looks=4, n_first=1000).sizes == (1000,)
+    # one look is Cohen's CERTIFY at n_max with the whole level (not n_first and n_max at alpha / 2 each)
+    one = geometric_schedule(1000, 0.1, looks=1, n_first=10)
+    assert one.sizes == (1000,) and one.alphas == (float(np.nextafter(0.1, 0.0)),)
+    assert geometric_schedule(1000, 0.1, looks=2).sizes == (100, 1000)
+    s = geometric_schedule(1000, 0.1, looks=4, n_first=10, final_share=0.7)
+    assert s.sizes == (10, 46, 215, 1000)
+    assert s.alphas == pytest.approx([0.01, 0.01, 0.01, 0.07], rel=1e-12) and s.alpha <= 0.1
+    even = geometric_schedule(1000, 0.1, looks=4, n_first=10, final_share=None)
+    assert even.alphas == pytest.approx([0.025] * 4, rel=1e-12) and even.alpha <= 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(final_share=0.0), "final_share"),  # nothing left for the last look
+        (dict(final_share=1.0), "final_share"),  # nothing left for the early looks
+        (dict(final_share=1.0, looks=1), "final_share"),
+        (dict(final_share=-0.5), "final_share"),
+        (dict(n_max=0), "n_max"),
+        (dict(looks=0), "looks"),
+        (dict(alpha=0.0), "alpha"),
+        (dict(alpha=1.0), "alpha"),
+        (dict(n_first=0), "n_first"),
+        (dict(n_first=1001), "n_first"),
+    ],
+)
+def test_geometric_schedule_refuses_the_open_ends(kwargs, name):
+    args = dict(n_max=1000, alpha=0.1, looks=4) | kwargs
+    with pytest.raises(ConfigError, match=name):
+        geometric_schedule(**args)
+
+
+def test_radius_zero_may_be_requested():
+    """Radius 0 (predict or abstain) is always decided; asking for it explicitly changes nothing."""
+    sched = geometric_schedule(5000, 0.01, looks=4)
+    plan = make_plan(sched, 0.25, (0.0, 0.25, 0.25), calibrate=True)
+    ref = make_plan(sched, 0.25, (0.25,), calibrate=True)
+    assert plan.radii == ref.radii == (0.0, 0.25)
+    for table in ("k_cert", "slack", "k_fail"):
+        assert np.array_equal(getattr(plan, table), getattr(ref, table)), table
+    for bad in (-1e-9, float("nan"), float("inf")):
+        with pytest.raises(ConfigError):
+            make_plan(sched, 0.25, (bad,))
+
+
+def test_counts_widen_when_more_classes_appear():
+    """_Growable: class counts keep their columns and the no-class column stays last when counts widen."""
+    from rs_onnx.sequential import _Growable
+
+    g = _Growable(np.array([[1, 2, 5], [3, 4, 6]], np.int64))  # K = 2: classes 0, 1, then no-class
+    g.add(np.array([1]), np.array([[10, 20, 30, 40, 7]], np.int64))  # K = 4
+    assert g.array.tolist() == [[1, 2, 0, 0, 5], [13, 24, 30, 40, 13]]
+    g.add(np.array([0]), np.array([[1, 1, 1]], np.int64))  # narrower counts land in their own columns
+    assert g.array.tolist() == [[2, 3, 0, 0, 6], [13, 24, 30, 40, 13]]
+
+
+def test_no_class_in_the_selection_samples_nothing_more():
+    """Every selection output non-finite: no guess (not class 0), no estimation sample drawn, abstain."""
+    clf = Recording(0.0)
+    clf.predict = lambda x: (clf.rows.append(np.array(x)), np.full(len(x), -1, np.int64))[1]
+    certs = sequential_certify_many(_smoothed(clf, 0.25), [np.zeros(4, np.float32)] * 2, None, 30, 1000, 0.01, (0.25,))
+    for c in certs:
+        assert (c.guess, c.predict, c.stopped, c.n, c.looks, c.radius) == (ABSTAIN, ABSTAIN, "no-class", 0, 0, 0.0)
+        assert c.nonfinite == 30 and c.decided_radii == () and c.p_a_lower == 0.0
+    assert sum(len(r) for r in clf.rows) == 2 * 30  # the selection only
+
+
+# ------------------------------------------------------------------------------------------ exact helpers
+
+
+def _crossing_error_brute_force(sizes, early, t):
+    """P(S_j >= early[j] for some earlier look, or S_L >= c) for every c in 0..N_L + 1, by enumerating every
+    0/1 sequence of length N_L (weights t^ones (1 - t)^zeros): independent of the dynamic programme."""
+    n = sizes[-1]
+    bits = (np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1
+    cum = np.cumsum(bits, axis=1)
+    weight = t ** cum[:, -1] * (1 - t) ** (n - cum[:, -1])
+    early_cross = np.zeros(len(bits), bool)
+    for n_j, c_j in zip(sizes[:-1], early):
+        early_cross |= cum[:, n_j - 1] >= c_j
+    return np.array([weight[early_cross | (cum[:, -1] >= c)].sum() for c in range(n + 2)])
+
+
+@pytest.mark.parametrize(
+    "sizes,early,t,alpha",
+    [
+        ((4, 8, 12), (4, 7), 0.5, 0.2),
+        ((4, 8, 12), (4, 7), 0.7, 0.4),
+        ((4, 8, 12), (5, 9), 0.3, 0.05),  # early cutoffs beyond N_j: those looks never certify
+        ((3, 7, 12), (3, 5), 0.8, 0.45),
+        ((12,), (), 0.6, 0.1),  # one look: the exact binomial test
+        ((4, 8, 12), (1, 2), 0.5, 0.2),  # the early looks alone already exceed alpha: no cutoff works
+    ],
+)
+def test_calibrated_cutoff_against_enumeration(sizes, early, t, alpha):
+    from rs_onnx.sequential import calibrated_cutoff
+
+    error = _crossing_error_brute_force(sizes, early, t)
+    goal = alpha * (1 - 1e-9)
+    ok = np.flatnonzero(error <= goal)
+    expected = int(ok[0]) if ok.size else sizes[-1] + 1
+    assert calibrated_cutoff(sizes, early, t, alpha) == expected
+    if expected <= sizes[-1]:  # the smallest that holds: one count less misses the level
+        assert error[expected] <= goal and (expected == 0 or error[expected - 1] > goal)
+
+
+def test_calibrated_cutoff_on_long_looks_against_a_plain_dynamic_programme():
+    """Sizes where the binomial tails are truncated (below 1e-22): same cutoff as an untruncated DP."""
+    from scipy.stats import binom
+
+    from rs_onnx.sequential import calibrated_cutoff
+
+    sizes, early, t, alpha = (400, 1000, 3000), (300, 720), 0.66, 0.02
+    dist, prev, crossed = np.array([1.0]), 0, 0.0
+    for n_j, c_j in zip(sizes[:-1], early):
+        dist = np.convolve(dist, binom.pmf(np.arange(n_j - prev + 1), n_j - prev, t))
+        prev = n_j
+        crossed += dist[c_j:].sum()
+        dist = dist[:c_j]
+    last = np.convolve(dist, binom.pmf(np.arange(sizes[-1] - prev + 1), sizes[-1] - prev, t))
+    error = crossed + np.concatenate([np.cumsum(last[::-1])[::-1], [0.0]])  # error[c] = crossed + P(S_L >= c)
+    expected = int(np.flatnonzero(error <= alpha * (1 - 1e-9))[0])
+    assert 0 < expected < sizes[-1] and error[expected - 1] - alpha > 1e-6 * alpha  # no float coin-toss
+    assert calibrated_cutoff(sizes, early, t, alpha) == expected
+
+
+@pytest.mark.parametrize("noise_kind", ["gaussian", "uniform", "laplace"])
+def test_threshold_inverts_the_native_radius(noise_kind):
+    from rs_onnx.sequential import _radius, _threshold, calibration_threshold
+
+    sigma, r = 0.5, np.array([0.05, 0.1, 0.2, 0.4])  # uniform: r < sigma (r = sigma needs pA = 1)
+    t = _threshold(r, sigma, noise_kind)
+    assert np.all((0.5 < t) & (t < 1.0))
+    assert _radius(t, sigma, noise_kind) == pytest.approx(r, rel=1e-9)
+    for ri, ti in zip(r, t):
+        c = calibration_threshold(float(ri), sigma, noise_kind)
+        assert ti < c <= ti * (1 + 1e-11) + 1e-11  # nudged up, by about 1e-12
+    assert calibration_threshold(0.0, sigma, noise_kind) == 0.5
+
+
+def test_first_true_finds_the_smallest_count():
+    from rs_onnx.sequential import _first_true
+
+    n = np.array([0, 1, 2, 3, 10, 10])
+    need = np.array([0, 1, 3, 3, 4, 11])  # pred(k): k >= need; none in [0, n] gives n + 1
+    assert _first_true(lambda k: k >= need, n).tolist() == [0, 1, 3, 3, 4, 11]
+
+
+def test_schedule_level_one_is_refused():
+    with pytest.raises(ConfigError):
+        Schedule((10,), (1.0,))
+
+
+def test_nonfinite_counts_selection_and_estimation_samples():
+    """``nonfinite`` adds the no-class samples of the selection and of every estimation stage."""
+
+    class HalfNaN(Recording):
+        def predict(self, x):
+            self.rows.append(np.array(x))
+            return np.where(x[:, 0] > 0, 1, -1).astype(np.int64)
+
+    clf = HalfNaN(0.0)
+    (c,) = sequential_certify_many(
+        _smoothed(clf, 0.5), [np.zeros(4, np.float32)], None, 50, 2000, 0.01, (0.25,), looks=3, futility_beta=0.0
+    )
+    rows = np.concatenate(clf.rows)
+    assert c.guess == 1 and len(rows) == 50 + c.n
+    est = rows[50:]
+    assert c.counts[-1] == int((est[:, 0] <= 0).sum()) and c.counts[1] == c.n_a == int((est[:, 0] > 0).sum())
+    assert c.nonfinite == int((rows[:, 0] <= 0).sum()) > c.counts[-1] > 0  # selection no-class samples too
+
+
+def test_a_radius_that_needs_every_sample_to_be_a_is_reachable():
+    """reachable() counts a radius certified only when all N_j samples are A (k_cert == N_j)."""
+    sched = Schedule((100,), (0.01,))
+    top = stats.cohen_radius(stats.clopper_pearson_lower(100, 100, 0.01), 0.25)  # 100 of 100, the largest
+    plan = make_plan(sched, 0.25, (top * (1 - 1e-6), top * (1 + 1e-6)))
+    assert plan.k_cert[0].tolist() == [plan.k_cert[0, 0], 100, 101]
+    assert plan.reachable() == (0.0, top * (1 - 1e-6)) and plan.max_radius() == top
+
+
+def _crossing_probability(sizes, cutoffs, t):
+    """P(S_j >= cutoffs[j] for some look j), S_j ~ Bin(N_j, t) cumulative: a plain DP with untruncated pmfs."""
+    from scipy.stats import binom
+
+    dist, prev, total = np.array([1.0]), 0, 0.0
+    for n_j, c_j in zip(sizes, cutoffs):
+        dist = np.convolve(dist, binom.pmf(np.arange(n_j - prev + 1), n_j - prev, t))
+        prev = n_j
+        total += dist[c_j:].sum()
+        dist = dist[:c_j]
+    return float(total)
+
+
+def test_a_calibrated_plan_certifies_each_radius_wrongly_with_probability_at_most_alpha():
+    """At pA = the threshold of radius r, the chance that some look certifies r (the early looks' Clopper-Pearson
+    cutoffs or the calibrated last one) is at most alpha, and the calibration spends most of it."""
+    from rs_onnx.sequential import calibration_threshold
+
+    alpha, sigma = 0.05, 0.25
+    sched = geometric_schedule(2000, alpha, looks=5, n_first=100)
+    plan = make_plan(sched, sigma, (0.1, 0.25, 0.5), calibrate=True)
+    uncal = make_plan(sched, sigma, (0.1, 0.25, 0.5))
+    for i, r in enumerate(plan.radii):
+        t = calibration_threshold(r, sigma)
+        error = _crossing_probability(sched.sizes, plan.k_cert[:, i], t)
+        assert 0.5 * alpha < error <= alpha, (r, error)
+        assert error > _crossing_probability(sched.sizes, uncal.k_cert[:, i], t)  # it gains over the union bound
+
+
+def test_calibrated_cutoff_outside_zero_one_is_none():
+    from rs_onnx.sequential import calibrated_cutoff
+
+    for t in (0.0, 1.0):  # a threshold of 1 (a radius no pA < 1 reaches) is never certified
+        assert calibrated_cutoff((10, 20), (11,), t, 0.1) == 21
+    sched = geometric_schedule(1000, 0.01, looks=3)
+    plan = make_plan(sched, 0.25, (0.25, 3.0), calibrate=True)  # Phi(3.0 / 0.25) = 1 - 2e-33 rounds to 1
+    assert plan.k_cert[-1, -1] == 1001 and plan.reachable() == (0.0, 0.25)
+
+
+def test_radius_zero_reachable_only_when_every_sample_is_a_is_still_sampled():
+    """2 of 2 at alpha = 0.3 gives CP_lower = 0.548 >= 1/2 (1 of 2 does not): the look must still be made."""
+    sched = Schedule((2,), (0.3,))
+    assert make_plan(sched, 0.25).k_cert[0, 0] == 2
+    (c,) = sequential_certify_many(
+        _smoothed(Constant(3), 0.25), [np.zeros(4, np.float32)], None, 10, 2, 0.3, (), schedule=sched
+    )
+    assert (c.predict, c.n, c.n_a, c.stopped) == (3, 2, 2, "certified")

@@ -108,3 +108,49 @@ def test_constructor_checks(kwargs):
 def test_certify_argument_checks(n0, n, alpha):
     with pytest.raises(ConfigError):
         SmoothedClassifier(Constant(0), sigma=0.25).certify(np.zeros(4, np.float32), n0, n, alpha)
+
+
+def test_certify_and_predict_abstain_when_no_sample_gives_a_class():
+    """A model whose every output is non-finite: no guess (not class 0), n_A = 0, and CERTIFY and PREDICT abstain."""
+    sc = SmoothedClassifier(Constant(-1), sigma=0.25, seed=0, batch_size=64)
+    x = np.zeros(4, np.float32)
+    for bound in ("cohen", "best"):
+        cert = sc.certify_many([x], n0=20, n=50, alpha=0.01, bound=bound)[0]
+        assert (cert.guess, cert.predict, cert.n_a, cert.radius) == (ABSTAIN, ABSTAIN, 0, 0.0)
+        assert cert.nonfinite == 20 + 50 and cert.p_a_lower == 0.0 and cert.radius_2class == cert.radius_tv == 0.0
+    pred = sc.predict(x, n=50, alpha=0.01)
+    assert (pred.predict, pred.count_a, pred.count_b, pred.p_value, pred.nonfinite) == (ABSTAIN, 0, 0, 1.0, 50)
+
+
+def test_one_sample_is_enough_to_run():
+    """n0 = 1 and n = 1 are valid (if useless: one sample never certifies at alpha < 1/2); 0 is refused above."""
+    sc = SmoothedClassifier(Constant(3), sigma=0.25, seed=0)
+    cert = sc.certify(np.zeros(4, np.float32), n0=1, n=1, alpha=0.01)
+    assert (cert.guess, cert.n_a, cert.n, cert.n0, cert.predict) == (3, 1, 1, 1, ABSTAIN)
+    assert cert.p_a_lower == pytest.approx(0.01, rel=1e-9)  # CP_lower(1 of 1) = alpha
+    pred = sc.predict(np.zeros(4, np.float32), n=1, alpha=0.01)
+    assert (pred.predict, pred.count_a, pred.p_value) == (ABSTAIN, 1, 1.0)
+
+
+def test_predict_answers_when_the_p_value_equals_alpha():
+    """Cohen's PREDICT answers iff p-value <= alpha: 10 of 10 has the exact two-sided p-value 2 / 2**10."""
+    sc = SmoothedClassifier(Constant(3), sigma=0.25, seed=0)
+    x = np.zeros(4, np.float32)
+    p = 2 / 2**10
+    assert sc.predict(x, n=10, alpha=p).predict == 3
+    assert sc.predict(x, n=10, alpha=float(np.nextafter(p, 0.0))).predict == ABSTAIN
+
+
+def test_a_one_class_model_predicts_its_class():
+    """num_classes = 1 is valid: PREDICT's top two is the one class against none (p-value of n of n)."""
+    sc = SmoothedClassifier(Constant(0, k=1), sigma=0.25, seed=0, num_classes=1)
+    pred = sc.predict(np.zeros(4, np.float32), n=20, alpha=0.01)
+    assert (pred.predict, pred.count_a, pred.count_b) == (0, 20, 0)
+    assert pred.p_value == stats.binomial_pvalue(20, 20)
+    with pytest.raises(ConfigError):
+        SmoothedClassifier(Constant(0, k=1), sigma=0.25, num_classes=0)
+
+
+def test_counting_no_images_gives_an_empty_table_of_the_right_width():
+    assert SmoothedClassifier(Constant(0), sigma=0.25).count([], [], 0, 10).shape == (0, 10 + 1)
+    assert SmoothedClassifier(Constant(0), sigma=0.25, num_classes=3).count([], [], 0, 10).shape == (0, 3 + 1)
