@@ -4,8 +4,8 @@
   that sample alone, at the batch size the run really uses (and one other). The load check in
   :class:`~rs_onnx.classifier.OnnxClassifier` only tries 8 random inputs; a model that mixes rows above
   batch 8 (train-mode batch norm, a batch-wide softmax, a bad export) passes it and then makes the
-  results depend on ``--batch-size``. On failure the classifier falls back to one sample per run, or
-  the run is refused when it cannot.
+  results depend on ``--batch-size``. On failure the smoothed classifier switches to one sample per run
+  (``OnnxClassifier.one_by_one``, in ``SmoothedClassifier.verify_batches``), or the run is refused when it cannot.
 * :func:`clean_accuracy`: one forward pass per clean example; near chance usually means wrong
   preprocessing (mean/std, layout, scale), which no certificate can reveal.
 """
@@ -69,7 +69,8 @@ def noisy_inputs(smoothed, x: np.ndarray, rows: int) -> np.ndarray:
 
 def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = None) -> dict:
     """Verify that batches of ``batch_size`` (default the smoothed classifier's) and one other size give
-    the noisy copies of image ``x`` the classes they get one by one; fall back or refuse otherwise.
+    the noisy copies of image ``x`` the classes they get one by one; refuse, or say "per-sample fallback"
+    (then :meth:`~rs_onnx.smoothing.SmoothedClassifier.verify_batches` runs the model one sample per run).
 
     Memory: one batch of model inputs (the run's sampler holds about three). Returns a record for
     meta.json: {"batch_sizes": [...], "rows_one_by_one": m, "result": "ok" | "per-sample fallback"}.
@@ -135,7 +136,6 @@ def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = No
             "depend on the others in its batch (pass --batch-size 1, or export the model in eval mode "
             "with a dynamic batch)"
         )
-    clf.fall_back_per_sample()
     log.warning(
         "%s: on noisy copies of the first example, %s; falling back to one sample per run (slower; "
         "export the model in eval mode with a dynamic batch to avoid this)",

@@ -8,6 +8,7 @@ Loading and the load-time checks live in :mod:`rs_onnx.loader`, reading inputs a
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import logging
@@ -169,10 +170,13 @@ class OnnxClassifier:
         """True when every run should have one shape (CUDA: cuDNN plans, CUDA graphs): pad the last batch."""
         return self.device.startswith("cuda")
 
-    def fall_back_per_sample(self) -> None:
-        """Run one example per session run from now on (:func:`rs_onnx.checks.check_batch_equivalence` found
-        that batched runs change the classes); ``batch_mode`` becomes "per-sample"."""
-        self.batch_mode = "per-sample"
+    def one_by_one(self) -> OnnxClassifier:
+        """This model run one example per session run (``batch_mode`` "per-sample", the same sessions): what a
+        smoothed classifier switches to when :func:`rs_onnx.checks.check_batch_equivalence` finds that
+        batched runs change the classes. ``self`` is left as it is."""
+        other = copy.copy(self)
+        other.batch_mode = "per-sample"
+        return other
 
     @functools.cached_property
     def device_name(self) -> str:

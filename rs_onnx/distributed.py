@@ -178,7 +178,7 @@ class Worker:
                 f"expected the driver's {sha256[:12]} (a different file under the same path?)"
             )
         if self._batch_mode == "per-sample" and self.classifier.batch_mode != "per-sample":
-            self.classifier.fall_back_per_sample()  # as the driver's batch check decided
+            self.classifier = self.classifier.one_by_one()  # as the driver's batch check decided
         noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
         assert self.cfg.batch_size is not None  # the driver's resolved configuration
         self.smoothed = open_smoothed(  # the driver's entropy; its batch check's decision came as batch_mode

@@ -517,9 +517,10 @@ def prepare(cfg: RunConfig) -> Prepared:
         sigma=sigma if cfg.sigma is None else cfg.sigma,
         batch_size=batch_size if cfg.batch_size is None else cfg.batch_size,
     )
+    checks = run_checks(resolved, smoothed, data, indices)  # may switch smoothed to a one-by-one classifier
     return Prepared(
         resolved,
-        clf,
+        smoothed.classifier,
         smoothed,
         data,
         indices,
@@ -527,7 +528,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         batch_size,
         smoothed.entropy,
         probe,
-        run_checks(resolved, smoothed, data, indices),
+        checks,
         audit,
     )
 

@@ -259,12 +259,17 @@ class SmoothedClassifier:
 
     def verify_batches(self, x: np.ndarray, samples: int) -> dict | None:
         """Once per instance, for an ONNX classifier: :func:`rs_onnx.checks.check_batch_equivalence` on noisy
-        copies of ``x`` at the batch size a count of ``samples`` samples uses (the classifier may fall
-        back to one sample per run; ModelError when it cannot). The record is kept in ``batch_check``."""
+        copies of ``x`` at the batch size a count of ``samples`` samples uses; ModelError when batches change the
+        classes and the model cannot run one sample at a time. When it can, ``classifier`` becomes its
+        ``one_by_one()`` copy (the caller's classifier object is left as it is). The record is kept in
+        ``batch_check``."""
         if self.batch_check is None:
             from .checks import check_batches_once
 
-            self.batch_check = check_batches_once(self, x, samples)
+            record = check_batches_once(self, x, samples)
+            if record is not None and record["result"] == "per-sample fallback":
+                self.classifier = self.classifier.one_by_one()
+            self.batch_check = record
         return self.batch_check
 
     def count(

@@ -419,5 +419,5 @@ def _written_back():
 
 def test_nothing_resolved_later_is_written_into_objects_built_earlier():
     # The batch check's record and the audit record travel in constructors and in Prepared; a classifier's
-    # fallback to one sample per run is its own method (fall_back_per_sample), not an outside assignment.
+    # fallback to one sample per run is a new classifier (OnnxClassifier.one_by_one), the caller's left as is.
     assert _written_back() == []

@@ -215,12 +215,14 @@ def test_the_python_api_checks_batches_too(files):
         cert = g.certify(x, 20, 300, 0.01)
         results.append((cert.predict, cert.n_a, cert.radius, g.predict(x, 300, 0.01).count_a))
         assert g.batch_check["batch_sizes"][0] == batch
-        assert clf.batch_mode == ("per-sample" if batch > 8 else "dynamic")
+        assert g.classifier.batch_mode == ("per-sample" if batch > 8 else "dynamic")
+        assert clf.batch_mode == "dynamic"  # the caller's classifier object is never changed
     assert results[0] == results[1]
     seq_clf = OnnxClassifier(files / "mix.onnx", device="cpu")
     g = SmoothedClassifier(seq_clf, sigma=0.3, seed=0, batch_size=64)
     sequential_certify_many(g, [x], None, 20, 500, 0.01, [0.25])
-    assert seq_clf.batch_mode == "per-sample" and g.batch_check["result"] == "per-sample fallback"
+    assert g.classifier.batch_mode == "per-sample" and g.batch_check["result"] == "per-sample fallback"
+    assert seq_clf.batch_mode == "dynamic"
 
 
 class _OutOfMemoryAbove:
