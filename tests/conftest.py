@@ -8,6 +8,7 @@ the full suite (CI) runs them all.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,26 @@ def write_linear3(
     data = folder / data_name
     np.savez(data, images=images, labels=scores.argmax(1).astype(np.uint8))
     return str(model), str(data)
+
+
+def invoke_cli(args: list[str], **kw):
+    """``rs-onnx args`` in this process through click's CliRunner (exceptions propagate): its Result."""
+    from click.testing import CliRunner
+
+    from rs_onnx.cli import cli
+
+    return CliRunner().invoke(cli, args, catch_exceptions=False, **kw)
+
+
+def start_local_ray(ray) -> None:
+    """A local Ray instance for the tests: 2 CPUs, no dashboard, workers' logs kept from the test output."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """Ray, initialised locally for one test module (:func:`start_local_ray`); skips when Ray is not installed."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
+    start_local_ray(ray)
+    yield ray
+    ray.shutdown()

@@ -6,7 +6,6 @@ The chi-square test of the sampler runs over 10^6 draws here and over 10^8 in th
 
 import itertools
 import json
-import logging
 from decimal import Decimal
 from pathlib import Path
 
@@ -724,14 +723,6 @@ def test_sequential_mode_with_audit(digits):
         p.smoothed, [p.data.image(i) for i in range(3)], [0, 1, 2], 10, 400, 0.001, (0.25, 0.5)
     )
     assert all(c.n <= 400 for c in certs) and any(c.predict == p.data.labels[i] for i, c in enumerate(certs))
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_audit_matches_local(ray_cluster, digits, tmp_path):

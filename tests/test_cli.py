@@ -8,11 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from rs_onnx.cli import cli, main
+from tests.conftest import invoke_cli as run
 from tests.onnx_models import linear_model, save
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 def read_tsv(path):

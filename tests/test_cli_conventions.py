@@ -13,6 +13,7 @@ from scipy.stats import beta, norm
 from rs_onnx import analysis
 from rs_onnx.cli import cli, main
 from rs_onnx.progress import Progress
+from tests.conftest import invoke_cli as invoke
 from tests.onnx_models import linear_model, save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +28,6 @@ def constant(tmp_path):
     data = tmp_path / "c.npz"
     np.savez(data, images=np.zeros((5, 4, 4), np.uint8), labels=np.zeros(5, np.uint8))
     return str(model), str(data), tmp_path
-
-
-def invoke(args, **kw):
-    return CliRunner().invoke(cli, args, catch_exceptions=False, **kw)
 
 
 BASE = ["--sigma", "0.25", "--n0", "20", "--n", "200", "--seed", "0", "--batch-size", "100"]

@@ -18,7 +18,7 @@ from rs_onnx import run
 from rs_onnx.config import RunConfig
 from rs_onnx.distributed import Worker, backend_from_config, model_bundle, ray_backend, unpack_bundle
 from rs_onnx.errors import ConfigError
-from tests.conftest import write_linear3
+from tests.conftest import start_local_ray, write_linear3
 from tests.onnx_models import linear_model
 
 N_EXAMPLES = 30
@@ -140,9 +140,7 @@ def test_a_local_ray_starts_before_any_file_and_stops_at_the_end(linear, local_t
     init = ray.init
     if ray.is_initialized():  # the shared instance, when tests run in another order: stopped here, started after
         ray.shutdown()
-        request.addfinalizer(
-            lambda: init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        )
+        request.addfinalizer(lambda: start_local_ray(ray))
     files_at_init = []
 
     def watched_init(*args, **kwargs):
@@ -158,14 +156,6 @@ def test_a_local_ray_starts_before_any_file_and_stops_at_the_end(linear, local_t
 
 
 # ---------------------------------------------------------------------------------------------- on Ray
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rs-onnx[distributed]')")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("mode,workers", [("certify", 2), ("predict", 1)])
 def test_same_tsv_as_one_process(ray_cluster, linear, local_tsvs, tmp_path, mode, workers):
     out = tmp_path / "ray.tsv"

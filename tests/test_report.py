@@ -10,18 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from rs_onnx import analysis
-from rs_onnx.cli import cli, main
+from rs_onnx.cli import main
 from rs_onnx.report import render, run_warnings
+from tests.conftest import invoke_cli as invoke
 from tests.onnx_models import linear_model, save
 
 EVIL = '<script>alert("x")</script>\n&amp;'
-
-
-def invoke(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
