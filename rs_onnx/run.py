@@ -381,8 +381,12 @@ def memory_check(cfg: RunConfig, clf, pre, batch: int) -> None:
     need = memory_need(cfg, clf, pre, batch)
     if need <= available:
         return
-    fitting = largest_fitting(batch, lambda b: memory_need(cfg, clf, pre, b) <= available)
-    if memory_need(cfg, clf, pre, fitting) <= available:
+
+    def fits(b: int) -> bool:
+        return memory_need(cfg, clf, pre, b) <= available
+
+    fitting = largest_fitting(batch, fits)
+    if fits(fitting):
         todo = f"expected a smaller --batch-size (at most {fitting:,} fits now)"
     else:
         todo = "expected a machine with more free memory (not even a batch of 1 fits)"

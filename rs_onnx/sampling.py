@@ -193,8 +193,10 @@ def largest_fitting(limit: int, fits: Callable[[int], bool]) -> int:
     """The largest batch size b <= ``limit`` with ``fits(b)``, by bisection (``fits`` need not be monotone:
     the answer is always one that fits), or 1 when none does (the caller's check then refuses it)."""
     limit = max(1, int(limit))
-    if fits(limit) or not fits(1):
-        return limit if fits(limit) else 1
+    if fits(limit):
+        return limit
+    if not fits(1):
+        return 1
     lo, hi = 1, limit  # fits(lo), not fits(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
