@@ -424,6 +424,7 @@ class Prepared:
     batch_probe: dict | None = None
     checks: dict = field(default_factory=dict)  # batch_check and clean_accuracy (rs_onnx.checks)
     audit: dict | None = None  # audit mode's record for meta.json: the graph scan, the grid, the entropy's origin
+    batch_auto: bool = False  # the batch size was resolved here (no --batch-size): Ray workers resolve their own
 
     def with_entropy(self, entropy: int) -> Prepared:
         """The same run with the noise streams seeded by ``entropy`` (--resume adopting an earlier run's
@@ -534,6 +535,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         probe,
         checks,
         audit,
+        cfg.batch_size is None,
     )
 
 
@@ -833,7 +835,9 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
         if writer:
             writer.close()
         timings["seconds"] = time.time() - t0
-        meta = _meta(p, mode, out, status, timings, {**extra, **({"error": error} if error else {})}, data_extra)
+        record = getattr(backend, "record", None)  # the Ray backend: what its workers resolved
+        final: dict = {**extra, **({"error": error} if error else {}), **(record() if callable(record) else {})}
+        meta = _meta(p, mode, out, status, timings, final, data_extra)
         if files is not None:
             files.finish(meta)
     if extra["nonfinite_outputs"]:
