@@ -241,12 +241,14 @@ class Worker:
 
         self._setup(model)
         c = self.classifier
+        node = None
         try:
             import ray
 
-            node = ray.get_runtime_context().get_node_id()
-        except Exception:  # noqa: BLE001 - outside Ray (tests)
-            node = None
+            if ray.is_initialized():  # inside a Ray worker (never start Ray from here)
+                node = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - no Ray (tests run a Worker in-process)
+            pass
         return {
             "host": platform.node(),
             "pid": os.getpid(),

@@ -29,9 +29,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _group(pgid: int) -> list[int]:
-    """Process ids whose process group is ``pgid`` (read from /proc)."""
-    pids = []
+def _processes() -> dict[int, tuple[int, int]]:
+    """{pid: (parent pid, process group)} of the live (not zombie) processes, from /proc."""
+    table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -40,9 +40,21 @@ def _group(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
+        if fields[0] != "Z":
+            table[int(entry)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def _group(pgid: int) -> list[int]:
+    """Process ids in process group ``pgid`` and their descendants (Ray workers a raylet spawned)."""
+    table = _processes()
+    found = {pid for pid, (_, group) in table.items() if group == pgid}
+    grew = True
+    while grew:
+        more = {pid for pid, (parent, _) in table.items() if parent in found and pid not in found}
+        found |= more
+        grew = bool(more)
+    return sorted(found)
 
 
 class LocalCluster:
@@ -63,6 +75,9 @@ class LocalCluster:
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
         }
         self.env.pop("RAY_ADDRESS", None)
+        # Ray workers import rs_onnx from this checkout, as the driver does
+        repo = str(Path(__file__).resolve().parents[1])
+        self.env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])
         try:
             self._start(
                 "head",
@@ -126,6 +141,18 @@ class LocalCluster:
 
     def pids(self, name: str) -> list[int]:
         return _group(self.nodes[name])
+
+    def worker_pids(self, name: str) -> list[int]:
+        """Process ids of the rs-onnx Ray workers (actors, titled ``ray::Worker...``) on node ``name``."""
+        found = []
+        for pid in self.pids(name):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::Worker"):
+                found.append(pid)
+        return found
 
     def signal_node(self, name: str, sig: int) -> list[int]:
         """Send ``sig`` to every process of node ``name``; returns their ids."""
