@@ -73,6 +73,7 @@ class LocalCluster:
             **os.environ,
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+            "RAY_AUTH_MODE": "disabled",  # loopback only; every node and driver of the test uses this env
         }
         self.env.pop("RAY_ADDRESS", None)
         # Ray workers import rs_onnx from this checkout, as the driver does

@@ -73,7 +73,13 @@ def driver(files, out: Path, *extra: str, env: dict | None = None) -> subprocess
     model, data, _ = files
     args = [sys.executable, "-m", "rs_onnx.cli", "certify", model, data, "--sigma", "0.5", "--n0", "100"]
     args += ["--n", str(N), "--seed", "1", "--batch-size", "1000", "--backend", "ray", "--out", str(out), *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        **(env or {}),
+    }
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
@@ -102,12 +108,35 @@ def wait_rows(proc: subprocess.Popen, out: Path, rows: int = 1) -> None:
         time.sleep(0.2)
 
 
+def wait_busy(cluster, nodes: list[str]) -> None:
+    """Until the rs-onnx worker on each of ``nodes`` runs a task (its process title names the method): a fault
+    then hits a worker with work, not one still starting."""
+    deadline = time.time() + RUN_TIMEOUT
+    while not all(_busy(cluster, node) for node in nodes):
+        if time.time() > deadline:
+            pytest.fail(f"the workers on {nodes} never ran a task")
+        time.sleep(0.2)
+
+
+def _busy(cluster, node: str) -> bool:
+    for pid in cluster.worker_pids(node):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith(("ray::Worker.answers", "ray::Worker.counts")):
+            return True
+    return False
+
+
 def meta(out: Path) -> dict:
     return json.loads(Path(f"{out}.meta.json").read_text())
 
 
 def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("rs-onnx:")]
+    """The lines that end a run (log lines start with "rs-onnx: " too)."""
+    ends = ("rs-onnx: error:", "rs-onnx: internal error:", "rs-onnx: terminated", "rs-onnx: interrupted")
+    return [line for line in err.splitlines() if line.startswith(ends)]
 
 
 def test_a_worker_node_lost_while_the_cluster_is_full(cluster, files, tmp_path):
@@ -116,12 +145,13 @@ def test_a_worker_node_lost_while_the_cluster_is_full(cluster, files, tmp_path):
     out = tmp_path / "r.tsv"
     proc = driver(files, out, "--address", cluster.address, "--workers", "2", "--stall-timeout", "30")
     wait_rows(proc, out)
+    wait_busy(cluster, ["w1", "w2"])
     cluster.kill_node("w1")
     try:
         code, _, err = finish(proc)
         assert code == 0, err[-3000:]
         assert strip_time(out) == strip_time(files[2])  # nothing lost, nothing twice
-        assert meta(out)["status"] == "complete" and meta(out)["ray"]["resent_units"] >= 1
+        assert meta(out)["status"] == "complete" and meta(out)["ray"]["resent_units"] >= 1, err[-3000:]
         assert "lost" in err
     finally:
         cluster.add_worker("w3")  # the cluster full again for the next tests
@@ -134,6 +164,7 @@ def test_a_frozen_worker_has_its_work_resent(cluster, files, tmp_path):
     out = tmp_path / "r.tsv"
     proc = driver(files, out, "--address", cluster.address, "--workers", "2", "--stall-timeout", "6")
     wait_rows(proc, out)
+    wait_busy(cluster, ["w2"])
     frozen = cluster.worker_pids("w2")
     assert frozen, "no rs-onnx worker on node w2"
     for pid in frozen:
@@ -154,7 +185,9 @@ def test_every_worker_frozen_ends_the_run_in_one_resumable_line(cluster, files, 
     out = tmp_path / "r.tsv"
     proc = driver(files, out, "--address", cluster.address, "--workers", "2", "--stall-timeout", "6")
     wait_rows(proc, out)
-    frozen = [pid for node in cluster.nodes if node != "head" for pid in cluster.worker_pids(node)]
+    workers = [node for node in cluster.nodes if node != "head" and cluster.pids(node)]
+    wait_busy(cluster, workers)
+    frozen = [pid for node in workers for pid in cluster.worker_pids(node)]
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     try:
