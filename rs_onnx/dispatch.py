@@ -251,7 +251,7 @@ class Dispatcher:
                 on.add(u)
 
     def _started(self, ref, now: float) -> None:
-        from ray.exceptions import RayActorError, RayTaskError
+        RayActorError, RayTaskError = self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError  # noqa: N806
 
         actor = self.starting.pop(ref)
         try:
@@ -284,7 +284,7 @@ class Dispatcher:
         self.ever_ready = True
 
     def _answered(self, ref, now: float) -> None:
-        from ray.exceptions import RayActorError, RayTaskError
+        RayActorError, RayTaskError = self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError  # noqa: N806
 
         actor, u = self.in_flight.pop(ref)
         on = self.live.get(actor, self.stalled.get(actor))
