@@ -16,7 +16,7 @@ class ActorLostError(Exception):
     """Stands in for ray.exceptions.RayActorError."""
 
 
-class Unavailable(ActorLostError):
+class UnavailableError(ActorLostError):
     """Stands in for ray.exceptions.ActorUnavailableError (Ray is restarting the actor)."""
 
 
@@ -35,7 +35,7 @@ class FakeRay:
     class exceptions:  # noqa: N801 - the module's name in Ray
         RayActorError = ActorLostError
         RayTaskError = TaskFailedError
-        ActorUnavailableError = Unavailable
+        ActorUnavailableError = UnavailableError
 
     def __init__(self) -> None:
         self.killed: list = []
@@ -141,7 +141,9 @@ def test_a_lost_worker_has_its_units_resent():
 
     def a(unit):
         lost["count"] += 1
-        return Ref(ActorLostError("worker died")) if lost["count"] == 1 else Ref(([("a", e) for e in unit.examples], 0.0))
+        return (
+            Ref(ActorLostError("worker died")) if lost["count"] == 1 else Ref(([("a", e) for e in unit.examples], 0.0))
+        )
 
     d, _ = make(FakeRay(), {"a": a, "b": answer("b")}, stall=30)
     out = list(d)
@@ -150,7 +152,10 @@ def test_a_lost_worker_has_its_units_resent():
 
 def test_a_unit_that_kills_every_worker_is_named_while_the_cluster_is_up():
     d, _ = make(
-        FakeRay(), {"a": lambda u: Ref(ActorLostError("x")), "b": lambda u: Ref(Unavailable("x"))}, stall=30, max_attempts=3
+        FakeRay(),
+        {"a": lambda u: Ref(ActorLostError("x")), "b": lambda u: Ref(UnavailableError("x"))},
+        stall=30,
+        max_attempts=3,
     )
     with pytest.raises(WorkerError, match=r"examples 0\.\.1: lost with 3 workers while the cluster stayed up") as e:
         list(d)
@@ -166,7 +171,9 @@ def test_a_lost_cluster_is_told_apart_from_a_crashing_example():
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens once closed
     ray = FakeRay()
-    d, _ = make(ray, {"a": lambda u: Ref(ActorLostError("x")), "b": lambda u: Ref(ActorLostError("x"))}, stall=30, gcs=address)
+    d, _ = make(
+        ray, {"a": lambda u: Ref(ActorLostError("x")), "b": lambda u: Ref(ActorLostError("x"))}, stall=30, gcs=address
+    )
     with pytest.raises(WorkerError, match="the Ray cluster was lost") as e:
         list(d)
     assert e.value.resumable and d.cluster_lost and ray.killed == []
