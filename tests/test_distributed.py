@@ -328,3 +328,14 @@ def test_meta_records_what_the_workers_resolved(ray_cluster, linear, tmp_path):
     (worker,) = meta["ray"]["workers"]
     assert worker["batch_auto"] is True and worker["batch_size"] >= 1 and worker["device"] == "cpu"
     assert meta["config"]["batch_size"] == p.cfg.batch_size  # the driver's own, as resolved by prepare
+
+
+def test_stall_timeout_flag_and_yaml_key_are_one_setting(linear, tmp_path):
+    from tests.conftest import invoke_cli
+
+    model, data = linear
+    flag = invoke_cli(["certify", model, data, "--backend", "ray", "--stall-timeout", "45", "--dump-config"])
+    assert flag.exit_code == 0 and "stall_timeout: 45.0" in flag.output
+    (tmp_path / "c.yaml").write_text("stall_timeout: 30\nbackend: ray\n")
+    yaml = invoke_cli(["certify", model, data, "--config", str(tmp_path / "c.yaml"), "--dump-config"])
+    assert yaml.exit_code == 0 and "stall_timeout: 30" in yaml.output
