@@ -488,7 +488,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     local = (cfg.backend or "local") == "local"  # Ray workers hold their batches on their own nodes
     probe = None
     if cfg.batch_size is None:  # never a size that the memory check below would refuse
-        batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n), memory_fits(cfg, clf, pre))
+        total = len(indices) * (cfg.n0 + cfg.n)
+        # Ray workers resolve their own batch size on their own hardware (rs_onnx.ray_worker); the driver's
+        # serves only its checks, so it is never probed for (a CPU head would time a GPU run on its CPU)
+        total = total if local else min(total, PROBE_MIN_SAMPLES - 1)
+        batch_size, probe = resolve_batch(clf, total, memory_fits(cfg, clf, pre))
     else:
         batch_size = int(cfg.batch_size)
     if local:

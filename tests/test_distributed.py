@@ -339,3 +339,21 @@ def test_stall_timeout_flag_and_yaml_key_are_one_setting(linear, tmp_path):
     (tmp_path / "c.yaml").write_text("stall_timeout: 30\nbackend: ray\n")
     yaml = invoke_cli(["certify", model, data, "--config", str(tmp_path / "c.yaml"), "--dump-config"])
     assert yaml.exit_code == 0 and "stall_timeout: 30" in yaml.output
+
+
+def test_the_driver_never_probes_a_batch_size_for_ray_workers(linear, monkeypatch):
+    """A long run (a local run would probe): with backend ray the driver leaves the probe to the workers,
+    on their own hardware; its batch size only serves its own checks."""
+    from rs_onnx import sampling
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the driver probed a batch size for Ray workers")
+
+    monkeypatch.setattr(sampling, "probe_batch_size", no_probe)
+    model, data = linear
+    cfg = RunConfig(model=model, data=data, sigma=0.5, n0=100, n=10_000, seed=3, backend="ray").validate()
+    p = run.prepare(cfg)  # 30 examples x 10,100 samples: past PROBE_MIN_SAMPLES
+    assert p.batch_auto and p.batch_probe is None and p.cfg.batch_size == run.DEFAULT_BATCH
+    local = RunConfig(model=model, data=data, sigma=0.5, n0=100, n=10_000, seed=3).validate()
+    with pytest.raises(AssertionError, match="probed"):
+        run.prepare(local)  # a local run does probe
