@@ -202,7 +202,9 @@ class Dispatcher:
                         resumable=True,
                     )
                 if refs:
-                    finished, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
+                    finished, rest = ray.wait(refs, num_returns=1, timeout=POLL_S)
+                    if finished and rest:  # and every other answer already there, without waiting
+                        finished += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
                 else:
                     finished = []
                     time.sleep(POLL_S)
