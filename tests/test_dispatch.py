@@ -68,7 +68,7 @@ def fast(monkeypatch):
     monkeypatch.setattr(dispatch, "GCS_LOST_S", 0.2)
 
 
-def make(ray, behave, examples=6, group=2, stall=0.3, gcs=None, max_attempts=4, units=None, finish=None):
+def make(ray, behave, examples=6, group=2, stall=0.3, gcs=None, max_attempts=4, units=None, finish=None, ready=None):
     """A Dispatcher over actors "a" and "b"; ``behave[actor](unit)`` -> Ref of (value, seconds)."""
     calls: list = []
 
@@ -80,7 +80,7 @@ def make(ray, behave, examples=6, group=2, stall=0.3, gcs=None, max_attempts=4, 
     d = Dispatcher(
         ray,
         ["a", "b"],
-        ready=lambda actor: Ref({"host": "h", "pid": actor, "device": "cpu", "batch_size": 10}),
+        ready=ready or (lambda actor: Ref({"host": "h", "pid": actor, "device": "cpu", "batch_size": 10})),
         on_ready=lambda info: None,
         make_plan=lambda info: units or plan(todo, group, "certify", 1, 1, None, 1),
         submit=submit,
@@ -192,3 +192,21 @@ def test_a_split_example_is_answered_from_all_its_pieces_in_unit_order():
     out = list(d)
     assert [(g, a) for g, a, _ in out] == [([7], [6000]), ([8], [6000])]
     assert seen[0] == [(0, 0, 1000), (1, 0, 2000), (1, 2, 2000), (1, 4, 1000)]
+
+
+def test_every_worker_lost_and_never_back_ends_in_one_resumable_error():
+    """Both worker nodes lost: Ray keeps restarting their actors, which never find room (asked again and
+    again: unavailable). Nothing progresses for the stall timeout: one resumable error, no hang."""
+    asked = {"a": 0, "b": 0}
+
+    def ready(actor):
+        asked[actor] += 1
+        if asked[actor] == 1:
+            return Ref({"host": "h", "pid": actor, "device": "cpu", "batch_size": 10})
+        return Ref(UnavailableError("restarting"))
+
+    lost = lambda unit: Ref(UnavailableError("node died"))  # noqa: E731
+    d, _ = make(FakeRay(), {"a": lost, "b": lost}, stall=0.3, ready=ready)
+    with pytest.raises(WorkerError, match=r"no Ray worker finished anything.*2 restarting") as e:
+        list(d)
+    assert e.value.resumable and asked["a"] > 2
