@@ -25,8 +25,10 @@ import numpy as np
 from .errors import ConfigError, DataError, RsOnnxError
 from .population import (
     DEFAULT_CONFIDENCE,
+    check_requirements,
     lower_percent,
     population_bounds,
+    requirement_radii,
     run_alpha,
     samples_spent,
     samples_text,
@@ -48,6 +50,7 @@ __all__ = [
     "plot_certified_accuracy",
     "read_results",
     "read_run",
+    "requirement_checks",
     "run_max_radius",
     "run_title",
     "samples_spent",
@@ -184,6 +187,22 @@ def certified_accuracy_lower(
         return None
     acc = certified_accuracy(results, radii, radius_column)
     return population_bounds(acc, len(_column(results, "correct")), level, confidence)
+
+
+def requirement_checks(
+    runs: Mapping,
+    requirements: Sequence,
+    radius_column: str = "radius",
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    alpha: float | None = None,
+) -> list[dict]:
+    """``--require``: :func:`population.check_requirements` of each run (label -> results) at the radii
+    the requirements name, in ``radius_column`` (the column the table uses); [] without requirements."""
+    if not requirements:
+        return []
+    rows = table_rows(runs, requirement_radii(requirements), radius_column, confidence=confidence, alpha=alpha)
+    return check_requirements(requirements, rows)
 
 
 # ------------------------------------------------------------------------------------------- tables

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, RequirementNotMet
 
 DEFAULT_CONFIDENCE = 0.95
 """Confidence of the population lower bounds (``--confidence``)."""
@@ -192,3 +192,10 @@ def failure_text(checks: Sequence[dict]) -> str:
         f"(alpha {c['alpha']:g}); expected a lower bound >= {100 * c['required']:g}%"
         for c in failed
     )
+
+
+def enforce(checks: Sequence[dict]) -> None:
+    """Raise :class:`RequirementNotMet` (one line: :func:`failure_text`) unless every check is met."""
+    text = failure_text(checks)
+    if text:
+        raise RequirementNotMet(text)
