@@ -380,9 +380,7 @@ def bounds_note(rows: Sequence[TableRow], plain: bool = True) -> str:
 
 def samples_note(rows: Sequence[TableRow]) -> str:
     """One line per run whose samples per example are known (:func:`samples_text`)."""
-    return "".join(
-        f"{r.label + ': ' if len(rows) > 1 else ''}{samples_text(r.samples)}\n" for r in rows if r.samples
-    )
+    return "".join(f"{r.label + ': ' if len(rows) > 1 else ''}{samples_text(r.samples)}\n" for r in rows if r.samples)
 
 
 def _fmt_acr(acr: float) -> str:

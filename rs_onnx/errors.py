@@ -25,5 +25,5 @@ class OutputError(RsOnnxError):
     """A result file cannot be written, or an output path is refused (in use, an input, holds rows)."""
 
 
-class RequirementNotMet(RsOnnxError):
+class RequirementError(RsOnnxError):
     """``--require``: a population lower bound on certified accuracy is below what the pipeline requires."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, RequirementNotMet
+from .errors import ConfigError, RequirementError
 
 DEFAULT_CONFIDENCE = 0.95
 """Confidence of the population lower bounds (``--confidence``)."""
@@ -195,7 +195,7 @@ def failure_text(checks: Sequence[dict]) -> str:
 
 
 def enforce(checks: Sequence[dict]) -> None:
-    """Raise :class:`RequirementNotMet` (one line: :func:`failure_text`) unless every check is met."""
+    """Raise :class:`RequirementError` (one line: :func:`failure_text`) unless every check is met."""
     text = failure_text(checks)
     if text:
-        raise RequirementNotMet(text)
+        raise RequirementError(text)

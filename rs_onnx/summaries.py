@@ -71,7 +71,9 @@ def run_summary(
         out["max_radius"] = _finite(max_radius)
         lower = certified_accuracy_lower(results, list(radii), confidence, alpha)
         far = [max_radius is not None and r > max_radius for r in radii]
-        out["certified_accuracy"] = {format(float(r), "g"): (None if f else float(a)) for r, a, f in zip(radii, acc, far)}
+        out["certified_accuracy"] = {
+            format(float(r), "g"): (None if f else float(a)) for r, a, f in zip(radii, acc, far)
+        }
         out["certified_accuracy_lower"] = {
             format(float(r), "g"): (None if f or lower is None else float(lo))
             for r, lo, f in zip(radii, [None] * len(far) if lower is None else lower, far)
