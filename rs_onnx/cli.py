@@ -793,6 +793,8 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json, con
         )
         log.info("wrote %s", plot)
     enforce(checks)  # after the table and plot: a CI log shows the numbers, then the one error line
+    if checks:
+        log.info("--require met: %d lower bounds at %g%% confidence", len(checks), 100 * confidence)
 
 
 @cli.command()
