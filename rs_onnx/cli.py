@@ -693,6 +693,13 @@ def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list
     return files, [*radii, *extra]
 
 
+def _not_nan(ctx, param, value):
+    """click's FloatRange lets NaN through (every comparison with it is False): refuse it (exit 2)."""
+    if value is not None and value != value:
+        raise click.BadParameter(f"{value!r}: expected a number (in the range shown by --help), not NaN", ctx, param)
+    return value
+
+
 def _requirements(ctx, param, value):
     """``--require 0.5:0.8,1:50%`` -> population.Requirement tuple; a malformed one is a usage error (exit 2)."""
     from .population import parse_requirements
@@ -731,11 +738,13 @@ def _requirements(ctx, param, value):
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.95,
     show_default=True,
+    callback=_not_nan,
     help="Confidence of the lower bounds on the population's certified accuracy.",
 )
 @click.option(
     "--alpha",
     type=click.FloatRange(0, 1, max_open=True),
+    callback=_not_nan,
     help="The certificates' alpha for files without a meta.json (Cohen et al.'s certify.py: 0.001); a "
     "run's own meta.json takes precedence.",
 )
@@ -794,7 +803,11 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json, con
         log.info("wrote %s", plot)
     enforce(checks)  # after the table and plot: a CI log shows the numbers, then the one error line
     if checks:
-        log.info("--require met: %d lower bounds at %g%% confidence", len(checks), 100 * confidence)
+        log.info(
+            "--require met: every lower bound reaches its threshold (%d checked at %g%% confidence)",
+            len(checks),
+            100 * confidence,
+        )
 
 
 @cli.command()
@@ -823,6 +836,7 @@ def doctor(ctx: click.Context) -> None:
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.95,
     show_default=True,
+    callback=_not_nan,
     help="Confidence of the lower bounds on the population's certified accuracy.",
 )
 def report(results, out, labels, title, overwrite, confidence) -> None:

@@ -347,7 +347,11 @@ def test_malformed_require_is_a_usage_error_and_prints_nothing(run, capsys):
     tmp, fixed, _ = run
     res = invoke(["analyze", str(fixed), "--require", "0.5:1.2"])
     assert res.exit_code == 2 and "expected RADIUS:ACCURACY" in res.output and "| fixed" not in res.output
-    assert invoke(["analyze", str(fixed), "--confidence", "1"]).exit_code == 2
+    for flag, value in (("--confidence", "1"), ("--confidence", "nan"), ("--alpha", "nan"), ("--alpha", "1")):
+        bad = invoke(["analyze", str(fixed), flag, value])
+        assert bad.exit_code == 2 and "| fixed" not in bad.output, (flag, value, bad.output)
+    assert invoke(["report", str(fixed), "-o", str(tmp / "x.html"), "--confidence", "nan"]).exit_code == 2
+    assert not (tmp / "x.html").exists()
     with pytest.raises(SystemExit) as e:
         main(["analyze", str(fixed), "--require", "half:0.8"])
     captured = capsys.readouterr()
