@@ -7,7 +7,9 @@ Radii are in the units of the noise scale: [0,1]-pixel units, l2, for Gaussian s
 
 Conventions follow Cohen et al.'s ``analyze.py``: the certified accuracy at radius r is the fraction of
 ALL examples with ``correct & (radius >= r)``, so at r = 0 it is the smoothed classifier's accuracy and
-abstentions (``predict == -1``, ``correct == 0``) count as wrong.
+abstentions (``predict == -1``, ``correct == 0``) count as wrong. Each certified accuracy comes with a
+lower confidence bound on the population's (``certified_accuracy_lower``; ``population`` and
+``stats.population_lower``), which the tables show as ``(≥ x)``.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import numpy as np
 from .errors import ConfigError, DataError, RsOnnxError
 from .population import (
     DEFAULT_CONFIDENCE,
+    bounds_note,
     check_requirements,
     lower_percent,
     population_bounds,
     requirement_radii,
     run_alpha,
+    samples_note,
     samples_spent,
-    samples_text,
 )
 from .results import REQUIRED_COLUMNS, Results, read_results
 from .stats import ABSTAIN
@@ -355,32 +358,6 @@ def _accuracy_cells(r: TableRow, ge: str = "≥ ") -> list[str]:
         OUT_OF_REACH if far else f"{100 * a:.1f}" + ("" if lo is None else f" ({ge}{lower_percent(lo)})")
         for a, lo, far in zip(r.certified, lower, r.out_of_reach())
     ]
-
-
-def bounds_note(rows: Sequence[TableRow], plain: bool = True) -> str:
-    """What the ``(≥ x)`` of the tables are, on how many examples they rest, and which runs have none."""
-    known = [r for r in rows if r.lower is not None]
-    out = ""
-    if known:
-        levels = sorted({r.confidence for r in known})
-        alphas = sorted({r.alpha for r in known if r.alpha is not None})
-        ns = sorted({r.examples for r in known})
-        out += (
-            f"(≥ x): one-sided {'/'.join(f'{100 * c:g}%' for c in levels)} lower confidence bound on the "
-            f"population's certified accuracy, from {'/'.join(map(str, ns))} examples (taken as an i.i.d. sample) "
-            f"and certificates each false with probability <= alpha = {'/'.join(f'{a:g}' for a in alphas)}"
-            + (" (docs/certificate-population.md)" if plain else "")
-            + "\n"
-        )
-    missing = [r.label for r in rows if r.lower is None]
-    if missing:
-        out += f"no lower bound for {', '.join(missing)}: alpha unknown (no meta.json); give --alpha\n"
-    return out
-
-
-def samples_note(rows: Sequence[TableRow]) -> str:
-    """One line per run whose samples per example are known (:func:`samples_text`)."""
-    return "".join(f"{r.label + ': ' if len(rows) > 1 else ''}{samples_text(r.samples)}\n" for r in rows if r.samples)
 
 
 def _fmt_acr(acr: float) -> str:

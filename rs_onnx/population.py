@@ -110,6 +110,35 @@ def samples_text(spent: dict | None) -> str:
     return text
 
 
+# ------------------------------------------------------------------------------- table notes
+
+
+def bounds_note(rows: Sequence[Any], plain: bool = True) -> str:
+    """What the ``(≥ x)`` of the tables are, on how many examples they rest, and which runs have none."""
+    known = [r for r in rows if r.lower is not None]
+    out = ""
+    if known:
+        levels = sorted({r.confidence for r in known})
+        alphas = sorted({r.alpha for r in known if r.alpha is not None})
+        ns = sorted({r.examples for r in known})
+        out += (
+            f"(≥ x): one-sided {'/'.join(f'{100 * c:g}%' for c in levels)} lower confidence bound on the "
+            f"population's certified accuracy, from {'/'.join(map(str, ns))} examples (taken as an i.i.d. sample) "
+            f"and certificates each false with probability <= alpha = {'/'.join(f'{a:g}' for a in alphas)}"
+            + (" (docs/certificate-population.md)" if plain else "")
+            + "\n"
+        )
+    missing = [r.label for r in rows if r.lower is None]
+    if missing:
+        out += f"no lower bound for {', '.join(missing)}: alpha unknown (no meta.json); give --alpha\n"
+    return out
+
+
+def samples_note(rows: Sequence[Any]) -> str:
+    """One line per run whose samples per example are known (:func:`samples_text`)."""
+    return "".join(f"{r.label + ': ' if len(rows) > 1 else ''}{samples_text(r.samples)}\n" for r in rows if r.samples)
+
+
 # ---------------------------------------------------------------------------------------- --require
 
 

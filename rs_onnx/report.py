@@ -23,7 +23,6 @@ from .analysis import (
     DEFAULT_RADII,
     OUT_OF_REACH,
     Results,
-    bounds_note,
     certified_accuracy,
     read_run,
     run_max_radius,
@@ -32,7 +31,7 @@ from .analysis import (
     table_rows,
 )
 from .errors import ConfigError
-from .population import DEFAULT_CONFIDENCE, lower_percent
+from .population import DEFAULT_CONFIDENCE, bounds_note, lower_percent
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 SLOWEST = 10
