@@ -353,9 +353,9 @@ def test_malformed_require_is_a_usage_error_and_prints_nothing(run, capsys):
     assert invoke(["report", str(fixed), "-o", str(tmp / "x.html"), "--confidence", "nan"]).exit_code == 2
     assert not (tmp / "x.html").exists()
     with pytest.raises(SystemExit) as e:
-        main(["analyze", str(fixed), "--require", "half:0.8"])
+        main(["analyze", str(fixed), "--require", "half:0.8", "--plot", str(tmp / "never.png")])
     captured = capsys.readouterr()
-    assert e.value.code != 0 and captured.out == ""
+    assert e.value.code != 0 and captured.out == "" and not (tmp / "never.png").exists()
     assert [ln for ln in captured.err.splitlines() if ln.startswith("rs-onnx: error:")] == [
         ln for ln in captured.err.splitlines() if "error" in ln
     ]
@@ -371,9 +371,10 @@ def test_unknown_alpha_has_no_bound_and_refuses_a_gate(tmp_path, capsys):
     assert table.exit_code == 0 and "(≥" not in table.output.splitlines()[2]
     assert "alpha unknown (no meta.json); give --alpha" in table.output
     with pytest.raises(SystemExit) as e:
-        main(["analyze", str(tsv), "--require", "0.5:0.5"])
+        main(["analyze", str(tsv), "--require", "0.5:0.5", "--plot", str(tmp_path / "p.png")])
     captured = capsys.readouterr()
     assert e.value.code == 1 and captured.out == "" and "alpha is unknown" in captured.err
+    assert not (tmp_path / "p.png").exists()  # refused before any output
     given = invoke(["analyze", str(tsv), "--alpha", "0.001", "--require", "0.5:0.9", "--json"])
     assert given.exit_code == 0, given.output
     s = json.loads(given.stdout)[0]
