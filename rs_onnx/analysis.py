@@ -40,7 +40,6 @@ from .results import REQUIRED_COLUMNS, Results, read_results
 from .stats import ABSTAIN
 
 __all__ = [
-    "DEFAULT_CONFIDENCE",
     "DEFAULT_RADII",
     "OUT_OF_REACH",
     "REQUIRED_COLUMNS",
@@ -56,7 +55,6 @@ __all__ = [
     "requirement_checks",
     "run_max_radius",
     "run_title",
-    "samples_spent",
     "summary",
     "table_rows",
     "to_csv",
