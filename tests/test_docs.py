@@ -166,7 +166,9 @@ def test_error_example_fails_with_the_line_shown(workspace, page, command, line)
 
 def test_blocks_are_found_and_every_page_is_collected():
     """The extraction itself: a page's bash blocks are found (an unclosed or indented fence would hide them)."""
-    sample = "x\n```bash\necho a\n```\n\n```text\n$ rs-onnx certify m d\nrs-onnx: error: bad\n```\n```bash\necho b\n```\n"
+    sample = (
+        "x\n```bash\necho a\n```\n\n```text\n$ rs-onnx certify m d\nrs-onnx: error: bad\n```\n```bash\necho b\n```\n"
+    )
     assert [b for b in blocks(sample) if b[0] == "bash"] == [("bash", "echo a\n"), ("bash", "echo b\n")]
     assert error_examples(sample) == [("rs-onnx certify m d", "rs-onnx: error: bad")]
     assert ROOT / "README.md" in PAGES and any(p.name == "getting-started.md" for p in PAGES)

@@ -38,7 +38,9 @@ def test_readme_links_every_page_in_the_nav_that_it_names():
     linked = re.findall(r"\]\(docs/([^)#]+\.md)", README)
     assert len(set(linked)) >= 15
     for page in linked:
-        assert re.search(rf"(^|[\s:]){re.escape(page)}\s*$", nav, re.MULTILINE), f"README links docs/{page}, not in the nav"
+        assert re.search(rf"(^|[\s:]){re.escape(page)}\s*$", nav, re.MULTILINE), (
+            f"README links docs/{page}, not in the nav"
+        )
 
 
 def test_api_page_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
