@@ -126,6 +126,7 @@ def _run(workspace, page: Path, script: str, timeout: float = 300) -> subprocess
         PYTHONPATH=str(repo),
         MPLBACKEND="Agg",
         PYTHONDONTWRITEBYTECODE="1",
+        XDG_CACHE_HOME=str(repo / ".cache"),  # composed denoiser+classifier models: not in the user's cache
     )
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
