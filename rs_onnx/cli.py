@@ -200,7 +200,7 @@ def _run_options(f):
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),
         click.option("--output-name", help="Model output holding the class scores (needed when ambiguous)."),
-        click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: README, Presets)."),
+        click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: docs/cli.md, Presets)."),
         click.option("--layout", type=Choice(_layouts()), help="Model input layout."),
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
         list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
@@ -283,7 +283,7 @@ def _run_options(f):
             is_flag=True,
             default=None,
             help="Sound against an adversarial model: 8-bit inputs, exact grid noise added in integers, "
-            "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'.",
+            "rows provably independent, fresh entropy (no --seed). See docs/audit.md.",
         ),
         click.option(
             "--audit-seed-override",
