@@ -268,10 +268,29 @@ def _run_options(f):
         ),
         click.option("--cuda-graph", is_flag=True, default=None, help="CUDA: replay the model as a CUDA graph."),
         click.option(
-            "--device-noise",
+            "--device-noise/--no-device-noise",
+            default=None,
+            help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU. "
+            "Default: on for inputs of 100,000 values or more on CUDA (ImageNet size), else host noise.",
+        ),
+        click.option(
+            "--cudnn-algo-search",
+            type=Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]),
+            help="CUDA: how cuDNN picks convolution algorithms (default: onnxruntime's, EXHAUSTIVE); "
+            "not applicable on CPU (recorded so).",
+        ),
+        click.option(
+            "--prefer-nhwc",
             is_flag=True,
             default=None,
-            help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU.",
+            help="CUDA: the provider's NHWC convolutions (tensor cores with --fp16); not applicable on CPU.",
+        ),
+        click.option(
+            "--tensorrt",
+            is_flag=True,
+            default=None,
+            help="CUDA: onnxruntime's TensorRT provider first when libnvinfer.so.10 is present (else CUDA, "
+            "with a warning).",
         ),
         click.option(
             "--denoiser",

@@ -64,6 +64,9 @@ class Classifier(Protocol):
     ``predict_noisy(clean [E, *model_shape] float32, index int64 [B] into clean, gain float32 [*model_shape],
     seed) -> int64 [B]`` instead of ``predict``. ``cuda_graph``: the model is replayed as a captured CUDA
     graph (one fixed batch shape, so out-of-memory is not retried with smaller batches).
+    Optional (read with a default): ``host_buffer(shape, dtype) -> ndarray``, a zero-filled array the
+    sampler's ring lives in (OnnxClassifier: pinned memory on CUDA, so that batches reach the device by DMA);
+    without it, ``numpy.zeros``.
     :class:`rs_onnx.classifier.OnnxClassifier` implements it; :class:`HostClassifier` gives the defaults of a
     plain host-side classifier to stand-ins.
     """
@@ -495,7 +498,8 @@ class Sampler:
     def _count_host(self, tasks, batch: int, nbatches: int, total: int, add) -> None:
         plans = self._plan_iter(tasks, batch)
         slots = ring_slots(batch, total, self.block_size, self.noise_threads)
-        ring = np.zeros((slots * batch, *self.pre.model_shape), dtype=self.pre.dtype)
+        alloc = getattr(self.classifier, "host_buffer", None) or np.zeros
+        ring = alloc((slots * batch, *self.pre.model_shape), self.pre.dtype)  # zeros: padded rows are defined
         threads = self.noise_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-onnx-noise") if threads > 0 else None
         pending: deque = deque()  # [plan, future or None, done], in order
