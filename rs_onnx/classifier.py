@@ -175,7 +175,7 @@ class OnnxClassifier:
             self.float_type,
         )
 
-    def _bound(self, session) -> cuda.BoundRunner:
+    def _bound(self, session, fixed: bool | None = None) -> cuda.BoundRunner:
         return cuda.BoundRunner(
             session,
             self.input_name,
@@ -183,7 +183,7 @@ class OnnxClassifier:
             dict(self._input.extra),
             "cuda" if self.device.startswith("cuda") else "cpu",
             self.device_index,
-            fixed_shape=self.cuda_graph,
+            fixed_shape=self.cuda_graph if fixed is None else fixed,
         )
 
     @property
@@ -196,10 +196,11 @@ class OnnxClassifier:
         """A short-lived copy on a fresh session of the same model (no CUDA graph, its own IO binding, any batch
         size): what checks and probes run on, so that this classifier's session keeps one input shape. The
         copy's session is freed with the copy; ``self`` is left as it is."""
+        session = self._loaded.fresh_session()
+        runner = self._bound(session, fixed=False) if self.io_binding else None
         other = copy.copy(self)
-        other._session = self._loaded.fresh_session()
-        other.cuda_graph, other._one_shape, other._noise_session, other._pinned = False, False, None, None
-        other._runner = other._bound(other._session) if other.io_binding else None
+        fresh = {"_session": session, "_runner": runner, "_one_shape": False, "_noise_session": None, "_pinned": None}
+        vars(other).update(fresh, cuda_graph=False)
         return other
 
     def host_buffer(self, shape, dtype) -> np.ndarray:
