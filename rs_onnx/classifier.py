@@ -203,6 +203,12 @@ class OnnxClassifier:
         vars(other).update(fresh, cuda_graph=False)
         return other
 
+    def bare_session(self):
+        """(a fresh onnxruntime session of the graph this classifier runs, ``feed(x) -> dict`` of its inputs for a
+        batch x): the bare ``session.run`` loop that ``rs-onnx bench`` measures as the ceiling."""
+        loaded = self._loaded
+        return loaded.fresh_session(), lambda x: feed(loaded.input, x, loaded.batching.unbatched)
+
     def host_buffer(self, shape, dtype) -> np.ndarray:
         """A zero-filled host array for the sampler's ring: on CUDA in pinned memory (one block, kept and
         reused while large enough; :func:`rs_onnx.cuda.pinned_empty`), else ordinary memory. One count at a
