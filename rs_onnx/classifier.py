@@ -207,7 +207,7 @@ class OnnxClassifier:
         """(a fresh onnxruntime session of the graph this classifier runs, ``feed(x) -> dict`` of its inputs for a
         batch x): the bare ``session.run`` loop that ``rs-onnx bench`` measures as the ceiling."""
         loaded = self._loaded
-        return loaded.fresh_session(), lambda x: feed(loaded.input, x, loaded.batching.unbatched)
+        return loaded.fresh_session(tensorrt=True), lambda x: feed(loaded.input, x, loaded.batching.unbatched)
 
     def host_buffer(self, shape, dtype) -> np.ndarray:
         """A zero-filled host array for the sampler's ring: on CUDA in pinned memory (one block, kept and

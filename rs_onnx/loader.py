@@ -404,10 +404,11 @@ class Loaded:
     model: onnx.ModelProto | None = None
     one_shape: bool = False
 
-    def fresh_session(self) -> ort.InferenceSession:
-        """A new session of ``model`` on the same placement (no CUDA graph): for checks and probes."""
+    def fresh_session(self, tensorrt: bool = False) -> ort.InferenceSession:
+        """A new session of ``model`` on the same placement, without a CUDA graph, and without TensorRT (whose engine
+        would be built again for every shape) unless ``tensorrt`` and the placement uses it: checks, probes, ceilings."""
         assert self.model is not None
-        return self.placement.session(self.model)
+        return replace(self.placement, tensorrt=tensorrt and self.placement.tensorrt).session(self.model)
 
     @property
     def fetch(self) -> list[str]:
