@@ -179,3 +179,24 @@ def test_the_sampler_draws_into_the_classifiers_host_buffer():
     assert len(clf.rings) == 1 and with_ring.sum() == 100
     plain = Sampler(_Plain(), pre, 0.5, entropy=3, batch_size=16, noise_threads=1).count(tasks)
     assert with_ring.tolist() == plain.tolist()
+
+
+def test_resume_reads_an_older_device_noise_false_as_unset_and_checks_the_noise_source(tmp_path, bundled_digits):
+    from rs_onnx import run
+
+    model, data = bundled_digits
+    cfg = RunConfig(model=model, data=data, sigma=0.25, n0=10, n=50, end=4, seed=0, device="cpu").validate()
+    out = tmp_path / "r.tsv"
+    run.execute(run.prepare(RunConfig(**{**cfg.to_dict(), "end": 2}).validate()), "certify", out)
+    meta_file = tmp_path / "r.tsv.meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["config"]["device_noise"] is None
+    meta["config"]["device_noise"] = False  # what rs-onnx wrote before device noise had an automatic default
+    meta_file.write_text(json.dumps(meta))
+    resumed = run.execute(run.prepare(cfg), "certify", out, resume=True)
+    assert resumed["status"] == "complete" and resumed["examples_done"] == 4
+    meta = json.loads(meta_file.read_text())
+    meta["model"]["signature"]["noise"] = "device: onnxruntime RandomNormalLike"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="noise source"):
+        run.execute(run.prepare(cfg), "certify", out, resume=True)
