@@ -453,6 +453,8 @@ def load(
     auto_noise = isinstance(device_noise, str)
     if auto_noise and device_noise != "auto":
         raise ConfigError(f"device_noise {device_noise!r}; expected True, False or 'auto'")
+    if not auto_noise:
+        device_noise = bool(device_noise)  # 1, numpy.True_: True
     if device_noise is True and cuda_graph:
         raise ConfigError(
             "device_noise with cuda_graph: a captured CUDA graph would replay the same noise on "
@@ -495,7 +497,9 @@ def load(
         )
         if device_noise:
             logger.info(
-                "model %s: device noise by default (CUDA, inputs of this size); --no-device-noise for host noise", name
+                "model %s: device noise by default (CUDA, inputs of this size); device_noise=False (--no-device-noise) "
+                "for host noise",
+                name,
             )
     if device_noise and batching.mode not in ("dynamic", "rewritten"):
         raise ConfigError(

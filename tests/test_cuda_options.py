@@ -104,8 +104,9 @@ def test_device_noise_default_only_for_large_gaussian_inputs_on_cuda():
 def test_device_noise_auto_on_cpu_is_host_noise_and_refusals_stay(bundled_digits):
     clf = OnnxClassifier(bundled_digits[0], device="cpu", device_noise="auto")
     assert clf.device_noise is False
-    with pytest.raises(ConfigError, match="minstd"):
-        OnnxClassifier(bundled_digits[0], device="cpu", device_noise=True)
+    for yes in (True, 1, np.True_):
+        with pytest.raises(ConfigError, match="minstd"):
+            OnnxClassifier(bundled_digits[0], device="cpu", device_noise=yes)
     with pytest.raises(ConfigError, match="replay the same noise"):
         OnnxClassifier(bundled_digits[0], device="cpu", device_noise=True, cuda_graph=True, max_batch=4)
     with pytest.raises(ConfigError, match="expected True, False or 'auto'"):
