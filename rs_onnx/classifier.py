@@ -67,7 +67,8 @@ class OnnxClassifier:
         ``max_batch``: every run is padded to that fixed size and goes through IO binding.
     device_noise : bool or "auto"
         "auto": on when :func:`rs_onnx.devices.device_noise_default` says so (CUDA, inputs of at least
-        100,000 values, any batch size, no CUDA graph, Gaussian noise), else off. True: CUDA only, not with ``cuda_graph``: :meth:`predict_noisy` draws the Gaussian noise on the device
+        100,000 values, any batch size, no CUDA graph, Gaussian noise), else off. True: CUDA only, not with
+        ``cuda_graph``: :meth:`predict_noisy` draws the Gaussian noise on the device
         (a RandomNormalLike prefix, Philox). That noise is not reproducible from the seed the way host
         noise is (see :func:`rs_onnx.graph.prepend_noise`). Refused on CPU, where onnxruntime's
         RandomNormal is a minstd LCG with period 2^31.
@@ -189,8 +190,8 @@ class OnnxClassifier:
     @property
     def prefers_fixed_batch(self) -> bool:
         """True when every run should have one shape (``one_shape``; CUDA: cuDNN plans, CUDA graphs): the
-        sampler pads the last batch."""
-        return self._one_shape
+        sampler pads the last batch. Never one sample per run (each run has one row: padding would only add runs)."""
+        return self._one_shape and self.batch_mode != "per-sample"
 
     def scratch(self) -> OnnxClassifier:
         """A short-lived copy on a fresh session of the same model (no CUDA graph, its own IO binding, any batch

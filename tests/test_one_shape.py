@@ -116,3 +116,9 @@ def test_the_short_run_check_costs_fewer_model_rows(bundled_digits, counted):
     runs = sum(s.runs for s in counted) - rows_before
     assert rec["batch_sizes"] == [100, 2] and rec["rows_one_by_one"] == 4 and rec["result"] == "ok"
     assert runs == 1 + 1 + 4  # one model run per batch (classes from the scores) and per one-by-one row
+
+
+def test_one_sample_per_run_is_never_padded(bundled_digits):
+    """A per-sample fallback runs one row at a time (one shape already): padding the last batch would only add runs."""
+    clf = OnnxClassifier(bundled_digits[0], device="cpu", one_shape=True)
+    assert clf.prefers_fixed_batch and not clf.one_by_one().prefers_fixed_batch
