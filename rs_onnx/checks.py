@@ -185,7 +185,7 @@ def check_batches_once(smoothed, x: np.ndarray, samples: int, runner=None, total
     padded = clf.prefers_fixed_batch
     batch = smoothed.batch_size if padded else min(smoothed.batch_size, max(1, int(samples)))
     if runner is None and padded and hasattr(clf, "scratch"):
-        runner = clf.scratch()
+        runner = clf.scratch(quick_plans=True)
     return check_batch_equivalence(smoothed, x, batch, runner=runner, total=samples if total is None else total)
 
 

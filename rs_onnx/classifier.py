@@ -193,11 +193,12 @@ class OnnxClassifier:
         sampler pads the last batch. Never one sample per run (each run has one row: padding would only add runs)."""
         return self._one_shape and self.batch_mode != "per-sample"
 
-    def scratch(self) -> OnnxClassifier:
+    def scratch(self, quick_plans: bool = False) -> OnnxClassifier:
         """A short-lived copy on a fresh session of the same model (no CUDA graph, its own IO binding, any batch
         size): what checks and probes run on, so that this classifier's session keeps one input shape. The
-        copy's session is freed with the copy; ``self`` is left as it is."""
-        session = self._loaded.fresh_session()
+        copy's session is freed with the copy; ``self`` is left as it is. ``quick_plans``: on CUDA, cuDNN's
+        HEURISTIC algorithm search (the checks run several shapes once each; the probe, which times, does not)."""
+        session = self._loaded.fresh_session(quick_plans=quick_plans)
         runner = self._bound(session, fixed=False) if self.io_binding else None
         other = copy.copy(self)
         fresh = {"_session": session, "_runner": runner, "_one_shape": False, "_noise_session": None, "_pinned": None}

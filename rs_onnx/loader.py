@@ -404,11 +404,17 @@ class Loaded:
     model: onnx.ModelProto | None = None
     one_shape: bool = False
 
-    def fresh_session(self, tensorrt: bool = False) -> ort.InferenceSession:
+    def fresh_session(self, tensorrt: bool = False, quick_plans: bool = False) -> ort.InferenceSession:
         """A new session of ``model`` on the same placement, without a CUDA graph, and without TensorRT (whose engine
-        would be built again for every shape) unless ``tensorrt`` and the placement uses it: checks, probes, ceilings."""
+        would be built again for every shape) unless ``tensorrt`` and the placement uses it: checks, probes, ceilings.
+        ``quick_plans``: cuDNN's HEURISTIC search (a new shape costs milliseconds, not a search) for a session that
+        runs several shapes once each and whose speed does not matter (the checks)."""
         assert self.model is not None
-        return replace(self.placement, tensorrt=tensorrt and self.placement.tensorrt).session(self.model)
+        options = dict(self.placement.cuda_options)
+        if quick_plans:
+            options["cudnn_conv_algo_search"] = "HEURISTIC"
+        placement = replace(self.placement, tensorrt=tensorrt and self.placement.tensorrt, cuda_options=options)
+        return placement.session(self.model)
 
     @property
     def fetch(self) -> list[str]:

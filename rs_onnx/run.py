@@ -573,7 +573,8 @@ def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indi
     samples = min(total, largest_count(cfg, smoothed.batch_size))
     clf = smoothed.classifier
     t = time.perf_counter()
-    runner = clf.scratch() if getattr(clf, "prefers_fixed_batch", False) and hasattr(clf, "scratch") else clf
+    one_shape = getattr(clf, "prefers_fixed_batch", False) and hasattr(clf, "scratch")
+    runner = clf.scratch(quick_plans=True) if one_shape else clf
     if runner is not clf:
         log.info("check: a second session for the checks (the run's keeps one input shape): %.2f s", _since(t))
     t = time.perf_counter()

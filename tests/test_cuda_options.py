@@ -201,3 +201,26 @@ def test_resume_reads_an_older_device_noise_false_as_unset_and_checks_the_noise_
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="noise source"):
         run.execute(run.prepare(cfg), "certify", out, resume=True)
+
+
+def test_check_sessions_plan_with_heuristic_search_and_never_build_tensorrt(bundled_digits, monkeypatch):
+    """The checks run several shapes once each on a scratch session: cuDNN's HEURISTIC search there (a new shape
+    costs milliseconds, not a search); the probe and the ceiling keep the run's own search."""
+    import dataclasses
+
+    loaded = OnnxClassifier(bundled_digits[0], device="cpu")._loaded
+    placement = dataclasses.replace(
+        loaded.placement, device="cuda:0", cuda_options={"cudnn_conv_algo_search": "EXHAUSTIVE"}, tensorrt=True
+    )
+    on_cuda = dataclasses.replace(loaded, placement=placement)
+    seen = []
+    monkeypatch.setattr(
+        loader.Placement, "session", lambda self, source, cuda_graph=False: seen.append(self.providers())
+    )
+    on_cuda.fresh_session(quick_plans=True)
+    on_cuda.fresh_session()
+    on_cuda.fresh_session(tensorrt=True)
+    (check, _), (probe, _), (ceiling, _, _) = seen
+    assert check == ("CUDAExecutionProvider", {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC"})
+    assert probe[1]["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert ceiling[0] == "TensorrtExecutionProvider"
