@@ -71,13 +71,17 @@ def _sigma(cfg: RunConfig, clf) -> float:
 
 
 def bench_config(flags: dict) -> RunConfig:
-    """The RunConfig of ``rs-onnx bench``'s flags (None: not given): the bundled digits model and data without
-    MODEL; ``batch_size`` an integer or "auto"."""
-    from .config import build_config
+    """The RunConfig of ``rs-onnx bench``'s flags (None: not given) over the YAML file ``config_path`` (certify's
+    keys): the bundled digits model and data without MODEL; ``batch_size`` an integer or "auto"."""
+    from .config import build_config, load_yaml
     from .guard import check_path_name
     from .run import bundled
 
-    values = {k: v for k, v in flags.items() if v is not None}
+    flags = dict(flags)
+    path = flags.pop("config_path", None)
+    if path is not None:
+        check_path_name(path, "--config")
+    values = {**(load_yaml(path) if path else {}), **{k: v for k, v in flags.items() if v is not None}}
     if not values.get("model"):
         if values.get("data"):
             raise ConfigError("bench: DATA given without MODEL; expected both, or neither for the bundled default")

@@ -87,3 +87,14 @@ def test_the_bundled_model_reaches_half_its_ceiling_on_this_cpu():
     cfg = bench_mod.bench_config({"device": "cpu"})
     res = bench_mod.bench(cfg, seconds=8, rounds=3)
     assert res["ratio"] >= 0.5, res
+
+
+def test_bench_reads_certifys_yaml_keys_and_flags_win(tmp_path, linear):
+    model, _, _ = linear
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(f"model: {model}\nbatch_size: 16\ncudnn_algo_search: heuristic\nn: 700\n")
+    cfg = bench_mod.bench_config({"config_path": str(cfg_file), "batch_size": "32"})
+    assert cfg.model == model and cfg.batch_size == 32 and cfg.cudnn_algo_search == "HEURISTIC" and cfg.n == 700
+    with pytest.raises(ConfigError, match="unknown key"):
+        (tmp_path / "bad.yaml").write_text("batch: 3\n")
+        bench_mod.bench_config({"config_path": str(tmp_path / "bad.yaml")})
