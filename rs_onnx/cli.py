@@ -268,10 +268,29 @@ def _run_options(f):
         ),
         click.option("--cuda-graph", is_flag=True, default=None, help="CUDA: replay the model as a CUDA graph."),
         click.option(
-            "--device-noise",
+            "--device-noise/--no-device-noise",
+            default=None,
+            help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU. "
+            "Default: on for inputs of 100,000 values or more on CUDA (ImageNet size), else host noise.",
+        ),
+        click.option(
+            "--cudnn-algo-search",
+            type=Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]),
+            help="CUDA: how cuDNN picks convolution algorithms (default: onnxruntime's, EXHAUSTIVE); "
+            "not applicable on CPU (recorded so).",
+        ),
+        click.option(
+            "--prefer-nhwc",
             is_flag=True,
             default=None,
-            help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU.",
+            help="CUDA: the provider's NHWC convolutions (tensor cores with --fp16); not applicable on CPU.",
+        ),
+        click.option(
+            "--tensorrt",
+            is_flag=True,
+            default=None,
+            help="CUDA: onnxruntime's TensorRT provider first when libnvinfer.so.10 is present (else CUDA, "
+            "with a warning).",
         ),
         click.option(
             "--denoiser",
@@ -808,6 +827,42 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json, con
             len(checks),
             100 * confidence,
         )
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.argument("data", required=False)
+@click.option("--device", help="auto | cpu | cuda | cuda:N (default auto).")
+@click.option("--batch-size", help="Samples per model call, or auto (default: the probe's fastest size).")
+@click.option("--fp16", is_flag=True, default=None, help="Run the float16 conversion of the model.")
+@click.option("--n", "n", type=int, help="Samples of the estimate that seconds per image is given at (default 100000).")
+@click.option("--n0", type=int, help="Selection samples (default 100).")
+@click.option("--sigma", type=float, help="Noise level (default: the model's rs_onnx.sigma, else 0.25).")
+@click.option("--noise-threads", type=int, help="Threads drawing noise (default as certify).")
+@click.option("--cuda-graph", is_flag=True, default=None, help="CUDA: replay a CUDA graph (needs --batch-size).")
+@click.option(
+    "--device-noise/--no-device-noise", default=None, help="CUDA: noise drawn on the GPU (default as certify)."
+)
+@click.option("--cudnn-algo-search", type=Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]), help="CUDA: cuDNN's search.")
+@click.option("--prefer-nhwc", is_flag=True, default=None, help="CUDA: the provider's NHWC convolutions.")
+@click.option("--tensorrt", is_flag=True, default=None, help="CUDA: the TensorRT provider when present.")
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with any of certify's options.")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="About how long the measured rounds take.")
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON on stdout.")
+@click.pass_context
+def bench(ctx: click.Context, seconds: float, as_json: bool, **kwargs) -> None:
+    """How fast certification will be: the model's bare forward rate (the ceiling), rs-onnx's CERTIFY rate
+    with the options a run would use, their ratio, the best batch and seconds per image at --n, side by side.
+
+    Without MODEL, the bundled digits model and its digits. Without DATA, a random image of the model's
+    input shape. --json keys: ceiling_samples_per_s, certify_samples_per_s, ratio, seconds_per_image,
+    batch_size, best_batch, n, n_measured, extrapolated, device, providers, options, seconds.
+    """
+    from .bench import bench as measure
+    from .bench import bench_config, summary
+
+    res = measure(bench_config(kwargs), seconds=seconds)
+    click.echo(json.dumps(res, default=str) if as_json else summary(res))
 
 
 @cli.command()

@@ -76,7 +76,10 @@ class RunConfig:
     cpus_per_worker: float | None = None
     fp16: bool = False  # run a float16 conversion of the model (the certificate then covers that model)
     cuda_graph: bool = False  # CUDA: replay the model as a captured CUDA graph
-    device_noise: bool = False  # CUDA: draw the noise on the GPU (Philox) instead of NumPy
+    device_noise: bool | None = None  # CUDA: noise drawn on the GPU (Philox); None: on for inputs >= 100,000 values
+    cudnn_algo_search: str | None = None  # CUDA: EXHAUSTIVE, HEURISTIC or DEFAULT (None: onnxruntime's, EXHAUSTIVE)
+    prefer_nhwc: bool = False  # CUDA: the provider's NHWC kernels (fp16 tensor cores want them)
+    tensorrt: bool = False  # CUDA: onnxruntime's TensorRT provider first, when libnvinfer.so.10 is present
     denoiser: str | None = None  # an ONNX denoiser composed in front of the model (denoised smoothing)
     extra_inputs: dict[str, Any] | None = None  # YAML only: fixed values of the model's other inputs
     sequential: bool = False  # stop sampling as soon as the radii are decided (n is then the budget)
@@ -201,6 +204,10 @@ class RunConfig:
                 raise ConfigError(f"{key}={value}: expected {expected}")
         if self.dtype is not None:
             self.dtype = check_dtype(self.dtype)
+        if self.cudnn_algo_search is not None:
+            from .devices import parse_algo_search
+
+            self.cudnn_algo_search = parse_algo_search(self.cudnn_algo_search)
         self.preprocess_spec()  # checks scale, mean and std
         if self.center_crop is not None:
             from .data import parse_crop

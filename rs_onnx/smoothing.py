@@ -266,16 +266,16 @@ class SmoothedClassifier:
             return stats.cohen_radius(p_a_lower, self.sigma)
         return float(bounds.radius(p_a_lower, self.noise, self.sigma, bounds.NATIVE_NORM[self.noise]))
 
-    def verify_batches(self, x: np.ndarray, samples: int) -> dict | None:
+    def verify_batches(self, x: np.ndarray, samples: int, runner=None, total: int | None = None) -> dict | None:
         """Once per instance, for an ONNX classifier: :func:`rs_onnx.checks.check_batch_equivalence` on noisy
         copies of ``x`` at the batch size a count of ``samples`` samples uses; ModelError when batches change the
         classes and the model cannot run one sample at a time. When it can, ``classifier`` becomes its
         ``one_by_one()`` copy (the caller's classifier object is left as it is). The record is kept in
-        ``batch_check``."""
+        ``batch_check``. ``runner`` and ``total``: see :func:`rs_onnx.checks.check_batches_once`."""
         if self.batch_check is None:
             from .checks import check_batches_once
 
-            record = check_batches_once(self, x, samples)
+            record = check_batches_once(self, x, samples, runner, total)
             if record is not None and record["result"] == "per-sample fallback":
                 self.classifier = self.classifier.one_by_one()
             self.batch_check = record
