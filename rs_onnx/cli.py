@@ -200,12 +200,27 @@ def _run_options(f):
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),
         click.option("--output-name", help="Model output holding the class scores (needed when ambiguous)."),
+        click.option(
+            "--input-shape",
+            help="Per-example input shape, no batch dim (3,224,224), for symbolic dims the data cannot fill "
+            "(default: the data's shape).",
+        ),
         click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: README, Presets)."),
         click.option("--layout", type=Choice(_layouts()), help="Model input layout."),
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
         list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
         list_option("--std", help="Per-channel std, scaled units (0.229,0.224,0.225 or one flag per channel)."),
         click.option("--dtype", help="Model input dtype (default: the model's; integers are rounded and clipped)."),
+        click.option(
+            "--channel-order",
+            type=Choice(["rgb", "bgr"]),
+            help="bgr: reverse the images' R, G, B before mean/std (OpenCV/Caffe-style models; default rgb).",
+        ),
+        click.option(
+            "--preprocessor",
+            help="A Hugging Face preprocessor_config.json to take scale/mean/std/resize/crop/channel order from "
+            "(default: the one beside MODEL; none: ignore it). Flags override it.",
+        ),
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
@@ -234,8 +249,8 @@ def _run_options(f):
         ),
         click.option(
             "--resize",
-            type=int,
-            help="Image files: shorter side to N pixels, aspect kept (bilinear, antialiased, as torchvision's Resize).",
+            help="Image files: shorter side to N pixels, aspect kept, or HxW (224x224) exactly (bilinear, "
+            "antialiased, as torchvision's Resize).",
         ),
         click.option(
             "--center-crop",
@@ -630,15 +645,29 @@ def predict(ctx: click.Context, **kwargs) -> None:
 @click.argument("model")
 @click.option("--input-name", help="Model input to read (needed when there are several).")
 @click.option("--output-name", help="Model output to read (needed when ambiguous).")
+@click.option("--input-shape", help="Per-example input shape, no batch dim (3,224,224), for symbolic dims.")
+@click.option("--preprocessor", help="preprocessor_config.json to read (default: the one beside MODEL; none: ignore).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-def inspect(model, input_name, output_name, device, as_json) -> None:
-    """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from."""
+@click.pass_context
+def inspect(ctx, model, input_name, output_name, input_shape, preprocessor, device, as_json) -> None:
+    """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from.
+
+    Exits 1 when it reports a PROBLEM (rs-onnx cannot run the model as it stands)."""
     from .inspection import inspect_model, render
 
     quiet_onnxruntime("--debug" in sys.argv)
-    report = inspect_model(model, input_name=input_name, output_name=output_name, device=device)
+    report = inspect_model(
+        model,
+        input_name=input_name,
+        output_name=output_name,
+        device=device,
+        input_shape=input_shape,
+        preprocessor=preprocessor,
+    )
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
+    if "problem" in report:
+        ctx.exit(1)
 
 
 @cli.command()
@@ -652,6 +681,7 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
 @list_option("--mean", help="Per-channel mean of the classifier (comma-separated or one flag per channel).")
 @list_option("--std", help="Per-channel std of the classifier (comma-separated or one flag per channel).")
 @click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
+@click.option("--channel-order", type=Choice(["rgb", "bgr"]), help="bgr: the classifier takes B, G, R channels.")
 @click.pass_context
 def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     """Compose DENOISER in front of CLASSIFIER into one ONNX model (Salman et al.'s denoised smoothing).

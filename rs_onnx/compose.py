@@ -59,7 +59,7 @@ def _pick(values, name, what: str, model_name: str):
 def _fixed(shape, what: str) -> tuple[int, ...]:
     if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape):
         raise ModelError(
-            f"{what} has per-example dims {graph.format_dims(shape)}; expected fixed sizes (pass the shape explicitly)"
+            f"{what} has per-example dims {graph.format_dims(shape)}; expected fixed sizes (--input-shape gives the classifier's)"
         )
     return tuple(shape)
 
@@ -139,7 +139,7 @@ def preprocessing_model(
 ) -> onnx.ModelProto:
     """The preprocessing of ``pre`` as an ONNX model: [N, *image_shape] float in [0,1] -> the model input.
 
-    Nodes: Transpose (nhwc), Reshape to [-1, *model_shape] (when the shape changes), Mul by scale/std,
+    Nodes: Gather of the channels (bgr), Transpose (nhwc), Reshape to [-1, *model_shape] (when the shape changes), Mul by scale/std,
     Add -mean/std, then for an integer dtype Round (half to even, as numpy), clip to the dtype's range
     and Cast, for another float dtype a Cast. Computes what :meth:`Preprocessor.clean` then
     :meth:`Preprocessor.cast` compute, in float32.
@@ -160,6 +160,9 @@ def preprocessing_model(
         return name
 
     shape = pre.image_shape
+    if pre.spec.channel_order == "bgr":  # Preprocessor checked the image is [3 or 4, H, W]
+        order = [2, 1, 0, *range(3, shape[0])]
+        add("Gather", [const("channel_order", np.array(order, np.int64))], axis=1)
     if pre.layout == "nhwc":
         add("Transpose", [], perm=[0, *range(2, rank + 1), 1])
         shape = (*shape[1:], shape[0])
