@@ -253,6 +253,11 @@ def _run_options(f):
             "antialiased, as torchvision's Resize).",
         ),
         click.option(
+            "--resample",
+            type=Choice(["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]),
+            help="Image files: the filter of --resize (default bilinear; Hugging Face cards often say bicubic).",
+        ),
+        click.option(
             "--center-crop",
             help="Image files: crop N or HxW pixels from the centre, after --resize "
             "(ImageNet: --resize 256 --center-crop 224).",
@@ -327,7 +332,13 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     from .config import build_config, load_yaml
     from .run import bundled
 
-    for key, what in (("config_path", "--config"), ("model", "MODEL"), ("data", "DATA"), ("denoiser", "--denoiser")):
+    for key, what in (
+        ("config_path", "--config"),
+        ("model", "MODEL"),
+        ("data", "DATA"),
+        ("denoiser", "--denoiser"),
+        ("preprocessor", "--preprocessor"),
+    ):
         if kwargs.get(key):
             check_path_name(kwargs[key], what)
     yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}

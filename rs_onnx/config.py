@@ -69,6 +69,7 @@ class RunConfig:
     label_from_filename: bool = False  # flat image folder: label from a trailing _<digits> in each file name
     resize: int | str | None = None  # image files: shorter side to N pixels, or HxW exactly (bilinear, antialiased)
     center_crop: str | None = None  # image files: crop N or HxW pixels from the centre, after --resize
+    resample: str = "bilinear"  # image files: the resize's filter (bilinear, bicubic, nearest, lanczos, box, hamming)
     preprocessor: str | None = None  # a preprocessor_config.json (default: the one beside the model; none: ignore)
     noise_threads: int | None = None
     bound: str = "cohen"
@@ -227,6 +228,12 @@ class RunConfig:
         from .preprocess import CHANNEL_ORDERS
         from .shapes import parse_input_shape
 
+        from .data import RESAMPLING
+
+        resample = str(self.resample).strip().lower()
+        if resample not in RESAMPLING:
+            raise ConfigError(f"resample={self.resample}: expected one of {', '.join(RESAMPLING)}")
+        self.resample = resample
         order = str(self.channel_order).strip().lower()
         if order not in CHANNEL_ORDERS:
             raise ConfigError(f"channel_order={self.channel_order}: expected one of {', '.join(CHANNEL_ORDERS)}")
@@ -340,7 +347,7 @@ def build_config(yaml_values: dict[str, Any], flags: dict[str, Any]) -> tuple[Ru
     explicit = set(values)
     cfg.apply_preset(explicit)
     preset_keys = set(PRESETS[cfg.preset]) if cfg.preset in PRESETS else set()
-    card = card_values(cfg.model, cfg.preprocessor, explicit | preset_keys, cfg.input_name)
+    card = card_values(cfg.model, cfg.preprocessor, explicit | preset_keys, cfg.input_name, cfg.data)
     if card:
         cfg = RunConfig(**{**cfg.to_dict(), **card})
     return cfg.validate(), explicit

@@ -41,6 +41,8 @@ from .errors import DataError
 
 log = logging.getLogger(__name__)
 
+RESAMPLING = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+"""--resample choices: PIL's filters (antialiased when reducing, except nearest)."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 """torchvision's IMG_EXTENSIONS, and .gif."""
 MAX_EXAMPLES = 100_000_000
@@ -526,6 +528,7 @@ class ImageTransform:
     resize: int | tuple[int, int] | None = None
     crop: tuple[int, int] | None = None
     channels: int | None = None
+    resample: str = "bilinear"  # PIL's filter for the resize: one of RESAMPLING
 
     def mode(self, file_mode: str) -> str:
         if self.channels is None:
@@ -557,7 +560,7 @@ class ImageTransform:
         if self.resize:
             size = resized_size(im.width, im.height, self.resize)
             if size != im.size:
-                im = im.resize(size, Image.Resampling.BILINEAR)
+                im = im.resize(size, Image.Resampling[self.resample.upper()])
         if self.crop:
             ch, cw = self.crop
             top, left = round((im.height - ch) / 2.0), round((im.width - cw) / 2.0)  # Python rounding, as torchvision
@@ -569,7 +572,12 @@ class ImageTransform:
         return {
             "convert": self.mode("RGB") if self.channels else "grey files L, others RGB",
             "resize": list(self.resize) if isinstance(self.resize, tuple) else self.resize,
-            "resize_method": "PIL bilinear, antialiased (torchvision Resize on PIL)" if self.resize else None,
+            "resize_method": (
+                f"PIL {self.resample}{'' if self.resample == 'nearest' else ', antialiased'}"
+                + (" (torchvision Resize on PIL)" if self.resample == "bilinear" else "")
+                if self.resize
+                else None
+            ),
             "center_crop": list(self.crop) if self.crop else None,
         }
 
@@ -970,6 +978,7 @@ def load_data(
     label_from_filename: bool = False,
     resize: int | str | None = None,
     center_crop: str | int | None = None,
+    resample: str = "bilinear",
 ) -> Dataset:
     """The data set at ``path``, by what it is: folder, image file, .csv/.tsv manifest, .npy or .npz.
 
@@ -989,7 +998,9 @@ def load_data(
         if suffix == ".npy"
         else "npz"
     )
-    transform = ImageTransform(parse_resize(resize), parse_crop(center_crop), channels)
+    if resample not in RESAMPLING:
+        raise DataError(f"--resample {_show(resample)!r}: expected one of {', '.join(RESAMPLING)}")
+    transform = ImageTransform(parse_resize(resize), parse_crop(center_crop), channels, resample)
     given = {
         "--labels": labels is not None,
         "--classes": classes is not None,
@@ -999,11 +1010,20 @@ def load_data(
         "--label-from-filename": bool(label_from_filename),
         "--resize": resize is not None,
         "--center-crop": center_crop is not None,
+        "--resample": resample != "bilinear",
     }
     allowed = {
-        "folder": {"--labels", "--classes", "--label", "--label-from-filename", "--resize", "--center-crop"},
-        "image": {"--label", "--resize", "--center-crop"},
-        "manifest": {"--classes", "--path-column", "--label-column", "--resize", "--center-crop"},
+        "folder": {
+            "--labels",
+            "--classes",
+            "--label",
+            "--label-from-filename",
+            "--resize",
+            "--center-crop",
+            "--resample",
+        },
+        "image": {"--label", "--resize", "--center-crop", "--resample"},
+        "manifest": {"--classes", "--path-column", "--label-column", "--resize", "--center-crop", "--resample"},
         "npy": {"--labels"},
         "npz": set(),
     }[kind]
@@ -1050,6 +1070,7 @@ def load_from_config(cfg, size: tuple[int, int] | None, channels: int | None) ->
         label_from_filename=cfg.label_from_filename,
         resize=cfg.resize,
         center_crop=cfg.center_crop,
+        resample=cfg.resample,
     )
     info = data.describe()
     transform = info.get("transform")

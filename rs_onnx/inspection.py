@@ -159,9 +159,7 @@ def inspect_model(
         config["input_shape"] = list(clf.input_shape)
     if card is not None:
         config.update(card.values)
-        report["basis"] = f"from {card.source} (the preprocessing the model ships with)" + "".join(
-            f"; {n}" for n in card.notes
-        )
+        report["basis"] = f"from {card.source} (the preprocessing the model ships with)"
     elif rescale is not None:
         config.update(preset="none", scale=rescale[0])
         report["basis"] = f"from the graph: {rescale[1]} (it takes 0..255 pixels)"

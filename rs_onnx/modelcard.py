@@ -26,7 +26,9 @@ CARD_FILE = "preprocessor_config.json"
 LABELS_FILE = "config.json"
 MAX_CARD_BYTES = 16 << 20
 """Largest preprocessor_config.json / config.json read (real ones are a few kB; config.json with 21k labels ~1 MB)."""
-CARD_KEYS = ("scale", "mean", "std", "resize", "center_crop", "channel_order")
+CARD_KEYS = ("scale", "mean", "std", "resize", "center_crop", "resample", "channel_order")
+IMAGE_KEYS = ("resize", "center_crop", "resample")
+"""Card keys that transform image files (not applied to .npz/.npy arrays, which are taken as they are)."""
 """RunConfig keys a card can fill."""
 RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 """PIL's resample codes, as Hugging Face processors store them."""
@@ -36,11 +38,10 @@ SQUARE_BY_DEFAULT = ("vit", "deit", "beit", "swin", "dpt", "segformer", "levit",
 
 @dataclass(frozen=True)
 class Card:
-    """A parsed preprocessor_config.json: ``values`` (RunConfig keys), ``notes`` (what rs-onnx cannot do alike)."""
+    """A parsed preprocessor_config.json: ``values`` holds RunConfig keys (:data:`CARD_KEYS`)."""
 
     source: str
     values: dict[str, Any] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -117,7 +118,6 @@ def read_card(path: Path) -> Card:
     kind = str(card.get("image_processor_type") or card.get("feature_extractor_type") or "").lower()
     square = any(kind.startswith(k) for k in SQUARE_BY_DEFAULT)
     values: dict[str, Any] = {}
-    notes: list[str] = []
     rescale = card.get("do_rescale", True)
     factor = _number(card, "rescale_factor", src) if "rescale_factor" in card else 1 / 255
     scale = 255.0 * factor if rescale else 255.0
@@ -148,13 +148,16 @@ def read_card(path: Path) -> Card:
             resize = f"{size[0]}x{size[1]}"
         values["resize"] = resize
         resample = card.get("resample")
-        name = RESAMPLE.get(resample, str(resample)) if resample is not None else None
-        if name is not None and name != "bilinear":
-            notes.append(f"resample {name} in the card; rs-onnx resizes bilinear (antialiased)")
+        if isinstance(resample, str) and resample.lower() in RESAMPLE.values():
+            values["resample"] = resample.lower()
+        elif resample is not None:
+            if isinstance(resample, bool) or resample not in RESAMPLE:
+                raise ConfigError(f"{src}: resample = {escape(repr(resample))[:40]}; expected a PIL filter code 0 to 5")
+            values["resample"] = RESAMPLE[resample]
     if card.get("do_center_crop") and card.get("crop_size") is not None:
         _, crop = _size(card["crop_size"], "crop_size", src, True)
         values["center_crop"] = f"{crop[0]}x{crop[1]}"
-    return Card(str(path), values, tuple(notes))
+    return Card(str(path), values)
 
 
 def class_names(model: str | None, preprocessor: str | None = None) -> list[str] | None:
@@ -214,13 +217,18 @@ def graph_rescale(model: str | None, input_name: str | None = None) -> tuple[flo
     return None
 
 
-def card_values(model: str | None, preprocessor: str | None, explicit: set[str], input_name: str | None) -> dict:
+def card_values(
+    model: str | None, preprocessor: str | None, explicit: set[str], input_name: str | None, data: str | None = None
+) -> dict:
     """RunConfig values from the model's card (or its graph's rescaling) for keys not in ``explicit``; logs
-    one line saying what was taken (and from where), and what the flags overrode."""
+    one line saying what was taken (and from where), and what the flags overrode. The card's resize, crop and
+    resample are not taken for ``data`` held as arrays (.npz/.npy: their pixels are used as they are)."""
     path = find_card(model, preprocessor)
     if path is not None:
         card = read_card(path)
-        taken = {k: v for k, v in card.values.items() if k not in explicit}
+        arrays = data is not None and Path(str(data)).suffix.lower() in (".npz", ".npy")
+        skipped = sorted(k for k in card.values if arrays and k in IMAGE_KEYS and k not in explicit)
+        taken = {k: v for k, v in card.values.items() if k not in explicit and k not in skipped}
         kept = sorted(k for k in card.values if k in explicit)
         shown = ", ".join(f"{k} {_show(v)}" for k, v in taken.items()) or "nothing"
         log.info(
@@ -228,7 +236,7 @@ def card_values(model: str | None, preprocessor: str | None, explicit: set[str],
             card.source,
             shown,
             f" (given explicitly, not taken: {', '.join(kept)})" if kept else "",
-            "".join(f"; {n}" for n in card.notes),
+            f" (not applied to arrays, used as they are: {', '.join(skipped)})" if skipped else "",
         )
         return {**taken, "preprocessor": str(path)} if "preprocessor" not in explicit else taken
     if "scale" in explicit:

@@ -85,6 +85,7 @@ RESUME_KEYS = (
     "label_from_filename",
     "resize",
     "center_crop",
+    "resample",
     "noise",
 )
 

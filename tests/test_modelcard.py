@@ -65,6 +65,7 @@ def write_card(folder: Path, card: dict, names: list[str] | None = None) -> Path
                 "std": [0.229, 0.224, 0.225],
                 "resize": 256,
                 "center_crop": "224x224",
+                "resample": "bicubic",
             },
         ),
         (  # ConvNeXt at 384: warped, no crop
@@ -112,10 +113,13 @@ def test_read_card_maps_hugging_face_processors(tmp_path, card, expected):
     got = read_card(write_card(tmp_path, card)).values
     for key, value in expected.items():
         assert got[key] == pytest.approx(value) if isinstance(value, (float, list)) else got[key] == value, key
-    assert set(got) <= {"scale", "mean", "std", "resize", "center_crop", "channel_order"}
+    assert set(got) <= {"scale", "mean", "std", "resize", "center_crop", "resample", "channel_order"}
 
 
-@pytest.mark.parametrize("text", ["[1, 2]", "{not json", '{"size": {"height": -3}}', '{"image_mean": ["a"]}'])
+@pytest.mark.parametrize(
+    "text",
+    ["[1, 2]", "{not json", '{"size": {"height": -3}}', '{"image_mean": ["a"]}', '{"size": 8, "resample": true}'],
+)
 def test_a_bad_card_is_one_config_error(tmp_path, text):
     (tmp_path / "preprocessor_config.json").write_text(text)
     with pytest.raises(ConfigError, match="preprocessor_config.json"):
@@ -174,6 +178,48 @@ def test_optimum_folder_certifies_with_the_card_and_agrees_with_onnxruntime(tmp_
     # --preprocessor none ignores it: the images then have several sizes
     code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--preprocessor", "none", "--out", "-"])
     assert code == 1 and "images of different sizes" in err
+
+
+def test_card_resize_is_not_applied_to_arrays_and_resample_is_taken(tmp_path, capsys):
+    """An .npz is used as it is (the card's resize/crop/resample are for image files); a bicubic card resizes
+    image files bicubic."""
+    from PIL import Image
+
+    from tests.test_shapes import images_npz
+
+    folder = tmp_path / "m"
+    model = pooled_model(folder / "model.onnx")
+    write_card(folder, {**VIT_CARD, "resample": 3})
+    out = tmp_path / "r.tsv"
+    code, _, err = run(
+        capsys, ["certify", str(model), str(images_npz(tmp_path / "d.npz")), *CERTIFY, "--out", str(out)]
+    )
+    assert code == 0, err
+    assert "not applied to arrays, used as they are: resample, resize" in err
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["config"]["resize"] is None and meta["config"]["mean"] == [0.5] * 3
+    im = (255 * coloured(1, (3, 11, 13))[0].transpose(1, 2, 0)).astype(np.uint8)
+    Image.fromarray(im).save(tmp_path / "a.png")
+    code, _, err = run(
+        capsys,
+        ["certify", str(model), str(tmp_path / "a.png"), "--label", "0", *CERTIFY, "--out", str(out), "--overwrite"],
+    )
+    assert code == 0, err
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["config"]["resample"] == "bicubic" and meta["data"]["transform"]["resize_method"].startswith(
+        "PIL bicubic"
+    )
+
+
+def test_resample_filters_match_pil(tmp_path):
+    from PIL import Image
+
+    from rs_onnx.data import ImageTransform
+
+    im = Image.fromarray(RNG.integers(0, 256, (17, 23, 3), dtype=np.uint8))
+    for name in ("bilinear", "bicubic", "nearest", "lanczos"):
+        want = np.asarray(im.resize((5, 7), Image.Resampling[name.upper()])).transpose(2, 0, 1)
+        np.testing.assert_array_equal(ImageTransform(resize=(7, 5), resample=name)(im), want)
 
 
 def test_preprocessor_flag_reads_a_card_elsewhere(tmp_path, capsys):
