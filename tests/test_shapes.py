@@ -295,3 +295,72 @@ def test_uint8_image_model_still_runs(tmp_path, capsys):
     model = om.save(om.uint8_model(w), tmp_path / "u8.onnx")
     code, out, _ = run(capsys, ["inspect", str(model)])
     assert code == 0 and "PROBLEM" not in out
+
+
+# ------------------------------------------------------------------ torch exports with dynamic H/W
+@pytest.fixture(scope="module")
+def torch_exports(tmp_path_factory):
+    """A tiny CNN exported with H/W dynamic by both torch exporters: {"legacy" | "dynamo": path}, and the net."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'rs-onnx[train]')")
+    folder = tmp_path_factory.mktemp("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()
+    with torch.no_grad():  # answers that depend on the image's colours (not a constant class)
+        net[0].bias.zero_()
+        net[4].bias.zero_()
+        net[4].weight.mul_(10)
+    x = torch.rand(2, 3, 12, 12)
+    paths = {"legacy": folder / "legacy.onnx", "dynamo": folder / "dynamo.onnx"}
+    torch.onnx.export(
+        net,
+        (x,),
+        str(paths["legacy"]),
+        dynamo=False,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}},
+    )
+    try:
+        from torch.export import Dim
+
+        torch.onnx.export(
+            net,
+            (x,),
+            str(paths["dynamo"]),
+            dynamo=True,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_shapes=({0: Dim("batch"), 2: Dim("height", min=4, max=512), 3: Dim("width", min=4, max=512)},),
+        )
+    except Exception as e:  # noqa: BLE001 - the dynamo exporter needs onnxscript; the legacy case still runs
+        paths.pop("dynamo")
+        print(f"dynamo export unavailable: {e}")
+    return paths, net
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_torch_export_with_dynamic_hw_certifies_at_the_data_size(torch_exports, exporter, tmp_path, capsys):
+    """Exported at 12x12 with H/W symbolic, certified on 16x16 images with no shape flag; rs-onnx's clean
+    answers are torch's on every image."""
+    import torch
+
+    paths, net = torch_exports
+    if exporter not in paths:
+        pytest.skip("the dynamo exporter is not available here (onnxscript)")
+    x = coloured(10, (3, 16, 16))
+    with torch.no_grad():
+        labels = net(torch.from_numpy(x)).numpy().argmax(1)
+    assert len(set(labels)) >= 2
+    np.savez(tmp_path / "d.npz", images=x, labels=labels)
+    out = tmp_path / "r.tsv"
+    code, _, err = run(capsys, ["certify", str(paths[exporter]), str(tmp_path / "d.npz"), *CERTIFY, "--out", str(out)])
+    assert code == 0, err
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["config"]["input_shape"] == [3, 16, 16]
+    assert meta["clean_accuracy"]["accuracy"] == 1.0
