@@ -122,13 +122,17 @@ def read_card(path: Path) -> Card:
     factor = _number(card, "rescale_factor", src) if "rescale_factor" in card else 1 / 255
     scale = 255.0 * factor if rescale else 255.0
     values["scale"] = 1.0 if abs(scale - 1.0) < 1e-9 else scale
+    # EfficientNet's processor: rescale_offset subtracts 1 after rescaling; include_top (its default) divides
+    # by image_std a second time after normalising
+    offset = 1.0 if rescale and card.get("rescale_offset") else 0.0
     if card.get("do_normalize", "image_mean" in card):
-        if "image_mean" in card:
-            values["mean"] = _numbers(card, "image_mean", src)
-        if "image_std" in card:
-            values["std"] = _numbers(card, "image_std", src)
+        mean = _numbers(card, "image_mean", src) if "image_mean" in card else [0.0]
+        std = _numbers(card, "image_std", src) if "image_std" in card else [1.0]
+        if card.get("include_top", kind.startswith("efficientnet")):
+            std = [s * s for s in std]
+        values["mean"], values["std"] = [m + offset for m in mean], std
     else:
-        values["mean"], values["std"] = [0.0], [1.0]
+        values["mean"], values["std"] = [offset], [1.0]
     if card.get("do_flip_channel_order"):
         values["channel_order"] = "bgr"
     resize: int | str | None = None

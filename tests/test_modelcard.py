@@ -107,6 +107,18 @@ def write_card(folder: Path, card: dict, names: list[str] | None = None) -> Path
             {"scale": 1.0, "resize": 224, "center_crop": "224x224"},
         ),
         ({"do_rescale": False, "do_normalize": False}, {"scale": 255.0, "mean": [0.0], "std": [1.0]}),  # 0..255 pixels
+        (  # EfficientNet: x * 255/127.5 - 1, normalised, then divided by std again (include_top)
+            {
+                "image_processor_type": "EfficientNetImageProcessor",
+                "rescale_factor": 1 / 127.5,
+                "rescale_offset": True,
+                "do_normalize": True,
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.47853944, 0.4732864, 0.47434163],
+                "include_top": True,
+            },
+            {"scale": 2.0, "mean": [1.485, 1.456, 1.406], "std": [0.47853944**2, 0.4732864**2, 0.47434163**2]},
+        ),
     ],
 )
 def test_read_card_maps_hugging_face_processors(tmp_path, card, expected):
