@@ -44,7 +44,7 @@ class Card:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, hint: str = "") -> dict:
     try:
         if path.stat().st_size > MAX_CARD_BYTES:
             raise ConfigError(
@@ -53,10 +53,10 @@ def _read_json(path: Path, what: str) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(
-            f"{what} {escape(path)}: not readable JSON ({escape(str(e))[:120]}); expected a JSON object"
+            f"{what} {escape(path)}: not readable JSON ({escape(str(e))[:120]}); expected a JSON object{hint}"
         ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {escape(path)}: holds a {type(data).__name__}; expected a JSON object")
+        raise ConfigError(f"{what} {escape(path)}: holds a {type(data).__name__}; expected a JSON object{hint}")
     return data
 
 
@@ -114,7 +114,7 @@ def read_card(path: Path) -> Card:
     """RunConfig values from a Hugging Face image processor's config (transformers' ViT, DeiT, BEiT, ConvNeXt,
     ResNet, MobileViT, CLIP... processors: rescale, normalize, resize, crop, channel flip)."""
     src = escape(path)
-    card = _read_json(path, "preprocessor config")
+    card = _read_json(path, "preprocessor config", " (--preprocessor none ignores it)")
     kind = str(card.get("image_processor_type") or card.get("feature_extractor_type") or "").lower()
     square = any(kind.startswith(k) for k in SQUARE_BY_DEFAULT)
     values: dict[str, Any] = {}
