@@ -156,6 +156,8 @@ def resolve_shape(rest, override, model_name: str, input_name: str) -> tuple[int
     """Per-example shape from the declared dims ``rest`` and the user's ``override`` (``--input-shape``, needed
     for symbolic dims; it may include the batch dim)."""
     if override is not None:
+        if isinstance(override, str):  # "3,224,224" as the flag takes it
+            override = shapes.parse_input_shape(override)[1]
         shape = shapes.per_example(rest, override, model_name, input_name)
         guard.check_example_size(shape, model_name, input_name)
         return shape
