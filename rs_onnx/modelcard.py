@@ -125,7 +125,7 @@ def read_card(path: Path) -> Card:
     # EfficientNet's processor: rescale_offset subtracts 1 after rescaling; include_top (its default) divides
     # by image_std a second time after normalising
     offset = 1.0 if rescale and card.get("rescale_offset") else 0.0
-    if card.get("do_normalize", "image_mean" in card):
+    if card.get("do_normalize"):  # absent: the processor does not normalise (MobileViT saves a mean it never uses)
         mean = _numbers(card, "image_mean", src) if "image_mean" in card else [0.0]
         std = _numbers(card, "image_std", src) if "image_std" in card else [1.0]
         if card.get("include_top", kind.startswith("efficientnet")):

@@ -130,7 +130,13 @@ def test_read_card_maps_hugging_face_processors(tmp_path, card, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["[1, 2]", "{not json", '{"size": {"height": -3}}', '{"image_mean": ["a"]}', '{"size": 8, "resample": true}'],
+    [
+        "[1, 2]",
+        "{not json",
+        '{"size": {"height": -3}}',
+        '{"do_normalize": true, "image_mean": ["a"]}',
+        '{"size": 8, "resample": true}',
+    ],
 )
 def test_a_bad_card_is_one_config_error(tmp_path, text):
     (tmp_path / "preprocessor_config.json").write_text(text)
@@ -479,3 +485,44 @@ def test_inspect_takes_the_shape_of_a_symbolic_model_from_the_card(tmp_path, cap
     code, text, _ = run(capsys, ["inspect", str(model)])
     assert code == 0, text
     assert "[3, 6, 5] per example, from the crop/resize of" in text
+
+
+# ------------------------------------------------------------------ against transformers' own processors
+HF_PROCESSORS = {
+    "ViTImageProcessor": {"size": {"height": 16, "width": 20}, "resample": 2},
+    "ConvNextImageProcessor": {"size": {"shortest_edge": 28}, "crop_pct": 0.875, "resample": 3},
+    "MobileViTImageProcessor": {"size": {"shortest_edge": 28}, "crop_size": {"height": 24, "width": 24}},
+    "DeiTImageProcessor": {"size": {"height": 30, "width": 30}, "crop_size": {"height": 24, "width": 24}},
+    "BeitImageProcessor": {"size": {"height": 20, "width": 20}},
+    "EfficientNetImageProcessor": {"size": {"height": 20, "width": 20}, "resample": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HF_PROCESSORS))
+def test_card_reproduces_the_transformers_processor(tmp_path, name):
+    """The card a transformers processor saves, read by rs-onnx and applied by its own image transform and
+    preprocessing, gives the processor's pixel_values to within one uint8 level (resampling rounds)."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (test extra)")
+    from PIL import Image
+
+    from rs_onnx.data import ImageTransform, parse_crop, parse_resize
+
+    processor = getattr(transformers, name)(**HF_PROCESSORS[name])
+    processor.save_pretrained(tmp_path)
+    card = read_card(tmp_path / "preprocessor_config.json").values
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    want = np.asarray(processor(images=im, return_tensors="np")["pixel_values"][0], np.float64)
+    transform = ImageTransform(
+        parse_resize(card.get("resize")), parse_crop(card.get("center_crop")), 3, card.get("resample", "bilinear")
+    )
+    x = transform(im).astype(np.float32) / 255
+    spec = PreprocessSpec(
+        scale=card["scale"],
+        mean=tuple(card["mean"]),
+        std=tuple(card["std"]),
+        channel_order=card.get("channel_order", "rgb"),
+    )
+    got = Preprocessor(spec, x.shape, x.shape, np.float32).clean(x)
+    assert got.shape == want.shape
+    level = card["scale"] / 255 / min(card["std"])
+    assert np.abs(got - want).max() <= 1.01 * level, (card, np.abs(got - want).max())
