@@ -259,3 +259,25 @@ def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def run_class_names(cfg, num_classes: int | None) -> list[str] | None:
+    """Class names by class id for a run (meta.json's ``class_names``): ``cfg.classes`` (the --classes file),
+    else :func:`class_names` of the model when they name exactly ``num_classes`` classes; else None."""
+    from .data import read_classes
+
+    if cfg.classes:
+        return read_classes(cfg.classes)
+    if cfg.denoiser:
+        return None
+    names = class_names(cfg.model, cfg.preprocessor)
+    if names is not None and num_classes is not None and len(names) != num_classes:
+        log.warning(
+            "config.json beside the model names %d classes (id2label) and the model has %d; class names not used",
+            len(names),
+            num_classes,
+        )
+        return None
+    if names is not None:
+        log.info("class names: %d from the model's config.json (id2label)", len(names))
+    return names

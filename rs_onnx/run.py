@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from . import modelcard, shapes
 from .config import RunConfig
 from .data import Dataset, load_from_config
 from .errors import ConfigError, DataError, ModelError
@@ -469,7 +470,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.model is None or cfg.data is None:
         raise ConfigError(f"model={cfg.model} data={cfg.data}: expected both a model and a data set")
     log.info("loading %s", Path(str(cfg.model)).name)
-    cfg, data = input_shape_from_data(cfg)  # symbolic dims filled from the data (a copy; the caller's is kept)
+    cfg, data = shapes.from_config(cfg)  # symbolic dims filled from the data (a copy; the caller's is kept)
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     noise_kind = resolve_noise(cfg, clf)
@@ -542,7 +543,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         input_shape=list(clf.input_shape) if cfg.input_shape is not None and not cfg.denoiser else cfg.input_shape,
     )
     checks = run_checks(resolved, smoothed, data, indices)  # may switch smoothed to a one-by-one classifier
-    names = class_names(cfg, clf.num_classes)
+    names = modelcard.run_class_names(cfg, clf.num_classes)
     return Prepared(
         resolved,
         smoothed.classifier,
@@ -557,64 +558,6 @@ def prepare(cfg: RunConfig) -> Prepared:
         audit,
         names,
     )
-
-
-def class_names(cfg: RunConfig, num_classes: int | None) -> list[str] | None:
-    """Class names by class id, for meta.json's ``class_names``: the --classes file, else the ``id2label`` of the
-    model's config.json (rs_onnx.modelcard) when it names exactly ``num_classes`` classes; else None."""
-    from .data import read_classes
-    from .modelcard import class_names as card_names
-
-    if cfg.classes:
-        return read_classes(cfg.classes)
-    if cfg.denoiser:
-        return None
-    names = card_names(cfg.model, cfg.preprocessor)
-    if names is not None and num_classes is not None and len(names) != num_classes:
-        log.warning(
-            "config.json beside the model names %d classes (id2label) and the model has %d; class names not used",
-            len(names),
-            num_classes,
-        )
-        return None
-    if names is not None:
-        log.info("class names: %d from the model's config.json (id2label)", len(names))
-    return names
-
-
-def _selection(cfg: RunConfig, data: Dataset) -> list[int]:
-    end = len(data) if cfg.end is None else min(cfg.end, len(data))
-    return list(range(cfg.start, end, cfg.skip))
-
-
-def input_shape_from_data(cfg: RunConfig) -> tuple[RunConfig, Dataset | None]:
-    """(cfg, data): when the model's input has symbolic per-example dims and no --input-shape is given, the data
-    is read first (its selected examples must share one shape after --resize/--center-crop) and a copy of
-    ``cfg`` gets that shape as ``input_shape`` (the loader's trial run then checks the graph takes it); else
-    (cfg, None) unchanged."""
-    from . import shapes
-
-    if cfg.input_shape is not None or cfg.denoiser or cfg.model is None:
-        return cfg, None
-    declared = shapes.declared_input(cfg.model, cfg.input_name, cfg.extra_inputs or {})
-    if declared is None or not shapes.symbolic(declared[1]):
-        return cfg, None
-    name, rest = declared
-    channels, size = shapes.geometry(rest, cfg.layout)
-    data = load_from_config(cfg, size, channels)
-    indices = _selection(cfg, data)
-    if indices:
-        data.check_selection(indices)  # one shape after the transform, or a one-line error
-    shape, how = shapes.from_data(rest, data.image_shape, cfg.layout, Path(cfg.model).name, name)
-    log.info(
-        "input '%s' %s: per-example shape %s from the data (%s); %s overrides",
-        name,
-        shapes.format_rest(rest),
-        ",".join(map(str, shape)),
-        how,
-        shapes.FLAG,
-    )
-    return dataclasses.replace(cfg, input_shape=list(shape)), data
 
 
 CLEAN_EXAMPLES = 100

@@ -191,3 +191,38 @@ def geometry(rest, layout: str) -> tuple[int | None, tuple[int, int] | None]:
     c, h, w = (rest[2], rest[0], rest[1]) if last else (rest[0], rest[1], rest[2])
     size = (fixed(h), fixed(w))
     return fixed(c), (size if None not in size else None)  # type: ignore[return-value]
+
+
+def from_config(cfg):
+    """(cfg, data) for a run configuration (rs_onnx.config.RunConfig): when the model's input has symbolic
+    per-example dims and no ``input_shape`` is given, the data is read first (its selected examples must share
+    one shape after --resize/--center-crop) and a copy of ``cfg`` gets that shape as ``input_shape`` (the
+    loader's trial run then checks the graph takes it); else (cfg, None), ``cfg`` unchanged."""
+    import dataclasses
+    import logging
+    from pathlib import Path
+
+    from .data import load_from_config
+
+    if cfg.input_shape is not None or cfg.denoiser or cfg.model is None:
+        return cfg, None
+    declared = declared_input(cfg.model, cfg.input_name, cfg.extra_inputs or {})
+    if declared is None or not symbolic(declared[1]):
+        return cfg, None
+    name, rest = declared
+    channels, size = geometry(rest, cfg.layout)
+    data = load_from_config(cfg, size, channels)
+    end = len(data) if cfg.end is None else min(cfg.end, len(data))
+    indices = list(range(cfg.start, end, cfg.skip))
+    if indices:
+        data.check_selection(indices)  # one shape after the transform, or a one-line error
+    shape, how = from_data(rest, data.image_shape, cfg.layout, Path(cfg.model).name, name)
+    logging.getLogger(__name__).info(
+        "input '%s' %s: per-example shape %s from the data (%s); %s overrides",
+        name,
+        format_rest(rest),
+        ",".join(map(str, shape)),
+        how,
+        FLAG,
+    )
+    return dataclasses.replace(cfg, input_shape=list(shape)), data

@@ -526,3 +526,30 @@ def test_card_reproduces_the_transformers_processor(tmp_path, name):
     assert got.shape == want.shape
     level = card["scale"] / 255 / min(card["std"])
     assert np.abs(got - want).max() <= 1.01 * level, (card, np.abs(got - want).max())
+
+
+def test_class_names_from_classes_file_first_and_never_a_wrong_count(tmp_path, capsys):
+    from tests.test_shapes import images_npz
+
+    folder = tmp_path / "m"
+    model = pooled_model(folder / "model.onnx")  # 4 classes
+    (folder / "config.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b", "2": "c"}}))
+    data = images_npz(tmp_path / "d.npz")
+    out = tmp_path / "r.tsv"
+    code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--out", str(out)])
+    assert code == 0 and "names 3 classes (id2label) and the model has 4" in err
+    assert json.loads(Path(f"{out}.meta.json").read_text())["class_names"] is None
+    (tmp_path / "names.txt").write_text("w\nx\ny\nz\n")
+    (tmp_path / "imgs").mkdir()
+    from PIL import Image
+
+    for name in ("w", "x"):
+        (tmp_path / "imgs" / name).mkdir()
+        Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "imgs" / name / "a.png")
+    code, _, err = run(
+        capsys,
+        ["certify", str(model), str(tmp_path / "imgs"), "--classes", str(tmp_path / "names.txt"), *CERTIFY]
+        + ["--out", str(out), "--overwrite"],
+    )
+    assert code == 0, err
+    assert json.loads(Path(f"{out}.meta.json").read_text())["class_names"] == ["w", "x", "y", "z"]
