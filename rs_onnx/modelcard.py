@@ -147,7 +147,8 @@ def read_card(path: Path) -> Card:
             else:
                 resize = f"{size}x{size}"
         elif how == "edge":
-            resize = size
+            # transformers' LevitImageProcessor resizes the shorter side to int(256 / 224 * shortest_edge)
+            resize = int((256 / 224) * size) if kind.startswith("levit") else size
         else:
             resize = f"{size[0]}x{size[1]}"
         values["resize"] = resize

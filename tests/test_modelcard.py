@@ -495,6 +495,9 @@ HF_PROCESSORS = {
     "DeiTImageProcessor": {"size": {"height": 30, "width": 30}, "crop_size": {"height": 24, "width": 24}},
     "BeitImageProcessor": {"size": {"height": 20, "width": 20}},
     "EfficientNetImageProcessor": {"size": {"height": 20, "width": 20}, "resample": 2},
+    "LevitImageProcessor": {"size": {"shortest_edge": 28}, "crop_size": {"height": 24, "width": 24}},
+    "CLIPImageProcessor": {"size": {"shortest_edge": 28}, "crop_size": {"height": 24, "width": 24}},
+    "BitImageProcessor": {"size": {"shortest_edge": 30}, "crop_size": {"height": 24, "width": 24}},
 }
 
 
