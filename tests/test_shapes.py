@@ -364,3 +364,23 @@ def test_torch_export_with_dynamic_hw_certifies_at_the_data_size(torch_exports, 
     meta = json.loads(Path(f"{out}.meta.json").read_text())
     assert meta["config"]["input_shape"] == [3, 16, 16]
     assert meta["clean_accuracy"]["accuracy"] == 1.0
+
+
+def test_resume_of_a_run_whose_shape_came_from_the_data(tmp_path, capsys):
+    """The resolved shape is recorded (config.input_shape) and resolved alike on --resume; another one is refused."""
+    model = pooled_model(tmp_path / "model.onnx")
+    data = images_npz(tmp_path / "d.npz")
+    out = tmp_path / "r.tsv"
+    code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--end", "3", "--out", str(out)])
+    assert code == 0, err
+    code, _, err = run(
+        capsys, ["certify", str(model), str(data), *CERTIFY, "--end", "6", "--out", str(out), "--resume"]
+    )
+    assert code == 0, err
+    assert len(out.read_text().strip().splitlines()) == 7
+    code, _, err = run(
+        capsys,
+        ["certify", str(model), str(data), *CERTIFY, "--input-shape", "3,8,8", "--channel-order", "bgr"]
+        + ["--out", str(out), "--resume"],
+    )
+    assert code == 1 and "channel_order" in err
