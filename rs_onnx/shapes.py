@@ -27,10 +27,12 @@ def parse_input_shape(value) -> tuple[str | None, list[int]]:
         parts = list(value)
     else:
         text = str(value).strip()
-        m = re.fullmatch(r"(?:([^:\[\]]+?)\s*:)?\s*\[?([^\[\]]*)\]?\s*", text)
-        body = m.group(2) if m else ""
-        name = m.group(1).strip() if m and m.group(1) else None
-        parts = [p for p in re.split(r"[,x\s]+", body.strip().lower()) if p]
+        if ":" in text:  # NAME:[dims]; the name may hold colons itself (TensorFlow's "input_1:0")
+            head, _, text = text.rpartition(":")
+            name = head.strip() or None
+        body = text.strip()
+        body = body[1:-1] if body.startswith("[") and body.endswith("]") else body
+        parts = [p for p in re.split(r"[,x\s]+", body.strip().lower()) if p] if "[" not in body else ["bad"]
     dims: list[int] = []
     for p in parts:
         if isinstance(p, bool):

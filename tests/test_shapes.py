@@ -130,13 +130,14 @@ CERTIFY = ["--sigma", "0.12", "--n0", "10", "--n", "64", "--seed", "0", "--batch
         ("pixel_values:[1,3,224,224]", "pixel_values", [1, 3, 224, 224]),  # Polygraphy's --input-shapes
         ("1,3,224,224", None, [1, 3, 224, 224]),  # onnxruntime's make_dynamic_shape_fixed --input_shape
         ([3, 8, 8], None, [3, 8, 8]),  # YAML list
+        ("input_1:0:[1,224,224,3]", "input_1:0", [1, 224, 224, 3]),  # a TensorFlow name holds a colon
     ],
 )
 def test_input_shape_forms(text, name, dims):
     assert parse_input_shape(text) == (name, dims)
 
 
-@pytest.mark.parametrize("bad", ["", "3,,-1", "3,a,4", "0,8,8", "[3,8.5,8]", [3, True], "3,8,8,"[:0]])
+@pytest.mark.parametrize("bad", ["", "3,,-1", "3,a,4", "0,8,8", "[3,8.5,8]", [3, True], "x:", "[[3,8]]", "3,8]"])
 def test_bad_input_shapes_name_the_flag(bad):
     with pytest.raises(ConfigError, match="--input-shape"):
         parse_input_shape(bad)
