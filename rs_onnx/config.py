@@ -222,13 +222,11 @@ class RunConfig:
         return self
 
     def _check_shapes(self) -> None:
-        """input_shape, channel_order and resize in their one form (case, separators); names the key."""
-        from .data import parse_resize
+        """input_shape, channel_order, resize and resample in their one form (case, separators); names the key."""
+        from .data import RESAMPLING, parse_resize
         from .errors import DataError
         from .preprocess import CHANNEL_ORDERS
         from .shapes import parse_input_shape
-
-        from .data import RESAMPLING
 
         resample = str(self.resample).strip().lower()
         if resample not in RESAMPLING:

@@ -27,12 +27,12 @@ LABELS_FILE = "config.json"
 MAX_CARD_BYTES = 16 << 20
 """Largest preprocessor_config.json / config.json read (real ones are a few kB; config.json with 21k labels ~1 MB)."""
 CARD_KEYS = ("scale", "mean", "std", "resize", "center_crop", "resample", "channel_order")
+"""RunConfig keys a card can fill."""
 IMAGE_KEYS = ("resize", "center_crop", "resample")
 """Card keys that transform image files (not applied to .npz/.npy arrays, which are taken as they are)."""
-"""RunConfig keys a card can fill."""
 RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 """PIL's resample codes, as Hugging Face processors store them."""
-SQUARE_BY_DEFAULT = ("vit", "deit", "beit", "swin", "dpt", "segformer", "levit", "poolformer", "perceiver")
+SQUARE_BY_DEFAULT = ("vit", "deit", "beit", "swin", "dpt", "segformer", "siglip", "data2vec")
 """Processors whose integer ``size`` means height = width (transformers' ``default_to_square=True``)."""
 
 
