@@ -556,3 +556,19 @@ def test_class_names_from_classes_file_first_and_never_a_wrong_count(tmp_path, c
     )
     assert code == 0, err
     assert json.loads(Path(f"{out}.meta.json").read_text())["class_names"] == ["w", "x", "y", "z"]
+
+
+def test_inspect_suggestion_from_the_card_certifies_right(tmp_path, capsys):
+    """The config inspect suggests for an optimum folder (shape from the card's resize) runs at 100% clean accuracy."""
+    model, data, _ = _vit_folder(tmp_path)
+    code, text, _ = run(capsys, ["inspect", str(model), "--json"])
+    assert code == 0, text
+    suggested = json.loads(text)["suggested_config"]
+    assert suggested["input_shape"] == [3, 6, 5] and suggested["resize"] == "6x5"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suggested))
+    out = tmp_path / "r.tsv"
+    code, _, err = run(
+        capsys, ["certify", "--config", str(tmp_path / "s.yaml"), str(model), str(data), *CERTIFY, "--out", str(out)]
+    )
+    assert code == 0, err
+    assert json.loads(Path(f"{out}.meta.json").read_text())["clean_accuracy"]["accuracy"] == 1.0
