@@ -693,6 +693,7 @@ def inspect(ctx, model, input_name, output_name, input_shape, preprocessor, devi
 @list_option("--std", help="Per-channel std of the classifier (comma-separated or one flag per channel).")
 @click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
 @click.option("--channel-order", type=Choice(["rgb", "bgr"]), help="bgr: the classifier takes B, G, R channels.")
+@click.option("--input-shape", help="The classifier's per-example input shape (3,224,224), for symbolic dims.")
 @click.pass_context
 def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     """Compose DENOISER in front of CLASSIFIER into one ONNX model (Salman et al.'s denoised smoothing).
@@ -714,7 +715,14 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
         check_path_name(path, what)
     check_path_name(out, "-o", reserve=len(".data"))
     check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
-    compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)  # logs "wrote"
+    compose_files(  # logs "wrote"
+        denoiser,
+        classifier,
+        out,
+        cfg.preprocess_spec(),
+        classifier_input_name=input_name or cfg.input_name,
+        classifier_input_shape=None if cfg.input_shape is None else tuple(cfg.input_shape),
+    )
 
 
 def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list[str], list[float]]:

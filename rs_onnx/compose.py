@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
-from rs_onnx import graph
+from rs_onnx import graph, shapes
 from rs_onnx.errors import ConfigError, DataError, ModelError
 from rs_onnx.guard import escape
 from rs_onnx.preprocess import Preprocessor, PreprocessSpec
@@ -56,11 +56,9 @@ def _pick(values, name, what: str, model_name: str):
     return values[0]
 
 
-def _fixed(shape, what: str) -> tuple[int, ...]:
+def _fixed(shape, what: str, hint: str = "") -> tuple[int, ...]:
     if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape):
-        raise ModelError(
-            f"{what} has per-example dims {graph.format_dims(shape)}; expected fixed sizes (--input-shape gives the classifier's)"
-        )
+        raise ModelError(f"{what} has per-example dims {graph.format_dims(shape)}; expected fixed sizes{hint}")
     return tuple(shape)
 
 
@@ -245,9 +243,12 @@ def prepend_preprocessing(
     what = "classifier"
     clf, value = _batched_input(graph.strip_initializer_inputs(classifier), classifier_input_name, what)
     declared_dims = graph.dims(value)
+    if classifier_input_shape is not None and declared_dims is not None:  # as --input-shape: fixed dims must match
+        classifier_input_shape = shapes.per_example(declared_dims[1:], classifier_input_shape, what, value.name)
     model_shape = _fixed(
         classifier_input_shape or (declared_dims[1:] if declared_dims is not None else None),
         f"{what} input '{value.name}'",
+        f" (give them with {shapes.FLAG})",
     )
     dtype = graph.np_dtype(value)
     if dtype is None:

@@ -385,3 +385,28 @@ def test_resume_of_a_run_whose_shape_came_from_the_data(tmp_path, capsys):
         + ["--out", str(out), "--resume"],
     )
     assert code == 1 and "channel_order" in err
+
+
+def test_denoiser_with_a_symbolic_classifier_takes_input_shape(tmp_path, capsys):
+    """certify --denoiser and rs-onnx compose: a classifier with symbolic H/W needs --input-shape (named in the
+    error), and with it the composed model certifies."""
+    from tests.test_compose import denoiser
+
+    model = pooled_model(tmp_path / "model.onnx")
+    den = tmp_path / "den.onnx"
+    onnx.save(denoiser((3, 8, 8)), str(den))
+    data = images_npz(tmp_path / "d.npz")
+    code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--denoiser", str(den), "--out", "-"])
+    assert code == 1 and "--input-shape" in err
+    code, _, err = run(
+        capsys,
+        ["certify", str(model), str(data), *CERTIFY, "--denoiser", str(den), "--input-shape", "3,8,8", "--out", "-"],
+    )
+    assert code == 0, err
+    out = tmp_path / "dc.onnx"
+    code, _, err = run(capsys, ["compose", str(model), "--denoiser", str(den), "-o", str(out)])
+    assert code == 1 and "--input-shape" in err and not out.exists()
+    code, _, err = run(
+        capsys, ["compose", str(model), "--denoiser", str(den), "-o", str(out), "--input-shape", "3,8,8"]
+    )
+    assert code == 0 and out.exists(), err
