@@ -634,8 +634,10 @@ def certify(ctx: click.Context, **kwargs) -> None:
         paths relative to the manifest; --classes to read labels as class names);
       - a single image with --label N.
     Image files are converted to the model's channels; --resize N --center-crop HxW map them
-    to the model's size (ImageNet: --resize 256 --center-crop 224); without them an image of
-    another size is refused, never stretched.
+    to the model's size (ImageNet: --resize 256 --center-crop 224), --resize HxW stretches them
+    to it; without them an image of another size is refused. A preprocessor_config.json beside
+    MODEL (as optimum-cli writes it) gives these and scale/mean/std unless flags do; a model
+    whose input dims are symbolic takes the data's shape (or --input-shape).
     """
     _execute(ctx, "certify", kwargs)
 
