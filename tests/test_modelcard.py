@@ -572,3 +572,59 @@ def test_inspect_suggestion_from_the_card_certifies_right(tmp_path, capsys):
     )
     assert code == 0, err
     assert json.loads(Path(f"{out}.meta.json").read_text())["clean_accuracy"]["accuracy"] == 1.0
+
+
+def test_a_real_mobilevit_export_runs_at_its_card_size_and_is_refused_at_another(tmp_path, capsys):
+    """transformers' MobileViT exported with H/W dynamic runs at one size only: with its card (shorter side,
+    crop, BGR) it certifies; at another size the load-time trial run refuses it in one line."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (train extra)")
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (test extra)")
+    from PIL import Image
+
+    torch.manual_seed(0)
+    config = transformers.MobileViTConfig(
+        image_size=64,
+        num_labels=3,
+        hidden_sizes=[16, 20, 24],
+        neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64],
+        num_attention_heads=2,
+        patch_size=2,
+    )
+    net = transformers.MobileViTForImageClassification(config).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            return self.m(pixel_values=pixel_values).logits
+
+    folder = tmp_path / "mobilevit"
+    folder.mkdir()
+    torch.onnx.export(
+        Logits(net),
+        (torch.rand(1, 3, 64, 64),),
+        str(folder / "model.onnx"),
+        dynamo=False,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"pixel_values": {0: "batch_size", 1: "num_channels", 2: "height", 3: "width"}},
+    )
+    processor = transformers.MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
+    processor.save_pretrained(folder)
+    for k, (h, w) in enumerate([(80, 100), (90, 75)]):
+        (tmp_path / "imgs" / "0").mkdir(parents=True, exist_ok=True)
+        im = (255 * coloured(1, (3, h, w), seed=k)[0].transpose(1, 2, 0)).astype(np.uint8)
+        Image.fromarray(im).save(tmp_path / "imgs" / "0" / f"{k}.png")
+    out = tmp_path / "r.tsv"
+    args = ["certify", str(folder / "model.onnx"), str(tmp_path / "imgs"), *CERTIFY]
+    code, _, err = run(capsys, [*args, "--out", str(out)])
+    assert code == 0, err
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["config"]["channel_order"] == "bgr" and meta["config"]["input_shape"] == [3, 64, 64]
+    code, _, err = run(capsys, [*args, "--resize", "96x96", "--center-crop", "96", "--out", str(out), "--overwrite"])
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("rs-onnx: error:")]
+    assert len(errors) == 1 and "the graph rejects input 'pixel_values' shaped [1, 3, 96, 96]" in errors[0]
