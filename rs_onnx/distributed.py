@@ -435,9 +435,10 @@ def _run(ray, p, mode, todo, progress, backend: RayBackend) -> Iterator[tuple[li
         max_task_retries=0,  # a lost unit is resent by the driver, to any worker (dispatch)
         scheduling_strategy="SPREAD",
     )
-    # the driver's resolved noise kind (from --noise or the model's metadata) travels like sigma
+    # the driver's resolved noise kind (from --noise or the model's metadata) and noise source (host or device,
+    # resolved by its classifier when device_noise was left unset) travel like sigma
     args = (
-        {**cfg.to_dict(), "noise": p.smoothed.noise},
+        {**cfg.to_dict(), "noise": p.smoothed.noise, "device_noise": bool(p.classifier.device_noise)},
         sha,
         p.smoothed.sigma,
         p.smoothed.entropy,
