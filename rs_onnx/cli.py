@@ -281,6 +281,12 @@ def _run_options(f):
         click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (fractions share a GPU)."),
         click.option("--cpus-per-worker", type=float, help="CPUs per Ray worker."),
         click.option(
+            "--stall-timeout",
+            type=float,
+            help="Ray: seconds a worker may finish nothing before its work goes to the others; the run ends "
+            "(resumable) when none can take over (default: 10x the slowest group so far, at least 60).",
+        ),
+        click.option(
             "--fp16",
             is_flag=True,
             default=None,
@@ -491,7 +497,7 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
 
     p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
-    rows: list[dict] = []
+    rows = _Computed(keep=out is None)  # without --out, the summary is made from this run's rows
     bar = Progress(
         mode,
         len(p.indices),
@@ -501,7 +507,7 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
     )
 
     def on_rows(new: list[dict]) -> None:
-        rows.extend(new)
+        rows.add(new)
         bar.examples(len(new))
 
     def resume_hint() -> str:
@@ -539,9 +545,11 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
             f"{e}; the run stopped after {len(rows)} examples this run and {out}.meta.json says "
             f"failed; {kept} complete rows are kept in {out}{hint}"
         ) from e
-    except RsOnnxError:
+    except RsOnnxError as e:
         bar.close()
         warnings.record(out)
+        if getattr(e, "resumable", False) and resume_hint():  # e.g. the Ray cluster lost: rows kept, --resume
+            raise RsOnnxError(f"{e}{resume_hint()}") from e
         raise
     except Exception as e:  # e.g. the execution provider failing mid-run
         bar.close()
@@ -582,20 +590,49 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
         )
 
 
-def _run_results(rows: list[dict], out: Path | None, mode: str, cfg):
+class _Computed:
+    """The rows computed in this run, as much as the closing summary needs: their number, and with ``keep``
+    (no --out: the summary is made from them) their Cohen columns and ``nonfinite`` in typed arrays, 8 bytes
+    a value. Rows themselves are never kept: a run of 10^6 examples holds ~56 MB here, not a dict a row."""
+
+    FLOAT_COLUMNS = ("radius", "time")
+    OPTIONAL = ("n", "n0", "samples")  # kept when every row has them (what samples_spent reads)
+
+    def __init__(self, keep: bool) -> None:
+        from array import array
+
+        from .results import REQUIRED_COLUMNS
+
+        self.count = 0
+        names = (*REQUIRED_COLUMNS, "nonfinite", *self.OPTIONAL)
+        self.columns = {c: array("d" if c in self.FLOAT_COLUMNS else "q") for c in names} if keep else None
+        self.missing: set[str] = set()  # optional columns some row lacked
+
+    def add(self, rows: list[dict]) -> None:
+        self.count += len(rows)
+        if self.columns is None:
+            return
+        for c, values in self.columns.items():
+            if c in self.OPTIONAL and (c in self.missing or not all(c in r for r in rows)):
+                self.missing.add(c)
+                continue
+            values.extend(r.get(c, 0) for r in rows)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _run_results(rows: _Computed, out: Path | None, mode: str, cfg):
     """The whole run as analysis.Results: the file with its meta.json when there is one (a resumed run
     included), else this run's rows (with sigma, n and alpha for the reach of the radii)."""
     import numpy as np
 
-    from .analysis import REQUIRED_COLUMNS, Results, read_run
+    from .analysis import Results, read_run
 
     if out:
         return read_run(out)
-    columns = {c: np.asarray([r.get(c, 0.0) for r in rows]) for c in REQUIRED_COLUMNS}
-    columns["nonfinite"] = np.asarray([r.get("nonfinite", 0) for r in rows])
-    for extra in ("n", "n0", "samples"):  # what samples_spent reads
-        if rows and all(extra in r for r in rows):
-            columns[extra] = np.asarray([r[extra] for r in rows])
+    assert rows.columns is not None  # kept without --out
+    columns = {c: np.asarray(values) for c, values in rows.columns.items() if c not in rows.missing}
     return Results(columns, None, mode, {"mode": mode, "config": cfg.to_dict()})
 
 

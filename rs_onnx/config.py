@@ -78,6 +78,7 @@ class RunConfig:
     workers: int | None = None
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
+    stall_timeout: float | None = None  # Ray: seconds a worker may finish nothing before its work moves (None: auto)
     fp16: bool = False  # run a float16 conversion of the model (the certificate then covers that model)
     cuda_graph: bool = False  # CUDA: replay the model as a captured CUDA graph
     device_noise: bool | None = None  # CUDA: noise drawn on the GPU (Philox); None: on for inputs >= 100,000 values
@@ -174,6 +175,12 @@ class RunConfig:
                 "cpus_per_worker",
                 self.cpus_per_worker,
                 "a positive number",
+            ),
+            (
+                self.stall_timeout is None or (np.isfinite(self.stall_timeout) and self.stall_timeout > 0),
+                "stall_timeout",
+                self.stall_timeout,
+                "a positive number of seconds",
             ),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
             (self.noise is None or self.noise in NOISE_KINDS, "noise", self.noise, "one of " + ", ".join(NOISE_KINDS)),

@@ -457,6 +457,7 @@ class Prepared:
     checks: dict = field(default_factory=dict)  # batch_check and clean_accuracy (rs_onnx.checks)
     audit: dict | None = None  # audit mode's record for meta.json: the graph scan, the grid, the entropy's origin
     class_names: list[str] | None = None  # by class id: --classes, else the model's config.json id2label
+    batch_auto: bool = False  # the batch size was resolved here (no --batch-size): Ray workers resolve their own
 
     def with_entropy(self, entropy: int) -> Prepared:
         """The same run with the noise streams seeded by ``entropy`` (--resume adopting an earlier run's
@@ -524,7 +525,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     local = (cfg.backend or "local") == "local"  # Ray workers hold their batches on their own nodes
     probe = None
     if cfg.batch_size is None:  # never a size that the memory check below would refuse
-        batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n), memory_fits(cfg, clf, pre))
+        total = len(indices) * (cfg.n0 + cfg.n)
+        # Ray workers resolve their own batch size on their own hardware (rs_onnx.ray_worker); the driver's
+        # serves only its checks, so it is never probed for (a CPU head would time a GPU run on its CPU)
+        total = total if local else min(total, PROBE_MIN_SAMPLES - 1)
+        batch_size, probe = resolve_batch(clf, total, memory_fits(cfg, clf, pre))
     else:
         batch_size = int(cfg.batch_size)
     if local:
@@ -575,6 +580,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         checks,
         audit,
         names,
+        batch_auto=cfg.batch_size is None,
     )
 
 
@@ -916,7 +922,9 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
         if writer:
             writer.close()
         timings["seconds"] = time.time() - t0
-        meta = _meta(p, mode, out, status, timings, {**extra, **({"error": error} if error else {})}, data_extra)
+        record = getattr(backend, "record", None)  # the Ray backend: what its workers resolved
+        final: dict = {**extra, **({"error": error} if error else {}), **(record() if callable(record) else {})}
+        meta = _meta(p, mode, out, status, timings, final, data_extra)
         if files is not None:
             files.finish(meta)
     if extra["nonfinite_outputs"]:

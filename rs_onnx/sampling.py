@@ -130,6 +130,7 @@ class Task:
     example: int
     phase: int
     n: int
+    block: int = 0  # first noise block: samples block * block_size .. of the (example, phase) stream
 
 
 def _on_cuda(device) -> bool:
@@ -448,7 +449,7 @@ class Sampler:
         """The blocks in sample order with the batches they write to, one at a time (memory independent of n)."""
         g = 0
         for s, t in enumerate(tasks):
-            for b in noise.iter_split(s, t.example, t.phase, t.n, self.block_size):
+            for b in noise.iter_split(s, t.example, t.phase, t.n, self.block_size, t.block):
                 yield _Planned(s, b, g, g // batch, (g + b.size - 1) // batch)
                 g += b.size
 
@@ -483,6 +484,8 @@ class Sampler:
                 progress(rows)
 
         if self.device_noise:
+            if any(t.block for t in tasks):
+                raise ConfigError("device noise counts whole examples only; expected tasks that start at block 0")
             self._count_on_device(tasks, batch, nbatches, total, ends, add)
         else:
             self._count_host(tasks, batch, nbatches, total, add)

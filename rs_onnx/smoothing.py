@@ -288,12 +288,16 @@ class SmoothedClassifier:
         phase: int,
         n: int,
         progress: Callable[[int], None] | None = None,
+        first_block: int = 0,
     ) -> np.ndarray:
         """Counts of ``n`` noisy samples of each image of ``xs`` (one shape; floats in [0,1], or uint8 0..255,
         divided by 255: see :meth:`images`) under noise ``phase``.
 
-        ``examples`` select the noise streams (one per image). Returns int64 [len(xs), K + 1]; column K counts
-        samples with no class (non-finite model outputs, class indices outside 0..K-1).
+        ``examples`` select the noise streams (one per image). ``first_block``: the samples are those of the
+        stream from noise block ``first_block`` on (``sampler(shape).block_size`` samples a block), so counts
+        of consecutive pieces that start at whole blocks add up to the count of the whole (Ray splits one
+        example this way). Returns int64 [len(xs), K + 1]; column K counts samples with no class
+        (non-finite model outputs, class indices outside 0..K-1).
         """
         n = as_int("n", n, 0)
         xs, examples = self.images(xs, examples)
@@ -303,7 +307,8 @@ class SmoothedClassifier:
             )
         self.verify_batches(xs[0], n * len(xs))
         sampler = self.sampler(np.shape(xs[0]))
-        tasks = [Task(sampler.pre.clean(x), int(e), phase, n) for x, e in zip(xs, examples)]
+        first_block = as_int("first_block", first_block, 0)
+        tasks = [Task(sampler.pre.clean(x), int(e), phase, n, first_block) for x, e in zip(xs, examples)]
         return sampler.count(tasks, progress)
 
     def certify_many(
@@ -346,12 +351,20 @@ class SmoothedClassifier:
         if len(xs) == 0:
             return []
         self.verify_batches(xs[0], max(n0, n) * len(xs))
-        dim = self.dim(np.shape(xs[0]))
-        gaussian = self.noise == "gaussian"
         counts0 = self.count(xs, examples, noise.SELECT, n0, progress)
         counts1 = self.count(xs, examples, noise.ESTIMATE, n, progress)
+        return self.certificates(counts0, counts1, n0, n, alpha, self.dim(np.shape(xs[0])), bound)
+
+    def certificates(
+        self, counts0: np.ndarray, counts1: np.ndarray, n0: int, n: int, alpha: float, dim: int, bound: str = "cohen"
+    ) -> list[Certificate]:
+        """CERTIFY's answers from its counts: ``counts0`` (selection, n0 samples each) and ``counts1``
+        (estimation, n samples each), int64 [examples, K + 1] as :meth:`count` returns them; ``dim`` is the
+        number of noisy values per input (:meth:`dim`). The same answers whether the counts came from one
+        process or were added up from pieces counted elsewhere."""
+        gaussian = self.noise == "gaussian"
         out = []
-        for c0, c1 in zip(counts0, counts1):
+        for c0, c1 in zip(np.asarray(counts0, np.int64), np.asarray(counts1, np.int64)):
             guess = stats.select(c0)
             n_a = int(c1[guess]) if guess != ABSTAIN else 0
             # with bound="best" the radius uses p_a_lower at alpha/2: the column shows that bound, not alpha's
@@ -417,9 +430,12 @@ class SmoothedClassifier:
         if len(xs) == 0:
             return []
         self.verify_batches(xs[0], n * len(xs))
-        counts = self.count(xs, examples, noise.PREDICT, n, progress)
+        return self.predictions(self.count(xs, examples, noise.PREDICT, n, progress), n, alpha)
+
+    def predictions(self, counts: np.ndarray, n: int, alpha: float) -> list[Prediction]:
+        """PREDICT's answers from its counts (int64 [examples, K + 1] of n samples each, :meth:`count`)."""
         out = []
-        for c in counts:
+        for c in np.asarray(counts, np.int64):
             a, n_a, _, n_b = stats.top_two(c[:-1])
             p = stats.binomial_pvalue(n_a, n_a + n_b) if n_a + n_b > 0 else 1.0
             out.append(Prediction(a if p <= alpha else ABSTAIN, p, n_a, n_b, n, int(c[-1])))
