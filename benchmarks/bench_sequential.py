@@ -205,10 +205,70 @@ def cmd_plan(args) -> None:
         )
 
 
+COHEN_LOGS = "data/reference/cohen2019_certify_cifar10"
+
+
+def cohen_pas(path, sigma: float = 0.5, n: int = 100_000, alpha: float = 0.001) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of Cohen et al.'s published CERTIFY log (N = 100,000, alpha = 0.001): (pA of the label, the
+    log's own certified radius where correct, else 0). pA is the count k / n whose Clopper-Pearson bound gives
+    the logged radius (rounded to 3 decimals in the log); an image g got wrong or abstained on gets pA 0.3
+    for its label (it cannot certify its label; this only sets how fast it is given up)."""
+    rows = [line.rstrip("\n").split("\t") for line in open(path, encoding="utf-8")][1:]
+    p, radius = [], []
+    ks = np.arange(n // 2, n + 1)
+    bound = stats.cohen_radii(stats.cp_lower(ks, n, alpha), sigma)
+    for row in rows:
+        r, correct = float(row[3]), row[4] == "1"
+        if not correct:
+            p.append(0.3)
+            radius.append(0.0)
+            continue
+        k = ks[min(len(ks) - 1, int(np.searchsorted(bound, r - 5e-4)))]  # smallest count whose radius rounds to r
+        p.append(k / n)
+        radius.append(r)
+    return np.asarray(p), np.asarray(radius)
+
+
+def even_split_accuracy(p: np.ndarray, per_image: int, r: float, sigma: float, alpha: float) -> float:
+    """Expected certified accuracy at r of fixed-n CERTIFY of the label with ``per_image`` samples each (exact)."""
+    return float(np.mean([fixed_power(per_image, alpha, sigma, r, q) for q in p]))
+
+
+def budget_accuracy(
+    p: np.ndarray, budget: int, r: float, sigma: float, alpha: float, n_max: int = 100_000, seed: int = 0
+) -> tuple[float, float]:
+    """(certified accuracy at r, samples spent) of the --budget run (``guess label``: no selection samples) on
+    Bernoulli streams of the given pA, through run_looks (the code path of the CLI)."""
+    sched = sq.geometric_schedule(n_max, alpha, final_share=sq.FINAL_SHARE)
+    plan = sq.make_plan(sched, sigma, (r,), 0.01, calibrate=True)
+    sizes = np.asarray(sched.sizes)
+    draws = np.random.default_rng(seed).binomial(np.diff(sizes, prepend=0)[None, :], p[:, None])
+    out = sq.run_looks(plan, lambda j, idx: draws[idx, j], np.arange(len(p)), len(p), budget)
+    return float(np.mean(out.certified > plan.radii.index(r))), float(out.n.sum())
+
+
+def cmd_budget(args) -> None:
+    from pathlib import Path
+
+    path = Path(args.shared) / COHEN_LOGS / f"noise_{args.sigma:.2f}_sigma_{args.sigma:.2f}.tsv"
+    p, radius = cohen_pas(path, args.sigma, 100_000, args.alpha)
+    r = args.radius
+    logged = float(np.mean(radius >= r))
+    even = even_split_accuracy(p, args.budget // len(p), r, args.sigma, args.alpha)
+    runs = [budget_accuracy(p, args.budget, r, args.sigma, args.alpha, args.n, seed) for seed in range(args.seeds)]
+    acc = np.array([a for a, _ in runs])
+    print(
+        f"{len(p)} images of {path.name}, r = {r}: Cohen's log (100,000 each): {logged:.3f}; even split "
+        f"({args.budget // len(p):,} each, exact): {even:.3f}; --budget {args.budget:,}: {acc.mean():.3f} "
+        f"(+- {acc.std(ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else 0:.3f}, {len(acc)} runs; "
+        f"spent {np.mean([s for _, s in runs]):,.0f})"
+    )
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("power", "run", "pilot", "simulate", "plan"):
+    for name in ("power", "run", "pilot", "simulate", "plan", "budget"):
         s = sub.add_parser(name)
         s.add_argument("--n", type=int, default=100_000)
         s.add_argument("--alpha", type=float, default=0.001)
@@ -230,12 +290,24 @@ def main(argv=None) -> None:
             s.add_argument("--batch-size", type=int, default=1000)
             s.add_argument("--noise", default="gaussian")
             s.add_argument("--mode", choices=["radii", "fixed"], default="radii")
+        if name == "budget":
+            s.add_argument("--shared", default="../shared")
+            s.add_argument("--budget", type=int, default=1_000_000)
+            s.add_argument("--radius", type=float, default=0.5)
+            s.add_argument("--seeds", type=int, default=20)
         if name == "plan":
             s.add_argument("--count", type=int, default=100)
             s.add_argument("--eps", type=float, default=0.05)
             s.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
-    commands = {"power": cmd_power, "run": cmd_run, "pilot": cmd_pilot, "simulate": cmd_simulate, "plan": cmd_plan}
+    commands = {
+        "power": cmd_power,
+        "run": cmd_run,
+        "pilot": cmd_pilot,
+        "simulate": cmd_simulate,
+        "plan": cmd_plan,
+        "budget": cmd_budget,
+    }
     commands[args.cmd](args)
 
 
