@@ -53,14 +53,16 @@ def sequential_power(
     *,
     final_share: float,
     calibrate: bool,
-    looks: int = 16,
+    looks: int = sq.LOOKS,
     beta: float = 0.01,
     trials: int = 200_000,
     seed: int = 0,
+    n_first: int | None = None,
+    early: str = "betting",
 ) -> tuple[float, float]:
     """(P(sequential certifies r), mean estimation samples) when pA = p, by simulating the looks."""
-    sched = sq.geometric_schedule(n, alpha, looks, None, final_share)
-    plan = sq.make_plan(sched, sigma, RADII, beta, calibrate=calibrate)
+    sched = sq.geometric_schedule(n, alpha, looks, n_first, final_share)
+    plan = sq.make_plan(sched, sigma, RADII, beta, calibrate=calibrate, early=early)
     sizes = np.asarray(sched.sizes)
     draws = np.random.default_rng(seed).binomial(np.diff(sizes, prepend=0), p, (trials, len(sizes)))
     out = sq.run_looks(plan, lambda j, idx: draws[idx, j], np.arange(trials), trials)
@@ -78,7 +80,7 @@ def cmd_power(args) -> None:
     worst = 0.0
     for r, p in ((0.75, 0.999), (0.75, 0.9992), (0.5, 0.9785), (0.5, 0.98), (0.25, 0.845), (0.25, 0.85)):
         f = fixed_power(n, alpha, sigma, r, p)
-        old, _ = sequential_power(n, alpha, sigma, r, p, final_share=0.5, calibrate=False, looks=8)
+        old, _ = sequential_power(n, alpha, sigma, r, p, final_share=0.5, calibrate=False, looks=8, n_first=n // 100)
         new, _ = sequential_power(n, alpha, sigma, r, p, final_share=args.final_share, calibrate=True, looks=args.looks)
         worst = max(worst, f - new)
         print(f"| {r} | {p} | {f:.3f} | {old:.3f} | {new:.3f} | {new - f:+.3f} |")

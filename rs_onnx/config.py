@@ -145,7 +145,12 @@ class RunConfig:
             (not (self.sequential and self.bound != "cohen"), "bound", self.bound, "cohen with --sequential"),
             (self.precision is None or self.precision > 0, "precision", self.precision, "a positive radius step"),
             (self.looks >= 1, "looks", self.looks, "at least 1"),
-            (self.first_look is None or 1 <= self.first_look <= self.n, "first_look", self.first_look, f"1 to n={self.n}"),
+            (
+                self.first_look is None or 1 <= self.first_look <= self.n,
+                "first_look",
+                self.first_look,
+                f"1 to n={self.n}",
+            ),
             (self.guess in ("select", "label"), "guess", self.guess, "select or label"),
             (self.guess == "select" or self.sequential, "guess", self.guess, "select without --sequential"),
             (self.guess == "select" or self.backend == "local", "guess", self.guess, "select with --backend ray"),

@@ -785,7 +785,9 @@ def execute(
     if resume and out is None:
         raise ConfigError("--resume needs --out (the TSV of the run to continue)")
     if resume and p.cfg.budget:
-        raise ConfigError(f"--resume with --budget {p.cfg.budget}: a budget is shared by the examples of one run; expected a new run")
+        raise ConfigError(
+            f"--resume with --budget {p.cfg.budget}: a budget is shared by the examples of one run; expected a new run"
+        )
     identity = None
     if out is not None:
         out = Path(out)

@@ -33,7 +33,7 @@ import numpy as np
 from scipy.stats import norm
 
 from . import bounds, noise, stats
-from .boundaries import FIRST_LOOK, LOOKS, Schedule, betting_cutoffs, calibrated_cutoff, geometric_schedule
+from .boundaries import LOOKS, Schedule, betting_cutoffs, calibrated_cutoff, geometric_schedule
 from .errors import ConfigError
 from .sampling import Task
 from .smoothing import Certificate
@@ -401,32 +401,8 @@ FINAL_SHARE = 0.83
 """Default share of alpha for the calibrated last look (the early looks' betting boundary gets the rest)."""
 GUESSES = ("select", "label")
 """How the class to certify is fixed: selected from the model's own samples, or the example's label."""
-SELECT_FIRST = 8
-"""Adaptive selection: the first selection look (samples); later looks double, up to n0."""
-SELECT_BETA = 0.01
-"""Adaptive selection stops once P(Bin(a + b, 1/2) >= a) <= this, a and b the top two counts (power only)."""
 SELECT_PHASE = 1 << 20
 """Selection stage s >= 1 draws under phase SELECT_PHASE + s (stage 0 under noise.SELECT)."""
-
-
-def selection_sizes(n0: int, adaptive: bool = True) -> tuple[int, ...]:
-    """Cumulative selection sizes: (n0,) fixed; adaptive: SELECT_FIRST, doubling, ending at n0."""
-    if not adaptive or n0 <= SELECT_FIRST:
-        return (n0,)
-    sizes = [SELECT_FIRST]
-    while sizes[-1] * 2 < n0:
-        sizes.append(sizes[-1] * 2)
-    return (*sizes, n0)
-
-
-def select_clear(counts: np.ndarray) -> np.ndarray:
-    """Per row of class counts [E, K + 1]: whether the top class is clearly ahead of the runner-up (see
-    :data:`SELECT_BETA`); the last column (no class) is ignored."""
-    from scipy.stats import binom
-
-    top = -np.sort(-np.asarray(counts)[:, :-1], axis=1)
-    a, b = top[:, 0], (top[:, 1] if top.shape[1] > 1 else np.zeros_like(top[:, 0]))
-    return (a > 0) & (binom.sf(a - 1, a + b, 0.5) <= SELECT_BETA)
 
 
 def sequential_certify_many(
@@ -508,7 +484,7 @@ def sequential_certify_many(
         chosen = np.asarray(labels, np.int64)
         chosen[chosen < 0] = ABSTAIN
     else:
-        sel, chosen = _select(sampler, clean, examples, selection_sizes(n0, adaptive_selection), progress)
+        sel, chosen = _select(sampler, clean, examples, stats.selection_sizes(n0, adaptive_selection), progress)
     totals = _Growable(np.zeros_like(sel))
 
     def sample(j, idx):
@@ -538,7 +514,7 @@ def _select(sampler, clean, examples, sizes: tuple[int, ...], progress) -> tuple
         counts = sampler.count([Task(clean[i], examples[i], phase, size - prev) for i in active], progress)
         sel.add(active, counts)
         prev = size
-        active = active[~select_clear(sel.array[active])]
+        active = active[~stats.select_clear(sel.array[active])]
         if not active.size:
             break
     return sel.array, stats.select_many(sel.array)
