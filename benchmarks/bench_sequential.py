@@ -30,6 +30,7 @@ from scipy.stats import binom, norm
 
 from rs_onnx import sequential as sq
 from rs_onnx import stats
+from rs_onnx.boundaries import operating
 
 RADII = (0.25, 0.5, 0.75, 1.0)
 
@@ -267,10 +268,209 @@ def cmd_budget(args) -> None:
     )
 
 
+# ------------------------------------------------------------------------------------------ the anchors' table
+
+MIRRORS = "/work/.mirror"
+"""Where the fetch tool puts the anchors' published code (git directories; read at run time, never copied)."""
+
+
+def mirror_module(repo: str, path: str, name: str, mirrors: str = MIRRORS):
+    """Import ``path`` of the mirrored git repository ``repo`` (owner+name) as module ``name``, from its HEAD."""
+    import subprocess
+    import types
+
+    source = subprocess.check_output(["git", "-C", f"{mirrors}/{repo}/repo", "show", f"HEAD:{path}"], text=True)
+    module = types.ModuleType(name)
+    module.__file__ = f"{mirrors}/{repo}/repo/{path}"
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    sys.modules[name] = module
+    return module
+
+
+def voracek_rule(t: float, alpha: float, n: int, mirrors: str = MIRRORS):
+    """Voracek et al. 2024's betting thresholds (vvoracek/RS_conf_seq, thresholds.get_thresholds) for target t:
+    (lower, upper) per sample count N; their certify() stops at N with A == upper[N] (certified) or
+    A == lower[N] (not), the label's count A among N samples (no selection)."""
+    th = mirror_module("vvoracek+RS_conf_seq", "thresholds.py", "voracek_thresholds", mirrors)
+    lower, upper = th.get_thresholds(p=t, alpha=alpha, n=n + 1)
+    return np.asarray(lower, np.int64), np.asarray(upper, np.int64)
+
+
+def sample_by_sample(lower: np.ndarray, upper: np.ndarray, p: float, n: int, n0: int = 0) -> dict:
+    """Exact DP of a rule that looks after every sample: stop at N when A >= upper[N] (certified) or A <= lower[N]
+    (A ~ Bin(N, p)); runs end at n. Returns P(certify), mean and p90 samples (n0 added)."""
+    dist = np.zeros(1)
+    dist[0] = 1.0
+    cert, stop = 0.0, np.zeros(n + 1)
+    for m in range(1, n + 1):
+        dist = np.concatenate([dist * (1 - p), [0.0]]) + np.concatenate([[0.0], dist * p])
+        u, lo = int(upper[m]), int(lower[m])
+        up = float(dist[u:].sum()) if u < len(dist) else 0.0
+        down = float(dist[: max(0, lo + 1)].sum()) if lo >= 0 else 0.0
+        if u < len(dist):
+            dist[u:] = 0.0
+        if lo >= 0:
+            dist[: lo + 1] = 0.0
+        cert += up
+        stop[m] = up + down
+        if dist.sum() < 1e-15:
+            break
+    stop[n] += float(dist.sum())
+    return _summary(cert, stop, np.arange(n + 1) + n0)
+
+
+def _summary(cert: float, stop: np.ndarray, samples: np.ndarray) -> dict:
+    cdf = np.cumsum(stop) / stop.sum()
+    return {
+        "p_certify": float(cert),
+        "mean": float(np.dot(stop, samples) / stop.sum()),
+        "p90": int(samples[np.searchsorted(cdf, 0.9)]),
+    }
+
+
+def horvath_rule(sigma: float, r: float, p: float, alpha: float, beta: float, n0: int, n_list, mirrors: str = MIRRORS):
+    """Horvath et al. 2022's adaptive sampling (eth-sri/smoothing-ensembles, SmoothEnsembleAdaptive.certify):
+    rounds of n0 selection and n_i fresh estimation samples, Clopper-Pearson at alpha / rounds, stop when its
+    upper bound at 2 beta / (rounds - 1) rules r out. Their own methods, evaluated on every count (exact; the
+    selection is taken to be right, which favours them)."""
+    import scipy.stats
+
+    if not hasattr(scipy.stats, "binom_test"):  # imported by their module, unused by certify (removed in scipy 1.12)
+        scipy.stats.binom_test = None
+    mod = mirror_module("eth-sri+smoothing-ensembles", "smooth_ensemble_adaptive.py", "horvath_adaptive", mirrors)
+    smooth = mod.SmoothEnsembleAdaptive([], 10, sigma)
+    alive, cert, stop, spent = 1.0, 0.0, [], []
+    total = 0
+    for i, n in enumerate(n_list):
+        total += n0 + n
+        k = np.arange(n + 1)
+        pmf = binom.pmf(k, n, p)
+        lower = smooth._lower_confidence_bound(k, n, alpha / len(n_list))
+        radius = sigma * norm.ppf(lower)
+        ok = (lower > 0.5) & (radius >= r)
+        give_up = np.zeros(n + 1, bool)
+        if i < len(n_list) - 1:
+            give_up = ~ok & np.array([smooth._should_stop(int(j), n, beta, len(n_list), r) for j in k])
+        cert += alive * pmf[ok].sum()
+        ended = alive * (pmf[ok].sum() + pmf[give_up].sum()) if i < len(n_list) - 1 else alive
+        stop.append(ended)
+        spent.append(total)
+        alive -= ended
+    return _summary(cert, np.asarray(stop), np.asarray(spent))
+
+
+def rs_onnx_rule(sigma: float, r: float, p: float, alpha: float, n: int, guess: str, trials: int, seed: int = 0):
+    """rs-onnx --sequential on Bernoulli(p) streams: the selection rule (stats.selection_sizes, select_clear; 10
+    classes, the others sharing 1 - p) and run_looks on the plan the CLI makes (the label's or the guess's
+    counts, binomial per stage). Returns P(certify r), mean and p90 samples (selection included)."""
+    rng = np.random.default_rng(seed)
+    sched = sq.geometric_schedule(n, alpha, final_share=sq.FINAL_SHARE)
+    plan = sq.make_plan(sched, sigma, (r,), 0.01, calibrate=True)
+    probs = np.array([p] + [(1 - p) / 9] * 9)
+    sel = np.zeros(trials, np.int64)
+    right = np.ones(trials, bool)
+    if guess == "select":
+        counts = np.zeros((trials, 11), np.int64)
+        active, prev = np.arange(trials), 0
+        for size in stats.selection_sizes(100):
+            counts[active, :10] += rng.multinomial(size - prev, probs, len(active))
+            sel[active] = size
+            prev = size
+            active = active[~stats.select_clear(counts[active])]
+        right = stats.select_many(counts) == 0
+    q = np.where(right, p, (1 - p) / 9)
+    sizes = np.asarray(sched.sizes)
+    draws = rng.binomial(np.diff(sizes, prepend=0)[None, :], q[:, None])
+    out = sq.run_looks(plan, lambda j, idx: draws[idx, j], np.arange(trials), trials)
+    total = sel + out.n
+    return {
+        "p_certify": float(np.mean(out.certified > plan.radii.index(r))),
+        "mean": float(total.mean()),
+        "p90": int(np.percentile(total, 90)),
+    }
+
+
+def rs_onnx_false_rate(sigma: float, r: float, alpha: float, n: int, trials: int, seed: int = 0) -> tuple[float, float]:
+    """At pA = the threshold of r: (exact P(certify r) with the stopping rules, by DP; simulated rate over
+    ``trials`` runs of run_looks)."""
+    sched = sq.geometric_schedule(n, alpha, final_share=sq.FINAL_SHARE)
+    plan = sq.make_plan(sched, sigma, (r,), 0.01, calibrate=True)
+    i = plan.radii.index(r)
+    t = sq.calibration_threshold(r, sigma)
+    sizes = np.asarray(sched.sizes)
+    low = np.maximum(plan.k_fail[:, i], sizes - plan.slack[:, i] - 1)
+    exact = operating(sched.sizes, plan.k_cert[:, i], low, t)[0]
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, trials, 20_000):
+        m = min(20_000, trials - start)
+        draws = rng.binomial(np.diff(sizes, prepend=0)[None, :], t, (m, len(sizes)))
+        out = sq.run_looks(plan, lambda j, idx, d=draws: d[idx, j], np.arange(m), m)
+        hits += int(np.sum(out.certified > i))
+    return exact, hits / trials
+
+
+def fixed_edge(n: int, alpha: float, sigma: float, r: float) -> float:
+    """The pA at which fixed-n CERTIFY certifies r with probability 1/2."""
+    lo, hi = float(norm.cdf(r / sigma)), 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fixed_power(n, alpha, sigma, r, mid) < 0.5 else (lo, mid)
+    return hi
+
+
+def cmd_table(args) -> None:
+    """The extended table of issue 28 (Markdown on stdout; one row per (sigma, r, pA))."""
+    n, alpha = args.n, args.alpha
+    print(
+        "| sigma | r | pA | fixed n: P(cert) | rs-onnx select: mean / p90 / P(cert) | rs-onnx label: mean / p90 / "
+        "P(cert) | Voracek 2024 (label): mean / p90 / P(cert) | Horvath 2022: mean / p90 / P(cert) |"
+    )
+    print("|---|---|---|--:|--:|--:|--:|--:|")
+    for sigma in args.sigmas:
+        for r in args.radii:
+            t = float(norm.cdf(r / sigma))
+            lower, upper = voracek_rule(t, alpha, n, args.mirrors)
+            edge = fixed_edge(n, alpha, sigma, r)
+            grid = sorted({*args.pas, round(edge, 5), round(t, 5)})
+            for p in grid:
+                cells = [f"{fixed_power(n, alpha, sigma, r, p):.3f}"]
+                for guess in ("select", "label"):
+                    o = rs_onnx_rule(sigma, r, p, alpha, n, guess, args.trials)
+                    cells.append(f"{o['mean']:,.0f} / {o['p90']:,} / {o['p_certify']:.3f}")
+                v = sample_by_sample(lower, upper, p, n)
+                cells.append(f"{v['mean']:,.0f} / {v['p90']:,} / {v['p_certify']:.3f}")
+                h = horvath_rule(sigma, r, p, alpha, 1e-4, 100, (1000, 10_000, n), args.mirrors)
+                cells.append(f"{h['mean']:,.0f} / {h['p90']:,} / {h['p_certify']:.3f}")
+                tag = " (threshold)" if p == round(t, 5) else " (fixed-n edge)" if p == round(edge, 5) else ""
+                print(f"| {sigma} | {r} | {p}{tag} | " + " | ".join(cells) + " |", flush=True)
+
+
+def cmd_false(args) -> None:
+    """False certification at pA = the threshold: rs-onnx (exact DP and simulated with a 95% CI), the anchors
+    (exact DPs of their rules)."""
+    n, alpha = args.n, args.alpha
+    print("| sigma | r | rs-onnx exact | rs-onnx simulated (95% CI) | Voracek 2024 exact | Horvath 2022 exact |")
+    print("|---|---|--:|--:|--:|--:|")
+    for sigma in args.sigmas:
+        for r in args.radii:
+            t = float(norm.cdf(r / sigma))
+            exact, rate = rs_onnx_false_rate(sigma, r, alpha, n, args.trials)
+            half = 1.96 * np.sqrt(max(rate, 1 / args.trials) * (1 - rate) / args.trials)
+            lower, upper = voracek_rule(t, alpha, n, args.mirrors)
+            v = sample_by_sample(lower, upper, t, n)["p_certify"]
+            h = horvath_rule(sigma, r, t, alpha, 1e-4, 100, (1000, 10_000, n), args.mirrors)["p_certify"]
+            print(
+                f"| {sigma} | {r} | {exact:.2e} | {rate:.2e} ({max(0, rate - half):.1e}-{rate + half:.1e}, "
+                f"{args.trials:,} runs) | {v:.2e} | {h:.2e} |",
+                flush=True,
+            )
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("power", "run", "pilot", "simulate", "plan", "budget"):
+    for name in ("power", "run", "pilot", "simulate", "plan", "budget", "table", "false"):
         s = sub.add_parser(name)
         s.add_argument("--n", type=int, default=100_000)
         s.add_argument("--alpha", type=float, default=0.001)
@@ -292,6 +492,12 @@ def main(argv=None) -> None:
             s.add_argument("--batch-size", type=int, default=1000)
             s.add_argument("--noise", default="gaussian")
             s.add_argument("--mode", choices=["radii", "fixed"], default="radii")
+        if name in ("table", "false"):
+            s.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
+            s.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+            s.add_argument("--pas", type=float, nargs="+", default=[0.5, 0.6, 0.74, 0.852, 0.92, 0.99, 0.9999])
+            s.add_argument("--trials", type=int, default=20_000 if name == "table" else 100_000)
+            s.add_argument("--mirrors", default=MIRRORS)
         if name == "budget":
             s.add_argument("--shared", default="../shared")
             s.add_argument("--budget", type=int, default=1_000_000)
@@ -309,6 +515,8 @@ def main(argv=None) -> None:
         "simulate": cmd_simulate,
         "plan": cmd_plan,
         "budget": cmd_budget,
+        "table": cmd_table,
+        "false": cmd_false,
     }
     commands[args.cmd](args)
 
