@@ -298,24 +298,26 @@ def voracek_rule(t: float, alpha: float, n: int, mirrors: str = MIRRORS):
 
 def sample_by_sample(lower: np.ndarray, upper: np.ndarray, p: float, n: int, n0: int = 0) -> dict:
     """Exact DP of a rule that looks after every sample: stop at N when A >= upper[N] (certified) or A <= lower[N]
-    (A ~ Bin(N, p)); runs end at n. Returns P(certify), mean and p90 samples (n0 added)."""
-    dist = np.zeros(1)
-    dist[0] = 1.0
+    (A ~ Bin(N, p)); runs end at n. Returns P(certify), mean and p90 samples (n0 added). The distribution is
+    kept on the counts still running (offset ``lo``), so a step costs the width of the continuation region."""
+    dist, lo = np.ones(1), 0  # dist[i] = P(A = lo + i, still running)
     cert, stop = 0.0, np.zeros(n + 1)
     for m in range(1, n + 1):
-        dist = np.concatenate([dist * (1 - p), [0.0]]) + np.concatenate([[0.0], dist * p])
-        u, lo = int(upper[m]), int(lower[m])
-        up = float(dist[u:].sum()) if u < len(dist) else 0.0
-        down = float(dist[: max(0, lo + 1)].sum()) if lo >= 0 else 0.0
-        if u < len(dist):
-            dist[u:] = 0.0
-        if lo >= 0:
-            dist[: lo + 1] = 0.0
+        nxt = np.zeros(len(dist) + 1)
+        nxt[:-1] += dist * (1 - p)
+        nxt[1:] += dist * p
+        dist = nxt
+        u, f = int(upper[m]) - lo, int(lower[m]) + 1 - lo  # certified from index u, given up below f
+        up = float(dist[max(0, u) :].sum()) if u < len(dist) else 0.0
+        down = float(dist[: max(0, f)].sum())
         cert += up
         stop[m] = up + down
-        if dist.sum() < 1e-15:
+        keep_hi = min(len(dist), max(0, u))
+        keep_lo = min(keep_hi, max(0, f))
+        dist, lo = dist[keep_lo:keep_hi], lo + keep_lo
+        if dist.size == 0 or dist.sum() < 1e-15:
             break
-    stop[n] += float(dist.sum())
+    stop[m] += float(dist.sum())
     return _summary(cert, stop, np.arange(n + 1) + n0)
 
 

@@ -1,26 +1,30 @@
-"""Sequential CERTIFY: estimation samples drawn in planned stages, stopping once the answer is settled.
+"""Sequential CERTIFY: estimation samples drawn in planned looks, stopping once the answer is settled.
 
-Selection is Cohen et al.'s (n0 samples under ``noise.SELECT`` pick the guess A). Estimation then runs
-in L stages with cumulative sizes N_1 < ... < N_L = n_max fixed in advance; stage j draws N_j - N_{j-1}
-fresh samples under its own noise phase, so the union of stages is one i.i.d. sample of the guess's
-indicator. After stage j the look's Clopper-Pearson lower bound at level alpha_j (sum alpha_j <= alpha)
-is computed; the reported ``p_a_lower`` is the largest bound over the looks made. It is valid at level
-alpha whatever the stopping rule (a union bound over the L planned looks, see benchmarks/SEQUENTIAL.md).
+The class to certify is fixed first: selected from selection samples drawn in doubling looks up to n0
+(stopping once one class is clearly ahead; under noise.SELECT, then phases SELECT_PHASE + s), or the
+example's label (``guess="label"``, no selection samples). Estimation then runs in L looks with cumulative
+sizes N_1 < ... < N_L = n_max fixed in advance (default 100 looks from 10 samples); look j draws
+N_j - N_{j-1} fresh samples under its own noise phase, so the union of the looks is one i.i.d. sample of
+the class's indicator.
 
-Stopping only decides which looks are made, so it cannot make the answer unsound. An example stops
-when every requested radius (l2, [0,1] pixel units) is decided: certified, or out of reach even if
-every remaining sample were A (the safe futility rule: the answer is then exactly the full run's), or
-(fail-fast, level ``futility_beta``) when a (1 - beta_j) upper bound on pA lies below Phi(r / sigma):
-this loses a radius that pA actually supports with probability at most beta, and never adds one.
-Precision mode (``eps``) stops instead once the radius cannot grow by more than eps.
-
-Radii mode calibrates the last look exactly (``calibrate``, its default): for each requested radius r the
-last look's cutoff is the smallest count c with P(some earlier look certifies r, or S_L >= c) <= alpha at
-pA = Phi(r / sigma) (:func:`calibrated_cutoff`, dynamic programming over the looks). That event grows
-with pA, so r is certified wrongly with probability <= alpha; the thresholds are nested, so the largest
-certified radius (reported as ``radius``, its threshold as ``p_a_lower``) holds at level alpha. The
-early looks keep their Clopper-Pearson levels. Other noises use their own radius function in place of
+Radii mode (``calibrate``, its default): for each requested radius r the early looks cross a betting
+boundary against t_r = Phi(r / sigma) (the KT mixture, :mod:`rs_onnx.boundaries`), and the last look's
+cutoff is the smallest count c with P(some earlier look crosses, or S_L >= c) <= alpha at pA = t_r
+(:func:`calibrated_cutoff`, an exact dynamic programme over the looks). That event grows with pA, so r is
+certified wrongly with probability <= alpha; the thresholds are nested, so the largest certified radius
+(reported as ``radius``, its threshold as ``p_a_lower``) holds at level alpha. Precision mode (``eps``)
+and ``calibrate=False`` use Clopper-Pearson at each look's level instead (a union bound over the looks)
+and report the best look's continuous radius. Other noises use their own radius function in place of
 sigma Phi^-1 (uniform and Laplace: l1).
+
+Stopping only decides which of the planned looks are made, so it cannot make an answer unsound. An
+example stops once every radius the caller asked for is decided: certified, or out of reach even if every
+remaining sample were the class (safe futility), or given up when the other classes' count crosses the
+betting boundary against 1 - t_r (fail-fast, level ``futility_beta``: it loses a radius that pA
+supports with probability at most beta and never adds one). Radius 0 (predict or abstain) is decided only
+when asked for. Precision mode stops once the radius is within eps of what n_max samples could certify.
+A ``budget`` over all examples makes the looks breadth-first and stops, once it is short, the least
+promising examples.
 """
 
 from __future__ import annotations
