@@ -548,6 +548,9 @@ def _run_results(rows: list[dict], out: Path | None, mode: str, cfg):
         return read_run(out)
     columns = {c: np.asarray([r.get(c, 0.0) for r in rows]) for c in REQUIRED_COLUMNS}
     columns["nonfinite"] = np.asarray([r.get("nonfinite", 0) for r in rows])
+    for extra in ("n", "n0", "samples"):  # what samples_spent reads
+        if rows and all(extra in r for r in rows):
+            columns[extra] = np.asarray([r[extra] for r in rows])
     return Results(columns, None, mode, {"mode": mode, "config": cfg.to_dict()})
 
 
@@ -703,6 +706,23 @@ def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list
     return files, [*radii, *extra]
 
 
+def _not_nan(ctx, param, value):
+    """click's FloatRange lets NaN through (every comparison with it is False): refuse it (exit 2)."""
+    if value is not None and value != value:
+        raise click.BadParameter(f"{value!r}: expected a number (in the range shown by --help), not NaN", ctx, param)
+    return value
+
+
+def _requirements(ctx, param, value):
+    """``--require 0.5:0.8,1:50%`` -> population.Requirement tuple; a malformed one is a usage error (exit 2)."""
+    from .population import parse_requirements
+
+    try:
+        return parse_requirements(value or ())
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
 @cli.command()
 @click.argument("results", nargs=-1, required=True)
 @list_option("--radii", help="Radii for the table, comma-separated or repeated (default 0,0.25,0.5,0.75,1).")
@@ -726,13 +746,40 @@ def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list
     "column must be in the same norm (meta.json says which).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per file on stdout instead of the table.")
-def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> None:
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    callback=_not_nan,
+    help="Confidence of the lower bounds on the population's certified accuracy.",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1, max_open=True),
+    callback=_not_nan,
+    help="The certificates' alpha for files without a meta.json (Cohen et al.'s certify.py: 0.001); a "
+    "run's own meta.json takes precedence.",
+)
+@click.option(
+    "--require",
+    "requires",
+    multiple=True,
+    metavar="R:A",
+    callback=_requirements,
+    help="Exit 1 unless the lower bound on certified accuracy at radius R is at least A (0.80 or 80%) for "
+    "every file; comma-separated or repeated for several radii.",
+)
+def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json, confidence, alpha, requires) -> None:
     """Certified accuracy at given radii, average certified radius, abstention rate and time per image.
 
     Reads rs-onnx TSVs (certify and predict) and Cohen et al.'s own files; several files make several
     rows (and curves). Radii beyond the largest certifiable at a run's n and alpha are marked out of reach.
+    Each certified accuracy comes with a one-sided lower confidence bound on the population's (--confidence),
+    which accounts for the number of examples and each certificate's alpha; --require gates on it.
     """
     from . import analysis
+    from .population import enforce
 
     files, radii = _split_radii(results, radii)
     if plot:
@@ -748,24 +795,32 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> 
     if norm or unit != "l2":
         runs = {f"{name} ({unit})": res for name, res in runs.items()}
     log.info("radii in %s, [0,1] pixel units", unit)
+    bounds = {"confidence": confidence, "alpha": alpha}
+    checks = analysis.requirement_checks(runs, requires, radius_column, **bounds)  # refuses an unknown alpha
     if as_json:
         from .summaries import run_summary
 
-        summaries = [run_summary(res, radii or DEFAULT_RADII, name) for name, res in runs.items()]
+        summaries = [run_summary(res, radii or DEFAULT_RADII, name, **bounds) for name, res in runs.items()]
+        for s in summaries if requires else ():
+            s["requirements"] = [{k: v for k, v in c.items() if k != "run"} for c in checks if c["run"] == s["run"]]
         click.echo(json.dumps(summaries, indent=2))
-        if plot:
-            analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column)
-            log.info("wrote %s", plot)
-        return
-    rows = analysis.table_rows(runs, radii or DEFAULT_RADII, radius_column)
-    render = {"markdown": analysis.to_markdown, "csv": analysis.to_csv, "latex": analysis.to_latex}[fmt]
-    text = render(rows)
-    click.echo(text, nl=not text.endswith("\n"))
+    else:
+        rows = analysis.table_rows(runs, radii or DEFAULT_RADII, radius_column, **bounds)
+        render = {"markdown": analysis.to_markdown, "csv": analysis.to_csv, "latex": analysis.to_latex}[fmt]
+        text = render(rows)
+        click.echo(text, nl=not text.endswith("\n"))
     if plot:
         analysis.plot_certified_accuracy(
             runs, plot, radius_column=radius_column, xlabel=f"radius ({unit}, [0,1] pixel units)"
         )
         log.info("wrote %s", plot)
+    enforce(checks)  # after the table and plot: a CI log shows the numbers, then the one error line
+    if checks:
+        log.info(
+            "--require met: every lower bound reaches its threshold (%d checked at %g%% confidence)",
+            len(checks),
+            100 * confidence,
+        )
 
 
 @cli.command()
@@ -789,10 +844,19 @@ def doctor(ctx: click.Context) -> None:
 @click.option("--label", "labels", multiple=True, help="Label per results file (default: file name).")
 @click.option("--title", help="Title of the report (default: from the runs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
-def report(results, out, labels, title, overwrite) -> None:
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    callback=_not_nan,
+    help="Confidence of the lower bounds on the population's certified accuracy.",
+)
+def report(results, out, labels, title, overwrite, confidence) -> None:
     """One self-contained HTML REPORT of certify runs (their TSVs and .meta.json files).
 
-    Provenance, certified-accuracy curves, the table at standard radii, ACR and abstention, accuracy
+    Provenance, certified-accuracy curves, the table at standard radii with population lower bounds
+    (--confidence), ACR, abstention and samples per example, accuracy
     per class, the distribution of radii, the slowest examples and every warning; no network access
     and no external files are needed to view it.
     """
@@ -800,7 +864,9 @@ def report(results, out, labels, title, overwrite) -> None:
 
     if labels and len(labels) != len(results):
         raise click.UsageError(f"{len(labels)} --label values for {len(results)} results files; expected one per file")
-    write_report(list(results), out, labels=list(labels) or None, title=title, overwrite=overwrite)
+    write_report(
+        list(results), out, labels=list(labels) or None, title=title, overwrite=overwrite, confidence=confidence
+    )
     if out != "-":
         log.info("wrote %s", out)
 

@@ -1,5 +1,6 @@
 """Statistics of randomized smoothing (Cohen et al. 2019), as pure float64 functions: the one home of
-the Clopper-Pearson bounds, the Cohen radius, ``ABSTAIN`` and the selection rule.
+the Clopper-Pearson bounds, the Cohen radius, the population bound on certified accuracy, ``ABSTAIN``
+and the selection rule.
 
 Every bound is rounded towards the safe side: lower bounds are nudged down and upper bounds up by a
 relative :data:`SAFETY`, radii down, and a bound that scipy's quantile gets wrong is shrunk by bisection
@@ -117,6 +118,24 @@ def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson upper bound on p; 1 when k = n. Rounded up (see :func:`cp_upper`)."""
     _check(k, n, alpha)
     return float(cp_upper(k, n, alpha))
+
+
+def population_lower(k, n, alpha, confidence) -> np.ndarray:
+    """Vectorised one-sided lower confidence bound, at level ``confidence``, on a population's certified
+    accuracy from ``k`` of ``n`` i.i.d. test examples certified, each certificate false w.p. <= ``alpha``.
+
+    ``(CP_lower(k, n, 1 - confidence) - alpha) / (1 - alpha)``, clipped at 0 and rounded down (an absolute
+    :data:`SAFETY`). Sound because ``k`` is at most a Binomial(n, q) count with q <= p + alpha (1 - p),
+    whatever the false certificates do (docs/certificate-population.md derives it); ``alpha`` = 0 gives
+    plain Clopper-Pearson. ``k``, ``n``, ``alpha`` and ``confidence`` broadcast; 0 <= alpha < 1,
+    0 < confidence < 1 (checked). float64 array.
+    """
+    a = np.asarray(alpha, np.float64)
+    c = np.asarray(confidence, np.float64)
+    if not (np.all((a >= 0) & (a < 1)) and np.all((c > 0) & (c < 1))):
+        raise ValueError(f"alpha={alpha}, confidence={confidence}: expected 0 <= alpha < 1 and 0 < confidence < 1")
+    q = cp_lower(k, n, 1.0 - c)
+    return np.maximum(0.0, (q - a) / (1.0 - a) - SAFETY)
 
 
 def binomial_pvalue(k: int, n: int) -> float:
