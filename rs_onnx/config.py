@@ -80,7 +80,7 @@ class RunConfig:
     denoiser: str | None = None  # an ONNX denoiser composed in front of the model (denoised smoothing)
     extra_inputs: dict[str, Any] | None = None  # YAML only: fixed values of the model's other inputs
     sequential: bool = False  # stop sampling as soon as the radii are decided (n is then the budget)
-    radii: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    radii: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # 0: decide predict too
     precision: float | None = None  # sequential: find the radius to within this, instead of deciding radii
     looks: int = 100  # sequential: planned looks, geometric from first_look to n
     first_look: int | None = None  # sequential: estimation samples at the first look (default 10)
