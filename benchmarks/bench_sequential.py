@@ -469,10 +469,32 @@ def cmd_false(args) -> None:
             )
 
 
+def cmd_precision(args) -> None:
+    """Precision mode on Bernoulli(pA) streams (the label's counts, run_looks): samples spent and the radius
+    against fixed n's radius at the same alpha (both simulated, ``--trials`` runs)."""
+    n, alpha, sigma, eps = args.n, args.alpha, args.sigma, args.eps
+    sched = sq.geometric_schedule(n, alpha, final_share=sq.FINAL_SHARE)
+    plan = sq.make_plan(sched, sigma, (), 0.01, eps)
+    sizes = np.asarray(sched.sizes)
+    rng = np.random.default_rng(0)
+    print(f"| pA | mean samples | p90 | mean radius | fixed n = {n:,}: mean radius | shortfall > eps |")
+    print("|---|--:|--:|--:|--:|--:|")
+    for p in args.pas:
+        draws = rng.binomial(np.diff(sizes, prepend=0)[None, :], p, (args.trials, len(sizes)))
+        out = sq.run_looks(plan, lambda j, idx, d=draws: d[idx, j], np.arange(args.trials), args.trials)
+        lower = stats.cp_lower(out.best_n_a, np.take(sizes, out.best_look), np.take(sched.alphas, out.best_look))
+        radius = np.where((out.best_look >= 0) & (lower >= 0.5), stats.cohen_radii(lower, sigma), 0.0)
+        fixed = stats.cohen_radii(stats.cp_lower(rng.binomial(n, p, args.trials), n, alpha), sigma)
+        print(
+            f"| {p} | {out.n.mean():,.0f} | {int(np.percentile(out.n, 90)):,} | {radius.mean():.3f} | "
+            f"{fixed.mean():.3f} | {np.mean(radius < fixed - eps):.3f} |"
+        )
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("power", "run", "pilot", "simulate", "plan", "budget", "table", "false"):
+    for name in ("power", "run", "pilot", "simulate", "plan", "budget", "table", "false", "precision"):
         s = sub.add_parser(name)
         s.add_argument("--n", type=int, default=100_000)
         s.add_argument("--alpha", type=float, default=0.001)
@@ -494,6 +516,10 @@ def main(argv=None) -> None:
             s.add_argument("--batch-size", type=int, default=1000)
             s.add_argument("--noise", default="gaussian")
             s.add_argument("--mode", choices=["radii", "fixed"], default="radii")
+        if name == "precision":
+            s.add_argument("--eps", type=float, default=0.05)
+            s.add_argument("--pas", type=float, nargs="+", default=[0.6, 0.74, 0.852, 0.92, 0.99, 0.9999])
+            s.add_argument("--trials", type=int, default=5000)
         if name in ("table", "false"):
             s.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
             s.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 1.0])
@@ -519,6 +545,7 @@ def main(argv=None) -> None:
         "budget": cmd_budget,
         "table": cmd_table,
         "false": cmd_false,
+        "precision": cmd_precision,
     }
     commands[args.cmd](args)
 
