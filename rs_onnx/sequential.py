@@ -488,7 +488,8 @@ def sequential_certify_many(
         chosen = np.asarray(labels, np.int64)
         chosen[chosen < 0] = ABSTAIN
     else:
-        sel, chosen = _select(sampler, clean, examples, stats.selection_sizes(n0, adaptive_selection), progress)
+        sizes = stats.selection_sizes(n0, adaptive_selection)
+        sel, chosen = _select(sampler, clean, examples, sizes, progress, budget)
     totals = _Growable(np.zeros_like(sel))
 
     def sample(j, idx):
@@ -501,6 +502,9 @@ def sequential_certify_many(
 
     left = None if budget is None else max(0, budget - int(sel.sum()))
     out = run_looks(plan, sample, np.flatnonzero(chosen != ABSTAIN), len(xs), left)
+    if budget is not None and guess == "select":  # the budget ran out before these had a selection sample
+        for i in np.flatnonzero(sel.sum(axis=1) == 0):
+            out.stopped[i] = "budget"
     dim = int(np.prod(sampler.pre.model_shape))
     return [
         _certificate(plan, out, i, int(chosen[i]), int(sel[i].sum()), sel[i], totals.array[i], dim)
@@ -508,13 +512,21 @@ def sequential_certify_many(
     ]
 
 
-def _select(sampler, clean, examples, sizes: tuple[int, ...], progress) -> tuple[np.ndarray, np.ndarray]:
+def _select(
+    sampler, clean, examples, sizes: tuple[int, ...], progress, budget: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Selection in looks of cumulative ``sizes`` (stage 0 under noise.SELECT, so that one look is Cohen's):
-    (class counts [E, K + 1], the guesses, ABSTAIN where no sample gave a class)."""
+    (class counts [E, K + 1], the guesses, ABSTAIN where no sample gave a class). With a ``budget``, a look
+    the budget cannot pay for everyone is made by the first examples it pays for; the rest keep their guess."""
     sel = _Growable(np.zeros((len(clean), 2), np.int64))
     active, prev = np.arange(len(clean)), 0
+    left = np.inf if budget is None else budget
     for s, size in enumerate(sizes):
         phase = noise.SELECT if s == 0 else SELECT_PHASE + s
+        active = active[: int(min(len(active), left // (size - prev)))]
+        if not active.size:
+            break
+        left -= len(active) * (size - prev)
         counts = sampler.count([Task(clean[i], examples[i], phase, size - prev) for i in active], progress)
         sel.add(active, counts)
         prev = size
@@ -546,7 +558,8 @@ def _certificate(
 ) -> SequentialCertificate:
     sigma, sched = plan.sigma, plan.schedule
     n, n_a, look = int(out.n[i]), int(out.n_a[i]), int(out.best_look[i])
-    stopped = out.stopped[i] if guess != ABSTAIN else ("no-class" if n0 else "no-label")
+    none = "budget" if out.stopped[i] == "budget" else "no-class" if n0 else "no-label"
+    stopped = out.stopped[i] if guess != ABSTAIN else none
     p_lower = 0.0  # the best look's bound, recomputed in scalar float64 from the counts at that look
     certified = int(out.certified[i]) if guess != ABSTAIN else 0
     if plan.calibrated:  # the largest threshold certified: pA >= it holds with probability >= 1 - alpha

@@ -246,6 +246,13 @@ def test_a_budget_counts_the_selection_samples():
     assert sum(len(r) for r in clf.rows) == sum(c.samples for c in certs)
     with pytest.raises(sq.ConfigError, match="budget"):
         sq.sequential_certify_many(_smoothed(clf), [np.zeros(4, np.float32)], None, 10, 100, 0.01, (0.25,), budget=0)
+    # a budget below the first selection look of every example: 6 of 10 get their 8 samples, the rest none
+    short = Threshold(0.3)
+    certs = sq.sequential_certify_many(
+        _smoothed(short), [np.zeros(4, np.float32)] * 10, None, 100, 5000, 0.001, (0.25,), budget=50
+    )
+    assert sum(c.samples for c in certs) == sum(len(r) for r in short.rows) == 48
+    assert [c.stopped for c in certs[6:]] == ["budget"] * 4 and all(c.predict == sq.ABSTAIN for c in certs[6:])
 
 
 def test_budget_on_cohens_published_cifar10_pas(shared):
