@@ -200,12 +200,27 @@ def _run_options(f):
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),
         click.option("--output-name", help="Model output holding the class scores (needed when ambiguous)."),
-        click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: README, Presets)."),
+        click.option(
+            "--input-shape",
+            help="Per-example input shape, no batch dim (3,224,224), for symbolic dims the data cannot fill "
+            "(default: the data's shape).",
+        ),
+        click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: docs/cli.md, Presets)."),
         click.option("--layout", type=Choice(_layouts()), help="Model input layout."),
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
         list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
         list_option("--std", help="Per-channel std, scaled units (0.229,0.224,0.225 or one flag per channel)."),
         click.option("--dtype", help="Model input dtype (default: the model's; integers are rounded and clipped)."),
+        click.option(
+            "--channel-order",
+            type=Choice(["rgb", "bgr"]),
+            help="bgr: reverse the images' R, G, B before mean/std (OpenCV/Caffe-style models; default rgb).",
+        ),
+        click.option(
+            "--preprocessor",
+            help="A Hugging Face preprocessor_config.json to take scale/mean/std/resize/crop/channel order from "
+            "(default: the one beside MODEL; none: ignore it). Flags override it.",
+        ),
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
@@ -234,8 +249,13 @@ def _run_options(f):
         ),
         click.option(
             "--resize",
-            type=int,
-            help="Image files: shorter side to N pixels, aspect kept (bilinear, antialiased, as torchvision's Resize).",
+            help="Image files: shorter side to N pixels, aspect kept, or HxW (224x224) exactly (bilinear, "
+            "antialiased, as torchvision's Resize).",
+        ),
+        click.option(
+            "--resample",
+            type=Choice(["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]),
+            help="Image files: the filter of --resize (default bilinear; Hugging Face cards often say bicubic).",
         ),
         click.option(
             "--center-crop",
@@ -268,10 +288,29 @@ def _run_options(f):
         ),
         click.option("--cuda-graph", is_flag=True, default=None, help="CUDA: replay the model as a CUDA graph."),
         click.option(
-            "--device-noise",
+            "--device-noise/--no-device-noise",
+            default=None,
+            help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU. "
+            "Default: on for inputs of 100,000 values or more on CUDA (ImageNet size), else host noise.",
+        ),
+        click.option(
+            "--cudnn-algo-search",
+            type=Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]),
+            help="CUDA: how cuDNN picks convolution algorithms (default: onnxruntime's, EXHAUSTIVE); "
+            "not applicable on CPU (recorded so).",
+        ),
+        click.option(
+            "--prefer-nhwc",
             is_flag=True,
             default=None,
-            help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU.",
+            help="CUDA: the provider's NHWC convolutions (tensor cores with --fp16); not applicable on CPU.",
+        ),
+        click.option(
+            "--tensorrt",
+            is_flag=True,
+            default=None,
+            help="CUDA: onnxruntime's TensorRT provider first when libnvinfer.so.10 is present (else CUDA, "
+            "with a warning).",
         ),
         click.option(
             "--denoiser",
@@ -283,7 +322,7 @@ def _run_options(f):
             is_flag=True,
             default=None,
             help="Sound against an adversarial model: 8-bit inputs, exact grid noise added in integers, "
-            "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'.",
+            "rows provably independent, fresh entropy (no --seed). See docs/audit.md.",
         ),
         click.option(
             "--audit-seed-override",
@@ -312,7 +351,13 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     from .config import build_config, load_yaml
     from .run import bundled
 
-    for key, what in (("config_path", "--config"), ("model", "MODEL"), ("data", "DATA"), ("denoiser", "--denoiser")):
+    for key, what in (
+        ("config_path", "--config"),
+        ("model", "MODEL"),
+        ("data", "DATA"),
+        ("denoiser", "--denoiser"),
+        ("preprocessor", "--preprocessor"),
+    ):
         if kwargs.get(key):
             check_path_name(kwargs[key], what)
     yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}
@@ -628,8 +673,10 @@ def certify(ctx: click.Context, **kwargs) -> None:
         paths relative to the manifest; --classes to read labels as class names);
       - a single image with --label N.
     Image files are converted to the model's channels; --resize N --center-crop HxW map them
-    to the model's size (ImageNet: --resize 256 --center-crop 224); without them an image of
-    another size is refused, never stretched.
+    to the model's size (ImageNet: --resize 256 --center-crop 224), --resize HxW stretches them
+    to it; without them an image of another size is refused. A preprocessor_config.json beside
+    MODEL (as optimum-cli writes it) gives these and scale/mean/std unless flags do; a model
+    whose input dims are symbolic takes the data's shape (or --input-shape).
     """
     _execute(ctx, "certify", kwargs)
 
@@ -650,15 +697,29 @@ def predict(ctx: click.Context, **kwargs) -> None:
 @click.argument("model")
 @click.option("--input-name", help="Model input to read (needed when there are several).")
 @click.option("--output-name", help="Model output to read (needed when ambiguous).")
+@click.option("--input-shape", help="Per-example input shape, no batch dim (3,224,224), for symbolic dims.")
+@click.option("--preprocessor", help="preprocessor_config.json to read (default: the one beside MODEL; none: ignore).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-def inspect(model, input_name, output_name, device, as_json) -> None:
-    """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from."""
+@click.pass_context
+def inspect(ctx, model, input_name, output_name, input_shape, preprocessor, device, as_json) -> None:
+    """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from.
+
+    Exits 1 when it reports a PROBLEM (rs-onnx cannot run the model as it stands)."""
     from .inspection import inspect_model, render
 
     quiet_onnxruntime("--debug" in sys.argv)
-    report = inspect_model(model, input_name=input_name, output_name=output_name, device=device)
+    report = inspect_model(
+        model,
+        input_name=input_name,
+        output_name=output_name,
+        device=device,
+        input_shape=input_shape,
+        preprocessor=preprocessor,
+    )
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
+    if "problem" in report:
+        ctx.exit(1)
 
 
 @cli.command()
@@ -672,6 +733,8 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
 @list_option("--mean", help="Per-channel mean of the classifier (comma-separated or one flag per channel).")
 @list_option("--std", help="Per-channel std of the classifier (comma-separated or one flag per channel).")
 @click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
+@click.option("--channel-order", type=Choice(["rgb", "bgr"]), help="bgr: the classifier takes B, G, R channels.")
+@click.option("--input-shape", help="The classifier's per-example input shape (3,224,224), for symbolic dims.")
 @click.pass_context
 def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     """Compose DENOISER in front of CLASSIFIER into one ONNX model (Salman et al.'s denoised smoothing).
@@ -693,7 +756,14 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
         check_path_name(path, what)
     check_path_name(out, "-o", reserve=len(".data"))
     check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
-    compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)  # logs "wrote"
+    compose_files(  # logs "wrote"
+        denoiser,
+        classifier,
+        out,
+        cfg.preprocess_spec(),
+        classifier_input_name=input_name or cfg.input_name,
+        classifier_input_shape=None if cfg.input_shape is None else tuple(cfg.input_shape),
+    )
 
 
 def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list[str], list[float]]:
@@ -825,6 +895,42 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json, con
             len(checks),
             100 * confidence,
         )
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.argument("data", required=False)
+@click.option("--device", help="auto | cpu | cuda | cuda:N (default auto).")
+@click.option("--batch-size", help="Samples per model call, or auto (default: the probe's fastest size).")
+@click.option("--fp16", is_flag=True, default=None, help="Run the float16 conversion of the model.")
+@click.option("--n", "n", type=int, help="Samples of the estimate that seconds per image is given at (default 100000).")
+@click.option("--n0", type=int, help="Selection samples (default 100).")
+@click.option("--sigma", type=float, help="Noise level (default: the model's rs_onnx.sigma, else 0.25).")
+@click.option("--noise-threads", type=int, help="Threads drawing noise (default as certify).")
+@click.option("--cuda-graph", is_flag=True, default=None, help="CUDA: replay a CUDA graph (needs --batch-size).")
+@click.option(
+    "--device-noise/--no-device-noise", default=None, help="CUDA: noise drawn on the GPU (default as certify)."
+)
+@click.option("--cudnn-algo-search", type=Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]), help="CUDA: cuDNN's search.")
+@click.option("--prefer-nhwc", is_flag=True, default=None, help="CUDA: the provider's NHWC convolutions.")
+@click.option("--tensorrt", is_flag=True, default=None, help="CUDA: the TensorRT provider when present.")
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with any of certify's options.")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="About how long the measured rounds take.")
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON on stdout.")
+@click.pass_context
+def bench(ctx: click.Context, seconds: float, as_json: bool, **kwargs) -> None:
+    """How fast certification will be: the model's bare forward rate (the ceiling), rs-onnx's CERTIFY rate
+    with the options a run would use, their ratio, the best batch and seconds per image at --n, side by side.
+
+    Without MODEL, the bundled digits model and its digits. Without DATA, a random image of the model's
+    input shape. --json keys: ceiling_samples_per_s, certify_samples_per_s, ratio, seconds_per_image,
+    batch_size, best_batch, n, n_measured, extrapolated, device, providers, options, seconds.
+    """
+    from .bench import bench as measure
+    from .bench import bench_config, summary
+
+    res = measure(bench_config(kwargs), seconds=seconds)
+    click.echo(json.dumps(res, default=str) if as_json else summary(res))
 
 
 @cli.command()

@@ -577,9 +577,10 @@ def _run(
         max_task_retries=max_restarts,
         scheduling_strategy="SPREAD",
     )
-    # the driver's resolved noise kind (from --noise or the model's metadata) travels like sigma
+    # the driver's resolved noise kind (from --noise or the model's metadata) and noise source (host or device,
+    # resolved by its classifier when device_noise was left unset) travel like sigma
     args = (
-        {**cfg.to_dict(), "noise": p.smoothed.noise},
+        {**cfg.to_dict(), "noise": p.smoothed.noise, "device_noise": bool(p.classifier.device_noise)},
         sha,
         p.smoothed.sigma,
         p.smoothed.entropy,

@@ -64,6 +64,9 @@ class Classifier(Protocol):
     ``predict_noisy(clean [E, *model_shape] float32, index int64 [B] into clean, gain float32 [*model_shape],
     seed) -> int64 [B]`` instead of ``predict``. ``cuda_graph``: the model is replayed as a captured CUDA
     graph (one fixed batch shape, so out-of-memory is not retried with smaller batches).
+    Optional (``numpy.zeros`` when absent): ``host_buffer(shape, dtype) -> ndarray``, a zero-filled array the
+    sampler's ring lives in (OnnxClassifier: pinned memory on CUDA, so that batches reach the device by DMA);
+    without it, ``numpy.zeros``.
     :class:`rs_onnx.classifier.OnnxClassifier` implements it; :class:`HostClassifier` gives the defaults of a
     plain host-side classifier to stand-ins.
     """
@@ -384,6 +387,9 @@ class Sampler:
         self.num_classes = int(num_classes or classifier.num_classes or DEFAULT_INDEX_CLASSES)
         if self.num_classes < 1:
             raise ConfigError(f"num_classes={self.num_classes}: expected at least 1")
+        # the optional member host_buffer (not in the Protocol's body, so that classifiers without it still are
+        # Classifiers): where the ring lives (pinned memory on CUDA), else ordinary zeroed memory
+        self._ring_alloc = classifier.host_buffer if hasattr(classifier, "host_buffer") else np.zeros
         self.out_of_range = 0  # class indices outside 0..K-1 seen (counted as no class)
         self._chunk: int | None = None  # set when an out-of-memory error halved the model batch
         self._local = threading.local()
@@ -495,7 +501,7 @@ class Sampler:
     def _count_host(self, tasks, batch: int, nbatches: int, total: int, add) -> None:
         plans = self._plan_iter(tasks, batch)
         slots = ring_slots(batch, total, self.block_size, self.noise_threads)
-        ring = np.zeros((slots * batch, *self.pre.model_shape), dtype=self.pre.dtype)
+        ring = self._ring_alloc((slots * batch, *self.pre.model_shape), self.pre.dtype)  # zeros: padded rows defined
         threads = self.noise_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-onnx-noise") if threads > 0 else None
         pending: deque = deque()  # [plan, future or None, done], in order

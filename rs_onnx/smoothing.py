@@ -90,19 +90,28 @@ class SmoothedClassifier:
 
     Parameters
     ----------
-    classifier : the base classifier (e.g. ``OnnxClassifier``): model inputs [B, ...] -> classes [B]; it must have
-        every member of :class:`rs_onnx.sampling.Classifier` (subclass ``HostClassifier`` for the host defaults).
-    sigma : noise scale in [0,1] pixel units (before normalisation): the standard deviation for
+    classifier : OnnxClassifier or Classifier
+        The base classifier: model inputs [B, ...] -> classes [B]. It must have every member of
+        :class:`rs_onnx.sampling.Classifier` (subclass ``HostClassifier`` for the host defaults).
+    sigma : float
+        Noise scale in [0,1] pixel units (before normalisation): the standard deviation for
         ``noise="gaussian"``, the half-width lambda of U[-lambda, lambda] per value for ``"uniform"``, the
         scale lambda (density exp(-|z|/lambda) / (2 lambda)) for ``"laplace"``.
-    preprocess : how x + delta becomes the model input; default: no scaling, the model's layout.
-    seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
-    batch_size : noisy samples per model call.
-    noise_threads : threads drawing noise (default: by the classifier's device, see default_noise_threads).
-    num_classes : the model's class count K, fixed before counting (default: ``classifier.num_classes``;
-        for index outputs of unknown range 1000). Indices outside 0..K-1 count as no class.
-    noise : gaussian (default), uniform or laplace (any name in ``rs_onnx.noise.KINDS``); audit is Gaussian only.
-    audit : certify soundly against an adversarial model (:mod:`rs_onnx.audit`): exact grid noise added in
+    preprocess : PreprocessSpec, optional
+        How x + delta becomes the model input; default: no scaling, the model's layout.
+    seed : int, optional
+        Seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
+    batch_size : int
+        Noisy samples per model call.
+    noise_threads : int, optional
+        Threads drawing noise (default: by the classifier's device, see default_noise_threads).
+    num_classes : int, optional
+        The model's class count K, fixed before counting (default: ``classifier.num_classes``; for index
+        outputs of unknown range 1000). Indices outside 0..K-1 count as no class.
+    noise : str
+        gaussian (default), uniform or laplace (any name in ``rs_onnx.noise.KINDS``); audit is Gaussian only.
+    audit : bool
+        Certify soundly against an adversarial model (:mod:`rs_onnx.audit`): exact grid noise added in
         integers to 8-bit inputs, batches only when the graph provably keeps rows apart; then ``seed`` must
         be None (fresh entropy, drawn here, after the model was loaded) unless ``audit_seed_override``
         (reproducing an earlier audit from its recorded entropy).
@@ -257,16 +266,16 @@ class SmoothedClassifier:
             return stats.cohen_radius(p_a_lower, self.sigma)
         return float(bounds.radius(p_a_lower, self.noise, self.sigma, bounds.NATIVE_NORM[self.noise]))
 
-    def verify_batches(self, x: np.ndarray, samples: int) -> dict | None:
+    def verify_batches(self, x: np.ndarray, samples: int, runner=None, total: int | None = None) -> dict | None:
         """Once per instance, for an ONNX classifier: :func:`rs_onnx.checks.check_batch_equivalence` on noisy
         copies of ``x`` at the batch size a count of ``samples`` samples uses; ModelError when batches change the
         classes and the model cannot run one sample at a time. When it can, ``classifier`` becomes its
         ``one_by_one()`` copy (the caller's classifier object is left as it is). The record is kept in
-        ``batch_check``."""
+        ``batch_check``. ``runner`` and ``total``: see :func:`rs_onnx.checks.check_batches_once`."""
         if self.batch_check is None:
             from .checks import check_batches_once
 
-            record = check_batches_once(self, x, samples)
+            record = check_batches_once(self, x, samples, runner, total)
             if record is not None and record["result"] == "per-sample fallback":
                 self.classifier = self.classifier.one_by_one()
             self.batch_check = record
@@ -309,9 +318,22 @@ class SmoothedClassifier:
     ) -> list[Certificate]:
         """CERTIFY for several images at once, packed into shared batches.
 
-        xs : images of one shape (e.g. [C,H,W]): floats in [0,1] pixel units, or uint8 0..255 (divided by
-        255, as the CLI does; see :meth:`images`). examples : their indices in the data set, which
-        select their noise streams (default 0, 1, ...). Returns one Certificate per image.
+        Parameters
+        ----------
+        xs : sequence of arrays
+            Images of one shape (e.g. [C,H,W]): floats in [0,1] pixel units, or uint8 0..255 (divided by
+            255, as the CLI does; see :meth:`images`).
+        n0, n : int
+            Selection and estimation samples per image.
+        alpha : float
+            Failure probability of each certificate.
+        examples : sequence of int, optional
+            Their indices in the data set, which select their noise streams (default 0, 1, ...).
+
+        Returns
+        -------
+        list of Certificate
+            One per image.
         """
         n0, n, alpha = as_int("n0", n0, 1), *_check_args(None, n, alpha)[1:]
         if bound not in ("cohen", "best"):
