@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import gammaln
-from scipy.stats import binom
 
 from .errors import ConfigError
 
@@ -30,6 +28,8 @@ FIRST_LOOK = 10
 """Default size of the first look (estimation samples): tens of samples, so that a clear input stops early."""
 LOOKS = 100
 """Default number of planned looks, geometric from the first look to n_max."""
+FINAL_SHARE = 0.83
+"""Default share of alpha for the calibrated last look (the early looks' betting boundary gets the rest)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,8 @@ def kt_log_wealth(k, n, t: float) -> np.ndarray:
 
     ``k``, ``n``: integer arrays (0 <= k <= n) broadcast together; t in (0, 1). float64 array.
     """
+    from scipy.special import gammaln
+
     k, n = np.asarray(k, np.float64), np.asarray(n, np.float64)
     log_kt = gammaln(k + 0.5) + gammaln(n - k + 0.5) - gammaln(n + 1.0) - np.log(np.pi)
     return log_kt - k * np.log(t) - (n - k) * np.log1p(-t)
@@ -160,6 +162,8 @@ _MARGIN = 1e-9
 @lru_cache(maxsize=4096)
 def _increment(m: int, t: float) -> tuple[np.ndarray, int, float]:
     """pmf of Binomial(m, t) on [lo, hi] (tails below _TAIL dropped): (pmf, lo, dropped mass); read-only, cached."""
+    from scipy.stats import binom
+
     lo = int(max(0, binom.ppf(_TAIL, m, t) - 1))
     hi = int(min(m, binom.isf(_TAIL, m, t) + 1))
     pmf = binom.pmf(np.arange(lo, hi + 1), m, t)
@@ -203,6 +207,8 @@ def calibrated_cutoff(sizes: tuple[int, ...], early: tuple[int, ...], t: float, 
     S_j ~ Binomial(sizes[j], t) are the cumulative counts of one i.i.d. sequence. The event is increasing
     in every sample, so its probability is increasing in pA: for every pA <= t it is at most alpha too.
     """
+    from scipy.stats import binom
+
     n_last = sizes[-1]
     if not 0.0 < t < 1.0:
         return n_last + 1

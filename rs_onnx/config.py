@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .boundaries import FINAL_SHARE, LOOKS
 from .errors import ConfigError
 from .guard import check_dtype, check_yaml, escape
 from .noise import KINDS as NOISE_KINDS
@@ -89,9 +90,9 @@ class RunConfig:
     sequential: bool = False  # stop sampling as soon as the radii are decided (n is then the budget)
     radii: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # 0: decide predict too
     precision: float | None = None  # sequential: find the radius to within this, instead of deciding radii
-    looks: int = 100  # sequential: planned looks, geometric from first_look to n
+    looks: int = LOOKS  # sequential: planned looks, geometric from first_look to n
     first_look: int | None = None  # sequential: estimation samples at the first look (default 10)
-    final_share: float = 0.83  # sequential: share of alpha for the calibrated last look
+    final_share: float = FINAL_SHARE  # sequential: share of alpha for the calibrated last look
     futility_beta: float = 0.01
     guess: str = "select"  # sequential: the class to certify: select (from samples) or label (the example's)
     budget: int | None = None  # sequential: most samples over all examples of the run (breadth-first looks)

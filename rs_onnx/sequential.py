@@ -37,7 +37,7 @@ import numpy as np
 from scipy.stats import norm
 
 from . import bounds, noise, stats
-from .boundaries import LOOKS, Schedule, betting_cutoffs, calibrated_cutoff, geometric_schedule
+from .boundaries import FINAL_SHARE, LOOKS, Schedule, betting_cutoffs, calibrated_cutoff, geometric_schedule
 from .errors import ConfigError
 from .sampling import Task
 from .smoothing import Certificate
@@ -401,8 +401,6 @@ class SequentialCertificate(Certificate):
         return int(self.n0 + self.n)
 
 
-FINAL_SHARE = 0.83
-"""Default share of alpha for the calibrated last look (the early looks' betting boundary gets the rest)."""
 GUESSES = ("select", "label")
 """How the class to certify is fixed: selected from the model's own samples, or the example's label."""
 SELECT_PHASE = 1 << 20
