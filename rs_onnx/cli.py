@@ -665,9 +665,26 @@ def _accuracy_table(results, computed: int, seconds: float) -> str:
     default=None,
     help="Stop sampling each example as soon as --radii are decided (n becomes the budget).",
 )
-@list_option("--radii", help="Sequential: radii to decide, comma-separated or repeated (default 0.25,0.5,0.75,1).")
+@list_option(
+    "--radii",
+    help="Sequential: radii to decide, comma-separated or repeated (default 0,0.25,0.5,0.75,1; 0 decides "
+    "predict-or-abstain: without it an example stops once these radii are decided, abstaining if 0 was not yet).",
+)
 @click.option("--precision", type=float, help="Sequential: find the radius to within this instead of deciding radii.")
-@click.option("--looks", type=int, help="Sequential: planned looks at the counts (default 8).")
+@click.option("--looks", type=int, help="Sequential: planned looks at the counts (default 100).")
+@click.option("--first-look", type=int, help="Sequential: estimation samples at the first look (default 10).")
+@click.option(
+    "--guess",
+    type=Choice(["select", "label"]),
+    help="Sequential: the class to certify: select (top class of selection samples, default) or label "
+    "(the example's label, no selection samples; never certifies g's own class when it differs).",
+)
+@click.option(
+    "--budget",
+    type=int,
+    help="Sequential: most samples over the whole run; looks breadth-first, the budget left goes to the "
+    "most promising examples.",
+)
 @click.option(
     "--bound",
     type=Choice(["cohen", "best"]),

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .boundaries import FINAL_SHARE, LOOKS
 from .errors import ConfigError
 from .guard import check_dtype, check_yaml, escape
 from .noise import KINDS as NOISE_KINDS
@@ -88,12 +89,14 @@ class RunConfig:
     denoiser: str | None = None  # an ONNX denoiser composed in front of the model (denoised smoothing)
     extra_inputs: dict[str, Any] | None = None  # YAML only: fixed values of the model's other inputs
     sequential: bool = False  # stop sampling as soon as the radii are decided (n is then the budget)
-    radii: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    radii: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # 0: decide predict too
     precision: float | None = None  # sequential: find the radius to within this, instead of deciding radii
-    looks: int = 16
-    n_first: int | None = None
-    final_share: float = 0.9
+    looks: int = LOOKS  # sequential: planned looks, geometric from first_look to n
+    first_look: int | None = None  # sequential: estimation samples at the first look (default 10)
+    final_share: float = FINAL_SHARE  # sequential: share of alpha for the calibrated last look
     futility_beta: float = 0.01
+    guess: str = "select"  # sequential: the class to certify: select (from samples) or label (the example's)
+    budget: int | None = None  # sequential: most samples over all examples of the run (breadth-first looks)
     noise: str | None = None  # gaussian, uniform or laplace (None: the model's rs_onnx.noise, else gaussian)
     audit: bool = False  # sound against an adversarial model: 8-bit inputs, exact grid noise, fresh entropy
     audit_seed_override: bool = False  # audit with a given seed (only to reproduce an earlier audit; recorded)
@@ -123,7 +126,8 @@ class RunConfig:
             "label",
             "noise_threads",
             "looks",
-            "n_first",
+            "first_look",
+            "budget",
             "workers",
         ):
             if getattr(self, key) is not None:
@@ -155,6 +159,18 @@ class RunConfig:
             (not (self.sequential and self.bound != "cohen"), "bound", self.bound, "cohen with --sequential"),
             (self.precision is None or self.precision > 0, "precision", self.precision, "a positive radius step"),
             (self.looks >= 1, "looks", self.looks, "at least 1"),
+            (
+                self.first_look is None or 1 <= self.first_look <= self.n,
+                "first_look",
+                self.first_look,
+                f"1 to n={self.n}",
+            ),
+            (self.guess in ("select", "label"), "guess", self.guess, "select or label"),
+            (self.guess == "select" or self.sequential, "guess", self.guess, "select without --sequential"),
+            (self.guess == "select" or self.backend == "local", "guess", self.guess, "select with --backend ray"),
+            (self.budget is None or self.budget >= 1, "budget", self.budget, "a positive number of samples"),
+            (self.budget is None or self.sequential, "budget", self.budget, "no budget without --sequential"),
+            (self.budget is None or self.backend == "local", "budget", self.budget, "no budget with --backend ray"),
             (0 < self.final_share < 1, "final_share", self.final_share, "0 < final_share < 1"),
             (0 < self.futility_beta < 1, "futility_beta", self.futility_beta, "0 < futility_beta < 1"),
             (

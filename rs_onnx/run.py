@@ -72,9 +72,10 @@ RESUME_KEYS = (
     "radii",
     "precision",
     "looks",
-    "n_first",
+    "first_look",
     "final_share",
     "futility_beta",
+    "guess",
     "denoiser",
     "fp16",
     "device_noise",
@@ -775,7 +776,7 @@ def preflight(p: Prepared, mode: str) -> None:
     if mode == "certify" and p.cfg.sequential:
         from .sequential import geometric_schedule, make_plan
 
-        schedule = geometric_schedule(p.cfg.n, p.cfg.alpha, p.cfg.looks, p.cfg.n_first, p.cfg.final_share)
+        schedule = geometric_schedule(p.cfg.n, p.cfg.alpha, p.cfg.looks, p.cfg.first_look, p.cfg.final_share)
         make_plan(
             schedule,
             p.smoothed.sigma,
@@ -802,8 +803,11 @@ def largest_count(cfg: RunConfig, batch_size: int | None = None) -> int:
     return group_size(cfg, batch_size) * max(cfg.n0, cfg.n)
 
 
-def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, group: list[int], progress=None):
-    """CERTIFY (fixed n or sequential) or PREDICT for the images ``xs`` of examples ``group``."""
+def answer_group(
+    smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, group: list[int], progress=None, labels=None
+):
+    """CERTIFY (fixed n or sequential) or PREDICT for the images ``xs`` of examples ``group`` (``labels``: theirs,
+    needed by ``guess: label``)."""
     if mode == "predict":
         return smoothed.predict_many(xs, cfg.n, cfg.alpha, group, progress)
     if cfg.sequential:
@@ -819,9 +823,12 @@ def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, gr
             None if cfg.precision else cfg.radii,
             eps=cfg.precision,
             looks=cfg.looks,
-            n_first=cfg.n_first,
+            n_first=cfg.first_look,
             final_share=cfg.final_share,
             futility_beta=cfg.futility_beta,
+            guess=cfg.guess,
+            labels=labels,
+            budget=cfg.budget,
             progress=progress,
         )
     return smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, progress, cfg.bound)
@@ -829,11 +836,12 @@ def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, gr
 
 def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
     """Yields (example indices, answers, seconds per example), group by group, computed in this process."""
-    size = group_size(p.cfg)
+    size = max(1, len(todo)) if p.cfg.budget else group_size(p.cfg)  # a budget is shared by every example
     groups = [todo[g : g + size] for g in range(0, len(todo), size)]
     for group, xs in p.data.iter_groups(groups):  # image files are decoded ahead, while sampling
         t = time.time()
-        answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress)
+        labels = [int(p.data.labels[i]) for i in group]
+        answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress, labels)
         yield group, answers, (time.time() - t) / len(group)
 
 
@@ -865,6 +873,10 @@ def execute(
     columns = columns_for(mode, p.cfg.sequential)
     if resume and out is None:
         raise ConfigError("--resume needs --out (the TSV of the run to continue)")
+    if resume and p.cfg.budget:
+        raise ConfigError(
+            f"--resume with --budget {p.cfg.budget}: a budget is shared by the examples of one run; expected a new run"
+        )
     identity = None
     if out is not None:
         out = Path(out)

@@ -12,7 +12,7 @@ implementation, hence one guard and one rounding rule.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import beta, binomtest, norm
+from scipy.stats import beta, binom, binomtest, norm
 
 ABSTAIN = -1
 """The class index reported when the smoothed classifier abstains."""
@@ -187,3 +187,27 @@ def top_two(counts: np.ndarray) -> tuple[int, int, int, int]:
     order = np.argsort(-counts, kind="stable")
     a, b = int(order[0]), int(order[1])
     return a, int(counts[a]), b, int(counts[b])
+
+
+SELECT_FIRST = 8
+"""Adaptive selection (sequential CERTIFY): the first selection look (samples); later looks double, up to n0."""
+SELECT_BETA = 0.01
+"""Adaptive selection (sequential CERTIFY) stops once P(Bin(a + b, 1/2) >= a) <= this, a and b the top two counts (power only)."""
+
+
+def selection_sizes(n0: int, adaptive: bool = True) -> tuple[int, ...]:
+    """Cumulative selection sizes: (n0,) fixed; adaptive: SELECT_FIRST, doubling, ending at n0."""
+    if not adaptive or n0 <= SELECT_FIRST:
+        return (n0,)
+    sizes = [SELECT_FIRST]
+    while sizes[-1] * 2 < n0:
+        sizes.append(sizes[-1] * 2)
+    return (*sizes, n0)
+
+
+def select_clear(counts: np.ndarray) -> np.ndarray:
+    """Per row of class counts [E, K + 1]: whether the top class is clearly ahead of the runner-up (see
+    :data:`SELECT_BETA`); the last column (no class) is ignored."""
+    top = -np.sort(-np.asarray(counts)[:, :-1], axis=1)
+    a, b = top[:, 0], (top[:, 1] if top.shape[1] > 1 else np.zeros_like(top[:, 0]))
+    return (a > 0) & (binom.sf(a - 1, a + b, 0.5) <= SELECT_BETA)
