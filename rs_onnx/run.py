@@ -802,9 +802,12 @@ def execute(
 
 
 def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progress, stream, backend) -> dict:
+    from .checks import one_class_note
+
     t0 = time.time()
     timings = {"started": t0, "seconds": 0.0}
-    extra = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0}
+    extra: dict = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0, "one_class": None}
+    answered: list[tuple[int, int]] = []  # (predict, label) of this run's rows, for the one-class note
     data_extra = {"identity": identity} if identity else {}
     writer = TsvWriter(stream, columns) if (files is None and stream is not None) else None
     status, error = "failed", None
@@ -817,6 +820,7 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
                 files.write(rows)
             for row in rows:
                 extra["nonfinite_outputs"] += row["nonfinite"]
+                answered.append((int(row["predict"]), int(row["label"])))
                 if writer:
                     writer.write(row)
             extra["examples_done"] += len(rows)
@@ -833,9 +837,12 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
         if writer:
             writer.close()
         timings["seconds"] = time.time() - t0
+        extra["one_class"] = one_class_note(*(zip(*answered) if answered else ([], [])))
         meta = _meta(p, mode, out, status, timings, {**extra, **({"error": error} if error else {})}, data_extra)
         if files is not None:
             files.finish(meta)
+    if extra["one_class"]:
+        log.warning("%s", extra["one_class"])
     if extra["nonfinite_outputs"]:
         log.warning(
             "%d noisy samples gave NaN/Inf model outputs or class indices out of range; they were counted "
