@@ -156,6 +156,10 @@ class Dataset:
             )
         return x
 
+    def expanded(self, channels: int, how: str) -> Dataset:
+        """The same examples, grey [1,H,W] served as ``channels`` channels (see :func:`expand_grey`)."""
+        return Dataset(self._images, self.labels, self.source, {**self.info, "channels": how}, expand=channels)
+
     def check_labels(self, num_classes: int | None) -> None:
         """Labels must be classes of the model: 0 <= label < num_classes."""
         if len(self.labels) == 0:
@@ -224,7 +228,7 @@ def expand_grey(data: Dataset, channels: int | None, size: tuple[int, int] | Non
         " (R = G = B, alpha opaque)" if channels == 4 else " (R = G = B)"
     )
     log.info("data: %s for the model's %d-channel input, as grey image files are converted", how, channels)
-    return Dataset(data._images, data.labels, data.source, {**data.info, "channels": how}, expand=channels)
+    return data.expanded(channels, how)
 
 
 def _array_layout(shape: tuple[int, ...]) -> str:
