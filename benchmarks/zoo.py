@@ -116,7 +116,7 @@ def write_case(out: Path, name: str, card: dict, ref: np.ndarray, extra_files=()
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
     np.save(d / "ref.npy", np.ascontiguousarray(ref))
-    (d / "card.json").write_text(json.dumps({"name": name, **card}, indent=1))
+    (d / "card.json").write_text(json.dumps({**card, "name": name}, indent=1))
 
 
 def case_dir(out: Path, name: str, rebuild: bool) -> Path | None:
@@ -303,13 +303,13 @@ def build_hf(out: Path, rebuild: bool, torch, images) -> None:
         "resnet": (
             "ResNetForImageClassification",
             tr.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], **tiny),
-            tr.ConvNextImageProcessor(),
+            tr.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875),  # as hub configs
             ["--resize", "256", "--center-crop", "224", "--preset", "imagenet"],
         ),
         "convnext": (
             "ConvNextForImageClassification",
-            tr.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], **tiny),
-            tr.ConvNextImageProcessor(),
+            tr.ConvNextConfig(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], **tiny),
+            tr.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875),  # as hub configs
             ["--resize", "256", "--center-crop", "224", "--preset", "imagenet"],
         ),
         "mobilevit": (
@@ -570,13 +570,13 @@ def build_derived(out: Path, rebuild: bool) -> None:
             raise FileNotFoundError(f"{name} was not built")
         return d, json.loads((d / "card.json").read_text())
 
-    def dynamic(d):
+    def dynamic(d, name):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        src, card = source("tv-resnet18-dynamo")
+        src, card = source(name)
         quantize_dynamic(str(src / "model.onnx"), str(d / "model.onnx"), weight_type=QuantType.QInt8)
-        card = {**card, "exporter": "onnxruntime quantize_dynamic (QInt8) of tv-resnet18-dynamo"}
-        write_case(out, "quant-dynamic-tv-resnet18", card, np.load(src / "ref.npy"))
+        card = {**card, "exporter": f"onnxruntime quantize_dynamic (QInt8) of {name}"}
+        write_case(out, f"quant-dynamic-{name}", card, np.load(src / "ref.npy"))
 
     def static(d):
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
@@ -619,7 +619,8 @@ def build_derived(out: Path, rebuild: bool) -> None:
             out, f"fp16-{name}" + ("-keepio" if keep_io else ""), card, ref if keep_io else ref.astype(np.float16)
         )
 
-    guarded(out, "quant-dynamic-tv-resnet18", "quantize_dynamic", "resnet18", rebuild, dynamic)
+    for name in ("tv-resnet18-dynamo", "tv-mobilenet-v3-small-legacy"):
+        guarded(out, f"quant-dynamic-{name}", "quantize_dynamic", name, rebuild, lambda d, n=name: dynamic(d, n))
     guarded(out, "quant-static-torch-cnn-digits", "quantize_static", "CNN", rebuild, static)
     guarded(out, "fp16-hf-vit-optimum", "fp16", "ViT", rebuild, lambda d: fp16(d, "hf-vit-optimum", False))
     guarded(
