@@ -284,7 +284,6 @@ def build_hf(out: Path, rebuild: bool, torch, images) -> None:
                 **tiny,
             ),
             tr.ViTImageProcessor(),
-            ["--resize", "224x224", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"],
         ),
         "deit": (
             "DeiTForImageClassification",
@@ -298,19 +297,20 @@ def build_hf(out: Path, rebuild: bool, torch, images) -> None:
                 **tiny,
             ),
             tr.DeiTImageProcessor(),
-            ["--resize", "256x256", "--center-crop", "224", "--preset", "imagenet"],
         ),
         "resnet": (
             "ResNetForImageClassification",
             tr.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], **tiny),
-            tr.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875),  # as hub configs
-            ["--resize", "256", "--center-crop", "224", "--preset", "imagenet"],
+            tr.ConvNextImageProcessor(  # as the hub's configs (the class defaults to 384 and mean/std 0.5)
+                size={"shortest_edge": 224}, crop_pct=0.875, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+            ),
         ),
         "convnext": (
             "ConvNextForImageClassification",
             tr.ConvNextConfig(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], **tiny),
-            tr.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875),  # as hub configs
-            ["--resize", "256", "--center-crop", "224", "--preset", "imagenet"],
+            tr.ConvNextImageProcessor(  # as the hub's configs (the class defaults to 384 and mean/std 0.5)
+                size={"shortest_edge": 224}, crop_pct=0.875, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+            ),
         ),
         "mobilevit": (
             "MobileViTForImageClassification",
@@ -321,8 +321,7 @@ def build_hf(out: Path, rebuild: bool, torch, images) -> None:
                 num_attention_heads=2,
                 **tiny,
             ),
-            tr.MobileViTImageProcessor(),
-            ["--resize", "288", "--center-crop", "256", "--channel-order", "bgr"],
+            tr.MobileViTImageProcessor(size={"shortest_edge": 288}, crop_size={"height": 256, "width": 256}),
         ),
         "swin": (
             "SwinForImageClassification",
@@ -330,7 +329,6 @@ def build_hf(out: Path, rebuild: bool, torch, images) -> None:
                 image_size=224, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=7, **tiny
             ),
             tr.ViTImageProcessor(),
-            ["--resize", "224x224", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"],
         ),
     }
     exports = [
@@ -345,10 +343,10 @@ def build_hf(out: Path, rebuild: bool, torch, images) -> None:
         ("swin", "optimum"),
     ]
     for arch, how in exports:
-        cls, config, processor, flags = specs[arch]
+        cls, config, processor = specs[arch]
         name = f"hf-{arch}-{how}"
 
-        def build(d, cls=cls, config=config, processor=processor, flags=flags, how=how, name=name):
+        def build(d, cls=cls, config=config, processor=processor, how=how, name=name):
             torch.manual_seed(0)
             model = getattr(tr, cls)(config).eval()
             ref = processor(images=images, return_tensors="np")["pixel_values"].astype(np.float32)
@@ -368,16 +366,40 @@ def build_hf(out: Path, rebuild: bool, torch, images) -> None:
                 )
             else:
                 _export(torch, Logits(model), torch.from_numpy(ref[:2]), d / "model.onnx", how == "dynamo")
-                resample = PIL_RESAMPLE.get(int(getattr(processor, "resample", 2) or 2), "bilinear")
-                flags = flags + (["--resample", resample] if resample != "bilinear" else [])
                 card.update(
                     exporter=f"torch.onnx.export {'dynamo=True' if how == 'dynamo' else 'legacy (dynamo=False)'}",
-                    flags=flags,
+                    flags=processor_flags(processor),
                     preprocessing=f"{type(processor).__name__} defaults, as flags",
                 )
             write_case(out, name, card, ref)
 
         guarded(out, name, how, cls, rebuild, build)
+
+
+def processor_flags(p) -> list[str]:
+    """What a transformers image processor does, as rs-onnx flags (resize, crop, mean/std, resample, BGR)."""
+    flags: list[str] = []
+    size = dict(p.size or {})
+    crop = dict(getattr(p, "crop_size", None) or {}) if getattr(p, "do_center_crop", False) else {}
+    if "height" in size:
+        flags += ["--resize", f"{size['height']}x{size['width']}"]
+    elif "shortest_edge" in size:
+        edge = size["shortest_edge"]
+        if getattr(p, "crop_pct", None) is not None:  # ConvNextImageProcessor
+            flags += ["--resize", str(int(edge / p.crop_pct)), "--center-crop", str(edge)] if edge < 384 else []
+            flags += ["--resize", f"{edge}x{edge}"] if edge >= 384 else []
+        else:
+            flags += ["--resize", str(edge)]
+    if crop:
+        flags += ["--center-crop", f"{crop['height']}x{crop['width']}"]
+    if getattr(p, "do_normalize", False):
+        flags += ["--mean", floats(p.image_mean), "--std", floats(p.image_std)]
+    resample = PIL_RESAMPLE.get(int(getattr(p, "resample", 2)), "bilinear")
+    if resample != "bilinear":
+        flags += ["--resample", resample]
+    if getattr(p, "do_flip_channel_order", False):
+        flags += ["--channel-order", "bgr"]
+    return flags
 
 
 def build_timm(out: Path, rebuild: bool, torch, images) -> None:
