@@ -148,17 +148,19 @@ def test_timm_dynamo_export_with_the_data_config_as_flags(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", pretrained=False, num_classes=5).eval()
     cfg = timm.data.resolve_data_config({}, model=model)
-    assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.95
-    # timm's eval transform: shorter side to floor(224 / crop_pct), centre crop 224, mean/std; the reference
-    # below uses PIL's bilinear resize (rs-onnx's), so the model card's interpolation is set to match
+    size = cfg["input_size"][-1]  # resnet10t: 176, crop_pct 0.875, bicubic
+    # timm's eval transform (torchvision's Resize/CenterCrop on PIL images): shorter side to
+    # floor(size / crop_pct) with the config's interpolation, centre crop, mean/std; written with PIL
+    # here, since PyPI's torchvision may not import beside torch
     paths = _images(tmp_path)
-    resize, crop = int(224 / cfg["crop_pct"]), 224
+    resize, crop = int(size / cfg["crop_pct"]), size
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[cfg["interpolation"]]
 
     def pre(p):
         im = Image.open(p).convert("RGB")
         w, h = im.size
         s = resize / min(w, h)
-        im = im.resize((resize, int(s * h)) if w <= h else (int(s * w), resize), Image.Resampling.BILINEAR)
+        im = im.resize((resize, int(s * h)) if w <= h else (int(s * w), resize), resample)
         left, top = round((im.width - crop) / 2), round((im.height - crop) / 2)
         x = np.asarray(im.crop((left, top, left + crop, top + crop)), np.float32).transpose(2, 0, 1) / 255
         return (x - np.array(cfg["mean"], np.float32)[:, None, None]) / np.array(cfg["std"], np.float32)[:, None, None]
@@ -168,8 +170,9 @@ def test_timm_dynamo_export_with_the_data_config_as_flags(tmp_path):
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.onnx.export(model, (torch.from_numpy(ref[:2]),), str(path), dynamo=True, dynamic_shapes=({0: batch},))
     labels = _ort_classes(path, ref)
-    flags = ["--resize", str(resize), "--center-crop", "224", "--mean", ",".join(map(str, cfg["mean"]))]
-    _certify(path, _manifest(tmp_path, paths, labels), *flags, "--std", ",".join(map(str, cfg["std"])), tmp=tmp_path)
+    flags = ["--resize", str(resize), "--center-crop", str(size), "--resample", cfg["interpolation"]]
+    flags += ["--mean", ",".join(map(str, cfg["mean"])), "--std", ",".join(map(str, cfg["std"]))]
+    _certify(path, _manifest(tmp_path, paths, labels), *flags, tmp=tmp_path)
 
 
 # ------------------------------------------------------------------ torchvision
