@@ -246,3 +246,47 @@ def test_a_float16_model_is_not_logged_as_fp32(tmp_path, caplog):
     line = next(r.getMessage() for r in caplog.records if "batch mode" in r.getMessage())
     assert "fp32" not in line and "float16 I/O" in line
     assert clf.input_dtype == np.float16
+
+
+def test_nodes_out_of_topological_order_are_sorted_not_refused(tmp_path, caplog):
+    """onnxruntime's float16 converter (keep_io_types) leaves its input Casts after the nodes using them:
+    onnxruntime runs such a model, onnx.checker refused it."""
+    from rs_onnx.classifier import OnnxClassifier
+    from rs_onnx.errors import ModelError
+
+    w = RNG.normal(size=(3, 6)).astype(np.float32)
+    nodes = [
+        h.make_node("MatMul", ["x2", "wt"], ["logits"]),  # uses x2 before the node that makes it
+        h.make_node("Mul", ["x", "two"], ["x2"]),
+    ]
+    inits = [onnx.numpy_helper.from_array(w.T.copy(), "wt"), onnx.numpy_helper.from_array(np.float32(2.0), "two")]
+    g = h.make_graph(
+        nodes,
+        "unsorted",
+        [h.make_tensor_value_info("x", T.FLOAT, ["N", 6])],
+        [h.make_tensor_value_info("logits", T.FLOAT, ["N", 3])],
+        inits,
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    m.ir_version = 8
+    path = tmp_path / "unsorted.onnx"
+    onnx.save(m, path)
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(str(path))
+    with caplog.at_level(logging.INFO, logger="rs_onnx.graph"):
+        clf = OnnxClassifier(path, device="cpu")
+    assert "not in topological order" in caplog.text
+    x = RNG.random((5, 6), dtype=np.float32)
+    np.testing.assert_array_equal(clf.predict(x), (2 * x @ w.T).argmax(1))
+    # a cycle is still refused, with onnx.checker's reason
+    cyclic = h.make_graph(
+        [h.make_node("Mul", ["x", "b"], ["a"]), h.make_node("Add", ["a", "x"], ["b"])],
+        "cycle",
+        [h.make_tensor_value_info("x", T.FLOAT, ["N", 3])],
+        [h.make_tensor_value_info("b", T.FLOAT, ["N", 3])],
+    )
+    cm = h.make_model(cyclic, opset_imports=[h.make_opsetid("", 13)])
+    cm.ir_version = 8
+    onnx.save(cm, tmp_path / "cycle.onnx")
+    with pytest.raises(ModelError, match="onnx.checker rejects it"):
+        OnnxClassifier(tmp_path / "cycle.onnx", device="cpu")
