@@ -704,7 +704,7 @@ def inferred(meta: dict) -> dict:
         "scale": pre.get("scale"),
         "mean": pre.get("mean"),
         "std": pre.get("std"),
-        "channel_order": pre.get("channel_order") or ("rgb" if len(pre.get("model_shape") or []) == 3 else "-"),
+        "channel_order": (pre.get("channel_order") or "rgb") if len(pre.get("model_shape") or []) == 3 else "-",
         "resize": transform.get("resize"),
         "crop": transform.get("center_crop"),
         "output": f"{sig['output_name']} ({sig['output_kind']}, K={sig['num_classes']})",
