@@ -200,12 +200,27 @@ def _run_options(f):
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),
         click.option("--output-name", help="Model output holding the class scores (needed when ambiguous)."),
+        click.option(
+            "--input-shape",
+            help="Per-example input shape, no batch dim (3,224,224), for symbolic dims the data cannot fill "
+            "(default: the data's shape).",
+        ),
         click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: README, Presets)."),
         click.option("--layout", type=Choice(_layouts()), help="Model input layout."),
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
         list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
         list_option("--std", help="Per-channel std, scaled units (0.229,0.224,0.225 or one flag per channel)."),
         click.option("--dtype", help="Model input dtype (default: the model's; integers are rounded and clipped)."),
+        click.option(
+            "--channel-order",
+            type=Choice(["rgb", "bgr"]),
+            help="bgr: reverse the images' R, G, B before mean/std (OpenCV/Caffe-style models; default rgb).",
+        ),
+        click.option(
+            "--preprocessor",
+            help="A Hugging Face preprocessor_config.json to take scale/mean/std/resize/crop/channel order from "
+            "(default: the one beside MODEL; none: ignore it). Flags override it.",
+        ),
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
@@ -238,8 +253,13 @@ def _run_options(f):
         ),
         click.option(
             "--resize",
-            type=int,
-            help="Image files: shorter side to N pixels, aspect kept (bilinear, antialiased, as torchvision's Resize).",
+            help="Image files: shorter side to N pixels, aspect kept, or HxW (224x224) exactly (bilinear, "
+            "antialiased, as torchvision's Resize).",
+        ),
+        click.option(
+            "--resample",
+            type=Choice(["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]),
+            help="Image files: the filter of --resize (default bilinear; Hugging Face cards often say bicubic).",
         ),
         click.option(
             "--center-crop",
@@ -316,7 +336,13 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     from .config import build_config, load_yaml
     from .run import bundled
 
-    for key, what in (("config_path", "--config"), ("model", "MODEL"), ("data", "DATA"), ("denoiser", "--denoiser")):
+    for key, what in (
+        ("config_path", "--config"),
+        ("model", "MODEL"),
+        ("data", "DATA"),
+        ("denoiser", "--denoiser"),
+        ("preprocessor", "--preprocessor"),
+    ):
         if kwargs.get(key):
             check_path_name(kwargs[key], what)
     yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}
@@ -628,8 +654,10 @@ def certify(ctx: click.Context, **kwargs) -> None:
         row, the label in the column 'label' or the last (--label-column NAME or INDEX);
       - a single image with --label N.
     Image files and grey arrays are converted to the model's channels; --resize N --center-crop HxW map them
-    to the model's size (ImageNet: --resize 256 --center-crop 224); without them an image of
-    another size is refused, never stretched.
+    to the model's size (ImageNet: --resize 256 --center-crop 224), --resize HxW stretches them
+    to it; without them an image of another size is refused. A preprocessor_config.json beside
+    MODEL (as optimum-cli writes it) gives these and scale/mean/std unless flags do; a model
+    whose input dims are symbolic takes the data's shape (or --input-shape).
     """
     _execute(ctx, "certify", kwargs)
 
@@ -650,15 +678,29 @@ def predict(ctx: click.Context, **kwargs) -> None:
 @click.argument("model")
 @click.option("--input-name", help="Model input to read (needed when there are several).")
 @click.option("--output-name", help="Model output to read (needed when ambiguous).")
+@click.option("--input-shape", help="Per-example input shape, no batch dim (3,224,224), for symbolic dims.")
+@click.option("--preprocessor", help="preprocessor_config.json to read (default: the one beside MODEL; none: ignore).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-def inspect(model, input_name, output_name, device, as_json) -> None:
-    """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from."""
+@click.pass_context
+def inspect(ctx, model, input_name, output_name, input_shape, preprocessor, device, as_json) -> None:
+    """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from.
+
+    Exits 1 when it reports a PROBLEM (rs-onnx cannot run the model as it stands)."""
     from .inspection import inspect_model, render
 
     quiet_onnxruntime("--debug" in sys.argv)
-    report = inspect_model(model, input_name=input_name, output_name=output_name, device=device)
+    report = inspect_model(
+        model,
+        input_name=input_name,
+        output_name=output_name,
+        device=device,
+        input_shape=input_shape,
+        preprocessor=preprocessor,
+    )
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
+    if "problem" in report:
+        ctx.exit(1)
 
 
 @cli.command()
@@ -672,6 +714,8 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
 @list_option("--mean", help="Per-channel mean of the classifier (comma-separated or one flag per channel).")
 @list_option("--std", help="Per-channel std of the classifier (comma-separated or one flag per channel).")
 @click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
+@click.option("--channel-order", type=Choice(["rgb", "bgr"]), help="bgr: the classifier takes B, G, R channels.")
+@click.option("--input-shape", help="The classifier's per-example input shape (3,224,224), for symbolic dims.")
 @click.pass_context
 def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     """Compose DENOISER in front of CLASSIFIER into one ONNX model (Salman et al.'s denoised smoothing).
@@ -693,7 +737,14 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
         check_path_name(path, what)
     check_path_name(out, "-o", reserve=len(".data"))
     check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
-    compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)  # logs "wrote"
+    compose_files(  # logs "wrote"
+        denoiser,
+        classifier,
+        out,
+        cfg.preprocess_spec(),
+        classifier_input_name=input_name or cfg.input_name,
+        classifier_input_shape=None if cfg.input_shape is None else tuple(cfg.input_shape),
+    )
 
 
 def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list[str], list[float]]:

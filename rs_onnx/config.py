@@ -50,12 +50,14 @@ class RunConfig:
     device: str = "auto"
     input_name: str | None = None
     output_name: str | None = None
+    input_shape: list[int] | None = None  # per-example input shape, no batch dim (3,224,224): fills symbolic dims
     preset: str | None = None
     layout: str = "auto"
     scale: float = 1.0
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
     dtype: str | None = None
+    channel_order: str = "rgb"  # bgr: reverse the image's R, G, B before mean/std (OpenCV/Caffe-style models)
     start: int = 0
     end: int | None = None
     skip: int = 1
@@ -65,8 +67,10 @@ class RunConfig:
     path_column: str | None = None  # manifest column of image paths (default "path")
     label_column: str | None = None  # labels column: manifest (default "label"); features table: name or index
     label_from_filename: bool = False  # flat image folder: label from a trailing _<digits> in each file name
-    resize: int | None = None  # image files: shorter side to this many pixels (bilinear, antialiased)
+    resize: int | str | None = None  # image files: shorter side to N pixels, or HxW exactly (bilinear, antialiased)
     center_crop: str | None = None  # image files: crop N or HxW pixels from the centre, after --resize
+    resample: str = "bilinear"  # image files: the resize's filter (bilinear, bicubic, nearest, lanczos, box, hamming)
+    preprocessor: str | None = None  # a preprocessor_config.json (default: the one beside the model; none: ignore)
     noise_threads: int | None = None
     bound: str = "cohen"
     backend: str = "local"
@@ -92,7 +96,12 @@ class RunConfig:
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(
-            self.layout, float(self.scale), tuple(map(float, self.mean)), tuple(map(float, self.std)), self.dtype
+            self.layout,
+            float(self.scale),
+            tuple(map(float, self.mean)),
+            tuple(map(float, self.std)),
+            self.dtype,
+            self.channel_order,
         )
 
     def validate(self) -> "RunConfig":
@@ -165,7 +174,6 @@ class RunConfig:
             ),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
             (self.noise is None or self.noise in NOISE_KINDS, "noise", self.noise, "one of " + ", ".join(NOISE_KINDS)),
-            (self.resize is None or 1 <= self.resize <= 65535, "resize", self.resize, "a size in pixels, 1 to 65535"),
         ]
         checks += [
             (
@@ -201,6 +209,7 @@ class RunConfig:
                 raise ConfigError(f"{key}={value}: expected {expected}")
         if self.dtype is not None:
             self.dtype = check_dtype(self.dtype)
+        self._check_shapes()
         self.preprocess_spec()  # checks scale, mean and std
         if self.center_crop is not None:
             from .data import parse_crop
@@ -211,6 +220,39 @@ class RunConfig:
             except DataError as e:
                 raise ConfigError(str(e).replace("--center-crop", "center_crop", 1)) from None
         return self
+
+    def _check_shapes(self) -> None:
+        """input_shape, channel_order, resize and resample in their one form (case, separators); names the key."""
+        from .data import RESAMPLING, parse_resize
+        from .errors import DataError
+        from .preprocess import CHANNEL_ORDERS
+        from .shapes import parse_input_shape
+
+        resample = str(self.resample).strip().lower()
+        if resample not in RESAMPLING:
+            raise ConfigError(f"resample={self.resample}: expected one of {', '.join(RESAMPLING)}")
+        self.resample = resample
+        order = str(self.channel_order).strip().lower()
+        if order not in CHANNEL_ORDERS:
+            raise ConfigError(f"channel_order={self.channel_order}: expected one of {', '.join(CHANNEL_ORDERS)}")
+        self.channel_order = order
+        if self.input_shape is not None:
+            name, dims = parse_input_shape(self.input_shape)
+            if name is not None and self.input_name not in (None, name):
+                raise ConfigError(
+                    f"input_shape names input '{name}' and input_name is '{self.input_name}'; expected the same input"
+                )
+            self.input_name = self.input_name or name
+            self.input_shape = dims
+        if self.resize is not None:
+            try:
+                size = parse_resize(self.resize)
+            except DataError:
+                raise ConfigError(
+                    f"resize={self.resize}: expected the shorter side N in pixels (e.g. 256) or HxW (e.g. 224x224, "
+                    "stretched to exactly that size), 1 to 65535"
+                ) from None
+            self.resize = size if isinstance(size, int) or size is None else f"{size[0]}x{size[1]}"
 
     def apply_preset(self, explicit: set[str]) -> None:
         """Fill mean/std/scale from the preset unless given explicitly."""
@@ -233,6 +275,8 @@ def _coerce(key: str, value: Any) -> Any:
     kind = str(_FIELDS[key].type)
     if key == "batch_size" and value == "auto":
         return None
+    if key in ("input_shape", "resize") and isinstance(value, (str, int, list)) and not isinstance(value, bool):
+        return value  # parsed by RunConfig.validate (one parser for flags and YAML)
     if value is None:
         if "None" in kind:
             return None
@@ -290,11 +334,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(yaml_values: dict[str, Any], flags: dict[str, Any]) -> tuple[RunConfig, set[str]]:
-    """RunConfig from YAML values overridden by explicitly given flags; returns it and the explicit keys."""
+    """RunConfig from YAML values overridden by explicitly given flags; returns it and the explicit keys.
+
+    Layers, first wins: flags, YAML, the preset, the model's card (rs_onnx.modelcard: the
+    preprocessor_config.json beside the model, or what its graph implies), the defaults."""
+    from .modelcard import card_values
+
     values = {**yaml_values, **{k: v for k, v in flags.items() if k in _FIELDS}}
     cfg = RunConfig(**values)
     explicit = set(values)
     cfg.apply_preset(explicit)
+    preset_keys = set(PRESETS[cfg.preset]) if cfg.preset in PRESETS else set()
+    card = card_values(cfg.model, cfg.preprocessor, explicit | preset_keys, cfg.input_name, cfg.data)
+    if card:
+        cfg = RunConfig(**{**cfg.to_dict(), **card})
     return cfg.validate(), explicit
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rs_onnx import cuda, graph, stopping
+from rs_onnx import cuda, graph, shapes, stopping
 from rs_onnx.devices import CPU_PROVIDER, CUDA_PROVIDER, cuda_works, default_session_options, parse_device
 from rs_onnx.devices import preload_cuda_libraries
 from rs_onnx.errors import ConfigError, DeviceError, ModelError
@@ -194,6 +194,12 @@ def load_batched(
         except ModelError:
             raise
         except Exception as err:
+            if inp.dims is not None and shapes.symbolic(inp.dims[1:]):  # the shape came from --input-shape or the data
+                raise ModelError(
+                    f"model {name}: the graph rejects input '{inp.name}' shaped {[1, *input_shape]} although it "
+                    f"declares {graph.format_dims(inp.dims)} ({ort_reason(err)[:300]}); expected the size it was "
+                    f"exported for: give it with {shapes.FLAG} and resize the data to match (--resize HxW)"
+                ) from err
             raise ModelError(
                 f"model {name}: onnxruntime fails on a random example shaped {[1, *input_shape]} "
                 f"({ort_reason(err)}); expected it to run on inputs of its declared shape"

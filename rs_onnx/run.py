@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from . import modelcard, shapes
 from .config import RunConfig
 from .data import Dataset, load_from_config
 from .errors import ConfigError, DataError, ModelError
@@ -62,6 +63,8 @@ RESUME_KEYS = (
     "mean",
     "std",
     "dtype",
+    "channel_order",
+    "input_shape",
     "label",
     "bound",
     "extra_inputs",
@@ -83,6 +86,7 @@ RESUME_KEYS = (
     "label_from_filename",
     "resize",
     "center_crop",
+    "resample",
     "noise",
 )
 
@@ -126,6 +130,7 @@ def open_classifier(cfg: RunConfig, *, device: str | None = None, sess_options=N
         device_noise=cfg.device_noise,
         max_batch=cfg.batch_size if cfg.cuda_graph else None,
         sess_options=sess_options,
+        input_shape=None if cfg.denoiser else cfg.input_shape,
     )
     return clf, (PreprocessSpec() if cfg.denoiser else cfg.preprocess_spec())
 
@@ -208,7 +213,9 @@ def composed_model(cfg: RunConfig) -> Path:
             )
     spec = cfg.preprocess_spec()
     key = hashlib.sha256(
-        "|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec), str(cfg.input_name)]).encode()
+        "|".join(
+            [sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec), str(cfg.input_name), str(cfg.input_shape)]
+        ).encode()
     ).hexdigest()[:20]
     folder = cache_dir()
     if folder is None:
@@ -222,7 +229,14 @@ def composed_model(cfg: RunConfig) -> Path:
     if not cached:
         tmp = path.with_name(f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.onnx")
         try:
-            compose_files(cfg.denoiser, cfg.model, tmp, spec, classifier_input_name=cfg.input_name)
+            compose_files(
+                cfg.denoiser,
+                cfg.model,
+                tmp,
+                spec,
+                classifier_input_name=cfg.input_name,
+                classifier_input_shape=None if cfg.input_shape is None else tuple(cfg.input_shape),
+            )
             digest = sha256_file(tmp)
             os.replace(tmp, path)
         finally:
@@ -424,6 +438,7 @@ class Prepared:
     batch_probe: dict | None = None
     checks: dict = field(default_factory=dict)  # batch_check and clean_accuracy (rs_onnx.checks)
     audit: dict | None = None  # audit mode's record for meta.json: the graph scan, the grid, the entropy's origin
+    class_names: list[str] | None = None  # by class id: --classes, else the model's config.json id2label
 
     def with_entropy(self, entropy: int) -> Prepared:
         """The same run with the noise streams seeded by ``entropy`` (--resume adopting an earlier run's
@@ -455,6 +470,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.model is None or cfg.data is None:
         raise ConfigError(f"model={cfg.model} data={cfg.data}: expected both a model and a data set")
     log.info("loading %s", Path(str(cfg.model)).name)
+    cfg, data = shapes.from_config(cfg)  # symbolic dims filled from the data (a copy; the caller's is kept)
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     noise_kind = resolve_noise(cfg, clf)
@@ -467,8 +483,10 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"device_noise with noise={noise_kind}: the GPU draws Gaussian noise only; expected "
             "noise=gaussian or no device_noise"
         )
-    channels, size = image_geometry(clf, cfg.layout)
-    data = load_from_config(cfg, size, channels)
+    selection_checked = data is not None
+    if data is None:
+        channels, size = image_geometry(clf, cfg.layout)
+        data = load_from_config(cfg, size, channels)
     data.check_labels(clf.num_classes)
     if len(data):  # the check SmoothedClassifier.images makes per image, on the first one before any file is written
         from .inputs import check_magnitude
@@ -482,7 +500,8 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
             f"among {len(data)}; expected at least one"
         )
-    data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
+    if not selection_checked:
+        data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
     pre = Preprocessor(spec, data.image_shape, clf.input_shape, clf.input_dtype)  # model shape and dtype
     local = (cfg.backend or "local") == "local"  # Ray workers hold their batches on their own nodes
     probe = None
@@ -520,8 +539,11 @@ def prepare(cfg: RunConfig) -> Prepared:
         cfg,
         sigma=sigma if cfg.sigma is None else cfg.sigma,
         batch_size=batch_size if cfg.batch_size is None else cfg.batch_size,
+        # per example, as the loader resolved it (an --input-shape given with its batch dim loses it here)
+        input_shape=list(clf.input_shape) if cfg.input_shape is not None and not cfg.denoiser else cfg.input_shape,
     )
     checks = run_checks(resolved, smoothed, data, indices)  # may switch smoothed to a one-by-one classifier
+    names = modelcard.run_class_names(cfg, clf.num_classes)
     return Prepared(
         resolved,
         smoothed.classifier,
@@ -534,6 +556,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         probe,
         checks,
         audit,
+        names,
     )
 
 
@@ -611,6 +634,7 @@ def _meta(
         **extra,
         "clean_accuracy": p.checks.get("clean_accuracy"),  # rs_onnx.checks, before the first sample
         "batch_check": p.checks.get("batch_check"),
+        "class_names": p.class_names,  # by class id (--classes, or the model's config.json id2label), or None
     }
 
 

@@ -193,6 +193,7 @@ META_KEYS = [
     "one_class",
     "clean_accuracy",
     "batch_check",
+    "class_names",
 ]
 
 
