@@ -75,7 +75,8 @@ def _hf(arch):
         )
         return torch, tr.ViTForImageClassification(cfg).eval(), tr.ViTImageProcessor(size={"height": 32, "width": 32})
     cfg = tr.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
-    proc = tr.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}  # defaults vary by version
+    proc = tr.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875, **imagenet)
     return torch, tr.ResNetForImageClassification(cfg).eval(), proc
 
 
