@@ -240,7 +240,11 @@ def _run_options(f):
             "the class subfolders of a folder, or the labels of a manifest (e.g. ImageNet's synset list).",
         ),
         click.option("--path-column", help="Manifest column holding image paths (default path)."),
-        click.option("--label-column", help="Manifest column holding labels (default label)."),
+        click.option(
+            "--label-column",
+            help="Column holding labels: a manifest's (default label), or a features table's name or "
+            "0-based index (default: the column 'label', else the last).",
+        ),
         click.option(
             "--label-from-filename",
             is_flag=True,
@@ -573,19 +577,33 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
         }
         click.echo(json.dumps(summary, indent=2))
     elif mode == "certify":
+        from .checks import one_class_note
+
         table = _accuracy_table(results, len(rows), meta["timings"]["seconds"])
+        one = one_class_note(results.predict, results.label)
+        if one:
+            table += f"\nnote: {one}"
         acc = meta.get("clean_accuracy")
         if acc:
             table += (
                 f"\nclean accuracy of the base classifier (no noise) on the first {acc['examples']} labelled "
-                f"examples: {100 * acc['accuracy']:.1f}% (chance {100 * acc['chance']:.1f}%)"
+                f"examples: {100 * acc['accuracy']:.1f}% ("
+                + (
+                    f"chance {100 * acc['chance']:.1f}%"
+                    if acc.get("chance")
+                    else "chance unknown: the model's output holds class indices and declares no class count"
+                )
+                + ")"
             )
         click.echo(table, err=out is None)
     else:
+        from .checks import one_class_note
         from .summaries import predict_text
 
+        one = one_class_note(results.predict, results.label)
         click.echo(
-            f"{predict_text(results)}; {len(rows)} computed in this run in {meta['timings']['seconds']:.1f} s",
+            f"{predict_text(results)}; {len(rows)} computed in this run in {meta['timings']['seconds']:.1f} s"
+            + (f"\nnote: {one}" if one else ""),
             err=out is None,
         )
 
@@ -708,8 +726,10 @@ def certify(ctx: click.Context, **kwargs) -> None:
         --label-from-filename;
       - a .csv/.tsv manifest with 'path' and 'label' columns (--path-column, --label-column;
         paths relative to the manifest; --classes to read labels as class names);
+      - a .csv/.tsv (or .csv.gz/.tsv.gz) of numbers only: a features table, one example per
+        row, the label in the column 'label' or the last (--label-column NAME or INDEX);
       - a single image with --label N.
-    Image files are converted to the model's channels; --resize N --center-crop HxW map them
+    Image files and grey arrays are converted to the model's channels; --resize N --center-crop HxW map them
     to the model's size (ImageNet: --resize 256 --center-crop 224), --resize HxW stretches them
     to it; without them an image of another size is refused. A preprocessor_config.json beside
     MODEL (as optimum-cli writes it) gives these and scale/mean/std unless flags do; a model

@@ -66,7 +66,7 @@ class RunConfig:
     labels: str | None = None  # labels file for an .npy or a flat image folder (.npy, or one integer per line)
     classes: str | None = None  # class names, one per line (line number = class index), for folders and manifests
     path_column: str | None = None  # manifest column of image paths (default "path")
-    label_column: str | None = None  # manifest column of labels (default "label")
+    label_column: str | None = None  # labels column: manifest (default "label"); features table: name or index
     label_from_filename: bool = False  # flat image folder: label from a trailing _<digits> in each file name
     resize: int | str | None = None  # image files: shorter side to N pixels, or HxW exactly (bilinear, antialiased)
     center_crop: str | None = None  # image files: crop N or HxW pixels from the centre, after --resize

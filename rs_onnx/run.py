@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -903,9 +904,15 @@ def execute(
 
 
 def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progress, stream, backend) -> dict:
+    from .checks import one_class_note
+
     t0 = time.time()
     timings = {"started": t0, "seconds": 0.0}
-    extra = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0}
+    extra: dict = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0, "one_class": None}
+    # for the one-class note, bounded by the class count (rows are streamed, never kept): answers per class
+    # (abstentions included) and the labels seen
+    answers_per_class: Counter[int] = Counter()
+    labels_seen: set[int] = set()
     data_extra = {"identity": identity} if identity else {}
     writer = TsvWriter(stream, columns) if (files is None and stream is not None) else None
     status, error = "failed", None
@@ -918,6 +925,8 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
                 files.write(rows)
             for row in rows:
                 extra["nonfinite_outputs"] += row["nonfinite"]
+                answers_per_class[int(row["predict"])] += 1
+                labels_seen.add(int(row["label"]))
                 if writer:
                     writer.write(row)
             extra["examples_done"] += len(rows)
@@ -934,11 +943,15 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
         if writer:
             writer.close()
         timings["seconds"] = time.time() - t0
+        predicted = np.repeat(list(answers_per_class), list(answers_per_class.values()))
+        extra["one_class"] = one_class_note(predicted, sorted(labels_seen))
         record = getattr(backend, "record", None)  # the Ray backend: what its workers resolved
         final: dict = {**extra, **({"error": error} if error else {}), **(record() if callable(record) else {})}
         meta = _meta(p, mode, out, status, timings, final, data_extra)
         if files is not None:
             files.finish(meta)
+    if extra["one_class"]:
+        log.warning("%s", extra["one_class"])
     if extra["nonfinite_outputs"]:
         log.warning(
             "%d noisy samples gave NaN/Inf model outputs or class indices out of range; they were counted "

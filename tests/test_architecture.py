@@ -190,6 +190,7 @@ META_KEYS = [
     "out",
     "examples_done",
     "nonfinite_outputs",
+    "one_class",
     "clean_accuracy",
     "batch_check",
     "class_names",
