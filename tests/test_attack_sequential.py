@@ -1,0 +1,80 @@
+"""Attacks on issue 28's sequential certification and population bounds: the default schedule's level by
+an exact dynamic programme written here (plain convolutions of full binomial pmfs, nothing truncated), and
+the edges of the command line and the API that reached unsound or unbounded states."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binom, norm
+
+from rs_onnx import sequential as sq
+from rs_onnx.boundaries import FINAL_SHARE, LOOKS, MAX_LOOKS, Schedule, geometric_schedule
+from rs_onnx.errors import ConfigError
+
+
+def any_crossing(sizes, cutoffs, t: float) -> float:
+    """P(S_j >= cutoffs[j] for some look j) at pA = t, S_j the count among the first sizes[j] i.i.d. draws."""
+    alive, crossed, prev = np.ones(1), 0.0, 0
+    for n_j, c in zip(sizes, cutoffs):
+        alive = np.convolve(alive, binom.pmf(np.arange(n_j - prev + 1), n_j - prev, t))
+        prev, c = n_j, int(c)
+        crossed += float(alive[c:].sum())
+        alive = alive[:c]
+    return crossed
+
+
+@pytest.mark.parametrize("n", [100, 1000])
+@pytest.mark.parametrize("alpha", [0.05, 0.001, 1e-6])
+@pytest.mark.parametrize(("sigma", "r"), [(0.25, 0.25), (0.5, 0.25), (1.0, 0.5)])
+def test_default_schedule_certifies_at_the_threshold_with_probability_at_most_alpha(n, alpha, sigma, r):
+    """The default plan (100 looks from 10, betting early looks, calibrated last look): at pA exactly at the
+    threshold of r, and at pA = 1/2 (predict vs abstain), some look certifies with probability <= alpha; a
+    last cutoff one count lower would exceed alpha wherever the last look can certify (the check has teeth)."""
+    sched = geometric_schedule(n, alpha, LOOKS, None, FINAL_SHARE)
+    plan = sq.make_plan(sched, sigma, [r], 0.01, None, "gaussian", True)
+    for i, t in ((0, 0.5), (1, float(norm.cdf(r / sigma)))):
+        cuts = plan.k_cert[:, i]
+        assert any_crossing(sched.sizes, cuts, t) <= alpha
+        if cuts[-1] <= n:  # one count lower at the last look is over the level: the cutoff is not slack
+            lower = np.array(cuts)
+            lower[-1] -= 1
+            assert any_crossing(sched.sizes, lower, t) > alpha
+
+
+def test_looks_are_bounded_so_a_plan_stays_computable_and_phases_never_meet_the_selections():
+    """--looks 10^9 used to lay out 10^9 geometric points (8 GB) and hang; past 2^20 looks an estimation
+    look would draw under a selection phase, i.e. the same noise as the selection samples."""
+    assert sq.stage_phase(MAX_LOOKS - 1) < sq.SELECT_PHASE
+    with pytest.raises(ConfigError, match="looks=2000000"):
+        geometric_schedule(10**7, 0.001, 2_000_000)
+    from rs_onnx.config import RunConfig
+
+    with pytest.raises(ConfigError, match="looks"):
+        RunConfig(model="m.onnx", data="d.npz", sigma=0.25, sequential=True, looks=MAX_LOOKS + 1).validate()
+    many = Schedule(tuple(range(1, MAX_LOOKS + 2)), (1e-8,) * (MAX_LOOKS + 1))
+    from tests.test_sequential_fewer import Threshold, _smoothed
+
+    with pytest.raises(ConfigError, match="looks"):
+        sq.sequential_certify_many(
+            _smoothed(Threshold(1.0)), [np.zeros(4, np.float32)], None, 10, MAX_LOOKS + 1, 0.001, (0.25,), schedule=many
+        )
+
+
+def _refused(tmp_path, capsys, opts, word):
+    """The command is refused in one line naming ``word``, and writes no file."""
+    from rs_onnx.cli import _main
+    from rs_onnx.run import bundled
+
+    base = ["-q", "certify", bundled("digits_cnn.onnx"), bundled("digits_eval.npz"), "--sigma", "0.25"]
+    base += ["--end", "2", "--sequential", "--n", "20000"]
+    out = tmp_path / "o.tsv"
+    capsys.readouterr()
+    code = _main([*base, *opts, "--out", str(out)], False)
+    err = capsys.readouterr().err
+    assert code in (1, 2) and word in err and err.count("\n") == 1, (opts, err)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_refuses_too_many_looks_in_one_line(tmp_path, capsys):
+    _refused(tmp_path, capsys, ("--looks", str(MAX_LOOKS + 1)), "looks=10001")
