@@ -78,3 +78,12 @@ def _refused(tmp_path, capsys, opts, word):
 
 def test_cli_refuses_too_many_looks_in_one_line(tmp_path, capsys):
     _refused(tmp_path, capsys, ("--looks", str(MAX_LOOKS + 1)), "looks=10001")
+
+
+def test_cli_refuses_an_infinite_precision_by_its_flag_name(tmp_path, capsys):
+    """--precision inf passed the config check and failed later as 'eps=inf' (a name the user never typed)."""
+    _refused(tmp_path, capsys, ("--precision", "inf"), "precision=inf")
+    from rs_onnx.config import RunConfig
+
+    with pytest.raises(ConfigError, match="precision=inf"):
+        RunConfig(model="m.onnx", data="d.npz", sigma=0.25, sequential=True, precision=float("inf")).validate()
