@@ -87,3 +87,12 @@ def test_cli_refuses_an_infinite_precision_by_its_flag_name(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="precision=inf"):
         RunConfig(model="m.onnx", data="d.npz", sigma=0.25, sequential=True, precision=float("inf")).validate()
+
+
+def test_no_sample_spent_is_not_infinitely_fewer():
+    """A --budget below one look spends 0 samples per example: the saving read 'infx fewer'."""
+    from rs_onnx.population import samples_text
+
+    text = samples_text({"mean": 0.0, "p90": 0.0, "total": 0, "fixed_n": 2100})
+    assert "inf" not in text and "none spent" in text
+    assert "2x fewer" in samples_text({"mean": 1050.0, "p90": 1100.0, "total": 3150, "fixed_n": 2100})
