@@ -96,3 +96,33 @@ def test_no_sample_spent_is_not_infinitely_fewer():
     text = samples_text({"mean": 0.0, "p90": 0.0, "total": 0, "fixed_n": 2100})
     assert "inf" not in text and "none spent" in text
     assert "2x fewer" in samples_text({"mean": 1050.0, "p90": 1100.0, "total": 3150, "fixed_n": 2100})
+
+
+@pytest.mark.parametrize("budget", [1, 9, 10, 137, 2_000, 20_000, 10**12])
+@pytest.mark.parametrize("precision", [False, True])
+def test_a_budget_only_removes_looks_it_never_adds_or_moves_one(budget, precision):
+    """Breadth-first looks on a budget, with examples at and around the thresholds (where the budget's
+    ranking by lead is most active): every example draws, at look j, exactly the planned N_j - N_{j-1}
+    samples, its looks are a prefix 0..J of the plan, and no example resumes once stopped. So each example's
+    certificate is the planned schedule stopped early, whose level the exact DP bounds."""
+    sched = geometric_schedule(3000, 0.001, 40, 10, FINAL_SHARE)
+    radii = (0.25, 0.5)
+    if precision:
+        plan = sq.make_plan(sched, 0.5, (), 0.01, 0.05, "gaussian", False)
+    else:
+        plan = sq.make_plan(sched, 0.5, radii, 0.01, None, "gaussian", True)
+    ps = np.array([0.5, norm.cdf(0.5), norm.cdf(1.0), 0.75, 0.9, 0.999, 0.3, norm.cdf(0.5) + 0.01] * 4)
+    rng = np.random.default_rng(budget)
+    made: dict[int, list[int]] = {i: [] for i in range(len(ps))}
+
+    def sample(j, idx):
+        new = sched.sizes[j] - (sched.sizes[j - 1] if j else 0)
+        for i in idx:
+            made[int(i)].append(j)
+        return rng.binomial(new, ps[idx])
+
+    out = sq.run_looks(plan, sample, np.arange(len(ps)), len(ps), budget)
+    for i, js in made.items():
+        assert js == list(range(len(js))), (i, js)  # a prefix of the planned looks, each once, in order
+        assert out.n[i] == (sched.sizes[len(js) - 1] if js else 0) and out.looks[i] == len(js)
+    assert int(out.n.sum()) <= budget
