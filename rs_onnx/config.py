@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .boundaries import FINAL_SHARE, LOOKS
+from .boundaries import FINAL_SHARE, LOOKS, MAX_LOOKS
 from .errors import ConfigError
 from .guard import check_dtype, check_yaml, escape
 from .noise import KINDS as NOISE_KINDS
@@ -157,8 +157,13 @@ class RunConfig:
             (self.bound in ("cohen", "best"), "bound", self.bound, "cohen or best"),
             (self.backend in ("local", "ray"), "backend", self.backend, "local or ray"),
             (not (self.sequential and self.bound != "cohen"), "bound", self.bound, "cohen with --sequential"),
-            (self.precision is None or self.precision > 0, "precision", self.precision, "a positive radius step"),
-            (self.looks >= 1, "looks", self.looks, "at least 1"),
+            (
+                self.precision is None or (np.isfinite(self.precision) and self.precision > 0),
+                "precision",
+                self.precision,
+                "a positive radius step",
+            ),
+            (1 <= self.looks <= MAX_LOOKS, "looks", self.looks, f"1 to {MAX_LOOKS:,}"),
             (
                 self.first_look is None or 1 <= self.first_look <= self.n,
                 "first_look",

@@ -37,7 +37,7 @@ import numpy as np
 from scipy.stats import norm
 
 from . import bounds, noise, stats
-from .boundaries import FINAL_SHARE, LOOKS, Schedule, betting_cutoffs, calibrated_cutoff, geometric_schedule
+from .boundaries import FINAL_SHARE, LOOKS, MAX_LOOKS, Schedule, betting_cutoffs, calibrated_cutoff, geometric_schedule
 from .errors import ConfigError
 from .sampling import Task
 from .smoothing import Certificate
@@ -463,6 +463,8 @@ def sequential_certify_many(
     if budget is not None:
         budget = as_int("budget", budget, 1)
     schedule = schedule or geometric_schedule(n_max, alpha, looks, n_first, final_share)
+    if len(schedule.sizes) > MAX_LOOKS:  # look j draws under phase STAGE_PHASE + j: never a selection phase
+        raise ConfigError(f"schedule of {len(schedule.sizes)} looks; expected at most {MAX_LOOKS:,}")
     if schedule.n_max != n_max or schedule.alpha > alpha:
         raise ConfigError(
             f"schedule ends at {schedule.n_max} and spends {schedule.alpha:.6g}; expected n_max={n_max} "
