@@ -12,10 +12,10 @@ abstentions (``predict == -1``, ``correct == 0``) count as wrong.
 
 from __future__ import annotations
 
-import dataclasses
-
 import csv
+import dataclasses
 import io
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,7 @@ __all__ = [
     "to_markdown",
 ]
 
+log = logging.getLogger(__name__)
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -60,11 +61,42 @@ def _optional_meta(path) -> dict | None:
         return None
 
 
-def read_run(path) -> Results:
-    """:func:`read_results` plus the run's meta.json (``Results.meta``; None for Cohen et al.'s files)."""
+def read_run(path, check: bool = True) -> Results:
+    """:func:`read_results` plus the run's meta.json (``Results.meta``; None for Cohen et al.'s files).
+
+    With ``check`` (and a meta.json), every row is recomputed (:func:`rs_onnx.verify.verify_file`, without
+    hashing the inputs): rows that do not reproduce count as not certified and not correct (radius columns 0,
+    column ``reproduced`` 0), one warning line says so, and ``meta["verify"]`` holds the verdict line."""
     from dataclasses import replace
 
-    return replace(read_results(path), meta=_optional_meta(path))
+    res = replace(read_results(path), meta=_optional_meta(path))
+    if not check or res.meta is None:
+        return res
+    from .verify import verify_file
+
+    verdict = verify_file(path, inputs=False)
+    meta = {**res.meta, "verify": {"ok": verdict.ok, "line": verdict.line()}}
+    if verdict.ok:
+        return replace(res, meta=meta)
+    columns = dict(res.columns)
+    bad = np.zeros(len(res), bool)
+    bad[[k for k in verdict.bad_rows if k < len(res)]] = True
+    if verdict.unchecked is not None:
+        bad[:] = True
+    columns["reproduced"] = (~bad).astype(np.int64)
+    for name in columns:
+        if name == "radius" or name.startswith("radius_"):
+            columns[name] = np.where(bad, 0.0, columns[name])
+    columns["correct"] = np.where(bad, 0, columns["correct"])
+    what = (
+        "none of its rows can be checked: all count as not certified"
+        if verdict.unchecked is not None
+        else f"{int(bad.sum())} rows that do not reproduce count as not certified and not correct"
+        if bad.any()
+        else "its rows reproduce, but the file is not the one the run wrote"
+    )
+    log.warning("%s; %s (rs-onnx verify %s)", verdict.line(), what, path)
+    return replace(res, columns=columns, meta=meta)
 
 
 def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:

@@ -756,6 +756,30 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> 
 
 
 @cli.command()
+@click.argument("results", nargs=-1, required=True)
+@click.option(
+    "--skip-inputs", is_flag=True, help="Do not hash the model and data found at the paths meta.json records."
+)
+@click.pass_context
+def verify(ctx: click.Context, results, skip_inputs) -> None:
+    """Recompute every row of RESULTS from its counts and the run's meta.json; one verdict line per file.
+
+    Checks each row's class, pA bound, every radius column and correct with the statistics the run used, the
+    header, meta.json's configuration and its digest of the rows (truncated, edited or appended files), and
+    the model's and data's sha256 where they are found. Exits 0 only when every row of every file reproduces.
+    """
+    from .verify import verify_file
+
+    ok = True
+    for path in results:
+        verdict = verify_file(path, inputs=not skip_inputs)
+        click.echo(escape(verdict.line()))
+        ok = ok and verdict.ok
+    if not ok:
+        ctx.exit(1)
+
+
+@cli.command()
 @click.pass_context
 def doctor(ctx: click.Context) -> None:
     """Check the installation: clashing onnxruntime builds, working providers, why CUDA does not run.

@@ -52,18 +52,33 @@ def _sha256_into(h, path: Path) -> None:
             h.update(chunk)
 
 
-def data_identity(path: str | Path, start: int = 0, end: int | None = None, skip: int = 1) -> dict:
+def data_identity(
+    path: str | Path, start: int = 0, end: int | None = None, skip: int = 1, files: list[str] | None = None
+) -> dict:
     """What a run's data is: sha256 of the file, or of a folder's sorted listing and contents (every file
-    below it: relative path, size, bytes), and the selection start/end/skip."""
+    below it: relative path, size, bytes), or of a manifest and every image it names (``files``, in its
+    order: path as named, size, bytes); and the selection start/end/skip. A manifest's own sha256 is kept
+    as ``manifest_sha256`` (what older runs recorded as the data's sha256)."""
     p = Path(path)
     h = hashlib.sha256()
+    extra: dict = {}
     if p.is_dir():
         kind = "folder"
-        files = sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.relative_to(p).as_posix())
-        for f in files:
+        found = sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.relative_to(p).as_posix())
+        for f in found:
             h.update(f.relative_to(p).as_posix().encode("utf-8", "surrogateescape") + b"\0")
             h.update(str(f.stat().st_size).encode() + b"\0")
             _sha256_into(h, f)
+    elif files is not None:
+        kind = "manifest"
+        own = hashlib.sha256()
+        _sha256_into(own, p)
+        extra["manifest_sha256"] = own.hexdigest()
+        h.update(own.hexdigest().encode() + b"\0")
+        for name in files:
+            h.update(os.fsencode(name) + b"\0")
+            h.update(str(os.stat(name).st_size).encode() + b"\0")
+            _sha256_into(h, Path(name))
     else:
         kind = "file"
         _sha256_into(h, p)
@@ -73,6 +88,7 @@ def data_identity(path: str | Path, start: int = 0, end: int | None = None, skip
         "start": int(start),
         "end": None if end is None else int(end),
         "skip": int(skip),
+        **extra,
     }
 
 
@@ -317,12 +333,20 @@ class RunFiles:
         self.append = append
         self.replace = replace and self.out.exists()
         self.rows = 0
+        self.rows_in_file = 0  # complete rows of the TSV, earlier runs' included
         self._fd: int | None = None
         self._good = 0
         self._part: Path | None = None
         self._meta: dict | None = None
         self._began = False  # a meta file of this run exists
         self.meta_written = True
+        self._digest = hashlib.sha256()  # of the TSV's bytes so far (header and complete rows)
+
+    def digest(self) -> dict:
+        """meta.json's ``rows_digest``: the sha256 of the TSV's first ``bytes`` bytes (its header and the
+        ``rows`` complete rows written so far; ``rs-onnx verify`` checks it, so an edited, truncated or
+        appended file is caught). Kept across --resume: an appended run hashes the earlier rows first."""
+        return {"bytes": self._good, "rows": self.rows_in_file, "sha256": self._digest.hexdigest()}
 
     def begin(self, meta: dict) -> None:
         """Writes the running meta (unless replacing: then at the first row) and opens the TSV."""
@@ -333,13 +357,23 @@ class RunFiles:
             self._fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             self._write_bytes(header)
             return
+        earlier = b""
+        if self.append and self.out.exists():  # --resume: the rows kept (read_rows cut any torn tail)
+            with open(self.out, "rb") as f:
+                earlier = f.read()
+            self._digest.update(earlier)
+            self._good = len(earlier)
+            self.rows_in_file = max(0, earlier.count(b"\n") - 1)
+            if earlier:
+                meta["rows_digest"] = self.digest()
         why = write_meta(self.meta_path, meta, reserve=True)
         if why:
             raise OutputError(f"cannot write {self.meta_path}: {why}; expected a writable folder with free space")
         self._began = True
         if self.append and self.out.exists():
             self._fd = os.open(self.out, os.O_WRONLY | os.O_APPEND)
-            self._good = os.fstat(self._fd).st_size
+            if os.fstat(self._fd).st_size != len(earlier):
+                raise OutputError(f"--resume: {self.out} changed while the run started; expected one run per --out")
             if self._good == 0:
                 self._write_bytes(header)
             return
@@ -359,12 +393,14 @@ class RunFiles:
             target = self._part or self.out
             raise WriteError(f"cannot write {target}: {_describe(err)}") from err
         self._good += len(data)
+        self._digest.update(data)
 
     def write(self, rows: list[dict]) -> None:
         """Appends complete rows (one write, one fsync); OutputError if they could not all be written."""
         data = "".join("\t".join(results.format_value(r[c]) for c in self.columns) + "\n" for r in rows)
         self._write_bytes(data.encode("utf-8"))
         self.rows += len(rows)
+        self.rows_in_file += len(rows)
         if self._part is not None:
             self._install()
 
@@ -400,6 +436,7 @@ class RunFiles:
         if meta is not None and self._began:
             if "examples_done" in meta and self.out.exists():  # what the file holds (a signal may land between
                 meta["examples_done"] = count_rows(self.out)  # a row's write and the caller's count)
+            meta["rows_digest"] = self.digest()
             why = write_meta(self.meta_path, meta)
             self.meta_written = why is None
             if why:

@@ -588,3 +588,59 @@ def _certificate(
         look_n=sched.sizes[look] if look >= 0 else 0,
         look_n_a=int(out.best_n_a[i]) if look >= 0 else 0,
     )
+
+
+def run_plan(
+    n: int,
+    alpha: float,
+    looks: int,
+    n_first: int | None,
+    final_share: float | None,
+    sigma: float,
+    radii: Sequence[float] | None,
+    futility_beta: float,
+    precision: float | None,
+    noise_kind: str,
+) -> Plan:
+    """The plan of a run's settings (``--n`` the budget, ``--radii`` or ``--precision``...): the one used by the
+    run's preflight, by :func:`sequential_certify_many` through the same arguments, and by ``rs-onnx verify``."""
+    schedule = geometric_schedule(n, alpha, looks, n_first, final_share)
+    return make_plan(
+        schedule,
+        sigma,
+        () if precision else (radii or ()),
+        futility_beta,
+        precision,
+        noise_kind,
+        calibrate=not precision,
+    )
+
+
+def certificate_from_row(
+    plan: Plan, predict: int, n_a: int, n: int, look: int, look_n_a: int, n0: int, nonfinite: int, dim: int
+) -> SequentialCertificate:
+    """The certificate that one row's counts determine under ``plan`` (``rs-onnx verify``): ``n_a`` of ``n`` at
+    the last look made, ``look_n_a`` at the deciding look ``look`` (1-based; 0: none).
+
+    The thresholds certified are those of the deciding look (the largest bound: no earlier look certifies more,
+    each early look's cutoffs being its Clopper-Pearson bound's) and of the last look when it was made (its
+    calibrated cutoffs), as :func:`run_looks` counts them. ``predict`` stands for the guess (any class when the
+    row abstains: the guess only decides whether the answer is a class)."""
+    sizes = plan.schedule.sizes
+    j = look - 1
+    certified = 0
+    if j >= 0:
+        certified = int((look_n_a >= plan.k_cert[j]).sum())
+    if n == sizes[-1]:
+        certified = max(certified, int((n_a >= plan.k_cert[-1]).sum()))
+    out = Outcome(
+        np.array([n_a], np.int64),
+        np.array([n], np.int64),
+        np.array([certified], np.int64),
+        np.array([j], np.int64),
+        np.array([look_n_a], np.int64),
+        np.array([look], np.int64),
+        ["n/a"],
+    )
+    guess = predict if predict != ABSTAIN else (0 if n > 0 else ABSTAIN)
+    return _certificate(plan, out, 0, guess, n0, np.array([nonfinite]), np.array([0]), dim)
