@@ -190,7 +190,7 @@ def _check_digest(v: Verdict, data: bytes, meta: dict, rows: int) -> None:
         v.problems.append("meta.json rows_digest is not readable")
         return
     if len(data) < size:
-        v.problems.append(f"truncated: {len(data)} bytes of rows, meta.json's digest covers {size}")
+        v.problems.append(f"truncated or edited: {len(data)} bytes of rows where the run wrote {size} (rows_digest)")
     elif hashlib.sha256(data[:size]).hexdigest() != sha:
         v.problems.append("the rows differ from those the run wrote (meta.json's rows_digest)")
     elif len(data) > size and meta.get("status") == "complete":
