@@ -14,7 +14,7 @@ import click
 from ._version import __version__
 from .errors import OutputError, RsOnnxError
 from .guard import check_path_name, escape, quiet_onnxruntime, quiet_warnings
-from .outputs import WriteError, check_not_inputs, count_rows, finished_rows
+from .outputs import WriteError, check_not_inputs, check_regular, check_run_paths, count_rows, finished_rows
 from .results import columns_for
 from .stopping import Terminated, signals_stop_runs
 
@@ -391,6 +391,8 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     if kwargs["dump_config"]:
         click.echo(dump_yaml(cfg), nl=False)
         return
+    if kwargs.get("out") and kwargs["out"] != "-":  # a device, FIFO, socket or stdout: refused before anything opens it
+        check_run_paths(Path(kwargs["out"]))
     to_stdout = kwargs.get("out") == "-"
     out = Path(kwargs["out"]) if kwargs.get("out") and not to_stdout else None
     if default_run and out is None and not to_stdout:
@@ -488,6 +490,8 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
         ctx.exit(143 if isinstance(e, Terminated) else 130)
     except WriteError as e:
         bar.close()
+        if out is not None and not out.parent.is_dir():  # its folder was removed: nothing can be kept or recorded
+            raise WriteError(f"{e}; the run stopped after {len(rows)} examples this run; nothing of it is kept") from e
         kept = count_rows(out) if out is not None and out.exists() else 0
         hint = " (once the cause is fixed, run the same command with --resume to continue)" if kept else ""
         raise WriteError(
@@ -672,6 +676,7 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     for path, what in ((classifier, "CLASSIFIER"), (denoiser, "--denoiser")):
         check_path_name(path, what)
     check_path_name(out, "-o", reserve=len(".data"))
+    check_regular(out, "-o")
     check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
     compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)  # logs "wrote"
 
@@ -723,6 +728,7 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> 
 
     files, radii = _split_radii(results, radii)
     if plot:
+        check_regular(plot, "--plot")
         check_not_inputs({"--plot": plot}, {f"results file {i + 1}": f for i, f in enumerate(files)})
     if labels and len(labels) != len(files):
         raise click.UsageError(f"{len(labels)} --label values for {len(files)} results files; expected one per file")
@@ -811,6 +817,8 @@ def report(results, out, labels, title, overwrite) -> None:
 
     if labels and len(labels) != len(results):
         raise click.UsageError(f"{len(labels)} --label values for {len(results)} results files; expected one per file")
+    if out != "-":
+        check_regular(out, "-o")
     write_report(list(results), out, labels=list(labels) or None, title=title, overwrite=overwrite)
     if out != "-":
         log.info("wrote %s", out)
@@ -823,7 +831,26 @@ def main(argv: list[str] | None = None) -> None:
     with warnings.catch_warnings():
         quiet_warnings(debug)
         code = _main(args, debug)
+    if argv is None and code in (130, 143):  # a signal ended the run: end within a second
+        _exit_now(code)
     sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """Run the exit handlers (temporary files, Ray's), flush, and end the process without the interpreter's
+    teardown of every loaded module (seconds with scipy and onnxruntime loaded, on a busy machine)."""
+    import atexit
+    import os
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
 
 
 def _main(args: list[str], debug: bool) -> int:

@@ -24,6 +24,8 @@ import json
 import logging
 import os
 import socket
+import stat
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -130,9 +132,58 @@ def check_not_inputs(outputs: dict[str, str | Path], inputs: dict[str, str | Pat
                 )
 
 
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def check_regular(path: str | Path, flag: str) -> None:
+    """Refuse (OutputError) an output path that exists and is not a regular file (a device such as
+    /dev/null or /dev/full, a FIFO, a socket, a folder) or that is this process's stdout or stderr (/dev/stdout
+    into a file). Looked at with ``os.stat`` only, never opened (opening a FIFO blocks until a reader comes)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return  # a new path
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: {e.strerror or e}; expected a regular file or a new path") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(
+            f"{flag} {path} is a {_kind(st.st_mode)}; expected a regular file or a new path "
+            "(--out - writes the rows to stdout)"
+        )
+    for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        try:
+            other = os.fstat(stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            continue  # a stream without a file (tests capture them)
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            raise OutputError(
+                f"{flag} {path} is this process's {name}; expected a file of its own (--out - writes the "
+                "rows to stdout, and nothing else goes there)"
+            )
+
+
+def check_run_paths(out: Path) -> None:
+    """:func:`check_regular` for ``--out`` and the files written next to it (meta file, lock)."""
+    check_regular(out, "--out")
+    check_regular(results.meta_path(out), "--out's meta file")
+    check_regular(lock_path(out), "--out's lock file")
+
+
 def count_rows(out: Path) -> int:
     """Complete data rows of a TSV (lines after the header)."""
     try:
+        if not stat.S_ISREG(os.stat(out).st_mode):  # never open a FIFO or a device (it may block or never end)
+            return 0
         with open(out, "rb") as f:
             return max(0, sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1)
     except OSError:
@@ -149,6 +200,7 @@ def check_output(out: Path, inputs: dict, *, resume: bool, overwrite: bool) -> N
         raise OutputError(f"--out {out} is a folder; expected the path of a TSV file")
     if mp.is_dir():
         raise OutputError(f"{mp} is a folder; expected --out's meta file to be writable there")
+    check_run_paths(out)
     if not out.parent.is_dir() and out.parent.exists():
         raise OutputError(f"--out {out}: {out.parent} is not a folder; expected a path in a folder")
     if resume or overwrite:
@@ -395,8 +447,27 @@ class RunFiles:
         self._good += len(data)
         self._digest.update(data)
 
+    def _still_there(self) -> None:
+        """WriteError when the file being written is no longer at its path (removed, or its folder removed or
+        replaced during the run): rows written to it now would be lost unseen."""
+        target = self._part or self.out
+        assert self._fd is not None, "begin() opens the file"
+        try:
+            here, ours = os.stat(target), os.fstat(self._fd)
+            same = (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
+        except OSError:  # gone (ENOENT), or a file where its folder was (ENOTDIR)
+            same = False
+        if not same:
+            gone = not target.parent.exists()
+            raise WriteError(
+                f"{target} was {'removed with its folder' if gone else 'removed or replaced'} during the run; "
+                "expected --out to stay in place until the run ends (the rows written to it are gone with it)"
+            )
+
     def write(self, rows: list[dict]) -> None:
-        """Appends complete rows (one write, one fsync); OutputError if they could not all be written."""
+        """Appends complete rows (one write, one fsync); OutputError if they could not all be written, or
+        when the file was removed under the run."""
+        self._still_there()
         data = "".join("\t".join(results.format_value(r[c]) for c in self.columns) + "\n" for r in rows)
         self._write_bytes(data.encode("utf-8"))
         self.rows += len(rows)

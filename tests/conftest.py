@@ -9,6 +9,7 @@ the full suite (CI) runs them all.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,12 @@ def write_linear3(
     data = folder / data_name
     np.savez(data, images=images, labels=scores.argmax(1).astype(np.uint8))
     return str(model), str(data)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that must react to Ctrl-C: a shell starts background jobs (``pytest &``) with
+    SIGINT ignored, the child would inherit that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def invoke_cli(args: list[str], **kw):

@@ -361,7 +361,9 @@ def test_auto_batch_size_takes_the_smallest_size_within_3_percent_of_the_fastest
     assert auto_batch_size(clf, candidates=(16, 32, 64, 128, 256, 512, 1024), min_seconds=0) == 16
     clf.now = 0.0
     probe = sampling.probe_batch_size(clf, candidates=(16, 32, 64, 128, 256, 512, 1024), min_seconds=0)
-    assert probe["stopped"].startswith("two sizes in a row over 5% slower") and "1024" not in probe["seconds_per_sample"]
+    assert (
+        probe["stopped"].startswith("two sizes in a row over 5% slower") and "1024" not in probe["seconds_per_sample"]
+    )
     assert not hasattr(clf, "batch_probe")  # returned, never stored on the classifier
     clf = Timed({16: 1.5, 32: 1.04, 64: 1.00, 128: 1.01})
     monkeypatch.setattr(sampling, "time", clf)

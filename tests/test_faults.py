@@ -30,6 +30,7 @@ from rs_onnx.config import RunConfig
 from rs_onnx.errors import OutputError
 from rs_onnx.outputs import RunLock, WriteError, data_identity, lock_path
 from rs_onnx.results import meta_path
+from tests.conftest import default_sigint
 from tests.onnx_models import linear_model, save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -769,7 +770,14 @@ def test_signals_end_the_run_as_interrupted_and_keep_rows(tmp_path, sig, code):
     out = tmp_path / "r.tsv"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with Tally("SIGHUP / SIGTERM / Ctrl-C mid-run, then kill -9 during --resume") as t:
-        proc = subprocess.Popen(_slow_args(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _slow_args(out),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=default_sigint,
+        )
         _wait_rows(out, 2, proc)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
@@ -883,6 +891,7 @@ def test_signals_stop_a_model_call_that_never_ends(never_ending, sig, code, word
         proc = subprocess.Popen(
             [sys.executable, "-m", "rs_onnx.cli", "certify", str(model), str(data), "--sigma", "0.25"],
             env=env,
+            preexec_fn=default_sigint,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
