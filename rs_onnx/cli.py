@@ -676,7 +676,8 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     for path, what in ((classifier, "CLASSIFIER"), (denoiser, "--denoiser")):
         check_path_name(path, what)
     check_path_name(out, "-o", reserve=len(".data"))
-    check_regular(out, "-o")
+    if not Path(out).is_dir():  # a folder: compose_files says so
+        check_regular(out, "-o", stdout="")
     check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
     compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)  # logs "wrote"
 
@@ -728,7 +729,7 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> 
 
     files, radii = _split_radii(results, radii)
     if plot:
-        check_regular(plot, "--plot")
+        check_regular(plot, "--plot", stdout="")
         check_not_inputs({"--plot": plot}, {f"results file {i + 1}": f for i, f in enumerate(files)})
     if labels and len(labels) != len(files):
         raise click.UsageError(f"{len(labels)} --label values for {len(files)} results files; expected one per file")
@@ -817,15 +818,17 @@ def report(results, out, labels, title, overwrite) -> None:
 
     if labels and len(labels) != len(results):
         raise click.UsageError(f"{len(labels)} --label values for {len(results)} results files; expected one per file")
-    if out != "-":
-        check_regular(out, "-o")
+    if out != "-" and not Path(out).is_dir():  # a folder: write_report says so
+        check_regular(out, "-o", stdout="-o - writes the report to stdout")
     write_report(list(results), out, labels=list(labels) or None, title=title, overwrite=overwrite)
     if out != "-":
         log.info("wrote %s", out)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one line and exit code 1 on bad input (traceback with --debug)."""
+    """Console entry point: one line on bad input (traceback with --debug) and exit code 2 for usage errors
+    (unknown option or command, a value that is not a number, a bad choice, a count beyond the counters),
+    1 for the rest (data, model, device, output), 130 after Ctrl-C, 143 after SIGTERM or SIGHUP."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     with warnings.catch_warnings():
@@ -868,14 +871,14 @@ def _main(args: list[str], debug: bool) -> int:
         terminated = isinstance(cause, Terminated)
         click.echo(f"rs-onnx: {'terminated' if terminated else 'interrupted'}", err=True)
         return 143 if terminated else 130
-    except click.ClickException as e:
+    except click.ClickException as e:  # usage errors (unknown option or command, not a number, a bad choice): 2
         click.echo(f"rs-onnx: error: {escape(e.format_message())}", err=True)
-        return 1
-    except RsOnnxError as e:
+        return e.exit_code
+    except RsOnnxError as e:  # data, model, device, output: 1; a value no run can take (UsageError): 2
         if debug:
             raise
         click.echo(f"rs-onnx: error: {escape(e)}", err=True)
-        return 1
+        return e.exit_code
     except OSError as e:  # a path the file system refuses: missing, a directory, too long, no permission, full
         if debug:
             raise

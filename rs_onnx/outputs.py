@@ -145,7 +145,7 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def check_regular(path: str | Path, flag: str) -> None:
+def check_regular(path: str | Path, flag: str, stdout: str = "--out - writes the rows to stdout") -> None:
     """Refuse (OutputError) an output path that exists and is not a regular file (a device such as
     /dev/null or /dev/full, a FIFO, a socket, a folder) or that is this process's stdout or stderr (/dev/stdout
     into a file). Looked at with ``os.stat`` only, never opened (opening a FIFO blocks until a reader comes)."""
@@ -157,8 +157,8 @@ def check_regular(path: str | Path, flag: str) -> None:
         raise OutputError(f"{flag} {path}: {e.strerror or e}; expected a regular file or a new path") from None
     if not stat.S_ISREG(st.st_mode):
         raise OutputError(
-            f"{flag} {path} is a {_kind(st.st_mode)}; expected a regular file or a new path "
-            "(--out - writes the rows to stdout)"
+            f"{flag} {path} is a {_kind(st.st_mode)}; expected a regular file or a new path"
+            + (f" ({stdout})" if stdout else "")
         )
     for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
         try:
@@ -167,8 +167,8 @@ def check_regular(path: str | Path, flag: str) -> None:
             continue  # a stream without a file (tests capture them)
         if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
             raise OutputError(
-                f"{flag} {path} is this process's {name}; expected a file of its own (--out - writes the "
-                "rows to stdout, and nothing else goes there)"
+                f"{flag} {path} is this process's {name}; expected a file of its own"
+                + (f" ({stdout}, and nothing else goes there)" if stdout else "")
             )
 
 
