@@ -490,6 +490,21 @@ class RunFiles:
         if why:
             raise WriteError(f"cannot write {self.meta_path}: {why}")
 
+    def _catch_up(self) -> None:
+        """Rows a signal left written but not yet counted (it landed between their write and its fsync's
+        return): the complete lines after the digested bytes join the digest; a torn tail does not."""
+        try:
+            with open(self.out, "rb") as f:
+                f.seek(self._good)
+                extra = f.read()
+        except OSError:
+            return
+        extra = extra[: extra.rfind(b"\n") + 1]
+        if extra:
+            self._digest.update(extra)
+            self._good += len(extra)
+            self.rows_in_file += extra.count(b"\n")
+
     def finish(self, meta: dict | None) -> None:
         """Closes the TSV and writes the final meta (not when an --overwrite run ended before its first row:
         the old files then stay as they were)."""
@@ -507,6 +522,7 @@ class RunFiles:
         if meta is not None and self._began:
             if "examples_done" in meta and self.out.exists():  # what the file holds (a signal may land between
                 meta["examples_done"] = count_rows(self.out)  # a row's write and the caller's count)
+            self._catch_up()
             meta["rows_digest"] = self.digest()
             why = write_meta(self.meta_path, meta)
             self.meta_written = why is None

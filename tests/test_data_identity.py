@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rs_onnx.outputs import data_identity
-from tests.conftest import invoke_cli
+from tests.conftest import Tally, invoke_cli
 
 PIL = pytest.importorskip("PIL.Image", reason="Pillow is a dependency of rs-onnx")
 
@@ -46,8 +46,11 @@ def test_resume_refuses_a_manifest_whose_images_changed(setup, capsys, changed):
     meta = json.loads((tmp / "r.tsv.meta.json").read_text())
     assert meta["data"]["identity"]["kind"] == "manifest"
     before = out.read_bytes()
-    PIL.fromarray(np.full((4, 4), 7, np.uint8)).save(files[changed])  # the manifest itself is unchanged
-    code = _main([*base, "--end", "20", "--out", str(out), "--resume"], False)
+    with Tally("--resume after images of a CSV/TSV manifest changed") as t:
+        PIL.fromarray(np.full((4, 4), 7, np.uint8)).save(files[changed])  # the manifest itself is unchanged
+        code = _main([*base, "--end", "20", "--out", str(out), "--resume"], False)
+        t.faults += 1
+        t.lost += int(out.read_bytes() != before)
     err = capsys.readouterr().err
     assert code == 1 and "data (contents)" in err, err
     assert out.read_bytes() == before

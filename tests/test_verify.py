@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from rs_onnx.verify import verify_file
-from tests.conftest import invoke_cli, write_linear3
+from tests.conftest import Tally, invoke_cli, write_linear3
 
+TAMPER = "tampered, truncated or appended results file (verify; --resume refuses)"
 COMMON = ["--sigma", "1.5", "--n0", "20", "--seed", "1", "--end", "12"]
 KINDS = {
     "cohen": ["certify", *COMMON, "--n", "300"],
@@ -95,9 +96,11 @@ def test_a_tampered_cell_is_caught_even_without_the_digest(runs, tmp_path, kind,
         row[j] = "-1"
     else:
         row[j] = value
-    write_rows(t, table)
-    edit_meta(t, lambda m: m.pop("rows_digest"))  # the recomputation alone catches it
-    v = verify_file(t)
+    with Tally(TAMPER) as tally:
+        write_rows(t, table)
+        edit_meta(t, lambda m: m.pop("rows_digest"))  # the recomputation alone catches it
+        v = verify_file(t)
+        tally.faults += 1
     assert not v.ok and len(v.bad) == 1, v.line()
     r = invoke_cli(["verify", str(t)])
     assert r.exit_code == 1 and "NOT REPRODUCED" in r.output and f"line {table.index(row) + 1}" in r.output
@@ -179,7 +182,10 @@ def test_resume_refuses_a_tampered_file_and_touches_nothing(runs, tmp_path, caps
     before = (t.read_bytes(), Path(str(t) + ".meta.json").read_bytes())
     config = json.loads(Path(str(t) + ".meta.json").read_text())["config"]
     model, data = config["model"], config["data"]
-    code = _main(["certify", model, data, *KINDS["cohen"][1:], "--end", "20", "--out", str(t), "--resume"], False)
+    with Tally(TAMPER) as tally:
+        code = _main(["certify", model, data, *KINDS["cohen"][1:], "--end", "20", "--out", str(t), "--resume"], False)
+        tally.faults += 1
+        tally.harmed += int((t.read_bytes(), Path(str(t) + ".meta.json").read_bytes()) != before)
     err = capsys.readouterr().err
     assert code == 1, err
     errors = [line for line in err.splitlines() if "error" in line]
