@@ -21,6 +21,7 @@ KINDS = {
     "laplace": ["certify", *COMMON, "--n", "300", "--noise", "laplace"],
     "sequential": ["certify", *COMMON, "--n", "3000", "--sequential", "--radii", "0.1,0.3", "--looks", "4"],
     "precision": ["certify", *COMMON, "--n", "3000", "--sequential", "--precision", "0.05", "--looks", "4"],
+    "sequential-laplace": ["certify", *COMMON, "--n", "3000", "--sequential", "--radii", "0.1", "--noise", "laplace"],
     "predict": ["predict", "--sigma", "1.5", "--seed", "1", "--end", "12", "--n", "300"],
     "audit": ["certify", "--sigma", "1.5", "--n0", "20", "--n", "300", "--end", "12", "--audit"],
 }
