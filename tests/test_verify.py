@@ -12,7 +12,7 @@ import pytest
 from rs_onnx.verify import verify_file
 from tests.conftest import Tally, invoke_cli, write_linear3
 
-TAMPER = "tampered, truncated or appended results file (verify; --resume refuses)"
+TAMPER = "tampered, truncated or appended results file, edited meta.json (verify; --resume refuses)"
 COMMON = ["--sigma", "1.5", "--n0", "20", "--seed", "1", "--end", "12"]
 KINDS = {
     "cohen": ["certify", *COMMON, "--n", "300"],
@@ -111,6 +111,8 @@ def test_a_label_edited_with_its_correct_is_caught_by_the_digest(runs, tmp_path)
     t = copy(runs["cohen"], tmp_path)
     table = rows(t)
     row = table[1]
+    with Tally(TAMPER) as tally:
+        tally.faults += 1
     row[1] = str((int(row[1]) + 1) % 3)
     row[4] = str(int(row[2] == row[1]))
     write_rows(t, table)
@@ -119,6 +121,12 @@ def test_a_label_edited_with_its_correct_is_caught_by_the_digest(runs, tmp_path)
 
 
 def test_truncated_and_appended_files_are_caught(runs, tmp_path):
+    with Tally(TAMPER) as tally:
+        tally.faults += 3
+        _truncated_and_appended(runs, tmp_path)
+
+
+def _truncated_and_appended(runs, tmp_path):
     t = copy(runs["cohen"], tmp_path)
     table = rows(t)
     write_rows(t, table[:-1])
@@ -149,8 +157,10 @@ def test_truncated_and_appended_files_are_caught(runs, tmp_path):
 )
 def test_an_edited_meta_config_is_caught(runs, tmp_path, change):
     t = copy(runs["cohen"], tmp_path)
-    edit_meta(t, change)
-    r = invoke_cli(["verify", str(t)])
+    with Tally(TAMPER) as tally:
+        edit_meta(t, change)
+        r = invoke_cli(["verify", str(t)])
+        tally.faults += 1
     assert r.exit_code == 1 and ("NOT REPRODUCED" in r.output or "UNCHECKED" in r.output), r.output
 
 
