@@ -186,10 +186,10 @@ def _copy_repo(dest: Path) -> Path:
         runs = {n for n in names if n.startswith("results") and (Path(folder) / n).is_dir()}
         return set(caches(folder, names)) | runs
 
-    for name in ("rs_onnx", "tests", "benchmarks", "export"):
+    for name in ("rs_onnx", "tests", "benchmarks", "export", "docs"):
         if (ROOT / name).exists():
             shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "mkdocs.yml"):
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, dest / name)
     return dest

@@ -7,7 +7,9 @@ Radii are in the units of the noise scale: [0,1]-pixel units, l2, for Gaussian s
 
 Conventions follow Cohen et al.'s ``analyze.py``: the certified accuracy at radius r is the fraction of
 ALL examples with ``correct & (radius >= r)``, so at r = 0 it is the smoothed classifier's accuracy and
-abstentions (``predict == -1``, ``correct == 0``) count as wrong.
+abstentions (``predict == -1``, ``correct == 0``) count as wrong. Each certified accuracy comes with a
+lower confidence bound on the population's (``certified_accuracy_lower``; ``population`` and
+``stats.population_lower``), which the tables show as ``(≥ x)``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError, RsOnnxError
+from .population import (
+    DEFAULT_CONFIDENCE,
+    bounds_note,
+    check_requirements,
+    lower_percent,
+    population_bounds,
+    requirement_radii,
+    run_alpha,
+    samples_note,
+    samples_spent,
+)
 from .results import REQUIRED_COLUMNS, Results, read_results
 from .stats import ABSTAIN
 
@@ -34,10 +47,12 @@ __all__ = [
     "TableRow",
     "average_certified_radius",
     "certified_accuracy",
+    "certified_accuracy_lower",
     "max_certifiable_radius",
     "plot_certified_accuracy",
     "read_results",
     "read_run",
+    "requirement_checks",
     "run_max_radius",
     "run_title",
     "summary",
@@ -93,6 +108,8 @@ def read_run(path, check: bool = True) -> Results:
         if verdict.unchecked is not None
         else f"{int(bad.sum())} rows that do not reproduce count as not certified and not correct"
         if bad.any()
+        else f"{len(verdict.unchecked_rows)} rows that cannot be checked are used as written"
+        if verdict.unchecked_rows and not verdict.refused
         else "its rows reproduce, but the file is not the one the run wrote"
     )
     log.warning("%s; %s (rs-onnx verify %s)", verdict.line(), what, path)
@@ -186,6 +203,43 @@ def summary(results, radius_column: str = "radius") -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ population bounds
+
+
+def certified_accuracy_lower(
+    results,
+    radii,
+    confidence: float = DEFAULT_CONFIDENCE,
+    alpha: float | None = None,
+    radius_column: str = "radius",
+) -> np.ndarray | None:
+    """One-sided lower confidence bounds (level ``confidence``) on the POPULATION's certified accuracy at
+    each r in ``radii`` (shaped like it), from this run's examples (an i.i.d. sample) and its certificates'
+    level (:func:`population.run_alpha`; ``alpha`` when the run records none); None when that is unknown.
+    See :func:`population.population_bounds` and docs/certificate-population.md."""
+    level = run_alpha(results, alpha)
+    if level is None:
+        return None
+    acc = certified_accuracy(results, radii, radius_column)
+    return population_bounds(acc, len(_column(results, "correct")), level, confidence)
+
+
+def requirement_checks(
+    runs: Mapping,
+    requirements: Sequence,
+    radius_column: str = "radius",
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    alpha: float | None = None,
+) -> list[dict]:
+    """``--require``: :func:`population.check_requirements` of each run (label -> results) at the radii
+    the requirements name, in ``radius_column`` (the column the table uses); [] without requirements."""
+    if not requirements:
+        return []
+    rows = table_rows(runs, requirement_radii(requirements), radius_column, confidence=confidence, alpha=alpha)
+    return check_requirements(requirements, rows)
+
+
 # ------------------------------------------------------------------------------------------- tables
 
 
@@ -202,15 +256,31 @@ class TableRow:
     time_per_image: float
     max_radius: float | None = None
     """Largest radius reachable at the run's n and alpha (None: unknown); radii beyond it are out of reach."""
+    lower: tuple[float, ...] | None = None
+    """Per radius: the population lower bound at ``confidence`` (:func:`certified_accuracy_lower`); None:
+    the run's alpha is unknown."""
+    confidence: float = DEFAULT_CONFIDENCE
+    alpha: float | None = None
+    """The level of the run's certificates, which the lower bounds account for."""
+    samples: dict | None = None
+    """:func:`samples_spent` (None: unknown)."""
 
     def out_of_reach(self) -> tuple[bool, ...]:
         """Per radius: True when no example of this run could be certified there (beyond max_radius)."""
         return tuple(self.max_radius is not None and r > self.max_radius for r in self.radii)
 
 
-def table_rows(runs: Mapping, radii: Sequence[float] = DEFAULT_RADII, radius_column: str = "radius") -> list[TableRow]:
+def table_rows(
+    runs: Mapping,
+    radii: Sequence[float] = DEFAULT_RADII,
+    radius_column: str = "radius",
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    alpha: float | None = None,
+) -> list[TableRow]:
     """One :class:`TableRow` per run, from a mapping of label to results (``max_radius`` from
-    :func:`run_max_radius`; the ACR of a PREDICT run is NaN: nothing was certified)."""
+    :func:`run_max_radius`; the ACR of a PREDICT run is NaN: nothing was certified; lower bounds at
+    ``confidence``, with ``alpha`` for runs that record none)."""
     radii = tuple(float(r) for r in radii)
     bad = [r for r in radii if not (np.isfinite(r) and r >= 0)]
     if bad:
@@ -220,6 +290,7 @@ def table_rows(runs: Mapping, radii: Sequence[float] = DEFAULT_RADII, radius_col
         s = summary(res, radius_column)
         acc = certified_accuracy(res, radii, radius_column)
         acr = float("nan") if getattr(res, "kind", "certify") == "predict" else s["acr"]
+        lower = certified_accuracy_lower(res, radii, confidence, alpha, radius_column)
         rows.append(
             TableRow(
                 str(label),
@@ -230,6 +301,10 @@ def table_rows(runs: Mapping, radii: Sequence[float] = DEFAULT_RADII, radius_col
                 s["abstention_rate"],
                 s["time_per_image"],
                 run_max_radius(res) if radius_column in _BOUNDED_COLUMNS else None,
+                None if lower is None else tuple(float(v) for v in lower),
+                float(confidence),
+                run_alpha(res, alpha),
+                samples_spent(res),
             )
         )
     return rows
@@ -286,7 +361,8 @@ def _headers(radii) -> list[str]:
 
 
 def to_markdown(rows) -> str:
-    """A Markdown table: certified accuracy (%) at each radius, ACR, abstention (%), seconds per image.
+    """A Markdown table: certified accuracy (%) at each radius with its population lower bound ``(≥ x)``,
+    ACR, abstention (%), seconds per image; under it, what the bounds rest on and the samples spent.
 
     Radii out of reach at a run's n and alpha show :data:`OUT_OF_REACH`, explained under the table."""
     rows = _as_rows(rows)
@@ -304,11 +380,16 @@ def to_markdown(rows) -> str:
             _fmt_time(r.time_per_image),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n" + _reach_note(rows)
+    return "\n".join(lines) + "\n" + _reach_note(rows) + bounds_note(rows) + samples_note(rows)
 
 
-def _accuracy_cells(r: TableRow) -> list[str]:
-    return [OUT_OF_REACH if far else f"{100 * a:.1f}" for a, far in zip(r.certified, r.out_of_reach())]
+def _accuracy_cells(r: TableRow, ge: str = "≥ ") -> list[str]:
+    """Certified accuracy (%) per radius, with its population lower bound as ``(≥ x)`` when known."""
+    lower = r.lower or (None,) * len(r.certified)
+    return [
+        OUT_OF_REACH if far else f"{100 * a:.1f}" + ("" if lo is None else f" ({ge}{lower_percent(lo)})")
+        for a, lo, far in zip(r.certified, lower, r.out_of_reach())
+    ]
 
 
 def _fmt_acr(acr: float) -> str:
@@ -318,13 +399,21 @@ def _fmt_acr(acr: float) -> str:
 def to_csv(rows) -> str:
     """CSV with fractions (not percentages) to 12 significant digits, seconds per image, one line per run.
 
-    Radii out of reach at a run's n and alpha (beyond ``max_radius``) and the ACR of PREDICT runs are empty cells."""
+    Radii out of reach at a run's n and alpha (beyond ``max_radius``) and the ACR of PREDICT runs are empty cells.
+    After ``max_radius``: the population lower bound per radius (``r=0.50 lower``; empty when alpha is
+    unknown), ``confidence``, ``alpha`` and the samples per example (:func:`samples_spent`)."""
     rows = _as_rows(rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     radii = [f"r={_fmt_radius(r)}" for r in rows[0].radii]
-    w.writerow(["run", "examples", *radii, "acr", "abstention_rate", "time_per_image", "max_radius"])
+    w.writerow(
+        ["run", "examples", *radii, "acr", "abstention_rate", "time_per_image", "max_radius"]
+        + [f"{r} lower" for r in radii]
+        + ["confidence", "alpha", "samples_mean", "samples_p90", "fixed_n"]
+    )
     for r in rows:
+        lower = r.lower or (None,) * len(r.certified)
+        spent = r.samples or {}
         w.writerow(
             [
                 r.label,
@@ -334,6 +423,10 @@ def to_csv(rows) -> str:
                 _fmt_fraction(r.abstention_rate),
                 _fmt_fraction(r.time_per_image),
                 "" if r.max_radius is None else _fmt_fraction(r.max_radius),
+                *("" if lo is None or far else _fmt_fraction(lo) for lo, far in zip(lower, r.out_of_reach())),
+                _fmt_fraction(r.confidence),
+                "" if r.alpha is None else _fmt_fraction(r.alpha),
+                *("" if spent.get(k) is None else _fmt_fraction(spent[k]) for k in ("mean", "p90", "fixed_n")),
             ]
         )
     return buf.getvalue()
@@ -358,7 +451,8 @@ def _latex_escape(s: str) -> str:
 
 
 def to_latex(rows) -> str:
-    """A booktabs ``tabular``: certified accuracy (%) at each radius, ACR, abstention (%), s/image."""
+    """A booktabs ``tabular``: certified accuracy (%) at each radius with its population lower bound,
+    ACR, abstention (%), s/image; what the bounds are follows as LaTeX comments."""
     rows = _as_rows(rows)
     radii = rows[0].radii
     k = len(radii)
@@ -374,14 +468,15 @@ def to_latex(rows) -> str:
         cells = [
             _latex_escape(r.label),
             str(r.examples),
-            *("--" if far else f"{100 * a:.1f}" for a, far in zip(r.certified, r.out_of_reach())),
+            *(c.replace(OUT_OF_REACH, "--").replace("≥ ", r"$\geq$") for c in _accuracy_cells(r)),
             "--" if np.isnan(r.acr) else f"{r.acr:.3f}",
             f"{100 * r.abstention_rate:.1f}",
             _fmt_time(r.time_per_image),
         ]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(out) + "\n"
+    note = bounds_note(rows) + samples_note(rows)
+    return "\n".join(out) + "\n" + "".join(f"% {line}\n" for line in note.splitlines())
 
 
 # --------------------------------------------------------------------------------------------- plot

@@ -256,7 +256,7 @@ class AuditPreprocessor(Preprocessor):
     def clean(self, x: np.ndarray) -> np.ndarray:
         """x_u8 laid out as the model input: int32 [*model_shape] (raises DataError off the grid)."""
         x = np.asarray(x)
-        grid = to_grid(x.reshape(self.image_shape))
+        grid = self.in_channel_order(to_grid(x.reshape(self.image_shape)))
         if self.layout == "nhwc" and grid.ndim == 3:
             grid = np.moveaxis(grid, 0, -1)
         return np.ascontiguousarray(grid.reshape(self.model_shape), dtype=np.int32)

@@ -22,20 +22,42 @@ from .errors import ModelError
 log = logging.getLogger(__name__)
 
 SINGLE_ROWS = 32
-"""Noisy samples run one by one as the reference (the check costs about two batches and this many runs)."""
+"""Noisy samples run one by one as the reference, at most (the check costs about 1.5 batches and this many runs)."""
+MIN_SINGLE_ROWS = 4
+"""Noisy samples run one by one at least (when the batch has that many rows)."""
+CHECK_SHARE = 0.25
+"""Share of a run's samples the check may add to its full batch: a short run checks a smaller second batch and
+fewer one-by-one rows (the full batch, the size the run uses, is always checked)."""
 NOISE_SEED = 20240501
 """Seed of the check's own noise (independent of the certification's noise streams)."""
 
 
 def _classes_and_scores(clf, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Classes (-1: no class) and, when the classifier can give them, raw scores [B, K]."""
-    scores = None
+    """Classes (-1: no class) and, when the classifier can give them, raw scores [B, K]: one model run (the
+    classes of scores are their argmax, -1 for a row with a non-finite score, as ``predict`` gives them)."""
     if getattr(clf, "output_kind", None) == "scores" and not getattr(clf, "cuda_graph", False):
         try:
             scores = np.asarray(clf.scores(x), np.float64)
-        except Exception:  # noqa: BLE001 - compare classes only
-            scores = None
-    return np.asarray(clf.predict(x), np.int64), scores
+        except Exception as err:  # compare classes only (out of memory: the caller halves)
+            if is_out_of_memory(err):
+                raise
+        else:
+            classes = scores.argmax(1) if scores.shape[1] else np.full(len(scores), -1)
+            return np.where(np.isfinite(scores).all(1), classes, -1).astype(np.int64), scores
+    return np.asarray(clf.predict(x), np.int64), None
+
+
+def check_sizes(b: int, total: int | None = None) -> tuple[int, int]:
+    """(the second batch size, rows run one by one) of a check at batch ``b`` for a run of ``total`` samples:
+    b // 2 + 1 and :data:`SINGLE_ROWS`, cut so that they add at most :data:`CHECK_SHARE` of ``total`` to the
+    full batch (a second batch of at least 2 rows and :data:`MIN_SINGLE_ROWS` one-by-one rows are kept)."""
+    other = max(2, b // 2 + 1) if b > 2 else 1
+    m = min(b, SINGLE_ROWS)
+    if total is not None:
+        spare = max(0, int(CHECK_SHARE * int(total)) - b)
+        other = min(other, max(other if b <= 2 else 2, spare // 2))
+        m = min(m, max(MIN_SINGLE_ROWS, spare // 2))
+    return other, m
 
 
 def _differs(got: tuple, ref: tuple, rel: float = 1e-3) -> str | None:
@@ -67,16 +89,21 @@ def noisy_inputs(smoothed, x: np.ndarray, rows: int) -> np.ndarray:
     return pre.noisy(clean, eps, smoothed.sigma)
 
 
-def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = None) -> dict:
+def check_batch_equivalence(
+    smoothed, x: np.ndarray, batch_size: int | None = None, *, runner=None, total: int | None = None
+) -> dict:
     """Verify that batches of ``batch_size`` (default the smoothed classifier's) and one other size give
     the noisy copies of image ``x`` the classes they get one by one; refuse, or say "per-sample fallback"
     (then :meth:`~rs_onnx.smoothing.SmoothedClassifier.verify_batches` runs the model one sample per run).
+    ``runner``: what runs the model (default the smoothed classifier; a :meth:`OnnxClassifier.scratch` copy
+    keeps the run's session at one shape); ``total``: the run's samples (:func:`check_sizes`).
 
     Memory: one batch of model inputs (the run's sampler holds about three). Returns a record for
     meta.json: {"batch_sizes": [...], "rows_one_by_one": m, "result": "ok" | "per-sample fallback"}.
     Raises ModelError when the batches disagree and the classifier cannot run one sample at a time.
     """
     clf = smoothed.classifier
+    runner = clf if runner is None else runner
     b = int(batch_size or smoothed.batch_size)
     record = {"batch_sizes": [b], "rows_one_by_one": 0, "result": "ok"}
     if b < 2 or getattr(clf, "batch_mode", None) == "per-sample" or getattr(clf, "device_noise", False):
@@ -89,7 +116,7 @@ def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = No
     inputs = noisy_inputs(smoothed, x, b)
     while True:  # out of memory: halve, as the sampler does for its model calls, and check that size
         try:
-            full = _classes_and_scores(clf, inputs[:b])
+            full = _classes_and_scores(runner, inputs[:b])
             break
         except Exception as err:  # onnxruntime raises its own types
             if b <= 1 or not is_out_of_memory(err) or getattr(clf, "cuda_graph", False):
@@ -97,10 +124,9 @@ def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = No
             b //= 2
             record["out_of_memory_at"] = 2 * b
     inputs = inputs[:b]
-    other = max(2, b // 2 + 1) if b > 2 else 1
-    m = min(b, SINGLE_ROWS)
-    half = _classes_and_scores(clf, inputs[:other])
-    singles = [_classes_and_scores(clf, inputs[i : i + 1]) for i in range(m)]
+    other, m = check_sizes(b, total)
+    half = _classes_and_scores(runner, inputs[:other])
+    singles = [_classes_and_scores(runner, inputs[i : i + 1]) for i in range(m)]
     ref = (
         np.concatenate([s[0] for s in singles]),
         None if any(s[1] is None for s in singles) else np.concatenate([s[1] for s in singles]),
@@ -147,15 +173,20 @@ def check_batch_equivalence(smoothed, x: np.ndarray, batch_size: int | None = No
     return record
 
 
-def check_batches_once(smoothed, x: np.ndarray, samples: int) -> dict | None:
+def check_batches_once(smoothed, x: np.ndarray, samples: int, runner=None, total: int | None = None) -> dict | None:
     """:func:`check_batch_equivalence` for an ONNX classifier (one with batch modes; None for others), at the
-    batch size a count of ``samples`` samples uses: the full batch when the sampler pads (CUDA)."""
+    batch size a count of ``samples`` samples uses: the full batch when the sampler pads (CUDA). When it pads,
+    the check runs on ``runner``, by default a :meth:`~rs_onnx.classifier.OnnxClassifier.scratch` copy (its own
+    session, freed after), so that the run's session sees only the run's batch shape. ``total``: the run's
+    samples (default ``samples``), which bounds the check's extra rows (:func:`check_sizes`)."""
     clf = smoothed.classifier
     if getattr(clf, "batch_mode", None) is None or getattr(smoothed, "audit", False):
         return None  # not an ONNX classifier, or audit mode (its graph scan decides batching)
     padded = clf.prefers_fixed_batch
     batch = smoothed.batch_size if padded else min(smoothed.batch_size, max(1, int(samples)))
-    return check_batch_equivalence(smoothed, x, batch)
+    if runner is None and padded and hasattr(clf, "scratch"):
+        runner = clf.scratch(quick_plans=True)
+    return check_batch_equivalence(smoothed, x, batch, runner=runner, total=samples if total is None else total)
 
 
 def clean_accuracy(clf, smoothed, images: list[np.ndarray], labels: list[int]) -> dict | None:

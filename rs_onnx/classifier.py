@@ -65,11 +65,23 @@ class OnnxClassifier:
     cuda_graph : bool
         CUDA only: replay the model as a captured CUDA graph (onnxruntime's ``enable_cuda_graph``). Needs
         ``max_batch``: every run is padded to that fixed size and goes through IO binding.
-    device_noise : bool
-        CUDA only, not with ``cuda_graph``: :meth:`predict_noisy` draws the Gaussian noise on the device
+    device_noise : bool or "auto"
+        "auto": on when :func:`rs_onnx.devices.device_noise_default` says so (CUDA, inputs of at least
+        100,000 values, any batch size, no CUDA graph, Gaussian noise), else off. True: CUDA only, not with
+        ``cuda_graph``: :meth:`predict_noisy` draws the Gaussian noise on the device
         (a RandomNormalLike prefix, Philox). That noise is not reproducible from the seed the way host
         noise is (see :func:`rs_onnx.graph.prepend_noise`). Refused on CPU, where onnxruntime's
         RandomNormal is a minstd LCG with period 2^31.
+    cuda_options : dict, optional
+        Extra CUDA provider options (:func:`rs_onnx.devices.cuda_provider_options`: ``cudnn_conv_algo_search``,
+        ``prefer_nhwc``); on a CPU run they are recorded as not applicable.
+    tensorrt : bool
+        Put onnxruntime's TensorRT provider first when ``libnvinfer.so.10`` loads (RandomNormalLike excluded);
+        without it, the CUDA provider (a warning). Never required.
+    one_shape : bool, optional
+        The session sees one input shape for its whole life: load-time trials, checks and probes run on fresh
+        sessions (:meth:`scratch`) and the sampler pads the last batch (default: on CUDA, where each new
+        shape makes cuDNN plan its convolutions again).
 
     Attributes
     ----------
@@ -107,6 +119,9 @@ class OnnxClassifier:
         cuda_graph=False,
         device_noise=False,
         precision=None,
+        cuda_options=None,
+        tensorrt=False,
+        one_shape=None,
     ):
         self.path = Path(path)
         loaded = loader.load(
@@ -123,6 +138,9 @@ class OnnxClassifier:
             float_type=float_type if precision is None else precision,  # precision: float_type's earlier name
             cuda_graph=cuda_graph,
             device_noise=device_noise,
+            cuda_options=cuda_options,
+            tensorrt=tensorrt,
+            one_shape=one_shape,
         )
         batching, out = loaded.batching, loaded.batching.output
         self._loaded, self._name, self._input = loaded, loaded.name, loaded.input
@@ -144,17 +162,10 @@ class OnnxClassifier:
         if self.io_binding and batching.unbatched:
             logger.info("model %s: input without a batch dim; IO binding off", self._name)
             self.io_binding = False
-        self._runner = None
-        if self.io_binding:
-            self._runner = cuda.BoundRunner(
-                self._session,
-                self.input_name,
-                loaded.specs,
-                dict(self._input.extra),
-                "cuda" if self.device.startswith("cuda") else "cpu",
-                self.device_index,
-                fixed_shape=self.cuda_graph,
-            )
+        self._one_shape = loaded.one_shape
+        self._runner = self._bound(self._session) if self.io_binding else None
+        self._pinned: np.ndarray | None = None
+        self.host_ring = "pageable"
         logger.info(
             "model %s: batch mode %s, output '%s' (%s), providers %s, float type %s",
             self._name,
@@ -165,10 +176,56 @@ class OnnxClassifier:
             self.float_type,
         )
 
+    def _bound(self, session, fixed: bool | None = None) -> cuda.BoundRunner:
+        return cuda.BoundRunner(
+            session,
+            self.input_name,
+            self._loaded.specs,
+            dict(self._input.extra),
+            "cuda" if self.device.startswith("cuda") else "cpu",
+            self.device_index,
+            fixed_shape=self.cuda_graph if fixed is None else fixed,
+        )
+
     @property
     def prefers_fixed_batch(self) -> bool:
-        """True when every run should have one shape (CUDA: cuDNN plans, CUDA graphs): pad the last batch."""
-        return self.device.startswith("cuda")
+        """True when every run should have one shape (``one_shape``; CUDA: cuDNN plans, CUDA graphs): the
+        sampler pads the last batch. Never one sample per run (each run has one row: padding would only add runs)."""
+        return self._one_shape and self.batch_mode != "per-sample"
+
+    def scratch(self, quick_plans: bool = False) -> OnnxClassifier:
+        """A short-lived copy on a fresh session of the same model (no CUDA graph, its own IO binding, any batch
+        size): what checks and probes run on, so that this classifier's session keeps one input shape. The
+        copy's session is freed with the copy; ``self`` is left as it is. ``quick_plans``: on CUDA, cuDNN's
+        HEURISTIC algorithm search (the checks run several shapes once each; the probe, which times, does not)."""
+        session = self._loaded.fresh_session(quick_plans=quick_plans)
+        runner = self._bound(session, fixed=False) if self.io_binding else None
+        other = copy.copy(self)
+        fresh = {"_session": session, "_runner": runner, "_one_shape": False, "_noise_session": None, "_pinned": None}
+        vars(other).update(fresh, cuda_graph=False)
+        return other
+
+    def bare_session(self):
+        """(a fresh onnxruntime session of the graph this classifier runs, ``feed(x) -> dict`` of its inputs for a
+        batch x): the bare ``session.run`` loop that ``rs-onnx bench`` measures as the ceiling."""
+        loaded = self._loaded
+        return loaded.fresh_session(tensorrt=True), lambda x: feed(loaded.input, x, loaded.batching.unbatched)
+
+    def host_buffer(self, shape, dtype) -> np.ndarray:
+        """A zero-filled host array for the sampler's ring: on CUDA in pinned memory (one block, kept and
+        reused while large enough; :func:`rs_onnx.cuda.pinned_empty`), else ordinary memory. One count at a
+        time uses it; ``host_ring`` says how the last one was allocated."""
+        if not self.device.startswith("cuda"):
+            return np.zeros(shape, dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if self._pinned is None or self._pinned.nbytes < nbytes:
+            self._pinned = None  # free the old block first
+            self._pinned, self.host_ring = cuda.pinned_empty((max(1, nbytes),), np.uint8)
+            if self.host_ring == "pageable":
+                logger.info("model %s: no pinned host memory here; the sampler's ring is pageable", self._name)
+        ring = self._pinned[:nbytes].view(dtype).reshape(shape)
+        ring[...] = 0
+        return ring
 
     def one_by_one(self) -> OnnxClassifier:
         """This model run one example per session run (``batch_mode`` "per-sample", the same sessions): what a
@@ -349,6 +406,13 @@ class OnnxClassifier:
             ),
             "io_binding": self.io_binding,
             "cuda_graph": self.cuda_graph,
+            "cuda_provider_options": (
+                dict(self._loaded.placement.cuda_options)
+                if self.device.startswith("cuda")
+                else {k: "not applicable (device cpu)" for k in self._loaded.placement.cuda_options}
+            ),
+            "tensorrt": self._loaded.placement.tensorrt,
+            "host_ring": self.host_ring,
             "noise": (
                 "device: onnxruntime RandomNormalLike (Philox on CUDA), seeded per session; not reproducible "
                 "per (seed, example, phase, block)"

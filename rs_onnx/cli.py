@@ -200,12 +200,27 @@ def _run_options(f):
         click.option("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when it really works)."),
         click.option("--input-name", help="Model input to feed (needed when there are several)."),
         click.option("--output-name", help="Model output holding the class scores (needed when ambiguous)."),
-        click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: README, Presets)."),
+        click.option(
+            "--input-shape",
+            help="Per-example input shape, no batch dim (3,224,224), for symbolic dims the data cannot fill "
+            "(default: the data's shape).",
+        ),
+        click.option("--preset", type=Choice(_presets()), help="Normalisation preset (values: docs/cli.md, Presets)."),
         click.option("--layout", type=Choice(_layouts()), help="Model input layout."),
         click.option("--scale", type=float, help="Multiply x by this first (255 for models taking 0..255)."),
         list_option("--mean", help="Per-channel mean, scaled units (0.485,0.456,0.406 or one flag per channel)."),
         list_option("--std", help="Per-channel std, scaled units (0.229,0.224,0.225 or one flag per channel)."),
         click.option("--dtype", help="Model input dtype (default: the model's; integers are rounded and clipped)."),
+        click.option(
+            "--channel-order",
+            type=Choice(["rgb", "bgr"]),
+            help="bgr: reverse the images' R, G, B before mean/std (OpenCV/Caffe-style models; default rgb).",
+        ),
+        click.option(
+            "--preprocessor",
+            help="A Hugging Face preprocessor_config.json to take scale/mean/std/resize/crop/channel order from "
+            "(default: the one beside MODEL; none: ignore it). Flags override it.",
+        ),
         click.option("--start", type=int, help="First example index."),
         click.option("--end", type=int, help="Stop before this example index."),
         click.option("--skip", type=int, help="Take every skip-th example."),
@@ -234,8 +249,13 @@ def _run_options(f):
         ),
         click.option(
             "--resize",
-            type=int,
-            help="Image files: shorter side to N pixels, aspect kept (bilinear, antialiased, as torchvision's Resize).",
+            help="Image files: shorter side to N pixels, aspect kept, or HxW (224x224) exactly (bilinear, "
+            "antialiased, as torchvision's Resize).",
+        ),
+        click.option(
+            "--resample",
+            type=Choice(["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]),
+            help="Image files: the filter of --resize (default bilinear; Hugging Face cards often say bicubic).",
         ),
         click.option(
             "--center-crop",
@@ -261,6 +281,12 @@ def _run_options(f):
         click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (fractions share a GPU)."),
         click.option("--cpus-per-worker", type=float, help="CPUs per Ray worker."),
         click.option(
+            "--stall-timeout",
+            type=float,
+            help="Ray: seconds a worker may finish nothing before its work goes to the others; the run ends "
+            "(resumable) when none can take over (default: 10x the slowest group so far, at least 60).",
+        ),
+        click.option(
             "--fp16",
             is_flag=True,
             default=None,
@@ -268,10 +294,29 @@ def _run_options(f):
         ),
         click.option("--cuda-graph", is_flag=True, default=None, help="CUDA: replay the model as a CUDA graph."),
         click.option(
-            "--device-noise",
+            "--device-noise/--no-device-noise",
+            default=None,
+            help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU. "
+            "Default: on for inputs of 100,000 values or more on CUDA (ImageNet size), else host noise.",
+        ),
+        click.option(
+            "--cudnn-algo-search",
+            type=Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]),
+            help="CUDA: how cuDNN picks convolution algorithms (default: onnxruntime's, EXHAUSTIVE); "
+            "not applicable on CPU (recorded so).",
+        ),
+        click.option(
+            "--prefer-nhwc",
             is_flag=True,
             default=None,
-            help="CUDA: draw the noise on the GPU (Philox, not reproducible from --seed); refused on CPU.",
+            help="CUDA: the provider's NHWC convolutions (tensor cores with --fp16); not applicable on CPU.",
+        ),
+        click.option(
+            "--tensorrt",
+            is_flag=True,
+            default=None,
+            help="CUDA: onnxruntime's TensorRT provider first when libnvinfer.so.10 is present (else CUDA, "
+            "with a warning).",
         ),
         click.option(
             "--denoiser",
@@ -283,7 +328,7 @@ def _run_options(f):
             is_flag=True,
             default=None,
             help="Sound against an adversarial model: 8-bit inputs, exact grid noise added in integers, "
-            "rows provably independent, fresh entropy (no --seed). See README 'Audit mode'.",
+            "rows provably independent, fresh entropy (no --seed). See docs/audit.md.",
         ),
         click.option(
             "--audit-seed-override",
@@ -312,7 +357,13 @@ def _config(ctx: click.Context, mode: str, kwargs: dict):
     from .config import build_config, load_yaml
     from .run import bundled
 
-    for key, what in (("config_path", "--config"), ("model", "MODEL"), ("data", "DATA"), ("denoiser", "--denoiser")):
+    for key, what in (
+        ("config_path", "--config"),
+        ("model", "MODEL"),
+        ("data", "DATA"),
+        ("denoiser", "--denoiser"),
+        ("preprocessor", "--preprocessor"),
+    ):
         if kwargs.get(key):
             check_path_name(kwargs[key], what)
     yaml_values = load_yaml(kwargs["config_path"]) if kwargs.get("config_path") else {}
@@ -448,7 +499,7 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
 
     p = runmod.prepare(cfg)
     per_example = (cfg.n0 + cfg.n) if mode == "certify" else cfg.n  # an upper bound in sequential mode
-    rows: list[dict] = []
+    rows = _Computed(keep=out is None)  # without --out, the summary is made from this run's rows
     bar = Progress(
         mode,
         len(p.indices),
@@ -458,7 +509,7 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
     )
 
     def on_rows(new: list[dict]) -> None:
-        rows.extend(new)
+        rows.add(new)
         bar.examples(len(new))
 
     def resume_hint() -> str:
@@ -498,9 +549,11 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
             f"{e}; the run stopped after {len(rows)} examples this run and {out}.meta.json says "
             f"failed; {kept} complete rows are kept in {out}{hint}"
         ) from e
-    except RsOnnxError:
+    except RsOnnxError as e:
         bar.close()
         warnings.record(out)
+        if getattr(e, "resumable", False) and resume_hint():  # e.g. the Ray cluster lost: rows kept, --resume
+            raise RsOnnxError(f"{e}{resume_hint()}") from e
         raise
     except Exception as e:  # e.g. the execution provider failing mid-run
         bar.close()
@@ -541,17 +594,49 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
         )
 
 
-def _run_results(rows: list[dict], out: Path | None, mode: str, cfg):
+class _Computed:
+    """The rows computed in this run, as much as the closing summary needs: their number, and with ``keep``
+    (no --out: the summary is made from them) their Cohen columns and ``nonfinite`` in typed arrays, 8 bytes
+    a value. Rows themselves are never kept: a run of 10^6 examples holds ~56 MB here, not a dict a row."""
+
+    FLOAT_COLUMNS = ("radius", "time")
+    OPTIONAL = ("n", "n0", "samples")  # kept when every row has them (what samples_spent reads)
+
+    def __init__(self, keep: bool) -> None:
+        from array import array
+
+        from .results import REQUIRED_COLUMNS
+
+        self.count = 0
+        names = (*REQUIRED_COLUMNS, "nonfinite", *self.OPTIONAL)
+        self.columns = {c: array("d" if c in self.FLOAT_COLUMNS else "q") for c in names} if keep else None
+        self.missing: set[str] = set()  # optional columns some row lacked
+
+    def add(self, rows: list[dict]) -> None:
+        self.count += len(rows)
+        if self.columns is None:
+            return
+        for c, values in self.columns.items():
+            if c in self.OPTIONAL and (c in self.missing or not all(c in r for r in rows)):
+                self.missing.add(c)
+                continue
+            values.extend(r.get(c, 0) for r in rows)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _run_results(rows: _Computed, out: Path | None, mode: str, cfg):
     """The whole run as analysis.Results: the file with its meta.json when there is one (a resumed run
     included), else this run's rows (with sigma, n and alpha for the reach of the radii)."""
     import numpy as np
 
-    from .analysis import REQUIRED_COLUMNS, Results, read_run
+    from .analysis import Results, read_run
 
     if out:
         return read_run(out)
-    columns = {c: np.asarray([r.get(c, 0.0) for r in rows]) for c in REQUIRED_COLUMNS}
-    columns["nonfinite"] = np.asarray([r.get("nonfinite", 0) for r in rows])
+    assert rows.columns is not None  # kept without --out
+    columns = {c: np.asarray(values) for c, values in rows.columns.items() if c not in rows.missing}
     return Results(columns, None, mode, {"mode": mode, "config": cfg.to_dict()})
 
 
@@ -584,9 +669,26 @@ def _accuracy_table(results, computed: int, seconds: float) -> str:
     default=None,
     help="Stop sampling each example as soon as --radii are decided (n becomes the budget).",
 )
-@list_option("--radii", help="Sequential: radii to decide, comma-separated or repeated (default 0.25,0.5,0.75,1).")
+@list_option(
+    "--radii",
+    help="Sequential: radii to decide, comma-separated or repeated (default 0,0.25,0.5,0.75,1; 0 decides "
+    "predict-or-abstain: without it an example stops once these radii are decided, abstaining if 0 was not yet).",
+)
 @click.option("--precision", type=float, help="Sequential: find the radius to within this instead of deciding radii.")
-@click.option("--looks", type=int, help="Sequential: planned looks at the counts (default 8).")
+@click.option("--looks", type=int, help="Sequential: planned looks at the counts (default 100).")
+@click.option("--first-look", type=int, help="Sequential: estimation samples at the first look (default 10).")
+@click.option(
+    "--guess",
+    type=Choice(["select", "label"]),
+    help="Sequential: the class to certify: select (top class of selection samples, default) or label "
+    "(the example's label, no selection samples; never certifies g's own class when it differs).",
+)
+@click.option(
+    "--budget",
+    type=int,
+    help="Sequential: most samples over the whole run; looks breadth-first, the budget left goes to the "
+    "most promising examples.",
+)
 @click.option(
     "--bound",
     type=Choice(["cohen", "best"]),
@@ -612,8 +714,10 @@ def certify(ctx: click.Context, **kwargs) -> None:
         paths relative to the manifest; --classes to read labels as class names);
       - a single image with --label N.
     Image files are converted to the model's channels; --resize N --center-crop HxW map them
-    to the model's size (ImageNet: --resize 256 --center-crop 224); without them an image of
-    another size is refused, never stretched.
+    to the model's size (ImageNet: --resize 256 --center-crop 224), --resize HxW stretches them
+    to it; without them an image of another size is refused. A preprocessor_config.json beside
+    MODEL (as optimum-cli writes it) gives these and scale/mean/std unless flags do; a model
+    whose input dims are symbolic takes the data's shape (or --input-shape).
     """
     _execute(ctx, "certify", kwargs)
 
@@ -634,15 +738,29 @@ def predict(ctx: click.Context, **kwargs) -> None:
 @click.argument("model")
 @click.option("--input-name", help="Model input to read (needed when there are several).")
 @click.option("--output-name", help="Model output to read (needed when ambiguous).")
+@click.option("--input-shape", help="Per-example input shape, no batch dim (3,224,224), for symbolic dims.")
+@click.option("--preprocessor", help="preprocessor_config.json to read (default: the one beside MODEL; none: ignore).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-def inspect(model, input_name, output_name, device, as_json) -> None:
-    """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from."""
+@click.pass_context
+def inspect(ctx, model, input_name, output_name, input_shape, preprocessor, device, as_json) -> None:
+    """What is in MODEL, how rs-onnx reads it, warnings, and a YAML config to start from.
+
+    Exits 1 when it reports a PROBLEM (rs-onnx cannot run the model as it stands)."""
     from .inspection import inspect_model, render
 
     quiet_onnxruntime("--debug" in sys.argv)
-    report = inspect_model(model, input_name=input_name, output_name=output_name, device=device)
+    report = inspect_model(
+        model,
+        input_name=input_name,
+        output_name=output_name,
+        device=device,
+        input_shape=input_shape,
+        preprocessor=preprocessor,
+    )
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
+    if "problem" in report:
+        ctx.exit(1)
 
 
 @cli.command()
@@ -656,6 +774,8 @@ def inspect(model, input_name, output_name, device, as_json) -> None:
 @list_option("--mean", help="Per-channel mean of the classifier (comma-separated or one flag per channel).")
 @list_option("--std", help="Per-channel std of the classifier (comma-separated or one flag per channel).")
 @click.option("--dtype", help="Classifier input dtype (integers are rounded and clipped).")
+@click.option("--channel-order", type=Choice(["rgb", "bgr"]), help="bgr: the classifier takes B, G, R channels.")
+@click.option("--input-shape", help="The classifier's per-example input shape (3,224,224), for symbolic dims.")
 @click.pass_context
 def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     """Compose DENOISER in front of CLASSIFIER into one ONNX model (Salman et al.'s denoised smoothing).
@@ -679,7 +799,14 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     if not Path(out).is_dir():  # a folder: compose_files says so
         check_regular(out, "-o", stdout="")
     check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
-    compose_files(denoiser, classifier, out, cfg.preprocess_spec(), classifier_input_name=input_name)  # logs "wrote"
+    compose_files(  # logs "wrote"
+        denoiser,
+        classifier,
+        out,
+        cfg.preprocess_spec(),
+        classifier_input_name=input_name or cfg.input_name,
+        classifier_input_shape=None if cfg.input_shape is None else tuple(cfg.input_shape),
+    )
 
 
 def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list[str], list[float]]:
@@ -694,6 +821,23 @@ def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list
                 pass
         files.append(p)
     return files, [*radii, *extra]
+
+
+def _not_nan(ctx, param, value):
+    """click's FloatRange lets NaN through (every comparison with it is False): refuse it (exit 2)."""
+    if value is not None and value != value:
+        raise click.BadParameter(f"{value!r}: expected a number (in the range shown by --help), not NaN", ctx, param)
+    return value
+
+
+def _requirements(ctx, param, value):
+    """``--require 0.5:0.8,1:50%`` -> population.Requirement tuple; a malformed one is a usage error (exit 2)."""
+    from .population import parse_requirements
+
+    try:
+        return parse_requirements(value or ())
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
 
 
 @cli.command()
@@ -719,13 +863,40 @@ def _split_radii(paths: tuple[str, ...], radii: tuple[float, ...]) -> tuple[list
     "column must be in the same norm (meta.json says which).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per file on stdout instead of the table.")
-def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> None:
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    callback=_not_nan,
+    help="Confidence of the lower bounds on the population's certified accuracy.",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1, max_open=True),
+    callback=_not_nan,
+    help="The certificates' alpha for files without a meta.json (Cohen et al.'s certify.py: 0.001); a "
+    "run's own meta.json takes precedence.",
+)
+@click.option(
+    "--require",
+    "requires",
+    multiple=True,
+    metavar="R:A",
+    callback=_requirements,
+    help="Exit 1 unless the lower bound on certified accuracy at radius R is at least A (0.80 or 80%) for "
+    "every file; comma-separated or repeated for several radii.",
+)
+def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json, confidence, alpha, requires) -> None:
     """Certified accuracy at given radii, average certified radius, abstention rate and time per image.
 
     Reads rs-onnx TSVs (certify and predict) and Cohen et al.'s own files; several files make several
     rows (and curves). Radii beyond the largest certifiable at a run's n and alpha are marked out of reach.
+    Each certified accuracy comes with a one-sided lower confidence bound on the population's (--confidence),
+    which accounts for the number of examples and each certificate's alpha; --require gates on it.
     """
     from . import analysis
+    from .population import enforce
 
     files, radii = _split_radii(results, radii)
     if plot:
@@ -742,24 +913,68 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json) -> 
     if norm or unit != "l2":
         runs = {f"{name} ({unit})": res for name, res in runs.items()}
     log.info("radii in %s, [0,1] pixel units", unit)
+    bounds = {"confidence": confidence, "alpha": alpha}
+    checks = analysis.requirement_checks(runs, requires, radius_column, **bounds)  # refuses an unknown alpha
     if as_json:
         from .summaries import run_summary
 
-        summaries = [run_summary(res, radii or DEFAULT_RADII, name) for name, res in runs.items()]
+        summaries = [run_summary(res, radii or DEFAULT_RADII, name, **bounds) for name, res in runs.items()]
+        for s in summaries if requires else ():
+            s["requirements"] = [{k: v for k, v in c.items() if k != "run"} for c in checks if c["run"] == s["run"]]
         click.echo(json.dumps(summaries, indent=2))
-        if plot:
-            analysis.plot_certified_accuracy(runs, plot, radius_column=radius_column)
-            log.info("wrote %s", plot)
-        return
-    rows = analysis.table_rows(runs, radii or DEFAULT_RADII, radius_column)
-    render = {"markdown": analysis.to_markdown, "csv": analysis.to_csv, "latex": analysis.to_latex}[fmt]
-    text = render(rows)
-    click.echo(text, nl=not text.endswith("\n"))
+    else:
+        rows = analysis.table_rows(runs, radii or DEFAULT_RADII, radius_column, **bounds)
+        render = {"markdown": analysis.to_markdown, "csv": analysis.to_csv, "latex": analysis.to_latex}[fmt]
+        text = render(rows)
+        click.echo(text, nl=not text.endswith("\n"))
     if plot:
         analysis.plot_certified_accuracy(
             runs, plot, radius_column=radius_column, xlabel=f"radius ({unit}, [0,1] pixel units)"
         )
         log.info("wrote %s", plot)
+    enforce(checks)  # after the table and plot: a CI log shows the numbers, then the one error line
+    if checks:
+        log.info(
+            "--require met: every lower bound reaches its threshold (%d checked at %g%% confidence)",
+            len(checks),
+            100 * confidence,
+        )
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.argument("data", required=False)
+@click.option("--device", help="auto | cpu | cuda | cuda:N (default auto).")
+@click.option("--batch-size", help="Samples per model call, or auto (default: the probe's fastest size).")
+@click.option("--fp16", is_flag=True, default=None, help="Run the float16 conversion of the model.")
+@click.option("--n", "n", type=int, help="Samples of the estimate that seconds per image is given at (default 100000).")
+@click.option("--n0", type=int, help="Selection samples (default 100).")
+@click.option("--sigma", type=float, help="Noise level (default: the model's rs_onnx.sigma, else 0.25).")
+@click.option("--noise-threads", type=int, help="Threads drawing noise (default as certify).")
+@click.option("--cuda-graph", is_flag=True, default=None, help="CUDA: replay a CUDA graph (needs --batch-size).")
+@click.option(
+    "--device-noise/--no-device-noise", default=None, help="CUDA: noise drawn on the GPU (default as certify)."
+)
+@click.option("--cudnn-algo-search", type=Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]), help="CUDA: cuDNN's search.")
+@click.option("--prefer-nhwc", is_flag=True, default=None, help="CUDA: the provider's NHWC convolutions.")
+@click.option("--tensorrt", is_flag=True, default=None, help="CUDA: the TensorRT provider when present.")
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with any of certify's options.")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="About how long the measured rounds take.")
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON on stdout.")
+@click.pass_context
+def bench(ctx: click.Context, seconds: float, as_json: bool, **kwargs) -> None:
+    """How fast certification will be: the model's bare forward rate (the ceiling), rs-onnx's CERTIFY rate
+    with the options a run would use, their ratio, the best batch and seconds per image at --n, side by side.
+
+    Without MODEL, the bundled digits model and its digits. Without DATA, a random image of the model's
+    input shape. --json keys: ceiling_samples_per_s, certify_samples_per_s, ratio, seconds_per_image,
+    batch_size, best_batch, n, n_measured, extrapolated, device, providers, options, seconds.
+    """
+    from .bench import bench as measure
+    from .bench import bench_config, summary
+
+    res = measure(bench_config(kwargs), seconds=seconds)
+    click.echo(json.dumps(res, default=str) if as_json else summary(res))
 
 
 @cli.command()
@@ -807,10 +1022,19 @@ def doctor(ctx: click.Context) -> None:
 @click.option("--label", "labels", multiple=True, help="Label per results file (default: file name).")
 @click.option("--title", help="Title of the report (default: from the runs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
-def report(results, out, labels, title, overwrite) -> None:
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    callback=_not_nan,
+    help="Confidence of the lower bounds on the population's certified accuracy.",
+)
+def report(results, out, labels, title, overwrite, confidence) -> None:
     """One self-contained HTML REPORT of certify runs (their TSVs and .meta.json files).
 
-    Provenance, certified-accuracy curves, the table at standard radii, ACR and abstention, accuracy
+    Provenance, certified-accuracy curves, the table at standard radii with population lower bounds
+    (--confidence), ACR, abstention and samples per example, accuracy
     per class, the distribution of radii, the slowest examples and every warning; no network access
     and no external files are needed to view it.
     """
@@ -820,7 +1044,9 @@ def report(results, out, labels, title, overwrite) -> None:
         raise click.UsageError(f"{len(labels)} --label values for {len(results)} results files; expected one per file")
     if out != "-" and not Path(out).is_dir():  # a folder: write_report says so
         check_regular(out, "-o", stdout="-o - writes the report to stdout")
-    write_report(list(results), out, labels=list(labels) or None, title=title, overwrite=overwrite)
+    write_report(
+        list(results), out, labels=list(labels) or None, title=title, overwrite=overwrite, confidence=confidence
+    )
     if out != "-":
         log.info("wrote %s", out)
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
-from rs_onnx import graph
+from rs_onnx import graph, shapes
 from rs_onnx.errors import ConfigError, DataError, ModelError
 from rs_onnx.guard import escape
 from rs_onnx.preprocess import Preprocessor, PreprocessSpec
@@ -56,11 +56,9 @@ def _pick(values, name, what: str, model_name: str):
     return values[0]
 
 
-def _fixed(shape, what: str) -> tuple[int, ...]:
+def _fixed(shape, what: str, hint: str = "") -> tuple[int, ...]:
     if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape):
-        raise ModelError(
-            f"{what} has per-example dims {graph.format_dims(shape)}; expected fixed sizes (pass the shape explicitly)"
-        )
+        raise ModelError(f"{what} has per-example dims {graph.format_dims(shape)}; expected fixed sizes{hint}")
     return tuple(shape)
 
 
@@ -139,7 +137,7 @@ def preprocessing_model(
 ) -> onnx.ModelProto:
     """The preprocessing of ``pre`` as an ONNX model: [N, *image_shape] float in [0,1] -> the model input.
 
-    Nodes: Transpose (nhwc), Reshape to [-1, *model_shape] (when the shape changes), Mul by scale/std,
+    Nodes: Gather of the channels (bgr), Transpose (nhwc), Reshape to [-1, *model_shape] (when the shape changes), Mul by scale/std,
     Add -mean/std, then for an integer dtype Round (half to even, as numpy), clip to the dtype's range
     and Cast, for another float dtype a Cast. Computes what :meth:`Preprocessor.clean` then
     :meth:`Preprocessor.cast` compute, in float32.
@@ -160,6 +158,9 @@ def preprocessing_model(
         return name
 
     shape = pre.image_shape
+    if pre.spec.channel_order == "bgr":  # Preprocessor checked the image is [3 or 4, H, W]
+        order = [2, 1, 0, *range(3, shape[0])]
+        add("Gather", [const("channel_order", np.array(order, np.int64))], axis=1)
     if pre.layout == "nhwc":
         add("Transpose", [], perm=[0, *range(2, rank + 1), 1])
         shape = (*shape[1:], shape[0])
@@ -242,9 +243,12 @@ def prepend_preprocessing(
     what = "classifier"
     clf, value = _batched_input(graph.strip_initializer_inputs(classifier), classifier_input_name, what)
     declared_dims = graph.dims(value)
+    if classifier_input_shape is not None and declared_dims is not None:  # as --input-shape: fixed dims must match
+        classifier_input_shape = shapes.per_example(declared_dims[1:], classifier_input_shape, what, value.name)
     model_shape = _fixed(
         classifier_input_shape or (declared_dims[1:] if declared_dims is not None else None),
         f"{what} input '{value.name}'",
+        f" (give them with {shapes.FLAG})",
     )
     dtype = graph.np_dtype(value)
     if dtype is None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .boundaries import FINAL_SHARE, LOOKS
 from .errors import ConfigError, UsageError
 from .guard import check_dtype, check_yaml, escape
 from .noise import KINDS as NOISE_KINDS
@@ -50,12 +51,14 @@ class RunConfig:
     device: str = "auto"
     input_name: str | None = None
     output_name: str | None = None
+    input_shape: list[int] | None = None  # per-example input shape, no batch dim (3,224,224): fills symbolic dims
     preset: str | None = None
     layout: str = "auto"
     scale: float = 1.0
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
     dtype: str | None = None
+    channel_order: str = "rgb"  # bgr: reverse the image's R, G, B before mean/std (OpenCV/Caffe-style models)
     start: int = 0
     end: int | None = None
     skip: int = 1
@@ -65,8 +68,10 @@ class RunConfig:
     path_column: str | None = None  # manifest column of image paths (default "path")
     label_column: str | None = None  # manifest column of labels (default "label")
     label_from_filename: bool = False  # flat image folder: label from a trailing _<digits> in each file name
-    resize: int | None = None  # image files: shorter side to this many pixels (bilinear, antialiased)
+    resize: int | str | None = None  # image files: shorter side to N pixels, or HxW exactly (bilinear, antialiased)
     center_crop: str | None = None  # image files: crop N or HxW pixels from the centre, after --resize
+    resample: str = "bilinear"  # image files: the resize's filter (bilinear, bicubic, nearest, lanczos, box, hamming)
+    preprocessor: str | None = None  # a preprocessor_config.json (default: the one beside the model; none: ignore)
     noise_threads: int | None = None
     bound: str = "cohen"
     backend: str = "local"
@@ -74,25 +79,36 @@ class RunConfig:
     workers: int | None = None
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
+    stall_timeout: float | None = None  # Ray: seconds a worker may finish nothing before its work moves (None: auto)
     fp16: bool = False  # run a float16 conversion of the model (the certificate then covers that model)
     cuda_graph: bool = False  # CUDA: replay the model as a captured CUDA graph
-    device_noise: bool = False  # CUDA: draw the noise on the GPU (Philox) instead of NumPy
+    device_noise: bool | None = None  # CUDA: noise drawn on the GPU (Philox); None: on for inputs >= 100,000 values
+    cudnn_algo_search: str | None = None  # CUDA: EXHAUSTIVE, HEURISTIC or DEFAULT (None: onnxruntime's, EXHAUSTIVE)
+    prefer_nhwc: bool = False  # CUDA: the provider's NHWC kernels (fp16 tensor cores want them)
+    tensorrt: bool = False  # CUDA: onnxruntime's TensorRT provider first, when libnvinfer.so.10 is present
     denoiser: str | None = None  # an ONNX denoiser composed in front of the model (denoised smoothing)
     extra_inputs: dict[str, Any] | None = None  # YAML only: fixed values of the model's other inputs
     sequential: bool = False  # stop sampling as soon as the radii are decided (n is then the budget)
-    radii: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    radii: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # 0: decide predict too
     precision: float | None = None  # sequential: find the radius to within this, instead of deciding radii
-    looks: int = 16
-    n_first: int | None = None
-    final_share: float = 0.9
+    looks: int = LOOKS  # sequential: planned looks, geometric from first_look to n
+    first_look: int | None = None  # sequential: estimation samples at the first look (default 10)
+    final_share: float = FINAL_SHARE  # sequential: share of alpha for the calibrated last look
     futility_beta: float = 0.01
+    guess: str = "select"  # sequential: the class to certify: select (from samples) or label (the example's)
+    budget: int | None = None  # sequential: most samples over all examples of the run (breadth-first looks)
     noise: str | None = None  # gaussian, uniform or laplace (None: the model's rs_onnx.noise, else gaussian)
     audit: bool = False  # sound against an adversarial model: 8-bit inputs, exact grid noise, fresh entropy
     audit_seed_override: bool = False  # audit with a given seed (only to reproduce an earlier audit; recorded)
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(
-            self.layout, float(self.scale), tuple(map(float, self.mean)), tuple(map(float, self.std)), self.dtype
+            self.layout,
+            float(self.scale),
+            tuple(map(float, self.mean)),
+            tuple(map(float, self.std)),
+            self.dtype,
+            self.channel_order,
         )
 
     def validate(self) -> "RunConfig":
@@ -110,7 +126,8 @@ class RunConfig:
             "label",
             "noise_threads",
             "looks",
-            "n_first",
+            "first_look",
+            "budget",
             "workers",
         ):
             if getattr(self, key) is not None:
@@ -150,6 +167,18 @@ class RunConfig:
             (not (self.sequential and self.bound != "cohen"), "bound", self.bound, "cohen with --sequential"),
             (self.precision is None or self.precision > 0, "precision", self.precision, "a positive radius step"),
             (self.looks >= 1, "looks", self.looks, "at least 1"),
+            (
+                self.first_look is None or 1 <= self.first_look <= self.n,
+                "first_look",
+                self.first_look,
+                f"1 to n={self.n}",
+            ),
+            (self.guess in ("select", "label"), "guess", self.guess, "select or label"),
+            (self.guess == "select" or self.sequential, "guess", self.guess, "select without --sequential"),
+            (self.guess == "select" or self.backend == "local", "guess", self.guess, "select with --backend ray"),
+            (self.budget is None or self.budget >= 1, "budget", self.budget, "a positive number of samples"),
+            (self.budget is None or self.sequential, "budget", self.budget, "no budget without --sequential"),
+            (self.budget is None or self.backend == "local", "budget", self.budget, "no budget with --backend ray"),
             (0 < self.final_share < 1, "final_share", self.final_share, "0 < final_share < 1"),
             (0 < self.futility_beta < 1, "futility_beta", self.futility_beta, "0 < futility_beta < 1"),
             (
@@ -171,9 +200,14 @@ class RunConfig:
                 self.cpus_per_worker,
                 "a positive number",
             ),
+            (
+                self.stall_timeout is None or (np.isfinite(self.stall_timeout) and self.stall_timeout > 0),
+                "stall_timeout",
+                self.stall_timeout,
+                "a positive number of seconds",
+            ),
             (self.noise_threads is None or self.noise_threads >= 0, "noise_threads", self.noise_threads, "0 or more"),
             (self.noise is None or self.noise in NOISE_KINDS, "noise", self.noise, "one of " + ", ".join(NOISE_KINDS)),
-            (self.resize is None or 1 <= self.resize <= 65535, "resize", self.resize, "a size in pixels, 1 to 65535"),
         ]
         checks += [
             (
@@ -209,6 +243,11 @@ class RunConfig:
                 raise ConfigError(f"{key}={value}: expected {expected}")
         if self.dtype is not None:
             self.dtype = check_dtype(self.dtype)
+        if self.cudnn_algo_search is not None:
+            from .devices import parse_algo_search
+
+            self.cudnn_algo_search = parse_algo_search(self.cudnn_algo_search)
+        self._check_shapes()
         self.preprocess_spec()  # checks scale, mean and std
         if self.center_crop is not None:
             from .data import parse_crop
@@ -219,6 +258,39 @@ class RunConfig:
             except DataError as e:
                 raise ConfigError(str(e).replace("--center-crop", "center_crop", 1)) from None
         return self
+
+    def _check_shapes(self) -> None:
+        """input_shape, channel_order, resize and resample in their one form (case, separators); names the key."""
+        from .data import RESAMPLING, parse_resize
+        from .errors import DataError
+        from .preprocess import CHANNEL_ORDERS
+        from .shapes import parse_input_shape
+
+        resample = str(self.resample).strip().lower()
+        if resample not in RESAMPLING:
+            raise ConfigError(f"resample={self.resample}: expected one of {', '.join(RESAMPLING)}")
+        self.resample = resample
+        order = str(self.channel_order).strip().lower()
+        if order not in CHANNEL_ORDERS:
+            raise ConfigError(f"channel_order={self.channel_order}: expected one of {', '.join(CHANNEL_ORDERS)}")
+        self.channel_order = order
+        if self.input_shape is not None:
+            name, dims = parse_input_shape(self.input_shape)
+            if name is not None and self.input_name not in (None, name):
+                raise ConfigError(
+                    f"input_shape names input '{name}' and input_name is '{self.input_name}'; expected the same input"
+                )
+            self.input_name = self.input_name or name
+            self.input_shape = dims
+        if self.resize is not None:
+            try:
+                size = parse_resize(self.resize)
+            except DataError:
+                raise ConfigError(
+                    f"resize={self.resize}: expected the shorter side N in pixels (e.g. 256) or HxW (e.g. 224x224, "
+                    "stretched to exactly that size), 1 to 65535"
+                ) from None
+            self.resize = size if isinstance(size, int) or size is None else f"{size[0]}x{size[1]}"
 
     def apply_preset(self, explicit: set[str]) -> None:
         """Fill mean/std/scale from the preset unless given explicitly."""
@@ -241,6 +313,8 @@ def _coerce(key: str, value: Any) -> Any:
     kind = str(_FIELDS[key].type)
     if key == "batch_size" and value == "auto":
         return None
+    if key in ("input_shape", "resize") and isinstance(value, (str, int, list)) and not isinstance(value, bool):
+        return value  # parsed by RunConfig.validate (one parser for flags and YAML)
     if value is None:
         if "None" in kind:
             return None
@@ -298,11 +372,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(yaml_values: dict[str, Any], flags: dict[str, Any]) -> tuple[RunConfig, set[str]]:
-    """RunConfig from YAML values overridden by explicitly given flags; returns it and the explicit keys."""
+    """RunConfig from YAML values overridden by explicitly given flags; returns it and the explicit keys.
+
+    Layers, first wins: flags, YAML, the preset, the model's card (rs_onnx.modelcard: the
+    preprocessor_config.json beside the model, or what its graph implies), the defaults."""
+    from .modelcard import card_values
+
     values = {**yaml_values, **{k: v for k, v in flags.items() if k in _FIELDS}}
     cfg = RunConfig(**values)
     explicit = set(values)
     cfg.apply_preset(explicit)
+    preset_keys = set(PRESETS[cfg.preset]) if cfg.preset in PRESETS else set()
+    card = card_values(cfg.model, cfg.preprocessor, explicit | preset_keys, cfg.input_name, cfg.data)
+    if card:
+        cfg = RunConfig(**{**cfg.to_dict(), **card})
     return cfg.validate(), explicit
 
 

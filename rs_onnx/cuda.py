@@ -131,3 +131,72 @@ class BoundRunner:
         if self.device == "cuda" or any(o is None for o in self._outs):
             return [np.array(f) for f in self.binding.copy_outputs_to_cpu()]  # device -> host, bound order
         return [o.copy() for o in self._outs]
+
+
+# ------------------------------------------------------------------ pinned host memory
+CUDA_RUNTIMES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so")
+"""CUDA runtime libraries tried for ``cudaHostAlloc`` (those of pip's nvidia packages, which onnxruntime-gpu
+preloads)."""
+
+
+class _Memory:
+    """A block of ``nbytes`` at ``ptr`` seen by NumPy (``__array_interface__``); ``owner`` keeps it alive (an
+    OrtValue, or a :class:`_HostAlloc` that frees it)."""
+
+    def __init__(self, ptr: int, nbytes: int, owner) -> None:
+        self.__array_interface__ = {"data": (int(ptr), False), "shape": (int(nbytes),), "typestr": "|u1", "version": 3}
+        self.owner = owner
+
+
+class _HostAlloc:
+    """Page-locked host memory from ``cudaHostAlloc`` (portable: pinned for every device), freed with the object."""
+
+    def __init__(self, lib, nbytes: int) -> None:
+        import ctypes
+
+        self.lib, self.ptr = lib, ctypes.c_void_p()
+        status = lib.cudaHostAlloc(ctypes.byref(self.ptr), ctypes.c_size_t(nbytes), ctypes.c_uint(1))
+        if status != 0 or not self.ptr.value:
+            raise MemoryError(f"cudaHostAlloc of {nbytes} bytes failed (CUDA error {status})")
+
+    def __del__(self) -> None:
+        ptr = getattr(self, "ptr", None)
+        if ptr is not None and ptr.value:
+            self.lib.cudaFreeHost(ptr)
+            ptr.value = None
+
+
+def as_array(ptr: int, nbytes: int, owner, shape, dtype) -> np.ndarray:
+    """A NumPy array of ``shape`` and ``dtype`` over ``nbytes`` at ``ptr``; the array keeps ``owner`` alive."""
+    raw = np.asarray(_Memory(ptr, nbytes, owner))
+    count = int(np.prod(shape, dtype=np.int64))
+    return raw[: count * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+
+def pinned_empty(shape, dtype) -> tuple[np.ndarray, str]:
+    """An uninitialised host array of ``shape`` and ``dtype`` in page-locked (pinned) memory, and how it was
+    allocated: onnxruntime's host-accessible memory of the CUDA provider's device, else ``cudaHostAlloc`` of the
+    CUDA runtime, else ordinary pageable memory ("pageable": no CUDA here). A host-to-device copy from pinned
+    memory runs at the bus's speed by DMA; from pageable memory the driver stages it (~17 GB/s on an H200)."""
+    dtype = np.dtype(dtype)
+    nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    try:
+        from onnxruntime.capi._pybind_state import OrtDeviceMemoryType
+
+        for ep in ort.get_ep_devices():
+            if ep.ep_name == "CUDAExecutionProvider":
+                info = ep.memory_info(OrtDeviceMemoryType.HOST_ACCESSIBLE)
+                value = ort.OrtValue.ortvalue_from_shape_and_type([nbytes], np.uint8, memory_info=info)
+                return as_array(value.data_ptr(), nbytes, value, shape, dtype), "pinned (onnxruntime host-accessible)"
+    except Exception:  # noqa: BLE001 - an older onnxruntime, or no CUDA device: try the CUDA runtime
+        pass
+    import ctypes
+
+    for name in CUDA_RUNTIMES:
+        try:
+            lib = ctypes.CDLL(name)
+            block = _HostAlloc(lib, nbytes)
+        except (OSError, AttributeError, MemoryError):
+            continue
+        return as_array(int(block.ptr.value or 0), nbytes, block, shape, dtype), "pinned (cudaHostAlloc)"
+    return np.empty(shape, dtype), "pageable"

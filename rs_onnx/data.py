@@ -41,6 +41,8 @@ from .errors import DataError
 
 log = logging.getLogger(__name__)
 
+RESAMPLING = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+"""--resample choices: PIL's filters (antialiased when reducing, except nearest)."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 """torchvision's IMG_EXTENSIONS, and .gif."""
 MAX_EXAMPLES = 100_000_000
@@ -494,16 +496,39 @@ def parse_crop(text: str | int | None) -> tuple[int, int] | None:
     return (hw[0], hw[0]) if len(hw) == 1 else (hw[0], hw[1])
 
 
+def parse_resize(value: str | int | None) -> int | tuple[int, int] | None:
+    """``--resize`` "256" (shorter side) or "224x224" (height x width, exactly: no aspect kept) -> 256 or
+    (224, 224); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        parts = [str(value)]
+    else:
+        parts = str(value).lower().replace(" ", "").split("x") if not isinstance(value, bool) else []
+    try:
+        hw = [int(p) for p in parts]
+    except ValueError:
+        hw = []
+    if len(hw) not in (1, 2) or any(v < 1 or v > 65535 for v in hw):
+        raise DataError(
+            f"--resize {_show(value)!r}: expected the shorter side N in pixels (e.g. 256) or HxW "
+            "(e.g. 224x224, stretched to exactly that size), 1 to 65535"
+        )
+    return hw[0] if len(hw) == 1 else (hw[0], hw[1])
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     """Image file -> uint8 [C,H,W]: convert to ``channels`` (1: L, 3: RGB, 4: RGBA; None: grey files stay
-    grey, others RGB), then ``resize`` (shorter side to N, aspect kept, bilinear with antialiasing: PIL's
-    ``Image.resize``, as torchvision's ``Resize`` on PIL images), then ``crop`` (height, width) from the
-    centre (torchvision's ``CenterCrop``)."""
+    grey, others RGB), then ``resize`` (an int: shorter side to N, aspect kept; (height, width): exactly that
+    size, as Hugging Face's ViTImageProcessor; bilinear with antialiasing: PIL's ``Image.resize``, as
+    torchvision's ``Resize`` on PIL images), then ``crop`` (height, width) from the centre (torchvision's
+    ``CenterCrop``)."""
 
-    resize: int | None = None
+    resize: int | tuple[int, int] | None = None
     crop: tuple[int, int] | None = None
     channels: int | None = None
+    resample: str = "bilinear"  # PIL's filter for the resize: one of RESAMPLING
 
     def mode(self, file_mode: str) -> str:
         if self.channels is None:
@@ -535,7 +560,7 @@ class ImageTransform:
         if self.resize:
             size = resized_size(im.width, im.height, self.resize)
             if size != im.size:
-                im = im.resize(size, Image.Resampling.BILINEAR)
+                im = im.resize(size, Image.Resampling[self.resample.upper()])
         if self.crop:
             ch, cw = self.crop
             top, left = round((im.height - ch) / 2.0), round((im.width - cw) / 2.0)  # Python rounding, as torchvision
@@ -546,14 +571,22 @@ class ImageTransform:
     def describe(self) -> dict:
         return {
             "convert": self.mode("RGB") if self.channels else "grey files L, others RGB",
-            "resize": self.resize,
-            "resize_method": "PIL bilinear, antialiased (torchvision Resize on PIL)" if self.resize else None,
+            "resize": list(self.resize) if isinstance(self.resize, tuple) else self.resize,
+            "resize_method": (
+                f"PIL {self.resample}{'' if self.resample == 'nearest' else ', antialiased'}"
+                + (" (torchvision Resize on PIL)" if self.resample == "bilinear" else "")
+                if self.resize
+                else None
+            ),
             "center_crop": list(self.crop) if self.crop else None,
         }
 
 
-def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """torchvision's Resize(size) output (width, height): the shorter side becomes ``size``, the longer is truncated."""
+def resized_size(width: int, height: int, size: int | tuple[int, int]) -> tuple[int, int]:
+    """torchvision's Resize(size) output (width, height): the shorter side becomes ``size``, the longer is
+    truncated; a (height, width) ``size`` is the output itself."""
+    if isinstance(size, tuple):
+        return size[1], size[0]
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = size, int(size * long / short)
     return (new_short, new_long) if width <= height else (new_long, new_short)
@@ -654,7 +687,7 @@ class ImageFiles(Dataset):
                     raise DataError(
                         f"images of different sizes: {_show(self.files[i1])} is {s1[2]}x{s1[1]} "
                         f"({s1[0]} channels), {_show(self.files[i2])} is {s2[2]}x{s2[1]} ({s2[0]} channels)"
-                        f" after the transform; expected one size: give --resize N and --center-crop HxW"
+                        f" after the transform; expected one size: give --resize HxW, or --resize N and --center-crop HxW"
                     )
         if not first:
             return
@@ -664,7 +697,7 @@ class ImageFiles(Dataset):
             raise DataError(
                 f"{_show(self.files[i])}: image is {h}x{w} (height x width) after the transform but the "
                 f"model takes {mh}x{mw}; expected --resize N --center-crop {mh}x{mw} (ImageNet's evaluation "
-                "transform is --resize 256 --center-crop 224), or images of the model's size"
+                f"transform is --resize 256 --center-crop 224), --resize {mh}x{mw}, or images of the model's size"
             )
         self._shape = (c, h, w)
 
@@ -943,8 +976,9 @@ def load_data(
     path_column: str | None = None,
     label_column: str | None = None,
     label_from_filename: bool = False,
-    resize: int | None = None,
+    resize: int | str | None = None,
     center_crop: str | int | None = None,
+    resample: str = "bilinear",
 ) -> Dataset:
     """The data set at ``path``, by what it is: folder, image file, .csv/.tsv manifest, .npy or .npz.
 
@@ -964,9 +998,9 @@ def load_data(
         if suffix == ".npy"
         else "npz"
     )
-    if resize is not None and (isinstance(resize, bool) or not 1 <= int(resize) <= 65535):
-        raise DataError(f"--resize {resize}: expected a size in pixels, 1 to 65535")
-    transform = ImageTransform(int(resize) if resize else None, parse_crop(center_crop), channels)
+    if resample not in RESAMPLING:
+        raise DataError(f"--resample {_show(resample)!r}: expected one of {', '.join(RESAMPLING)}")
+    transform = ImageTransform(parse_resize(resize), parse_crop(center_crop), channels, resample)
     given = {
         "--labels": labels is not None,
         "--classes": classes is not None,
@@ -976,11 +1010,20 @@ def load_data(
         "--label-from-filename": bool(label_from_filename),
         "--resize": resize is not None,
         "--center-crop": center_crop is not None,
+        "--resample": resample != "bilinear",
     }
     allowed = {
-        "folder": {"--labels", "--classes", "--label", "--label-from-filename", "--resize", "--center-crop"},
-        "image": {"--label", "--resize", "--center-crop"},
-        "manifest": {"--classes", "--path-column", "--label-column", "--resize", "--center-crop"},
+        "folder": {
+            "--labels",
+            "--classes",
+            "--label",
+            "--label-from-filename",
+            "--resize",
+            "--center-crop",
+            "--resample",
+        },
+        "image": {"--label", "--resize", "--center-crop", "--resample"},
+        "manifest": {"--classes", "--path-column", "--label-column", "--resize", "--center-crop", "--resample"},
         "npy": {"--labels"},
         "npz": set(),
     }[kind]
@@ -1044,6 +1087,7 @@ def load_from_config(cfg, size: tuple[int, int] | None, channels: int | None) ->
         label_from_filename=cfg.label_from_filename,
         resize=cfg.resize,
         center_crop=cfg.center_crop,
+        resample=cfg.resample,
     )
     info = data.describe()
     transform = info.get("transform")

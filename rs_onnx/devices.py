@@ -149,6 +149,65 @@ def _gpu_name(index: int) -> str:
         return f"CUDA device {index}"
 
 
+ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+"""Values of the CUDA provider's ``cudnn_conv_algo_search`` (onnxruntime's default: EXHAUSTIVE)."""
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+TENSORRT_LIBRARY = "libnvinfer.so.10"
+"""The TensorRT library onnxruntime-gpu's TensorRT provider loads; rs-onnx never requires it."""
+DEVICE_NOISE_MIN_VALUES = 100_000
+"""Input values per example from which device noise is the default on CUDA (ImageNet size, 150,528, is over it;
+CIFAR size, 3,072, under): there drawing ~1e5 normals a sample on the host caps the rate (issue 29)."""
+
+
+def parse_algo_search(value) -> str | None:
+    """``cudnn_conv_algo_search`` upper-cased (case-insensitive), None for None; ConfigError for anything else."""
+    if value is None:
+        return None
+    text = str(value).strip().upper()
+    if text not in ALGO_SEARCHES:
+        raise ConfigError(f"cudnn_algo_search {value!r}; expected one of {', '.join(ALGO_SEARCHES)} (any case)")
+    return text
+
+
+def cuda_provider_options(algo_search: str | None = None, prefer_nhwc: bool = False) -> dict[str, str]:
+    """The CUDA provider options rs-onnx sets beyond the device id: only those asked for (onnxruntime's defaults
+    otherwise, so an unset option is never recorded as a choice)."""
+    options: dict[str, str] = {}
+    algo = parse_algo_search(algo_search)
+    if algo is not None:
+        options["cudnn_conv_algo_search"] = algo
+    if prefer_nhwc:
+        options["prefer_nhwc"] = "1"
+    return options
+
+
+@functools.lru_cache(maxsize=None)
+def tensorrt_available() -> bool:
+    """True when onnxruntime lists the TensorRT provider and ``libnvinfer.so.10`` loads (probed once)."""
+    if TENSORRT_PROVIDER not in ort.get_available_providers():
+        return False
+    import ctypes
+
+    try:
+        ctypes.CDLL(TENSORRT_LIBRARY)
+    except OSError:
+        return False
+    return True
+
+
+def device_noise_default(on_cuda: bool, input_values: int, batch_any_size: bool, cuda_graph: bool, noise) -> bool:
+    """Whether ``device_noise`` "auto" resolves to on: CUDA, inputs of at least :data:`DEVICE_NOISE_MIN_VALUES`
+    values per example, a model that takes any batch size, no CUDA graph (it would replay one noise tensor) and
+    Gaussian noise (``noise``: the noise asked for or the model's metadata, None for the default)."""
+    return (
+        bool(on_cuda)
+        and int(input_values) >= DEVICE_NOISE_MIN_VALUES
+        and bool(batch_any_size)
+        and not cuda_graph
+        and noise in (None, "gaussian")
+    )
+
+
 # Public names of the provider constants and device helpers, for the other modules (classifier.py).
 CPU_PROVIDER = _CPU
 CUDA_PROVIDER = _CUDA

@@ -6,38 +6,39 @@ of examples go to whichever worker is free; answers come back in any order and a
 order of ``todo``. Because the noise of example i depends only on (seed, i, phase, block), the TSV
 is identical (apart from the time column) to a single-process run with the same seed.
 
-A worker that dies is restarted by Ray and its groups retried; a worker that cannot be restarted
-has its groups resubmitted to the others. Answers are keyed by group, so none is lost or duplicated.
-Ray is imported only when a backend is built: ``import rs_onnx`` never needs it.
+The driver's loop (:mod:`rs_onnx.dispatch`) resends the work of a worker that is lost (its process or its
+node died) or frozen (nothing finished for the stall timeout) to the others, keeps the first answer of
+each unit (answers are deterministic), ends the run in one resumable line when the cluster is gone or no
+worker is left, and splits one example's samples across workers when examples are few or n is large.
+Workers resolve the batch size on their own hardware when none was given. Ray is imported only when a
+backend is built: ``import rs_onnx`` never needs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-import tempfile
 import time
-from collections import deque
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, NoReturn
 
 import numpy as np
 
-from .errors import ConfigError, RsOnnxError
+from .dispatch import Dispatcher, WorkerError, piece_size, plan
+from .errors import ConfigError
 from .guard import escape
+from .ray_worker import Worker, model_bundle, unpack_bundle
 
 if TYPE_CHECKING:
-    from .smoothing import SmoothedClassifier
+    pass
+
+__all__ = ["RayBackend", "Worker", "WorkerError", "backend_from_config", "model_bundle", "ray_backend", "unpack_bundle"]
 
 log = logging.getLogger(__name__)
 
 VERSION_KEYS = ("rs_onnx", "onnxruntime", "numpy")
 """Versions that must agree between the driver and every worker for identical results."""
-
-
-class WorkerError(RsOnnxError):
-    """Distributed workers could not start or kept dying."""
 
 
 def _import_ray():
@@ -46,193 +47,6 @@ def _import_ray():
     except ImportError as e:
         raise ConfigError("backend 'ray' needs Ray; expected it installed: pip install 'rs-onnx[distributed]'") from e
     return ray
-
-
-# ---------------------------------------------------------------------------------------------- model shipping
-def _external_files(model_path: Path) -> list[str]:
-    """Relative paths of the external-data files an ONNX model refers to (empty for most models)."""
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    names: set[str] = set()
-
-    def walk(graph):
-        tensors = list(graph.initializer)
-        for node in graph.node:
-            for attr in node.attribute:
-                tensors += [attr.t] if attr.HasField("t") else []
-                tensors += list(attr.tensors)
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    walk(sub)
-        for t in tensors:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                names.update(e.value for e in t.external_data if e.key == "location")
-
-    walk(model.graph)
-    return sorted(names)
-
-
-def model_bundle(model_path) -> dict[str, bytes]:
-    """The model file and its external-data files as {relative name: bytes}, to ship to workers."""
-    path = Path(model_path)
-    bundle = {path.name: path.read_bytes()}
-    for name in _external_files(path):
-        bundle[name] = (path.parent / name).read_bytes()
-    return bundle
-
-
-def unpack_bundle(bundle: dict[str, bytes], sha256: str, root: str | None = None) -> Path:
-    """Write a bundle once per node under ``<tmp>/rs-onnx-models/<sha256>/`` (atomically); returns the model path.
-
-    The first key is the model file. Workers on one node share the copy; it is kept for later runs.
-    """
-    folder = Path(root or tempfile.gettempdir()) / "rs-onnx-models" / sha256
-    for name, data in bundle.items():
-        target = (folder / name).resolve()
-        if folder.resolve() not in target.parents:
-            raise ConfigError(f"model file {name!r}: outside the model's folder; expected a relative path")
-        if target.exists() and target.stat().st_size == len(data):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    return folder / next(iter(bundle))
-
-
-def _bundle_key(bundle: dict[str, bytes]) -> str:
-    """SHA-256 of a bundle's names and bytes: the folder it is unpacked into (one per content)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, data in bundle.items():
-        h.update(name.encode() + b"\0" + str(len(data)).encode() + b"\0")
-        h.update(data)
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- the worker
-class Worker:
-    """One worker's onnxruntime session and smoothed classifier (wrapped into a Ray actor by the backend).
-
-    The session is built on the first call (``ready`` or ``answers``), from the ``model`` passed with
-    every call: a restarted actor rebuilds it, and Ray keeps no by-reference constructor arguments.
-
-    Parameters
-    ----------
-    cfg : RunConfig as a dict (``model`` is replaced by the shipped copy).
-    sha256 : the driver's model hash; the worker's copy must match.
-    sigma, entropy : the driver's resolved noise level and seed (identical noise everywhere).
-    device : onnxruntime device for this worker ("cuda" on a Ray GPU: Ray sets CUDA_VISIBLE_DEVICES).
-    threads : CPU threads of this worker (onnxruntime intra-op and noise threads, unless configured).
-    fault_dir : testing only: a file ``crash-<idx>`` there makes the worker given example idx exit, once.
-    batch_mode : the driver's classifier's batch mode after its checks (rs_onnx.checks): "per-sample"
-        makes the worker run one sample per session run too.
-    """
-
-    def __init__(
-        self,
-        cfg: dict,
-        sha256: str,
-        sigma: float,
-        entropy: int,
-        device: str,
-        threads: int,
-        fault_dir: str | None = None,
-        batch_mode: str | None = None,
-    ) -> None:
-        self._args = (cfg, sha256, sigma, entropy, device, threads)
-        self._fault_dir = fault_dir
-        self._batch_mode = batch_mode
-        self.smoothed: SmoothedClassifier | None = None
-
-    def _setup(self, model) -> None:
-        """Build the session once, through :func:`rs_onnx.run.open_classifier` (the one assembly, so every
-        option a local run honours is honoured here). ``model``: {name: bytes} (the model's bundle), a list
-        of such bundles or of ObjectRefs to them ([model] or [model, denoiser]), or None (open cfg's paths)."""
-        if self.smoothed is not None:
-            return
-        import onnxruntime as ort
-
-        from .config import RunConfig
-        from .run import open_classifier, open_smoothed
-
-        cfg, sha256, sigma, entropy, device, threads = self._args
-        self.cfg = RunConfig(**cfg)
-        bundles = model if isinstance(model, (list, tuple)) else [model] if model is not None else []
-        if bundles and not isinstance(bundles[0], dict):
-            import ray
-
-            bundles = [ray.get(ref) for ref in bundles]
-        if bundles:
-            self.cfg.model = str(unpack_bundle(bundles[0], _bundle_key(bundles[0])))
-        if len(bundles) > 1:
-            self.cfg.denoiser = str(unpack_bundle(bundles[1], _bundle_key(bundles[1])))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = max(1, int(threads))
-        self.classifier, spec = open_classifier(self.cfg, device=device, sess_options=opts)
-        if self.classifier.sha256 != sha256:
-            raise WorkerError(
-                f"model {self.cfg.model}: sha256 {self.classifier.sha256[:12]} on this worker; "
-                f"expected the driver's {sha256[:12]} (a different file under the same path?)"
-            )
-        if self._batch_mode == "per-sample" and self.classifier.batch_mode != "per-sample":
-            self.classifier = self.classifier.one_by_one()  # as the driver's batch check decided
-        noise_threads = self.cfg.noise_threads if self.cfg.noise_threads is not None else max(1, int(threads))
-        assert self.cfg.batch_size is not None  # the driver's resolved configuration
-        self.smoothed = open_smoothed(  # the driver's entropy; its batch check's decision came as batch_mode
-            self.cfg,
-            self.classifier,
-            spec,
-            sigma,
-            entropy,
-            noise_threads,
-            audit_seed_override=True,
-            batch_check={"result": "checked by the driver"},
-        )
-
-    def ready(self, model) -> dict:
-        """Build the session; returns where this worker runs and with which versions."""
-        import platform
-
-        from .results import versions
-
-        self._setup(model)
-        c = self.classifier
-        return {
-            "host": platform.node(),
-            "pid": os.getpid(),
-            "device": c.device,
-            "providers": list(c.providers),
-            "versions": versions(),
-        }
-
-    def answers(self, model, mode: str, group: list[int], images: np.ndarray) -> tuple[list, float]:
-        """Answers for the examples ``group`` (rows ``images`` of the data set), and seconds per example."""
-        from .data import Dataset
-
-        self._setup(model)
-        self._maybe_crash(group)
-        data = Dataset(images, np.zeros(len(images), np.int64), "shipped rows")
-        xs = [data.image(j) for j in range(len(group))]
-        from .run import answer_group
-
-        t = time.time()
-        assert self.smoothed is not None  # built by _setup
-        out = answer_group(self.smoothed, self.cfg, mode, xs, group)
-        return out, (time.time() - t) / len(group)
-
-    def _maybe_crash(self, group: list[int]) -> None:
-        if not self._fault_dir:
-            return
-        for i in group:
-            try:
-                os.remove(os.path.join(self._fault_dir, f"crash-{i}"))
-            except FileNotFoundError:
-                continue
-            log.warning("fault injection: worker %d exits on example %d", os.getpid(), i)
-            os._exit(1)
 
 
 # ---------------------------------------------------------------------------------------------- the backend
@@ -335,6 +149,53 @@ class _QuietThreadWarning(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
+@contextlib.contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """Restore the Python handlers of SIGTERM, SIGINT and SIGHUP after the block (``ray.init`` replaces
+    SIGTERM's with one that exits at once, without rs-onnx's meta file and --resume hint). Main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kinds = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    saved = {s: signal.getsignal(s) for s in kinds}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None and signal.getsignal(s) is not handler:
+                signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _cluster_messages_logged() -> Iterator[None]:
+    """Within the block, the messages the cluster pushes to this driver (a node or raylet died, with the
+    last lines of its log; a task retried) go to rs-onnx's log at DEBUG (``--debug`` shows them) instead
+    of Ray printing them to stdout, which carries the rows of ``--out -``. Best effort: a Ray without this
+    printer is left as it is."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        yield
+        return
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None:
+        yield
+        return
+
+    def to_log(data, ignore_prefix=False) -> None:
+        for line in data.get("lines") or ():
+            log.debug("ray (%s): %s", data.get("pid"), " ".join(str(line).split())[:500])
+
+    ray_worker.print_to_stdstream = to_log
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = printer
+
+
 class RayBackend:
     """A backend for :func:`rs_onnx.run.execute` that runs on a Ray cluster (built by :func:`ray_backend`).
 
@@ -348,6 +209,23 @@ class RayBackend:
         self.workers, self.gpus_per_worker, self.cpus_per_worker = workers, gpus_per_worker, cpus_per_worker
         self.options = options
         self._own = False  # this backend called ray.init (and so calls ray.shutdown)
+        self.record_workers: list[dict] = []  # what each worker resolved (meta.json's "ray")
+        self.dispatcher: Dispatcher | None = None
+        self._printer = None  # Ray's printer of cluster messages, while this backend's is in place
+
+    def record(self) -> dict:
+        """{"ray": ...} for the run's meta.json: the workers (host, device, the batch size each resolved on its
+        own hardware), the units resent after a worker was lost or stalled, and the stall timeout."""
+        d = self.dispatcher
+        return {
+            "ray": {
+                "workers": list(self.record_workers),
+                "resent_units": d.resent if d is not None else 0,
+                "stall_timeout": self.options["stall_timeout"],
+                "stall_seconds": d.stall_seconds() if d is not None else None,
+                "split": bool(d and d.units and d.units[0].phase is not None),
+            }
+        }
 
     def _joined_address(self) -> str | None:
         """The cluster ray.init joins: ``address``, else RAY_ADDRESS (Ray reads it), else None (start locally)."""
@@ -368,15 +246,16 @@ class RayBackend:
         if ray.is_initialized():
             return False
         address = self._joined_address()
-        kwargs = {"address": self.address, "logging_level": logging.WARNING, **(self.options["init_kwargs"] or {})}
-        if address is None:
-            # A local instance, started on this thread: Ray ties the processes it starts to the thread that
-            # starts them (they die with it), and no network is waited for.
-            kwargs.setdefault("include_dashboard", False)
-            ray.init(**kwargs)
-        else:
-            self.check_reachable()
-            self._join(ray, address, kwargs)
+        kwargs = {"address": self.address, "logging_level": logging.ERROR, **(self.options["init_kwargs"] or {})}
+        with _keep_signal_handlers():  # ray.init installs its own SIGTERM handler: rs-onnx's stay
+            if address is None:
+                # A local instance, started on this thread: Ray ties the processes it starts to the thread that
+                # starts them (they die with it), and no network is waited for.
+                kwargs.setdefault("include_dashboard", False)
+                ray.init(**kwargs)
+            else:
+                self.check_reachable()
+                self._join(ray, address, kwargs)
         self._own = True
         return True
 
@@ -420,7 +299,8 @@ class RayBackend:
         """Leave the cluster (stop the local instance) when :meth:`connect` joined it; else nothing."""
         if self._own:
             self._own = False
-            _import_ray().shutdown()
+            with _keep_signal_handlers():
+                _import_ray().shutdown()
 
     def __call__(self, p, mode: str, todo: list[int], progress=None) -> Iterator[tuple[list[int], list, float]]:
         """Yields (example indices, answers, seconds per example) in the order of ``todo``."""
@@ -428,23 +308,9 @@ class RayBackend:
             return
         ray = _import_ray()
         opened = self.connect()
-        o = self.options
         try:
-            yield from _run(
-                ray,
-                p,
-                mode,
-                todo,
-                progress,
-                self.workers,
-                self.gpus_per_worker,
-                self.cpus_per_worker,
-                o["tasks_per_worker"],
-                o["max_restarts"],
-                o["max_attempts"],
-                o["ship_model"],
-                o["fault_dir"],
-            )
+            with _cluster_messages_logged():
+                yield from _run(ray, p, mode, todo, progress, self)
         finally:
             if opened:
                 self.close()
@@ -462,6 +328,8 @@ def ray_backend(
     ship_model: bool = True,
     init_kwargs: dict | None = None,
     connect_timeout: float = RAY_CONNECT_TIMEOUT_S,
+    stall_timeout: float | None = None,
+    split: bool = True,
     _fault_dir: str | None = None,
 ) -> RayBackend:
     """A backend for :func:`rs_onnx.run.execute` that runs on a Ray cluster.
@@ -482,6 +350,12 @@ def ray_backend(
     init_kwargs : more arguments for ``ray.init`` (e.g. ``runtime_env``, ``num_cpus``).
     connect_timeout : seconds ``ray.init`` may take to join a remote cluster (after its address accepted a
         TCP connection within 10 s); then ConfigError.
+    stall_timeout : seconds a worker with work may finish nothing before its work goes to the other workers
+        (a frozen process, a wedged GPU); when no worker can take over, the run ends (resumable). None:
+        automatic, 10 times the slowest unit of work measured so far and at least 60 s (600 s until the
+        first unit finished); see :mod:`rs_onnx.dispatch`.
+    split : split one example's samples into pieces across workers when the examples are fewer than the
+        workers can take at once or n is over 100,000 (same counts, same certificate); False: never.
 
     Returns
     -------
@@ -499,6 +373,8 @@ def ray_backend(
         raise ConfigError(f"address={address!r}: expected 'auto', 'host:port' or 'ray://host:port'")
     if not connect_timeout > 0:
         raise ConfigError(f"connect_timeout={connect_timeout}: expected more than 0 seconds")
+    if stall_timeout is not None and not (math.isfinite(stall_timeout) and stall_timeout > 0):
+        raise ConfigError(f"stall_timeout={stall_timeout}: expected more than 0 seconds (or None: automatic)")
     return RayBackend(
         address,
         workers,
@@ -510,13 +386,16 @@ def ray_backend(
         ship_model=ship_model,
         init_kwargs=init_kwargs,
         connect_timeout=connect_timeout,
+        stall_timeout=stall_timeout,
+        split=split,
         fault_dir=_fault_dir,
     )
 
 
 def backend_from_config(cfg) -> RayBackend | None:
     """The backend a RunConfig asks for: None (local) or :func:`ray_backend` from its ``backend``,
-    ``address``, ``workers``, ``gpus_per_worker`` and ``cpus_per_worker`` keys (absent keys: defaults)."""
+    ``address``, ``workers``, ``gpus_per_worker``, ``cpus_per_worker`` and ``stall_timeout`` keys (absent
+    keys: defaults)."""
     name = getattr(cfg, "backend", "local") or "local"
     if name == "local":
         return None
@@ -527,164 +406,134 @@ def backend_from_config(cfg) -> RayBackend | None:
         getattr(cfg, "workers", None),
         getattr(cfg, "gpus_per_worker", None),
         getattr(cfg, "cpus_per_worker", None),
+        stall_timeout=getattr(cfg, "stall_timeout", None),
     )
 
 
-def _raise_task_error(e) -> None:
-    """Re-raise a worker's own error (e.g. a DeviceError) as itself, so the CLI prints one line."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, RsOnnxError):
-        raise cause from None
-    raise e
-
-
-def _run(
-    ray,
-    p,
-    mode,
-    todo,
-    progress,
-    workers,
-    gpus_per_worker,
-    cpus_per_worker,
-    tasks_per_worker,
-    max_restarts,
-    max_attempts,
-    ship_model,
-    fault_dir,
-):
-    from ray.exceptions import RayActorError, RayTaskError
-
+def _run(ray, p, mode, todo, progress, backend: RayBackend) -> Iterator[tuple[list[int], list, float]]:
+    from . import noise
     from .results import versions
     from .run import group_size
 
+    o = backend.options
     cfg = p.cfg
-    size = group_size(cfg)
-    groups = [todo[g : g + size] for g in range(0, len(todo), size)]
     per_example = cfg.n0 + cfg.n if mode == "certify" else cfg.n
-    n_workers, gpus, cpus = _plan(ray, workers, gpus_per_worker, cpus_per_worker, cfg.device, len(groups))
+    n_workers, gpus, cpus = _plan(
+        ray, backend.workers, backend.gpus_per_worker, backend.cpus_per_worker, cfg.device, len(todo)
+    )
     sha = p.classifier.sha256
     # held until the end, for restarts; the denoiser travels too: workers compose it like a local run
     model = (
         [ray.put(model_bundle(cfg.model))] + ([ray.put(model_bundle(cfg.denoiser))] if cfg.denoiser else [])
-        if ship_model
+        if o["ship_model"]
         else None
     )
     remote = ray.remote(Worker).options(
         num_cpus=cpus,
         num_gpus=gpus,
-        max_restarts=max_restarts,
-        max_task_retries=max_restarts,
+        max_restarts=o["max_restarts"],
+        max_task_retries=0,  # a lost unit is resent by the driver, to any worker (dispatch)
         scheduling_strategy="SPREAD",
     )
-    # the driver's resolved noise kind (from --noise or the model's metadata) travels like sigma
+    # the driver's resolved noise kind (from --noise or the model's metadata) and noise source (host or device,
+    # resolved by its classifier when device_noise was left unset) travel like sigma
     args = (
-        {**cfg.to_dict(), "noise": p.smoothed.noise},
+        {**cfg.to_dict(), "noise": p.smoothed.noise, "device_noise": bool(p.classifier.device_noise)},
         sha,
         p.smoothed.sigma,
         p.smoothed.entropy,
         _worker_device(cfg.device, gpus),
         max(1, math.floor(cpus)),
-        fault_dir,
+        o["fault_dir"],
         getattr(p.classifier, "batch_mode", None),
+        bool(getattr(p, "batch_auto", False)),
+        len(p.indices) * per_example,
+        tuple(p.data.image_shape),
     )
     actors = [remote.remote(*args) for _ in range(n_workers)]
-    log.info(
-        "ray: %d groups of up to %d examples on %d workers (%g GPU, %g CPU each)",
-        len(groups),
-        size,
-        n_workers,
-        gpus,
-        cpus,
-    )
-    starting = {a.ready.remote(model): a for a in actors}
-    live: dict = {}  # actor -> groups in flight on it
-    in_flight: dict = {}  # ref -> (actor, group number)
-    pending = deque(range(len(groups)))
-    attempts = [0] * len(groups)
-    done: dict = {}
-    next_out, window = 0, max(64, 8 * n_workers * tasks_per_worker)
     mine = versions()
-    last = time.time()
+    record = backend.record_workers
+    record.clear()
+    block_size = p.smoothed.sampler(p.data.image_shape).block_size
+    splittable = not cfg.sequential and not getattr(p.classifier, "device_noise", False)
+
+    def on_ready(info: dict) -> None:
+        _check_versions(mine, info)
+        keep = ("host", "pid", "node", "device", "device_name", "batch_size", "batch_auto")
+        entry = {k: info.get(k) for k in keep}
+        probe = info.get("batch_probe")
+        if probe:
+            entry["batch_probe_seconds"] = probe.get("probe_seconds")
+        if entry not in record:
+            record.append(entry)
+
+    def make_plan(info: dict):
+        # the group size follows the first ready worker's batch (values resolved there flow to the schedule)
+        size = group_size(cfg, info.get("batch_size") or cfg.batch_size)
+        piece = (
+            piece_size(cfg.n, len(todo), n_workers, o["tasks_per_worker"], block_size)
+            if splittable and o["split"]
+            else None
+        )
+        items, units = plan(todo, size, mode, cfg.n0, cfg.n, piece, block_size)
+        log.info(
+            "ray: %d %s on %d workers (%g GPU, %g CPU each)%s",
+            len(units),
+            "groups of up to %d examples" % size if piece is None else "pieces",
+            n_workers,
+            gpus,
+            cpus,
+            "" if piece is None else f": each example's samples split into pieces of {piece:,}",
+        )
+        return items, units
+
+    def submit(actor, unit):
+        if unit.phase is None:
+            group = list(unit.examples)
+            return actor.answers.remote(model, mode, group, p.data.images[group])
+        e = unit.examples[0]
+        return actor.counts.remote(model, e, p.data.images[e], unit.phase, unit.block, unit.n)
+
+    dim = p.smoothed.dim(p.data.image_shape)
+
+    def finish(item: int, examples: list[int], parts: list) -> list:
+        by_phase: dict = {}
+        for unit, counts in parts:
+            by_phase[unit.phase] = by_phase.get(unit.phase, 0) + np.asarray(counts, np.int64)
+        if mode == "predict":
+            return p.smoothed.predictions(by_phase[noise.PREDICT][None], cfg.n, cfg.alpha)
+        c0, c1 = by_phase[noise.SELECT][None], by_phase[noise.ESTIMATE][None]
+        return p.smoothed.certificates(c0, c1, cfg.n0, cfg.n, cfg.alpha, dim, cfg.bound)
+
+    def samples(unit) -> int:
+        return len(unit.examples) * per_example if unit.phase is None else unit.n
+
+    dispatcher = Dispatcher(
+        ray,
+        actors,
+        ready=lambda actor: actor.ready.remote(model),
+        on_ready=on_ready,
+        make_plan=make_plan,
+        submit=submit,
+        finish=finish,
+        samples=samples,
+        progress=progress,
+        stall_timeout=o["stall_timeout"],
+        max_attempts=o["max_attempts"],
+        tasks_per_worker=o["tasks_per_worker"],
+        window=max(64, 8 * n_workers * o["tasks_per_worker"]),
+        gcs_address=_gcs_address(ray),
+    )
+    backend.dispatcher = dispatcher
+    yield from dispatcher
+
+
+def _gcs_address(ray) -> str | None:
+    """The cluster head's GCS "host:port" as this driver knows it (None under Ray Client or when unknown)."""
     try:
-        while next_out < len(groups):
-            for actor in sorted(live, key=lambda a: len(live[a])):
-                while len(live[actor]) < tasks_per_worker and pending and pending[0] < next_out + window:
-                    g = pending.popleft()
-                    ref = actor.answers.remote(model, mode, groups[g], p.data.images[groups[g]])
-                    in_flight[ref] = (actor, g)
-                    live[actor].add(g)
-            refs = list(in_flight) + list(starting)
-            if not refs:
-                raise WorkerError(
-                    f"all {n_workers} Ray workers died with {len(groups) - next_out} groups of "
-                    "examples left; expected at least one live worker (see the Ray logs)"
-                )
-            finished, _ = ray.wait(refs, num_returns=1, timeout=30.0)
-            if not finished and time.time() - last > 60:
-                last = time.time()
-                log.warning(
-                    "ray: %d of %d workers started, %d groups in flight; waiting (cluster resources %s)",
-                    len(live),
-                    n_workers,
-                    len(in_flight),
-                    ray.available_resources(),
-                )
-            for ref in finished:
-                if ref in starting:
-                    actor = starting.pop(ref)
-                    try:
-                        info = ray.get(ref)
-                    except RayTaskError as e:
-                        _raise_task_error(e)
-                    except RayActorError as e:
-                        log.warning("ray: a worker died while starting (%s)", type(e).__name__)
-                        continue
-                    _check_versions(mine, info)
-                    log.info("ray: worker %s:%d ready on %s", info["host"], info["pid"], info["device"])
-                    live[actor] = set()
-                    continue
-                actor, g = in_flight.pop(ref)
-                if actor in live:
-                    live[actor].discard(g)
-                try:
-                    answers, seconds = ray.get(ref)
-                except RayTaskError as e:
-                    _raise_task_error(e)
-                except RayActorError as e:
-                    attempts[g] += 1
-                    if attempts[g] >= max_attempts:
-                        raise WorkerError(
-                            f"examples {groups[g][0]}..{groups[g][-1]}: lost with {attempts[g]} "
-                            "workers; expected them to finish (do they crash the worker?)"
-                        ) from e
-                    dead = not isinstance(e, getattr(ray.exceptions, "ActorUnavailableError", ()))
-                    if dead and actor in live:
-                        log.warning("ray: a worker died (%s); its groups go to the others", type(e).__name__)
-                        for other in [r for r, (a, _) in in_flight.items() if a is actor]:
-                            pending.appendleft(in_flight.pop(other)[1])
-                        del live[actor]
-                    pending.appendleft(g)
-                    pending = deque(sorted(set(pending)))
-                    continue
-                if len(answers) != len(groups[g]):
-                    raise WorkerError(f"a worker gave {len(answers)} answers for {len(groups[g])} examples")
-                if g >= next_out and g not in done:
-                    done[g] = (answers, seconds)
-                    if progress:
-                        progress(len(groups[g]) * per_example)
-            while next_out in done:
-                answers, seconds = done.pop(next_out)
-                yield groups[next_out], answers, seconds
-                next_out += 1
-    finally:
-        for ref in [*in_flight, *starting]:
-            try:
-                ray.cancel(ref)
-            except Exception:  # noqa: BLE001 - best effort; killing the actors drops the rest
-                pass
-        for actor in actors:
-            ray.kill(actor)
+        return ray.get_runtime_context().gcs_address or None
+    except Exception:  # noqa: BLE001 - Ray Client and older Rays: not checked
+        return None
 
 
 def _check_versions(mine: dict, info: dict) -> None:

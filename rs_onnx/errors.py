@@ -32,3 +32,7 @@ class DeviceError(RsOnnxError):
 
 class OutputError(RsOnnxError):
     """A result file cannot be written, or an output path is refused (in use, an input, holds rows)."""
+
+
+class RequirementError(RsOnnxError):
+    """``--require``: a population lower bound on certified accuracy is below what the pipeline requires."""

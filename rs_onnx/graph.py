@@ -534,6 +534,12 @@ def _value_facts(v: onnx.ValueInfoProto) -> dict:
     return {"name": v.name, "shape": dims(v), "dtype": str(dt) if dt is not None else kind}
 
 
+def normalization(model: onnx.ModelProto, input_name: str) -> list[dict]:
+    """The chain of Sub/Div/Mul/Add by constants right after input ``input_name`` (as :func:`describe`'s
+    ``normalization``): [{op, constant, input_first}, or {op} for Cast/Identity/Transpose passed through]."""
+    return _normalization(model.graph, input_name)
+
+
 def _normalization(graph, input_name: str) -> list[dict]:
     """Chain of Sub/Div/Mul/Add by constants (through Cast/Identity/Transpose) after the input."""
     consumers: dict[str, list] = {}

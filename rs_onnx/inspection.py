@@ -28,7 +28,7 @@ def _probe(clf) -> dict:
 
 
 def _guess_preset(shape: tuple[int, ...], normalised_inside: bool) -> str | None:
-    """A preset that fits the input's size; a guess the user must confirm from the model's documentation."""
+    """A preset that fits the input's size: a GUESS (many 224x224 models use mean/std 0.5, not ImageNet's)."""
     if normalised_inside:
         return "none"
     size = int(np.prod(shape))
@@ -47,8 +47,31 @@ def _layout(shape: tuple[int, ...]) -> str:
     return "nchw" if len(shape) == 3 else "flat"
 
 
-def inspect_model(path, *, input_name=None, output_name=None, device="auto") -> dict:
-    """A JSON-able report: facts, how rs-onnx reads the model, warnings, and a suggested config."""
+def _card_shape(card_values: dict, rest: list) -> list[int] | None:
+    """The per-example shape a preprocessor config implies for declared dims ``rest`` (channels first, RGB):
+    its crop, else its exact resize; None when it does not fix the size."""
+    from .data import parse_crop, parse_resize
+
+    size = parse_crop(card_values.get("center_crop"))
+    if size is None:
+        resize = parse_resize(card_values.get("resize"))
+        size = resize if isinstance(resize, tuple) else None
+    if size is None or len(rest) != 3:
+        return None
+    channels = rest[0] if isinstance(rest[0], int) and rest[0] > 0 else 3
+    return [channels, *size]
+
+
+def inspect_model(
+    path, *, input_name=None, output_name=None, device="auto", input_shape=None, preprocessor=None
+) -> dict:
+    """A JSON-able report: facts, how rs-onnx reads the model, warnings, and a suggested config.
+
+    ``input_shape``: per-example shape for symbolic dims (as ``--input-shape``); ``preprocessor``: a
+    preprocessor_config.json (default: the one beside the model; "none": ignore). A key ``problem`` says why
+    rs-onnx cannot run the model as it stands (the CLI then exits 1); ``basis`` says where the suggested
+    preprocessing comes from, and whether it is a guess."""
+    from . import modelcard, shapes
     from .classifier import OnnxClassifier
 
     path = Path(path)
@@ -56,8 +79,23 @@ def inspect_model(path, *, input_name=None, output_name=None, device="auto") -> 
     facts = graph.describe(model)
     report: dict = {"model": str(path), "size_bytes": path.stat().st_size, **facts, "warnings": []}
     warnings = report["warnings"]
+    try:
+        card_path = modelcard.find_card(str(path), preprocessor)
+        card = modelcard.read_card(card_path) if card_path is not None else None
+        given = None if input_shape is None else shapes.parse_input_shape(input_shape)
+    except RsOnnxError as e:
+        report["problem"] = str(e)
+        return report
+    if given is not None and given[0] is not None:
+        input_name = input_name or given[0]
+    names = modelcard.class_names(str(path), None if card_path is None else str(card_path))
+    if names:
+        report["class_names"] = names
+    rescale = None if card is not None else modelcard.graph_rescale(str(path), input_name)
     steps = [s for s in facts["normalization"] if not _identity_step(s)]
-    if steps:
+    if rescale is not None:
+        warnings.append(f"{rescale[1]}: the model takes 0..255 pixels and rescales them itself; declare scale 255")
+    elif steps:
         consts = ", ".join(f"{s['op']} {s['constant']}" for s in steps)
         warnings.append(
             f"the graph starts with what looks like normalisation ({consts}): declare no mean/std "
@@ -75,8 +113,18 @@ def inspect_model(path, *, input_name=None, output_name=None, device="auto") -> 
             f"ops from other domains: {facts['custom_ops']} (ai.onnx.ml runs in onnxruntime; "
             "custom-op libraries are never loaded)"
         )
+    shape = None if given is None else given[1]
+    shape_from = "--input-shape" if given is not None else None
     try:
-        clf = OnnxClassifier(path, input_name=input_name, output_name=output_name, device=device)
+        declared = shapes.declared_input(str(path), input_name, {})
+    except RsOnnxError as e:  # a token-id input, or no single input to read
+        report["problem"] = str(e)
+        return report
+    if shape is None and card is not None and declared is not None and shapes.symbolic(declared[1]):
+        shape = _card_shape(card.values, declared[1])
+        shape_from = f"the crop/resize of {card.source}" if shape is not None else None
+    try:
+        clf = OnnxClassifier(path, input_name=input_name, output_name=output_name, device=device, input_shape=shape)
     except RsOnnxError as e:
         report["problem"] = str(e)
         return report
@@ -91,6 +139,8 @@ def inspect_model(path, *, input_name=None, output_name=None, device="auto") -> 
         "providers": list(clf.providers),
         "device": clf.device,
     }
+    if shape_from is not None:
+        report["reading"]["input_shape_from"] = shape_from
     if len(facts["outputs"]) > 1:
         report["reading"]["output_choice"] = (
             f"'{clf.output_name}' is the only output shaped like class scores "
@@ -99,16 +149,35 @@ def inspect_model(path, *, input_name=None, output_name=None, device="auto") -> 
     if clf.batch_mode == "per-sample":
         warnings.append("batch verification failed: rs-onnx runs one sample at a time (slow); see the log above")
     report["probe"] = _probe(clf)
-    config = {
+    config: dict = {
         "model": str(path),
         "input_name": clf.input_name,
         "output_name": clf.output_name,
         "layout": _layout(tuple(clf.input_shape)),
-        "scale": 255.0 if facts["integer_input"] else 1.0,
     }
-    preset = _guess_preset(tuple(clf.input_shape), bool(steps))
-    if preset:
-        config["preset"] = preset
+    if shape_from is not None:
+        config["input_shape"] = list(clf.input_shape)
+    if card is not None:
+        config.update(card.values)
+        report["basis"] = f"from {card.source} (the preprocessing the model ships with)"
+    elif rescale is not None:
+        config.update(preset="none", scale=rescale[0])
+        report["basis"] = f"from the graph: {rescale[1]} (it takes 0..255 pixels)"
+    else:
+        config["scale"] = 255.0 if facts["integer_input"] else 1.0
+        preset = _guess_preset(tuple(clf.input_shape), bool(steps))
+        if preset:
+            config["preset"] = preset
+        if steps:
+            report["basis"] = "from the graph: it normalises its input itself"
+        elif facts["integer_input"]:
+            report["basis"] = "from the graph: an integer input, read as 0..255 pixels"
+        else:
+            report["basis"] = (
+                f"a GUESS from the input size ({'x'.join(map(str, clf.input_shape))}): no preprocessor config "
+                "and nothing in the graph says how inputs are normalised; check the model's documentation"
+                + (" (e.g. Hugging Face ViT uses mean/std 0.5, not ImageNet's)" if preset == "imagenet" else "")
+            )
     sigma = clf.metadata.get("rs_onnx.sigma")
     config["sigma"] = float(sigma) if sigma else 0.25
     report["suggested_config"] = config
@@ -151,16 +220,24 @@ def render(report: dict) -> str:
             f"batch      {r['batch_mode']}",
             f"runs on    {', '.join(r['providers'])}",
         ]
+        if "input_shape_from" in r:
+            lines.append(f"shape      {r['input_shape']} per example, from {r['input_shape_from']}")
         if "output_choice" in r:
             lines.append(f"why        {r['output_choice']}")
         p = report["probe"]
         lines.append(f"probe      {p['output']}" + ("" if p.get("finite", True) else " -- NOT FINITE on random input"))
     for w in report["warnings"]:
         lines.append(f"warning    {w}")
+    if report.get("class_names"):
+        names = report["class_names"]
+        lines.append(
+            f"classes    {len(names)} names from config.json (id2label): {', '.join(names[:5])}"
+            + (", ..." if len(names) > 5 else "")
+        )
     if "suggested_config" in report:
         lines += [
             "",
-            "# suggested config (check mean/std against the model's documentation):",
+            f"# suggested config: preprocessing {report.get('basis', 'from the defaults')}",
             yaml.safe_dump(report["suggested_config"], sort_keys=False).rstrip(),
         ]
     return "\n".join(lines)

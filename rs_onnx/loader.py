@@ -14,15 +14,17 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rs_onnx import cuda, graph, stopping
-from rs_onnx.devices import CPU_PROVIDER, CUDA_PROVIDER, cuda_works, default_session_options, parse_device
-from rs_onnx.devices import preload_cuda_libraries
+from rs_onnx import cuda, graph, shapes, stopping
+from rs_onnx.devices import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_LIBRARY, TENSORRT_PROVIDER, cuda_works
+from rs_onnx.devices import default_session_options, device_noise_default, parse_device, preload_cuda_libraries
+from rs_onnx.devices import tensorrt_available
 from rs_onnx.errors import ConfigError, DeviceError, ModelError
 from rs_onnx.model_io import ClassOutput, ModelInput, choose_input, choose_output, disagreement, feed
 from rs_onnx.model_io import NotClasses, random_inputs, resolve_shape, rows
@@ -50,7 +52,9 @@ class Placement:
     """Where a model's sessions run: ``device`` "cpu" or "cuda:i" (settled by :func:`open_first`).
 
     ``request``: the device as the user asked for it; ``explicit``: CUDA was asked for by name (no
-    silent fallback to CPU); ``index``: the CUDA device id.
+    silent fallback to CPU); ``index``: the CUDA device id. ``cuda_options``: CUDA provider options asked for
+    (:func:`rs_onnx.devices.cuda_provider_options`; used on CUDA only); ``tensorrt``: put the TensorRT provider
+    first (only when asked for and ``libnvinfer.so.10`` loads; never with a CUDA graph).
     """
 
     model_name: str
@@ -59,19 +63,28 @@ class Placement:
     index: int
     explicit: bool
     sess_options: ort.SessionOptions
+    cuda_options: Mapping[str, str] = dataclass_field(default_factory=dict)
+    tensorrt: bool = False
 
     @property
     def on_cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+    def providers(self, cuda_graph: bool = False) -> list:
+        """The providers of a session: CPU, or [TensorRT,] CUDA (with the options asked for), CPU."""
+        if not (self.on_cuda or cuda_graph):
+            return [CPU_PROVIDER]
+        cuda = {"device_id": str(self.index), **self.cuda_options, **({"enable_cuda_graph": "1"} if cuda_graph else {})}
+        providers: list = [(CUDA_PROVIDER, cuda), CPU_PROVIDER]
+        if self.tensorrt and not cuda_graph:  # RandomNormalLike (device noise) stays on CUDA (Philox)
+            trt = {"device_id": str(self.index), "trt_op_types_to_exclude": "RandomNormalLike"}
+            providers.insert(0, (TENSORRT_PROVIDER, trt))
+        return providers
+
     def session(self, source: str | onnx.ModelProto, cuda_graph: bool = False) -> ort.InferenceSession:
         """A session for a path (str) or a ModelProto; onnxruntime's failures as one-line errors."""
         data = source if isinstance(source, str) else source.SerializeToString()
-        providers: list = (
-            [(CUDA_PROVIDER, {"device_id": str(self.index)}), CPU_PROVIDER] if self.on_cuda else [CPU_PROVIDER]
-        )
-        if cuda_graph:
-            providers = [(CUDA_PROVIDER, {"device_id": str(self.index), "enable_cuda_graph": "1"}), CPU_PROVIDER]
+        providers = self.providers(cuda_graph)
         try:
             return ort.InferenceSession(data, self.sess_options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
@@ -92,8 +105,11 @@ class Placement:
             ) from err
 
 
-def place(model: onnx.ModelProto, path: Path, device, sess_options) -> Placement:
-    """The device asked for, before any session: CUDA when asked for (or, for "auto", when it works)."""
+def place(
+    model: onnx.ModelProto, path: Path, device, sess_options, cuda_options=None, tensorrt: bool = False
+) -> Placement:
+    """The device asked for, before any session: CUDA when asked for (or, for "auto", when it works).
+    ``cuda_options`` and ``tensorrt`` apply on CUDA only (on CPU they are not applicable: logged, not used)."""
     kind, index = parse_device(device)
     if kind == "cuda" and CUDA_PROVIDER not in ort.get_available_providers():
         raise DeviceError(
@@ -113,7 +129,24 @@ def place(model: onnx.ModelProto, path: Path, device, sess_options) -> Placement
         options.add_session_config_entry(
             "session.model_external_initializers_file_folder_path", str(path.resolve().parent)
         )
-    return Placement(path.name, str(device), name, index, kind == "cuda", options)
+    asked = dict(cuda_options or {})
+    if not want_cuda and (asked or tensorrt):
+        logger.warning(
+            "model %s on %s: CUDA-only options %s do not apply; recorded as not applicable",
+            path.name,
+            name,
+            ", ".join([*(f"{k}={v}" for k, v in asked.items()), *(["tensorrt"] if tensorrt else [])]),
+        )
+    use_trt = bool(tensorrt) and want_cuda and tensorrt_available()
+    if tensorrt and want_cuda and not use_trt:
+        logger.warning(
+            "model %s: TensorRT asked for, but %s does not load here (or onnxruntime lacks %s); using the CUDA "
+            "provider",
+            path.name,
+            TENSORRT_LIBRARY,
+            TENSORRT_PROVIDER,
+        )
+    return Placement(path.name, str(device), name, index, kind == "cuda", options, asked, use_trt)
 
 
 def open_first(placement: Placement, path: Path) -> tuple[ort.InferenceSession, Placement]:
@@ -194,6 +227,12 @@ def load_batched(
         except ModelError:
             raise
         except Exception as err:
+            if inp.dims is not None and shapes.symbolic(inp.dims[1:]):  # the shape came from --input-shape or the data
+                raise ModelError(
+                    f"model {name}: the graph rejects input '{inp.name}' shaped {[1, *input_shape]} although it "
+                    f"declares {graph.format_dims(inp.dims)} ({ort_reason(err)[:300]}); expected the size it was "
+                    f"exported for: give it with {shapes.FLAG} and resize the data to match (--resize HxW)"
+                ) from err
             raise ModelError(
                 f"model {name}: onnxruntime fails on a random example shaped {[1, *input_shape]} "
                 f"({ort_reason(err)}); expected it to run on inputs of its declared shape"
@@ -241,8 +280,7 @@ def verify_batch(
 ) -> tuple[str | None, float | None]:
     """(None when a batched run of x agrees with ``ref`` (one-by-one rows) else the reason, ms per example)."""
     k = len(x)
-    try:  # a failure here is expected and reported by us
-        load_run(session, [output.name], feed(inp, x), model_name)  # warm-up for this shape
+    try:  # a failure here is expected and reported by us (one run, no warm-up: its timing only words a warning)
         t0 = time.perf_counter()
         out = load_run(session, [output.name], feed(inp, x), model_name)[0]
         batched_ms = 1e3 * (time.perf_counter() - t0) / k
@@ -350,6 +388,9 @@ class Loaded:
     and finiteness flag. ``noise_base``: the model that device noise is prepended to (device_noise only).
     ``fp16_sha256`` / ``fp16_agreement``: the fp16 conversion's hash and its agreement with fp32 on
     random inputs (float_type "fp16" only; the agreement is None when it could not be measured).
+    ``model``: the graph ``session`` runs (without the CUDA graph), from which :meth:`fresh_session` builds
+    others. ``one_shape``: ``session`` has never run at load, and the runner keeps it at one input shape
+    (checks and probes run on fresh sessions): True on CUDA, where each new shape costs a cuDNN plan.
     """
 
     name: str
@@ -366,6 +407,20 @@ class Loaded:
     noise_base: onnx.ModelProto | None = None
     fp16_sha256: str | None = None
     fp16_agreement: float | None = None
+    model: onnx.ModelProto | None = None
+    one_shape: bool = False
+
+    def fresh_session(self, tensorrt: bool = False, quick_plans: bool = False) -> ort.InferenceSession:
+        """A new session of ``model`` on the same placement, without a CUDA graph, and without TensorRT (whose engine
+        would be built again for every shape) unless ``tensorrt`` and the placement uses it: checks, probes, ceilings.
+        ``quick_plans``: cuDNN's HEURISTIC search (a new shape costs milliseconds, not a search) for a session that
+        runs several shapes once each and whose speed does not matter (the checks)."""
+        assert self.model is not None
+        options = dict(self.placement.cuda_options)
+        if quick_plans:
+            options["cudnn_conv_algo_search"] = "HEURISTIC"
+        placement = replace(self.placement, tensorrt=tensorrt and self.placement.tensorrt, cuda_options=options)
+        return placement.session(self.model)
 
     @property
     def fetch(self) -> list[str]:
@@ -397,14 +452,22 @@ def load(
     argmax_in_graph: bool | None = None,
     float_type: str = "fp32",
     cuda_graph: bool = False,
-    device_noise: bool = False,
+    device_noise: bool | str = False,
+    cuda_options: Mapping[str, str] | None = None,
+    tensorrt: bool = False,
+    one_shape: bool | None = None,
 ) -> Loaded:
     """Load and check a model (see :class:`rs_onnx.classifier.OnnxClassifier` for the arguments)."""
     path = Path(path)
     name = path.name
     if float_type not in FLOAT_TYPES:
         raise ConfigError(f"float type {float_type!r}; expected one of {', '.join(FLOAT_TYPES)}")
-    if device_noise and cuda_graph:
+    auto_noise = isinstance(device_noise, str)
+    if auto_noise and device_noise != "auto":
+        raise ConfigError(f"device_noise {device_noise!r}; expected True, False or 'auto'")
+    if not auto_noise:
+        device_noise = bool(device_noise)  # 1, numpy.True_: True
+    if device_noise is True and cuda_graph:
         raise ConfigError(
             "device_noise with cuda_graph: a captured CUDA graph would replay the same noise on "
             "every batch; expected one of the two (host noise works with CUDA graphs)"
@@ -418,7 +481,7 @@ def load(
 
         max_batch = as_int("max_batch", max_batch, 1)  # -1 once returned uninitialised memory as classes
     inp = choose_input(model, name, input_name, extra_inputs or {})
-    placement = place(model, path, device, sess_options)
+    placement = place(model, path, device, sess_options, cuda_options, tensorrt)
     declared = inp.dims  # never None: onnx.checker (graph.load_model) refuses a graph input without a shape
     if not declared:
         raise ModelError(
@@ -426,7 +489,7 @@ def load(
             "expected a tensor with a batch dim [N, ...]"
         )
     original, placement = open_first(placement, path)
-    _check_device_options(placement, cuda_graph, device_noise)
+    _check_device_options(placement, cuda_graph, device_noise is True)
     lead = declared[0]
     if isinstance(lead, int) and lead > 1:
         batching = load_fixed(model, original, inp, declared, input_shape, output_name, name)
@@ -436,6 +499,20 @@ def load(
         batching, session, base = load_batched(
             placement, model, original, inp, shape, lead == 1, output_name, verify_batch
         )
+    if auto_noise:
+        device_noise = inp.dtype.kind == "f" and device_noise_default(
+            placement.on_cuda,
+            int(np.prod(batching.input_shape)),
+            batching.mode in ("dynamic", "rewritten"),
+            cuda_graph,
+            metadata.get("rs_onnx.noise"),
+        )
+        if device_noise:
+            logger.info(
+                "model %s: device noise by default (CUDA, inputs of this size); device_noise=False (--no-device-noise) "
+                "for host noise",
+                name,
+            )
     if device_noise and batching.mode not in ("dynamic", "rewritten"):
         raise ConfigError(
             f"device_noise with batch mode {batching.mode}; expected a model with a batch dim "
@@ -445,18 +522,22 @@ def load(
     in_graph = bool(argmax_in_graph if argmax_in_graph is not None else placement.on_cuda)
     in_graph = in_graph and out.kind == "scores" and out.dtype.kind == "f"
     fp16_sha256, fp16_agreement = None, None
+    fresh = False  # whether ``session`` has never run (every session before the ArgMax step ran at load)
     if float_type == "fp16":
         base, session, fp16_sha256, fp16_agreement = convert_fp16(placement, base, session, path, inp, batching)
     if in_graph:
         try:
             appended = graph.append_argmax(base, out.name, num_classes=out.num_classes)
-            session = session if cuda_graph else placement.session(appended)
+            session, fresh = (session, fresh) if cuda_graph else (placement.session(appended), True)
             base = appended
         except ModelError as err:
             logger.debug("model %s: no in-graph ArgMax (%s); argmax runs in numpy", name, err)
             in_graph = False
     if cuda_graph:
-        session = placement.session(base, cuda_graph=True)
+        session, fresh = placement.session(base, cuda_graph=True), True
+    one_shape = placement.on_cuda if one_shape is None else bool(one_shape)
+    if one_shape and not fresh:  # the run's session sees one input shape for its whole life
+        session = placement.session(base)
     return Loaded(
         name,
         metadata,
@@ -472,6 +553,8 @@ def load(
         base if device_noise else None,
         fp16_sha256,
         fp16_agreement,
+        base,
+        one_shape,
     )
 
 

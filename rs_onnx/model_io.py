@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rs_onnx import graph, guard
+from rs_onnx import graph, guard, shapes
 from rs_onnx.errors import ConfigError, ModelError
 
 EXPECTED_CLASSES = "expected class scores shaped [N, K] with K >= 2 or class indices shaped [N]"
@@ -68,7 +68,7 @@ def random_inputs(shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarra
     except (MemoryError, ValueError):  # numpy: ValueError when the byte count overflows
         raise ModelError(
             f"the load check's random inputs shaped {list(shape)} do not fit in memory; expected "
-            "a model whose declared input shape fits (or pass input_shape)"
+            "a model whose declared input shape fits (or --input-shape with a smaller per-example shape)"
         ) from None
 
 
@@ -94,12 +94,20 @@ def choose_input(model: onnx.ModelProto, model_name: str, input_name: str | None
     unknown = [n for n in list(extra_inputs) + ([input_name] if input_name else []) if n not in inputs]
     if unknown:
         raise ConfigError(f"model {model_name}: no input named '{unknown[0]}'; inputs are {listing}")
+
+    def refuse_tokens(names) -> None:
+        for n in names:
+            dt, d = graph.np_dtype(inputs[n]), graph.dims(inputs[n])
+            if dt is not None and shapes.token_input(n, dt, None if d is None else d[1:]):
+                raise shapes.token_error(model_name, n, dt, d)
+
     if input_name is None:
         free = [n for n in inputs if n not in extra_inputs]
         if len(free) != 1:
+            refuse_tokens([n for n in free if n.lower() in shapes.TOKEN_NAMES])
             raise ModelError(
                 f"model {model_name}: has {len(inputs)} inputs ({listing}); expected one input to "
-                "perturb: pass input_name and give the others fixed values with extra_inputs"
+                "perturb: pass --input-name and give the others fixed values with extra_inputs (YAML)"
             )
         input_name = free[0]
     missing = [n for n in inputs if n != input_name and n not in extra_inputs]
@@ -108,6 +116,7 @@ def choose_input(model: onnx.ModelProto, model_name: str, input_name: str | None
             f"model {model_name}: inputs {missing} have no value; expected fixed values for "
             f"every input but '{input_name}' in extra_inputs (inputs: {listing})"
         )
+    refuse_tokens([input_name])
     vi = inputs[input_name]
     dtype = graph.np_dtype(vi)
     if dtype is None or dtype.kind not in "fiub":
@@ -144,20 +153,19 @@ def _extra_value(name: str, value, vi) -> tuple[np.ndarray, bool]:
 
 
 def resolve_shape(rest, override, model_name: str, input_name: str) -> tuple[int, ...]:
-    """Per-example shape from the declared dims ``rest`` and the user's ``override`` (needed for symbolic dims)."""
+    """Per-example shape from the declared dims ``rest`` and the user's ``override`` (``--input-shape``, needed
+    for symbolic dims; it may include the batch dim)."""
     if override is not None:
-        override = tuple(int(v) for v in override)
-        if len(override) != len(rest) or any(isinstance(d, int) and d != o for d, o in zip(rest, override)):
-            raise ConfigError(
-                f"input_shape {list(override)}; expected a per-example shape matching "
-                f"{graph.format_dims(rest)} of input '{input_name}'"
-            )
-        guard.check_example_size(override, model_name, input_name)
-        return override
-    if any(not isinstance(d, int) or d <= 0 for d in rest):
+        if isinstance(override, str):  # "3,224,224" as the flag takes it
+            override = shapes.parse_input_shape(override)[1]
+        shape = shapes.per_example(rest, override, model_name, input_name)
+        guard.check_example_size(shape, model_name, input_name)
+        return shape
+    if shapes.symbolic(rest):
         raise ModelError(
-            f"model {model_name}: input '{input_name}' has per-example dims "
-            f"{graph.format_dims(rest)}; expected fixed sizes: pass input_shape"
+            f"model {model_name}: input '{input_name}' has per-example dims {graph.format_dims(rest)}, not all "
+            f"fixed; expected {shapes.FLAG} {shapes.placeholder(rest)} in numbers (the per-example shape, no "
+            "batch dim), or data whose examples all have one shape"
         )
     guard.check_example_size(rest, model_name, input_name)
     return tuple(rest)

@@ -160,19 +160,18 @@ register(NoiseKind("uniform", fill_uniform, "half-width lambda of U[-lambda, lam
 register(NoiseKind("laplace", fill_laplace, "scale lambda (density exp(-|z|/lambda) / (2 lambda))", "l1"))
 
 
-def split(slot: int, example: int, phase: int, n: int, block_size: int) -> list[Block]:
-    """The blocks that make up n samples of (example, phase)."""
-    full, rest = divmod(n, block_size)
-    blocks = [Block(slot, example, phase, b, block_size) for b in range(full)]
-    if rest:
-        blocks.append(Block(slot, example, phase, full, rest))
-    return blocks
+def split(slot: int, example: int, phase: int, n: int, block_size: int, first: int = 0) -> list[Block]:
+    """The blocks that make up n samples of (example, phase), numbered from block ``first`` on: samples
+    ``first * block_size`` to ``first * block_size + n - 1`` of the (example, phase) stream. Pieces that start
+    at whole blocks add up: the blocks of n = a + b samples are those of a from 0 and of b from a // block_size
+    (when a is a multiple of block_size)."""
+    return list(iter_split(slot, example, phase, n, block_size, first))
 
 
-def iter_split(slot: int, example: int, phase: int, n: int, block_size: int) -> Iterator[Block]:
+def iter_split(slot: int, example: int, phase: int, n: int, block_size: int, first: int = 0) -> Iterator[Block]:
     """The blocks of :func:`split`, one at a time (memory independent of n)."""
     full, rest = divmod(n, block_size)
-    for b in range(full):
+    for b in range(first, first + full):
         yield Block(slot, example, phase, b, block_size)
     if rest:
-        yield Block(slot, example, phase, full, rest)
+        yield Block(slot, example, phase, first + full, rest)

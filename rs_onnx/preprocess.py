@@ -1,6 +1,9 @@
 """The preprocessing spec: how a noisy point x + delta in [0,1] pixel units becomes the model's input.
 
-model_input = cast((layout(x + delta) * scale - mean) / std)
+model_input = cast((layout(order(x + delta)) * scale - mean) / std)
+
+``order`` is the channel order: "rgb" keeps the data's channels, "bgr" reverses the first three (for
+models trained on OpenCV/Caffe-style BGR images); mean/std are then in the model's channel order.
 
 Preprocessing is part of the base classifier, so the certificate covers it, rounding to an integer
 dtype included. Because every step before the cast is affine per channel and the noise is i.i.d., the
@@ -17,6 +20,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 LAYOUTS = ("auto", "nchw", "nhwc", "flat")
+CHANNEL_ORDERS = ("rgb", "bgr")
 MAX_GAIN = 1e6
 """Largest scale/std and |mean|/std accepted: beyond it float32 inputs overflow or lose the noise."""
 
@@ -30,10 +34,13 @@ class PreprocessSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     dtype: str | None = None  # None: the model's own input dtype
+    channel_order: str = "rgb"  # "bgr": the data's RGB channels reversed before mean/std
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout {self.layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ConfigError(f"channel_order {self.channel_order!r}: expected one of {', '.join(CHANNEL_ORDERS)}")
         if not np.isfinite(self.scale) or self.scale <= 0:
             raise ConfigError(f"scale {self.scale}: expected a positive number")
         if any(s <= 0 or not np.isfinite(s) for s in self.std):
@@ -93,6 +100,11 @@ class Preprocessor:
                 f"model input {list(self.model_shape)} ({int(np.prod(self.model_shape))} values per example)"
             )
         self.layout = _resolve_layout(spec.layout, self.image_shape, self.model_shape)
+        if spec.channel_order == "bgr" and (len(self.image_shape) != 3 or self.image_shape[0] not in (3, 4)):
+            raise ConfigError(
+                f"channel_order bgr for images shaped {list(self.image_shape)}; expected colour images "
+                "[3 or 4, H, W] (bgr reverses the R, G and B channels)"
+            )
         self.dtype = np.dtype(spec.dtype) if spec.dtype else np.dtype(model_dtype)
         if self.dtype.kind not in "fiu":
             raise ConfigError(f"model input dtype {self.dtype}: expected a float or integer tensor")
@@ -123,9 +135,15 @@ class Preprocessor:
         offset = (-mean / std * np.ones(channels)).reshape(shape).astype(np.float32)
         return gain, offset
 
+    def in_channel_order(self, x: np.ndarray) -> np.ndarray:
+        """One image [C,H,W] with its channels in the model's order (bgr: R, G, B reversed; alpha stays)."""
+        if self.spec.channel_order == "bgr":
+            x = np.concatenate([x[2::-1], x[3:]]) if x.shape[0] > 3 else x[::-1]
+        return x
+
     def to_model_layout(self, x: np.ndarray) -> np.ndarray:
         """One image in data layout -> the same values in the model's layout (float32, no scaling)."""
-        x = np.asarray(x, dtype=np.float32).reshape(self.image_shape)
+        x = self.in_channel_order(np.asarray(x, dtype=np.float32).reshape(self.image_shape))
         if self.layout == "nhwc" and x.ndim == 3:
             x = np.moveaxis(x, 0, -1)
         return np.ascontiguousarray(x.reshape(self.model_shape))
@@ -161,6 +179,7 @@ class Preprocessor:
             "mean": list(self.spec.mean),
             "std": list(self.spec.std),
             "dtype": str(self.dtype),
+            "channel_order": self.spec.channel_order,
             "image_shape": list(self.image_shape),
             "model_shape": list(self.model_shape),
         }

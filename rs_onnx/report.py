@@ -1,7 +1,7 @@
 """``rs-onnx report``: one self-contained HTML file about certify (and predict) runs.
 
 The page holds the provenance from each run's meta.json, the certified-accuracy curves (inline SVG),
-the table at standard radii with ACR and abstention, certified accuracy per class, the distribution of
+the table at standard radii with population lower bounds, ACR, abstention and samples per example, certified accuracy per class, the distribution of
 radii, the slowest examples and every warning. It loads nothing from the network or other files (no
 scripts, no external stylesheets, fonts or images), so it can be mailed or archived as it is. Every
 string from a results or meta file is HTML-escaped. Radii are l2 in [0,1] pixel units, times seconds.
@@ -31,6 +31,7 @@ from .analysis import (
     table_rows,
 )
 from .errors import ConfigError
+from .population import DEFAULT_CONFIDENCE, bounds_note, lower_percent
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 SLOWEST = 10
@@ -301,7 +302,7 @@ def _per_class(res: Results, radii: Sequence[float]) -> str:
 
 def _slowest(res: Results) -> str:
     order = np.argsort(-res.time, kind="stable")[:SLOWEST]
-    extra = [c for c in ("n", "nA", "nonfinite") if c in res]
+    extra = [c for c in ("samples", "n", "nA", "nonfinite") if c in res]
     rows = [
         [
             int(res.idx[i]),
@@ -316,8 +317,18 @@ def _slowest(res: Results) -> str:
     return _table(["idx", "label", "predict", "radius", "seconds", *extra], rows, left=0)
 
 
-def render(runs: dict[str, Results], title: str | None = None, radii: Sequence[float] = DEFAULT_RADII) -> str:
-    """The report as one HTML string (no external references)."""
+def _count(x) -> str:
+    return "" if x is None else f"{x:,.0f}"
+
+
+def render(
+    runs: dict[str, Results],
+    title: str | None = None,
+    radii: Sequence[float] = DEFAULT_RADII,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> str:
+    """The report as one HTML string (no external references); certified accuracies carry their
+    population lower bounds at ``confidence``."""
     if not runs:
         raise ConfigError("report of 0 runs: expected at least one results file")
     title = title or "rs-onnx certification report: " + ", ".join(runs)
@@ -340,20 +351,26 @@ def render(runs: dict[str, Results], title: str | None = None, radii: Sequence[f
             "above chance</div>"
         )
     body.append("<h2>Certified accuracy</h2>" + curves_svg(runs))
-    rows = table_rows(runs, radii)
+    rows = table_rows(runs, radii, confidence=confidence)
     head = ["run", "examples", *(f"r={r:g} (%)" for r in radii), "ACR", "abstain (%)", "s/example"]
+    head += ["samples/example: mean", "p90", "fixed-n equivalent"]
     cells = [
         [
             r.label,
             r.examples,
-            *(OUT_OF_REACH if far else f"{100 * a:.1f}" for a, far in zip(r.certified, r.out_of_reach())),
+            *(
+                OUT_OF_REACH if far else f"{100 * a:.1f}" + ("" if lo is None else f" (≥ {lower_percent(lo)})")
+                for a, lo, far in zip(r.certified, r.lower or (None,) * len(radii), r.out_of_reach())
+            ),
             OUT_OF_REACH if np.isnan(r.acr) else f"{r.acr:.3f}",
             f"{100 * r.abstention_rate:.1f}",
             f"{r.time_per_image:.3g}",
+            *(_count((r.samples or {}).get(k)) for k in ("mean", "p90", "fixed_n")),
         ]
         for r in rows
     ]
     body.append(_table(head, cells))
+    body.append(f"<p class='muted'>{_e(bounds_note(rows, plain=False))}</p>")
     if any(any(r.out_of_reach()) for r in rows):
         body.append(
             f"<p class='muted'>{OUT_OF_REACH}: out of reach, beyond the largest radius certifiable at the run's "
@@ -396,6 +413,7 @@ def write_report(
     labels: Sequence[str] | None = None,
     title: str | None = None,
     overwrite: bool = False,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> str:
     """Read the runs at ``paths`` (TSV + meta.json), render :func:`render` and write it to ``out``
     atomically (``"-"``: stdout). Refuses an existing ``out`` without ``overwrite``, and always an
@@ -418,7 +436,7 @@ def write_report(
     if len(set(names)) != len(names):
         names = [str(p) for p in paths]
     runs = {name: read_run(p) for name, p in zip(names, paths)}
-    text = render(runs, title)
+    text = render(runs, title, confidence=confidence)
     if to_stdout:
         sys.stdout.write(text)
         return text

@@ -41,9 +41,10 @@ CERTIFY_COLUMNS = COHEN_COLUMNS + (
     "alpha_pA",
 )
 """alpha_pA: the level of pA_lower (alpha; alpha/2 with --bound best; the deciding look's level in sequential runs)."""
-SEQUENTIAL_COLUMNS = CERTIFY_COLUMNS + ("look", "look_n", "look_nA")
+SEQUENTIAL_COLUMNS = CERTIFY_COLUMNS + ("look", "look_n", "look_nA", "samples")
 """Sequential CERTIFY: pA_lower = Clopper-Pearson lower bound of look_nA in look_n at level alpha_pA, from look
-number ``look`` (1-based; 0 when no look was made)."""
+number ``look`` (1-based; 0 when no look was made); ``samples``: every sample spent on the example, selection
+(``n0``, as drawn: adaptive selection may stop early, 0 with --guess label) and estimation (``n``)."""
 
 
 def radius_norms(noise: str) -> dict[str, str]:
@@ -105,7 +106,7 @@ def answer_row(mode: str, idx: int, label: int, a, seconds: float) -> dict:
             "alpha_pA": float(a.alpha_p_a) if a.alpha_p_a is not None else float("nan"),
         }
         if hasattr(a, "look_n"):  # sequential: the look whose bound is pA_lower
-            row.update(look=a.look, look_n=a.look_n, look_nA=a.look_n_a)
+            row.update(look=a.look, look_n=a.look_n, look_nA=a.look_n_a, samples=a.n0 + a.n)
         return row
     return {**common, "pvalue": float(a.p_value), "count_a": a.count_a, "count_b": a.count_b}
 

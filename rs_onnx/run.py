@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from . import modelcard, shapes
 from .config import RunConfig
 from .data import Dataset, load_from_config
 from .errors import ConfigError, DataError, ModelError
@@ -62,6 +63,8 @@ RESUME_KEYS = (
     "mean",
     "std",
     "dtype",
+    "channel_order",
+    "input_shape",
     "label",
     "bound",
     "extra_inputs",
@@ -69,9 +72,10 @@ RESUME_KEYS = (
     "radii",
     "precision",
     "looks",
-    "n_first",
+    "first_look",
     "final_share",
     "futility_beta",
+    "guess",
     "denoiser",
     "fp16",
     "device_noise",
@@ -83,6 +87,7 @@ RESUME_KEYS = (
     "label_from_filename",
     "resize",
     "center_crop",
+    "resample",
     "noise",
 )
 
@@ -92,16 +97,20 @@ def bundled(name: str) -> str:
     return str(resources.files("rs_onnx") / "data" / name)
 
 
-def open_classifier(cfg: RunConfig, *, device: str | None = None, sess_options=None):
+def open_classifier(cfg: RunConfig, *, device: str | None = None, sess_options=None, one_shape: bool | None = None):
     """THE assembly of the base classifier from a configuration, for every path (local runs, Ray workers,
     API helpers, benchmarks): returns (classifier, preprocessing still to apply in NumPy).
 
     Every option that changes results (fp16, cuda_graph, device_noise, extra_inputs, denoiser, input and
     output names) is honoured here and nowhere else. With a denoiser the classifier's preprocessing sits
     inside the composed graph, so the preprocessing returned is the identity. ``device`` overrides
-    ``cfg.device`` (a Ray worker's own GPU); ``sess_options``: onnxruntime session options (threads).
+    ``cfg.device`` (a Ray worker's own GPU); ``sess_options``: onnxruntime session options (threads);
+    ``one_shape``: see :class:`~rs_onnx.classifier.OnnxClassifier` (default: on CUDA).
+    ``device_noise`` unset in ``cfg`` is "auto" (on for large inputs on CUDA) unless the noise asked for is not
+    Gaussian or the run is an audit.
     """
     from .classifier import OnnxClassifier
+    from .devices import cuda_provider_options
 
     extra = None
     if cfg.extra_inputs:
@@ -123,11 +132,25 @@ def open_classifier(cfg: RunConfig, *, device: str | None = None, sess_options=N
         extra_inputs=extra,
         float_type="fp16" if cfg.fp16 else "fp32",
         cuda_graph=cfg.cuda_graph,
-        device_noise=cfg.device_noise,
+        device_noise=_device_noise(cfg),
         max_batch=cfg.batch_size if cfg.cuda_graph else None,
         sess_options=sess_options,
+        cuda_options=cuda_provider_options(cfg.cudnn_algo_search, cfg.prefer_nhwc),
+        tensorrt=cfg.tensorrt,
+        one_shape=one_shape,
+        input_shape=None if cfg.denoiser else cfg.input_shape,
     )
     return clf, (PreprocessSpec() if cfg.denoiser else cfg.preprocess_spec())
+
+
+def _device_noise(cfg: RunConfig) -> bool | str:
+    """``cfg.device_noise``, or "auto" when unset and nothing rules device noise out (non-Gaussian noise asked
+    for, audit mode, a CUDA graph)."""
+    if cfg.device_noise is not None:
+        return bool(cfg.device_noise)
+    if cfg.audit or cfg.cuda_graph or cfg.noise not in (None, "gaussian"):
+        return False
+    return "auto"
 
 
 def open_smoothed(
@@ -208,7 +231,9 @@ def composed_model(cfg: RunConfig) -> Path:
             )
     spec = cfg.preprocess_spec()
     key = hashlib.sha256(
-        "|".join([sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec), str(cfg.input_name)]).encode()
+        "|".join(
+            [sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec), str(cfg.input_name), str(cfg.input_shape)]
+        ).encode()
     ).hexdigest()[:20]
     folder = cache_dir()
     if folder is None:
@@ -222,7 +247,14 @@ def composed_model(cfg: RunConfig) -> Path:
     if not cached:
         tmp = path.with_name(f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.onnx")
         try:
-            compose_files(cfg.denoiser, cfg.model, tmp, spec, classifier_input_name=cfg.input_name)
+            compose_files(
+                cfg.denoiser,
+                cfg.model,
+                tmp,
+                spec,
+                classifier_input_name=cfg.input_name,
+                classifier_input_shape=None if cfg.input_shape is None else tuple(cfg.input_shape),
+            )
             digest = sha256_file(tmp)
             os.replace(tmp, path)
         finally:
@@ -320,7 +352,8 @@ def resolve_batch(clf, total_samples: int, fits: Callable[[int], bool] | None = 
         row_bytes = int(np.prod(clf.input_shape)) * np.dtype(clf.input_dtype).itemsize
         batch = int(max(1, min(DEFAULT_BATCH, total_samples, DEFAULT_BATCH_BYTES // max(1, row_bytes))))
         return (batch if fits is None else largest_fitting(batch, fits)), None
-    probe = probe_batch_size(clf, fits=fits)
+    runner = clf.scratch() if getattr(clf, "prefers_fixed_batch", False) and hasattr(clf, "scratch") else clf
+    probe = probe_batch_size(runner, fits=fits)  # on a copy where the run's session keeps one shape (CUDA)
     log.info("automatic batch size: %d (from a short probe; --batch-size N to choose)", probe["batch_size"])
     return int(probe["batch_size"]), probe
 
@@ -424,6 +457,8 @@ class Prepared:
     batch_probe: dict | None = None
     checks: dict = field(default_factory=dict)  # batch_check and clean_accuracy (rs_onnx.checks)
     audit: dict | None = None  # audit mode's record for meta.json: the graph scan, the grid, the entropy's origin
+    class_names: list[str] | None = None  # by class id: --classes, else the model's config.json id2label
+    batch_auto: bool = False  # the batch size was resolved here (no --batch-size): Ray workers resolve their own
 
     def with_entropy(self, entropy: int) -> Prepared:
         """The same run with the noise streams seeded by ``entropy`` (--resume adopting an earlier run's
@@ -455,6 +490,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.model is None or cfg.data is None:
         raise ConfigError(f"model={cfg.model} data={cfg.data}: expected both a model and a data set")
     log.info("loading %s", Path(str(cfg.model)).name)
+    cfg, data = shapes.from_config(cfg)  # symbolic dims filled from the data (a copy; the caller's is kept)
     clf, spec = open_classifier(cfg)
     sigma = resolve_sigma(cfg, clf)
     noise_kind = resolve_noise(cfg, clf)
@@ -467,8 +503,10 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"device_noise with noise={noise_kind}: the GPU draws Gaussian noise only; expected "
             "noise=gaussian or no device_noise"
         )
-    channels, size = image_geometry(clf, cfg.layout)
-    data = load_from_config(cfg, size, channels)
+    selection_checked = data is not None
+    if data is None:
+        channels, size = image_geometry(clf, cfg.layout)
+        data = load_from_config(cfg, size, channels)
     data.check_labels(clf.num_classes)
     if len(data):  # the check SmoothedClassifier.images makes per image, on the first one before any file is written
         from .inputs import check_magnitude
@@ -482,12 +520,17 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"{data.source}: no examples selected by start={cfg.start} end={cfg.end} skip={cfg.skip} "
             f"among {len(data)}; expected at least one"
         )
-    data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
+    if not selection_checked:
+        data.check_selection(indices)  # headers of selected image files, finiteness of float rows: before any output
     pre = Preprocessor(spec, data.image_shape, clf.input_shape, clf.input_dtype)  # model shape and dtype
     local = (cfg.backend or "local") == "local"  # Ray workers hold their batches on their own nodes
     probe = None
     if cfg.batch_size is None:  # never a size that the memory check below would refuse
-        batch_size, probe = resolve_batch(clf, len(indices) * (cfg.n0 + cfg.n), memory_fits(cfg, clf, pre))
+        total = len(indices) * (cfg.n0 + cfg.n)
+        # Ray workers resolve their own batch size on their own hardware (rs_onnx.ray_worker); the driver's
+        # serves only its checks, so it is never probed for (a CPU head would time a GPU run on its CPU)
+        total = total if local else min(total, PROBE_MIN_SAMPLES - 1)
+        batch_size, probe = resolve_batch(clf, total, memory_fits(cfg, clf, pre))
     else:
         batch_size = int(cfg.batch_size)
     if local:
@@ -520,8 +563,11 @@ def prepare(cfg: RunConfig) -> Prepared:
         cfg,
         sigma=sigma if cfg.sigma is None else cfg.sigma,
         batch_size=batch_size if cfg.batch_size is None else cfg.batch_size,
+        # per example, as the loader resolved it (an --input-shape given with its batch dim loses it here)
+        input_shape=list(clf.input_shape) if cfg.input_shape is not None and not cfg.denoiser else cfg.input_shape,
     )
     checks = run_checks(resolved, smoothed, data, indices)  # may switch smoothed to a one-by-one classifier
+    names = modelcard.run_class_names(cfg, clf.num_classes)
     return Prepared(
         resolved,
         smoothed.classifier,
@@ -534,6 +580,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         probe,
         checks,
         audit,
+        names,
+        batch_auto=cfg.batch_size is None,
     )
 
 
@@ -549,13 +597,41 @@ def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indi
 
     # checked once, here, at the largest batch the run uses (a count of one group at max(n0, n) samples;
     # None in audit mode: its graph scan decides batching); the smoothed classifier keeps the record, and
-    # Ray workers follow via batch_mode
-    samples = min(len(indices) * (cfg.n0 + cfg.n), largest_count(cfg, smoothed.batch_size))
-    checks: dict = {"batch_check": None if smoothed.audit else smoothed.verify_batches(data.image(indices[0]), samples)}
+    # Ray workers follow via batch_mode. A classifier that keeps one input shape (CUDA) is checked on a
+    # short-lived copy with its own session (OnnxClassifier.scratch), dropped at the end of this function.
+    total = len(indices) * (cfg.n0 + cfg.n)
+    samples = min(total, largest_count(cfg, smoothed.batch_size))
+    clf = smoothed.classifier
+    t = time.perf_counter()
+    one_shape = getattr(clf, "prefers_fixed_batch", False) and hasattr(clf, "scratch")
+    runner = clf.scratch(quick_plans=True) if one_shape else clf
+    if runner is not clf:
+        log.info("check: a second session for the checks (the run's keeps one input shape): %.2f s", _since(t))
+    t = time.perf_counter()
+    record = None if smoothed.audit else smoothed.verify_batches(data.image(indices[0]), samples, runner, total)
+    if record is not None:
+        record = {**record, "seconds": round(_since(t), 3)}
+        log.info(
+            "check: batch equivalence at batches of %s with %d one-by-one runs (%s): %.2f s",
+            "/".join(map(str, record["batch_sizes"])),
+            record["rows_one_by_one"],
+            record["result"],
+            record["seconds"],
+        )
+    checks: dict = {"batch_check": record}
+    if runner is not clf and record is not None and record["result"] == "per-sample fallback":
+        runner = runner.one_by_one()  # the clean pass runs as the run will
     first = indices[:CLEAN_EXAMPLES]
+    t = time.perf_counter()
     acc = clean_accuracy(
-        smoothed.classifier, smoothed, [data.image(i) for i in first], [int(data.labels[i]) for i in first]
+        runner if runner is not clf else smoothed.classifier,
+        smoothed,
+        [data.image(i) for i in first],
+        [int(data.labels[i]) for i in first],
     )
+    if acc is not None:
+        acc = {**acc, "seconds": round(_since(t), 3)}
+        log.info("check: clean accuracy on %d examples: %.2f s", acc["examples"], acc["seconds"])
     checks["clean_accuracy"] = acc
     if near_chance(acc):
         assert acc is not None
@@ -569,6 +645,14 @@ def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indi
             100 * acc["chance"],
         )
     return checks
+
+
+def _equal(a, b) -> bool:
+    return a == b
+
+
+def _since(t0: float) -> float:
+    return time.perf_counter() - t0
 
 
 def _meta(
@@ -611,6 +695,7 @@ def _meta(
         **extra,
         "clean_accuracy": p.checks.get("clean_accuracy"),  # rs_onnx.checks, before the first sample
         "batch_check": p.checks.get("batch_check"),
+        "class_names": p.class_names,  # by class id (--classes, or the model's config.json id2label), or None
     }
 
 
@@ -643,7 +728,12 @@ def _resume(
         raise ConfigError(f"--resume: {mp} is not a readable rs-onnx meta file ({e})") from e
     old = meta.get("config", {})
     defaults = RunConfig().to_dict()  # keys an older meta file lacks had their default value
-    changed = [k for k in RESUME_KEYS if old.get(k, defaults[k]) != p.cfg.to_dict()[k]]
+    now = p.cfg.to_dict()
+    same = {"device_noise": lambda a, b: bool(a) == bool(b)}  # unset (auto) was false before 0.2
+    changed = [k for k in RESUME_KEYS if not same.get(k, _equal)(old.get(k, defaults[k]), now[k])]
+    was_device = str(((meta.get("model") or {}).get("signature") or {}).get("noise", "host")).startswith("device")
+    if was_device != bool(getattr(p.classifier, "device_noise", False)) and "device_noise" not in changed:
+        changed.append("noise source (host or device)")
     if meta.get("mode") != mode:
         changed.append("mode")
     if meta.get("model", {}).get("sha256") != p.classifier.sha256:
@@ -673,7 +763,9 @@ def _resume(
         from .verify import verify_file
 
         verdict = verify_file(out, inputs=False, torn_tail_ok=True)  # before anything is cut or appended
-        if not verdict.ok:
+        if verdict.unchecked_rows and not verdict.refused:
+            log.warning("--resume: %s", verdict.line())
+        if verdict.refused:
             raise ConfigError(
                 f"--resume: {verdict.line()}; expected the rows as the run wrote them (`rs-onnx verify {out}` "
                 "checks them; start a new --out)"
@@ -703,7 +795,7 @@ def preflight(p: Prepared, mode: str) -> None:
             c.n,
             c.alpha,
             c.looks,
-            c.n_first,
+            c.first_look,
             c.final_share,
             p.smoothed.sigma,
             c.radii,
@@ -728,8 +820,11 @@ def largest_count(cfg: RunConfig, batch_size: int | None = None) -> int:
     return group_size(cfg, batch_size) * max(cfg.n0, cfg.n)
 
 
-def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, group: list[int], progress=None):
-    """CERTIFY (fixed n or sequential) or PREDICT for the images ``xs`` of examples ``group``."""
+def answer_group(
+    smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, group: list[int], progress=None, labels=None
+):
+    """CERTIFY (fixed n or sequential) or PREDICT for the images ``xs`` of examples ``group`` (``labels``: theirs,
+    needed by ``guess: label``)."""
     if mode == "predict":
         return smoothed.predict_many(xs, cfg.n, cfg.alpha, group, progress)
     if cfg.sequential:
@@ -745,9 +840,12 @@ def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, gr
             None if cfg.precision else cfg.radii,
             eps=cfg.precision,
             looks=cfg.looks,
-            n_first=cfg.n_first,
+            n_first=cfg.first_look,
             final_share=cfg.final_share,
             futility_beta=cfg.futility_beta,
+            guess=cfg.guess,
+            labels=labels,
+            budget=cfg.budget,
             progress=progress,
         )
     return smoothed.certify_many(xs, cfg.n0, cfg.n, cfg.alpha, group, progress, cfg.bound)
@@ -755,11 +853,12 @@ def answer_group(smoothed: SmoothedClassifier, cfg: RunConfig, mode: str, xs, gr
 
 def local_answers(p: Prepared, mode: str, todo: list[int], progress=None):
     """Yields (example indices, answers, seconds per example), group by group, computed in this process."""
-    size = group_size(p.cfg)
+    size = max(1, len(todo)) if p.cfg.budget else group_size(p.cfg)  # a budget is shared by every example
     groups = [todo[g : g + size] for g in range(0, len(todo), size)]
     for group, xs in p.data.iter_groups(groups):  # image files are decoded ahead, while sampling
         t = time.time()
-        answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress)
+        labels = [int(p.data.labels[i]) for i in group]
+        answers = answer_group(p.smoothed, p.cfg, mode, xs, group, progress, labels)
         yield group, answers, (time.time() - t) / len(group)
 
 
@@ -791,6 +890,10 @@ def execute(
     columns = columns_for(mode, p.cfg.sequential)
     if resume and out is None:
         raise ConfigError("--resume needs --out (the TSV of the run to continue)")
+    if resume and p.cfg.budget:
+        raise ConfigError(
+            f"--resume with --budget {p.cfg.budget}: a budget is shared by the examples of one run; expected a new run"
+        )
     identity = None
     if out is not None:
         out = Path(out)
@@ -849,7 +952,9 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
         if writer:
             writer.close()
         timings["seconds"] = time.time() - t0
-        meta = _meta(p, mode, out, status, timings, {**extra, **({"error": error} if error else {})}, data_extra)
+        record = getattr(backend, "record", None)  # the Ray backend: what its workers resolved
+        final: dict = {**extra, **({"error": error} if error else {}), **(record() if callable(record) else {})}
+        meta = _meta(p, mode, out, status, timings, final, data_extra)
         if files is not None:
             files.finish(meta)
     if extra["nonfinite_outputs"]:

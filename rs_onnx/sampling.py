@@ -64,6 +64,9 @@ class Classifier(Protocol):
     ``predict_noisy(clean [E, *model_shape] float32, index int64 [B] into clean, gain float32 [*model_shape],
     seed) -> int64 [B]`` instead of ``predict``. ``cuda_graph``: the model is replayed as a captured CUDA
     graph (one fixed batch shape, so out-of-memory is not retried with smaller batches).
+    Optional (``numpy.zeros`` when absent): ``host_buffer(shape, dtype) -> ndarray``, a zero-filled array the
+    sampler's ring lives in (OnnxClassifier: pinned memory on CUDA, so that batches reach the device by DMA);
+    without it, ``numpy.zeros``.
     :class:`rs_onnx.classifier.OnnxClassifier` implements it; :class:`HostClassifier` gives the defaults of a
     plain host-side classifier to stand-ins.
     """
@@ -127,6 +130,7 @@ class Task:
     example: int
     phase: int
     n: int
+    block: int = 0  # first noise block: samples block * block_size .. of the (example, phase) stream
 
 
 def _on_cuda(device) -> bool:
@@ -396,6 +400,9 @@ class Sampler:
         self.num_classes = int(num_classes or classifier.num_classes or DEFAULT_INDEX_CLASSES)
         if self.num_classes < 1:
             raise ConfigError(f"num_classes={self.num_classes}: expected at least 1")
+        # the optional member host_buffer (not in the Protocol's body, so that classifiers without it still are
+        # Classifiers): where the ring lives (pinned memory on CUDA), else ordinary zeroed memory
+        self._ring_alloc = classifier.host_buffer if hasattr(classifier, "host_buffer") else np.zeros
         self.out_of_range = 0  # class indices outside 0..K-1 seen (counted as no class)
         self._chunk: int | None = None  # set when an out-of-memory error halved the model batch
         self._local = threading.local()
@@ -454,7 +461,7 @@ class Sampler:
         """The blocks in sample order with the batches they write to, one at a time (memory independent of n)."""
         g = 0
         for s, t in enumerate(tasks):
-            for b in noise.iter_split(s, t.example, t.phase, t.n, self.block_size):
+            for b in noise.iter_split(s, t.example, t.phase, t.n, self.block_size, t.block):
                 yield _Planned(s, b, g, g // batch, (g + b.size - 1) // batch)
                 g += b.size
 
@@ -489,6 +496,8 @@ class Sampler:
                 progress(rows)
 
         if self.device_noise:
+            if any(t.block for t in tasks):
+                raise ConfigError("device noise counts whole examples only; expected tasks that start at block 0")
             self._count_on_device(tasks, batch, nbatches, total, ends, add)
         else:
             self._count_host(tasks, batch, nbatches, total, add)
@@ -507,7 +516,7 @@ class Sampler:
     def _count_host(self, tasks, batch: int, nbatches: int, total: int, add) -> None:
         plans = self._plan_iter(tasks, batch)
         slots = ring_slots(batch, total, self.block_size, self.noise_threads)
-        ring = np.zeros((slots * batch, *self.pre.model_shape), dtype=self.pre.dtype)
+        ring = self._ring_alloc((slots * batch, *self.pre.model_shape), self.pre.dtype)  # zeros: padded rows defined
         threads = self.noise_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-onnx-noise") if threads > 0 else None
         pending: deque = deque()  # [plan, future or None, done], in order

@@ -1,26 +1,30 @@
-"""Sequential CERTIFY: estimation samples drawn in planned stages, stopping once the answer is settled.
+"""Sequential CERTIFY: estimation samples drawn in planned looks, stopping once the answer is settled.
 
-Selection is Cohen et al.'s (n0 samples under ``noise.SELECT`` pick the guess A). Estimation then runs
-in L stages with cumulative sizes N_1 < ... < N_L = n_max fixed in advance; stage j draws N_j - N_{j-1}
-fresh samples under its own noise phase, so the union of stages is one i.i.d. sample of the guess's
-indicator. After stage j the look's Clopper-Pearson lower bound at level alpha_j (sum alpha_j <= alpha)
-is computed; the reported ``p_a_lower`` is the largest bound over the looks made. It is valid at level
-alpha whatever the stopping rule (a union bound over the L planned looks, see benchmarks/SEQUENTIAL.md).
+The class to certify is fixed first: selected from selection samples drawn in doubling looks up to n0
+(stopping once one class is clearly ahead; under noise.SELECT, then phases SELECT_PHASE + s), or the
+example's label (``guess="label"``, no selection samples). Estimation then runs in L looks with cumulative
+sizes N_1 < ... < N_L = n_max fixed in advance (default 100 looks from 10 samples); look j draws
+N_j - N_{j-1} fresh samples under its own noise phase, so the union of the looks is one i.i.d. sample of
+the class's indicator.
 
-Stopping only decides which looks are made, so it cannot make the answer unsound. An example stops
-when every requested radius (l2, [0,1] pixel units) is decided: certified, or out of reach even if
-every remaining sample were A (the safe futility rule: the answer is then exactly the full run's), or
-(fail-fast, level ``futility_beta``) when a (1 - beta_j) upper bound on pA lies below Phi(r / sigma):
-this loses a radius that pA actually supports with probability at most beta, and never adds one.
-Precision mode (``eps``) stops instead once the radius cannot grow by more than eps.
-
-Radii mode calibrates the last look exactly (``calibrate``, its default): for each requested radius r the
-last look's cutoff is the smallest count c with P(some earlier look certifies r, or S_L >= c) <= alpha at
-pA = Phi(r / sigma) (:func:`calibrated_cutoff`, dynamic programming over the looks). That event grows
-with pA, so r is certified wrongly with probability <= alpha; the thresholds are nested, so the largest
-certified radius (reported as ``radius``, its threshold as ``p_a_lower``) holds at level alpha. The
-early looks keep their Clopper-Pearson levels. Other noises use their own radius function in place of
+Radii mode (``calibrate``, its default): for each requested radius r the early looks cross a betting
+boundary against t_r = Phi(r / sigma) (the KT mixture, :mod:`rs_onnx.boundaries`), and the last look's
+cutoff is the smallest count c with P(some earlier look crosses, or S_L >= c) <= alpha at pA = t_r
+(:func:`calibrated_cutoff`, an exact dynamic programme over the looks). That event grows with pA, so r is
+certified wrongly with probability <= alpha; the thresholds are nested, so the largest certified radius
+(reported as ``radius``, its threshold as ``p_a_lower``) holds at level alpha. Precision mode (``eps``)
+and ``calibrate=False`` use Clopper-Pearson at each look's level instead (a union bound over the looks)
+and report the best look's continuous radius. Other noises use their own radius function in place of
 sigma Phi^-1 (uniform and Laplace: l1).
+
+Stopping only decides which of the planned looks are made, so it cannot make an answer unsound. An
+example stops once every radius the caller asked for is decided: certified, or out of reach even if every
+remaining sample were the class (safe futility), or given up when the other classes' count crosses the
+betting boundary against 1 - t_r (fail-fast, level ``futility_beta``: it loses a radius that pA
+supports with probability at most beta and never adds one). Radius 0 (predict or abstain) is decided only
+when asked for. Precision mode stops once the radius is within eps of what n_max samples could certify.
+A ``budget`` over all examples makes the looks breadth-first and stops, once it is short, the least
+promising examples.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy.stats import binom, norm
+from scipy.stats import norm
 
 from . import bounds, noise, stats
+from .boundaries import FINAL_SHARE, LOOKS, Schedule, betting_cutoffs, calibrated_cutoff, geometric_schedule
 from .errors import ConfigError
 from .sampling import Task
 from .smoothing import Certificate
@@ -47,62 +52,6 @@ STAGE_PHASE = 16
 def stage_phase(j: int) -> int:
     """The noise phase of estimation stage j (0-based)."""
     return noise.ESTIMATE if j == 0 else STAGE_PHASE + j
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The planned looks: cumulative estimation sample counts ``sizes`` and the level ``alphas`` spent at each."""
-
-    sizes: tuple[int, ...]
-    alphas: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        s, a = self.sizes, self.alphas
-        if not s or len(s) != len(a):
-            raise ConfigError(f"schedule: {len(s)} sizes and {len(a)} levels; expected the same positive count")
-        if s[0] < 1 or any(y <= x for x, y in zip(s, s[1:])):
-            raise ConfigError(f"schedule sizes {list(s)}: expected strictly increasing counts >= 1")
-        if any(not 0.0 < x < 1.0 for x in a):
-            raise ConfigError(f"schedule levels {list(a)}: expected each in (0, 1)")
-
-    @property
-    def n_max(self) -> int:
-        return self.sizes[-1]
-
-    @property
-    def alpha(self) -> float:
-        """The overall level spent: the sum of the looks' levels."""
-        return float(sum(self.alphas))
-
-
-def geometric_schedule(
-    n_max: int, alpha: float, looks: int = 8, n_first: int | None = None, final_share: float | None = 0.5
-) -> Schedule:
-    """L = ``looks`` looks at sizes geometric from ``n_first`` (default n_max / 100, at least 100) to n_max.
-
-    ``final_share`` = s spends s alpha at the last look and (1 - s) alpha / (L - 1) at each earlier one
-    (None: alpha / L each); levels are rounded down, so they sum to at most alpha.
-    """
-    if n_max < 1:
-        raise ConfigError(f"n_max={n_max}: expected at least 1 sample")
-    if looks < 1:
-        raise ConfigError(f"looks={looks}: expected at least 1")
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha={alpha}: expected 0 < alpha < 1")
-    if final_share is not None and not 0.0 < final_share < 1.0:
-        raise ConfigError(f"final_share={final_share}: expected 0 < share < 1")
-    first = min(n_max, max(100, n_max // 100)) if n_first is None else int(n_first)
-    if not 1 <= first <= n_max:
-        raise ConfigError(f"n_first={first}: expected 1 <= n_first <= n_max={n_max}")
-    # one look is n_max itself (np.geomspace(first, n_max, 1) would be [first], then n_max made it two)
-    points = np.geomspace(first, n_max, looks) if looks > 1 else np.empty(0)
-    sizes = sorted({int(round(v)) for v in points} | {int(n_max)})
-    count = len(sizes)
-    if final_share is None or count == 1:
-        shares = [1.0 / count] * count
-    else:
-        shares = [(1.0 - final_share) / (count - 1)] * (count - 1) + [final_share]
-    return Schedule(tuple(sizes), tuple(float(np.nextafter(alpha * s, 0.0)) for s in shares))
 
 
 def _radius(p: np.ndarray, sigma: float, noise_kind: str = "gaussian") -> np.ndarray:
@@ -137,8 +86,10 @@ class Plan:
 
     ``k_cert[j, i]``: smallest count of A among N_j that certifies radius i at look j (N_j + 1: none).
     ``slack[j, i]``: largest number of non-A samples at look j with which some later look could still
-    certify radius i (-1: none could). ``k_fail[j, i]``: largest count of A whose (1 - beta / L) upper bound
-    on pA lies below Phi(r_i / sigma) (-1: fail-fast off). ``eps``: precision mode's radius step, or None.
+    certify radius i (-1: none could). ``k_fail[j, i]``: largest count of A at which look j gives radius i
+    up (fail-fast; -1: never). ``eps``: precision mode's radius step, or None. ``first``: index of the
+    smallest radius the caller asked to decide (0 when radius 0 was asked for, or in precision mode):
+    an example stops once every radius from it upwards is certified or given up.
     """
 
     schedule: Schedule
@@ -151,6 +102,7 @@ class Plan:
     eps: float | None = None
     noise: str = "gaussian"
     calibrated: bool = False
+    first: int = 0
 
     def __post_init__(self) -> None:
         # read-only copies: make_plan hands out one cached Plan to every caller, so no caller may change it
@@ -171,66 +123,6 @@ class Plan:
         return float(np.max(_radius(stats.cp_lower(n, n, np.asarray(self.schedule.alphas)), self.sigma, self.noise)))
 
 
-# Binomial increments are truncated where the pmf is below this (each tail); the mass dropped is counted as
-# an error (crossing), so truncation can only make a calibrated cutoff more conservative.
-_TAIL = 1e-22
-# A calibrated last look must keep the exact error at or below alpha * (1 - _MARGIN): far above the float64
-# error of the sums (~1e-13 relative), far below anything that changes a cutoff by more than one count.
-_MARGIN = 1e-9
-
-
-def _increment(m: int, t: float) -> tuple[np.ndarray, int, float]:
-    """pmf of Binomial(m, t) on [lo, hi] (tails below _TAIL dropped): (pmf, lo, dropped mass)."""
-    lo = int(max(0, binom.ppf(_TAIL, m, t) - 1))
-    hi = int(min(m, binom.isf(_TAIL, m, t) + 1))
-    pmf = binom.pmf(np.arange(lo, hi + 1), m, t)
-    return pmf, lo, float(binom.cdf(lo - 1, m, t) + binom.sf(hi, m, t)) if lo > 0 or hi < m else 0.0
-
-
-@lru_cache(maxsize=256)
-def calibrated_cutoff(sizes: tuple[int, ...], early: tuple[int, ...], t: float, alpha: float) -> int:
-    """Smallest count c of A at the last look such that, at pA = t, P(S_j >= early[j] for some earlier look j,
-    or S_L >= c) <= alpha; ``sizes[-1] + 1`` when none is (exact, by dynamic programming over the looks).
-
-    S_j ~ Binomial(sizes[j], t) are the cumulative counts of one i.i.d. sequence. The event is increasing
-    in every sample, so its probability is increasing in pA: for every pA <= t it is at most alpha too.
-    The dynamic programme carries the distribution of S_j over the paths that have not crossed yet;
-    truncated tails are counted as crossed (conservative).
-    """
-    n_last = sizes[-1]
-    if not 0.0 < t < 1.0:
-        return n_last + 1
-    dist, lo, crossed, prev = np.ones(1), 0, 0.0, 0
-    for n_j, c_j in zip(sizes[:-1], early):
-        inc, ilo, dropped = _increment(n_j - prev, t)
-        dist, lo, crossed, prev = np.convolve(dist, inc), lo + ilo, crossed + dropped, n_j
-        cut = max(0, c_j - lo)
-        crossed += float(dist[cut:].sum())
-        dist = dist[:cut]
-        keep = np.flatnonzero(dist > 1e-300)
-        if keep.size == 0:
-            dist = np.zeros(1)
-            continue
-        crossed += float(dist[: keep[0]].sum())  # (denormal dust) counted as crossed
-        dist, lo = dist[keep[0] : keep[-1] + 1], lo + int(keep[0])
-    m = n_last - prev
-    s = lo + np.arange(len(dist))
-    goal = alpha * (1.0 - _MARGIN)
-
-    def error(c: int) -> float:
-        return crossed + float(np.dot(dist, binom.sf(c - s - 1, m, t)))
-
-    if crossed > goal:
-        return n_last + 1
-    a, b = 0, n_last + 1  # error(b) = crossed <= goal; find the smallest c with error(c) <= goal
-    if error(a) <= goal:
-        return a
-    while b - a > 1:
-        mid = (a + b) // 2
-        a, b = (a, mid) if error(mid) <= goal else (mid, b)
-    return b
-
-
 def calibration_threshold(r: float, sigma: float, noise_kind: str = "gaussian") -> float:
     """The pA a calibrated plan tests for radius r: 1/2 for r = 0, else the exact threshold nudged up by a
     relative 1e-12 (the float error of Phi is far smaller), so that pA >= it certifies at least r."""
@@ -238,6 +130,11 @@ def calibration_threshold(r: float, sigma: float, noise_kind: str = "gaussian") 
         return 0.5
     t = float(_threshold(np.float64(r), sigma, noise_kind))
     return min(1.0, t * (1.0 + stats.SAFETY) + stats.SAFETY)
+
+
+EARLY = ("betting", "cp")
+"""Early-look cutoffs of a calibrated plan: the KT betting boundary spending the early share exactly, or
+Clopper-Pearson at each look's own level (the design of issue 17)."""
 
 
 def make_plan(
@@ -248,12 +145,18 @@ def make_plan(
     eps: float | None = None,
     noise_kind: str = "gaussian",
     calibrate: bool = False,
+    early: str = "betting",
 ) -> Plan:
     """Decision tables for ``radii`` (sorted; 0 added: the predict-or-abstain decision).
 
-    A radius r > 0 is certified at look j iff cohen_radius(CP_lower(n_A, N_j, alpha_j)) >= r, and r = 0
-    iff CP_lower >= 1/2, exactly as the reported bound is turned into a radius. With ``eps`` (precision
-    mode) an example that predicts stops once its radius cannot grow by more than eps (see run_looks).
+    Uncalibrated (and precision mode), a radius r > 0 is certified at look j iff
+    cohen_radius(CP_lower(n_A, N_j, alpha_j)) >= r, and r = 0 iff CP_lower >= 1/2, exactly as the reported
+    bound is turned into a radius. Calibrated (``calibrate``), the early looks of threshold t_r cross at the
+    ``early`` cutoffs (betting: :func:`rs_onnx.boundaries.betting_cutoffs` at the early looks' share of alpha;
+    cp: Clopper-Pearson at each look's level) and the last look's cutoff is calibrated exactly so that
+    P(some look certifies r) <= alpha at pA = t_r. Fail-fast (``futility_beta`` > 0) gives radius r up at
+    look j when the non-A count crosses the KT betting boundary against 1 - t_r, calibrated exactly so that
+    at pA = t_r some look gives up with probability at most beta (a power cost, never a soundness one).
 
     The plan is computed once per distinct set of arguments (as float64 values) and the same read-only
     Plan is returned to every later call: a run plans in its preflight and again for every group.
@@ -268,7 +171,10 @@ def make_plan(
         raise ConfigError(f"radii {list(radii)}: expected finite radii >= 0")
     if calibrate and eps is not None:
         raise ConfigError("calibrate with eps (precision mode): expected one or the other")
+    if early not in EARLY:
+        raise ConfigError(f"early={early!r}: expected one of {', '.join(EARLY)}")
     rs = tuple(sorted({0.0} | {float(r) for r in radii}))
+    first = 0 if (eps is not None or not radii or min(float(r) for r in radii) == 0.0) else 1
     return _cached_plan(
         schedule,
         float(sigma),
@@ -277,6 +183,8 @@ def make_plan(
         None if eps is None else float(eps),
         str(noise_kind),
         bool(calibrate),
+        str(early),
+        first,
     )
 
 
@@ -294,33 +202,39 @@ def _cached_plan(
     eps: float | None,
     noise_kind: str,
     calibrate: bool,
+    early: str = "betting",
+    first: int = 0,
 ) -> Plan:
     """make_plan's tables for checked, hashable arguments (``rs``: sorted, 0 included)."""
     t = np.array(rs)[None, :]
     n = np.asarray(schedule.sizes, np.int64)[:, None] + np.zeros_like(t, np.int64)
     a = np.asarray(schedule.alphas)[:, None]
+    sizes = tuple(int(v) for v in schedule.sizes)
 
     def certifies(k):
         p = stats.cp_lower(k, n, a)
         return np.where(t == 0.0, p >= 0.5, _radius(p, sigma, noise_kind) >= t)
 
     k_cert = _first_true(certifies, n)
+    thresholds = [calibration_threshold(r, sigma, noise_kind) for r in rs]
     if calibrate:  # the last look's cutoffs, calibrated exactly at each threshold (see calibrated_cutoff)
-        sizes = tuple(int(v) for v in schedule.sizes)
-        for i, r in enumerate(rs):
-            p_r = calibration_threshold(r, sigma, noise_kind)
-            early = tuple(int(v) for v in k_cert[:-1, i])
-            k_cert[-1, i] = min(k_cert[-1, i], calibrated_cutoff(sizes, early, p_r, schedule.alpha))
+        if early == "betting" and len(sizes) > 1:
+            for i, p_r in enumerate(thresholds):
+                k_cert[:-1, i] = betting_cutoffs(sizes[:-1], p_r, schedule.early_alpha)
+        k_cert[:-1] = np.maximum.accumulate(k_cert[:-1], axis=1)  # nested (raising a cutoff only lowers errors)
+        for i, p_r in enumerate(thresholds):
+            early_cuts = tuple(int(v) for v in k_cert[:-1, i])
+            k_cert[-1, i] = min(k_cert[-1, i], calibrated_cutoff(sizes, early_cuts, p_r, schedule.alpha))
         k_cert[-1] = np.maximum.accumulate(k_cert[-1])  # nested: certifying r certifies every smaller radius
     later = np.concatenate([n - k_cert, np.full((1, len(rs)), -1, np.int64)])
     slack = np.maximum.accumulate(later[::-1], axis=0)[::-1][1:]  # max over the looks after j
-    if futility_beta > 0:
-        b = futility_beta / len(schedule.sizes)
-        target = _threshold(t, sigma, noise_kind)
-        k_fail = _first_true(lambda k: stats.cp_upper(k, n, b) >= target, n) - 1
-    else:
-        k_fail = np.full(n.shape, -1, np.int64)
-    return Plan(schedule, sigma, rs, futility_beta, k_cert, slack, k_fail, eps, noise_kind, calibrate)
+    k_fail = np.full(n.shape, -1, np.int64)
+    if futility_beta > 0:  # give up r once the non-A count crosses the betting boundary against 1 - t_r
+        for i, p_r in enumerate(thresholds):
+            if 0.0 < p_r < 1.0:
+                k_fail[:, i] = n[:, i] - np.asarray(betting_cutoffs(sizes, 1.0 - p_r, futility_beta))
+        k_fail = np.maximum.accumulate(k_fail, axis=1)  # giving up r gives up every larger radius
+    return Plan(schedule, sigma, rs, futility_beta, k_cert, slack, k_fail, eps, noise_kind, calibrate, first)
 
 
 @dataclass
@@ -337,14 +251,17 @@ class Outcome:
 
 
 def _settled(plan: Plan, j: int, k: np.ndarray, best: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Precision mode: (safe, fail-fast) masks of examples whose radius cannot grow by more than eps.
+    """Precision mode: (safe, fail-fast) masks of examples whose radius is within eps of what sampling on
+    could give.
 
-    Safe: even with every remaining sample A no later look reaches radius(best) + eps. Fail-fast: the
-    (1 - beta / L) upper confidence bound on the radius, sigma Phi^-1(CP_upper), is within eps of it.
+    Safe: even with every remaining sample A no later look reaches radius(best) + eps. Fail-fast (Chen et
+    al. 2022's input-specific sampling, inside the union-bound frame): with p_up the (1 - beta / L) upper
+    bound on pA, a run to n_max whose count were n_max p_up would certify at most radius(best) + eps.
     """
-    sizes, alphas = np.asarray(plan.schedule.sizes[j + 1 :]), np.asarray(plan.schedule.alphas[j + 1 :])
+    sched = plan.schedule
+    sizes, alphas = np.asarray(sched.sizes[j + 1 :]), np.asarray(sched.alphas[j + 1 :])
     goal = _radius(best, plan.sigma, plan.noise) + plan.eps
-    n_j = plan.schedule.sizes[j]
+    n_j = sched.sizes[j]
     if sizes.size:
         kk = k[:, None] + sizes[None, :] - n_j
         reach = _radius(stats.cp_lower(kk, np.broadcast_to(sizes, kk.shape), alphas), plan.sigma, plan.noise).max(
@@ -355,18 +272,46 @@ def _settled(plan: Plan, j: int, k: np.ndarray, best: np.ndarray) -> tuple[np.nd
     safe = reach <= goal
     fail = np.zeros(len(k), bool)
     if plan.futility_beta > 0:
-        upper = stats.cp_upper(k, np.full_like(k, n_j), plan.futility_beta / len(plan.schedule.sizes))
-        fail = ~safe & (_radius(upper, plan.sigma, plan.noise) <= goal)
+        upper = stats.cp_upper(k, np.full_like(k, n_j), plan.futility_beta / len(sched.sizes))
+        k_budget = np.minimum(sched.n_max, np.ceil(upper * sched.n_max)).astype(np.int64)
+        budget = _radius(stats.cp_lower(k_budget, sched.n_max, sched.alphas[-1]), plan.sigma, plan.noise)
+        fail = ~safe & (budget <= goal)
     return safe, fail
 
 
-def run_looks(plan: Plan, sample: Callable[[int, np.ndarray], np.ndarray], active: np.ndarray, size: int) -> Outcome:
+def _budgeted(plan: Plan, j: int, active: np.ndarray, n_a: np.ndarray, left: int) -> np.ndarray:
+    """The examples of ``active`` that make look j on a budget of ``left`` samples: all when it suffices, else
+    the most promising first (largest standardized lead of the count over the next threshold at the last
+    look made), as many as the budget pays for."""
+    cost = plan.schedule.sizes[j] - (plan.schedule.sizes[j - 1] if j else 0)
+    if cost * len(active) <= left:
+        return active
+    if j == 0:
+        return active[: left // cost]
+    n = plan.schedule.sizes[j - 1]
+    t = np.array([calibration_threshold(r, plan.sigma, plan.noise) for r in plan.radii])
+    lead = (n_a[active] - n * t[plan.first]) / np.sqrt(n * t[plan.first] * (1 - t[plan.first]) + 1e-12)
+    order = np.argsort(-lead, kind="stable")
+    return np.sort(active[order[: left // cost]])
+
+
+def run_looks(
+    plan: Plan,
+    sample: Callable[[int, np.ndarray], np.ndarray],
+    active: np.ndarray,
+    size: int,
+    budget: int | None = None,
+) -> Outcome:
     """Make the planned looks for the examples ``active`` (indices < size), stopping each when settled.
 
     ``sample(j, idx)`` returns the count of A among stage j's N_j - N_{j-1} new samples of examples idx.
-    An example stops at the last look, or when the next radius to certify is out of reach (safe: even
-    if every remaining sample were A; fail-fast: its upper bound on pA is below Phi(r / sigma)), or when
-    every radius is certified; in precision mode, once it predicts, when its radius is settled to eps.
+    Looks are made breadth-first (every active example makes look j before any makes look j + 1). An example
+    stops at the last look, or once every radius the caller asked for (from ``plan.first`` up) is decided:
+    all certified, or the smallest one not certified out of reach (safe: even if every remaining sample
+    were A; fail-fast: the betting boundary against it crossed); in precision mode, once it predicts,
+    when its radius is settled to eps. ``budget``: most estimation samples in all; when the next look costs
+    more than is left, the most promising examples make it and the others stop ("budget"). Every rule only
+    removes looks from a plan fixed in advance, so none changes the level.
     """
     sizes, alphas = plan.schedule.sizes, plan.schedule.alphas
     m, last = len(plan.radii), len(sizes) - 1
@@ -381,13 +326,22 @@ def run_looks(plan: Plan, sample: Callable[[int, np.ndarray], np.ndarray], activ
     )
     best = np.full(size, -1.0)
     active = np.asarray(active, np.int64)
-    if not (plan.k_cert[:, 0] <= np.asarray(sizes)).any():  # even radius 0 is out of reach: sample nothing
+    left = np.inf if budget is None else int(budget)
+    if not (plan.k_cert[:, plan.first] <= np.asarray(sizes)).any():  # the radii asked for are out of reach
         for i in active:
             out.stopped[i] = "futile"
         return out
     for j, n_j in enumerate(sizes):
         if not active.size:
             break
+        if budget is not None:
+            chosen = _budgeted(plan, j, active, out.n_a, int(left))
+            for i in np.setdiff1d(active, chosen):
+                out.stopped[i] = "budget"
+            active = chosen
+            left -= len(active) * (n_j - (sizes[j - 1] if j else 0))
+            if not active.size:
+                break
         out.n_a[active] += np.asarray(sample(j, active), np.int64)
         out.n[active], out.looks[active] = n_j, j + 1
         k = out.n_a[active]
@@ -396,7 +350,7 @@ def run_looks(plan: Plan, sample: Callable[[int, np.ndarray], np.ndarray], activ
         best[active[up]], out.best_look[active[up]], out.best_n_a[active[up]] = lower[up], j, k[up]
         c = np.maximum(out.certified[active], (k[:, None] >= plan.k_cert[j][None, :]).sum(axis=1))
         out.certified[active] = c
-        nxt = np.minimum(c, m - 1)
+        nxt = np.minimum(np.maximum(c, plan.first), m - 1)  # the smallest radius asked for, not yet certified
         done = c == m
         futile = ~done & (n_j - k > plan.slack[j, nxt])
         fail = ~done & ~futile & (k <= plan.k_fail[j, nxt])
@@ -427,8 +381,8 @@ class SequentialCertificate(Certificate):
     ``radius`` is sigma Phi^-1(p_a_lower) from the best look's bound (sound at level alpha); it is at least
     ``decided_radius``, the largest requested radius certified (``decided_radii``: all of them). ``n`` is
     the number of estimation samples used (plus ``n0`` for selection); ``looks`` the looks made;
-    ``stopped`` why sampling stopped: certified, futile, fail-fast, precision, n_max or no-class (the
-    selection saw no class). ``p_b_upper`` is 1 - p_a_lower (rounded up), so ``radius_2class`` is Cohen's
+    ``stopped`` why sampling stopped: certified, futile, fail-fast, precision, n_max, budget (the global
+    budget ran out), no-class (the selection saw no class) or no-label (``guess="label"`` with label < 0). ``p_b_upper`` is 1 - p_a_lower (rounded up), so ``radius_2class`` is Cohen's
     radius up to rounding and ``radius_tv`` follows from the same event; both hold at level alpha.
     """
 
@@ -441,6 +395,17 @@ class SequentialCertificate(Certificate):
     look_n: int = 0  # estimation samples at that look
     look_n_a: int = 0  # count of the guess at that look: p_a_lower = CP_lower(look_n_a, look_n, alpha_p_a)
 
+    @property
+    def samples(self) -> int:
+        """Samples spent on this example: selection (n0, as drawn) and estimation (n)."""
+        return int(self.n0 + self.n)
+
+
+GUESSES = ("select", "label")
+"""How the class to certify is fixed: selected from the model's own samples, or the example's label."""
+SELECT_PHASE = 1 << 20
+"""Selection stage s >= 1 draws under phase SELECT_PHASE + s (stage 0 under noise.SELECT)."""
+
 
 def sequential_certify_many(
     smoothed,
@@ -452,12 +417,17 @@ def sequential_certify_many(
     radii: Sequence[float] | None = None,
     *,
     eps: float | None = None,
-    looks: int = 16,
+    looks: int = LOOKS,
     n_first: int | None = None,
-    final_share: float | None = 0.9,
+    final_share: float | None = FINAL_SHARE,
     schedule: Schedule | None = None,
     futility_beta: float = 0.01,
     calibrate: bool | None = None,
+    guess: str = "select",
+    labels: Sequence[int] | None = None,
+    adaptive_selection: bool = True,
+    budget: int | None = None,
+    early: str = "betting",
     progress: Callable[[int], None] | None = None,
 ) -> list[SequentialCertificate]:
     """Sequential CERTIFY of several images (same shape, in [0,1]) packed into shared batches.
@@ -466,21 +436,32 @@ def sequential_certify_many(
     ----------
     smoothed : SmoothedClassifier (its sigma, seed and batches are used).
     xs, examples : images and their data-set indices (noise streams; default 0, 1, ...).
-    n0, n_max, alpha : selection samples, most estimation samples, overall level.
+    n0, n_max, alpha : most selection samples, most estimation samples, overall level.
     radii : the radii to decide (l2, [0,1] pixel units); or ``eps`` (precision mode): stop once the radius
-        cannot grow by more than eps (same units).
+        is within eps of what n_max samples could certify (same units).
     looks, n_first, final_share : the geometric schedule (see geometric_schedule); or ``schedule``, whose
         levels must sum to at most alpha.
     futility_beta : fail-fast level (0: stop early only when the answer cannot change).
-    calibrate : radii mode only (default there): the last look's cutoff for each radius is calibrated exactly
-        (:func:`calibrated_cutoff`) and ``radius`` is the largest requested radius certified; False: union
-        bound over the looks and the continuous radius of the best look (always so in precision mode).
+    calibrate : radii mode only (default there): the early looks cross a betting boundary (``early``), the
+        last look's cutoff for each radius is calibrated exactly (:func:`calibrated_cutoff`) and ``radius`` is
+        the largest requested radius certified; False: union bound over the looks and the continuous radius of
+        the best look (always so in precision mode).
+    guess : "select" (the class to certify is the top class of selection samples, drawn in doubling looks
+        up to n0 that stop once one class is clearly ahead unless ``adaptive_selection`` is False) or
+        "label" (the class is ``labels[i]``, fixed before any sample: no selection samples; a label < 0
+        certifies nothing). Either way the class is fixed before the estimation samples that certify it.
+    budget : most samples (selection and estimation) over all of ``xs``; looks are made breadth-first and,
+        once the budget is short, given to the most promising examples (see :func:`run_looks`).
     """
     from .inputs import as_int
 
     n0, n_max = as_int("n0", n0, 1), as_int("n", n_max, 1)
     if (radii is None) == (eps is None):
         raise ConfigError("expected exactly one of radii (decide these radii) or eps (radius to precision eps)")
+    if guess not in GUESSES:
+        raise ConfigError(f"guess={guess!r}: expected one of {', '.join(GUESSES)}")
+    if budget is not None:
+        budget = as_int("budget", budget, 1)
     schedule = schedule or geometric_schedule(n_max, alpha, looks, n_first, final_share)
     if schedule.n_max != n_max or schedule.alpha > alpha:
         raise ConfigError(
@@ -489,15 +470,24 @@ def sequential_certify_many(
         )
     noise_kind = smoothed.noise
     calibrate = eps is None if calibrate is None else bool(calibrate)
-    plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps, noise_kind, calibrate)
+    plan = make_plan(schedule, smoothed.sigma, radii or (), futility_beta, eps, noise_kind, calibrate, early)
     xs, examples = smoothed.images(xs, examples)  # uint8 scaled by 1/255, floats finite, one index per image
+    if guess == "label":
+        if labels is None or len(labels) != len(xs):
+            raise ConfigError(f"guess='label' needs one label per image; received {labels!r} for {len(xs)} images")
+        labels = [as_int("label", v) for v in labels]
     if len(xs) == 0:
         return []
     smoothed.verify_batches(xs[0], n_max * len(xs))
     sampler = smoothed.sampler(np.shape(xs[0]))
     clean = [sampler.pre.clean(x) for x in xs]
-    sel = sampler.count([Task(c, e, noise.SELECT, n0) for c, e in zip(clean, examples)], progress)
-    guess = stats.select_many(sel)
+    if guess == "label":
+        sel = np.zeros((len(xs), 2), np.int64)
+        chosen = np.asarray(labels, np.int64)
+        chosen[chosen < 0] = ABSTAIN
+    else:
+        sizes = stats.selection_sizes(n0, adaptive_selection)
+        sel, chosen = _select(sampler, clean, examples, sizes, progress, budget)
     totals = _Growable(np.zeros_like(sel))
 
     def sample(j, idx):
@@ -505,12 +495,43 @@ def sequential_certify_many(
         counts = sampler.count([Task(clean[i], examples[i], stage_phase(j), new) for i in idx], progress)
         totals.add(idx, counts)
         classes = counts[:, :-1]  # a guess beyond the classes seen here (under-announced model) counts 0
-        g = guess[idx]
+        g = chosen[idx]
         return np.where(g < classes.shape[1], classes[np.arange(len(idx)), np.minimum(g, classes.shape[1] - 1)], 0)
 
-    out = run_looks(plan, sample, np.flatnonzero(guess != ABSTAIN), len(xs))
+    left = None if budget is None else max(0, budget - int(sel.sum()))
+    out = run_looks(plan, sample, np.flatnonzero(chosen != ABSTAIN), len(xs), left)
+    if budget is not None and guess == "select":  # the budget ran out before these had a selection sample
+        for i in np.flatnonzero(sel.sum(axis=1) == 0):
+            out.stopped[i] = "budget"
     dim = int(np.prod(sampler.pre.model_shape))
-    return [_certificate(plan, out, i, int(guess[i]), n0, sel[i], totals.array[i], dim) for i in range(len(xs))]
+    return [
+        _certificate(plan, out, i, int(chosen[i]), int(sel[i].sum()), sel[i], totals.array[i], dim)
+        for i in range(len(xs))
+    ]
+
+
+def _select(
+    sampler, clean, examples, sizes: tuple[int, ...], progress, budget: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Selection in looks of cumulative ``sizes`` (stage 0 under noise.SELECT, so that one look is Cohen's):
+    (class counts [E, K + 1], the guesses, ABSTAIN where no sample gave a class). With a ``budget``, a look
+    the budget cannot pay for everyone is made by the first examples it pays for; the rest keep their guess."""
+    sel = _Growable(np.zeros((len(clean), 2), np.int64))
+    active, prev = np.arange(len(clean)), 0
+    left = np.inf if budget is None else budget
+    for s, size in enumerate(sizes):
+        phase = noise.SELECT if s == 0 else SELECT_PHASE + s
+        active = active[: int(min(len(active), left // (size - prev)))]
+        if not active.size:
+            break
+        left -= len(active) * (size - prev)
+        counts = sampler.count([Task(clean[i], examples[i], phase, size - prev) for i in active], progress)
+        sel.add(active, counts)
+        prev = size
+        active = active[~stats.select_clear(sel.array[active])]
+        if not active.size:
+            break
+    return sel.array, stats.select_many(sel.array)
 
 
 class _Growable:
@@ -535,7 +556,8 @@ def _certificate(
 ) -> SequentialCertificate:
     sigma, sched = plan.sigma, plan.schedule
     n, n_a, look = int(out.n[i]), int(out.n_a[i]), int(out.best_look[i])
-    stopped = out.stopped[i] if guess != ABSTAIN else "no-class"
+    none = "budget" if out.stopped[i] == "budget" else "no-class" if n0 else "no-label"
+    stopped = out.stopped[i] if guess != ABSTAIN else none
     p_lower = 0.0  # the best look's bound, recomputed in scalar float64 from the counts at that look
     certified = int(out.certified[i]) if guess != ABSTAIN else 0
     if plan.calibrated:  # the largest threshold certified: pA >= it holds with probability >= 1 - alpha
@@ -619,20 +641,23 @@ def run_plan(
 def certificate_from_row(
     plan: Plan, predict: int, n_a: int, n: int, look: int, look_n_a: int, n0: int, nonfinite: int, dim: int
 ) -> SequentialCertificate:
-    """The certificate that one row's counts determine under ``plan`` (``rs-onnx verify``): ``n_a`` of ``n`` at
-    the last look made, ``look_n_a`` at the deciding look ``look`` (1-based; 0: none).
+    """The certificate that one row's counts justify under ``plan`` (``rs-onnx verify``): ``n_a`` of ``n`` at
+    the last look made, ``look_n_a`` at the look ``look`` with the best Clopper-Pearson bound (1-based; 0: none).
 
-    The thresholds certified are those of the deciding look (the largest bound: no earlier look certifies more,
-    each early look's cutoffs being its Clopper-Pearson bound's) and of the last look when it was made (its
-    calibrated cutoffs), as :func:`run_looks` counts them. ``predict`` stands for the guess (any class when the
-    row abstains: the guess only decides whether the answer is a class)."""
+    Union-bound plans (precision mode) report that look's bound: the row is reproduced exactly. Calibrated
+    plans certify a threshold at any look whose count crosses its cutoff; the file holds the counts of the
+    last look made and of the best look, so the thresholds counted here are those these two looks cross, a
+    lower bound on the run's (equal to it whenever the run stopped at the look that completed its radii, or
+    no earlier look crossed more). ``predict`` stands for the guess (any class when the row abstains: the
+    guess only decides whether the answer is a class)."""
     sizes = plan.schedule.sizes
     j = look - 1
     certified = 0
-    if j >= 0:
-        certified = int((look_n_a >= plan.k_cert[j]).sum())
-    if n == sizes[-1]:
-        certified = max(certified, int((n_a >= plan.k_cert[-1]).sum()))
+    if plan.calibrated:
+        if j >= 0:
+            certified = int((look_n_a >= plan.k_cert[j]).sum())
+        if n in sizes:
+            certified = max(certified, int((n_a >= plan.k_cert[sizes.index(n)]).sum()))
     out = Outcome(
         np.array([n_a], np.int64),
         np.array([n], np.int64),

@@ -168,19 +168,28 @@ class SmoothedClassifier:
 
     Parameters
     ----------
-    classifier : the base classifier (e.g. ``OnnxClassifier``): model inputs [B, ...] -> classes [B]; it must have
-        every member of :class:`rs_onnx.sampling.Classifier` (subclass ``HostClassifier`` for the host defaults).
-    sigma : noise scale in [0,1] pixel units (before normalisation): the standard deviation for
+    classifier : OnnxClassifier or Classifier
+        The base classifier: model inputs [B, ...] -> classes [B]. It must have every member of
+        :class:`rs_onnx.sampling.Classifier` (subclass ``HostClassifier`` for the host defaults).
+    sigma : float
+        Noise scale in [0,1] pixel units (before normalisation): the standard deviation for
         ``noise="gaussian"``, the half-width lambda of U[-lambda, lambda] per value for ``"uniform"``, the
         scale lambda (density exp(-|z|/lambda) / (2 lambda)) for ``"laplace"``.
-    preprocess : how x + delta becomes the model input; default: no scaling, the model's layout.
-    seed : seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
-    batch_size : noisy samples per model call.
-    noise_threads : threads drawing noise (default: by the classifier's device, see default_noise_threads).
-    num_classes : the model's class count K, fixed before counting (default: ``classifier.num_classes``;
-        for index outputs of unknown range 1000). Indices outside 0..K-1 count as no class.
-    noise : gaussian (default), uniform or laplace (any name in ``rs_onnx.noise.KINDS``); audit is Gaussian only.
-    audit : certify soundly against an adversarial model (:mod:`rs_onnx.audit`): exact grid noise added in
+    preprocess : PreprocessSpec, optional
+        How x + delta becomes the model input; default: no scaling, the model's layout.
+    seed : int, optional
+        Seeds every noise stream; None draws fresh entropy, kept in ``self.entropy``.
+    batch_size : int
+        Noisy samples per model call.
+    noise_threads : int, optional
+        Threads drawing noise (default: by the classifier's device, see default_noise_threads).
+    num_classes : int, optional
+        The model's class count K, fixed before counting (default: ``classifier.num_classes``; for index
+        outputs of unknown range 1000). Indices outside 0..K-1 count as no class.
+    noise : str
+        gaussian (default), uniform or laplace (any name in ``rs_onnx.noise.KINDS``); audit is Gaussian only.
+    audit : bool
+        Certify soundly against an adversarial model (:mod:`rs_onnx.audit`): exact grid noise added in
         integers to 8-bit inputs, batches only when the graph provably keeps rows apart; then ``seed`` must
         be None (fresh entropy, drawn here, after the model was loaded) unless ``audit_seed_override``
         (reproducing an earlier audit from its recorded entropy).
@@ -333,16 +342,16 @@ class SmoothedClassifier:
         """The certified radius from p_a_lower in the noise's native norm (l2 gaussian, l1 otherwise); 0 if <= 1/2."""
         return native_radius(p_a_lower, self.noise, self.sigma)
 
-    def verify_batches(self, x: np.ndarray, samples: int) -> dict | None:
+    def verify_batches(self, x: np.ndarray, samples: int, runner=None, total: int | None = None) -> dict | None:
         """Once per instance, for an ONNX classifier: :func:`rs_onnx.checks.check_batch_equivalence` on noisy
         copies of ``x`` at the batch size a count of ``samples`` samples uses; ModelError when batches change the
         classes and the model cannot run one sample at a time. When it can, ``classifier`` becomes its
         ``one_by_one()`` copy (the caller's classifier object is left as it is). The record is kept in
-        ``batch_check``."""
+        ``batch_check``. ``runner`` and ``total``: see :func:`rs_onnx.checks.check_batches_once`."""
         if self.batch_check is None:
             from .checks import check_batches_once
 
-            record = check_batches_once(self, x, samples)
+            record = check_batches_once(self, x, samples, runner, total)
             if record is not None and record["result"] == "per-sample fallback":
                 self.classifier = self.classifier.one_by_one()
             self.batch_check = record
@@ -355,12 +364,16 @@ class SmoothedClassifier:
         phase: int,
         n: int,
         progress: Callable[[int], None] | None = None,
+        first_block: int = 0,
     ) -> np.ndarray:
         """Counts of ``n`` noisy samples of each image of ``xs`` (one shape; floats in [0,1], or uint8 0..255,
         divided by 255: see :meth:`images`) under noise ``phase``.
 
-        ``examples`` select the noise streams (one per image). Returns int64 [len(xs), K + 1]; column K counts
-        samples with no class (non-finite model outputs, class indices outside 0..K-1).
+        ``examples`` select the noise streams (one per image). ``first_block``: the samples are those of the
+        stream from noise block ``first_block`` on (``sampler(shape).block_size`` samples a block), so counts
+        of consecutive pieces that start at whole blocks add up to the count of the whole (Ray splits one
+        example this way). Returns int64 [len(xs), K + 1]; column K counts samples with no class
+        (non-finite model outputs, class indices outside 0..K-1).
         """
         n = as_int("n", n, 0)
         xs, examples = self.images(xs, examples)
@@ -370,7 +383,8 @@ class SmoothedClassifier:
             )
         self.verify_batches(xs[0], n * len(xs))
         sampler = self.sampler(np.shape(xs[0]))
-        tasks = [Task(sampler.pre.clean(x), int(e), phase, n) for x, e in zip(xs, examples)]
+        first_block = as_int("first_block", first_block, 0)
+        tasks = [Task(sampler.pre.clean(x), int(e), phase, n, first_block) for x, e in zip(xs, examples)]
         return sampler.count(tasks, progress)
 
     def certify_many(
@@ -385,9 +399,22 @@ class SmoothedClassifier:
     ) -> list[Certificate]:
         """CERTIFY for several images at once, packed into shared batches.
 
-        xs : images of one shape (e.g. [C,H,W]): floats in [0,1] pixel units, or uint8 0..255 (divided by
-        255, as the CLI does; see :meth:`images`). examples : their indices in the data set, which
-        select their noise streams (default 0, 1, ...). Returns one Certificate per image.
+        Parameters
+        ----------
+        xs : sequence of arrays
+            Images of one shape (e.g. [C,H,W]): floats in [0,1] pixel units, or uint8 0..255 (divided by
+            255, as the CLI does; see :meth:`images`).
+        n0, n : int
+            Selection and estimation samples per image.
+        alpha : float
+            Failure probability of each certificate.
+        examples : sequence of int, optional
+            Their indices in the data set, which select their noise streams (default 0, 1, ...).
+
+        Returns
+        -------
+        list of Certificate
+            One per image.
         """
         n0, n, alpha = as_int("n0", n0, 1), *_check_args(None, n, alpha)[1:]
         if bound not in ("cohen", "best"):
@@ -400,11 +427,19 @@ class SmoothedClassifier:
         if len(xs) == 0:
             return []
         self.verify_batches(xs[0], max(n0, n) * len(xs))
-        dim = self.dim(np.shape(xs[0]))
         counts0 = self.count(xs, examples, noise.SELECT, n0, progress)
         counts1 = self.count(xs, examples, noise.ESTIMATE, n, progress)
+        return self.certificates(counts0, counts1, n0, n, alpha, self.dim(np.shape(xs[0])), bound)
+
+    def certificates(
+        self, counts0: np.ndarray, counts1: np.ndarray, n0: int, n: int, alpha: float, dim: int, bound: str = "cohen"
+    ) -> list[Certificate]:
+        """CERTIFY's answers from its counts: ``counts0`` (selection, n0 samples each) and ``counts1``
+        (estimation, n samples each), int64 [examples, K + 1] as :meth:`count` returns them; ``dim`` is the
+        number of noisy values per input (:meth:`dim`). The same answers whether the counts came from one
+        process or were added up from pieces counted elsewhere."""
         out = []
-        for c0, c1 in zip(counts0, counts1):
+        for c0, c1 in zip(np.asarray(counts0, np.int64), np.asarray(counts1, np.int64)):
             guess = stats.select(c0)
             n_a = int(c1[guess]) if guess != ABSTAIN else 0
             # the largest other count (non-finite outputs count as one more rival outcome)
@@ -433,9 +468,12 @@ class SmoothedClassifier:
         if len(xs) == 0:
             return []
         self.verify_batches(xs[0], n * len(xs))
-        counts = self.count(xs, examples, noise.PREDICT, n, progress)
+        return self.predictions(self.count(xs, examples, noise.PREDICT, n, progress), n, alpha)
+
+    def predictions(self, counts: np.ndarray, n: int, alpha: float) -> list[Prediction]:
+        """PREDICT's answers from its counts (int64 [examples, K + 1] of n samples each, :meth:`count`)."""
         out = []
-        for c in counts:
+        for c in np.asarray(counts, np.int64):
             a, n_a, _, n_b = stats.top_two(c[:-1])
             out.append(prediction(a, n_a, n_b, n, int(c[-1]), alpha))
         return out

@@ -1,5 +1,6 @@
 """Statistics of randomized smoothing (Cohen et al. 2019), as pure float64 functions: the one home of
-the Clopper-Pearson bounds, the Cohen radius, ``ABSTAIN`` and the selection rule.
+the Clopper-Pearson bounds, the Cohen radius, the population bound on certified accuracy, ``ABSTAIN``
+and the selection rule.
 
 Every bound is rounded towards the safe side: lower bounds are nudged down and upper bounds up by a
 relative :data:`SAFETY`, radii down, and a bound that scipy's quantile gets wrong is shrunk by bisection
@@ -11,7 +12,7 @@ implementation, hence one guard and one rounding rule.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import beta, binomtest, norm
+from scipy.stats import beta, binom, binomtest, norm
 
 ABSTAIN = -1
 """The class index reported when the smoothed classifier abstains."""
@@ -119,6 +120,24 @@ def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
     return float(cp_upper(k, n, alpha))
 
 
+def population_lower(k, n, alpha, confidence) -> np.ndarray:
+    """Vectorised one-sided lower confidence bound, at level ``confidence``, on a population's certified
+    accuracy from ``k`` of ``n`` i.i.d. test examples certified, each certificate false w.p. <= ``alpha``.
+
+    ``(CP_lower(k, n, 1 - confidence) - alpha) / (1 - alpha)``, clipped at 0 and rounded down (an absolute
+    :data:`SAFETY`). Sound because ``k`` is at most a Binomial(n, q) count with q <= p + alpha (1 - p),
+    whatever the false certificates do (docs/certificate-population.md derives it); ``alpha`` = 0 gives
+    plain Clopper-Pearson. ``k``, ``n``, ``alpha`` and ``confidence`` broadcast; 0 <= alpha < 1,
+    0 < confidence < 1 (checked). float64 array.
+    """
+    a = np.asarray(alpha, np.float64)
+    c = np.asarray(confidence, np.float64)
+    if not (np.all((a >= 0) & (a < 1)) and np.all((c > 0) & (c < 1))):
+        raise ValueError(f"alpha={alpha}, confidence={confidence}: expected 0 <= alpha < 1 and 0 < confidence < 1")
+    q = cp_lower(k, n, 1.0 - c)
+    return np.maximum(0.0, (q - a) / (1.0 - a) - SAFETY)
+
+
 def binomial_pvalue(k: int, n: int) -> float:
     """Two-sided exact binomial test p-value of k successes in n trials against p = 1/2."""
     _check(k, n)
@@ -168,3 +187,27 @@ def top_two(counts: np.ndarray) -> tuple[int, int, int, int]:
     order = np.argsort(-counts, kind="stable")
     a, b = int(order[0]), int(order[1])
     return a, int(counts[a]), b, int(counts[b])
+
+
+SELECT_FIRST = 8
+"""Adaptive selection (sequential CERTIFY): the first selection look (samples); later looks double, up to n0."""
+SELECT_BETA = 0.01
+"""Adaptive selection (sequential CERTIFY) stops once P(Bin(a + b, 1/2) >= a) <= this, a and b the top two counts (power only)."""
+
+
+def selection_sizes(n0: int, adaptive: bool = True) -> tuple[int, ...]:
+    """Cumulative selection sizes: (n0,) fixed; adaptive: SELECT_FIRST, doubling, ending at n0."""
+    if not adaptive or n0 <= SELECT_FIRST:
+        return (n0,)
+    sizes = [SELECT_FIRST]
+    while sizes[-1] * 2 < n0:
+        sizes.append(sizes[-1] * 2)
+    return (*sizes, n0)
+
+
+def select_clear(counts: np.ndarray) -> np.ndarray:
+    """Per row of class counts [E, K + 1]: whether the top class is clearly ahead of the runner-up (see
+    :data:`SELECT_BETA`); the last column (no class) is ignored."""
+    top = -np.sort(-np.asarray(counts)[:, :-1], axis=1)
+    a, b = top[:, 0], (top[:, 1] if top.shape[1] > 1 else np.zeros_like(top[:, 0]))
+    return (a > 0) & (binom.sf(a - 1, a + b, 0.5) <= SELECT_BETA)

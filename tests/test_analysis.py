@@ -167,15 +167,27 @@ def test_tables_contain_the_right_numbers(synth, tmp_path):
         "abstention_rate",
         "time_per_image",
         "max_radius",
+        "r=0.00 lower",
+        "r=0.25 lower",
+        "r=0.50 lower",
+        "confidence",
+        "alpha",
+        "samples_mean",
+        "samples_p90",
+        "fixed_n",
     ]
-    assert parsed[1][0] == "synth_a & 100%" and parsed[1][-1] == parsed[2][-1] == ""  # no meta.json: reach unknown
-    assert [float(v) for v in parsed[1][1:-1]] == pytest.approx([5, 0.6, 0.2, 0.2, 0.14, 0.2, 3.0])
-    assert [float(v) for v in parsed[2][1:-1]] == pytest.approx([2, 0.5, 0.5, 0.0, 0.15, 0.0, 3.0])
+    # no meta.json: reach, alpha (so the lower bounds) and the samples are unknown
+    assert parsed[1][0] == "synth_a & 100%" and parsed[1][8] == parsed[2][8] == ""
+    assert parsed[1][9:] == parsed[2][9:] == ["", "", "", "0.95", "", "", "", ""]
+    assert [float(v) for v in parsed[1][1:8]] == pytest.approx([5, 0.6, 0.2, 0.2, 0.14, 0.2, 3.0])
+    assert [float(v) for v in parsed[2][1:8]] == pytest.approx([2, 0.5, 0.5, 0.0, 0.15, 0.0, 3.0])
 
     tex = to_latex(rows)
     print(tex)
     assert r"synth\_a \& 100\% & 5 & 60.0 & 20.0 & 20.0 & 0.140 & 20.0 & 3 \\" in tex
-    assert tex.startswith(r"\begin{tabular}{lrrrrrrr}") and tex.rstrip().endswith(r"\end{tabular}")
+    assert tex.startswith(r"\begin{tabular}{lrrrrrrr}") and r"\end{tabular}" in tex.splitlines()
+    after = tex.splitlines()[tex.splitlines().index(r"\end{tabular}") + 1 :]
+    assert after and all(line.startswith("% ") for line in after)  # what the bounds are: LaTeX comments
     assert tex.count(r"\\") == 4  # group header, header, two rows
 
     # a mapping is accepted directly, with the default radii 0..1

@@ -192,6 +192,7 @@ META_KEYS = [
     "nonfinite_outputs",
     "clean_accuracy",
     "batch_check",
+    "class_names",
     "rows_digest",
 ]
 

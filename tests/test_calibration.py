@@ -64,12 +64,20 @@ def test_simulated_false_certification_at_the_threshold(r):
     assert rate > 0.5 * alpha  # calibrated: it spends most of alpha (a union bound spends far less here)
 
 
-def test_power_at_the_threshold_is_within_003_of_fixed_n():
-    """Issue 17: pA = 0.999, r = 0.75, sigma = 0.25, alpha = 0.001, n = 100,000 (fixed n: 0.527)."""
+def test_power_at_the_threshold_is_within_005_of_fixed_n():
+    """Issue 17: pA = 0.999, r = 0.75, sigma = 0.25, alpha = 0.001, n = 100,000 (fixed n: 0.527).
+
+    Issue 28's design (betting early looks spending 0.17 alpha from 10 samples on) puts the last cutoff one
+    count above fixed n's (99,901 vs 99,900: fixed n's tail there is within 0.17 alpha of alpha), which at
+    this pA is 0.487 against 0.527 (exact); issue 17's design (early looks from 1,000) kept 99,900. One count
+    at the last look, in exchange for deciding clear inputs in tens of samples (see benchmarks/SEQUENTIAL.md).
+    """
     n, alpha, sigma, r, p = 100_000, 0.001, 0.25, 0.75, 0.999
     fixed = fixed_power(n, alpha, sigma, r, p)
     assert fixed == pytest.approx(0.527, abs=0.001)
-    new, _ = sequential_power(n, alpha, sigma, r, p, final_share=0.9, calibrate=True, trials=20_000)
-    old, _ = sequential_power(n, alpha, sigma, r, p, final_share=0.5, calibrate=False, trials=20_000)
-    assert new >= fixed - 0.03 and old < fixed - 0.08  # before: 0.41
+    new, _ = sequential_power(n, alpha, sigma, r, p, final_share=sq.FINAL_SHARE, calibrate=True, trials=20_000)
+    old, _ = sequential_power(
+        n, alpha, sigma, r, p, final_share=0.5, calibrate=False, trials=20_000, looks=8, n_first=1000
+    )
+    assert new >= fixed - 0.05 and old < fixed - 0.08  # the union bound of 8 looks: 0.41
     assert norm.cdf(r / sigma) < p

@@ -226,15 +226,23 @@ def test_the_python_api_checks_batches_too(files):
 
 
 class _OutOfMemoryAbove:
-    """An OnnxClassifier that raises onnxruntime's out-of-memory message above ``rows`` inputs."""
+    """An OnnxClassifier that raises onnxruntime's out-of-memory message above ``rows`` inputs (any model run:
+    classes or scores)."""
 
     def __init__(self, clf, rows):
         self._clf, self._rows = clf, rows
 
-    def predict(self, x):
+    def _check(self, x):
         if len(x) > self._rows:
             raise RuntimeError(f"Failed to allocate memory for requested buffer of size {len(x) * 64}")
+
+    def predict(self, x):
+        self._check(x)
         return self._clf.predict(x)
+
+    def scores(self, x):
+        self._check(x)
+        return self._clf.scores(x)
 
     def __getattr__(self, name):
         return getattr(self._clf, name)

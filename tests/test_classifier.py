@@ -144,7 +144,7 @@ def test_symbolic_feature_dims_need_input_shape(tmp_path):
     model = om.linear_model(W, B, batch="N")
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "D"
     path = om.save(model, tmp_path / "sym.onnx")
-    with pytest.raises(ModelError, match="input_shape"):
+    with pytest.raises(ModelError, match=r"\[D\], not all fixed; expected --input-shape"):
         OnnxClassifier(path, device="cpu")
     clf = OnnxClassifier(path, device="cpu", input_shape=(12,))
     x = rand(5, 12)

@@ -13,6 +13,7 @@ from scipy.stats import beta, norm
 from rs_onnx import analysis
 from rs_onnx.cli import cli, main
 from rs_onnx.progress import Progress
+from rs_onnx.stats import population_lower
 from tests.conftest import invoke_cli as invoke
 from tests.onnx_models import linear_model, save
 
@@ -222,7 +223,8 @@ def test_radii_reach_exactly_the_bound_and_beyond_it_are_marked(constant, bound)
     table = res.stdout
     row = next(line for line in table.splitlines() if line.startswith("| certified accuracy"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "5" and cells[2:7] == ["100.0", "100.0", "–", "–", "–"]  # r=0.25 < 0.375 < 0.5
+    low = f"100.0 (≥ {analysis.lower_percent(population_lower(5, 5, 0.001, 0.95))})"  # the population bound
+    assert cells[1] == "5" and cells[2:7] == [low, low, "–", "–", "–"]  # r=0.25 < 0.375 < 0.5
     assert "out of reach" in table and f"{r_max:.3f}" in table
     assert "| run | examples |" in table and "| n |" not in table
 
@@ -298,7 +300,8 @@ def test_predict_summary_and_analyze_reads_predict_tsvs(linear):
     assert "s per example" in res.stdout
     table = invoke(["analyze", str(out)]).stdout
     cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
-    assert cells[1] == "12" and cells[2] == f"{100 * correct:.1f}" and cells[3:8] == ["–"] * 4 + ["–"]  # no ACR
+    low = analysis.lower_percent(population_lower(round(12 * correct), 12, 0.01, 0.95))  # PREDICT's alpha
+    assert cells[1] == "12" and cells[2] == f"{100 * correct:.1f} (≥ {low})" and cells[3:8] == ["–"] * 4 + ["–"]
     assert "PREDICT certifies no radius" in table
 
 

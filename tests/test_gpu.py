@@ -251,3 +251,28 @@ def test_out_of_memory_halves_and_gives_the_same_counts(device, caplog):
     assert halvings, "no out-of-memory at a batch of 16,000 digits"
     assert "going on with 8000" in halvings[0]
     assert same == 1.0 or device == "cuda" and np.abs(got - ref).max() <= 3
+
+
+def test_pinned_ring_and_one_shape_give_the_same_counts(device, tmp_path, monkeypatch):
+    """Issue 29: on CUDA the ring is pinned and the run's session keeps one shape; counts are those of the
+    pageable ring (same noise), and meta.json says how the ring was allocated."""
+    cuda_only(device)
+    pinned, meta = certify_cli(tmp_path, "pinned", "--device", device, "--no-device-noise")
+    from rs_onnx import cuda
+
+    monkeypatch.setattr(cuda, "pinned_empty", lambda shape, dtype: (np.empty(shape, dtype), "pageable"))
+    pageable, meta_p = certify_cli(tmp_path, "pageable", "--device", device, "--no-device-noise")
+    ring = meta["model"]["signature"]["host_ring"]
+    record("pinned_ring", host_ring=ring, identical_rows=pinned == pageable)
+    assert ring.startswith("pinned") and meta_p["model"]["signature"]["host_ring"] == "pageable"
+    assert pinned == pageable
+
+
+def test_algo_search_and_nhwc_reach_the_provider(device, tmp_path):
+    cuda_only(device)
+    rows, meta = certify_cli(tmp_path, "heur", "--device", device, "--cudnn-algo-search", "heuristic", "--prefer-nhwc")
+    host, _ = certify_cli(tmp_path, "default", "--device", device)
+    options = meta["model"]["signature"]["cuda_provider_options"]
+    agree = float(np.mean([a["predict"] == b["predict"] for a, b in zip(rows, host)]))
+    record("algo_search", options=options, prediction_agreement_with_default=agree)
+    assert options == {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1"} and agree >= 0.95

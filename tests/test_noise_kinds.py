@@ -193,7 +193,7 @@ def test_sequential_oracle(tmp_path, kind):
     clf = OnnxClassifier(save(linear_model(w, np.float32(0.0)), tmp_path / "lin.onnx"), device="cpu")
     sc = SmoothedClassifier(clf, sigma=0.5, seed=2, batch_size=10_000, noise=kind)
     xs = [np.array([m, 0.3, -0.2, 0.1], np.float32) for m in (0.05, 0.2, 0.45, 0.7, -0.3)]
-    certs = sequential_certify_many(sc, xs, None, 50, 20_000, 0.001, (0.1, 0.25, 0.4, 0.6))
+    certs = sequential_certify_many(sc, xs, None, 50, 20_000, 0.001, (0.0, 0.1, 0.25, 0.4, 0.6))  # 0: predict too
     for x, c in zip(xs, certs):
         assert c.radius_l1 <= abs(x[0]) and c.radius_linf <= abs(x[0]) and c.radius_l2 <= abs(x[0])
     # l1 distances 0.45 and 0.7; uniform noise of half-width 0.5 certifies at most 2 lambda (1 - 1/2) = 0.5

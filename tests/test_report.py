@@ -74,7 +74,8 @@ def test_report_is_one_self_contained_file_with_every_section(runs):
     # the table's numbers are the analysis module's
     res_ = analysis.read_run(cert)
     acc = analysis.certified_accuracy(res_, [0.0, 0.25])
-    assert f"<td>{100 * acc[0]:.1f}</td><td>{100 * acc[1]:.1f}</td>" in text
+    low = [analysis.lower_percent(v) for v in analysis.certified_accuracy_lower(res_, [0.0, 0.25])]
+    assert f"<td>{100 * acc[0]:.1f} (≥ {low[0]})</td><td>{100 * acc[1]:.1f} (≥ {low[1]})</td>" in text
 
 
 def test_report_escapes_untrusted_strings_and_shows_every_warning(runs, tmp_path):

@@ -167,57 +167,55 @@ def test_each_stage_draws_fresh_noise():
         20,
         4000,
         0.01,
-        (2.0,),
+        eps=1e-3,  # precision mode, safe futility only: every look is made
         looks=4,
         n_first=200,
         futility_beta=0.0,
+        adaptive_selection=False,
     )
     rows = np.concatenate(clf.rows)
     assert len(rows) == 20 + 4000 and len(np.unique(rows, axis=0)) == len(rows)
 
 
 def test_a_clear_example_stops_once_every_reachable_radius_is_certified():
+    """A constant model: 8 selection samples (clearly ahead), then the first look whose cutoff for 0.75 is met."""
     sc = _smoothed(Constant(3), 0.25)
-    sched = geometric_schedule(100_000, 0.001, looks=16, final_share=0.9)
-    plan = make_plan(sched, 0.25, (0.25, 0.5, 0.75, 1.0))
-    assert plan.reachable() == (0.0, 0.25, 0.5, 0.75)  # 1.0 needs more than 1e5 samples at alpha / 8
+    sched = geometric_schedule(100_000, 0.001, final_share=0.83)
+    plan = make_plan(sched, 0.25, (0.25, 0.5, 0.75, 1.0), calibrate=True)
+    assert len(sched.sizes) == 100 and sched.sizes[0] == 10  # the defaults: 100 looks from 10
+    top = stats.cohen_radius(stats.clopper_pearson_lower(100_000, 100_000, 0.001), 0.25)  # 0.848: 1.0 is beyond
+    assert plan.reachable() == (0.0, 0.25, 0.5, 0.75) and top < 1.0
     (c,) = sequential_certify_many(sc, [np.zeros(4, np.float32)], None, 100, 100_000, 0.001, (0.25, 0.5, 0.75, 1.0))
     assert c.predict == 3 and c.stopped == "futile" and c.decided_radii == (0.25, 0.5, 0.75)  # 1.0 out of reach
-    # 16 looks, 0.9 of alpha at the last: the early looks (alpha / 150 each) certify 0.75 at 11,659 samples
-    assert c.n == 11659 and c.n_a == c.n and c.decided_radius == 0.75 == c.radius
-    assert stats.clopper_pearson_lower(11659, 11659, sched.alphas[8]) >= c.p_a_lower >= norm.cdf(0.75 / 0.25)
+    need = next(n for n, k in zip(sched.sizes, plan.k_cert[:, 3]) if k <= n)  # all A: the first look that certifies
+    assert c.n == need and c.n_a == c.n and c.decided_radius == 0.75 == c.radius and c.n0 == 8
+    assert c.samples == 8 + need < 100 + 11_659  # Cohen: 100,100; issue 17 design: 100 + 11,659
+    # the union-bound design (calibrate=False) keeps its continuous radius from the best look's bound
     (u,) = sequential_certify_many(
-        sc,
-        [np.zeros(4, np.float32)],
-        None,
-        100,
-        100_000,
-        0.001,
-        (0.25, 0.5, 0.75, 1.0),
-        calibrate=False,
-        final_share=0.5,
-        looks=8,
+        sc, [np.zeros(4, np.float32)], None, 100, 100_000, 0.001, (0.25, 0.5, 0.75, 1.0), calibrate=False
     )
-    assert u.n == 7197 and 0.75 <= u.radius < 1.0
-    assert u.p_a_lower == stats.clopper_pearson_lower(7197, 7197, geometric_schedule(100_000, 0.001).alphas[3])
+    j = u.look - 1
+    assert u.p_a_lower == stats.clopper_pearson_lower(u.n, u.n, sched.alphas[j]) and 0.75 <= u.radius < 1.0
 
 
-def test_an_unclear_example_abstains_after_the_first_look():
+def test_an_unclear_example_abstains_after_a_few_looks():
+    """pA = 0.4 for r = 0.25 (threshold 0.69): the selection never sees a clear leader (all n0 = 100 drawn),
+    the betting boundary against 0.69 gives up within tens of samples."""
     sc = _smoothed(ThreeWay(0.5), 0.5)
     (c,) = sequential_certify_many(sc, [np.zeros(4, np.float32)], None, 100, 100_000, 0.001, (0.25,))
-    assert c.predict == ABSTAIN and c.radius == 0.0 and c.stopped == "fail-fast" and c.n == 1000
+    assert c.predict == ABSTAIN and c.radius == 0.0 and c.stopped == "fail-fast" and c.n < 200 and c.n0 == 100
 
 
 @pytest.mark.parametrize("d", [0.1, 0.4, 1.0])
-def test_precision_mode_stops_when_the_radius_cannot_grow_by_eps(d):
-    sigma, eps, beta, alpha = 0.5, 0.1, 0.01, 0.001
-    sched = geometric_schedule(50_000, alpha, looks=16, final_share=0.9)
+def test_precision_mode_stops_when_the_radius_is_within_eps_of_what_n_max_could_certify(d):
+    sigma, eps, beta, alpha, n_max = 0.5, 0.1, 0.01, 0.001, 50_000
+    sched = geometric_schedule(n_max, alpha, final_share=0.83)
     certs = sequential_certify_many(
         _smoothed(Threshold(d), sigma),
         [np.zeros(4, np.float32)] * 20,
         None,
         100,
-        50_000,
+        n_max,
         alpha,
         eps=eps,
         futility_beta=beta,
@@ -234,13 +232,16 @@ def test_precision_mode_stops_when_the_radius_cannot_grow_by_eps(d):
                 for m, a in zip(sched.sizes[look + 1 :], sched.alphas[look + 1 :])
             )
             assert stats.cohen_radius(best, sigma) <= c.radius + eps + 1e-9
-        elif c.stopped == "precision":  # the (1 - beta / L) upper bound on the radius is within eps
+        elif c.stopped == "precision":  # n_max samples at the (1 - beta / L) upper bound certify <= radius + eps
             upper = stats.clopper_pearson_upper(c.n_a, c.n, beta / len(sched.sizes))
-            assert sigma * norm.ppf(upper) <= c.radius + eps + 1e-9
+            k = min(n_max, int(np.ceil(upper * n_max)))
+            budget = stats.cohen_radius(stats.clopper_pearson_lower(k, n_max, sched.alphas[-1]), sigma)
+            assert budget <= c.radius + eps + 1e-9
         else:
             assert c.stopped == "n_max"
-        assert c.radius >= d - 0.2  # not vacuous
-    assert np.mean([c.n for c in certs]) < 25_000
+        assert c.radius >= min(d, 1.7) - 0.2  # not vacuous (1.7: about what 50,000 samples certify at pA = 1)
+    mean = np.mean([c.n for c in certs])
+    assert mean < (40_000 if d == 1.0 else 6_000), mean  # issue 28: ~100,000 at every pA before
 
 
 def test_certificate_has_the_certify_columns():
@@ -276,7 +277,7 @@ def test_the_plan_is_computed_once_per_distinct_arguments(monkeypatch):
     made = calls[0]
     assert made > 0
     # the same arguments, spelled differently (a list, another order, 0 given, numpy floats): the same plan
-    again = make_plan(sched, np.float64(0.2371), (0.0, 0.25, np.float64(0.5)), 0.01, None, "gaussian", True)
+    again = make_plan(sched, np.float64(0.2371), (np.float64(0.5), 0.25, 0.5), 0.01, None, "gaussian", True)
     assert again is first and calls[0] == made
     assert make_plan(sched, 0.2371, (0.25, 0.5), 0.02, calibrate=True) is not first  # another beta: replanned
     assert calls[0] > made
@@ -286,9 +287,18 @@ def test_the_plan_is_computed_once_per_distinct_arguments(monkeypatch):
 
 
 def test_a_run_of_several_groups_plans_once(monkeypatch):
-    """sequential_certify_many plans for every group; only the first call computes (radii mode: cp_upper is
-    called by make_plan's fail-fast table alone)."""
-    calls = _counting(monkeypatch, "cp_upper")
+    """sequential_certify_many plans for every group; only the first call computes (_first_true is called by
+    make_plan's tables alone)."""
+    from rs_onnx import sequential as sq
+
+    calls = [0]
+    real = sq._first_true
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sq, "_first_true", counted)
     sc = _smoothed(Threshold(0.3), 0.2372)  # a sigma no other test uses
     args = ([np.zeros(4, np.float32)] * 2, None, 20, 3000, 0.01, [0.25, 0.5])
     a = sequential_certify_many(sc, *args)
@@ -361,17 +371,18 @@ def test_onnx_linear_oracle(tmp_path):
 
 
 def test_geometric_schedule_sizes_and_levels():
-    """L looks from n_first (default n_max / 100, at least 100, at most n_max) to n_max; levels rounded down."""
-    assert geometric_schedule(2000, 0.1).sizes[0] == 100  # n_max / 100 = 20: at least 100
-    assert geometric_schedule(10**6, 0.1, looks=3).sizes == (10_000, 100_000, 10**6)  # n_max / 100
-    assert geometric_schedule(50, 0.1).sizes == (50,)  # at most n_max: one look
+    """L looks from n_first (default 10, at most n_max) to n_max; levels rounded down; equal sizes merged."""
+    assert geometric_schedule(2000, 0.1).sizes[0] == 10
+    assert geometric_schedule(10**6, 0.1, looks=3).sizes == (10, 3162, 10**6)
+    assert geometric_schedule(5, 0.1).sizes == (5,)  # at most n_max: one look
+    assert geometric_schedule(50, 0.1).sizes == tuple(range(10, 51))  # 100 points from 10 to 50: 41 distinct
     assert geometric_schedule(1, 0.1).sizes == (1,)  # n_max = 1 is a (tiny) valid run
     assert geometric_schedule(1000, 0.1, looks=4, n_first=1).sizes == (1, 10, 100, 1000)
     assert geometric_schedule(1000, 0.1, looks=4, n_first=1000).sizes == (1000,)
     # one look is Cohen's CERTIFY at n_max with the whole level (not n_first and n_max at alpha / 2 each)
     one = geometric_schedule(1000, 0.1, looks=1, n_first=10)
     assert one.sizes == (1000,) and one.alphas == (float(np.nextafter(0.1, 0.0)),)
-    assert geometric_schedule(1000, 0.1, looks=2).sizes == (100, 1000)
+    assert geometric_schedule(1000, 0.1, looks=2).sizes == (10, 1000)
     s = geometric_schedule(1000, 0.1, looks=4, n_first=10, final_share=0.7)
     assert s.sizes == (10, 46, 215, 1000)
     assert s.alphas == pytest.approx([0.01, 0.01, 0.01, 0.07], rel=1e-12) and s.alpha <= 0.1
@@ -534,8 +545,8 @@ def test_nonfinite_counts_selection_and_estimation_samples():
         _smoothed(clf, 0.5), [np.zeros(4, np.float32)], None, 50, 2000, 0.01, (0.25,), looks=3, futility_beta=0.0
     )
     rows = np.concatenate(clf.rows)
-    assert c.guess == 1 and len(rows) == 50 + c.n
-    est = rows[50:]
+    assert c.guess == 1 and len(rows) == c.n0 + c.n and 8 <= c.n0 <= 50
+    est = rows[c.n0 :]
     assert c.counts[-1] == int((est[:, 0] <= 0).sum()) and c.counts[1] == c.n_a == int((est[:, 0] > 0).sum())
     assert c.nonfinite == int((rows[:, 0] <= 0).sum()) > c.counts[-1] > 0  # selection no-class samples too
 
