@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from .boundaries import FINAL_SHARE, LOOKS, MAX_LOOKS
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from .guard import check_dtype, check_yaml, escape
 from .noise import KINDS as NOISE_KINDS
 from .preprocess import LAYOUTS, PreprocessSpec
@@ -113,7 +113,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Range checks shared by flags and YAML; raises ConfigError naming the key."""
-        from .inputs import MAX_SIGMA, as_int
+        from .inputs import MAX_COUNT, MAX_SIGMA, as_int
 
         for key in (
             "n0",
@@ -132,6 +132,14 @@ class RunConfig:
         ):
             if getattr(self, key) is not None:
                 setattr(self, key, as_int(key, getattr(self, key)))  # 1.5 is refused, never truncated
+                if key != "seed" and abs(getattr(self, key)) > MAX_COUNT:
+                    raise UsageError(
+                        f"{key}={getattr(self, key)}: more than the int64 counters hold; expected at most {MAX_COUNT:,}"
+                    )
+        if self.n + self.n0 > MAX_COUNT:
+            raise UsageError(
+                f"n0 + n = {self.n0 + self.n}: more than the int64 counters hold; expected at most {MAX_COUNT:,}"
+            )
         checks = [
             (
                 self.sigma is None or 0 < self.sigma <= MAX_SIGMA,

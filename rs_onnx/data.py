@@ -1109,6 +1109,23 @@ def load_data(
     return expand_grey(load_npz(p), channels, size)
 
 
+def manifest_files(cfg) -> list[str] | None:
+    """The image files a CSV/TSV manifest ``cfg.data`` names, in its order (None when the data is not a
+    manifest): what a run's data identity hashes besides the manifest (``rs-onnx verify``, without the model)."""
+    p = Path(str(cfg.data))
+    if p.is_dir() or p.suffix.lower() not in (".csv", ".tsv"):
+        return None
+    data = load_manifest(
+        p,
+        ImageTransform(None, None, None),
+        path_column=cfg.path_column or "path",
+        label_column=cfg.label_column or "label",
+        classes=cfg.classes,
+    )
+    assert isinstance(data, ImageFiles)
+    return list(data.files)
+
+
 def load_from_config(cfg, size: tuple[int, int] | None, channels: int | None) -> Dataset:
     """:func:`load_data` with the data options of a RunConfig."""
     data = load_data(

@@ -56,6 +56,9 @@ def run_warnings(res: Results) -> list[str]:
     if meta is None:
         out.append("no meta.json next to the results: model, versions and settings are unknown")
         meta = {}
+    verdict = meta.get("verify") or {}
+    if verdict and not verdict.get("ok"):
+        out.append(f"rs-onnx verify: {verdict.get('line')} (such rows count as not certified here)")
     status = meta.get("status")
     if meta and status != "complete":
         out.append(

@@ -745,6 +745,9 @@ def _resume(
     elif identity is not None:
         # the same file and start/skip; a different end only extends or shortens the same selection (rows
         # outside the new one are refused below)
+        if (old_identity or {}).get("kind") == "file" and identity.get("kind") == "manifest":  # an older rs-onnx
+            log.warning("--resume: %s records the manifest only (an older rs-onnx): its images cannot be checked", mp)
+            identity = {**identity, "kind": "file", "sha256": identity.get("manifest_sha256")}
         what = [k for k in ("sha256", "kind", "start", "skip") if (old_identity or {}).get(k) != identity.get(k)]
         if what:
             changed.append("data (" + ", ".join("contents" if k == "sha256" else k for k in what) + ")")
@@ -757,6 +760,17 @@ def _resume(
         p = p.with_entropy(entropy)
     if not out.exists():
         return set(), p
+    if b"\n" in out.read_bytes()[: 1 << 16] or out.stat().st_size > 1 << 16:  # a header at least: check the rows
+        from .verify import verify_file
+
+        verdict = verify_file(out, inputs=False, torn_tail_ok=True)  # before anything is cut or appended
+        if verdict.unchecked_rows and not verdict.refused:
+            log.warning("--resume: %s", verdict.line())
+        if verdict.refused:
+            raise ConfigError(
+                f"--resume: {verdict.line()}; expected the rows as the run wrote them (`rs-onnx verify {out}` "
+                "checks them; start a new --out)"
+            )
     rows = read_rows(out, columns, mode)
     done = set(rows)
     if len(done) != len(rows):
@@ -775,17 +789,20 @@ def preflight(p: Prepared, mode: str) -> None:
     """Checks that can refuse a run and would otherwise only fail once sampling starts (the sequential plan);
     called before any output file is created."""
     if mode == "certify" and p.cfg.sequential:
-        from .sequential import geometric_schedule, make_plan
+        from .sequential import run_plan
 
-        schedule = geometric_schedule(p.cfg.n, p.cfg.alpha, p.cfg.looks, p.cfg.first_look, p.cfg.final_share)
-        make_plan(
-            schedule,
+        c = p.cfg
+        run_plan(
+            c.n,
+            c.alpha,
+            c.looks,
+            c.first_look,
+            c.final_share,
             p.smoothed.sigma,
-            () if p.cfg.precision else (p.cfg.radii or ()),
-            p.cfg.futility_beta,
-            p.cfg.precision,
+            c.radii,
+            c.futility_beta,
+            c.precision,
             p.smoothed.noise,
-            calibrate=not p.cfg.precision,
         )
 
 
@@ -885,7 +902,8 @@ def execute(
         check_output(out, inputs, resume=resume, overwrite=overwrite)
     preflight(p, mode)
     if out is not None:
-        identity = data_identity(str(p.cfg.data), p.cfg.start, p.cfg.end, p.cfg.skip)
+        files = p.data.files if p.data.describe().get("format") == "manifest" else None  # type: ignore[attr-defined]
+        identity = data_identity(str(p.cfg.data), p.cfg.start, p.cfg.end, p.cfg.skip, files)
     with contextlib.ExitStack() as stack:
         connect = getattr(backend, "connect", None)  # a Ray backend: join the cluster before any file exists
         if connect is not None and connect():
