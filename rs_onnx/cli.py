@@ -1043,9 +1043,9 @@ def _main(args: list[str], debug: bool) -> int:
         terminated = isinstance(cause, Terminated)
         click.echo(f"rs-onnx: {'terminated' if terminated else 'interrupted'}", err=True)
         return 143 if terminated else 130
-    except click.ClickException as e:
+    except click.ClickException as e:  # a usage error (unknown option, bad choice) exits 2, as click's own
         click.echo(f"rs-onnx: error: {escape(e.format_message())}", err=True)
-        return 1
+        return e.exit_code
     except RsOnnxError as e:
         if debug:
             raise
