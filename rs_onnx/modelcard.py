@@ -93,6 +93,16 @@ def _numbers(card: dict, key: str, src: str) -> list[float]:
     return [float(t) for t in values]
 
 
+def _flag(card: dict, key: str, src: str, default: bool = False) -> bool:
+    """A processor's ``do_*`` switch: JSON true/false (a string such as "false" would read as true)."""
+    v = card.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ConfigError(f"{src}: {key} = {escape(repr(v))[:60]}; expected true or false")
+    return v
+
+
 def _size(value: Any, key: str, src: str, square: bool) -> tuple[str, Any]:
     """("edge", N) for a shorter side, ("hw", (H, W)) for an exact size, from a processor's size dict or int."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -118,25 +128,27 @@ def read_card(path: Path) -> Card:
     kind = str(card.get("image_processor_type") or card.get("feature_extractor_type") or "").lower()
     square = any(kind.startswith(k) for k in SQUARE_BY_DEFAULT)
     values: dict[str, Any] = {}
-    rescale = card.get("do_rescale", True)
+    rescale = _flag(card, "do_rescale", src, True)
     factor = _number(card, "rescale_factor", src) if "rescale_factor" in card else 1 / 255
     scale = 255.0 * factor if rescale else 255.0
     values["scale"] = 1.0 if abs(scale - 1.0) < 1e-9 else scale
     # EfficientNet's processor: rescale_offset subtracts 1 after rescaling; include_top (its default) divides
     # by image_std a second time after normalising
-    offset = 1.0 if rescale and card.get("rescale_offset") else 0.0
-    if card.get("do_normalize"):  # absent: the processor does not normalise (MobileViT saves a mean it never uses)
+    offset = 1.0 if rescale and _flag(card, "rescale_offset", src) else 0.0
+    if _flag(
+        card, "do_normalize", src
+    ):  # absent: the processor does not normalise (MobileViT saves a mean it never uses)
         mean = _numbers(card, "image_mean", src) if "image_mean" in card else [0.0]
         std = _numbers(card, "image_std", src) if "image_std" in card else [1.0]
-        if card.get("include_top", kind.startswith("efficientnet")):
+        if _flag(card, "include_top", src, kind.startswith("efficientnet")):
             std = [s * s for s in std]
         values["mean"], values["std"] = [m + offset for m in mean], std
     else:
         values["mean"], values["std"] = [offset], [1.0]
-    if card.get("do_flip_channel_order"):
+    if _flag(card, "do_flip_channel_order", src):
         values["channel_order"] = "bgr"
     resize: int | str | None = None
-    if card.get("do_resize", "size" in card) and "size" in card:
+    if _flag(card, "do_resize", src, "size" in card) and "size" in card:
         how, size = _size(card["size"], "size", src, square)
         crop_pct = card.get("crop_pct")
         if how == "edge" and isinstance(crop_pct, (int, float)) and not isinstance(crop_pct, bool) and crop_pct > 0:
@@ -159,7 +171,7 @@ def read_card(path: Path) -> Card:
             if isinstance(resample, bool) or resample not in RESAMPLE:
                 raise ConfigError(f"{src}: resample = {escape(repr(resample))[:40]}; expected a PIL filter code 0 to 5")
             values["resample"] = RESAMPLE[resample]
-    if card.get("do_center_crop") and card.get("crop_size") is not None:
+    if _flag(card, "do_center_crop", src) and card.get("crop_size") is not None:
         _, crop = _size(card["crop_size"], "crop_size", src, True)
         values["center_crop"] = f"{crop[0]}x{crop[1]}"
     return Card(str(path), values)
@@ -234,6 +246,7 @@ def card_values(
         arrays = data is not None and Path(str(data)).suffix.lower() in (".npz", ".npy")
         skipped = sorted(k for k in card.values if arrays and k in IMAGE_KEYS and k not in explicit)
         taken = {k: v for k, v in card.values.items() if k not in explicit and k not in skipped}
+        _check_taken(taken, card.source)
         kept = sorted(k for k in card.values if k in explicit)
         shown = ", ".join(f"{k} {_show(v)}" for k, v in taken.items()) or "nothing"
         log.info(
@@ -252,6 +265,19 @@ def card_values(
     scale, why = found
     log.info("%s: it takes 0..255 pixels, so scale %g (--scale to override)", why, scale)
     return {"scale": scale}
+
+
+def _check_taken(taken: dict, source: str) -> None:
+    """The card's values checked on their own, so that a bad one (std 0, NaN, a 2-value mean for a 3-value std,
+    a resize beyond 65535) is refused naming the card, not as if a flag had given it."""
+    from .config import RunConfig
+
+    try:
+        RunConfig(**taken).validate()
+    except ConfigError as e:
+        raise ConfigError(
+            f"preprocessor config {escape(source)}: {e} (the values it gives; --preprocessor none ignores it)"
+        ) from None
 
 
 def _show(value: Any) -> str:

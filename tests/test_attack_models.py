@@ -4,9 +4,13 @@ each refusal is one ``rs-onnx: error:`` line with the right exit code, and nothi
 from __future__ import annotations
 
 
+import json
+from pathlib import Path
+
 import pytest
 
 from rs_onnx.cli import main
+from tests.test_shapes import images_npz, pooled_model
 
 CERTIFY = ["--sigma", "0.12", "--n0", "10", "--n", "64", "--seed", "0", "--batch-size", "64"]
 
@@ -24,6 +28,12 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
     return code, got.out, got.err
 
 
+def error_line(err: str) -> str:
+    """The one ``rs-onnx: error:`` line of stderr (its log lines may name the same files)."""
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("rs-onnx: error:")]
+    return line
+
+
 # ------------------------------------------------------------------ exit codes of the console entry point
 @pytest.mark.parametrize(
     "argv",
@@ -38,3 +48,67 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
 def test_usage_errors_exit_2_through_the_console_entry_point(capsys, argv):
     code, out, err = run(capsys, argv)
     assert code == 2 and out == "", err
+
+
+# ------------------------------------------------------------------ a preprocessor_config.json that is wrong
+def card_model(tmp_path: Path, card) -> Path:
+    """An optimum-style model (symbolic C/H/W) with ``card`` (a dict, or raw text) as preprocessor_config.json."""
+    model = pooled_model(tmp_path / "m" / "model.onnx")
+    text = card if isinstance(card, str) else json.dumps(card)
+    (model.parent / "preprocessor_config.json").write_text(text)
+    return model
+
+
+def image_folder(path: Path, modes=("RGB", "RGB"), size=(8, 8)) -> Path:
+    """Class folders 0/ and 1/ with one PNG each of ``modes`` (e.g. "L" for grey), ``size`` (H, W) pixels."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, mode in enumerate(modes):
+        (path / str(i)).mkdir(parents=True, exist_ok=True)
+        shape = size if mode == "L" else (*size, 3)
+        Image.fromarray((rng.random(shape) * 255).astype(np.uint8), mode).save(path / str(i) / f"{i}.png")
+    return path
+
+
+NORM = {"do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+
+
+@pytest.mark.parametrize(
+    "card, expected",
+    [
+        ({**NORM, "image_std": [0, 0.5, 0.5]}, "std [0.0, 0.5, 0.5]: expected positive numbers"),
+        ('{"do_normalize": true, "image_mean": [0.5], "image_std": [NaN]}', "std [nan]: expected positive"),
+        ({**NORM, "image_mean": [0.5, 0.5]}, "mean has 2 values and std 3"),
+        ({"rescale_factor": 0}, "scale 0.0: expected a positive number"),
+        ({"do_resize": True, "size": {"shortest_edge": 8}, "crop_pct": 1e-9}, "resize=7999999999"),
+        ({"do_resize": True, "size": 10**9}, "resize=1000000000"),
+    ],
+)
+def test_a_cards_bad_values_are_refused_naming_the_card(tmp_path, capsys, card, expected):
+    """Before: the error named only the value ("std [0.0, ...]"), as if a flag had given it."""
+    model, out = card_model(tmp_path, card), tmp_path / "o.tsv"
+    data = image_folder(tmp_path / "imgs")  # image files: a card's resize applies to them
+    code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--end", "2", "--out", str(out)])
+    line = error_line(err)
+    assert code == 1 and expected in line and "preprocessor_config.json" in line, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["do_flip_channel_order", "do_normalize", "do_rescale", "do_resize"])
+def test_a_cards_switch_that_is_not_a_boolean_is_refused(tmp_path, capsys, key):
+    """Before: "no" and "false" are truthy strings: do_flip_channel_order "no" silently ran the model on BGR."""
+    model, out = card_model(tmp_path, {**NORM, "size": 8, key: "no"}), tmp_path / "o.tsv"
+    data = images_npz(tmp_path / "d.npz")
+    code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--end", "2", "--out", str(out)])
+    assert code == 1 and f"{key} = 'no'; expected true or false" in err, err
+    assert not out.exists()
+
+
+def test_a_card_with_json_booleans_still_flips_channels(tmp_path):
+    from rs_onnx.modelcard import read_card
+
+    model = card_model(tmp_path, {**NORM, "do_flip_channel_order": True, "do_resize": False, "size": 8})
+    values = read_card(model.parent / "preprocessor_config.json").values
+    assert values["channel_order"] == "bgr" and "resize" not in values and values["std"] == [0.5] * 3
