@@ -112,3 +112,25 @@ def test_a_card_with_json_booleans_still_flips_channels(tmp_path):
     model = card_model(tmp_path, {**NORM, "do_flip_channel_order": True, "do_resize": False, "size": 8})
     values = read_card(model.parent / "preprocessor_config.json").values
     assert values["channel_order"] == "bgr" and "resize" not in values and values["std"] == [0.5] * 3
+
+
+# ------------------------------------------------------------------ rs-onnx bench
+BENCH = ["--n", "100", "--n0", "10", "--batch-size", "8", "--seconds", "0.2", "--sigma", "0.25", "--json"]
+
+
+def test_bench_takes_a_symbolic_models_shape_from_its_data_or_input_shape(tmp_path, capsys):
+    """Before: bench refused an optimum-style model ([batch, num_channels, height, width]) with "expected
+    --input-shape", a flag bench did not have, whatever DATA held."""
+    model, data = pooled_model(tmp_path / "model.onnx"), images_npz(tmp_path / "d.npz")
+    for args in ([str(model), str(data)], [str(model), "--input-shape", "3,8,8"]):
+        code, out, err = run(capsys, ["bench", *args, *BENCH])
+        res = json.loads(out)  # stdout holds the JSON only
+        assert code == 0 and res["certify_samples_per_s"] > 0 and res["ceiling_samples_per_s"] > 0, err
+    code, out, err = run(capsys, ["bench", str(model), *BENCH])
+    assert code == 1 and out == "" and "--input-shape" in error_line(err)
+
+
+@pytest.mark.parametrize("seconds", ["nan", "0", "-1"])
+def test_bench_refuses_seconds_that_are_not_positive(capsys, seconds):
+    code, out, err = run(capsys, ["bench", "--seconds", seconds, "--n", "100"])
+    assert code == 1 and out == "" and f"--seconds {float(seconds)}" in error_line(err), err
