@@ -684,6 +684,13 @@ class ImageFiles(Dataset):
                 first[(c, h, w)] = int(i)
                 if len(first) > 1:
                     (s1, i1), (s2, i2) = list(first.items())[:2]
+                    if s1[1:] == s2[1:]:  # one size, channel counts differ (grey and colour files; symbolic C)
+                        c = max(s1[0], s2[0])
+                        raise DataError(
+                            f"images with different channel counts: {_show(self.files[i1])} has {s1[0]}, "
+                            f"{_show(self.files[i2])} has {s2[0]}; expected one count: give --input-shape "
+                            f"{c},{s1[1]},{s1[2]} (the model's channels; the others are converted to it)"
+                        )
                     raise DataError(
                         f"images of different sizes: {_show(self.files[i1])} is {s1[2]}x{s1[1]} "
                         f"({s1[0]} channels), {_show(self.files[i2])} is {s2[2]}x{s2[1]} ({s2[0]} channels)"

@@ -134,3 +134,19 @@ def test_bench_takes_a_symbolic_models_shape_from_its_data_or_input_shape(tmp_pa
 def test_bench_refuses_seconds_that_are_not_positive(capsys, seconds):
     code, out, err = run(capsys, ["bench", "--seconds", seconds, "--n", "100"])
     assert code == 1 and out == "" and f"--seconds {float(seconds)}" in error_line(err), err
+
+
+# ------------------------------------------------------------------ symbolic channels, grey and colour files
+def test_grey_and_colour_files_for_symbolic_channels_ask_for_the_channel_count(tmp_path, capsys):
+    """Before: "images of different sizes ... 8x8 (1 channels), ... 8x8 (3 channels); expected one size: give
+    --resize HxW", advice that cannot help. The flag that does help converts the grey file."""
+    model = pooled_model(tmp_path / "m" / "model.onnx", dims=["N", "C", "H", "W"])
+    data, out = image_folder(tmp_path / "imgs", modes=("L", "RGB")), tmp_path / "o.tsv"
+    code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--out", str(out)])
+    line = error_line(err)
+    assert code == 1 and "different channel counts" in line and "--input-shape 3,8,8" in line, err
+    assert not out.exists()
+    code, _, err = run(
+        capsys, ["certify", str(model), str(data), *CERTIFY, "--input-shape", "3,8,8", "--out", str(out)]
+    )
+    assert code == 0 and out.exists(), err
