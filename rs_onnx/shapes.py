@@ -32,7 +32,8 @@ def parse_input_shape(value) -> tuple[str | None, list[int]]:
             name = head.strip() or None
         body = text.strip()
         body = body[1:-1] if body.startswith("[") and body.endswith("]") else body
-        parts = [p for p in re.split(r"[,x\s]+", body.strip().lower()) if p] if "[" not in body else ["bad"]
+        # an empty dim ("3,,224", "3,224,") is refused, not dropped: it would pass as a shorter shape
+        parts = re.split(r"\s*[,x]\s*|\s+", body.strip().lower()) if "[" not in body else ["bad"]
     dims: list[int] = []
     for p in parts:
         if isinstance(p, bool):

@@ -150,3 +150,14 @@ def test_grey_and_colour_files_for_symbolic_channels_ask_for_the_channel_count(t
         capsys, ["certify", str(model), str(data), *CERTIFY, "--input-shape", "3,8,8", "--out", str(out)]
     )
     assert code == 0 and out.exists(), err
+
+
+# ------------------------------------------------------------------ --input-shape text
+@pytest.mark.parametrize("text", ["3,,8,8", "3,8,8,", ",3,8,8", "3x8xx8"])
+def test_an_empty_dim_in_input_shape_is_refused_not_dropped(text):
+    """Before: "3,,8,8" parsed as [3, 8, 8], and the error, if any, quoted a shape the user never gave."""
+    from rs_onnx.errors import ConfigError
+    from rs_onnx.shapes import parse_input_shape
+
+    with pytest.raises(ConfigError, match="--input-shape"):
+        parse_input_shape(text)
