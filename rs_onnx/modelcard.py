@@ -195,9 +195,17 @@ def class_names(model: str | None, preprocessor: str | None = None) -> list[str]
         try:
             by_id = {int(k): str(v) for k, v in labels.items()}
         except (TypeError, ValueError):
-            continue
-        if sorted(by_id) == list(range(len(by_id))):
+            by_id = {}
+        if by_id and sorted(by_id) == list(range(len(by_id))):
             return [by_id[i] for i in range(len(by_id))]
+        keys = ", ".join(escape(repr(k))[:20] for k in list(labels)[:4])
+        log.warning(
+            "%s: id2label keys %s%s are not the class ids 0 to %d; class names not used",
+            escape(path),
+            keys,
+            ", ..." if len(labels) > 4 else "",
+            len(labels) - 1,
+        )
     return None
 
 

@@ -161,3 +161,22 @@ def test_an_empty_dim_in_input_shape_is_refused_not_dropped(text):
 
     with pytest.raises(ConfigError, match="--input-shape"):
         parse_input_shape(text)
+
+
+# ------------------------------------------------------------------ config.json id2label
+@pytest.mark.parametrize(
+    "labels", [{"0": "a", "2": "c"}, {"cat": "a", "dog": "b"}, {"-1": "a", "0": "b"}, {"0": "a", "0.5": "b"}]
+)
+def test_id2label_that_is_not_0_to_k_is_not_used_and_says_so(tmp_path, caplog, labels):
+    """Before: such class names were dropped without a word (the report then showed bare class ids)."""
+    import logging
+
+    from rs_onnx.modelcard import class_names
+
+    model = pooled_model(tmp_path / "model.onnx")
+    (tmp_path / "config.json").write_text(json.dumps({"id2label": labels}))
+    with caplog.at_level(logging.WARNING, logger="rs_onnx.modelcard"):
+        assert class_names(str(model)) is None
+    assert "id2label" in caplog.text and "not the class ids 0 to 1" in caplog.text, caplog.text
+    (tmp_path / "config.json").write_text(json.dumps({"id2label": {"1": "b", "0": "a"}}))
+    assert class_names(str(model)) == ["a", "b"]
