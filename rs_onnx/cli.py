@@ -755,7 +755,8 @@ def inspect(ctx, model, input_name, output_name, input_shape, preprocessor, devi
         preprocessor=preprocessor,
     )
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
-    if "problem" in report:
+    if "problem" in report:  # the report on stdout; the one error line on stderr, as every failure has
+        click.echo(f"rs-onnx: error: {escape(report['problem'])}", err=True)
         ctx.exit(1)
 
 

@@ -180,3 +180,12 @@ def test_id2label_that_is_not_0_to_k_is_not_used_and_says_so(tmp_path, caplog, l
     assert "id2label" in caplog.text and "not the class ids 0 to 1" in caplog.text, caplog.text
     (tmp_path / "config.json").write_text(json.dumps({"id2label": {"1": "b", "0": "a"}}))
     assert class_names(str(model)) == ["a", "b"]
+
+
+def test_inspect_with_a_problem_ends_with_one_error_line(tmp_path, capsys):
+    """Before: exit 1 with the PROBLEM on stdout only, and nothing on stderr (a CI log showed no reason)."""
+    model = pooled_model(tmp_path / "model.onnx")
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, ["inspect", str(model), *extra])
+        assert code == 1 and "--input-shape C,H,W" in error_line(err), err
+    assert json.loads(out)["problem"] in error_line(err)  # --json: stdout is still the JSON alone
