@@ -82,6 +82,8 @@ def inspect_model(
     try:
         card_path = modelcard.find_card(str(path), preprocessor)
         card = modelcard.read_card(card_path) if card_path is not None else None
+        if card is not None:  # never suggest what certify would refuse (std 0, resize 8e9)
+            modelcard.check_values(card.values, card.source)
         given = None if input_shape is None else shapes.parse_input_shape(input_shape)
     except RsOnnxError as e:
         report["problem"] = str(e)

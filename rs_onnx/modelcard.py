@@ -254,7 +254,7 @@ def card_values(
         arrays = data is not None and Path(str(data)).suffix.lower() in (".npz", ".npy")
         skipped = sorted(k for k in card.values if arrays and k in IMAGE_KEYS and k not in explicit)
         taken = {k: v for k, v in card.values.items() if k not in explicit and k not in skipped}
-        _check_taken(taken, card.source)
+        check_values(taken, card.source)
         kept = sorted(k for k in card.values if k in explicit)
         shown = ", ".join(f"{k} {_show(v)}" for k, v in taken.items()) or "nothing"
         log.info(
@@ -275,7 +275,7 @@ def card_values(
     return {"scale": scale}
 
 
-def _check_taken(taken: dict, source: str) -> None:
+def check_values(taken: dict, source: str) -> None:
     """The card's values checked on their own, so that a bad one (std 0, NaN, a 2-value mean for a 3-value std,
     a resize beyond 65535) is refused naming the card, not as if a flag had given it."""
     from .config import RunConfig

@@ -182,6 +182,13 @@ def test_id2label_that_is_not_0_to_k_is_not_used_and_says_so(tmp_path, caplog, l
     assert class_names(str(model)) == ["a", "b"]
 
 
+def test_inspect_does_not_suggest_a_cards_values_that_certify_refuses(tmp_path, capsys):
+    """Before: inspect printed a suggested config with std [0.0, 0.5, 0.5] and exited 0."""
+    model = card_model(tmp_path, {**NORM, "image_std": [0, 0.5, 0.5]})
+    code, out, err = run(capsys, ["inspect", str(model), "--input-shape", "3,8,8"])
+    assert code == 1 and "PROBLEM" in out and "std [0.0, 0.5, 0.5]" in out and "suggested config" not in out, out
+
+
 def test_inspect_with_a_problem_ends_with_one_error_line(tmp_path, capsys):
     """Before: exit 1 with the PROBLEM on stdout only, and nothing on stderr (a CI log showed no reason)."""
     model = pooled_model(tmp_path / "model.onnx")
