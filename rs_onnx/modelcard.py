@@ -66,11 +66,17 @@ def find_card(model: str | None, preprocessor: str | None) -> Path | None:
         if str(preprocessor).strip().lower() == "none":
             return None
         p = Path(preprocessor)
-        if not p.is_file():
-            raise ConfigError(
-                f"--preprocessor {escape(preprocessor)}: {'a directory' if p.is_dir() else 'not found'}; "
-                f"expected a {CARD_FILE} file (or none)"
+        if not str(preprocessor).strip() or not p.is_file():
+            what = (
+                "empty"
+                if not str(preprocessor).strip()
+                else "a directory"
+                if p.is_dir()
+                else "not a regular file (a device or pipe)"
+                if p.exists()
+                else "not found"
             )
+            raise ConfigError(f"--preprocessor {escape(preprocessor)!r}: {what}; expected a {CARD_FILE} file (or none)")
         return p
     if model is None:
         return None

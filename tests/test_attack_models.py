@@ -196,3 +196,13 @@ def test_inspect_with_a_problem_ends_with_one_error_line(tmp_path, capsys):
         code, out, err = run(capsys, ["inspect", str(model), *extra])
         assert code == 1 and "--input-shape C,H,W" in error_line(err), err
     assert json.loads(out)["problem"] in error_line(err)  # --json: stdout is still the JSON alone
+
+
+@pytest.mark.parametrize(
+    "given, what", [("", "empty"), ("/dev/null", "not a regular file"), ("nope.json", "not found")]
+)
+def test_preprocessor_path_errors_say_what_the_path_is(tmp_path, capsys, given, what):
+    """Before: "" was "a directory" (Path("") is the working directory) and /dev/null "not found"."""
+    model, data, out = pooled_model(tmp_path / "model.onnx"), images_npz(tmp_path / "d.npz"), tmp_path / "o.tsv"
+    code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--preprocessor", given, "--out", str(out)])
+    assert code == 1 and what in error_line(err) and not out.exists(), err
