@@ -73,6 +73,7 @@ def inspect_model(
     preprocessing comes from, and whether it is a guess."""
     from . import modelcard, shapes
     from .classifier import OnnxClassifier
+    from .config import check_card
 
     path = Path(path)
     model = graph.load_model(path)
@@ -83,7 +84,7 @@ def inspect_model(
         card_path = modelcard.find_card(str(path), preprocessor)
         card = modelcard.read_card(card_path) if card_path is not None else None
         if card is not None:  # never suggest what certify would refuse (std 0, resize 8e9)
-            modelcard.check_values(card.values, card.source)
+            check_card(card.values, card.source)
         given = None if input_shape is None else shapes.parse_input_shape(input_shape)
     except RsOnnxError as e:
         report["problem"] = str(e)

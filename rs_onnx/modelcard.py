@@ -260,7 +260,6 @@ def card_values(
         arrays = data is not None and Path(str(data)).suffix.lower() in (".npz", ".npy")
         skipped = sorted(k for k in card.values if arrays and k in IMAGE_KEYS and k not in explicit)
         taken = {k: v for k, v in card.values.items() if k not in explicit and k not in skipped}
-        check_values(taken, card.source)
         kept = sorted(k for k in card.values if k in explicit)
         shown = ", ".join(f"{k} {_show(v)}" for k, v in taken.items()) or "nothing"
         log.info(
@@ -279,19 +278,6 @@ def card_values(
     scale, why = found
     log.info("%s: it takes 0..255 pixels, so scale %g (--scale to override)", why, scale)
     return {"scale": scale}
-
-
-def check_values(taken: dict, source: str) -> None:
-    """The card's values checked on their own, so that a bad one (std 0, NaN, a 2-value mean for a 3-value std,
-    a resize beyond 65535) is refused naming the card, not as if a flag had given it."""
-    from .config import RunConfig
-
-    try:
-        RunConfig(**taken).validate()
-    except ConfigError as e:
-        raise ConfigError(
-            f"preprocessor config {escape(source)}: {e} (the values it gives; --preprocessor none ignores it)"
-        ) from None
 
 
 def _show(value: Any) -> str:
