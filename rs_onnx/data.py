@@ -1041,6 +1041,8 @@ def load_data(
             f"{kind}; expected {', '.join(sorted(allowed)) or 'no data options'} for this layout "
             "(see rs-onnx certify --help)"
         )
+    if resample != "bilinear" and transform.resize is None:
+        log.warning("--resample %s has no effect without --resize (images are not resized)", resample)
     if kind == "folder":
         return load_folder(
             p, transform, size, labels=labels, label=label, classes=classes, label_from_filename=label_from_filename

@@ -206,3 +206,19 @@ def test_preprocessor_path_errors_say_what_the_path_is(tmp_path, capsys, given, 
     model, data, out = pooled_model(tmp_path / "model.onnx"), images_npz(tmp_path / "d.npz"), tmp_path / "o.tsv"
     code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--preprocessor", given, "--out", str(out)])
     assert code == 1 and what in error_line(err) and not out.exists(), err
+
+
+def test_resample_without_resize_says_it_does_nothing(tmp_path, caplog):
+    """Before: --resample nearest without --resize was accepted without a word, and changed nothing."""
+    import logging
+
+    from rs_onnx.data import load_data
+
+    folder = image_folder(tmp_path / "imgs")
+    with caplog.at_level(logging.WARNING, logger="rs_onnx.data"):
+        load_data(str(folder), resample="nearest")
+    assert "--resample nearest has no effect without --resize" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rs_onnx.data"):
+        load_data(str(folder), resample="nearest", resize="8x8")
+    assert "no effect" not in caplog.text
