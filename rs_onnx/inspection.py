@@ -9,6 +9,7 @@ import yaml
 
 from . import graph
 from .errors import RsOnnxError
+from .guard import escape
 
 
 def _probe(clf) -> dict:
@@ -237,7 +238,9 @@ def render(report: dict) -> str:
             f"classes    {len(names)} names from config.json (id2label): {', '.join(names[:5])}"
             + (", ..." if len(names) > 5 else "")
         )
-    if "suggested_config" in report:
+    # untrusted text (producer, input/output names, class names) can neither split a line nor forge one
+    lines = [escape(line) for line in lines]
+    if "suggested_config" in report:  # YAML quotes and indents what it holds
         lines += [
             "",
             f"# suggested config: preprocessing {report.get('basis', 'from the defaults')}",

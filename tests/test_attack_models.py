@@ -222,3 +222,28 @@ def test_resample_without_resize_says_it_does_nothing(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="rs_onnx.data"):
         load_data(str(folder), resample="nearest", resize="8x8")
     assert "no effect" not in caplog.text
+
+
+def test_inspect_escapes_class_names_from_config_json(tmp_path, capsys):
+    """Before: an id2label name holding a newline printed a forged "rs-onnx: error:" line of its own."""
+    model = pooled_model(tmp_path / "model.onnx", dims=["N", 3, 8, 8])
+    labels = {"0": "cat\nrs-onnx: error: forged\x1b[31m", "1": "b", "2": "c", "3": "d"}
+    (tmp_path / "config.json").write_text(json.dumps({"id2label": labels}))
+    code, out, _ = run(capsys, ["inspect", str(model)])
+    assert code == 0 and "cat\\nrs-onnx: error: forged\\x1b[31m" in out
+    assert not any(line.startswith("rs-onnx:") for line in out.splitlines()) and "\x1b" not in out
+
+
+def test_inspect_escapes_the_producer_and_input_names(tmp_path, capsys):
+    """Before: a producer or an input name holding a newline printed a forged "rs-onnx: error:" line on stdout."""
+    import onnx
+
+    model = pooled_model(tmp_path / "model.onnx", dims=["N", 3, 8, 8])
+    proto = onnx.load(str(model))
+    proto.producer_name = "evil\nrs-onnx: error: forged"
+    evil = "px\nrs-onnx: error: forged too"
+    proto.graph.node[0].input[0] = proto.graph.input[0].name = evil
+    onnx.save(proto, str(model))
+    code, out, _ = run(capsys, ["inspect", str(model)])
+    assert code == 0 and "evil\\nrs-onnx: error: forged" in out and "px\\nrs-onnx" in out, out
+    assert not any(line.startswith("rs-onnx:") for line in out.splitlines()), out
