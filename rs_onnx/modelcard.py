@@ -128,7 +128,17 @@ def _size(value: Any, key: str, src: str, square: bool) -> tuple[str, Any]:
 
 def read_card(path: Path) -> Card:
     """RunConfig values from a Hugging Face image processor's config (transformers' ViT, DeiT, BEiT, ConvNeXt,
-    ResNet, MobileViT, CLIP... processors: rescale, normalize, resize, crop, channel flip)."""
+    ResNet, MobileViT, CLIP... processors: rescale, normalize, resize, crop, channel flip). A value it cannot
+    read is refused naming the way around it (--preprocessor none, then the flags)."""
+    try:
+        return _read_card(path)
+    except ConfigError as e:
+        if "--preprocessor none" in str(e):
+            raise
+        raise ConfigError(f"{e} (--preprocessor none ignores the file; then give the preprocessing as flags)") from None
+
+
+def _read_card(path: Path) -> Card:
     src = escape(path)
     card = _read_json(path, "preprocessor config", " (--preprocessor none ignores it)")
     kind = str(card.get("image_processor_type") or card.get("feature_extractor_type") or "").lower()

@@ -247,3 +247,23 @@ def test_inspect_escapes_the_producer_and_input_names(tmp_path, capsys):
     code, out, _ = run(capsys, ["inspect", str(model)])
     assert code == 0 and "evil\\nrs-onnx: error: forged" in out and "px\\nrs-onnx" in out, out
     assert not any(line.startswith("rs-onnx:") for line in out.splitlines()), out
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        {"do_resize": True, "size": {"longest_edge": 8}},  # DETR-style: a size rs-onnx cannot express
+        {"do_resize": True, "size": 8, "resample": 9},
+        {"do_normalize": True, "image_mean": "0.5"},
+    ],
+)
+def test_a_card_rs_onnx_cannot_read_names_the_way_around_it(tmp_path, capsys, card):
+    """Before: only JSON errors said "--preprocessor none"; an unreadable size or resample left the user stuck."""
+    model, out = card_model(tmp_path, card), tmp_path / "o.tsv"
+    data = image_folder(tmp_path / "imgs")
+    code, _, err = run(capsys, ["certify", str(model), str(data), *CERTIFY, "--out", str(out)])
+    assert code == 1 and "--preprocessor none" in error_line(err) and not out.exists(), err
+    code, _, err = run(
+        capsys, ["certify", str(model), str(data), *CERTIFY, "--preprocessor", "none", "--out", str(out)]
+    )
+    assert code == 0, err
