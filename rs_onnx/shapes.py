@@ -62,7 +62,8 @@ def per_example(rest, given, model_name: str, input_name: str) -> tuple[int, ...
     declared dims must match. Raises ConfigError naming ``--input-shape`` and the declared dims."""
     from .graph import format_dims
 
-    dims = tuple(int(v) for v in given)
+    given = parse_input_shape(given)[1]  # the API's tuple checked as the flag is: 8.5, 0, -1, True refused
+    dims = tuple(given)
     if len(dims) == len(rest) + 1:
         dims = dims[1:]  # [N, ...] given: the batch dim is the run's own
     if len(dims) != len(rest) or any(isinstance(d, int) and d > 0 and d != o for d, o in zip(rest, dims)):

@@ -267,3 +267,16 @@ def test_a_card_rs_onnx_cannot_read_names_the_way_around_it(tmp_path, capsys, ca
         capsys, ["certify", str(model), str(data), *CERTIFY, "--preprocessor", "none", "--out", str(out)]
     )
     assert code == 0, err
+
+
+# ------------------------------------------------------------------ the Python API's input_shape
+@pytest.mark.parametrize("shape", [(3, 8.5, 8), (0, 8, 8), (-1, 8, 8), (True, 8, 8)])
+def test_api_input_shape_is_checked_as_the_flag_is(tmp_path, shape):
+    """Before: (3, 8.5, 8) ran silently as (3, 8, 8); 0, -1 and True failed deep in the load-time trial run."""
+    from rs_onnx.classifier import OnnxClassifier
+    from rs_onnx.errors import ConfigError
+
+    model = pooled_model(tmp_path / "model.onnx")
+    with pytest.raises(ConfigError, match="expected the per-example shape as positive integers"):
+        OnnxClassifier(str(model), input_shape=shape)
+    assert OnnxClassifier(str(model), input_shape=(3.0, 8, 8)).input_shape == (3, 8, 8)
