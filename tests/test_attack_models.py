@@ -280,3 +280,15 @@ def test_api_input_shape_is_checked_as_the_flag_is(tmp_path, shape):
     with pytest.raises(ConfigError, match="expected the per-example shape as positive integers"):
         OnnxClassifier(str(model), input_shape=shape)
     assert OnnxClassifier(str(model), input_shape=(3.0, 8, 8)).input_shape == (3, 8, 8)
+
+
+def test_bench_resizes_image_files_as_certify_does(tmp_path, capsys):
+    """Before: bench had no --resize/--center-crop, so image files of another size than a fixed-size model could
+    not be benchmarked at all (certify's advice, --resize, was "No such option")."""
+    model = pooled_model(tmp_path / "model.onnx", dims=["N", 3, 8, 8])
+    data = image_folder(tmp_path / "imgs", size=(10, 12))
+    code, out, err = run(capsys, ["bench", str(model), str(data), *BENCH])
+    assert code == 1 and out == "", err
+    for flags in (["--resize", "8x8"], ["--resize", "9", "--center-crop", "8"]):
+        code, out, err = run(capsys, ["bench", str(model), str(data), *BENCH, *flags])
+        assert code == 0 and json.loads(out)["certify_samples_per_s"] > 0, err
