@@ -14,10 +14,10 @@ lower confidence bound on the population's (``certified_accuracy_lower``; ``popu
 
 from __future__ import annotations
 
-import dataclasses
-
 import csv
+import dataclasses
 import io
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +62,7 @@ __all__ = [
     "to_markdown",
 ]
 
+log = logging.getLogger(__name__)
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -75,11 +76,44 @@ def _optional_meta(path) -> dict | None:
         return None
 
 
-def read_run(path) -> Results:
-    """:func:`read_results` plus the run's meta.json (``Results.meta``; None for Cohen et al.'s files)."""
+def read_run(path, check: bool = True) -> Results:
+    """:func:`read_results` plus the run's meta.json (``Results.meta``; None for Cohen et al.'s files).
+
+    With ``check`` (and a meta.json), every row is recomputed (:func:`rs_onnx.verify.verify_file`, without
+    hashing the inputs): rows that do not reproduce count as not certified and not correct (radius columns 0,
+    column ``reproduced`` 0), one warning line says so, and ``meta["verify"]`` holds the verdict line."""
     from dataclasses import replace
 
-    return replace(read_results(path), meta=_optional_meta(path))
+    res = replace(read_results(path), meta=_optional_meta(path))
+    if not check or res.meta is None:
+        return res
+    from .verify import verify_file
+
+    verdict = verify_file(path, inputs=False)
+    meta = {**res.meta, "verify": {"ok": verdict.ok, "line": verdict.line()}}
+    if verdict.ok:
+        return replace(res, meta=meta)
+    columns = dict(res.columns)
+    bad = np.zeros(len(res), bool)
+    bad[[k for k in verdict.bad_rows if k < len(res)]] = True
+    if verdict.unchecked is not None:
+        bad[:] = True
+    columns["reproduced"] = (~bad).astype(np.int64)
+    for name in columns:
+        if name == "radius" or name.startswith("radius_"):
+            columns[name] = np.where(bad, 0.0, columns[name])
+    columns["correct"] = np.where(bad, 0, columns["correct"])
+    what = (
+        "none of its rows can be checked: all count as not certified"
+        if verdict.unchecked is not None
+        else f"{int(bad.sum())} rows that do not reproduce count as not certified and not correct"
+        if bad.any()
+        else f"{len(verdict.unchecked_rows)} rows that cannot be checked are used as written"
+        if verdict.unchecked_rows and not verdict.refused
+        else "its rows reproduce, but the file is not the one the run wrote"
+    )
+    log.warning("%s; %s (rs-onnx verify %s)", verdict.line(), what, path)
+    return replace(res, columns=columns, meta=meta)
 
 
 def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:

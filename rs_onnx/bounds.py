@@ -30,6 +30,8 @@ __all__ = [
     "two_class_radius",
     "two_class_certificate",
     "best_radius",
+    "best_of",
+    "two_class_from_top",
     "radius",
     "uniform_linf_radius",
     "norm_radii",
@@ -209,15 +211,26 @@ def two_class_certificate(counts, top, alpha: float, sigma: float, *, alpha_spli
     c, t = _check_counts(counts, top)
     K = c.shape[-1]  # noqa: N806 - the number of classes, as in the docstring
     n = c.sum(axis=-1)
-    alpha_a = float(alpha_split) * alpha
-    alpha_b = alpha - alpha_a
     k_top = np.take_along_axis(c, t[..., None], axis=-1)[..., 0]
     others = c.copy()
     np.put_along_axis(others, t[..., None], -1, axis=-1)
     k_other = others.max(axis=-1)
-    level_b = alpha_b if pb_bound == "max" else alpha_b / (K - 1)
+    return two_class_from_top(
+        k_top, k_other, n, alpha, sigma, alpha_split=alpha_split, rivals=1 if pb_bound == "max" else K - 1
+    )
+
+
+def two_class_from_top(k_top, k_other, n, alpha: float, sigma: float, *, alpha_split: float = 0.5, rivals: int = 1):
+    """:func:`two_class_certificate` from the count of the top class ``k_top`` and the largest other count
+    ``k_other`` among ``n`` certification samples (ints or int arrays): (p_a_lower, p_b_upper, radius).
+
+    p_a_lower at level alpha_split alpha; p_b_upper at the rest divided by ``rivals`` (1: the "max" bound;
+    K - 1: Bonferroni), capped by 1 - p_a_lower. The one computation behind the two-class columns, also used
+    by ``rs-onnx verify`` (which has only these counts)."""
+    alpha_a = float(alpha_split) * alpha
+    alpha_b = alpha - alpha_a
     p_a = cp_lower(k_top, n, alpha_a)
-    p_b = np.minimum(cp_upper(k_other, n, level_b), 1.0 - p_a)
+    p_b = np.minimum(cp_upper(k_other, n, alpha_b / rivals), 1.0 - p_a)
     r = two_class_radius(p_a, p_b, sigma)
     return _out(p_a), _out(p_b), _out(r)
 
@@ -237,9 +250,14 @@ def best_radius(counts, top, alpha: float, sigma: float, *, alpha_split: float =
     units; returns a float (or an array for batched counts), 0 meaning abstain.
     """
     p_a, _, r_two = two_class_certificate(counts, top, alpha, sigma, alpha_split=alpha_split)
-    pa = np.asarray(p_a)
-    r_cohen = cohen_radii(pa, sigma)
-    return _out(np.maximum(r_cohen, r_two))
+    return best_of(p_a, r_two, sigma)
+
+
+def best_of(p_a_lower, radius_2class, sigma: float):
+    """The ``bound="best"`` radius from its parts: max(Cohen's sigma Phi^-1(p_a_lower), the two-class radius),
+    both from the same split-level events (see :func:`best_radius`)."""
+    r_cohen = cohen_radii(np.asarray(p_a_lower), sigma)
+    return _out(np.maximum(r_cohen, radius_2class))
 
 
 # ------------------------------------------------------------------------------ other noises and norms

@@ -18,6 +18,7 @@ import numpy as np
 
 from .cuda import is_out_of_memory
 from .errors import ModelError
+from .stats import ABSTAIN
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,8 @@ def clean_accuracy(clf, smoothed, images: list[np.ndarray], labels: list[int]) -
     """The base classifier's accuracy on clean images (one forward pass each, no noise).
 
     images : [0,1] pixel units, one shape. labels : their labels (-1: unlabelled, skipped). Returns
-    {"examples", "correct", "accuracy", "chance"} or None when no example has a label.
+    {"examples", "correct", "accuracy", "chance"} (chance 1/K, None when K is unknown) or None when no
+    example has a label.
     """
     pairs = [(x, int(y)) for x, y in zip(images, labels) if int(y) >= 0]
     if not pairs:
@@ -205,13 +207,43 @@ def clean_accuracy(clf, smoothed, images: list[np.ndarray], labels: list[int]) -
     predicted = np.asarray(clf.predict(batch), np.int64)
     truth = np.array([y for _, y in pairs])
     correct = int((predicted == truth).sum())
-    k = getattr(clf, "num_classes", None) or getattr(smoothed, "num_classes", None) or max(2, int(truth.max()) + 1)
-    return {"examples": len(pairs), "correct": correct, "accuracy": correct / len(pairs), "chance": 1.0 / k}
+    # chance is 1/K for the model's K (its scores, or an index output's declared classes, or num_classes given);
+    # never from the labels seen: K is not known from them, and a guess from them could hide a broken model
+    k = getattr(clf, "num_classes", None) or getattr(smoothed, "num_classes", None)
+    chance = 1.0 / k if k else None
+    return {"examples": len(pairs), "correct": correct, "accuracy": correct / len(pairs), "chance": chance}
 
 
 def near_chance(record: dict | None) -> bool:
-    """Accuracy within a quarter of the way from chance (1/K) to 1, on at least 10 examples."""
-    if not record or record["examples"] < 10:
+    """Accuracy within a quarter of the way from chance (1/K) to 1, on at least 10 examples (False when
+    chance is unknown: an index output whose K the model does not declare)."""
+    if not record or record["examples"] < 10 or record.get("chance") is None:
         return False
     chance = record["chance"]
     return record["accuracy"] <= chance + (1.0 - chance) / 4
+
+
+ONE_CLASS_MIN = 10
+"""Answers needed (examples not abstained on) before one class for all of them is worth a note."""
+
+
+def one_class_note(predict, labels) -> str | None:
+    """A note when the smoothed classifier answers one class for every example it did not abstain on (at
+    least :data:`ONE_CLASS_MIN` of them) while the labels seen span several classes (or are unknown): a
+    broken export, wrong preprocessing or a sigma far too large. None otherwise.
+
+    predict, labels : int [N] (ABSTAIN = -1; labels -1 when unlabelled).
+    """
+    predict, labels = np.asarray(predict, np.int64), np.asarray(labels, np.int64)
+    answered = predict[predict != ABSTAIN]
+    if answered.size < ONE_CLASS_MIN or np.unique(answered).size != 1:
+        return None
+    seen = np.unique(labels[labels >= 0])
+    if seen.size == 1:
+        return None  # data of one class: one answer is what a good model gives
+    span = f"while the labels span {seen.size} classes" if seen.size else "(no labels)"
+    return (
+        f"the smoothed classifier answers class {int(answered[0])} for all {answered.size} examples it did "
+        f"not abstain on {span}: a broken export, wrong preprocessing (--preset, --scale, --layout) or a "
+        "sigma far too large for this model"
+    )

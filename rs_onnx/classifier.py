@@ -27,6 +27,15 @@ from rs_onnx.sampling import Classifier  # noqa: F401 - the protocol OnnxClassif
 logger = logging.getLogger(__name__)
 
 
+def precision_text(float_type: str, input_dtype, output_dtype) -> str:
+    """How the model runs, for the load log: rs-onnx's fp16 conversion, or the model as given with its own
+    float I/O types (a float16 model is not "fp32")."""
+    if float_type == "fp16":
+        return "float type fp16 (converted by rs-onnx, float32 I/O)"
+    kinds = sorted({str(np.dtype(d)) for d in (input_dtype, output_dtype) if np.dtype(d).kind == "f"})
+    return f"float type: the model as given ({', '.join(kinds) or 'no float'} I/O)"
+
+
 class OnnxClassifier:
     """An ONNX model as a base classifier for randomized smoothing.
 
@@ -167,13 +176,13 @@ class OnnxClassifier:
         self._pinned: np.ndarray | None = None
         self.host_ring = "pageable"
         logger.info(
-            "model %s: batch mode %s, output '%s' (%s), providers %s, float type %s",
+            "model %s: batch mode %s, output '%s' (%s), providers %s, %s",
             self._name,
             self.batch_mode,
             self.output_name,
             self.output_kind,
             self.providers,
-            self.float_type,
+            precision_text(self.float_type, self.input_dtype, out.dtype),
         )
 
     def _bound(self, session, fixed: bool | None = None) -> cuda.BoundRunner:

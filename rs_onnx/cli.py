@@ -14,7 +14,7 @@ import click
 from ._version import __version__
 from .errors import OutputError, RsOnnxError
 from .guard import check_path_name, escape, quiet_onnxruntime, quiet_warnings
-from .outputs import WriteError, check_not_inputs, count_rows, finished_rows
+from .outputs import WriteError, check_not_inputs, check_regular, check_run_paths, count_rows, finished_rows
 from .results import columns_for
 from .stopping import Terminated, signals_stop_runs
 
@@ -240,7 +240,11 @@ def _run_options(f):
             "the class subfolders of a folder, or the labels of a manifest (e.g. ImageNet's synset list).",
         ),
         click.option("--path-column", help="Manifest column holding image paths (default path)."),
-        click.option("--label-column", help="Manifest column holding labels (default label)."),
+        click.option(
+            "--label-column",
+            help="Column holding labels: a manifest's (default label), or a features table's name or "
+            "0-based index (default: the column 'label', else the last).",
+        ),
         click.option(
             "--label-from-filename",
             is_flag=True,
@@ -442,6 +446,8 @@ def _execute(ctx: click.Context, mode: str, kwargs: dict) -> None:
     if kwargs["dump_config"]:
         click.echo(dump_yaml(cfg), nl=False)
         return
+    if kwargs.get("out") and kwargs["out"] != "-":  # a device, FIFO, socket or stdout: refused before anything opens it
+        check_run_paths(Path(kwargs["out"]))
     to_stdout = kwargs.get("out") == "-"
     out = Path(kwargs["out"]) if kwargs.get("out") and not to_stdout else None
     if default_run and out is None and not to_stdout:
@@ -539,6 +545,8 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
         ctx.exit(143 if isinstance(e, Terminated) else 130)
     except WriteError as e:
         bar.close()
+        if out is not None and not out.parent.is_dir():  # its folder was removed: nothing can be kept or recorded
+            raise WriteError(f"{e}; the run stopped after {len(rows)} examples this run; nothing of it is kept") from e
         kept = count_rows(out) if out is not None and out.exists() else 0
         hint = " (once the cause is fixed, run the same command with --resume to continue)" if kept else ""
         raise WriteError(
@@ -573,19 +581,33 @@ def _run(ctx, mode, kwargs, cfg, out, runmod, backend, warnings: _WarningCollect
         }
         click.echo(json.dumps(summary, indent=2))
     elif mode == "certify":
+        from .checks import one_class_note
+
         table = _accuracy_table(results, len(rows), meta["timings"]["seconds"])
+        one = one_class_note(results.predict, results.label)
+        if one:
+            table += f"\nnote: {one}"
         acc = meta.get("clean_accuracy")
         if acc:
             table += (
                 f"\nclean accuracy of the base classifier (no noise) on the first {acc['examples']} labelled "
-                f"examples: {100 * acc['accuracy']:.1f}% (chance {100 * acc['chance']:.1f}%)"
+                f"examples: {100 * acc['accuracy']:.1f}% ("
+                + (
+                    f"chance {100 * acc['chance']:.1f}%"
+                    if acc.get("chance")
+                    else "chance unknown: the model's output holds class indices and declares no class count"
+                )
+                + ")"
             )
         click.echo(table, err=out is None)
     else:
+        from .checks import one_class_note
         from .summaries import predict_text
 
+        one = one_class_note(results.predict, results.label)
         click.echo(
-            f"{predict_text(results)}; {len(rows)} computed in this run in {meta['timings']['seconds']:.1f} s",
+            f"{predict_text(results)}; {len(rows)} computed in this run in {meta['timings']['seconds']:.1f} s"
+            + (f"\nnote: {one}" if one else ""),
             err=out is None,
         )
 
@@ -708,8 +730,10 @@ def certify(ctx: click.Context, **kwargs) -> None:
         --label-from-filename;
       - a .csv/.tsv manifest with 'path' and 'label' columns (--path-column, --label-column;
         paths relative to the manifest; --classes to read labels as class names);
+      - a .csv/.tsv (or .csv.gz/.tsv.gz) of numbers only: a features table, one example per
+        row, the label in the column 'label' or the last (--label-column NAME or INDEX);
       - a single image with --label N.
-    Image files are converted to the model's channels; --resize N --center-crop HxW map them
+    Image files and grey arrays are converted to the model's channels; --resize N --center-crop HxW map them
     to the model's size (ImageNet: --resize 256 --center-crop 224), --resize HxW stretches them
     to it; without them an image of another size is refused. A preprocessor_config.json beside
     MODEL (as optimum-cli writes it) gives these and scale/mean/std unless flags do; a model
@@ -793,6 +817,8 @@ def compose(ctx, classifier, denoiser, out, input_name, **kwargs) -> None:
     for path, what in ((classifier, "CLASSIFIER"), (denoiser, "--denoiser")):
         check_path_name(path, what)
     check_path_name(out, "-o", reserve=len(".data"))
+    if not Path(out).is_dir():  # a folder: compose_files says so
+        check_regular(out, "-o", stdout="")
     check_not_inputs({"-o": out}, {"CLASSIFIER": classifier, "--denoiser": denoiser})
     compose_files(  # logs "wrote"
         denoiser,
@@ -895,6 +921,7 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json, con
 
     files, radii = _split_radii(results, radii)
     if plot:
+        check_regular(plot, "--plot", stdout="")
         check_not_inputs({"--plot": plot}, {f"results file {i + 1}": f for i, f in enumerate(files)})
     if labels and len(labels) != len(files):
         raise click.UsageError(f"{len(labels)} --label values for {len(files)} results files; expected one per file")
@@ -975,6 +1002,30 @@ def bench(ctx: click.Context, seconds: float, as_json: bool, **kwargs) -> None:
 
 
 @cli.command()
+@click.argument("results", nargs=-1, required=True)
+@click.option(
+    "--skip-inputs", is_flag=True, help="Do not hash the model and data found at the paths meta.json records."
+)
+@click.pass_context
+def verify(ctx: click.Context, results, skip_inputs) -> None:
+    """Recompute every row of RESULTS from its counts and the run's meta.json; one verdict line per file.
+
+    Checks each row's class, pA bound, every radius column and correct with the statistics the run used, the
+    header, meta.json's configuration and its digest of the rows (truncated, edited or appended files), and
+    the model's and data's sha256 where they are found. Exits 0 only when every row of every file reproduces.
+    """
+    from .verify import verify_file
+
+    ok = True
+    for path in results:
+        verdict = verify_file(path, inputs=not skip_inputs)
+        click.echo(escape(verdict.line()))
+        ok = ok and verdict.ok
+    if not ok:
+        ctx.exit(1)
+
+
+@cli.command()
 @click.pass_context
 def doctor(ctx: click.Context) -> None:
     """Check the installation: clashing onnxruntime builds, working providers, why CUDA does not run.
@@ -1015,6 +1066,8 @@ def report(results, out, labels, title, overwrite, confidence) -> None:
 
     if labels and len(labels) != len(results):
         raise click.UsageError(f"{len(labels)} --label values for {len(results)} results files; expected one per file")
+    if out != "-" and not Path(out).is_dir():  # a folder: write_report says so
+        check_regular(out, "-o", stdout="-o - writes the report to stdout")
     write_report(
         list(results), out, labels=list(labels) or None, title=title, overwrite=overwrite, confidence=confidence
     )
@@ -1023,12 +1076,26 @@ def report(results, out, labels, title, overwrite, confidence) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one line and exit code 1 on bad input (traceback with --debug)."""
+    """Console entry point: one line on bad input (traceback with --debug) and exit code 2 for usage errors
+    (unknown option or command, a value that is not a number, a bad choice, a count beyond the counters),
+    1 for the rest (data, model, device, output), 130 after Ctrl-C, 143 after SIGTERM or SIGHUP."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     with warnings.catch_warnings():
         quiet_warnings(debug)
         code = _main(args, debug)
+    if argv is None and code in (130, 143):  # a signal ended the run: end within a second
+        _exit_now(code)
+    sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once after a signal: the exit handlers run (temporary files, Ray's), but the
+    interpreter's collection of every object of every loaded module at teardown (seconds with scipy and
+    onnxruntime loaded, on a busy machine) is skipped (``gc.freeze``)."""
+    import gc
+
+    gc.freeze()
     sys.exit(code)
 
 
@@ -1047,14 +1114,14 @@ def _main(args: list[str], debug: bool) -> int:
         terminated = isinstance(cause, Terminated)
         click.echo(f"rs-onnx: {'terminated' if terminated else 'interrupted'}", err=True)
         return 143 if terminated else 130
-    except click.ClickException as e:  # a usage error (unknown option, bad choice) exits 2, as click's own
+    except click.ClickException as e:  # usage errors (unknown option or command, not a number, a bad choice): 2
         click.echo(f"rs-onnx: error: {escape(e.format_message())}", err=True)
         return e.exit_code
-    except RsOnnxError as e:
+    except RsOnnxError as e:  # data, model, device, output: 1; a value no run can take (UsageError): 2
         if debug:
             raise
         click.echo(f"rs-onnx: error: {escape(e)}", err=True)
-        return 1
+        return e.exit_code
     except OSError as e:  # a path the file system refuses: missing, a directory, too long, no permission, full
         if debug:
             raise

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .boundaries import FINAL_SHARE, LOOKS
-from .errors import ConfigError
+from .boundaries import FINAL_SHARE, LOOKS, MAX_LOOKS
+from .errors import ConfigError, UsageError
 from .guard import check_dtype, check_yaml, escape
 from .noise import KINDS as NOISE_KINDS
 from .preprocess import LAYOUTS, PreprocessSpec
@@ -66,7 +66,7 @@ class RunConfig:
     labels: str | None = None  # labels file for an .npy or a flat image folder (.npy, or one integer per line)
     classes: str | None = None  # class names, one per line (line number = class index), for folders and manifests
     path_column: str | None = None  # manifest column of image paths (default "path")
-    label_column: str | None = None  # manifest column of labels (default "label")
+    label_column: str | None = None  # labels column: manifest (default "label"); features table: name or index
     label_from_filename: bool = False  # flat image folder: label from a trailing _<digits> in each file name
     resize: int | str | None = None  # image files: shorter side to N pixels, or HxW exactly (bilinear, antialiased)
     center_crop: str | None = None  # image files: crop N or HxW pixels from the centre, after --resize
@@ -113,7 +113,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Range checks shared by flags and YAML; raises ConfigError naming the key."""
-        from .inputs import MAX_SIGMA, as_int
+        from .inputs import MAX_COUNT, MAX_SIGMA, as_int
 
         for key in (
             "n0",
@@ -132,6 +132,14 @@ class RunConfig:
         ):
             if getattr(self, key) is not None:
                 setattr(self, key, as_int(key, getattr(self, key)))  # 1.5 is refused, never truncated
+                if key != "seed" and abs(getattr(self, key)) > MAX_COUNT:
+                    raise UsageError(
+                        f"{key}={getattr(self, key)}: more than the int64 counters hold; expected at most {MAX_COUNT:,}"
+                    )
+        if self.n + self.n0 > MAX_COUNT:
+            raise UsageError(
+                f"n0 + n = {self.n0 + self.n}: more than the int64 counters hold; expected at most {MAX_COUNT:,}"
+            )
         checks = [
             (
                 self.sigma is None or 0 < self.sigma <= MAX_SIGMA,
@@ -157,8 +165,13 @@ class RunConfig:
             (self.bound in ("cohen", "best"), "bound", self.bound, "cohen or best"),
             (self.backend in ("local", "ray"), "backend", self.backend, "local or ray"),
             (not (self.sequential and self.bound != "cohen"), "bound", self.bound, "cohen with --sequential"),
-            (self.precision is None or self.precision > 0, "precision", self.precision, "a positive radius step"),
-            (self.looks >= 1, "looks", self.looks, "at least 1"),
+            (
+                self.precision is None or (np.isfinite(self.precision) and self.precision > 0),
+                "precision",
+                self.precision,
+                "a positive radius step",
+            ),
+            (1 <= self.looks <= MAX_LOOKS, "looks", self.looks, f"1 to {MAX_LOOKS:,}"),
             (
                 self.first_look is None or 1 <= self.first_look <= self.n,
                 "first_look",

@@ -87,12 +87,15 @@ class Dataset:
     Subclasses (image files) override :meth:`raw`, :attr:`image_shape` and :meth:`check_selection`.
     """
 
-    def __init__(self, images, labels: np.ndarray, source: str, info: dict | None = None) -> None:
+    def __init__(
+        self, images, labels: np.ndarray, source: str, info: dict | None = None, expand: int | None = None
+    ) -> None:
         self._images = images
         self.labels = labels
         self.source = source
         self.info = dict(info or {"format": "array"})
         self._layout = _array_layout(tuple(images.shape)) if images is not None else "image"
+        self._expand = int(expand or 1)  # grey [1,H,W] served as this many channels (see expand_grey)
         self._range_warned = False
 
     def __len__(self) -> int:
@@ -107,10 +110,10 @@ class Dataset:
         """Per-example shape served by :meth:`raw`, channels first."""
         shape = tuple(self._images.shape[1:])
         if self._layout == "grey":
-            return (1, *shape)
-        if self._layout == "nhwc":
-            return (shape[2], shape[0], shape[1])
-        return shape
+            shape = (1, *shape)
+        elif self._layout == "nhwc":
+            shape = (shape[2], shape[0], shape[1])
+        return (self._expand, *shape[1:]) if self._expand > 1 else shape
 
     def raw(self, i: int) -> np.ndarray:
         """Example i as stored (uint8 or float), channels first."""
@@ -119,6 +122,9 @@ class Dataset:
             x = x[None]
         elif self._layout == "nhwc":
             x = x.transpose(2, 0, 1)
+        if self._expand > 1:  # as PIL converts L to RGB (R = G = B = L) and to RGBA (alpha opaque)
+            opaque = np.full_like(x, 255 if x.dtype == np.uint8 else 1)
+            x = np.concatenate([x, x, x] + [opaque] * (self._expand - 3))
         return np.ascontiguousarray(x)
 
     @property
@@ -151,6 +157,10 @@ class Dataset:
                 float(x.max()),
             )
         return x
+
+    def expanded(self, channels: int, how: str) -> Dataset:
+        """The same examples, grey [1,H,W] served as ``channels`` channels (see :func:`expand_grey`)."""
+        return Dataset(self._images, self.labels, self.source, {**self.info, "channels": how}, expand=channels)
 
     def check_labels(self, num_classes: int | None) -> None:
         """Labels must be classes of the model: 0 <= label < num_classes."""
@@ -200,6 +210,27 @@ class Dataset:
     def describe(self) -> dict:
         """What meta.json records about the data: format, where labels come from, the transform."""
         return dict(self.info)
+
+
+def expand_grey(data: Dataset, channels: int | None, size: tuple[int, int] | None) -> Dataset:
+    """An array data set of grey images [1,H,W] for a model that takes ``channels`` 3 (or 4) at (H, W) ``size``:
+    the same examples with the grey channel repeated (alpha opaque), as grey image files are converted to RGB
+    (RGBA); logged. Anything else is returned as it is."""
+    shape = data.image_shape
+    if (
+        type(data) is not Dataset
+        or channels not in (3, 4)
+        or size is None
+        or len(shape) != 3
+        or shape[0] != 1
+        or tuple(shape[1:]) != tuple(size)
+    ):
+        return data
+    how = f"grey [1, {shape[1]}, {shape[2]}] repeated to {channels} channels" + (
+        " (R = G = B, alpha opaque)" if channels == 4 else " (R = G = B)"
+    )
+    log.info("data: %s for the model's %d-channel input, as grey image files are converted", how, channels)
+    return data.expanded(channels, how)
 
 
 def _array_layout(shape: tuple[int, ...]) -> str:
@@ -992,6 +1023,8 @@ def load_data(
     ``size`` (height, width) and ``channels`` describe the model's image input (None when unknown or flat);
     ``resize``/``center_crop`` transform image files. Options that do not apply to the layout are refused.
     """
+    from . import tabular
+
     p = Path(path)
     suffix = p.suffix.lower()
     kind = (
@@ -1000,11 +1033,13 @@ def load_data(
         else "image"
         if suffix in IMAGE_SUFFIXES
         else "manifest"
-        if suffix in (".csv", ".tsv")
+        if tabular.csv_suffix(p)
         else "npy"
         if suffix == ".npy"
         else "npz"
     )
+    if kind == "manifest" and path_column is None and p.is_file() and tabular.is_numeric(p):
+        kind = "features table"  # numbers only: features and a label column, not image paths
     if resample not in RESAMPLING:
         raise DataError(f"--resample {_show(resample)!r}: expected one of {', '.join(RESAMPLING)}")
     transform = ImageTransform(parse_resize(resize), parse_crop(center_crop), channels, resample)
@@ -1033,6 +1068,7 @@ def load_data(
         "manifest": {"--classes", "--path-column", "--label-column", "--resize", "--center-crop", "--resample"},
         "npy": {"--labels"},
         "npz": set(),
+        "features table": {"--label-column"},
     }[kind]
     wrong = [k for k, v in given.items() if v and k not in allowed]
     if wrong:
@@ -1049,12 +1085,29 @@ def load_data(
         )
     if kind == "image":
         return load_image(p, label, transform, size)
+    if kind == "features table":
+        features, values, info = tabular.read_numeric(p, None if label_column is None else str(label_column))
+        log.info(
+            "data: %s holds only numbers: read as a features table (%d features, labels from %s), "
+            "not as a manifest of image paths",
+            _show(p),
+            info["features"],
+            info["labels_from"],
+        )
+        return Dataset(features, as_labels(values, len(values), f"{_show(p)} labels"), str(p), info)
     if kind == "manifest":
+        if p.is_file() and p.name.lower().endswith(".gz"):
+            raise DataError(
+                f"manifest {_show(p)}: a compressed manifest of image paths; expected a plain .csv/.tsv "
+                "(compressed CSVs are read only as features tables: numbers only)"
+            )
+        if p.is_file():
+            log.info("data: %s holds words: read as a manifest of image paths", _show(p))
         return load_manifest(
             p, transform, size, path_column=path_column or "path", label_column=label_column or "label", classes=classes
         )
     if kind == "npy":
-        return load_npy(p, labels)
+        return expand_grey(load_npy(p, labels), channels, size)
     if not p.exists():
         raise DataError(f"data {_show(p)}: not found; expected an .npz, .npy, .csv/.tsv manifest, image file or folder")
     if suffix != ".npz":
@@ -1062,7 +1115,24 @@ def load_data(
             f"data {_show(p)}: a {_show(suffix) or 'file without a suffix'} is none of the layouts; expected "
             f"an .npz, .npy, .csv/.tsv manifest, image file ({', '.join(IMAGE_SUFFIXES)}) or folder"
         )
-    return load_npz(p)
+    return expand_grey(load_npz(p), channels, size)
+
+
+def manifest_files(cfg) -> list[str] | None:
+    """The image files a CSV/TSV manifest ``cfg.data`` names, in its order (None when the data is not a
+    manifest): what a run's data identity hashes besides the manifest (``rs-onnx verify``, without the model)."""
+    p = Path(str(cfg.data))
+    if p.is_dir() or p.suffix.lower() not in (".csv", ".tsv"):
+        return None
+    data = load_manifest(
+        p,
+        ImageTransform(None, None, None),
+        path_column=cfg.path_column or "path",
+        label_column=cfg.label_column or "label",
+        classes=cfg.classes,
+    )
+    assert isinstance(data, ImageFiles)
+    return list(data.files)
 
 
 def load_from_config(cfg, size: tuple[int, int] | None, channels: int | None) -> Dataset:

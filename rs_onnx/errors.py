@@ -2,7 +2,9 @@
 
 
 class RsOnnxError(Exception):
-    """Base class: the CLI prints ``str(err)`` on one line and exits with code 1."""
+    """Base class: the CLI prints ``str(err)`` on one line and exits with code ``exit_code`` (1)."""
+
+    exit_code = 1
 
 
 class ModelError(RsOnnxError):
@@ -15,6 +17,13 @@ class DataError(RsOnnxError):
 
 class ConfigError(RsOnnxError):
     """A flag or YAML key is missing, unknown, or out of range."""
+
+
+class UsageError(ConfigError):
+    """A value no run can take, such as a count beyond what the counters hold: exit code 2, as click's usage
+    errors (unknown option or command, a value that is not a number, a bad choice)."""
+
+    exit_code = 2
 
 
 class DeviceError(RsOnnxError):

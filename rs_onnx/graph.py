@@ -7,6 +7,8 @@ Shapes are lists of dims: an ``int`` for a fixed dim, a ``str`` for a symbolic o
 
 from __future__ import annotations
 
+import copy
+import heapq
 import logging
 from collections import Counter
 from pathlib import Path
@@ -78,13 +80,70 @@ def load_model(path, *, load_external_data: bool = False) -> onnx.ModelProto:
         )
     try:
         onnx.checker.check_model(str(path))
-    except Exception as err:  # ValidationError, or a C++ error for odd files
-        raise ModelError(
-            f"model {name}: onnx.checker rejects it: {one_line(err)}; expected a valid ONNX model"
-        ) from err
+    except Exception as err:  # noqa: BLE001 - ValidationError, or a C++ error for odd files: reported by the call
+        model = _sorted_if_only_unsorted(model, name, err)
     if load_external_data and has_external_data(model):
         onnx.load_external_data_for_model(model, str(path.parent))
     return model
+
+
+def _sorted_if_only_unsorted(model: onnx.ModelProto, name: str, err: Exception) -> onnx.ModelProto:
+    """A model that onnx.checker rejects only because its nodes are not in topological order (as
+    onnxruntime's float16 converter leaves them; onnxruntime itself sorts them): the same graph sorted,
+    checked again, logged. Any other rejection is a ModelError."""
+    refused = ModelError(f"model {name}: onnx.checker rejects it: {one_line(err)}; expected a valid ONNX model")
+    if "topologically sorted" not in str(err):
+        raise refused from err
+    fixed = copy.deepcopy(model)
+    order = topological_order(fixed.graph)
+    if order is None:
+        raise refused from err  # a cycle or a value no node makes
+    nodes = [fixed.graph.node[i] for i in order]
+    del fixed.graph.node[:]
+    fixed.graph.node.extend(nodes)
+    try:
+        onnx.checker.check_model(fixed)
+    except Exception as again:  # still invalid once sorted: the first reason is reported
+        raise refused from again
+    logging.getLogger(__name__).info(
+        "model %s: its nodes are not in topological order (as onnxruntime's float16 converter leaves them; "
+        "onnxruntime sorts them too): sorted, the same graph",
+        name,
+    )
+    return fixed
+
+
+def _used_names(node: onnx.NodeProto) -> set[str]:
+    """Every value a node reads, its subgraphs' reads from the outer scope included."""
+    names = {n for n in node.input if n}
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for inner in sub.node:
+                names |= _used_names(inner)
+    return names
+
+
+def topological_order(graph: onnx.GraphProto) -> list[int] | None:
+    """Node indices in an order where each node comes after the nodes making its inputs (stable: the file's
+    order where it already is one); None when there is none (a cycle)."""
+    made = {o: i for i, node in enumerate(graph.node) for o in node.output if o}
+    deps = [{made[n] for n in _used_names(node) if n in made and made[n] != i} for i, node in enumerate(graph.node)]
+    users: dict[int, list[int]] = {}
+    for i, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(i)
+    waiting = [len(d) for d in deps]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users.get(i, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    return order if len(order) == len(graph.node) else None
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:

@@ -24,6 +24,11 @@ RESOLUTION = 0.01
 """float32 must resolve steps of RESOLUTION * sigma at the largest input value (else the noise is lost)."""
 
 
+MAX_COUNT = int(np.iinfo(np.int64).max)
+"""The largest count the counters hold: class counts, sample counts and example indices are int64
+(rs_onnx.sampling's counts, rs_onnx.stats' bounds)."""
+
+
 def as_int(name: str, value, minimum: int | None = None) -> int:
     """``value`` as an int: integers, or floats holding an exact integer (1e5); anything else -> ConfigError."""
     if isinstance(value, (bool, np.bool_)):

@@ -239,7 +239,7 @@ def load_batched(
             ) from err
         seconds.append(time.perf_counter() - t0)
         singles.append(dict(zip(names, outs)))
-    output = choose_output(model, singles[0], 1, requested, name)
+    output = choose_output(model, singles[0], 1, requested, name, trials=singles[1:])
     ref = np.concatenate([rows(s[output.name], 1, output.kind) for s in singles])
     timings = {"per_sample_ms": 1e3 * float(np.median(seconds[1:]))}
     mode, batched, reason, rewritten = ("rewritten" if fixed_one else "dynamic"), original, None, model
@@ -258,11 +258,7 @@ def load_batched(
         logger.debug("model %s: batch mode %s verified=%s", name, mode, verify)
         return Batching(mode, input_shape, output, timings), batched, rewritten
     single, multi = timings["per_sample_ms"], timings.get("batched_ms")
-    cost = (
-        f"about {single / multi:.1f}x slower than batched runs ({single:.3g} vs {multi:.3g} ms per example)"
-        if multi
-        else f"{single:.3g} ms per example (no batched timing: the batched run failed)"
-    )
+    cost = fallback_cost(single, multi)
     logger.warning(
         "model %s: the %s model on a batch of %d random inputs %s; falling back to per-sample runs "
         "of the original model (one example per run), %s",
@@ -273,6 +269,19 @@ def load_batched(
         cost,
     )
     return Batching("per-sample", input_shape, output, timings), original, model
+
+
+def fallback_cost(single: float, multi: float | None) -> str:
+    """What per-sample runs cost next to batched ones (ms per example each; ``multi`` None: no batched timing)."""
+    if not multi:
+        return f"{single:.3g} ms per example (no batched timing: the batched run failed)"
+    times = f"({single:.3g} vs {multi:.3g} ms per example)"
+    ratio = single / multi
+    if ratio >= 1.05:
+        return f"about {ratio:.1f}x slower than batched runs {times}"
+    if ratio <= 1 / 1.05:
+        return f"about {1 / ratio:.1f}x faster than batched runs on this model {times}"
+    return f"about as fast as batched runs {times}"
 
 
 def verify_batch(

@@ -7,7 +7,8 @@ Shapes: ``b`` is the number of examples a run was given; scores are [b, K], clas
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ import onnx
 
 from rs_onnx import graph, guard, shapes
 from rs_onnx.errors import ConfigError, ModelError
+
+logger = logging.getLogger(__name__)
 
 EXPECTED_CLASSES = "expected class scores shaped [N, K] with K >= 2 or class indices shaped [N]"
 
@@ -196,8 +199,18 @@ class ClassOutput:
     tail: tuple[int, ...] | None
 
 
-def choose_output(model: onnx.ModelProto, outs: Mapping, b: int, requested: str | None, model_name: str) -> ClassOutput:
-    """Pick the class output among ``outs`` (name -> array) of a run on b examples (``requested`` if given)."""
+def choose_output(
+    model: onnx.ModelProto, outs: Mapping, b: int, requested: str | None, model_name: str, trials: Sequence = ()
+) -> ClassOutput:
+    """Pick the class output among ``outs`` (name -> array) of a run on b examples (``requested`` if given).
+
+    A classical ML exporter's pair, int64 ``label`` [N] and float ``probabilities`` [N, K], gives the label
+    (the exporter's prediction) when it equals the probabilities' argmax on ``outs`` and ``trials`` (more
+    runs on b examples each), or when they differ but an ai.onnx.ml classifier declares the class labels
+    (an SVC's Platt-scaled probabilities; labels not 0..K-1): then with a warning. Otherwise the pair is
+    ambiguous. Its K is kept when its labels are 0..K-1. A lone index output takes
+    its K from the ai.onnx.ml classifier's declared class labels when they are 0..K-1 (else K is unknown).
+    """
     decl = {v.name: v for v in model.graph.output}
 
     def describe(name):
@@ -221,15 +234,93 @@ def choose_output(model: onnx.ModelProto, outs: Mapping, b: int, requested: str 
             f"model {model_name}: no output looks like classes: {'; '.join(describe(n) for n in names)}; "
             f"{EXPECTED_CLASSES}"
         )
-    if len(found) > 1:
+    pair, declared = label_pair(found), declared_classes(model)
+    agree = total = 0
+    if pair is not None:
+        agree, total, in_range = pair_agreement([outs, *trials], b, pair)
+        if agree < total and declared is None:  # not a classical ML exporter's label, and not the argmax
+            differs = (
+                f" ('{pair[0]}' differs from the argmax of '{pair[1]}' on {total - agree} of {total} "
+                "load-time trial inputs)"
+            )
+            pair = None
+    if len(found) > 1 and pair is None:
         raise ModelError(
             f"model {model_name}: {len(found)} outputs could be the classes: "
-            f"{'; '.join(describe(n) for n in found)}; expected one: pass output_name"
+            f"{'; '.join(describe(n) for n in found)}{differs if agree < total else ''}; expected one: pass "
+            "--output-name NAME (output_name in the Python API)"
         )
-    ((name, (kind, k)),) = found.items()
+    num_classes: int | None
+    if pair is not None:
+        name, k = pair[0], int(found[pair[1]][1] or 0)
+        known = declared == list(range(k)) if declared is not None else in_range
+        note = (
+            f"model {model_name}: outputs '{pair[0]}' (class indices) and '{pair[1]}' (scores [N, {k}]): "
+            f"using '{pair[0]}', the exporter's own prediction (predict() in scikit-learn, XGBoost, LightGBM); "
+        )
+        if agree == total:
+            logger.info(note + "it equals the argmax of '%s' on all %d load-time trial inputs", pair[1], total)
+        else:
+            logger.warning(
+                note + "it differs from the argmax of '%s' on %d of %d load-time trial inputs (an SVC's "
+                "Platt-scaled probabilities, or class labels that are not 0..K-1); --output-name %s certifies "
+                "that argmax instead",
+                pair[1],
+                total - agree,
+                total,
+                pair[1],
+            )
+        kind, num_classes = "indices", (k if known else None)
+    else:
+        ((name, (kind, num_classes)),) = found.items()
+        if kind == "indices" and declared is not None and declared == list(range(len(declared))) and len(declared) >= 2:
+            num_classes = len(declared)  # the ai.onnx.ml classifier's class labels: 0..K-1
     shape = outs[name].shape
     tail = tuple(shape[1:]) if len(shape) >= 1 and shape[0] == b else None
-    return ClassOutput(name, kind, k, outs[name].dtype, tail)
+    return ClassOutput(name, kind, num_classes, outs[name].dtype, tail)
+
+
+ML_CLASSIFIERS = ("LinearClassifier", "SVMClassifier", "TreeEnsembleClassifier", "ZipMap")
+"""ai.onnx.ml operators that declare their class labels (``classlabels_ints`` / ``classlabels_int64s``)."""
+
+
+def declared_classes(model: onnx.ModelProto) -> list[int] | None:
+    """The integer class labels that the model's ai.onnx.ml classifiers declare (skl2onnx, onnxmltools), when
+    they all declare the same ones; None when none does, they differ, or the labels are strings."""
+    found = []
+    for node in model.graph.node:
+        if node.domain == "ai.onnx.ml" and node.op_type in ML_CLASSIFIERS:
+            for a in node.attribute:
+                if a.name in ("classlabels_ints", "classlabels_int64s") and a.ints:
+                    found.append(list(a.ints))
+    if not found or any(f != found[0] for f in found):
+        return None
+    return found[0]
+
+
+def label_pair(found: Mapping[str, tuple[str, int | None]]) -> tuple[str, str] | None:
+    """(indices output, scores output) when the class-like outputs are exactly one of each (a classical ML
+    exporter's ``label`` [N] and ``probabilities`` [N, K]); else None."""
+    indices = [n for n, (kind, _) in found.items() if kind == "indices"]
+    scores = [n for n, (kind, _) in found.items() if kind == "scores"]
+    return (indices[0], scores[0]) if len(found) == 2 and len(indices) == 1 and len(scores) == 1 else None
+
+
+def pair_agreement(runs, b: int, pair: tuple[str, str]) -> tuple[int, int, bool]:
+    """(examples whose index output equals the scores' argmax, examples, every index in 0..K-1) over
+    ``runs`` (name -> array, each a run on b examples)."""
+    agree = total = 0
+    in_range = True
+    for run in runs:
+        try:
+            labels = rows(run[pair[0]], b, "indices").astype(np.int64)
+            scores = rows(run[pair[1]], b, "scores")
+        except (NotClasses, KeyError):
+            continue
+        agree += int((labels == scores.argmax(axis=1)).sum())
+        total += b
+        in_range = in_range and bool(((labels >= 0) & (labels < scores.shape[1])).all())
+    return agree, total, in_range
 
 
 def decode(outs, b: int, output: ClassOutput, in_graph: bool, model_name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,8 @@ import json
 import logging
 import os
 import socket
+import stat
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -52,18 +54,33 @@ def _sha256_into(h, path: Path) -> None:
             h.update(chunk)
 
 
-def data_identity(path: str | Path, start: int = 0, end: int | None = None, skip: int = 1) -> dict:
+def data_identity(
+    path: str | Path, start: int = 0, end: int | None = None, skip: int = 1, files: list[str] | None = None
+) -> dict:
     """What a run's data is: sha256 of the file, or of a folder's sorted listing and contents (every file
-    below it: relative path, size, bytes), and the selection start/end/skip."""
+    below it: relative path, size, bytes), or of a manifest and every image it names (``files``, in its
+    order: path as named, size, bytes); and the selection start/end/skip. A manifest's own sha256 is kept
+    as ``manifest_sha256`` (what older runs recorded as the data's sha256)."""
     p = Path(path)
     h = hashlib.sha256()
+    extra: dict = {}
     if p.is_dir():
         kind = "folder"
-        files = sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.relative_to(p).as_posix())
-        for f in files:
+        found = sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.relative_to(p).as_posix())
+        for f in found:
             h.update(f.relative_to(p).as_posix().encode("utf-8", "surrogateescape") + b"\0")
             h.update(str(f.stat().st_size).encode() + b"\0")
             _sha256_into(h, f)
+    elif files is not None:
+        kind = "manifest"
+        own = hashlib.sha256()
+        _sha256_into(own, p)
+        extra["manifest_sha256"] = own.hexdigest()
+        h.update(own.hexdigest().encode() + b"\0")
+        for name in files:
+            h.update(os.fsencode(name) + b"\0")
+            h.update(str(os.stat(name).st_size).encode() + b"\0")
+            _sha256_into(h, Path(name))
     else:
         kind = "file"
         _sha256_into(h, p)
@@ -73,6 +90,7 @@ def data_identity(path: str | Path, start: int = 0, end: int | None = None, skip
         "start": int(start),
         "end": None if end is None else int(end),
         "skip": int(skip),
+        **extra,
     }
 
 
@@ -114,9 +132,58 @@ def check_not_inputs(outputs: dict[str, str | Path], inputs: dict[str, str | Pat
                 )
 
 
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def check_regular(path: str | Path, flag: str, stdout: str = "--out - writes the rows to stdout") -> None:
+    """Refuse (OutputError) an output path that exists and is not a regular file (a device such as
+    /dev/null or /dev/full, a FIFO, a socket, a folder) or that is this process's stdout or stderr (/dev/stdout
+    into a file). Looked at with ``os.stat`` only, never opened (opening a FIFO blocks until a reader comes)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return  # a new path
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: {e.strerror or e}; expected a regular file or a new path") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(
+            f"{flag} {path} is a {_kind(st.st_mode)}; expected a regular file or a new path"
+            + (f" ({stdout})" if stdout else "")
+        )
+    for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        try:
+            other = os.fstat(stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            continue  # a stream without a file (tests capture them)
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            raise OutputError(
+                f"{flag} {path} is this process's {name}; expected a file of its own"
+                + (f" ({stdout}, and nothing else goes there)" if stdout else "")
+            )
+
+
+def check_run_paths(out: Path) -> None:
+    """:func:`check_regular` for ``--out`` and the files written next to it (meta file, lock)."""
+    check_regular(out, "--out")
+    check_regular(results.meta_path(out), "--out's meta file")
+    check_regular(lock_path(out), "--out's lock file")
+
+
 def count_rows(out: Path) -> int:
     """Complete data rows of a TSV (lines after the header)."""
     try:
+        if not stat.S_ISREG(os.stat(out).st_mode):  # never open a FIFO or a device (it may block or never end)
+            return 0
         with open(out, "rb") as f:
             return max(0, sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1)
     except OSError:
@@ -133,6 +200,7 @@ def check_output(out: Path, inputs: dict, *, resume: bool, overwrite: bool) -> N
         raise OutputError(f"--out {out} is a folder; expected the path of a TSV file")
     if mp.is_dir():
         raise OutputError(f"{mp} is a folder; expected --out's meta file to be writable there")
+    check_run_paths(out)
     if not out.parent.is_dir() and out.parent.exists():
         raise OutputError(f"--out {out}: {out.parent} is not a folder; expected a path in a folder")
     if resume or overwrite:
@@ -317,12 +385,20 @@ class RunFiles:
         self.append = append
         self.replace = replace and self.out.exists()
         self.rows = 0
+        self.rows_in_file = 0  # complete rows of the TSV, earlier runs' included
         self._fd: int | None = None
         self._good = 0
         self._part: Path | None = None
         self._meta: dict | None = None
         self._began = False  # a meta file of this run exists
         self.meta_written = True
+        self._digest = hashlib.sha256()  # of the TSV's bytes so far (header and complete rows)
+
+    def digest(self) -> dict:
+        """meta.json's ``rows_digest``: the sha256 of the TSV's first ``bytes`` bytes (its header and the
+        ``rows`` complete rows written so far; ``rs-onnx verify`` checks it, so an edited, truncated or
+        appended file is caught). Kept across --resume: an appended run hashes the earlier rows first."""
+        return {"bytes": self._good, "rows": self.rows_in_file, "sha256": self._digest.hexdigest()}
 
     def begin(self, meta: dict) -> None:
         """Writes the running meta (unless replacing: then at the first row) and opens the TSV."""
@@ -333,13 +409,23 @@ class RunFiles:
             self._fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             self._write_bytes(header)
             return
+        earlier = b""
+        if self.append and self.out.exists():  # --resume: the rows kept (read_rows cut any torn tail)
+            with open(self.out, "rb") as f:
+                earlier = f.read()
+            self._digest.update(earlier)
+            self._good = len(earlier)
+            self.rows_in_file = max(0, earlier.count(b"\n") - 1)
+            if earlier:
+                meta["rows_digest"] = self.digest()
         why = write_meta(self.meta_path, meta, reserve=True)
         if why:
             raise OutputError(f"cannot write {self.meta_path}: {why}; expected a writable folder with free space")
         self._began = True
         if self.append and self.out.exists():
             self._fd = os.open(self.out, os.O_WRONLY | os.O_APPEND)
-            self._good = os.fstat(self._fd).st_size
+            if os.fstat(self._fd).st_size != len(earlier):
+                raise OutputError(f"--resume: {self.out} changed while the run started; expected one run per --out")
             if self._good == 0:
                 self._write_bytes(header)
             return
@@ -359,12 +445,33 @@ class RunFiles:
             target = self._part or self.out
             raise WriteError(f"cannot write {target}: {_describe(err)}") from err
         self._good += len(data)
+        self._digest.update(data)
+
+    def _still_there(self) -> None:
+        """WriteError when the file being written is no longer at its path (removed, or its folder removed or
+        replaced during the run): rows written to it now would be lost unseen."""
+        target = self._part or self.out
+        assert self._fd is not None, "begin() opens the file"
+        try:
+            here, ours = os.stat(target), os.fstat(self._fd)
+            same = (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
+        except OSError:  # gone (ENOENT), or a file where its folder was (ENOTDIR)
+            same = False
+        if not same:
+            gone = not target.parent.exists()
+            raise WriteError(
+                f"{target} was {'removed with its folder' if gone else 'removed or replaced'} during the run; "
+                "expected --out to stay in place until the run ends (the rows written to it are gone with it)"
+            )
 
     def write(self, rows: list[dict]) -> None:
-        """Appends complete rows (one write, one fsync); OutputError if they could not all be written."""
+        """Appends complete rows (one write, one fsync); OutputError if they could not all be written, or
+        when the file was removed under the run."""
+        self._still_there()
         data = "".join("\t".join(results.format_value(r[c]) for c in self.columns) + "\n" for r in rows)
         self._write_bytes(data.encode("utf-8"))
         self.rows += len(rows)
+        self.rows_in_file += len(rows)
         if self._part is not None:
             self._install()
 
@@ -383,6 +490,21 @@ class RunFiles:
         if why:
             raise WriteError(f"cannot write {self.meta_path}: {why}")
 
+    def _catch_up(self) -> None:
+        """Rows a signal left written but not yet counted (it landed between their write and its fsync's
+        return): the complete lines after the digested bytes join the digest; a torn tail does not."""
+        try:
+            with open(self.out, "rb") as f:
+                f.seek(self._good)
+                extra = f.read()
+        except OSError:
+            return
+        extra = extra[: extra.rfind(b"\n") + 1]
+        if extra:
+            self._digest.update(extra)
+            self._good += len(extra)
+            self.rows_in_file += extra.count(b"\n")
+
     def finish(self, meta: dict | None) -> None:
         """Closes the TSV and writes the final meta (not when an --overwrite run ended before its first row:
         the old files then stay as they were)."""
@@ -400,6 +522,8 @@ class RunFiles:
         if meta is not None and self._began:
             if "examples_done" in meta and self.out.exists():  # what the file holds (a signal may land between
                 meta["examples_done"] = count_rows(self.out)  # a row's write and the caller's count)
+            self._catch_up()
+            meta["rows_digest"] = self.digest()
             why = write_meta(self.meta_path, meta)
             self.meta_written = why is None
             if why:

@@ -104,7 +104,13 @@ def samples_text(spent: dict | None) -> str:
     if fixed:
         ratio = fixed / spent["mean"] if spent["mean"] > 0 else math.inf
         saving = (
-            "the same" if abs(ratio - 1) < 5e-4 else f"{ratio:.3g}x fewer" if ratio > 1 else f"{1 / ratio:.3g}x more"
+            "none spent"  # e.g. a --budget below one look: never "infx fewer"
+            if math.isinf(ratio)
+            else "the same"
+            if abs(ratio - 1) < 5e-4
+            else f"{ratio:.3g}x fewer"
+            if ratio > 1
+            else f"{1 / ratio:.3g}x more"
         )
         text += f" (fixed-n equivalent: {fixed:,}; {saving})"
     return text

@@ -30,6 +30,7 @@ from .analysis import (
     summary,
     table_rows,
 )
+from .checks import one_class_note
 from .errors import ConfigError
 from .population import DEFAULT_CONFIDENCE, bounds_note, lower_percent
 
@@ -55,6 +56,9 @@ def run_warnings(res: Results) -> list[str]:
     if meta is None:
         out.append("no meta.json next to the results: model, versions and settings are unknown")
         meta = {}
+    verdict = meta.get("verify") or {}
+    if verdict and not verdict.get("ok"):
+        out.append(f"rs-onnx verify: {verdict.get('line')} (such rows count as not certified here)")
     status = meta.get("status")
     if meta and status != "complete":
         out.append(
@@ -69,13 +73,20 @@ def run_warnings(res: Results) -> list[str]:
         )
     signature = (meta.get("model") or {}).get("signature") or {}
     classes = signature.get("num_classes")
+    guessed = ""
     if not isinstance(classes, int) or classes < 2:
-        classes = int(max(res.label.max(initial=0), res.predict.max(initial=0))) + 1
+        # a recorded model whose index output declares no K: chance is unknown, never taken from the labels
+        # seen; without any meta.json the labels seen are all there is, and the warning says so
+        classes = 0 if signature else int(max(res.label.max(initial=0), res.predict.max(initial=0))) + 1
+        guessed = ", a count guessed from the labels seen: no meta.json" if classes else ""
     if classes >= 2 and s["accuracy"] <= CHANCE_MARGIN / classes:
         out.append(
-            f"accuracy {100 * s['accuracy']:.1f}% is near chance ({100 / classes:.1f}% for {classes} classes): "
+            f"accuracy {100 * s['accuracy']:.1f}% is near chance ({100 / classes:.1f}% for {classes} classes{guessed}): "
             "check preprocessing (--preset, --layout, --scale) and sigma"
         )
+    one = one_class_note(res.predict, res.label)
+    if one:
+        out.append(one)
     if s["abstention_rate"] > 0.5:
         out.append(
             f"{100 * s['abstention_rate']:.1f}% of examples abstained: sigma may be too large for this model, "

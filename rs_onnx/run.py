@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -744,6 +745,9 @@ def _resume(
     elif identity is not None:
         # the same file and start/skip; a different end only extends or shortens the same selection (rows
         # outside the new one are refused below)
+        if (old_identity or {}).get("kind") == "file" and identity.get("kind") == "manifest":  # an older rs-onnx
+            log.warning("--resume: %s records the manifest only (an older rs-onnx): its images cannot be checked", mp)
+            identity = {**identity, "kind": "file", "sha256": identity.get("manifest_sha256")}
         what = [k for k in ("sha256", "kind", "start", "skip") if (old_identity or {}).get(k) != identity.get(k)]
         if what:
             changed.append("data (" + ", ".join("contents" if k == "sha256" else k for k in what) + ")")
@@ -756,6 +760,17 @@ def _resume(
         p = p.with_entropy(entropy)
     if not out.exists():
         return set(), p
+    if b"\n" in out.read_bytes()[: 1 << 16] or out.stat().st_size > 1 << 16:  # a header at least: check the rows
+        from .verify import verify_file
+
+        verdict = verify_file(out, inputs=False, torn_tail_ok=True)  # before anything is cut or appended
+        if verdict.unchecked_rows and not verdict.refused:
+            log.warning("--resume: %s", verdict.line())
+        if verdict.refused:
+            raise ConfigError(
+                f"--resume: {verdict.line()}; expected the rows as the run wrote them (`rs-onnx verify {out}` "
+                "checks them; start a new --out)"
+            )
     rows = read_rows(out, columns, mode)
     done = set(rows)
     if len(done) != len(rows):
@@ -774,17 +789,20 @@ def preflight(p: Prepared, mode: str) -> None:
     """Checks that can refuse a run and would otherwise only fail once sampling starts (the sequential plan);
     called before any output file is created."""
     if mode == "certify" and p.cfg.sequential:
-        from .sequential import geometric_schedule, make_plan
+        from .sequential import run_plan
 
-        schedule = geometric_schedule(p.cfg.n, p.cfg.alpha, p.cfg.looks, p.cfg.first_look, p.cfg.final_share)
-        make_plan(
-            schedule,
+        c = p.cfg
+        run_plan(
+            c.n,
+            c.alpha,
+            c.looks,
+            c.first_look,
+            c.final_share,
             p.smoothed.sigma,
-            () if p.cfg.precision else (p.cfg.radii or ()),
-            p.cfg.futility_beta,
-            p.cfg.precision,
+            c.radii,
+            c.futility_beta,
+            c.precision,
             p.smoothed.noise,
-            calibrate=not p.cfg.precision,
         )
 
 
@@ -884,7 +902,8 @@ def execute(
         check_output(out, inputs, resume=resume, overwrite=overwrite)
     preflight(p, mode)
     if out is not None:
-        identity = data_identity(str(p.cfg.data), p.cfg.start, p.cfg.end, p.cfg.skip)
+        files = p.data.files if p.data.describe().get("format") == "manifest" else None  # type: ignore[attr-defined]
+        identity = data_identity(str(p.cfg.data), p.cfg.start, p.cfg.end, p.cfg.skip, files)
     with contextlib.ExitStack() as stack:
         connect = getattr(backend, "connect", None)  # a Ray backend: join the cluster before any file exists
         if connect is not None and connect():
@@ -903,9 +922,15 @@ def execute(
 
 
 def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progress, stream, backend) -> dict:
+    from .checks import one_class_note
+
     t0 = time.time()
     timings = {"started": t0, "seconds": 0.0}
-    extra = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0}
+    extra: dict = {"examples_done": len(p.indices) - len(todo), "nonfinite_outputs": 0, "one_class": None}
+    # for the one-class note, bounded by the class count (rows are streamed, never kept): answers per class
+    # (abstentions included) and the labels seen
+    answers_per_class: Counter[int] = Counter()
+    labels_seen: set[int] = set()
     data_extra = {"identity": identity} if identity else {}
     writer = TsvWriter(stream, columns) if (files is None and stream is not None) else None
     status, error = "failed", None
@@ -918,6 +943,8 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
                 files.write(rows)
             for row in rows:
                 extra["nonfinite_outputs"] += row["nonfinite"]
+                answers_per_class[int(row["predict"])] += 1
+                labels_seen.add(int(row["label"]))
                 if writer:
                     writer.write(row)
             extra["examples_done"] += len(rows)
@@ -934,11 +961,15 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
         if writer:
             writer.close()
         timings["seconds"] = time.time() - t0
+        predicted = np.repeat(list(answers_per_class), list(answers_per_class.values()))
+        extra["one_class"] = one_class_note(predicted, sorted(labels_seen))
         record = getattr(backend, "record", None)  # the Ray backend: what its workers resolved
         final: dict = {**extra, **({"error": error} if error else {}), **(record() if callable(record) else {})}
         meta = _meta(p, mode, out, status, timings, final, data_extra)
         if files is not None:
             files.finish(meta)
+    if extra["one_class"]:
+        log.warning("%s", extra["one_class"])
     if extra["nonfinite_outputs"]:
         log.warning(
             "%d noisy samples gave NaN/Inf model outputs or class indices out of range; they were counted "

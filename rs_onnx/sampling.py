@@ -217,6 +217,20 @@ def _random_batch(shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarra
     return rng.random(shape) < 0.5
 
 
+def choose_batch(per_sample: dict[int, float]) -> tuple[int, str]:
+    """The probe's rule: (the smallest size whose seconds per sample are within :data:`BATCH_TIE` of the
+    fastest, the rule in words). The sizes near the top are alike within the noise of a short probe, and a
+    smaller batch needs less memory and picks the same size from run to run."""
+    fastest = min(per_sample, key=lambda b: (per_sample[b], b))
+    best = min(b for b, t in per_sample.items() if t <= (1 + BATCH_TIE) * per_sample[fastest])
+    if best == fastest:
+        return best, "the fastest per sample"
+    return best, (
+        f"the smallest size within {100 * BATCH_TIE:g}% of the fastest per sample "
+        f"(the fastest, {fastest}, was {100 * (per_sample[best] / per_sample[fastest] - 1):.1f}% faster)"
+    )
+
+
 def probe_batch_size(
     classifier: Classifier,
     candidates: Sequence[int] | None = None,
@@ -286,7 +300,7 @@ def probe_batch_size(
         elif per_sample[b] > 1.05 * per_sample[best]:
             worse += 1
         if worse >= 2:
-            stop = "past the fastest size"
+            stop = "two sizes in a row over 5% slower per sample than the fastest"
             break
         if min(runs) > max_run:
             stop = f"a run of batch {b} takes {min(runs):.2f} s"
@@ -294,13 +308,11 @@ def probe_batch_size(
         if time.perf_counter() - start > budget_seconds:
             stop = f"probe budget of {budget_seconds:.0f} s spent"
             break
-    # The smallest size within BATCH_TIE of the fastest: the sizes near the top are alike within the noise
-    # of a short probe, and a smaller batch needs less memory and picks the same size from run to run.
-    fastest = min(per_sample.values())
-    best = min(b for b, t in per_sample.items() if t <= (1 + BATCH_TIE) * fastest)
+    best, why = choose_batch(per_sample)
     logger.info(
-        "automatic batch size %d (%s); %s",
+        "automatic batch size %d: %s (the probe stopped: %s); per sample %s",
         best,
+        why,
         stop or everything,
         ", ".join(f"{k}: {1e6 * v:.3g} us" for k, v in per_sample.items()),
     )

@@ -37,7 +37,7 @@ import numpy as np
 from scipy.stats import norm
 
 from . import bounds, noise, stats
-from .boundaries import FINAL_SHARE, LOOKS, Schedule, betting_cutoffs, calibrated_cutoff, geometric_schedule
+from .boundaries import FINAL_SHARE, LOOKS, MAX_LOOKS, Schedule, betting_cutoffs, calibrated_cutoff, geometric_schedule
 from .errors import ConfigError
 from .sampling import Task
 from .smoothing import Certificate
@@ -463,6 +463,8 @@ def sequential_certify_many(
     if budget is not None:
         budget = as_int("budget", budget, 1)
     schedule = schedule or geometric_schedule(n_max, alpha, looks, n_first, final_share)
+    if len(schedule.sizes) > MAX_LOOKS:  # look j draws under phase STAGE_PHASE + j: never a selection phase
+        raise ConfigError(f"schedule of {len(schedule.sizes)} looks; expected at most {MAX_LOOKS:,}")
     if schedule.n_max != n_max or schedule.alpha > alpha:
         raise ConfigError(
             f"schedule ends at {schedule.n_max} and spends {schedule.alpha:.6g}; expected n_max={n_max} "
@@ -610,3 +612,62 @@ def _certificate(
         look_n=sched.sizes[look] if look >= 0 else 0,
         look_n_a=int(out.best_n_a[i]) if look >= 0 else 0,
     )
+
+
+def run_plan(
+    n: int,
+    alpha: float,
+    looks: int,
+    n_first: int | None,
+    final_share: float | None,
+    sigma: float,
+    radii: Sequence[float] | None,
+    futility_beta: float,
+    precision: float | None,
+    noise_kind: str,
+) -> Plan:
+    """The plan of a run's settings (``--n`` the budget, ``--radii`` or ``--precision``...): the one used by the
+    run's preflight, by :func:`sequential_certify_many` through the same arguments, and by ``rs-onnx verify``."""
+    schedule = geometric_schedule(n, alpha, looks, n_first, final_share)
+    return make_plan(
+        schedule,
+        sigma,
+        () if precision else (radii or ()),
+        futility_beta,
+        precision,
+        noise_kind,
+        calibrate=not precision,
+    )
+
+
+def certificate_from_row(
+    plan: Plan, predict: int, n_a: int, n: int, look: int, look_n_a: int, n0: int, nonfinite: int, dim: int
+) -> SequentialCertificate:
+    """The certificate that one row's counts justify under ``plan`` (``rs-onnx verify``): ``n_a`` of ``n`` at
+    the last look made, ``look_n_a`` at the look ``look`` with the best Clopper-Pearson bound (1-based; 0: none).
+
+    Union-bound plans (precision mode) report that look's bound: the row is reproduced exactly. Calibrated
+    plans certify a threshold at any look whose count crosses its cutoff; the file holds the counts of the
+    last look made and of the best look, so the thresholds counted here are those these two looks cross, a
+    lower bound on the run's (equal to it whenever the run stopped at the look that completed its radii, or
+    no earlier look crossed more). ``predict`` stands for the guess (any class when the row abstains: the
+    guess only decides whether the answer is a class)."""
+    sizes = plan.schedule.sizes
+    j = look - 1
+    certified = 0
+    if plan.calibrated:
+        if j >= 0:
+            certified = int((look_n_a >= plan.k_cert[j]).sum())
+        if n in sizes:
+            certified = max(certified, int((n_a >= plan.k_cert[sizes.index(n)]).sum()))
+    out = Outcome(
+        np.array([n_a], np.int64),
+        np.array([n], np.int64),
+        np.array([certified], np.int64),
+        np.array([j], np.int64),
+        np.array([look_n_a], np.int64),
+        np.array([look], np.int64),
+        ["n/a"],
+    )
+    guess = predict if predict != ABSTAIN else (0 if n > 0 else ABSTAIN)
+    return _certificate(plan, out, 0, guess, n0, np.array([nonfinite]), np.array([0]), dim)

@@ -7,6 +7,7 @@ being lambda, as in ``export/train.py``), certified in l1 (Yang et al. 2020; Ten
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,83 @@ class Prediction:
     count_b: int
     n: int
     nonfinite: int
+
+
+def native_radius(p_a_lower: float, noise_kind: str, sigma: float) -> float:
+    """The certified radius from p_a_lower in the native norm of ``noise_kind`` (l2 gaussian, l1 otherwise),
+    in the units of ``sigma``; 0 if p_a_lower <= 1/2."""
+    if noise_kind == "gaussian":
+        return stats.cohen_radius(p_a_lower, sigma)
+    return float(bounds.radius(p_a_lower, noise_kind, sigma, bounds.NATIVE_NORM[noise_kind]))
+
+
+def certificate(
+    guess: int,
+    n_a: int,
+    k_other: int,
+    n: int,
+    n0: int,
+    nonfinite: int,
+    alpha: float,
+    sigma: float,
+    noise_kind: str,
+    dim: int,
+    bound: str = "cohen",
+) -> Certificate:
+    """CERTIFY's answer from its counts: the one computation behind every certify row (``certify_many``, and
+    ``rs-onnx verify``, which recomputes a row from its columns).
+
+    ``guess``: the selection's class (ABSTAIN: no sample gave a class); ``n_a``: its count among the ``n``
+    estimation samples; ``k_other``: the largest other count among them (non-finite outputs included, a rival
+    outcome; the two-class bound's runner-up); ``nonfinite``: non-finite outputs of both phases; ``dim``: noisy
+    values per input (the norm conversions). ``counts`` of the result is empty (the caller may set it).
+    """
+    gaussian = noise_kind == "gaussian"
+    # with bound="best" the radius uses p_a_lower at alpha/2: the column shows that bound, not alpha's
+    alpha_a = alpha * BEST_ALPHA_SPLIT if bound == "best" else alpha
+    p_lower = stats.clopper_pearson_lower(n_a, n, alpha_a)
+    p_b, r_two, r_tv, p_a_split = 1.0, 0.0, 0.0, 0.0
+    if guess != ABSTAIN and gaussian:  # non-finite outputs count as one more rival outcome
+        p_a_split, p_b, r_two = map(
+            float, bounds.two_class_from_top(n_a, k_other, n, alpha, sigma, alpha_split=BEST_ALPHA_SPLIT)
+        )
+        r_tv = float(bounds.tv_radius(p_a_split, p_b, sigma))
+    if bound == "best":
+        radius = float(bounds.best_of(p_a_split, r_two, sigma)) if guess != ABSTAIN else 0.0
+        pred = guess if radius > 0 else ABSTAIN
+    elif p_lower < 0.5:
+        pred, radius = ABSTAIN, 0.0
+    else:
+        pred, radius = guess, native_radius(p_lower, noise_kind, sigma)
+    if not gaussian and guess != ABSTAIN:  # a valid bound on every other class, same event
+        p_b = float(min(1.0, np.nextafter(1.0 - p_lower, 2.0)))
+    lp = bounds.norm_radii(p_lower, radius, noise_kind, sigma, dim)
+    return Certificate(
+        pred,
+        radius,
+        p_lower,
+        n_a,
+        n,
+        n0,
+        guess,
+        nonfinite,
+        p_b,
+        r_two,
+        r_tv,
+        np.zeros(0, np.int64),
+        noise_kind,
+        lp["l1"],
+        lp["l2"],
+        lp["linf"],
+        alpha_a,
+    )
+
+
+def prediction(top: int, count_a: int, count_b: int, n: int, nonfinite: int, alpha: float) -> Prediction:
+    """PREDICT's answer from its counts (the top two among ``n`` samples): ``top`` when the two-sided binomial
+    test of count_a against count_b has p-value <= alpha, else ABSTAIN (also used by ``rs-onnx verify``)."""
+    p = stats.binomial_pvalue(count_a, count_a + count_b) if count_a + count_b > 0 else 1.0
+    return Prediction(top if p <= alpha else ABSTAIN, p, count_a, count_b, n, nonfinite)
 
 
 def _check_args(n0: int | None, n: int, alpha: float) -> tuple[int | None, int, float]:
@@ -262,9 +340,7 @@ class SmoothedClassifier:
 
     def native_radius(self, p_a_lower: float) -> float:
         """The certified radius from p_a_lower in the noise's native norm (l2 gaussian, l1 otherwise); 0 if <= 1/2."""
-        if self.noise == "gaussian":
-            return stats.cohen_radius(p_a_lower, self.sigma)
-        return float(bounds.radius(p_a_lower, self.noise, self.sigma, bounds.NATIVE_NORM[self.noise]))
+        return native_radius(p_a_lower, self.noise, self.sigma)
 
     def verify_batches(self, x: np.ndarray, samples: int, runner=None, total: int | None = None) -> dict | None:
         """Once per instance, for an ONNX classifier: :func:`rs_onnx.checks.check_batch_equivalence` on noisy
@@ -362,54 +438,16 @@ class SmoothedClassifier:
         (estimation, n samples each), int64 [examples, K + 1] as :meth:`count` returns them; ``dim`` is the
         number of noisy values per input (:meth:`dim`). The same answers whether the counts came from one
         process or were added up from pieces counted elsewhere."""
-        gaussian = self.noise == "gaussian"
         out = []
         for c0, c1 in zip(np.asarray(counts0, np.int64), np.asarray(counts1, np.int64)):
             guess = stats.select(c0)
             n_a = int(c1[guess]) if guess != ABSTAIN else 0
-            # with bound="best" the radius uses p_a_lower at alpha/2: the column shows that bound, not alpha's
-            alpha_a = alpha * BEST_ALPHA_SPLIT if bound == "best" else alpha
-            p_lower = stats.clopper_pearson_lower(n_a, n, alpha_a)
-            p_b, r_two, r_tv = 1.0, 0.0, 0.0
-            if guess != ABSTAIN and gaussian:  # non-finite outputs count as one more rival outcome
-                p_a_split, p_b, r_two = map(float, bounds.two_class_certificate(c1, guess, alpha, self.sigma))
-                r_tv = float(bounds.tv_radius(p_a_split, p_b, self.sigma))
-            if bound == "best":
-                radius = (
-                    float(bounds.best_radius(c1, guess, alpha, self.sigma, alpha_split=BEST_ALPHA_SPLIT))
-                    if guess != ABSTAIN
-                    else 0.0
-                )
-                pred = guess if radius > 0 else ABSTAIN
-            elif p_lower < 0.5:
-                pred, radius = ABSTAIN, 0.0
-            else:
-                pred, radius = guess, self.native_radius(p_lower)
-            if not gaussian and guess != ABSTAIN:  # a valid bound on every other class, same event
-                p_b = float(min(1.0, np.nextafter(1.0 - p_lower, 2.0)))
-            nonfinite = int(c0[-1] + c1[-1])
-            lp = bounds.norm_radii(p_lower, radius, self.noise, self.sigma, dim)
-            out.append(
-                Certificate(
-                    pred,
-                    radius,
-                    p_lower,
-                    n_a,
-                    n,
-                    n0,
-                    guess,
-                    nonfinite,
-                    p_b,
-                    r_two,
-                    r_tv,
-                    c1,
-                    self.noise,
-                    lp["l1"],
-                    lp["l2"],
-                    lp["linf"],
-                    alpha_a,
-                )
+            # the largest other count (non-finite outputs count as one more rival outcome)
+            k_other = int(np.delete(c1, guess).max()) if guess != ABSTAIN else 0
+            cert = certificate(
+                guess, n_a, k_other, n, n0, int(c0[-1] + c1[-1]), alpha, self.sigma, self.noise, dim, bound
             )
+            out.append(dataclasses.replace(cert, counts=c1))
         return out
 
     def certify(self, x: np.ndarray, n0: int, n: int, alpha: float, example: int = 0) -> Certificate:
@@ -437,8 +475,7 @@ class SmoothedClassifier:
         out = []
         for c in np.asarray(counts, np.int64):
             a, n_a, _, n_b = stats.top_two(c[:-1])
-            p = stats.binomial_pvalue(n_a, n_a + n_b) if n_a + n_b > 0 else 1.0
-            out.append(Prediction(a if p <= alpha else ABSTAIN, p, n_a, n_b, n, int(c[-1])))
+            out.append(prediction(a, n_a, n_b, n, int(c[-1]), alpha))
         return out
 
     def predict(self, x: np.ndarray, n: int, alpha: float, example: int = 0) -> Prediction:

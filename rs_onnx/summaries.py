@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .checks import one_class_note
 from .analysis import (
     DEFAULT_RADII,
     Results,
@@ -80,6 +81,7 @@ def run_summary(
         }
     if "nonfinite" in results:
         out["nonfinite_outputs"] = int(results["nonfinite"].sum())
+    out["one_class"] = one_class_note(results.predict, results.label)
     return out
 
 

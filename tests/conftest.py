@@ -9,6 +9,10 @@ the full suite (CI) runs them all.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +74,55 @@ def write_linear3(
     data = folder / data_name
     np.savez(data, images=images, labels=scores.argmax(1).astype(np.uint8))
     return str(model), str(data)
+
+
+# fault kind -> [faults injected, rows lost, inputs harmed, hangs, seconds], over the whole session
+TALLY: dict[str, list] = defaultdict(lambda: [0, 0, 0, 0, 0.0])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fault_report():
+    """``RS_ONNX_FAULT_REPORT=path``: the tallies of every fault test (:class:`Tally`) as docs/reliability.md's
+    markdown table, written when the session ends."""
+    yield
+    path = os.environ.get("RS_ONNX_FAULT_REPORT")
+    if path and TALLY:
+        lines = [
+            "| fault injected | faults | rows lost | inputs harmed | hangs | time (s) |",
+            "|---|--:|--:|--:|--:|--:|",
+        ]
+        lines += [f"| {k} | {v[0]} | {v[1]} | {v[2]} | {v[3]} | {v[4]:.1f} |" for k, v in TALLY.items()]
+        total = [sum(v[i] for v in TALLY.values()) for i in range(5)]
+        lines.append(
+            f"| **all** | **{total[0]}** | **{total[1]}** | **{total[2]}** | **{total[3]}** | **{total[4]:.0f}** |"
+        )
+        Path(path).write_text("\n".join(lines) + "\n")
+
+
+class Tally:
+    """Context: adds faults, rows lost, inputs harmed, hangs (a process that had to be killed after its time
+    limit) and the time taken to TALLY[kind]."""
+
+    def __init__(self, kind: str):
+        self.kind, self.faults, self.lost, self.harmed, self.hangs = kind, 0, 0, 0, 0
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        t = TALLY[self.kind]
+        t[0] += self.faults
+        t[1] += self.lost
+        t[2] += self.harmed
+        t[3] += self.hangs
+        t[4] += time.perf_counter() - self.t0
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that must react to Ctrl-C: a shell starts background jobs (``pytest &``) with
+    SIGINT ignored, the child would inherit that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def invoke_cli(args: list[str], **kw):

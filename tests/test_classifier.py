@@ -111,7 +111,19 @@ def test_external_data(tmp_path, batch, mode):
 def test_batch_mixing_warning_says_how_much_slower(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="rs_onnx.loader"):
         load(tmp_path, om.batch_mixing_model(W, B))
-    assert "x slower" in caplog.text and "\n" not in caplog.records[-1].getMessage()
+    msg = caplog.records[-1].getMessage()
+    assert any(w in msg for w in ("x slower than", "x faster than", "as fast as")) and "\n" not in msg
+
+
+def test_fallback_cost_says_faster_when_per_sample_runs_are_faster():
+    """The per-sample fallback's cost: "0.8x slower" was printed when one-by-one runs were faster."""
+    from rs_onnx.loader import fallback_cost
+
+    assert fallback_cost(2.0, 1.0).startswith("about 2.0x slower than batched runs (2 vs 1 ms")
+    faster = fallback_cost(0.8, 1.0)
+    assert "slower" not in faster and faster.startswith("about 1.2x faster than batched runs")
+    assert fallback_cost(1.0, 1.01).startswith("about as fast as batched runs")
+    assert "no batched timing" in fallback_cost(3.0, None)
 
 
 def test_verify_batch_false_trusts_the_model(tmp_path):
@@ -191,10 +203,77 @@ def test_sklearn_like_outputs(tmp_path):
     assert clf.output_name == "label" and clf.output_kind == "indices"
     x = rand(40, 12)
     np.testing.assert_array_equal(clf.predict(x), expected(x))
-    with pytest.raises(ModelError, match="'label'.*'probabilities'.*output_name"):
-        load(tmp_path, om.sklearn_like_model(W, B, zipmap=False), name="nozip.onnx")
+    assert clf.num_classes == W.shape[0]  # from ZipMap/LinearClassifier's class labels 0..K-1, not unknown
     clf = load(tmp_path, om.sklearn_like_model(W, B, zipmap=False), name="nozip.onnx", output_name="probabilities")
     np.testing.assert_array_equal(clf.predict(x), expected(x))
+
+
+def test_label_and_probabilities_pair_picks_the_label_when_they_agree(tmp_path, caplog):
+    """skl2onnx zipmap=False / onnxmltools: int64 'label' [N] + 'probabilities' [N, K] was refused as ambiguous."""
+    with caplog.at_level(logging.INFO, logger="rs_onnx.model_io"):
+        clf = load(tmp_path, om.sklearn_like_model(W, B, zipmap=False), name="nozip.onnx")
+    assert clf.output_name == "label" and clf.output_kind == "indices" and clf.num_classes == W.shape[0]
+    x = rand(40, 12)
+    np.testing.assert_array_equal(clf.predict(x), expected(x))
+    msg = next(r.getMessage() for r in caplog.records if "using 'label'" in r.getMessage())
+    assert "equals the argmax of 'probabilities' on all 8 load-time trial inputs" in msg
+    assert all(r.levelno < logging.WARNING for r in caplog.records if r.name == "rs_onnx.model_io")
+
+
+def _disagreeing_pair(labels=None):
+    """'label' from a LinearClassifier and 'probabilities' = Softmax(-scores): argmax disagrees with the label."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    k = W.shape[0]
+    nodes = [
+        h.make_node(
+            "LinearClassifier",
+            ["x"],
+            ["label", "raw"],
+            domain="ai.onnx.ml",
+            coefficients=W.ravel().tolist(),
+            intercepts=B.tolist(),
+            classlabels_ints=labels or list(range(k)),
+        ),
+        h.make_node("Neg", ["raw"], ["neg"]),
+        h.make_node("Softmax", ["neg"], ["probabilities"], axis=1),
+    ]
+    g = h.make_graph(
+        nodes,
+        "g",
+        [h.make_tensor_value_info("x", T.FLOAT, ["N", W.shape[1]])],
+        [
+            h.make_tensor_value_info("label", T.INT64, ["N"]),
+            h.make_tensor_value_info("probabilities", T.FLOAT, ["N", k]),
+        ],
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13), h.make_opsetid("ai.onnx.ml", 1)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_label_and_probabilities_that_disagree_keep_the_label_and_warn(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="rs_onnx.model_io"):
+        clf = load(tmp_path, _disagreeing_pair(), name="svc_like.onnx")
+    assert clf.output_name == "label"
+    x = rand(30, 12)
+    np.testing.assert_array_equal(clf.predict(x), expected(x))  # the label: the model's own decision
+    warn = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warn) == 1 and "differs from the argmax of 'probabilities' on 8 of 8" in warn[0]
+    assert "--output-name probabilities" in warn[0] and "\n" not in warn[0]
+    # class labels that are not 0..K-1: K is unknown (indices 30, 31, ... are not counted as "no class")
+    clf = load(tmp_path, _disagreeing_pair(list(range(30, 30 + W.shape[0]))), name="shifted.onnx")
+    assert clf.output_name == "label" and clf.num_classes is None
+    np.testing.assert_array_equal(clf.predict(x), expected(x) + 30)
+
+
+def test_ambiguous_outputs_name_the_flag(tmp_path):
+    path = om.save(om.two_output_model(W, B), tmp_path / "two.onnx")
+    with pytest.raises(ModelError, match="--output-name"):
+        OnnxClassifier(path, device="cpu")
 
 
 def test_output_not_shaped_like_classes(tmp_path):

@@ -146,8 +146,14 @@ def test_bash_block_runs_as_written(workspace, page, index, body):
     for needle, module in REQUIRES.items():
         if needle in body:
             pytest.importorskip(module, reason=f"{_rel(page)} bash block {index} needs {module} (an extra)")
+    ran = workspace[2].setdefault(page, set())
+    for case in CASES:  # the page's earlier blocks make the files this one uses (when deselected by -m or -k)
+        earlier_page, i, earlier = case.values
+        if earlier_page == page and i < index and i not in ran and earlier.strip() not in NOT_RUN:
+            assert _run(workspace, page, earlier).returncode == 0, f"{_rel(page)} bash block {i} failed"
+            ran.add(i)
     res = _run(workspace, page, body)
-    workspace[2].setdefault(page, set()).add(index)
+    ran.add(index)
     assert res.returncode == 0, (
         f"{_rel(page)} bash block {index} exited {res.returncode}:\n{body}\n"
         f"--- stdout (tail) ---\n{res.stdout[-3000:]}\n--- stderr (tail) ---\n{res.stderr[-3000:]}"

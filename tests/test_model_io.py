@@ -118,9 +118,15 @@ def test_resolve_shape():
 # ------------------------------------------------------------------ the output
 def test_choose_output_names_the_candidates():
     m = proto([("x", T.FLOAT, ["N", 3])], [("a", T.FLOAT, ["N", 3]), ("b", T.INT64, ["N"]), ("c", T.FLOAT, ["N", 1])])
-    outs = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(2, np.int64), "c": np.zeros((2, 1), np.float32)}
-    with pytest.raises(ModelError, match="2 outputs could be the classes.*pass output_name"):
+    # scores and indices that disagree (argmax 0, index 1), no ai.onnx.ml classifier: ambiguous, the flag named
+    outs = {"a": np.zeros((2, 3), np.float32), "b": np.ones(2, np.int64), "c": np.zeros((2, 1), np.float32)}
+    with pytest.raises(ModelError, match="2 outputs could be the classes.*differs from.*pass --output-name NAME"):
         choose_output(m, outs, 2, None, "m")
+    agreeing = {**outs, "a": np.array([[0, 1, 0], [0, 2, 1]], np.float32)}  # argmax 1, 1: the index output agrees
+    assert choose_output(m, agreeing, 2, None, "m") == ClassOutput("b", "indices", 3, np.dtype(np.int64), ())
+    # agreement is checked on every trial run, not only the first
+    with pytest.raises(ModelError, match="differs from the argmax of 'a' on 2 of 4"):
+        choose_output(m, agreeing, 2, None, "m", trials=[outs])
     got = choose_output(m, outs, 2, "a", "m")
     assert got == ClassOutput("a", "scores", 3, np.dtype(np.float32), (3,))
     assert choose_output(m, outs, 2, "b", "m").kind == "indices"

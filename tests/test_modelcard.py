@@ -330,7 +330,7 @@ def test_channel_order_flag_and_yaml_key(tmp_path, capsys):
     )
     assert code == 0 and json.loads(Path(f"{out}.meta.json").read_text())["clean_accuracy"]["accuracy"] < 1.0
     code, _, err = run(capsys, ["certify", str(model), str(tmp_path / "d.npz"), *CERTIFY, "--channel-order", "gbr"])
-    assert code == 2 and "gbr" in err  # a bad choice is a usage error
+    assert code == 2 and "gbr" in err  # a choice not offered: a usage error
 
 
 # ------------------------------------------------------------------ --resize HxW
