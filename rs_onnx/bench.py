@@ -72,7 +72,8 @@ def _sigma(cfg: RunConfig, clf) -> float:
 
 def bench_config(flags: dict) -> RunConfig:
     """The RunConfig of ``rs-onnx bench``'s flags (None: not given) over the YAML file ``config_path`` (certify's
-    keys): the bundled digits model and data without MODEL; ``batch_size`` an integer or "auto"."""
+    keys): the bundled digits model and data without MODEL; ``batch_size`` an integer or "auto". A model whose
+    input dims are symbolic takes DATA's per-example shape, as certify does (or ``input_shape``)."""
     from .config import build_config, load_yaml
     from .guard import check_path_name
     from .run import bundled
@@ -96,7 +97,12 @@ def bench_config(flags: dict) -> RunConfig:
             values["batch_size"] = None if text == "auto" else int(text)
         except ValueError:
             raise ConfigError(f"--batch-size {batch!r}: expected a positive integer or auto") from None
-    return build_config({}, values)[0]
+    cfg = build_config({}, values)[0]
+    if cfg.data is not None:  # symbolic dims (an optimum export's [batch, channels, height, width]): the data's shape
+        from .shapes import from_config
+
+        cfg = from_config(cfg)[0]
+    return cfg
 
 
 def bench(cfg: RunConfig, *, seconds: float = 10.0, rounds: int = 3) -> dict:
@@ -110,8 +116,8 @@ def bench(cfg: RunConfig, *, seconds: float = 10.0, rounds: int = 3) -> dict:
 
     if cfg.model is None:
         raise ConfigError("bench: no model; expected MODEL (an .onnx file)")
-    if seconds <= 0 or rounds < 1:
-        raise ConfigError(f"bench: seconds={seconds} rounds={rounds}; expected seconds > 0 and rounds >= 1")
+    if not seconds > 0 or rounds < 1:  # NaN too: it compares false with everything
+        raise ConfigError(f"bench --seconds {seconds} (rounds {rounds}): expected seconds > 0 and rounds >= 1")
     if cfg.cuda_graph and cfg.batch_size is None:
         raise ConfigError("bench --cuda-graph: no --batch-size; expected the batch size the CUDA graph is captured at")
     t_start = time.perf_counter()

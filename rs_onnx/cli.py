@@ -779,7 +779,8 @@ def inspect(ctx, model, input_name, output_name, input_shape, preprocessor, devi
         preprocessor=preprocessor,
     )
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
-    if "problem" in report:
+    if "problem" in report:  # the report on stdout; the one error line on stderr, as every failure has
+        click.echo(f"rs-onnx: error: {escape(report['problem'])}", err=True)
         ctx.exit(1)
 
 
@@ -978,6 +979,9 @@ def analyze(results, radii, labels, fmt, plot, radius_column, norm, as_json, con
 @click.option("--cudnn-algo-search", type=Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]), help="CUDA: cuDNN's search.")
 @click.option("--prefer-nhwc", is_flag=True, default=None, help="CUDA: the provider's NHWC convolutions.")
 @click.option("--tensorrt", is_flag=True, default=None, help="CUDA: the TensorRT provider when present.")
+@click.option("--input-shape", help="Per-example input shape for symbolic dims (default: DATA's), e.g. 3,224,224.")
+@click.option("--resize", help="Image files: shorter side N, or HxW (as certify).")
+@click.option("--center-crop", help="Image files: crop N or HxW from the centre after --resize (as certify).")
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with any of certify's options.")
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="About how long the measured rounds take.")
 @click.option("--json", "as_json", is_flag=True, help="The result as JSON on stdout.")

@@ -390,8 +390,19 @@ def build_config(yaml_values: dict[str, Any], flags: dict[str, Any]) -> tuple[Ru
     preset_keys = set(PRESETS[cfg.preset]) if cfg.preset in PRESETS else set()
     card = card_values(cfg.model, cfg.preprocessor, explicit | preset_keys, cfg.input_name, cfg.data)
     if card:
+        check_card({k: v for k, v in card.items() if k != "preprocessor"}, card.get("preprocessor") or cfg.preprocessor)
         cfg = RunConfig(**{**cfg.to_dict(), **card})
     return cfg.validate(), explicit
+
+
+def check_card(values: dict[str, Any], source: str | None) -> None:
+    """A model card's values (rs_onnx.modelcard) checked on their own, so that a bad one (std 0 or NaN, a 2-value
+    mean for a 3-value std, a resize beyond 65535) is refused naming the card, not as if a flag had given it."""
+    try:
+        RunConfig(**values).validate()
+    except ConfigError as e:
+        where = f"preprocessor config {escape(source)}" if source else "the model's graph"
+        raise ConfigError(f"{where}: {e} (the values it gives; --preprocessor none ignores it)") from None
 
 
 def dump_yaml(cfg: RunConfig) -> str:

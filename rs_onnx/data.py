@@ -715,6 +715,13 @@ class ImageFiles(Dataset):
                 first[(c, h, w)] = int(i)
                 if len(first) > 1:
                     (s1, i1), (s2, i2) = list(first.items())[:2]
+                    if s1[1:] == s2[1:]:  # one size, channel counts differ (grey and colour files; symbolic C)
+                        c = max(s1[0], s2[0])
+                        raise DataError(
+                            f"images with different channel counts: {_show(self.files[i1])} has {s1[0]}, "
+                            f"{_show(self.files[i2])} has {s2[0]}; expected one count: give --input-shape "
+                            f"{c},{s1[1]},{s1[2]} (the model's channels; the others are converted to it)"
+                        )
                     raise DataError(
                         f"images of different sizes: {_show(self.files[i1])} is {s1[2]}x{s1[1]} "
                         f"({s1[0]} channels), {_show(self.files[i2])} is {s2[2]}x{s2[1]} ({s2[0]} channels)"
@@ -1070,6 +1077,8 @@ def load_data(
             f"{kind}; expected {', '.join(sorted(allowed)) or 'no data options'} for this layout "
             "(see rs-onnx certify --help)"
         )
+    if resample != "bilinear" and transform.resize is None:
+        log.warning("--resample %s has no effect without --resize (images are not resized)", resample)
     if kind == "folder":
         return load_folder(
             p, transform, size, labels=labels, label=label, classes=classes, label_from_filename=label_from_filename

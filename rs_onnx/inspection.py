@@ -9,6 +9,7 @@ import yaml
 
 from . import graph
 from .errors import RsOnnxError
+from .guard import escape
 
 
 def _probe(clf) -> dict:
@@ -73,6 +74,7 @@ def inspect_model(
     preprocessing comes from, and whether it is a guess."""
     from . import modelcard, shapes
     from .classifier import OnnxClassifier
+    from .config import check_card
 
     path = Path(path)
     model = graph.load_model(path)
@@ -82,6 +84,8 @@ def inspect_model(
     try:
         card_path = modelcard.find_card(str(path), preprocessor)
         card = modelcard.read_card(card_path) if card_path is not None else None
+        if card is not None:  # never suggest what certify would refuse (std 0, resize 8e9)
+            check_card(card.values, card.source)
         given = None if input_shape is None else shapes.parse_input_shape(input_shape)
     except RsOnnxError as e:
         report["problem"] = str(e)
@@ -234,7 +238,9 @@ def render(report: dict) -> str:
             f"classes    {len(names)} names from config.json (id2label): {', '.join(names[:5])}"
             + (", ..." if len(names) > 5 else "")
         )
-    if "suggested_config" in report:
+    # untrusted text (producer, input/output names, class names) can neither split a line nor forge one
+    lines = [escape(line) for line in lines]
+    if "suggested_config" in report:  # YAML quotes and indents what it holds
         lines += [
             "",
             f"# suggested config: preprocessing {report.get('basis', 'from the defaults')}",

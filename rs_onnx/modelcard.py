@@ -66,11 +66,17 @@ def find_card(model: str | None, preprocessor: str | None) -> Path | None:
         if str(preprocessor).strip().lower() == "none":
             return None
         p = Path(preprocessor)
-        if not p.is_file():
-            raise ConfigError(
-                f"--preprocessor {escape(preprocessor)}: {'a directory' if p.is_dir() else 'not found'}; "
-                f"expected a {CARD_FILE} file (or none)"
+        if not str(preprocessor).strip() or not p.is_file():
+            what = (
+                "empty"
+                if not str(preprocessor).strip()
+                else "a directory"
+                if p.is_dir()
+                else "not a regular file (a device or pipe)"
+                if p.exists()
+                else "not found"
             )
+            raise ConfigError(f"--preprocessor {escape(preprocessor)!r}: {what}; expected a {CARD_FILE} file (or none)")
         return p
     if model is None:
         return None
@@ -93,6 +99,16 @@ def _numbers(card: dict, key: str, src: str) -> list[float]:
     return [float(t) for t in values]
 
 
+def _flag(card: dict, key: str, src: str, default: bool = False) -> bool:
+    """A processor's ``do_*`` switch: JSON true/false (a string such as "false" would read as true)."""
+    v = card.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ConfigError(f"{src}: {key} = {escape(repr(v))[:60]}; expected true or false")
+    return v
+
+
 def _size(value: Any, key: str, src: str, square: bool) -> tuple[str, Any]:
     """("edge", N) for a shorter side, ("hw", (H, W)) for an exact size, from a processor's size dict or int."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -112,31 +128,43 @@ def _size(value: Any, key: str, src: str, square: bool) -> tuple[str, Any]:
 
 def read_card(path: Path) -> Card:
     """RunConfig values from a Hugging Face image processor's config (transformers' ViT, DeiT, BEiT, ConvNeXt,
-    ResNet, MobileViT, CLIP... processors: rescale, normalize, resize, crop, channel flip)."""
+    ResNet, MobileViT, CLIP... processors: rescale, normalize, resize, crop, channel flip). A value it cannot
+    read is refused naming the way around it (--preprocessor none, then the flags)."""
+    try:
+        return _read_card(path)
+    except ConfigError as e:
+        if "--preprocessor none" in str(e):
+            raise
+        raise ConfigError(f"{e} (--preprocessor none ignores the file; then give the preprocessing as flags)") from None
+
+
+def _read_card(path: Path) -> Card:
     src = escape(path)
     card = _read_json(path, "preprocessor config", " (--preprocessor none ignores it)")
     kind = str(card.get("image_processor_type") or card.get("feature_extractor_type") or "").lower()
     square = any(kind.startswith(k) for k in SQUARE_BY_DEFAULT)
     values: dict[str, Any] = {}
-    rescale = card.get("do_rescale", True)
+    rescale = _flag(card, "do_rescale", src, True)
     factor = _number(card, "rescale_factor", src) if "rescale_factor" in card else 1 / 255
     scale = 255.0 * factor if rescale else 255.0
     values["scale"] = 1.0 if abs(scale - 1.0) < 1e-9 else scale
     # EfficientNet's processor: rescale_offset subtracts 1 after rescaling; include_top (its default) divides
     # by image_std a second time after normalising
-    offset = 1.0 if rescale and card.get("rescale_offset") else 0.0
-    if card.get("do_normalize"):  # absent: the processor does not normalise (MobileViT saves a mean it never uses)
+    offset = 1.0 if rescale and _flag(card, "rescale_offset", src) else 0.0
+    if _flag(
+        card, "do_normalize", src
+    ):  # absent: the processor does not normalise (MobileViT saves a mean it never uses)
         mean = _numbers(card, "image_mean", src) if "image_mean" in card else [0.0]
         std = _numbers(card, "image_std", src) if "image_std" in card else [1.0]
-        if card.get("include_top", kind.startswith("efficientnet")):
+        if _flag(card, "include_top", src, kind.startswith("efficientnet")):
             std = [s * s for s in std]
         values["mean"], values["std"] = [m + offset for m in mean], std
     else:
         values["mean"], values["std"] = [offset], [1.0]
-    if card.get("do_flip_channel_order"):
+    if _flag(card, "do_flip_channel_order", src):
         values["channel_order"] = "bgr"
     resize: int | str | None = None
-    if card.get("do_resize", "size" in card) and "size" in card:
+    if _flag(card, "do_resize", src, "size" in card) and "size" in card:
         how, size = _size(card["size"], "size", src, square)
         crop_pct = card.get("crop_pct")
         if how == "edge" and isinstance(crop_pct, (int, float)) and not isinstance(crop_pct, bool) and crop_pct > 0:
@@ -159,7 +187,7 @@ def read_card(path: Path) -> Card:
             if isinstance(resample, bool) or resample not in RESAMPLE:
                 raise ConfigError(f"{src}: resample = {escape(repr(resample))[:40]}; expected a PIL filter code 0 to 5")
             values["resample"] = RESAMPLE[resample]
-    if card.get("do_center_crop") and card.get("crop_size") is not None:
+    if _flag(card, "do_center_crop", src) and card.get("crop_size") is not None:
         _, crop = _size(card["crop_size"], "crop_size", src, True)
         values["center_crop"] = f"{crop[0]}x{crop[1]}"
     return Card(str(path), values)
@@ -183,9 +211,17 @@ def class_names(model: str | None, preprocessor: str | None = None) -> list[str]
         try:
             by_id = {int(k): str(v) for k, v in labels.items()}
         except (TypeError, ValueError):
-            continue
-        if sorted(by_id) == list(range(len(by_id))):
+            by_id = {}
+        if by_id and sorted(by_id) == list(range(len(by_id))):
             return [by_id[i] for i in range(len(by_id))]
+        keys = ", ".join(escape(repr(k))[:20] for k in list(labels)[:4])
+        log.warning(
+            "%s: id2label keys %s%s are not the class ids 0 to %d; class names not used",
+            escape(path),
+            keys,
+            ", ..." if len(labels) > 4 else "",
+            len(labels) - 1,
+        )
     return None
 
 

@@ -32,7 +32,8 @@ def parse_input_shape(value) -> tuple[str | None, list[int]]:
             name = head.strip() or None
         body = text.strip()
         body = body[1:-1] if body.startswith("[") and body.endswith("]") else body
-        parts = [p for p in re.split(r"[,x\s]+", body.strip().lower()) if p] if "[" not in body else ["bad"]
+        # an empty dim ("3,,224", "3,224,") is refused, not dropped: it would pass as a shorter shape
+        parts = re.split(r"\s*[,x]\s*|\s+", body.strip().lower()) if "[" not in body else ["bad"]
     dims: list[int] = []
     for p in parts:
         if isinstance(p, bool):
@@ -61,7 +62,8 @@ def per_example(rest, given, model_name: str, input_name: str) -> tuple[int, ...
     declared dims must match. Raises ConfigError naming ``--input-shape`` and the declared dims."""
     from .graph import format_dims
 
-    dims = tuple(int(v) for v in given)
+    given = parse_input_shape(given)[1]  # the API's tuple checked as the flag is: 8.5, 0, -1, True refused
+    dims = tuple(given)
     if len(dims) == len(rest) + 1:
         dims = dims[1:]  # [N, ...] given: the batch dim is the run's own
     if len(dims) != len(rest) or any(isinstance(d, int) and d > 0 and d != o for d, o in zip(rest, dims)):
