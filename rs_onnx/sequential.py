@@ -314,8 +314,9 @@ def run_looks(
     removes looks from a plan fixed in advance, so none changes the level.
 
     ``best_look`` (recorded as a row's ``look``, ``look_nA``): union bound, the look with the best
-    Clopper-Pearson bound; calibrated, the earliest look that crossed the largest threshold certified (its
-    count alone justifies the radius), or while none is certified the best Clopper-Pearson bound.
+    Clopper-Pearson bound; calibrated, the latest look that crossed the largest threshold certified (its count
+    alone justifies the radius; the last look made whenever it does, so that its count is checked too), or
+    while none is certified the best Clopper-Pearson bound.
     """
     sizes, alphas = plan.schedule.sizes, plan.schedule.alphas
     m, last = len(plan.radii), len(sizes) - 1
@@ -352,11 +353,11 @@ def run_looks(
         lower = stats.cp_lower(k, np.full_like(k, n_j), alphas[j])
         up = lower > best[active]
         best[active[up]] = lower[up]
-        before = out.certified[active]
-        c = np.maximum(before, (k[:, None] >= plan.k_cert[j][None, :]).sum(axis=1))
+        crossed = (k[:, None] >= plan.k_cert[j][None, :]).sum(axis=1)
+        c = np.maximum(out.certified[active], crossed)
         out.certified[active] = c
-        if plan.calibrated:  # the look that justifies the radius: the earliest to cross the largest threshold
-            up = (c > before) | ((c == 0) & up)  # (none certified: the best Clopper-Pearson bound so far)
+        if plan.calibrated:  # a look that justifies the radius: the latest to cross the largest threshold
+            up = np.where(c > 0, crossed == c, up)  # (none certified: the best Clopper-Pearson bound so far)
         out.best_look[active[up]], out.best_n_a[active[up]] = j, k[up]
         nxt = np.minimum(np.maximum(c, plan.first), m - 1)  # the smallest radius asked for, not yet certified
         done = c == m
@@ -655,7 +656,7 @@ def certificate_from_row(
     the last look made, ``look_n_a`` at the deciding look ``look`` (1-based; 0: none; see :func:`run_looks`).
 
     Union-bound plans (precision mode) report that look's bound. Calibrated plans certify a threshold at any
-    look whose count crosses its cutoff, and a run records the earliest look that crossed its largest one,
+    look whose count crosses its cutoff, and a run records the latest look that crossed its largest one,
     so the thresholds ``look_n_a`` crosses (or the last look's count, if more) are the run's: every row of an
     honest file is reproduced exactly, and a larger radius is not justified by its counts. ``predict`` stands
     for the guess (any class when the row abstains: the guess only decides whether the answer is a class)."""
