@@ -42,9 +42,12 @@ CERTIFY_COLUMNS = COHEN_COLUMNS + (
 )
 """alpha_pA: the level of pA_lower (alpha; alpha/2 with --bound best; the deciding look's level in sequential runs)."""
 SEQUENTIAL_COLUMNS = CERTIFY_COLUMNS + ("look", "look_n", "look_nA", "samples")
-"""Sequential CERTIFY: pA_lower = Clopper-Pearson lower bound of look_nA in look_n at level alpha_pA, from look
-number ``look`` (1-based; 0 when no look was made); ``samples``: every sample spent on the example, selection
-(``n0``, as drawn: adaptive selection may stop early, 0 with --guess label) and estimation (``n``)."""
+"""Sequential CERTIFY: ``look`` (1-based; 0 when no look was made) is the deciding look, of ``look_nA`` in
+``look_n``. Union bound (--precision): pA_lower is the Clopper-Pearson lower bound of look_nA in look_n at level
+alpha_pA. Calibrated (--radii): pA_lower is the threshold of the largest radius certified, and look the latest
+look whose count crossed it (none certified: the look of the best Clopper-Pearson bound). ``samples``: every sample
+spent on the example, selection (``n0``, as drawn: adaptive selection may stop early, 0 with --guess label) and
+estimation (``n``)."""
 
 
 def radius_norms(noise: str) -> dict[str, str]:

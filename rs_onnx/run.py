@@ -764,8 +764,6 @@ def _resume(
         from .verify import verify_file
 
         verdict = verify_file(out, inputs=False, torn_tail_ok=True)  # before anything is cut or appended
-        if verdict.unchecked_rows and not verdict.refused:
-            log.warning("--resume: %s", verdict.line())
         if verdict.refused:
             raise ConfigError(
                 f"--resume: {verdict.line()}; expected the rows as the run wrote them (`rs-onnx verify {out}` "

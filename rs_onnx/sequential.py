@@ -239,12 +239,12 @@ def _cached_plan(
 
 @dataclass
 class Outcome:
-    """Per-example state of the looks: counts, thresholds certified, best look and why sampling stopped."""
+    """Per-example state of the looks: counts, thresholds certified, the deciding look and why sampling stopped."""
 
     n_a: np.ndarray
     n: np.ndarray
     certified: np.ndarray  # number of plan thresholds certified (0: not even radius 0)
-    best_look: np.ndarray  # look with the largest lower bound (-1: none made)
+    best_look: np.ndarray  # the deciding look (-1: none made): see :func:`run_looks`
     best_n_a: np.ndarray  # count of A at that look
     looks: np.ndarray
     stopped: list[str]
@@ -312,6 +312,11 @@ def run_looks(
     when its radius is settled to eps. ``budget``: most estimation samples in all; when the next look costs
     more than is left, the most promising examples make it and the others stop ("budget"). Every rule only
     removes looks from a plan fixed in advance, so none changes the level.
+
+    ``best_look`` (recorded as a row's ``look``, ``look_nA``): union bound, the look with the best
+    Clopper-Pearson bound; calibrated, the latest look that crossed the largest threshold certified (its count
+    alone justifies the radius; the last look made whenever it does, so that its count is checked too), or
+    while none is certified the best Clopper-Pearson bound.
     """
     sizes, alphas = plan.schedule.sizes, plan.schedule.alphas
     m, last = len(plan.radii), len(sizes) - 1
@@ -347,9 +352,13 @@ def run_looks(
         k = out.n_a[active]
         lower = stats.cp_lower(k, np.full_like(k, n_j), alphas[j])
         up = lower > best[active]
-        best[active[up]], out.best_look[active[up]], out.best_n_a[active[up]] = lower[up], j, k[up]
-        c = np.maximum(out.certified[active], (k[:, None] >= plan.k_cert[j][None, :]).sum(axis=1))
+        best[active[up]] = lower[up]
+        crossed = (k[:, None] >= plan.k_cert[j][None, :]).sum(axis=1)
+        c = np.maximum(out.certified[active], crossed)
         out.certified[active] = c
+        if plan.calibrated:  # a look that justifies the radius: the latest to cross the largest threshold
+            up = np.where(c > 0, crossed == c, up)  # (none certified: the best Clopper-Pearson bound so far)
+        out.best_look[active[up]], out.best_n_a[active[up]] = j, k[up]
         nxt = np.minimum(np.maximum(c, plan.first), m - 1)  # the smallest radius asked for, not yet certified
         done = c == m
         futile = ~done & (n_j - k > plan.slack[j, nxt])
@@ -644,14 +653,13 @@ def certificate_from_row(
     plan: Plan, predict: int, n_a: int, n: int, look: int, look_n_a: int, n0: int, nonfinite: int, dim: int
 ) -> SequentialCertificate:
     """The certificate that one row's counts justify under ``plan`` (``rs-onnx verify``): ``n_a`` of ``n`` at
-    the last look made, ``look_n_a`` at the look ``look`` with the best Clopper-Pearson bound (1-based; 0: none).
+    the last look made, ``look_n_a`` at the deciding look ``look`` (1-based; 0: none; see :func:`run_looks`).
 
-    Union-bound plans (precision mode) report that look's bound: the row is reproduced exactly. Calibrated
-    plans certify a threshold at any look whose count crosses its cutoff; the file holds the counts of the
-    last look made and of the best look, so the thresholds counted here are those these two looks cross, a
-    lower bound on the run's (equal to it whenever the run stopped at the look that completed its radii, or
-    no earlier look crossed more). ``predict`` stands for the guess (any class when the row abstains: the
-    guess only decides whether the answer is a class)."""
+    Union-bound plans (precision mode) report that look's bound. Calibrated plans certify a threshold at any
+    look whose count crosses its cutoff, and a run records the latest look that crossed its largest one,
+    so the thresholds ``look_n_a`` crosses (or the last look's count, if more) are the run's: every row of an
+    honest file is reproduced exactly, and a larger radius is not justified by its counts. ``predict`` stands
+    for the guess (any class when the row abstains: the guess only decides whether the answer is a class)."""
     sizes = plan.schedule.sizes
     j = look - 1
     certified = 0

@@ -43,19 +43,16 @@ class Verdict:
     bad: list[tuple[int, int, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     unchecked: str | None = None
-    unchecked_rows: list[tuple[int, int, str]] = field(default_factory=list)
-    """Rows whose values the file's counts cannot decide (never reported as reproduced)."""
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """Every row reproduced and nothing wrong with the file."""
-        return not self.bad and not self.problems and self.unchecked is None and not self.unchecked_rows
+        return not self.bad and not self.problems and self.unchecked is None
 
     @property
     def refused(self) -> bool:
-        """Rows that do not reproduce or a file that is not what the run wrote (--resume refuses it); rows
-        that only cannot be checked do not refuse."""
+        """Rows that do not reproduce or a file that is not what the run wrote (--resume refuses it)."""
         return bool(self.bad or self.problems or self.unchecked is not None)
 
     @property
@@ -75,11 +72,7 @@ class Verdict:
             _, lineno, why = self.bad[0]
             what.append(f"{len(self.bad)} of {self.rows} rows do not reproduce (first: line {lineno}: {why})")
         what += self.problems
-        if self.unchecked_rows:
-            _, lineno, why = self.unchecked_rows[0]
-            what.append(f"{len(self.unchecked_rows)} rows unchecked (first: line {lineno}: {why})")
-        verdict = "NOT REPRODUCED" if self.refused else "NOT ALL CHECKED"
-        return f"{self.path}: {verdict}: {'; '.join(what)}{extra}"
+        return f"{self.path}: NOT REPRODUCED: {'; '.join(what)}{extra}"
 
 
 def verify_file(path: str | Path, *, inputs: bool = True, torn_tail_ok: bool = False) -> Verdict:
@@ -350,7 +343,8 @@ def _runner_up(run: _Run, n_as: list[int], p_bs: list[float]) -> list[int]:
 
 
 def _sequential_rows(run: _Run, parsed: list, v: Verdict):
-    """Sequential CERTIFY rows: the run's plan, then the certificate of the deciding and the last look."""
+    """Sequential CERTIFY rows: the run's plan, then the certificate of the deciding look (its count alone
+    justifies the radius: see :func:`rs_onnx.sequential.run_looks`) and the last look."""
     from .sequential import certificate_from_row, run_plan
 
     cfg = run.cfg
@@ -398,21 +392,8 @@ def _sequential_rows(run: _Run, parsed: list, v: Verdict):
             )
         cert = cache[key]
         pred = cert.predict if cert.predict == ABSTAIN else max(predict, 0)
-        if plan.calibrated and _claims_more(row, cert.radius, plan.radii):
-            # a threshold crossed at a look whose count the file does not hold: not reproducible from the row
-            v.unchecked_rows.append((k, k + 2, f"radius {row['radius']} from a look the file holds no count of"))
-            continue
         answer = dataclasses.replace(cert, predict=pred, nonfinite=nonfinite, n0=n0)
         yield k, row, _expected("certify", idx, label, answer)
-
-
-def _claims_more(row: dict, justified: float, radii: tuple[float, ...]) -> bool:
-    """True when a calibrated sequential row reports a larger planned radius than its recorded counts justify."""
-    try:
-        claimed = float(row["radius"])
-    except ValueError:
-        return False
-    return claimed > justified and any(claimed == r for r in radii)
 
 
 def _predict_rows(run: _Run, parsed: list, v: Verdict):

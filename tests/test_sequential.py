@@ -607,3 +607,39 @@ def test_radius_zero_reachable_only_when_every_sample_is_a_is_still_sampled():
         _smoothed(Constant(3), 0.25), [np.zeros(4, np.float32)], None, 10, 2, 0.3, (), schedule=sched
     )
     assert (c.predict, c.n, c.n_a, c.stopped) == (3, 2, 2, "certified")
+
+
+@pytest.mark.parametrize("early", ["betting", "cp"])
+def test_every_calibrated_outcome_is_reproduced_from_its_recorded_counts(early):
+    """What ``rs-onnx verify`` recomputes (certificate_from_row from n, nA, look, look_nA) is what the run
+    reported, for 3,000 Bernoulli runs around the thresholds of six radii; the recorded look crosses the
+    largest threshold certified, and is the last look whenever that one does too."""
+    from rs_onnx.sequential import _certificate, certificate_from_row
+
+    radii = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+    plan = make_plan(geometric_schedule(1000, 0.001, looks=8), 1.5, radii, calibrate=True, early=early)
+    sizes, trials = np.asarray(plan.schedule.sizes), 3000
+    p = norm.cdf(np.linspace(0.0, 0.6, trials) / 1.5)[:, None]
+    draws = np.random.default_rng(7).binomial(np.diff(sizes, prepend=0)[None, :], p)
+    out = run_looks(plan, lambda j, idx: draws[idx, j], np.arange(trials), trials)
+    cum = np.cumsum(draws, axis=1)
+    crossed = (cum[:, :, None] >= plan.k_cert[None]).sum(axis=2)  # [trials, looks]
+    t = np.arange(trials)
+    assert np.all(out.best_look >= 0)
+    assert np.array_equal(crossed[t, out.best_look], out.certified)
+    last_crosses = (out.certified > 0) & (crossed[t, out.looks - 1] == out.certified)
+    assert np.all(out.best_look[last_crosses] == out.looks[last_crosses] - 1)
+    neither = (out.certified > 0) & (crossed[t, out.looks - 1] < out.certified)
+    assert neither.sum() > 0  # runs whose last look alone would not justify their radius
+    for i in range(trials):
+        run = _certificate(plan, out, i, 1, 0, np.zeros(2, np.int64), np.zeros(2, np.int64))
+        row = certificate_from_row(
+            plan, run.predict, run.n_a, run.n, run.look, run.look_n_a, 0, 0, 1
+        )  # what verify recomputes
+        assert (row.predict, row.radius, row.p_a_lower, row.alpha_p_a, row.look_n) == (
+            run.predict,
+            run.radius,
+            run.p_a_lower,
+            run.alpha_p_a,
+            run.look_n,
+        ), i

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rs_onnx.verify import verify_file
@@ -236,3 +237,69 @@ def test_the_digest_stays_valid_across_resume(runs, tmp_path):
     meta = json.loads(Path(str(out) + ".meta.json").read_text())
     assert meta["rows_digest"]["rows"] == 12 and meta["rows_digest"]["bytes"] == out.stat().st_size
     assert verify_file(out).ok
+
+
+SCRIPT = (10, 17, 32, 56, 100, 180, 329, 590)  # cumulative count of the guess at looks 1..8 of 1,000 samples
+SCRIPT_ARGS = ["--sigma", "1.5", "--n0", "20", "--seed", "1", "--end", "4", "--n", "1000", "--sequential"]
+SCRIPT_ARGS += ["--looks", "8", "--radii", "0.05,0.1,0.15,0.2,0.3,0.5"]
+
+
+@pytest.fixture
+def scripted(tmp_path, monkeypatch) -> Path:
+    """A calibrated run with six radii whose every example counts SCRIPT: look 3 (32 of 37) crosses the largest
+    threshold certified (radius 0.2); the best Clopper-Pearson bound is at a later look and the run goes on to
+    look 8, both crossing one threshold fewer (the look that decides is neither of those)."""
+    from rs_onnx import sequential, stats
+
+    model, data = write_linear3(tmp_path)
+    plan = sequential.run_plan(
+        1000, 0.001, 8, None, sequential.FINAL_SHARE, 1.5, (0.05, 0.1, 0.15, 0.2, 0.3, 0.5), 0.01, None, "gaussian"
+    )
+    sizes, cum = np.asarray(plan.schedule.sizes), np.asarray(SCRIPT)
+    crossed = (cum[:, None] >= plan.k_cert).sum(axis=1)
+    lower = stats.cp_lower(cum, sizes, np.asarray(plan.schedule.alphas))
+    assert list(crossed) == [0, 0, 5, 4, 4, 4, 4, 4] and int(np.argmax(lower)) not in (2, 7), (crossed, lower)
+    real, steps = sequential.run_looks, np.diff(cum, prepend=0)
+
+    def run_looks(plan, sample, active, size, budget=None):
+        def counts(j, idx):
+            sample(j, idx)  # the samples are drawn as in any run (they feed the class totals)
+            return np.full(len(idx), steps[j], np.int64)
+
+        return real(plan, counts, active, size, budget)
+
+    monkeypatch.setattr(sequential, "run_looks", run_looks)
+    tsv = tmp_path / "scripted.tsv"
+    r = invoke_cli(["-q", "certify", model, data, *SCRIPT_ARGS, "--out", str(tsv)])
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(sequential, "run_looks", real)
+    return tsv
+
+
+def test_calibrated_rows_reproduce_from_the_look_that_decided(scripted):
+    table = rows(scripted)
+    head, body = table[0], table[1:]
+    classed = [r for r in body if r[head.index("predict")] != "-1"]
+    assert classed, "no example predicted"
+    for r in classed:  # the run records the look that crossed radius 0.2's threshold, not the best bound's
+        assert (r[head.index("radius")], r[head.index("look")], r[head.index("look_nA")]) == ("0.2", "3", "32")
+        assert r[head.index("n")] == "1000" and r[head.index("nA")] == "590"
+    r = invoke_cli(["verify", str(scripted)])
+    assert r.exit_code == 0 and f": reproduced: {len(body)} " in r.output, r.output
+
+
+@pytest.mark.parametrize("column,value", [("radius", "0.3"), ("look_nA", "31"), ("look", "4")])
+def test_a_calibrated_row_claiming_more_than_its_deciding_look_is_refused(scripted, column, value):
+    """One threshold higher than the recorded counts justify (or the count of a look that justifies less)."""
+    table = rows(scripted)
+    head = table[0]
+    row = next(r for r in table[1:] if r[head.index("predict")] != "-1")
+    row[head.index(column)] = value
+    if column == "look":
+        row[head.index("look_n")], row[head.index("look_nA")] = "72", "56"
+    write_rows(scripted, table)
+    edit_meta(scripted, lambda m: m.pop("rows_digest"))  # the recomputation alone catches it
+    v = verify_file(scripted)
+    assert not v.ok and len(v.bad) == 1, v.line()
+    r = invoke_cli(["verify", str(scripted)])
+    assert r.exit_code == 1 and "NOT REPRODUCED" in r.output and f"line {table.index(row) + 1}" in r.output
