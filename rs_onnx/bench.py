@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from .config import RunConfig
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def bench_config(flags: dict) -> RunConfig:
         try:
             values["batch_size"] = None if text == "auto" else int(text)
         except ValueError:
-            raise ConfigError(f"--batch-size {batch!r}: expected a positive integer or auto") from None
+            raise UsageError(f"--batch-size {batch!r}: expected a positive integer or auto") from None
     cfg = build_config({}, values)[0]
     if cfg.data is not None:  # symbolic dims (an optimum export's [batch, channels, height, width]): the data's shape
         from .shapes import from_config

@@ -3,6 +3,8 @@ counts beyond what the int64 counters hold are refused in one line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rs_onnx.cli import _main
@@ -11,6 +13,7 @@ from rs_onnx.errors import UsageError
 from rs_onnx.inputs import MAX_COUNT
 
 HUGE = "1000000000000000000000"
+DIGITS = Path(__file__).resolve().parents[1] / "rs_onnx" / "data" / "digits_cnn.onnx"
 
 
 def run(args, capsys) -> tuple[int, str]:
@@ -34,6 +37,7 @@ def one_error(err: str) -> str:
         (["certify", "--layout", "weird"], "is not one of"),
         (["analyze", "a.tsv", "--format", "word"], "is not one of"),
         (["certify", "--batch-size", "many"], "positive integer or auto"),
+        (["bench", str(DIGITS), "--batch-size", "many"], "positive integer or auto"),
         (["certify", "--n", HUGE], "int64 counters"),
         (["certify", "--n0", HUGE], "int64 counters"),
         (["certify", "--sequential", "--n-first", HUGE], None),
