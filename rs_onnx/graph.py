@@ -87,6 +87,17 @@ def load_model(path, *, load_external_data: bool = False) -> onnx.ModelProto:
     return model
 
 
+def header(path) -> onnx.ModelProto | None:
+    """The model at ``path`` without its external weights and unchecked, for a look at its inputs before the
+    load; None when it is not a readable model file (:func:`load_model` says why, later, in one line)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parser failure: load_model reports it with its own error
+        return None
+
+
 def _sorted_if_only_unsorted(model: onnx.ModelProto, name: str, err: Exception) -> onnx.ModelProto:
     """A model that onnx.checker rejects only because its nodes are not in topological order (as
     onnxruntime's float16 converter leaves them; onnxruntime itself sorts them): the same graph sorted,

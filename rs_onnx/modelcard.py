@@ -229,15 +229,10 @@ def graph_rescale(model: str | None, input_name: str | None = None) -> tuple[flo
     """(255, why) when the model's graph itself rescales 0..255 pixels: its first arithmetic op on the input is a
     Mul by 1/255 or 1/127.5, or a Div by 255 or 127.5 (Keras ``Rescaling``; through Cast/Identity/Transpose).
     None otherwise, or when the file is not a readable model (the loader says why later)."""
-    import onnx
-
     from . import graph
 
-    if model is None or not Path(model).is_file():
-        return None
-    try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception:  # noqa: BLE001 - the loader reports unreadable models with their own error
+    proto = graph.header(model)
+    if proto is None:
         return None
     inputs = graph.real_inputs(proto)
     names = [v.name for v in inputs]

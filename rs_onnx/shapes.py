@@ -165,15 +165,11 @@ def declared_input(model, input_name: str | None, extra_inputs) -> tuple[str, li
     any data is read); None when the file cannot be read here (the loader then says why)."""
     from pathlib import Path
 
-    import onnx
-
+    from .graph import header
     from .model_io import choose_input
 
-    if model is None or not Path(model).is_file():
-        return None
-    try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception:  # noqa: BLE001 - the loader reports unreadable models with their own error
+    proto = header(model)
+    if proto is None:
         return None
     extra = {k: np.asarray(v) for k, v in (extra_inputs or {}).items()}
     inp = choose_input(proto, Path(model).name, input_name, extra)
