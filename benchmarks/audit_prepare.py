@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_data import tiny_imagenet_model
-from rs_onnx import data, run
+from rs_onnx import data, images, run
 from rs_onnx.config import RunConfig
 
 
@@ -44,14 +44,14 @@ def image_folder(root: Path, count: int, shape: tuple[int, ...], suffix: str, cl
 def time_prepare(values: dict, checked: bool) -> tuple[float, int]:
     """(seconds, images decoded) of one audit prepare; ``checked``: every selected image decoded for the grid check."""
     cfg = RunConfig(**values, audit=True, n0=10, n=100, batch_size=110, device="cpu").validate()
-    saved, decode = data.ImageFiles.uint8_pixels, data.decode
+    saved, decode = data.ImageFiles.uint8_pixels, images.decode
     calls = [0]
 
     def counted(*a, **k):
         calls[0] += 1
         return decode(*a, **k)
 
-    data.decode = counted
+    images.decode = counted  # where ImageFiles looks it up
     if checked:
         data.ImageFiles.uint8_pixels = property(lambda self: False)  # type: ignore[method-assign,assignment]
     try:
@@ -59,7 +59,7 @@ def time_prepare(values: dict, checked: bool) -> tuple[float, int]:
         run.prepare(cfg)
         return time.perf_counter() - t, calls[0]
     finally:
-        data.ImageFiles.uint8_pixels, data.decode = saved, decode  # type: ignore[method-assign]
+        data.ImageFiles.uint8_pixels, images.decode = saved, decode  # type: ignore[method-assign]
 
 
 def main() -> None:

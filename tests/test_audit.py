@@ -579,13 +579,13 @@ def _png_folder(root: Path, count: int) -> Path:
 def test_prepare_does_not_decode_image_files_for_the_grid_check(digits, tmp_path, monkeypatch):
     """Image files are uint8 by construction: audit's prepare decodes only the first image (magnitude check)
     and the clean-accuracy ones, not every selected image; forcing the check decodes all of them again."""
-    from rs_onnx import data
+    from rs_onnx import data, images
 
     _, model, _ = digits
     count = run.CLEAN_EXAMPLES + 30
     folder = _png_folder(tmp_path / "f", count)
-    decode, calls = data.decode, []
-    monkeypatch.setattr(data, "decode", lambda *a, **k: calls.append(a[0]) or decode(*a, **k))
+    decode, calls = images.decode, []  # patched where ImageFiles looks it up
+    monkeypatch.setattr(images, "decode", lambda *a, **k: calls.append(a[0]) or decode(*a, **k))
     cfg = RunConfig(model=model, data=str(folder), audit=True, n0=10, n=100, batch_size=110).validate()
     p = run.prepare(cfg)
     assert p.data.uint8_pixels and len(p.indices) == count

@@ -194,7 +194,7 @@ def test_decompression_needs_room_on_disk(tmp_path, monkeypatch):
     x = np.zeros((1000, 3, 8, 8), np.uint8)
     np.savez_compressed(tmp_path / "c.npz", images=x, labels=np.zeros(1000, np.int64))
     usage = sh.disk_usage(tmp_path)
-    monkeypatch.setattr("rs_onnx.data.shutil.disk_usage", lambda p: usage._replace(free=(256 << 20) + 1000))
+    monkeypatch.setattr("rs_onnx.arrays.shutil.disk_usage", lambda p: usage._replace(free=(256 << 20) + 1000))
     with pytest.raises(DataError, match="room to decompress"):
         load_data(tmp_path / "c.npz")
 
