@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
-import math
-import os
-import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,71 +21,24 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from . import modelcard, shapes
+from .batches import DEFAULT_BATCH, group_size, largest_count, memory_check, memory_fits
+from .batches import memory_need  # noqa: F401 (re-exported: callers find it in rs_onnx.run)
+from .compose_cache import composed_model
 from .config import RunConfig
 from .data import Dataset, load_from_config
-from .errors import ConfigError, DataError, ModelError
-from .guard import escape
-from .outputs import RunFiles, RunLock, check_output, data_identity, read_rows
+from .errors import ConfigError, DataError
+from .model_defaults import image_geometry, resolve_noise, resolve_sigma
+from .outputs import RunFiles, RunLock, check_output, data_identity
 from .preprocess import Preprocessor, PreprocessSpec
-from .results import (
-    TsvWriter,
-    answer_row,
-    columns_for,
-    command_line,
-    meta_path,
-    radius_norms,
-    read_meta,
-    sha256_file,
-    versions,
-)
+from .provenance import build_meta
+from .results import TsvWriter, answer_row, columns_for
+from .resume import resume_state
 from .smoothing import SmoothedClassifier
 
 if TYPE_CHECKING:
     from .classifier import OnnxClassifier
 
 log = logging.getLogger(__name__)
-
-# Keys that must match for --resume to continue a run.
-RESUME_KEYS = (
-    "sigma",
-    "n0",
-    "n",
-    "alpha",
-    "seed",
-    "input_name",
-    "output_name",
-    "layout",
-    "scale",
-    "mean",
-    "std",
-    "dtype",
-    "channel_order",
-    "input_shape",
-    "label",
-    "bound",
-    "extra_inputs",
-    "sequential",
-    "radii",
-    "precision",
-    "looks",
-    "first_look",
-    "final_share",
-    "futility_beta",
-    "guess",
-    "denoiser",
-    "fp16",
-    "device_noise",
-    "audit",
-    "labels",
-    "classes",
-    "path_column",
-    "label_column",
-    "label_from_filename",
-    "resize",
-    "center_crop",
-    "resample",
-    "noise",
-)
 
 
 def bundled(name: str) -> str:
@@ -190,153 +138,8 @@ def open_smoothed(
     )
 
 
-def cache_dir() -> Path | None:
-    """This user's private cache folder for composed models (the platform's user cache dir, mode 0700),
-    or None when it cannot be made private (then nothing is cached)."""
-    try:
-        import platformdirs
-
-        base = Path(platformdirs.user_cache_dir("rs-onnx", appauthor=False))
-    except ImportError:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rs-onnx"
-    path = base / "composed"
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = path.stat()
-        if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            log.warning("composed-model cache %s belongs to another user; not caching", path)
-            return None
-        if st.st_mode & 0o077:
-            os.chmod(path, 0o700)
-    except OSError as e:
-        log.info("no composed-model cache (%s); composing for this run only", e)
-        return None
-    return path
-
-
-def composed_model(cfg: RunConfig) -> Path:
-    """``cfg.denoiser`` composed with ``cfg.model`` and its preprocessing (rs_onnx.compose), cached by content.
-
-    The cache is this user's private folder (:func:`cache_dir`); a cached file is used only when its sha256
-    matches the one recorded when it was composed (else it is composed again); without a private folder
-    the composition goes to a private temporary folder for this process.
-    """
-    from .compose import compose_files
-
-    assert cfg.denoiser is not None and cfg.model is not None  # prepare() checked them
-    for what, value in (("denoiser", cfg.denoiser), ("model", cfg.model)):
-        p = Path(value)
-        if not p.is_file():
-            raise ModelError(
-                f"{what} {escape(value)}: {'a directory' if p.is_dir() else 'no such file'}; expected an .onnx file"
-            )
-    spec = cfg.preprocess_spec()
-    key = hashlib.sha256(
-        "|".join(
-            [sha256_file(cfg.denoiser), sha256_file(cfg.model), repr(spec), str(cfg.input_name), str(cfg.input_shape)]
-        ).encode()
-    ).hexdigest()[:20]
-    folder = cache_dir()
-    if folder is None:
-        folder = Path(tempfile.mkdtemp(prefix="rs-onnx-composed-"))  # mode 0700, this process only
-    path, digest_path = folder / f"{key}.onnx", folder / f"{key}.sha256"
-    try:
-        recorded = digest_path.read_text(encoding="ascii").strip()
-        cached = path.is_file() and not path.is_symlink() and sha256_file(path) == recorded
-    except (OSError, UnicodeDecodeError):
-        cached = False
-    if not cached:
-        tmp = path.with_name(f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.onnx")
-        try:
-            compose_files(
-                cfg.denoiser,
-                cfg.model,
-                tmp,
-                spec,
-                classifier_input_name=cfg.input_name,
-                classifier_input_shape=None if cfg.input_shape is None else tuple(cfg.input_shape),
-            )
-            digest = sha256_file(tmp)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        _write_text_atomic(digest_path, digest + "\n")
-        if sha256_file(path) != digest:  # replaced under us
-            raise ConfigError(f"composed model {path} changed while it was written; expected a private cache folder")
-    log.info("certifying denoiser %s + classifier %s, composed into %s", cfg.denoiser, cfg.model, path)
-    return path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="ascii")
-    os.replace(tmp, path)
-
-
-def resolve_sigma(cfg: RunConfig, clf) -> float:
-    """--sigma, else the model's ``rs_onnx.sigma`` metadata (and say so), else a clear error. ``cfg`` is
-    only read."""
-    if cfg.sigma is not None:
-        return float(cfg.sigma)
-    meta = getattr(clf, "metadata", {}) or {}
-    if "rs_onnx.sigma" in meta:
-        text = meta["rs_onnx.sigma"]
-        try:
-            sigma = float(text)
-        except (TypeError, ValueError):
-            sigma = float("nan")
-        if not (np.isfinite(sigma) and sigma > 0):
-            raise ConfigError(
-                f"the model's rs_onnx.sigma metadata is {escape(repr(text)[:80])}; expected a positive "
-                "number (the noise level in [0,1] pixel units), or pass --sigma"
-            )
-        log.info("no --sigma given: using sigma=%g from the model's metadata (rs_onnx.sigma)", sigma)
-        return sigma
-    raise ConfigError(
-        "no --sigma given and the model has no rs_onnx.sigma metadata; expected --sigma "
-        "(noise level in [0,1] pixel units)"
-    )
-
-
-def resolve_noise(cfg: RunConfig, clf) -> str:
-    """--noise, else the model's ``rs_onnx.noise`` metadata (export/train.py writes it; say so), else gaussian.
-
-    A --noise that differs from the model's metadata is allowed (the certificate covers the noise used)
-    but logged as a warning: the model was trained for another noise.
-    """
-    from .noise import get_kind
-
-    meta = getattr(clf, "metadata", {}) or {}
-    trained = meta.get("rs_onnx.noise")
-    if cfg.noise is None:
-        if trained is None:
-            return "gaussian"
-        kind = get_kind(str(trained)).name
-        log.info("no --noise given: using noise=%s from the model's metadata (rs_onnx.noise)", kind)
-        return kind
-    if trained is not None and str(trained) != cfg.noise:
-        log.warning(
-            "--noise %s, but the model's metadata says it was trained with %s noise (rs_onnx.noise)",
-            cfg.noise,
-            str(trained)[:40],
-        )
-    return get_kind(cfg.noise).name
-
-
-def image_geometry(clf, layout: str) -> tuple[int | None, tuple[int, int] | None]:
-    """(channels, (height, width)) of the model's image input, to read image files; (None, None) if flat."""
-    shape = tuple(clf.input_shape)
-    if len(shape) != 3:
-        return None, None
-    if layout == "nhwc" or (layout == "auto" and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)):
-        return shape[-1], shape[:2]
-    return shape[0], shape[1:]
-
-
 PROBE_MIN_SAMPLES = 200_000
 """Runs of at least this many noisy samples probe for the fastest batch size; shorter runs use the default."""
-DEFAULT_BATCH = 1000
 DEFAULT_BATCH_BYTES = 64 << 20
 """The default batch holds at most this many input bytes (ImageNet-size inputs: ~110 images, not 1000)."""
 
@@ -345,8 +148,8 @@ def resolve_batch(clf, total_samples: int, fits: Callable[[int], bool] | None = 
     """(batch size, probe): from a short probe (:func:`~rs_onnx.sampling.probe_batch_size`, a few seconds)
     when the run of ``total_samples`` noisy samples is long enough to repay it, the probe then returned
     too; else (:data:`DEFAULT_BATCH` capped by :data:`DEFAULT_BATCH_BYTES` of input and by the run, None).
-    ``fits(b)``: whether batch size b fits in host memory (:func:`memory_check`); a size that does not is
-    never chosen (unless none does, not even 1: the check then refuses the run)."""
+    ``fits(b)``: whether batch size b fits in host memory (:func:`~rs_onnx.batches.memory_check`); a size
+    that does not is never chosen (unless none does, not even 1: the check then refuses the run)."""
     from .sampling import largest_fitting, probe_batch_size
 
     if total_samples < PROBE_MIN_SAMPLES:
@@ -362,78 +165,6 @@ def resolve_batch(clf, total_samples: int, fits: Callable[[int], bool] | None = 
 def resolve_batch_size(clf, total_samples: int) -> int:
     """The batch size of :func:`resolve_batch`."""
     return resolve_batch(clf, total_samples)[0]
-
-
-GROUPS_HELD = 4
-"""Groups of examples in memory at once at most: the one sampled and three decoded ahead (image files)."""
-
-
-def memory_need(cfg: RunConfig, clf, pre, batch: int) -> int:
-    """Host bytes a run at ``batch`` samples per batch holds at its peak, as far as rs-onnx allocates them:
-    the sampler's buffers for its largest count (:func:`largest_count`; :func:`rs_onnx.sampling.host_bytes`)
-    and the examples in flight (:data:`GROUPS_HELD` groups as float32 images, one as model inputs).
-    ``pre``: the run's Preprocessor (model shape and dtype). The model's own working memory is not included."""
-    from .sampling import DEFAULT_INDEX_CLASSES, default_noise_threads, host_bytes
-
-    group = group_size(cfg, batch)
-    threads = cfg.noise_threads if cfg.noise_threads is not None else default_noise_threads(clf.device)
-    sampler = host_bytes(
-        batch,
-        largest_count(cfg, batch),
-        pre.model_shape,
-        pre.dtype,
-        noise_threads=threads,
-        num_classes=int(clf.num_classes or DEFAULT_INDEX_CLASSES),
-        pad=bool(getattr(clf, "prefers_fixed_batch", False)),
-        device_noise=bool(getattr(clf, "device_noise", False)),
-    )
-    values = int(np.prod(pre.image_shape)) * GROUPS_HELD + int(np.prod(pre.model_shape))
-    return sampler + group * 4 * values
-
-
-def memory_fits(cfg: RunConfig, clf, pre) -> Callable[[int], bool] | None:
-    """``fits(batch)``: :func:`memory_need` at most the host memory available now
-    (:func:`rs_onnx.devices.available_memory`); None where that is unknown (nothing is checked)."""
-    from . import devices
-
-    available = devices.available_memory()
-    if available is None:
-        return None
-    return lambda batch: memory_need(cfg, clf, pre, batch) <= available
-
-
-def memory_check(cfg: RunConfig, clf, pre, batch: int) -> None:
-    """Refuse (ConfigError, one line) a batch size whose :func:`memory_need` exceeds the host memory available,
-    before any file is written: both figures in GiB, and the largest batch size that fits."""
-    from . import devices
-    from .sampling import largest_fitting
-
-    available = devices.available_memory()
-    if available is None:
-        log.info("host memory available unknown here: the batch size's memory is not checked")
-        return
-    need = memory_need(cfg, clf, pre, batch)
-    if need <= available:
-        return
-
-    def fits(b: int) -> bool:
-        return memory_need(cfg, clf, pre, b) <= available
-
-    fitting = largest_fitting(batch, fits)
-    if fits(fitting):
-        todo = f"expected a smaller --batch-size (at most {fitting:,} fits now)"
-    else:
-        todo = "expected a machine with more free memory (not even a batch of 1 fits)"
-    raise ConfigError(
-        f"batch size {batch:,}: the run needs {_gib(need)} GiB of host memory for its batches of "
-        f"{'x'.join(map(str, pre.model_shape))} {pre.dtype} inputs (noise, model inputs and outputs) and the "
-        f"examples in flight, more than the {_gib(available)} GiB available; {todo}, or --batch-size auto"
-    )
-
-
-def _gib(nbytes: int) -> str:
-    value = nbytes / 2**30
-    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
 
 
 @dataclass(frozen=True)
@@ -648,139 +379,8 @@ def run_checks(cfg: RunConfig, smoothed: SmoothedClassifier, data: Dataset, indi
     return checks
 
 
-def _equal(a, b) -> bool:
-    return a == b
-
-
 def _since(t0: float) -> float:
     return time.perf_counter() - t0
-
-
-def _meta(
-    p: Prepared, mode: str, out: Path | None, status: str, timings: dict, extra: dict, data_extra: dict | None = None
-) -> dict:
-    clf = p.classifier
-    return {
-        "status": status,
-        "mode": mode,
-        "config": p.cfg.to_dict(),
-        "seed": p.cfg.seed,
-        "entropy": str(p.smoothed.entropy),
-        "noise": {
-            "kind": p.smoothed.noise,
-            "sigma": p.smoothed.sigma,
-            "sigma_means": _sigma_means(p.smoothed.noise),
-            "dim": p.smoothed.dim(p.data.image_shape),
-        },
-        **({"radius_norms": radius_norms(p.smoothed.noise)} if mode == "certify" else {}),
-        "preprocess": p.smoothed.preprocessor(p.data.image_shape).describe(),
-        "batch_size": p.smoothed.batch_size,
-        "noise_threads": p.smoothed.noise_threads,
-        "batch_probe": p.batch_probe,
-        "model": {"path": str(p.cfg.model), "sha256": clf.sha256, "signature": clf.signature()},
-        "providers": list(clf.providers),
-        "device": getattr(clf, "device", None),
-        "device_name": getattr(clf, "device_name", None),
-        "data": {
-            "path": str(p.cfg.data),
-            "examples": len(p.data),
-            "selected": len(p.indices),
-            **p.data.describe(),
-            **(data_extra or {}),
-        },
-        "versions": versions(),
-        "command": command_line(),
-        "timings": timings,
-        "out": str(out) if out else None,
-        **({"audit": p.audit} if p.audit is not None else {}),
-        **extra,
-        "clean_accuracy": p.checks.get("clean_accuracy"),  # rs_onnx.checks, before the first sample
-        "batch_check": p.checks.get("batch_check"),
-        "class_names": p.class_names,  # by class id (--classes, or the model's config.json id2label), or None
-    }
-
-
-def _sigma_means(kind: str) -> str:
-    from .noise import get_kind
-
-    return get_kind(kind).scale
-
-
-def _resume(
-    out: Path, p: Prepared, mode: str, columns: tuple[str, ...], identity: dict | None
-) -> tuple[set[int], Prepared]:
-    """Indices already in ``out`` from an earlier run of the same model, configuration and data.
-
-    Checks the meta file (configuration, model hash, data identity and selection), adopts the earlier
-    run's noise entropy when no seed was given, and cuts a last row cut short by a crash (it is
-    recomputed). Call with ``out``'s lock held. Returns the indices and the run to continue with (the
-    earlier entropy adopted when no seed was given: see :meth:`Prepared.with_entropy`).
-    """
-    mp = meta_path(out)
-    if not mp.exists():
-        if out.exists() and out.stat().st_size > 0:
-            raise ConfigError(f"--resume: {out} exists but {mp} does not; expected both from an earlier rs-onnx run")
-        log.info("--resume: no earlier run at %s; starting one", out)
-        return set(), p
-    try:
-        meta = read_meta(out)  # a JSON object, or DataError
-        entropy = int(meta["entropy"])
-    except (DataError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--resume: {mp} is not a readable rs-onnx meta file ({e})") from e
-    old = meta.get("config", {})
-    defaults = RunConfig().to_dict()  # keys an older meta file lacks had their default value
-    now = p.cfg.to_dict()
-    same = {"device_noise": lambda a, b: bool(a) == bool(b)}  # unset (auto) was false before 0.2
-    changed = [k for k in RESUME_KEYS if not same.get(k, _equal)(old.get(k, defaults[k]), now[k])]
-    was_device = str(((meta.get("model") or {}).get("signature") or {}).get("noise", "host")).startswith("device")
-    if was_device != bool(getattr(p.classifier, "device_noise", False)) and "device_noise" not in changed:
-        changed.append("noise source (host or device)")
-    if meta.get("mode") != mode:
-        changed.append("mode")
-    if meta.get("model", {}).get("sha256") != p.classifier.sha256:
-        changed.append("model (sha256)")
-    old_identity = (meta.get("data") or {}).get("identity")
-    if identity is not None and old_identity is None:
-        log.warning("--resume: %s records no data identity (an older rs-onnx); the data cannot be checked", mp)
-    elif identity is not None:
-        # the same file and start/skip; a different end only extends or shortens the same selection (rows
-        # outside the new one are refused below)
-        if (old_identity or {}).get("kind") == "file" and identity.get("kind") == "manifest":  # an older rs-onnx
-            log.warning("--resume: %s records the manifest only (an older rs-onnx): its images cannot be checked", mp)
-            identity = {**identity, "kind": "file", "sha256": identity.get("manifest_sha256")}
-        what = [k for k in ("sha256", "kind", "start", "skip") if (old_identity or {}).get(k) != identity.get(k)]
-        if what:
-            changed.append("data (" + ", ".join("contents" if k == "sha256" else k for k in what) + ")")
-    if changed:
-        raise ConfigError(
-            f"--resume: {out} was made with a different {', '.join(changed)}; expected the same "
-            "model, configuration and data (or start a new --out)"
-        )
-    if p.cfg.seed is None:
-        p = p.with_entropy(entropy)
-    if not out.exists():
-        return set(), p
-    if b"\n" in out.read_bytes()[: 1 << 16] or out.stat().st_size > 1 << 16:  # a header at least: check the rows
-        from .verify import verify_file
-
-        verdict = verify_file(out, inputs=False, torn_tail_ok=True)  # before anything is cut or appended
-        if verdict.refused:
-            raise ConfigError(
-                f"--resume: {verdict.line()}; expected the rows as the run wrote them (`rs-onnx verify {out}` "
-                "checks them; start a new --out)"
-            )
-    rows = read_rows(out, columns, mode)
-    done = set(rows)
-    if len(done) != len(rows):
-        twice = sorted(i for i in done if rows.count(i) > 1)[:5]
-        raise ConfigError(f"--resume: {out} holds examples {twice} more than once; expected each example once")
-    foreign = sorted(done - set(p.indices))[:5]
-    if foreign:
-        raise ConfigError(
-            f"--resume: {out} holds examples {foreign} outside this run's selection; expected the "
-            "same data and start/end/skip"
-        )
-    return done, p
 
 
 def preflight(p: Prepared, mode: str) -> None:
@@ -802,21 +402,6 @@ def preflight(p: Prepared, mode: str) -> None:
             c.precision,
             p.smoothed.noise,
         )
-
-
-def group_size(cfg: RunConfig, batch_size: int | None = None) -> int:
-    """Examples sampled together: several when n is small next to the batch (``batch_size``, default
-    ``cfg.batch_size``), so that batches stay full (and 32 in sequential mode, where examples drop out
-    between looks)."""
-    if cfg.sequential:
-        return 32
-    return max(1, min(64, math.ceil((batch_size or cfg.batch_size or DEFAULT_BATCH) / cfg.n)))
-
-
-def largest_count(cfg: RunConfig, batch_size: int | None = None) -> int:
-    """Samples in the largest count the sampler makes: a group of examples at max(n0, n) samples each (its
-    batches hold at most this many rows)."""
-    return group_size(cfg, batch_size) * max(cfg.n0, cfg.n)
 
 
 def answer_group(
@@ -912,7 +497,7 @@ def execute(
             stack.enter_context(RunLock(out))
             check_output(out, inputs or {}, resume=resume, overwrite=overwrite)  # again, now that we hold the lock
             if resume:
-                done, p = _resume(out, p, mode, columns, identity)
+                done, p = resume_state(out, p, mode, columns, identity)
                 todo = [i for i in todo if i not in done]
                 log.info("resuming %s: %d examples done, %d to go", out, len(p.indices) - len(todo), len(todo))
             files = RunFiles(out, columns, append=resume, replace=overwrite)
@@ -934,7 +519,7 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
     status, error = "failed", None
     try:
         if files is not None:  # the meta file first: a TSV never exists without one
-            files.begin(_meta(p, mode, out, "running", timings, extra, data_extra))
+            files.begin(build_meta(p, mode, out, "running", timings, extra, data_extra))
         for group, answers, seconds in (backend or local_answers)(p, mode, todo, progress):
             rows = [answer_row(mode, i, int(p.data.labels[i]), a, seconds) for i, a in zip(group, answers)]
             if files is not None:
@@ -963,7 +548,7 @@ def _execute_rows(p, mode, out, files, todo, identity, columns, on_rows, progres
         extra["one_class"] = one_class_note(predicted, sorted(labels_seen))
         record = getattr(backend, "record", None)  # the Ray backend: what its workers resolved
         final: dict = {**extra, **({"error": error} if error else {}), **(record() if callable(record) else {})}
-        meta = _meta(p, mode, out, status, timings, final, data_extra)
+        meta = build_meta(p, mode, out, status, timings, final, data_extra)
         if files is not None:
             files.finish(meta)
     if extra["one_class"]:
