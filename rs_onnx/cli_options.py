@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .cli import Choice, layouts, list_option, presets
-
 
 def run_options(f):
     """Options shared by certify and predict; each is also a YAML key (dashes become underscores)."""
+    from .cli import Choice, layouts, list_option, presets  # here: cli imports this module's users at its end
+
     options = [
         click.argument("model", required=False),
         click.argument("data", required=False),
