@@ -170,6 +170,34 @@ def test_help_and_version_import_nothing_heavy(args):
     assert not (heavy & _imported(args))
 
 
+COMMANDS = ["analyze", "bench", "certify", "compose", "doctor", "inspect", "predict", "report", "verify"]
+
+
+@pytest.mark.parametrize("first", ["rs_onnx.cli", "rs_onnx.cli_run", "rs_onnx.cli_tools", "rs_onnx.cli_options"])
+def test_every_command_is_registered_whichever_cli_module_is_imported_first(first):
+    # The commands live in cli_run and cli_tools and register on rs_onnx.cli's group: importing one of
+    # those modules before rs_onnx.cli must not lose a command (or fail on the circular import).
+    code = f"import {first}, rs_onnx.cli as c; print(','.join(sorted(c.cli.commands)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [",".join(COMMANDS)]
+
+
+def test_python_m_rs_onnx_cli_lists_and_runs_every_command():
+    # python -m rs_onnx.cli runs cli.py as __main__: the commands must still be there (they register on the
+    # package's rs_onnx.cli, which __main__ must run), as with the rs-onnx entry point.
+    proc = subprocess.run(
+        [sys.executable, "-m", "rs_onnx.cli", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = proc.stdout.split("Commands:")[1].split()
+    assert all(c in listed for c in COMMANDS), proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "rs_onnx.cli", "verify", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0 and "Recompute every row" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_version_names_the_onnxruntime_build(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
