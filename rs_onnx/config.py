@@ -36,6 +36,10 @@ def _load_presets() -> dict[str, dict[str, Any]]:
 PRESETS: dict[str, dict[str, Any]] = _load_presets()
 
 
+CHOICE_KEYS = ("noise", "preset", "layout", "backend", "guess", "bound")
+"""Keys whose value is one of a list of lower-case words: any case is taken, from flags and YAML alike."""
+
+
 @dataclass
 class RunConfig:
     """Everything a certify/predict run depends on. sigma is in [0,1] pixel units."""
@@ -115,6 +119,7 @@ class RunConfig:
         """Range checks shared by flags and YAML; raises ConfigError naming the key."""
         from .inputs import MAX_COUNT, MAX_SIGMA, as_int
 
+        self._lower_choices()
         for key in (
             "n0",
             "n",
@@ -297,8 +302,15 @@ class RunConfig:
                 ) from None
             self.resize = size if isinstance(size, int) or size is None else f"{size[0]}x{size[1]}"
 
+    def _lower_choices(self) -> None:
+        """YAML as the flags: `noise: Gaussian` is `--noise gaussian` (the keys of :data:`CHOICE_KEYS`)."""
+        for key in CHOICE_KEYS:
+            if isinstance(getattr(self, key), str):
+                setattr(self, key, getattr(self, key).strip().lower())
+
     def apply_preset(self, explicit: set[str]) -> None:
         """Fill mean/std/scale from the preset unless given explicitly."""
+        self._lower_choices()
         if self.preset:
             if self.preset not in PRESETS:
                 raise ConfigError(f"preset={self.preset}: expected one of {', '.join(PRESETS)}")

@@ -72,3 +72,26 @@ def test_every_example_config_is_valid_and_commented(name):
     assert cfg.preset == name
     lines = [line for line in f.read_text().splitlines() if line and not line.startswith("#")]
     assert sum("#" in line for line in lines) >= 3  # keys are explained
+
+
+def test_yaml_choices_take_any_case_as_the_flags_do(tmp_path, capsys):
+    """`noise: Gaussian` in YAML is `--noise Gaussian` on the command line (before, only the flag took it)."""
+    import yaml
+
+    from rs_onnx.cli import _main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("noise: Gaussian\nguess: LABEL\nsequential: true\nlayout: NCHW\npreset: MNIST\nbound: Cohen\n")
+    code = _main(["certify", "--config", str(config), "--dump-config"], False)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    dumped = yaml.safe_load(out)
+    assert (dumped["noise"], dumped["guess"], dumped["layout"], dumped["preset"], dumped["bound"]) == (
+        "gaussian",
+        "label",
+        "nchw",
+        "mnist",
+        "cohen",
+    )
+    config.write_text("noise: Gauss\n")
+    assert _main(["certify", "--config", str(config), "--dump-config"], False) != 0
