@@ -34,8 +34,21 @@ SLOW_IF = ("python -m export.train",)
 MODEL_RUN = re.compile(r"^\s*rs-onnx (?:-q )?(?:certify|predict|compose|inspect)\b", re.MULTILINE)
 MAX_FAST_RUNS = 4  # each model run costs 1-2 s of CPU (imports, load, batch check): more makes a block slow
 REQUIRES = {"python -m export": "torch", "--plot": "matplotlib", "--backend ray": "ray"}
+# Results a user's own runs leave in the checkout (README's quick start writes rs-onnx-default-certify.tsv and
+# its .meta.json where it runs; .ci/run runs it in the very copy it tests): the pages' commands would refuse
+# to overwrite them. The repository tracks no such file.
+RUN_OUTPUTS = ("*.tsv", "*.tsv.*", "*.meta.json", "*.html")
 IGNORE = shutil.ignore_patterns(
-    ".git", "site", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.egg-info", "runs", "out"
+    ".git",
+    "site",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "runs",
+    "out",
+    *RUN_OUTPUTS,
 )
 
 
@@ -250,3 +263,13 @@ def test_site_builds_and_its_home_page_renders(tmp_path):
     keep = os.environ.get("RS_ONNX_SITE_SHOT")
     if keep:
         shutil.copyfile(png, keep)
+
+
+def test_the_scratch_copy_leaves_out_what_earlier_runs_wrote():
+    """README's quick start, run first in the same checkout (as .ci/run and a newcomer do), leaves
+    rs-onnx-default-certify.tsv and its meta.json: the copy the pages run in must not hold them (README's
+    own quick start would then refuse to overwrite them), and the repository itself tracks no such file."""
+    names = ["rs-onnx-default-certify.tsv", "rs-onnx-default-certify.tsv.meta.json", "mine.html", "a.tsv.part"]
+    assert set(IGNORE(str(ROOT), [*names, "README.md", "report.png"])) == set(names)
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout
+    assert not [f for f in tracked.splitlines() if shutil.ignore_patterns(*RUN_OUTPUTS)(".", [Path(f).name])]
