@@ -113,6 +113,17 @@ def _not_nan(ctx, param, value):
     return value
 
 
+confidence_option = click.option(
+    "--confidence",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    callback=_not_nan,
+    help="Confidence of the lower bounds on the population's certified accuracy.",
+)
+"""analyze's and report's --confidence (one option: the same default and checks)."""
+
+
 def _requirements(ctx, param, value):
     """``--require 0.5:0.8,1:50%`` -> population.Requirement tuple; a malformed one is a usage error (exit 2)."""
     from .population import parse_requirements
@@ -146,14 +157,7 @@ def _requirements(ctx, param, value):
     "column must be in the same norm (meta.json says which).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary per file on stdout instead of the table.")
-@click.option(
-    "--confidence",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.95,
-    show_default=True,
-    callback=_not_nan,
-    help="Confidence of the lower bounds on the population's certified accuracy.",
-)
+@confidence_option
 @click.option(
     "--alpha",
     type=click.FloatRange(0, 1, max_open=True),
@@ -308,14 +312,7 @@ def doctor(ctx: click.Context) -> None:
 @click.option("--label", "labels", multiple=True, help="Label per results file (default: file name).")
 @click.option("--title", help="Title of the report (default: from the runs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
-@click.option(
-    "--confidence",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.95,
-    show_default=True,
-    callback=_not_nan,
-    help="Confidence of the lower bounds on the population's certified accuracy.",
-)
+@confidence_option
 def report(results, out, labels, title, overwrite, confidence) -> None:
     """One self-contained HTML REPORT of certify runs (their TSVs and .meta.json files).
 
