@@ -146,3 +146,24 @@ def ray_cluster():
     start_local_ray(ray)
     yield ray
     ray.shutdown()
+
+
+def headless_chromium(profile: Path) -> list[str]:
+    """The command that starts headless Chromium with a fresh profile folder (the report's and the docs
+    site's browser tests); skips the test where no Chromium is installed."""
+    import shutil
+
+    browser = next(
+        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium; .ci/run does it)")
+    return [
+        browser,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import headless_chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -219,9 +221,6 @@ def test_site_builds_and_its_home_page_renders(tmp_path):
     """
     for module in ("mkdocs", "material", "mkdocstrings", "mkdocs_click"):
         pytest.importorskip(module, reason=f'{module} is not installed (pip install ".[docs]")')
-    browser = next(
-        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
-    )
     site = tmp_path / "site"
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--quiet", "--site-dir", str(site)],
@@ -236,18 +235,10 @@ def test_site_builds_and_its_home_page_renders(tmp_path):
     assert "Where to go next" in home.read_text(encoding="utf-8")
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     assert "certify_many" in api and "Sentinel" not in (site / "cli" / "index.html").read_text(encoding="utf-8")
-    if browser is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium; .ci/run does it)")
     png = tmp_path / "home.png"
     shot = subprocess.run(
         [
-            browser,
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
+            *headless_chromium(tmp_path / "profile"),
             "--virtual-time-budget=5000",
             "--window-size=1280,900",
             f"--screenshot={png}",

@@ -8,6 +8,7 @@ of the driver is left (LocalCluster.stop asserts it; the SIGTERM test checks its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,6 +32,18 @@ RUN_TIMEOUT = 240
 """Seconds a driver may take: more than any run here needs under load, less than forever (a hang fails)."""
 EXAMPLES, N = 160, 100_000
 """A run of a few tens of seconds on two one-CPU workers, in groups of one example (not split)."""
+
+
+@contextlib.contextmanager
+def stopped(pids: list[int]):
+    """Processes frozen with SIGSTOP (a wedged GPU looks the same) for the block, then thawed."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 def strip_time(path) -> list[list[str]]:
@@ -167,13 +180,8 @@ def test_a_frozen_worker_has_its_work_resent(cluster, files, tmp_path):
     wait_busy(cluster, ["w2"])
     frozen = cluster.worker_pids("w2")
     assert frozen, "no rs-onnx worker on node w2"
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with stopped(frozen):
         code, _, err = finish(proc)
-    finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
     assert code == 0, err[-3000:]
     assert "finished nothing" in err and strip_time(out) == strip_time(files[2])
     assert meta(out)["ray"]["resent_units"] >= 1
@@ -188,13 +196,8 @@ def test_every_worker_frozen_ends_the_run_in_one_resumable_line(cluster, files, 
     workers = [node for node in cluster.nodes if node != "head" and cluster.pids(node)]
     wait_busy(cluster, workers)
     frozen = [pid for node in workers for pid in cluster.worker_pids(node)]
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with stopped(frozen):
         code, _, err = finish(proc)
-    finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
     lines = error_lines(err)
     assert code == 1 and len(lines) == 1, err[-3000:]
     assert "no Ray worker finished anything" in lines[0] and "--resume" in lines[0]

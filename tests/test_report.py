@@ -3,7 +3,6 @@ browser (headless Chromium) when one is installed."""
 
 import json
 import re
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from rs_onnx import analysis
 from rs_onnx.cli import main
 from rs_onnx.report import render, run_warnings
+from tests.conftest import headless_chromium
 from tests.conftest import invoke_cli as invoke
 from tests.onnx_models import linear_model, save
 
@@ -140,26 +140,11 @@ def test_report_to_stdout(runs):
     assert res.exit_code == 0 and res.stdout.startswith("<!DOCTYPE html>") and res.stdout.rstrip().endswith("</html>")
 
 
-def _chromium() -> str | None:
-    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-
-
 def test_report_renders_in_headless_chromium(runs, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium; .ci/run does it)")
+    flags = headless_chromium(tmp_path / "profile")
     _, cert, pred = runs
     html = tmp_path / "report.html"
     assert invoke(["report", str(cert), str(pred), "-o", str(html)]).exit_code == 0
-    flags = [
-        browser,
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--hide-scrollbars",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
     dom = subprocess.run(
         [*flags, "--dump-dom", html.as_uri()], check=False, capture_output=True, text=True, timeout=120
     )
