@@ -271,31 +271,25 @@ def build_hf(out: Path, rebuild: bool, torch, images) -> None:
             return self.m(pixel_values=pixel_values).logits
 
     tiny = {"num_labels": 10}
+    # ViT and DeiT share one tiny transformer (random weights: the check is on preprocessing, not accuracy)
+    tiny_vit = dict(
+        image_size=224,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        **tiny,
+    )
     specs = {
         "vit": (
             "ViTForImageClassification",
-            tr.ViTConfig(
-                image_size=224,
-                patch_size=16,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                **tiny,
-            ),
+            tr.ViTConfig(**tiny_vit),
             tr.ViTImageProcessor(),
         ),
         "deit": (
             "DeiTForImageClassification",
-            tr.DeiTConfig(
-                image_size=224,
-                patch_size=16,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                **tiny,
-            ),
+            tr.DeiTConfig(**tiny_vit),
             tr.DeiTImageProcessor(),
         ),
         "resnet": (
